@@ -1,0 +1,61 @@
+//! Erasure codes for prediction serving: coding groups, encoders and decoders.
+//!
+//! Plain tensors in, plain tensors out; no I/O. A query or a prediction is a flat,
+//! row-major `&[f32]`; all members of one coding group have the same length.
+//!
+//! Source: Kosaian, Rashmi, Venkataraman, "Parity Models: Erasure-Coded Resilience for
+//! Prediction Serving Systems", SOSP 2019 (arXiv 1905.00863), §3 (encoder, decoder) and
+//! §4.2 (eager decoding in the frontend).
+
+mod addition;
+mod group;
+
+pub use addition::{AdditionEncoder, SubtractionDecoder};
+pub use group::{Answer, GroupState, Slot};
+
+/// Errors of encoding and decoding; every one means the caller passed inconsistent tensors.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodeError {
+    #[error("coding group needs k = {expected} queries, got {got}")]
+    WrongCount { expected: usize, got: usize },
+    #[error("tensor {index} has {got} values, expected {expected} (all members of a coding group must have the same shape)")]
+    ShapeMismatch { index: usize, expected: usize, got: usize },
+    #[error("k must be at least 1")]
+    ZeroK,
+    #[error("decoding needs exactly one unavailable prediction, found {0}")]
+    NotOneErasure(usize),
+}
+
+/// Builds one parity query from the k queries of a coding group.
+pub trait Encoder: Send + Sync {
+    /// Number of queries per coding group.
+    fn k(&self) -> usize;
+    /// Short name used on the command line and in reports, e.g. `"addition"`.
+    fn name(&self) -> &'static str;
+    /// `queries`: k tensors of equal length n. Returns the parity query (length n).
+    ///
+    /// Errors: [`CodeError::WrongCount`] unless exactly k queries, [`CodeError::ShapeMismatch`]
+    /// if lengths differ.
+    fn encode(&self, queries: &[&[f32]]) -> Result<Vec<f32>, CodeError>;
+}
+
+/// Reconstructs an unavailable prediction from the parity model's output and the others.
+pub trait Decoder: Send + Sync {
+    /// `parity_output`: Fp(P), length m. `outputs`: the k deployed-model predictions of the
+    /// group, exactly one `None` (the unavailable one), the rest of length m.
+    /// Returns the index of the unavailable prediction and its reconstruction (length m).
+    fn decode(
+        &self,
+        parity_output: &[f32],
+        outputs: &[Option<&[f32]>],
+    ) -> Result<(usize, Vec<f32>), CodeError>;
+}
+
+fn check_same_len<'a>(tensors: impl Iterator<Item = (usize, &'a [f32])>, n: usize) -> Result<(), CodeError> {
+    for (index, t) in tensors {
+        if t.len() != n {
+            return Err(CodeError::ShapeMismatch { index, expected: n, got: t.len() });
+        }
+    }
+    Ok(())
+}
