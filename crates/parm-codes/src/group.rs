@@ -70,13 +70,25 @@ impl GroupState {
         self.answered[slot]
     }
 
+    /// Closes a coding group that will get no parity query, e.g. a partly filled group flushed
+    /// after the group timeout: only its first `members` slots exist and an unavailable
+    /// prediction can no longer be reconstructed. Returns the answers this settles.
+    pub fn close_without_parity(&mut self, members: usize) -> Vec<Answer> {
+        self.data.truncate(members);
+        self.answered.truncate(members);
+        self.parity = None;
+        self.give_up_hopeless()
+    }
+
     /// Records an output (`Some`) or a definitive failure (`None`) for `slot`, and returns the
-    /// answers this makes possible. Events for a slot that already has a result are ignored.
-    ///
-    /// Panics if `slot` is `Data(j)` with `j >= k`: slot indices come from the frontend itself.
+    /// answers this makes possible. Events for a slot that already has a result, or that does
+    /// not exist, are ignored.
     pub fn on_output(&mut self, slot: Slot, output: Option<Vec<f32>>) -> Vec<Answer> {
         let cell = match slot {
-            Slot::Data(j) => &mut self.data[j],
+            Slot::Data(j) => match self.data.get_mut(j) {
+                Some(cell) => cell,
+                None => return Vec::new(),
+            },
             Slot::Parity => match &mut self.parity {
                 Some(cell) => cell,
                 None => return Vec::new(),
@@ -166,6 +178,15 @@ mod tests {
         g.on_output(Slot::Data(1), Some(vec![1.0]));
         let a = g.on_output(Slot::Parity, Some(vec![5.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![4.0] }]);
+    }
+
+    #[test]
+    fn partial_group_without_parity() {
+        let mut g = GroupState::new(3, true);
+        assert!(g.on_output(Slot::Data(0), None).is_empty());
+        g.on_output(Slot::Data(1), Some(vec![1.0]));
+        assert_eq!(g.close_without_parity(2), vec![Answer::Unavailable { slot: 0 }]);
+        assert!(g.is_done());
     }
 
     #[test]

@@ -1,1 +1,12 @@
+//! parm-serve: the serving half of parm. Model instances ("workers") speak the Open Inference
+//! Protocol (KServe v2, as spoken by Triton and MLServer) over gRPC, so any OIP server can stand
+//! in for a parm worker and any OIP client can talk to one; the frontend groups queries into
+//! coding groups, sends parity queries, and reconstructs slow predictions (ParM, SOSP'19).
 
+pub mod backend;
+pub mod client;
+pub mod fault;
+pub mod grpc;
+pub mod worker;
+pub mod frontend;
+pub mod http;

@@ -1,0 +1,124 @@
+//! Accuracy evaluation: available, degraded-mode and overall accuracy (ParM SOSP 2019 §5.2).
+
+use burn::tensor::Device;
+use parm_codes::{Decoder, Encoder, SubtractionDecoder};
+use parm_data::Split;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::{argmax, tensor2, to_vec, Mlp};
+
+/// Rows per forward pass in evaluation.
+const EVAL_BATCH: usize = 1000;
+
+/// Logits of `model` on `n` row-major inputs of `dim` values: `[n, classes]` flattened.
+pub fn logits(model: &Mlp, inputs: &[f32], n: usize, dim: usize, device: &Device) -> Vec<f32> {
+    let mut out = Vec::new();
+    for start in (0..n).step_by(EVAL_BATCH) {
+        let rows = EVAL_BATCH.min(n - start);
+        let x = inputs[start * dim..(start + rows) * dim].to_vec();
+        out.extend(to_vec(model.forward(tensor2(x, rows, dim, device))));
+    }
+    out
+}
+
+/// Top-1 accuracy (fraction) of flattened `[n, classes]` logits against `labels`.
+pub fn accuracy(logits: &[f32], labels: &[u8], classes: usize) -> f64 {
+    let correct = logits
+        .chunks(classes)
+        .zip(labels)
+        .filter(|(l, y)| argmax(l) == Some(**y as usize))
+        .count();
+    correct as f64 / labels.len().max(1) as f64
+}
+
+/// Splits `0..n` into `n / k` coding groups of k indices after a seeded shuffle; the
+/// remainder (fewer than k) is left out.
+pub fn coding_groups(n: usize, k: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    order.chunks_exact(k).map(|c| c.to_vec()).collect()
+}
+
+/// Degraded-mode accuracy A_d: for every coding group of `split` and every single-erasure
+/// pattern, reconstructs the erased prediction as Fp(P) - sum of the others (ParM §3.1) and
+/// scores its argmax against the true label. `deployed_logits`: F on `split`, `[n, classes]`.
+pub fn degraded_accuracy(
+    deployed_logits: &[f32],
+    parity: &Mlp,
+    split: &Split,
+    encoder: &dyn Encoder,
+    classes: usize,
+    seed: u64,
+    device: &Device,
+) -> f64 {
+    let k = encoder.k();
+    let groups = coding_groups(split.n, k, seed);
+    let mut parity_inputs = Vec::with_capacity(groups.len() * split.dim());
+    for g in &groups {
+        let members: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
+        parity_inputs.extend(encoder.encode(&members).expect("members have equal shape"));
+    }
+    let parity_out = logits(parity, &parity_inputs, groups.len(), split.dim(), device);
+    let mut correct = 0usize;
+    for (g, fp) in groups.iter().zip(parity_out.chunks(classes)) {
+        for lost in 0..k {
+            let outputs: Vec<Option<&[f32]>> = g
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (j != lost).then(|| &deployed_logits[i * classes..(i + 1) * classes]))
+                .collect();
+            let (_, rec) = SubtractionDecoder.decode(fp, &outputs).expect("one erasure");
+            correct += (argmax(&rec) == Some(split.labels[g[lost]] as usize)) as usize;
+        }
+    }
+    correct as f64 / (groups.len() * k).max(1) as f64
+}
+
+/// Accuracy of returning one fixed default prediction when a prediction is unavailable: the
+/// share of the most frequent class (0.1 on the balanced Fashion-MNIST test set).
+pub fn default_accuracy(labels: &[u8], classes: usize) -> f64 {
+    let mut counts = vec![0usize; classes];
+    for &l in labels {
+        counts[l as usize] += 1;
+    }
+    *counts.iter().max().unwrap_or(&0) as f64 / labels.len().max(1) as f64
+}
+
+/// Overall accuracy A_o = (1 - f_u) A_a + f_u A_d (ParM §5.2), `f_u` the unavailable fraction.
+pub fn overall_accuracy(available: f64, degraded: f64, f_u: f64) -> f64 {
+    (1.0 - f_u) * available + f_u * degraded
+}
+
+/// The accuracy summary `parm eval` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccuracyReport {
+    pub dataset: String,
+    pub model: String,
+    pub k: usize,
+    pub encoder: String,
+    pub available: f64,
+    pub degraded: f64,
+    pub default: f64,
+    /// `(f_u, A_o)` pairs.
+    pub overall: Vec<(f64, f64)>,
+}
+
+impl AccuracyReport {
+    /// A plain-text table of the report.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "dataset {}  model {}  k {}  encoder {}\n",
+            self.dataset, self.model, self.k, self.encoder
+        );
+        s += &format!("{:<34}{:>8.2}%\n", "available accuracy A_a", 100.0 * self.available);
+        s += &format!("{:<34}{:>8.2}%\n", "degraded-mode accuracy A_d", 100.0 * self.degraded);
+        s += &format!("{:<34}{:>8.2}%\n", "default baseline (degraded)", 100.0 * self.default);
+        for (f, a) in &self.overall {
+            s += &format!("{:<34}{:>8.2}%\n", format!("overall accuracy A_o, f_u = {}%", f * 100.0), 100.0 * a);
+        }
+        s
+    }
+}

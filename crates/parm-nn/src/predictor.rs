@@ -1,0 +1,58 @@
+//! A loaded model ready for single-query and batched inference.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+
+use crate::train::load_model;
+use crate::{tensor2, to_vec, Mlp, ModelMeta, NnError};
+
+/// A model on the plain flex device with its metadata.
+#[derive(Debug)]
+pub struct Predictor {
+    model: Mlp,
+    meta: ModelMeta,
+    device: Device,
+}
+
+impl Predictor {
+    /// Loads `weights` (`.bpk`) and its `.json` metadata. Errors as [`load_model`].
+    pub fn load(weights: &Path) -> Result<Self, NnError> {
+        let device = Device::flex();
+        let (model, meta) = load_model(weights, &device)?;
+        Ok(Self { model, meta, device })
+    }
+
+    /// Wraps an already built model.
+    pub fn new(model: Mlp, meta: ModelMeta) -> Self {
+        Self { model, meta, device: Device::flex() }
+    }
+
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    pub fn model(&self) -> &Mlp {
+        &self.model
+    }
+
+    /// Values per query (784 for the MNIST MLP).
+    pub fn input_len(&self) -> usize {
+        self.meta.mlp.input
+    }
+
+    /// `input`: `[batch, input_len]` row-major -> logits `[batch, classes]` row-major.
+    ///
+    /// Errors: [`NnError::Invalid`] if `input.len() != batch * input_len` or `batch == 0`.
+    pub fn infer(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, NnError> {
+        let dim = self.input_len();
+        if batch == 0 || input.len() != batch * dim {
+            return Err(NnError::Invalid(format!(
+                "expected {batch} x {dim} = {} input values, got {}",
+                batch * dim,
+                input.len()
+            )));
+        }
+        Ok(to_vec(self.model.forward(tensor2(input.to_vec(), batch, dim, &self.device))))
+    }
+}

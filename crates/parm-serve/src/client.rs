@@ -1,0 +1,387 @@
+//! gRPC client for one model instance speaking the Open Inference Protocol (KServe v2): a parm
+//! worker, or any Triton / MLServer / OpenVINO Model Server instance.
+//!
+//! A call that times out is dropped, which resets its HTTP/2 stream; a parm worker then removes
+//! it from its queue if it has not started yet (see [`crate::worker`]). No `grpc-timeout` header
+//! is sent, so the timeout is enforced here only and always reported as [`InstanceError::Timeout`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::backend::ModelSpec;
+use crate::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::grpc::model_infer_request::InferInputTensor;
+use crate::grpc::model_metadata_response::TensorMetadata;
+use crate::grpc::{
+    self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le,
+    encode_f32_le,
+};
+
+/// How long a (re)connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Polling period of [`InstanceClient::wait_ready`].
+pub const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Why a call to an instance failed. Every variant names the instance address.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InstanceError {
+    /// Connection refused/reset, instance shutting down, or gRPC `UNAVAILABLE` / `CANCELLED`.
+    #[error("instance {addr} unavailable: {message}")]
+    Unavailable { addr: String, message: String },
+    /// No answer within the caller's timeout (or gRPC `DEADLINE_EXCEEDED`).
+    #[error("instance {addr}: no answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    /// The request was malformed (gRPC `INVALID_ARGUMENT`, or caught before sending).
+    #[error("instance {addr} rejected the request: {message}")]
+    InvalidArgument { addr: String, message: String },
+    /// Unknown model or version (gRPC `NOT_FOUND`).
+    #[error("instance {addr}: not found: {message}")]
+    NotFound { addr: String, message: String },
+    /// The instance's queue is full (gRPC `RESOURCE_EXHAUSTED`).
+    #[error("instance {addr} overloaded: {message}")]
+    Overloaded { addr: String, message: String },
+    /// The instance answered, but not with something parm can use (e.g. wrong output length).
+    #[error("instance {addr} sent an unusable answer: {message}")]
+    BadResponse { addr: String, message: String },
+    /// Any other gRPC status (e.g. `INTERNAL` when the model itself failed).
+    #[error("instance {addr}: {code:?}: {message}")]
+    Other {
+        addr: String,
+        code: Code,
+        message: String,
+    },
+}
+
+impl InstanceError {
+    /// True when another instance (or a later try) may succeed: Unavailable, Timeout, Overloaded.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Timeout { .. } | Self::Overloaded { .. }
+        )
+    }
+
+    /// The instance address the error came from.
+    pub fn addr(&self) -> &str {
+        match self {
+            Self::Unavailable { addr, .. }
+            | Self::Timeout { addr, .. }
+            | Self::InvalidArgument { addr, .. }
+            | Self::NotFound { addr, .. }
+            | Self::Overloaded { addr, .. }
+            | Self::BadResponse { addr, .. }
+            | Self::Other { addr, .. } => addr,
+        }
+    }
+
+    fn from_status(addr: &str, status: &Status) -> Self {
+        let (addr, message) = (addr.to_owned(), status.message().to_owned());
+        match status.code() {
+            Code::Unavailable | Code::Cancelled => Self::Unavailable { addr, message },
+            Code::DeadlineExceeded => Self::Timeout {
+                addr,
+                timeout: Duration::ZERO,
+            },
+            Code::InvalidArgument => Self::InvalidArgument { addr, message },
+            Code::NotFound => Self::NotFound { addr, message },
+            Code::ResourceExhausted => Self::Overloaded { addr, message },
+            code => Self::Other {
+                addr,
+                code,
+                message,
+            },
+        }
+    }
+}
+
+/// A cheap-to-clone handle on one instance; clones share one HTTP/2 connection, which is
+/// opened lazily and re-opened after failures.
+#[derive(Clone)]
+pub struct InstanceClient {
+    addr: Arc<str>,
+    grpc: GrpcInferenceServiceClient<Channel>,
+    /// Model name -> input tensor name, learned from ModelMetadata (Triton checks input names).
+    input_names: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl std::fmt::Debug for InstanceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceClient")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl InstanceClient {
+    /// A client for `addr` ("127.0.0.1:9001" or "http://host:port"); nothing is sent until the
+    /// first call. TCP_NODELAY, connect timeout [`CONNECT_TIMEOUT`], messages up to
+    /// [`MAX_MESSAGE_BYTES`].
+    ///
+    /// # Errors
+    /// An address that is not a valid URI, or no Tokio runtime on this thread (tonic spawns the
+    /// connection's task here).
+    pub fn connect_lazy(addr: &str) -> anyhow::Result<Self> {
+        tokio::runtime::Handle::try_current().map_err(|_| {
+            anyhow::anyhow!("InstanceClient::connect_lazy({addr}) needs a Tokio runtime")
+        })?;
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| anyhow::anyhow!("bad instance address {addr:?}: {e}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW);
+        let grpc = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(InstanceClient {
+            addr: addr.into(),
+            grpc,
+            input_names: Arc::default(),
+        })
+    }
+
+    /// The address this client was made with.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Runs `model` on `input` (row-major f32, `shape` = `[batch, ...]`, product = input.len())
+    /// as FP32 `raw_input_contents`, and returns the first output tensor's values, flat
+    /// (`batch * output_len`). The first call per model also fetches its metadata (input name),
+    /// within the same `timeout`.
+    ///
+    /// # Errors
+    /// [`InstanceError::InvalidArgument`] for a shape that does not match `input` (not sent);
+    /// the instance's status mapped to a variant; [`InstanceError::Timeout`] after `timeout`;
+    /// [`InstanceError::BadResponse`] when the output is missing, not FP32, or its length is
+    /// not a positive multiple of batch.
+    pub async fn infer(
+        &self,
+        model: &str,
+        input: Vec<f32>,
+        shape: Vec<i64>,
+        timeout: Duration,
+    ) -> Result<Vec<f32>, InstanceError> {
+        let batch = self.check_shape(&input, &shape)?;
+        let deadline = Instant::now() + timeout;
+        let input_name = self.input_name(model, deadline, timeout).await?;
+        let request = pb::ModelInferRequest {
+            model_name: model.to_owned(),
+            inputs: vec![InferInputTensor {
+                name: input_name,
+                datatype: "FP32".into(),
+                shape,
+                ..Default::default()
+            }],
+            raw_input_contents: vec![encode_f32_le(&input)],
+            ..Default::default()
+        };
+        let mut grpc = self.grpc.clone();
+        let response = self
+            .within(deadline, timeout, grpc.model_infer(request))
+            .await?;
+        let values = output_values(response).map_err(|m| self.bad_response(m))?;
+        if values.is_empty() || values.len() % batch != 0 {
+            return Err(
+                self.bad_response(format!("{} output values for batch {batch}", values.len()))
+            );
+        }
+        Ok(values)
+    }
+
+    /// Whether the instance says `model` is ready; false on any error or after `timeout`.
+    pub async fn model_ready(&self, model: &str, timeout: Duration) -> bool {
+        let request = pb::ModelReadyRequest {
+            name: model.to_owned(),
+            version: String::new(),
+        };
+        let mut grpc = self.grpc.clone();
+        let call = self.within(Instant::now() + timeout, timeout, grpc.model_ready(request));
+        call.await.is_ok_and(|r| r.ready)
+    }
+
+    /// The instance's description of `model`, with the batch dim (first dim) dropped from the
+    /// shapes; also remembers the input tensor name for [`Self::infer`].
+    ///
+    /// # Errors
+    /// The instance's status mapped to a variant, [`InstanceError::Timeout`], or
+    /// [`InstanceError::BadResponse`] unless the model has exactly one input and one output,
+    /// each with a batch dim.
+    pub async fn model_metadata(
+        &self,
+        model: &str,
+        timeout: Duration,
+    ) -> Result<ModelSpec, InstanceError> {
+        self.fetch_metadata(model, Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// Polls [`Self::model_ready`] every [`READY_POLL`] until it is true or `total` has passed.
+    ///
+    /// # Errors
+    /// [`InstanceError::Timeout`] (with `timeout = total`) if the model never became ready.
+    pub async fn wait_ready(&self, model: &str, total: Duration) -> Result<(), InstanceError> {
+        let deadline = Instant::now() + total;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self
+                .model_ready(model, left.min(Duration::from_secs(1)))
+                .await
+            {
+                return Ok(());
+            }
+            if Instant::now() + READY_POLL >= deadline {
+                return Err(InstanceError::Timeout {
+                    addr: self.addr.to_string(),
+                    timeout: total,
+                });
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    async fn fetch_metadata(
+        &self,
+        model: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<ModelSpec, InstanceError> {
+        let request = pb::ModelMetadataRequest {
+            name: model.to_owned(),
+            version: String::new(),
+        };
+        let mut grpc = self.grpc.clone();
+        let response = self
+            .within(deadline, timeout, grpc.model_metadata(request))
+            .await?;
+        let spec = spec_from_metadata(response).map_err(|m| self.bad_response(m))?;
+        let mut names = self.input_names.lock().unwrap_or_else(|p| p.into_inner());
+        names.insert(model.to_owned(), spec.input_name.clone());
+        Ok(spec)
+    }
+
+    async fn input_name(
+        &self,
+        model: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<String, InstanceError> {
+        let cached = self
+            .input_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+            .cloned();
+        match cached {
+            Some(name) => Ok(name),
+            None => Ok(self
+                .fetch_metadata(model, deadline, timeout)
+                .await?
+                .input_name),
+        }
+    }
+
+    /// Awaits a gRPC call until `deadline`; past it the call is dropped (stream reset).
+    async fn within<T>(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, InstanceError> {
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(match InstanceError::from_status(&self.addr, &status) {
+                InstanceError::Timeout { addr, .. } => InstanceError::Timeout { addr, timeout },
+                other => other,
+            }),
+            Err(_) => Err(InstanceError::Timeout {
+                addr: self.addr.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    fn check_shape(&self, input: &[f32], shape: &[i64]) -> Result<usize, InstanceError> {
+        let dims: Option<Vec<usize>> = shape.iter().map(|&d| usize::try_from(d).ok()).collect();
+        let n = dims
+            .as_deref()
+            .and_then(|d| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x)));
+        match (dims.as_deref(), n) {
+            (Some([batch, ..]), Some(n)) if *batch > 0 && n == input.len() => Ok(*batch),
+            _ => Err(InstanceError::InvalidArgument {
+                addr: self.addr.to_string(),
+                message: format!(
+                    "shape {shape:?} does not match {} input values (need [batch >= 1, ...])",
+                    input.len()
+                ),
+            }),
+        }
+    }
+
+    fn bad_response(&self, message: String) -> InstanceError {
+        InstanceError::BadResponse {
+            addr: self.addr.to_string(),
+            message,
+        }
+    }
+}
+
+/// The first output's f32 values, from `raw_output_contents[0]` or `contents.fp32_contents`.
+fn output_values(response: pb::ModelInferResponse) -> Result<Vec<f32>, String> {
+    let output = response.outputs.first().ok_or("no output tensor")?;
+    if output.datatype != "FP32" {
+        return Err(format!(
+            "output {:?} has datatype {:?}, expected FP32",
+            output.name, output.datatype
+        ));
+    }
+    match response.raw_output_contents.first() {
+        Some(raw) => decode_f32_le(raw)
+            .ok_or_else(|| format!("raw output of {} bytes is not FP32", raw.len())),
+        None => Ok(output
+            .contents
+            .as_ref()
+            .map(|c| c.fp32_contents.clone())
+            .unwrap_or_default()),
+    }
+}
+
+fn spec_from_metadata(m: pb::ModelMetadataResponse) -> Result<ModelSpec, String> {
+    let one =
+        |what: &str, tensors: &[TensorMetadata]| -> Result<(String, Vec<i64>, String), String> {
+            let [t] = tensors else {
+                return Err(format!(
+                    "model {:?} has {} {what}s; parm serves exactly 1",
+                    m.name,
+                    tensors.len()
+                ));
+            };
+            let (_batch, per_query) = t
+                .shape
+                .split_first()
+                .ok_or(format!("{what} {:?} has no batch dim", t.name))?;
+            Ok((t.name.clone(), per_query.to_vec(), t.datatype.clone()))
+        };
+    let (input_name, input_shape, datatype) = one("input", &m.inputs)?;
+    let (output_name, output_shape, _) = one("output", &m.outputs)?;
+    Ok(ModelSpec {
+        name: m.name.clone(),
+        version: m.versions.first().cloned().unwrap_or_default(),
+        platform: m.platform.clone(),
+        input_name,
+        input_shape,
+        output_name,
+        output_shape,
+        datatype,
+    })
+}

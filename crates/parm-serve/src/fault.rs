@@ -1,0 +1,223 @@
+//! Seeded slowdown injection, to turn a worker into a reproducible straggler.
+//!
+//! Each request, with probability `delay_prob`, takes `delay_ms` longer *while it holds the
+//! worker's compute lane*: the delay is added to the compute time, not to the network, so a
+//! slow instance also builds a queue behind it, as a real straggler (contended CPU/GPU/NIC)
+//! does in ParM's experiments (Kosaian et al., SOSP'19). The coin flips come from a seeded
+//! SplitMix64 stream, one draw per executed request, in execution order.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Slowdown settings for one worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// Extra time (milliseconds, >= 0) added to a delayed request's compute.
+    pub delay_ms: f64,
+    /// Probability in [0, 1] that a request is delayed.
+    pub delay_prob: f64,
+    /// Seed of the coin flips (same seed, same sequence of delayed requests).
+    pub seed: u64,
+}
+
+impl Default for FaultConfig {
+    /// No delay (`delay_ms = 0`), `delay_prob = 1.0`, `seed = 0`.
+    fn default() -> Self {
+        FaultConfig {
+            delay_ms: 0.0,
+            delay_prob: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Why a fault string was rejected; the message names the offending part.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error(
+    "invalid fault spec {spec:?}: {reason} (expected e.g. \"delay_ms=20,prob=0.5,seed=7\" or \"none\")"
+)]
+pub struct FaultParseError {
+    /// The whole string given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FaultConfig {
+    /// Whether this config ever delays anything.
+    pub fn is_active(&self) -> bool {
+        self.delay_ms > 0.0 && self.delay_prob > 0.0
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.delay_ms.is_finite() && self.delay_ms >= 0.0) {
+            return Err(format!(
+                "delay_ms must be a finite number >= 0, got {}",
+                self.delay_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.delay_prob) {
+            return Err(format!("prob must be in [0, 1], got {}", self.delay_prob));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for FaultConfig {
+    type Err = FaultParseError;
+
+    /// Parses comma-separated `key=value` pairs: `delay_ms` (ms, f64), `prob` or `delay_prob`
+    /// (f64 in [0, 1]), `seed` (u64). Missing keys keep their defaults; `""` and `"none"`
+    /// give the default (no delay).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| FaultParseError {
+            spec: s.to_owned(),
+            reason,
+        };
+        let mut cfg = FaultConfig::default();
+        let trimmed = s.trim();
+        if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("none") {
+            return Ok(cfg);
+        }
+        for part in trimmed.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| err(format!("{part:?} is not key=value")))?;
+            let (key, value) = (key.trim(), value.trim());
+            let bad = |e: &dyn fmt::Display| err(format!("{key}={value:?}: {e}"));
+            match key {
+                "delay_ms" => cfg.delay_ms = value.parse().map_err(|e| bad(&e))?,
+                "prob" | "delay_prob" => cfg.delay_prob = value.parse().map_err(|e| bad(&e))?,
+                "seed" => cfg.seed = value.parse().map_err(|e| bad(&e))?,
+                _ => {
+                    return Err(err(format!(
+                        "unknown key {key:?} (known: delay_ms, prob, seed)"
+                    )));
+                }
+            }
+        }
+        cfg.validate().map_err(err)?;
+        Ok(cfg)
+    }
+}
+
+impl fmt::Display for FaultConfig {
+    /// The inverse of `from_str`: `delay_ms=20,prob=1,seed=7`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "delay_ms={},prob={},seed={}",
+            self.delay_ms, self.delay_prob, self.seed
+        )
+    }
+}
+
+/// Draws the per-request delays of a [`FaultConfig`]; shared by all requests of one worker.
+#[derive(Debug)]
+pub struct FaultInjector {
+    config: FaultConfig,
+    state: Mutex<u64>,
+}
+
+impl FaultInjector {
+    /// Starts the seeded stream of coin flips.
+    pub fn new(config: FaultConfig) -> Self {
+        let state = Mutex::new(config.seed);
+        FaultInjector { config, state }
+    }
+
+    /// The config this injector draws from.
+    pub fn config(&self) -> &FaultConfig {
+        &self.config
+    }
+
+    /// The extra compute delay for the next executed request, or `None`.
+    pub fn next_delay(&self) -> Option<Duration> {
+        if !self.config.is_active() {
+            return None;
+        }
+        // 53 random bits -> uniform in [0, 1); prob 1.0 always delays, 0.0 never.
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (u < self.config.delay_prob).then(|| Duration::from_secs_f64(self.config.delay_ms / 1e3))
+    }
+
+    fn next_u64(&self) -> u64 {
+        // SplitMix64 (Steele, Lea, Flood 2014): tiny, seedable, good enough for coin flips.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_round_trips() {
+        let cfg = FaultConfig::from_str("delay_ms=20, prob=0.25,seed=7").unwrap();
+        assert_eq!(
+            cfg,
+            FaultConfig {
+                delay_ms: 20.0,
+                delay_prob: 0.25,
+                seed: 7
+            }
+        );
+        assert_eq!(cfg.to_string().parse::<FaultConfig>().unwrap(), cfg);
+        assert_eq!(
+            "none".parse::<FaultConfig>().unwrap(),
+            FaultConfig::default()
+        );
+        assert_eq!("".parse::<FaultConfig>().unwrap(), FaultConfig::default());
+        assert_eq!("delay_ms=5".parse::<FaultConfig>().unwrap().delay_prob, 1.0);
+    }
+
+    #[test]
+    fn rejects_bad_strings_with_reasons() {
+        for (bad, needle) in [
+            ("delay_ms=abc", "delay_ms"),
+            ("prob=1.5", "[0, 1]"),
+            ("delay_ms=-3", ">= 0"),
+            ("delay_ms", "key=value"),
+            ("speed=2", "unknown key"),
+            ("seed=-1", "seed"),
+        ] {
+            let e = bad.parse::<FaultConfig>().unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn seeded_draws_are_reproducible_and_match_prob() {
+        let cfg = FaultConfig {
+            delay_ms: 10.0,
+            delay_prob: 0.3,
+            seed: 42,
+        };
+        let draws = |c: &FaultConfig| {
+            let inj = FaultInjector::new(c.clone());
+            (0..10_000)
+                .map(|_| inj.next_delay().is_some())
+                .collect::<Vec<_>>()
+        };
+        let a = draws(&cfg);
+        assert_eq!(a, draws(&cfg));
+        let frac = a.iter().filter(|&&d| d).count() as f64 / a.len() as f64;
+        assert!((frac - 0.3).abs() < 0.03, "fraction delayed {frac}");
+        let always = FaultInjector::new(FaultConfig {
+            delay_prob: 1.0,
+            ..cfg.clone()
+        });
+        assert_eq!(always.next_delay(), Some(Duration::from_millis(10)));
+        assert_eq!(
+            FaultInjector::new(FaultConfig::default()).next_delay(),
+            None
+        );
+    }
+}

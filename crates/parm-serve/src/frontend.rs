@@ -1,0 +1,333 @@
+//! The frontend's coded path: group queries into coding groups, dispatch each query to a
+//! deployed-model instance and the parity query to a parity-model instance, and answer each
+//! query as soon as its prediction is available or reconstructable.
+//!
+//! Source: ParM (Kosaian et al., SOSP 2019) §4: queries are sent to their instances at once;
+//! when k queries have arrived the encoder builds the parity query; the decoder runs eagerly
+//! as soon as the parity output and k-1 of the k predictions are in, and the queued original
+//! is cancelled. parm adds: a partly filled group is closed after `group_timeout` without a
+//! parity query (its queries are unprotected), a failed RPC is retried once on the next
+//! instance, and a query that can be neither predicted nor reconstructed gets an explicit
+//! error, so every accepted query gets exactly one answer.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parm_codes::{Answer, Encoder, GroupState, Slot};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::backend::ModelSpec;
+use crate::client::InstanceClient;
+
+/// How the frontend is wired.
+#[derive(Clone)]
+pub struct FrontendConfig {
+    /// What clients see: name, input and output shapes.
+    pub spec: ModelSpec,
+    /// Deployed-model instances and the model name they serve.
+    pub deployed: Vec<String>,
+    pub deployed_model: String,
+    /// Parity-model instances (empty: no redundancy) and the model name they serve.
+    pub parity: Vec<String>,
+    pub parity_model: String,
+    /// Builds the parity query of a coding group; its `k()` is the group size.
+    pub encoder: Arc<dyn Encoder>,
+    /// A partly filled coding group is closed without parity after this long (ms scale).
+    pub group_timeout: Duration,
+    /// Longest wait for one instance RPC before it counts as failed.
+    pub instance_timeout: Duration,
+}
+
+/// One answered query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The deployed model's output for the query, `[output_len]`.
+    pub output: Vec<f32>,
+    /// True if the output was reconstructed by the decoder rather than computed by F.
+    pub reconstructed: bool,
+    /// Id of the coding group and the query's position in it.
+    pub group: u64,
+    pub position: usize,
+}
+
+/// Why a query got no prediction.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FrontendError {
+    #[error("prediction unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// Counters of the coded path (monotonic).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub queries: AtomicU64,
+    pub answered: AtomicU64,
+    pub reconstructed: AtomicU64,
+    pub unavailable: AtomicU64,
+    pub parity_queries: AtomicU64,
+    pub unprotected_groups: AtomicU64,
+}
+
+struct Job {
+    input: Vec<f32>,
+    reply: oneshot::Sender<Result<Prediction, FrontendError>>,
+}
+
+enum GroupMsg {
+    Member(Job),
+    /// No more members: `true` if the group is full and gets its parity query.
+    Seal(bool),
+}
+
+/// Instances of one kind and a round-robin cursor over them.
+struct Pool {
+    clients: Vec<InstanceClient>,
+    model: String,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn new(addrs: &[String], model: &str) -> anyhow::Result<Self> {
+        let clients = addrs.iter().map(|a| InstanceClient::connect_lazy(a)).collect::<Result<_, _>>()?;
+        Ok(Self { clients, model: model.to_string(), next: AtomicUsize::new(0) })
+    }
+
+    /// Runs one query on the next instance; on a connection failure, once more on the one after.
+    async fn infer(&self, input: Vec<f32>, shape: Vec<i64>, timeout: Duration) -> Option<Vec<f32>> {
+        let n = self.clients.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for attempt in 0..n.min(2) {
+            let client = &self.clients[(first + attempt) % n];
+            match client.infer(&self.model, input.clone(), shape.clone(), timeout).await {
+                Ok(out) => return Some(out),
+                Err(e) if e.is_retryable() => tracing::debug!("retrying after: {e}"),
+                Err(e) => {
+                    tracing::debug!("instance failed: {e}");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
+struct Shared {
+    cfg: FrontendConfig,
+    deployed: Pool,
+    parity: Option<Pool>,
+    stats: Stats,
+    next_group: AtomicU64,
+}
+
+/// Handle to a running frontend; cheap to clone.
+#[derive(Clone)]
+pub struct Frontend {
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+/// Queries waiting to join a coding group; past this, `predict` waits (back-pressure).
+const INTAKE_QUEUE: usize = 4096;
+
+impl Frontend {
+    /// Starts the grouping task. Must be called inside a tokio runtime.
+    ///
+    /// Errors: no deployed instances, an unparsable address, or k = 0.
+    pub fn start(cfg: FrontendConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(!cfg.deployed.is_empty(), "at least one deployed-model instance is needed");
+        anyhow::ensure!(cfg.encoder.k() >= 1, "k must be at least 1");
+        let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model)?;
+        let parity = if cfg.parity.is_empty() { None } else { Some(Pool::new(&cfg.parity, &cfg.parity_model)?) };
+        let shared = Arc::new(Shared { cfg, deployed, parity, stats: Stats::default(), next_group: AtomicU64::new(0) });
+        let (tx, rx) = mpsc::channel(INTAKE_QUEUE);
+        tokio::spawn(group_queries(rx, shared.clone()));
+        Ok(Self { tx, shared })
+    }
+
+    /// The model clients see.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.shared.cfg.spec
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// True if the frontend runs with parity instances.
+    pub fn is_coded(&self) -> bool {
+        self.shared.parity.is_some()
+    }
+
+    /// True if at least one deployed-model instance reports its model ready.
+    pub async fn ready(&self) -> bool {
+        let pool = &self.shared.deployed;
+        for c in &pool.clients {
+            if c.model_ready(&pool.model, Duration::from_millis(500)).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Predicts one query, `input` of `spec().input_len()` values; returns `[output_len]`.
+    ///
+    /// Errors: [`FrontendError::InvalidArgument`] for a wrong input length,
+    /// [`FrontendError::Unavailable`] when neither the instance nor the decoder delivered.
+    pub async fn predict(&self, input: Vec<f32>) -> Result<Prediction, FrontendError> {
+        let want = self.spec().input_len();
+        if input.len() != want {
+            return Err(FrontendError::InvalidArgument(format!("expected {want} input values, got {}", input.len())));
+        }
+        self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        let closed = || FrontendError::Unavailable("frontend is shutting down".into());
+        self.tx.send(Job { input, reply }).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+/// Forms coding groups of k consecutive queries, closing a partial one after the timeout.
+async fn group_queries(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let k = if shared.parity.is_some() { shared.cfg.encoder.k() } else { 1 };
+    let mut open: Option<(mpsc::UnboundedSender<GroupMsg>, usize, Instant)> = None;
+    loop {
+        let deadline = open.as_ref().map(|(_, _, d)| *d);
+        let job = tokio::select! {
+            job = rx.recv() => match job { Some(j) => j, None => break },
+            _ = sleep_until_opt(deadline) => {
+                if let Some((tx, _, _)) = open.take() {
+                    let _ = tx.send(GroupMsg::Seal(false));
+                }
+                continue;
+            }
+        };
+        let (tx, count, _) = open.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let id = shared.next_group.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(run_group(id, k, rx, shared.clone()));
+            (tx, 0, Instant::now() + shared.cfg.group_timeout)
+        });
+        let _ = tx.send(GroupMsg::Member(job));
+        *count += 1;
+        if *count == k {
+            let _ = tx.send(GroupMsg::Seal(shared.parity.is_some()));
+            open = None;
+        }
+    }
+    if let Some((tx, _, _)) = open {
+        let _ = tx.send(GroupMsg::Seal(false));
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One coding group: dispatch, collect outputs, decode, answer every member exactly once.
+async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg>, shared: Arc<Shared>) {
+    let (events_tx, mut events) = mpsc::unbounded_channel::<(Slot, Option<Vec<f32>>)>();
+    let mut state = GroupState::new(k, true);
+    let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(k);
+    let mut replies: Vec<Option<oneshot::Sender<Result<Prediction, FrontendError>>>> = Vec::with_capacity(k);
+    let mut tasks: Vec<AbortHandle> = Vec::with_capacity(k + 1);
+    let mut sealed = false;
+    let shape = vec![1, shared.cfg.spec.input_len() as i64];
+    while !(sealed && state.is_done()) {
+        let answers = tokio::select! {
+            msg = msgs.recv(), if !sealed => match msg {
+                Some(GroupMsg::Member(job)) => {
+                    let slot = inputs.len();
+                    tasks.push(spawn_rpc(&shared, false, Slot::Data(slot), job.input.clone(), shape.clone(), &events_tx));
+                    inputs.push(job.input);
+                    replies.push(Some(job.reply));
+                    Vec::new()
+                }
+                Some(GroupMsg::Seal(true)) => {
+                    sealed = true;
+                    let members: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+                    match shared.cfg.encoder.encode(&members) {
+                        Ok(p) => {
+                            shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
+                            tasks.push(spawn_rpc(&shared, true, Slot::Parity, p, shape.clone(), &events_tx));
+                            Vec::new()
+                        }
+                        Err(e) => {
+                            tracing::warn!("encoder failed: {e}");
+                            state.close_without_parity(inputs.len())
+                        }
+                    }
+                }
+                Some(GroupMsg::Seal(false)) | None => {
+                    sealed = true;
+                    if inputs.len() < k || shared.parity.is_some() {
+                        shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+                    }
+                    state.close_without_parity(inputs.len())
+                }
+            },
+            Some((slot, out)) = events.recv() => state.on_output(slot, out),
+        };
+        for answer in answers {
+            deliver(id, answer, &mut replies, &tasks, &shared.stats);
+        }
+    }
+    for t in &tasks {
+        t.abort(); // outputs nobody needs any more: free the instances' queues
+    }
+}
+
+fn spawn_rpc(
+    shared: &Arc<Shared>,
+    parity: bool,
+    slot: Slot,
+    input: Vec<f32>,
+    shape: Vec<i64>,
+    events: &mpsc::UnboundedSender<(Slot, Option<Vec<f32>>)>,
+) -> AbortHandle {
+    let shared = shared.clone();
+    let events = events.clone();
+    tokio::spawn(async move {
+        let pool = if parity { shared.parity.as_ref().expect("parity pool") } else { &shared.deployed };
+        let out = pool.infer(input, shape, shared.cfg.instance_timeout).await;
+        let _ = events.send((slot, out));
+    })
+    .abort_handle()
+}
+
+fn deliver(
+    group: u64,
+    answer: Answer,
+    replies: &mut [Option<oneshot::Sender<Result<Prediction, FrontendError>>>],
+    tasks: &[AbortHandle],
+    stats: &Stats,
+) {
+    let (slot, result) = match answer {
+        Answer::Original { slot, output } => {
+            (slot, Ok(Prediction { output, reconstructed: false, group, position: slot }))
+        }
+        Answer::Reconstructed { slot, output } => {
+            tasks[slot].abort(); // ParM cancels the queued original
+            stats.reconstructed.fetch_add(1, Ordering::Relaxed);
+            (slot, Ok(Prediction { output, reconstructed: true, group, position: slot }))
+        }
+        Answer::Unavailable { slot } => {
+            stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            let msg = "model instance failed and the coding group cannot reconstruct the prediction";
+            (slot, Err(FrontendError::Unavailable(msg.into())))
+        }
+    };
+    if result.is_ok() {
+        stats.answered.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(reply) = replies.get_mut(slot).and_then(Option::take) {
+        let _ = reply.send(result);
+    }
+}

@@ -1,0 +1,474 @@
+//! A model instance: serves one [`InferenceBackend`] over the Open Inference Protocol gRPC API
+//! (KServe v2 `inference.GRPCInferenceService`), so the frontend can treat parm workers, Triton
+//! and MLServer alike.
+//!
+//! # Execution model
+//! One compute lane per instance (a 1-permit FIFO [`Semaphore`]), like a single-GPU model
+//! instance: requests run one at a time, in arrival order, the others wait in a queue of at
+//! most [`WorkerOptions::max_queue`] requests (beyond that: `RESOURCE_EXHAUSTED`).
+//!
+//! * **Waiting in the queue is cancellable.** If the client drops the call (RST_STREAM, or its
+//!   `grpc-timeout` expires), tonic drops the handler future and the request leaves the queue
+//!   without ever running. This is how the frontend "cancels the queued original" once a
+//!   reconstruction has answered for it (ParM, Kosaian et al., SOSP'19, §4).
+//! * **Holding the lane is not.** Once a request holds the lane, its fault delay
+//!   ([`FaultConfig`]) and compute run to completion in their own task, even if the client
+//!   goes away: a GPU kernel cannot be recalled either, and the lane stays busy meanwhile.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::backend::{InferenceBackend, ModelSpec};
+use crate::fault::{FaultConfig, FaultInjector};
+use crate::grpc::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use crate::grpc::model_infer_request::InferInputTensor;
+use crate::grpc::model_infer_response::InferOutputTensor;
+use crate::grpc::model_metadata_response::TensorMetadata;
+use crate::grpc::{
+    self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le,
+    encode_f32_le,
+};
+
+/// Server name reported by `ServerMetadata`.
+pub const SERVER_NAME: &str = "parm-worker";
+
+/// How a worker runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerOptions {
+    /// Injected slowdown (default: none).
+    pub faults: FaultConfig,
+    /// Most requests waiting for the compute lane (not counting the running one); a request
+    /// arriving when the queue is full gets `RESOURCE_EXHAUSTED`. Default 1024.
+    pub max_queue: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            faults: FaultConfig::default(),
+            max_queue: 1024,
+        }
+    }
+}
+
+/// Serves `backend` on `listener` (TCP_NODELAY on accepted sockets) until `shutdown` resolves.
+/// Messages up to [`MAX_MESSAGE_BYTES`] are accepted.
+///
+/// # Errors
+/// An invalid [`ModelSpec`] (see [`ModelSpec::validate`]), or a transport failure of the server.
+pub async fn serve_worker(
+    listener: TcpListener,
+    backend: Arc<dyn InferenceBackend>,
+    opts: WorkerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    backend.spec().validate()?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, model = %backend.spec().name, faults = %opts.faults, "worker serving");
+    let service = GrpcInferenceServiceServer::new(WorkerService::new(backend, opts))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        // Bigger HTTP/2 windows than h2's 64 KiB default: a batched image tensor should not
+        // wait for flow-control round trips.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// A worker running in a background task (handy for tests and single-process demos).
+/// Dropping the handle also stops the worker.
+pub struct WorkerHandle {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl WorkerHandle {
+    /// Stops accepting, lets in-flight calls finish, and returns the server's result.
+    ///
+    /// # Errors
+    /// The server's error, or a panic of its task.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        drop(self.stop.take());
+        (&mut self.task).await?
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+/// Binds `addr` (e.g. `"127.0.0.1:0"` for a free port) and runs [`serve_worker`] in a task.
+///
+/// # Errors
+/// The bind failure or an invalid spec (checked before returning).
+pub async fn spawn_worker(
+    addr: &str,
+    backend: Arc<dyn InferenceBackend>,
+    opts: WorkerOptions,
+) -> anyhow::Result<WorkerHandle> {
+    backend.spec().validate()?;
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(serve_worker(listener, backend, opts, shutdown));
+    Ok(WorkerHandle {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+struct WorkerService {
+    backend: Arc<dyn InferenceBackend>,
+    lane: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_queue: usize,
+    faults: Arc<FaultInjector>,
+}
+
+impl WorkerService {
+    fn new(backend: Arc<dyn InferenceBackend>, opts: WorkerOptions) -> Self {
+        WorkerService {
+            backend,
+            lane: Arc::new(Semaphore::new(1)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_queue: opts.max_queue,
+            faults: Arc::new(FaultInjector::new(opts.faults)),
+        }
+    }
+
+    fn spec(&self) -> &ModelSpec {
+        self.backend.spec()
+    }
+
+    /// NOT_FOUND unless `name` is the served model and `version` is empty, the served version,
+    /// or "1" (the default version OIP clients send).
+    fn check_model(&self, name: &str, version: &str) -> Result<(), Status> {
+        let spec = self.spec();
+        if name != spec.name {
+            return Err(Status::not_found(format!(
+                "model {name:?} not served here (this worker serves {:?})",
+                spec.name
+            )));
+        }
+        if !(version.is_empty() || version == spec.version || version == "1") {
+            return Err(Status::not_found(format!(
+                "model {name:?} has no version {version:?} (served: {:?})",
+                spec.version
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for the compute lane. Cancellation point: dropping this future leaves the queue.
+    async fn acquire_lane(&self) -> Result<OwnedSemaphorePermit, Status> {
+        if let Ok(permit) = self.lane.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let slot = QueueSlot::take(&self.waiting, self.max_queue).ok_or_else(|| {
+            Status::resource_exhausted(format!("worker queue full ({} waiting)", self.max_queue))
+        })?;
+        let permit = self.lane.clone().acquire_owned().await;
+        slot.leave();
+        permit.map_err(|_| Status::internal("compute lane closed"))
+    }
+
+    /// Queue, then delay + compute in a detached task that holds the lane until it finishes.
+    async fn execute(&self, input: Vec<f32>, batch: usize) -> Result<Vec<f32>, Status> {
+        let permit = self.acquire_lane().await?;
+        let delay = self.faults.next_delay();
+        let backend = Arc::clone(&self.backend);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _permit = permit; // released only when the compute is done
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            let result = tokio::task::spawn_blocking(move || backend.infer(&input, batch)).await;
+            let _ = tx.send(result); // the caller may be gone; the work still counted
+        });
+        match rx.await {
+            Ok(Ok(Ok(out))) => Ok(out),
+            Ok(Ok(Err(e))) => Err(Status::internal(format!("model failed: {e:#}"))),
+            Ok(Err(join)) => Err(Status::internal(format!("model panicked: {join}"))),
+            Err(_) => Err(Status::internal("compute task vanished")),
+        }
+    }
+}
+
+/// One place in the bounded queue; released on drop, i.e. also when the waiting request is
+/// cancelled by its client.
+struct QueueSlot {
+    waiting: Arc<AtomicUsize>,
+    served: bool,
+}
+
+impl QueueSlot {
+    fn take(waiting: &Arc<AtomicUsize>, max_queue: usize) -> Option<Self> {
+        let before = waiting.fetch_add(1, Ordering::SeqCst);
+        let slot = QueueSlot {
+            waiting: Arc::clone(waiting),
+            served: false,
+        };
+        (before < max_queue).then_some(slot) // on None, dropping `slot` undoes the add
+    }
+
+    fn leave(mut self) {
+        self.served = true;
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if !self.served {
+            tracing::debug!("request left the queue without running (cancelled or rejected)");
+        }
+    }
+}
+
+/// A validated ModelInfer input: `batch` queries of `spec.input_len()` values each.
+struct ParsedInput {
+    data: Vec<f32>,
+    batch: usize,
+}
+
+/// Checks one FP32 tensor of shape `[B, ...]` with `spec.input_len()` values per query, data in
+/// `raw_input_contents` or `contents.fp32_contents`. Every failure is INVALID_ARGUMENT.
+fn parse_input(spec: &ModelSpec, req: &mut pb::ModelInferRequest) -> Result<ParsedInput, Status> {
+    let bad = |msg: String| Err(Status::invalid_argument(msg));
+    let [tensor] = req.inputs.as_slice() else {
+        return bad(format!(
+            "expected exactly 1 input tensor, got {}",
+            req.inputs.len()
+        ));
+    };
+    if tensor.datatype != "FP32" {
+        return bad(format!(
+            "input {:?}: datatype {:?}, expected FP32",
+            tensor.name, tensor.datatype
+        ));
+    }
+    let batch = batch_of(spec, &tensor.shape)
+        .map_err(|m| Status::invalid_argument(format!("input {:?}: {m}", tensor.name)))?;
+    let want = batch
+        .checked_mul(spec.input_len())
+        .ok_or_else(|| Status::invalid_argument("input too large"))?;
+    let data = tensor_data(tensor, &mut req.raw_input_contents, want)
+        .map_err(|m| Status::invalid_argument(format!("input {:?}: {m}", tensor.name)))?;
+    Ok(ParsedInput { data, batch })
+}
+
+/// The batch size of `shape` = `[B, d1, d2, ...]` where `d1*d2*... == spec.input_len()`
+/// (so `[B, 28, 28]` and `[B, 1, 28, 28]` are fine for an input shape of `[784]`).
+fn batch_of(spec: &ModelSpec, shape: &[i64]) -> Result<usize, String> {
+    let Some((&b, per_query)) = shape.split_first() else {
+        return Err("shape is empty; expected [batch, ...]".into());
+    };
+    if b < 1 || per_query.iter().any(|&d| d < 0) {
+        return Err(format!("shape {shape:?}: batch must be >= 1 and dims >= 0"));
+    }
+    let n = per_query
+        .iter()
+        .try_fold(1i64, |acc, &d| acc.checked_mul(d));
+    if n != i64::try_from(spec.input_len()).ok() {
+        return Err(format!(
+            "shape {shape:?} does not hold queries of shape {:?} ({} values each) after the batch dim",
+            spec.input_shape,
+            spec.input_len()
+        ));
+    }
+    usize::try_from(b).map_err(|_| format!("batch {b} too large"))
+}
+
+/// Takes the tensor's f32 values: raw bytes (little-endian) if present, else `fp32_contents`.
+fn tensor_data(
+    tensor: &InferInputTensor,
+    raw: &mut [Vec<u8>],
+    want: usize,
+) -> Result<Vec<f32>, String> {
+    let typed = tensor
+        .contents
+        .as_ref()
+        .map_or(0, |c| c.fp32_contents.len());
+    match (raw.len(), typed) {
+        (0, n) if n == want => Ok(tensor
+            .contents
+            .as_ref()
+            .map(|c| c.fp32_contents.clone())
+            .unwrap_or_default()),
+        (0, n) => Err(format!("fp32_contents has {n} values, shape needs {want}")),
+        (1, 0) => {
+            let bytes = std::mem::take(&mut raw[0]);
+            if bytes.len() != want.saturating_mul(4) {
+                return Err(format!(
+                    "raw_input_contents has {} bytes, shape needs {} (FP32)",
+                    bytes.len(),
+                    want.saturating_mul(4)
+                ));
+            }
+            decode_f32_le(&bytes).ok_or_else(|| "raw bytes not a multiple of 4".into())
+        }
+        (1, _) => Err("both raw_input_contents and contents given; use one".into()),
+        (n, _) => Err(format!(
+            "raw_input_contents has {n} entries for 1 input tensor"
+        )),
+    }
+}
+
+fn tensor_meta(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
+    let shape = std::iter::once(-1).chain(shape.iter().copied()).collect();
+    TensorMetadata {
+        name: name.to_owned(),
+        datatype: datatype.to_owned(),
+        shape,
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for WorkerService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: true }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let req = req.into_inner();
+        self.check_model(&req.name, &req.version)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready: true }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: SERVER_NAME.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            extensions: vec![],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let req = req.into_inner();
+        self.check_model(&req.name, &req.version)?;
+        let s = self.spec();
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: s.name.clone(),
+            versions: vec![s.version.clone()],
+            platform: s.platform.clone(),
+            inputs: vec![tensor_meta(&s.input_name, &s.datatype, &s.input_shape)],
+            outputs: vec![tensor_meta(&s.output_name, &s.datatype, &s.output_shape)],
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let mut req = req.into_inner();
+        self.check_model(&req.model_name, &req.model_version)?;
+        let input = parse_input(self.spec(), &mut req)?; // validated before it can take a queue slot
+        let out = self.execute(input.data, input.batch).await?;
+        let s = self.spec();
+        if out.len() != input.batch * s.output_len() {
+            let msg = format!(
+                "model returned {} values for batch {} x {}",
+                out.len(),
+                input.batch,
+                s.output_len()
+            );
+            return Err(Status::internal(msg));
+        }
+        let shape = std::iter::once(input.batch as i64)
+            .chain(s.output_shape.iter().copied())
+            .collect();
+        let output = InferOutputTensor {
+            name: s.output_name.clone(),
+            datatype: "FP32".to_owned(),
+            shape,
+            ..Default::default()
+        };
+        Ok(Response::new(pb::ModelInferResponse {
+            model_name: s.name.clone(),
+            model_version: s.version.clone(),
+            id: req.id,
+            outputs: vec![output],
+            raw_output_contents: vec![encode_f32_le(&out)],
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_of_accepts_reshaped_queries() {
+        let spec = ModelSpec::fp32("m", vec![784], vec![10]);
+        assert_eq!(batch_of(&spec, &[3, 784]), Ok(3));
+        assert_eq!(batch_of(&spec, &[2, 28, 28]), Ok(2));
+        assert_eq!(batch_of(&spec, &[1, 1, 28, 28]), Ok(1));
+        for bad in [
+            &[][..],
+            &[784],
+            &[0, 784],
+            &[-1, 784],
+            &[1, 783],
+            &[1, -28, -28],
+            &[1, i64::MAX, 4],
+        ] {
+            assert!(batch_of(&spec, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn queue_slots_are_bounded_and_released() {
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let a = QueueSlot::take(&waiting, 2).unwrap();
+        let b = QueueSlot::take(&waiting, 2).unwrap();
+        assert!(QueueSlot::take(&waiting, 2).is_none());
+        assert_eq!(waiting.load(Ordering::SeqCst), 2);
+        drop(a);
+        b.leave();
+        assert_eq!(waiting.load(Ordering::SeqCst), 0);
+    }
+}
