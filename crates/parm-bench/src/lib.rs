@@ -35,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cluster;
 pub mod loadgen;
 pub mod report;
 

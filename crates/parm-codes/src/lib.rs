@@ -22,6 +22,8 @@ pub enum CodeError {
     ShapeMismatch { index: usize, expected: usize, got: usize },
     #[error("k must be at least 1")]
     ZeroK,
+    #[error("unknown encoder '{0}' (known: addition)")]
+    UnknownEncoder(String),
     #[error("decoding needs exactly one unavailable prediction, found {0}")]
     NotOneErasure(usize),
 }
@@ -58,4 +60,17 @@ fn check_same_len<'a>(tensors: impl Iterator<Item = (usize, &'a [f32])>, n: usiz
         }
     }
     Ok(())
+}
+
+/// Encoder names accepted by [`encoder_by_name`].
+pub const ENCODERS: [&str; 1] = ["addition"];
+
+/// The encoder called `name` for coding groups of `k` queries.
+///
+/// Errors: [`CodeError::UnknownEncoder`] for a name not in [`ENCODERS`], [`CodeError::ZeroK`].
+pub fn encoder_by_name(name: &str, k: usize) -> Result<Box<dyn Encoder>, CodeError> {
+    match name {
+        "addition" => Ok(Box::new(AdditionEncoder::new(k)?)),
+        _ => Err(CodeError::UnknownEncoder(name.to_string())),
+    }
 }

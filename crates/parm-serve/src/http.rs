@@ -219,3 +219,15 @@ fn flatten(v: &Value, out: &mut Vec<f32>, limit: usize) -> Result<(), ApiError> 
         _ => Err(bad("input 'data' must hold only numbers (nested or flat arrays)")),
     }
 }
+
+/// Serves the frontend's HTTP interface on `listener` until `shutdown` resolves, then drains
+/// in-flight requests.
+///
+/// Errors: the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    frontend: Frontend,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(frontend)).with_graceful_shutdown(shutdown).await
+}

@@ -1,1 +1,80 @@
-fn main() {}
+//! `parm`: learned erasure-coded resilience for prediction serving (ParM, SOSP 2019).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod backend;
+mod commands;
+mod demo;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "parm", version, about = "Prediction serving with learned erasure-coded resilience (ParM)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Paths shared by the commands that touch data and models.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Paths {
+    /// Dataset: fashion-mnist or mnist.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Where datasets are prepared.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Where models are written; each dataset gets a subdirectory.
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn model_dir(&self) -> PathBuf {
+        self.models_dir.join(&self.dataset)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and unpack a dataset into the data directory.
+    Data(Paths),
+    /// Train the deployed model (ParM's MLP 784-200-100-10).
+    Train(commands::TrainArgs),
+    /// Train a parity model for coding groups of k queries.
+    TrainParity(commands::TrainParityArgs),
+    /// Available, degraded-mode and overall accuracy of a deployed + parity model pair.
+    Eval(commands::EvalArgs),
+    /// Serve one model (deployed or parity) as a model instance over OIP gRPC.
+    Worker(commands::WorkerArgs),
+    /// The frontend: OIP HTTP for clients, coding groups over the instances.
+    Serve(commands::ServeArgs),
+    /// The whole coded path end to end on Fashion-MNIST with one slowed instance.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(p) => commands::data(&p),
+        Command::Train(a) => commands::train(&a),
+        Command::TrainParity(a) => commands::train_parity(&a),
+        Command::Eval(a) => commands::eval(&a),
+        Command::Worker(a) => commands::worker(a),
+        Command::Serve(a) => commands::serve(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

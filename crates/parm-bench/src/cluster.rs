@@ -1,0 +1,72 @@
+//! A local cluster of model instances, each its own `parm worker` process on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// One model instance to start.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Weights file (`.bpk`, with its `.json` beside it).
+    pub model: PathBuf,
+    /// Name the instance serves the model under.
+    pub name: String,
+    /// Fault injection, in `parm worker --fault` syntax (empty: none).
+    pub fault: String,
+}
+
+/// A running instance: its process and address.
+pub struct Instance {
+    pub spec: InstanceSpec,
+    pub addr: String,
+    child: Child,
+}
+
+impl Instance {
+    /// Process id, for fault injection with signals.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Starts `parm worker` (the binary at `exe`) for `spec` on 127.0.0.1 with an ephemeral port
+/// and one compute thread, and waits (up to 60 s) for the address it prints.
+///
+/// Errors: the process cannot start, exits, or prints no address in time.
+pub async fn start_instance(exe: &Path, spec: InstanceSpec) -> anyhow::Result<Instance> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker").arg("--model").arg(&spec.model).arg("--name").arg(&spec.name);
+    cmd.arg("--listen").arg("127.0.0.1:0");
+    if !spec.fault.is_empty() {
+        cmd.arg("--fault").arg(&spec.fault);
+    }
+    // One compute thread per instance gives the best single-query latency (and instances
+    // must not fight over the same cores).
+    cmd.env("RAYON_NUM_THREADS", "1").stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
+    let stdout = child.stdout.take().context("worker stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("worker printed no address within 60 s")??
+        .context("worker exited before listening")?;
+    let addr = line.strip_prefix("listening on ").context("unexpected first line from worker")?.trim().to_string();
+    // Keep draining stdout so the worker never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Instance { spec, addr, child })
+}
+
+/// Starts all `specs` concurrently.
+pub async fn start_instances(exe: &Path, specs: Vec<InstanceSpec>) -> anyhow::Result<Vec<Instance>> {
+    let futs = specs.into_iter().map(|s| start_instance(exe, s));
+    futures::future::try_join_all(futs).await
+}

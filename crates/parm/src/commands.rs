@@ -1,0 +1,331 @@
+//! The CLI commands other than `demo`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use burn::tensor::Device;
+use clap::Args;
+use parm_codes::encoder_by_name;
+use parm_nn::eval::{self, AccuracyReport};
+use parm_nn::parity::{file_hash, train_parity as run_parity_training, ParityConfig, ParityJob};
+use parm_nn::train::{load_model, save_model, train_deployed, TrainConfig};
+use parm_serve::backend::ModelSpec;
+use parm_serve::client::InstanceClient;
+use parm_serve::frontend::{Frontend, FrontendConfig};
+use parm_serve::worker::{serve_worker, WorkerOptions};
+
+use crate::backend::NnBackend;
+use crate::Paths;
+
+/// Default file stem of a parity model.
+pub fn parity_name(k: usize, encoder: &str) -> String {
+    format!("parity-k{k}-{encoder}")
+}
+
+pub fn data(p: &Paths) -> anyhow::Result<()> {
+    let ds = parm_data::load_dataset(&p.dataset, &p.data_dir)?;
+    println!("{}: train {} / validation {} / test {} images of {}x{}, {} classes, in {}",
+        ds.name, ds.train.n, ds.val.n, ds.test.n, ds.rows, ds.cols, ds.classes, p.data_dir.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// File stem of the result in the model directory.
+    #[arg(long, default_value = "deployed")]
+    pub name: String,
+    /// Overwrite an existing model of that name.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
+    let dir = a.paths.model_dir();
+    let (weights, _) = parm_nn::meta::model_paths(&dir, &a.name);
+    if weights.exists() && !a.force {
+        bail!("{} exists; pass --force to overwrite it or --name to train another", weights.display());
+    }
+    let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
+    let cfg = TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, seed: a.seed, ..Default::default() };
+    let (model, meta) = train_deployed(&ds, &cfg)?;
+    save_model(&model, &meta, &dir, &a.name)?;
+    println!(
+        "trained {} on {}: test accuracy {:.2}% in {:.1} s ({} steps, {:.0} steps/s) -> {}",
+        meta.arch, meta.dataset, 100.0 * meta.test_accuracy.unwrap_or(0.0), meta.train_seconds, meta.steps,
+        meta.steps as f64 / meta.train_seconds.max(1e-9), weights.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TrainParityArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+    /// Queries per coding group.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    /// Encoder: addition.
+    #[arg(long, default_value = "addition")]
+    pub encoder: String,
+    /// Total epochs (ParM trains 500); an interrupted run resumes from its last checkpoint.
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Deployed model weights (default: MODELS_DIR/DATASET/deployed.bpk).
+    #[arg(long)]
+    pub deployed: Option<PathBuf>,
+    /// File stem of the result (default: parity-k{K}-{ENCODER}).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Delete an existing parity model and checkpoint of that name and start over.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn train_parity(a: &TrainParityArgs) -> anyhow::Result<()> {
+    let dir = a.paths.model_dir();
+    let name = a.name.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder));
+    let deployed_path = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+    if a.force {
+        let (w, j) = parm_nn::meta::model_paths(&dir, &name);
+        for p in [w, j] {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(dir.join(format!("{name}.ckpt")));
+    }
+    let meta = parity_training(&a.paths, &deployed_path, a.k, &a.encoder, a.epochs, a.seed, &name)?;
+    println!(
+        "parity model {name}: validation degraded-mode accuracy {:.2}% after {} epochs ({} steps, {:.1} s, {:.0} steps/s) -> {}",
+        100.0 * meta.val_degraded_accuracy.unwrap_or(0.0), meta.epochs, meta.steps, meta.train_seconds,
+        meta.steps as f64 / meta.train_seconds.max(1e-9), dir.join(format!("{name}.bpk")).display()
+    );
+    Ok(())
+}
+
+/// Trains (or resumes, or finds finished) the parity model `name` against `deployed_path`.
+pub fn parity_training(
+    paths: &Paths,
+    deployed_path: &std::path::Path,
+    k: usize,
+    encoder: &str,
+    epochs: usize,
+    seed: u64,
+    name: &str,
+) -> anyhow::Result<parm_nn::ModelMeta> {
+    let encoder = encoder_by_name(encoder, k)?;
+    let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
+    let (deployed, deployed_meta) = load_model(deployed_path, &Device::flex())
+        .with_context(|| format!("loading the deployed model (train it first with `parm train`)"))?;
+    let job = ParityJob {
+        ds: &ds,
+        deployed: &deployed,
+        deployed_meta: &deployed_meta,
+        deployed_hash: file_hash(deployed_path)?,
+        encoder: encoder.as_ref(),
+        out_dir: &paths.model_dir(),
+        name,
+    };
+    let cfg = ParityConfig { seed, ..ParityConfig::parm_recipe(k, epochs) };
+    Ok(run_parity_training(&job, &cfg)?)
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    #[arg(long, default_value = "addition")]
+    pub encoder: String,
+    /// Deployed model weights (default: MODELS_DIR/DATASET/deployed.bpk).
+    #[arg(long)]
+    pub deployed: Option<PathBuf>,
+    /// Parity model weights (default: MODELS_DIR/DATASET/parity-k{K}-{ENCODER}.bpk).
+    #[arg(long)]
+    pub parity: Option<PathBuf>,
+    /// Seed of the test coding groups.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let dir = a.paths.model_dir();
+    let deployed = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+    let parity = a.parity.clone().unwrap_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))));
+    let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
+    let report = accuracy_report(&ds, &deployed, &parity, &a.encoder, a.k, a.seed)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        write_new(path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+/// A_a, A_d (every single-erasure pattern of every test coding group), the default baseline
+/// and A_o at f_u = 1%, 5%, 10% (ParM §5.2).
+pub fn accuracy_report(
+    ds: &parm_data::Dataset,
+    deployed: &std::path::Path,
+    parity: &std::path::Path,
+    encoder: &str,
+    k: usize,
+    seed: u64,
+) -> anyhow::Result<AccuracyReport> {
+    let device = Device::flex();
+    let (f, fmeta) = load_model(deployed, &device)?;
+    let (fp, pmeta) = load_model(parity, &device)?;
+    if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
+        bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);
+    }
+    let enc = encoder_by_name(encoder, k)?;
+    let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
+    let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
+    let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, &device);
+    Ok(AccuracyReport {
+        dataset: ds.name.clone(),
+        model: fmeta.arch,
+        k,
+        encoder: encoder.to_string(),
+        available,
+        degraded,
+        default: eval::default_accuracy(&ds.test.labels, ds.classes),
+        overall: [0.01, 0.05, 0.10].iter().map(|&f| (f, eval::overall_accuracy(available, degraded, f))).collect(),
+    })
+}
+
+/// Writes `text` to `path`, creating parent directories. Overwrites: used only for report
+/// files the user named on the command line.
+pub fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Weights file (.bpk) with its .json metadata beside it.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Name to serve the model under (default: the file stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to listen on; port 0 picks a free port. The first line printed on stdout is
+    /// `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub listen: String,
+    /// Injected slowdown, e.g. `delay_ms=20,prob=1.0,seed=7`: with probability `prob` each
+    /// request holds the instance's compute lane `delay_ms` longer.
+    #[arg(long, default_value = "")]
+    pub fault: String,
+    /// Requests that may wait for the compute lane; more are rejected (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+}
+
+pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => a.model.file_stem().and_then(|s| s.to_str()).context("model path has no file name")?.to_string(),
+    };
+    let backend = Arc::new(NnBackend::load(&a.model, &name)?);
+    let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
+    let opts = WorkerOptions { faults, max_queue: a.max_queue };
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        println!("listening on {}", listener.local_addr()?);
+        serve_worker(listener, backend, opts, shutdown_signal()).await
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Deployed-model instances, comma-separated host:port.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub deployed: Vec<String>,
+    /// Parity-model instances, comma-separated (none: no redundancy).
+    #[arg(long, value_delimiter = ',')]
+    pub parity: Vec<String>,
+    /// Queries per coding group.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    #[arg(long, default_value = "addition")]
+    pub encoder: String,
+    /// Address for OIP HTTP clients. The first line printed on stdout is `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Model name clients use (default: the deployed model's name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Model name on the deployed instances.
+    #[arg(long, default_value = "deployed")]
+    pub deployed_model: String,
+    /// Model name on the parity instances (default: parity-k{K}-{ENCODER}).
+    #[arg(long)]
+    pub parity_model: Option<String>,
+    /// A partly filled coding group is closed without parity after this many ms.
+    #[arg(long, default_value_t = 20)]
+    pub group_timeout_ms: u64,
+    /// An instance RPC counts as failed after this many ms.
+    #[arg(long, default_value_t = 5000)]
+    pub instance_timeout_ms: u64,
+}
+
+/// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
+/// the model's input and output shapes.
+pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
+    let client = InstanceClient::connect_lazy(&a.deployed[0])?;
+    client.wait_ready(&a.deployed_model, Duration::from_secs(30)).await?;
+    let remote = client.model_metadata(&a.deployed_model, Duration::from_secs(5)).await?;
+    let spec = ModelSpec { name: a.model_name.clone().unwrap_or_else(|| a.deployed_model.clone()), ..remote };
+    Ok(FrontendConfig {
+        spec,
+        deployed: a.deployed.clone(),
+        deployed_model: a.deployed_model.clone(),
+        parity: a.parity.clone(),
+        parity_model: a.parity_model.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder)),
+        encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
+        group_timeout: Duration::from_millis(a.group_timeout_ms),
+        instance_timeout: Duration::from_millis(a.instance_timeout_ms),
+    })
+}
+
+pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let frontend = Frontend::start(frontend_config(&a).await?)?;
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        println!("listening on {}", listener.local_addr()?);
+        parm_serve::http::serve(listener, frontend, shutdown_signal()).await?;
+        Ok(())
+    })
+}
