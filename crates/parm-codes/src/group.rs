@@ -70,6 +70,20 @@ impl GroupState {
         self.answered[slot]
     }
 
+    /// Fills slots `members..k` with padding queries whose known output is `output` (e.g. F of
+    /// an all-zero query): they count as available predictions for decoding and need no
+    /// answer. Used for a partly filled group that still gets a parity query. Returns the
+    /// answers this makes possible.
+    pub fn fill_padding(&mut self, members: usize, output: &[f32]) -> Vec<Answer> {
+        for j in members..self.data.len() {
+            self.data[j] = Output::Ready(output.to_vec());
+            self.answered[j] = true;
+        }
+        let mut answers: Vec<Answer> = self.try_reconstruct().into_iter().collect();
+        answers.extend(self.give_up_hopeless());
+        answers
+    }
+
     /// Closes a coding group that will get no parity query, e.g. a partly filled group flushed
     /// after the group timeout: only its first `members` slots exist and an unavailable
     /// prediction can no longer be reconstructed. Returns the answers this settles.
@@ -186,6 +200,15 @@ mod tests {
         assert!(g.on_output(Slot::Data(0), None).is_empty());
         g.on_output(Slot::Data(1), Some(vec![1.0]));
         assert_eq!(g.close_without_parity(2), vec![Answer::Unavailable { slot: 0 }]);
+        assert!(g.is_done());
+    }
+
+    #[test]
+    fn padded_group_reconstructs_its_one_member() {
+        let mut g = GroupState::new(2, true);
+        assert!(g.fill_padding(1, &[1.0, 1.0]).is_empty());
+        let a = g.on_output(Slot::Parity, Some(vec![3.0, 5.0]));
+        assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![2.0, 4.0] }]);
         assert!(g.is_done());
     }
 

@@ -54,27 +54,49 @@ pub fn degraded_accuracy(
     seed: u64,
     device: &Device,
 ) -> f64 {
+    padded_degraded_accuracy(deployed_logits, None, parity, split, encoder, encoder.k(), classes, seed, device)
+}
+
+/// Degraded-mode accuracy of partly filled coding groups: `members` real queries (< k) padded
+/// with all-zero queries, whose prediction F(0) (`zero_logits`, `[classes]`) the decoder
+/// subtracts like any other available output. This is how the frontend protects a group it
+/// closes on its timeout. With `zero_logits = None`, `members` must equal k.
+#[allow(clippy::too_many_arguments)]
+pub fn padded_degraded_accuracy(
+    deployed_logits: &[f32],
+    zero_logits: Option<&[f32]>,
+    parity: &Mlp,
+    split: &Split,
+    encoder: &dyn Encoder,
+    members: usize,
+    classes: usize,
+    seed: u64,
+    device: &Device,
+) -> f64 {
     let k = encoder.k();
-    let groups = coding_groups(split.n, k, seed);
+    let zeros = vec![0.0f32; split.dim()];
+    let groups = coding_groups(split.n, members, seed);
     let mut parity_inputs = Vec::with_capacity(groups.len() * split.dim());
     for g in &groups {
-        let members: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
-        parity_inputs.extend(encoder.encode(&members).expect("members have equal shape"));
+        let mut queries: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
+        queries.resize(k, &zeros);
+        parity_inputs.extend(encoder.encode(&queries).expect("members have equal shape"));
     }
     let parity_out = logits(parity, &parity_inputs, groups.len(), split.dim(), device);
     let mut correct = 0usize;
     for (g, fp) in groups.iter().zip(parity_out.chunks(classes)) {
-        for lost in 0..k {
-            let outputs: Vec<Option<&[f32]>> = g
+        for lost in 0..members {
+            let mut outputs: Vec<Option<&[f32]>> = g
                 .iter()
                 .enumerate()
                 .map(|(j, &i)| (j != lost).then(|| &deployed_logits[i * classes..(i + 1) * classes]))
                 .collect();
+            outputs.resize(k, zero_logits);
             let (_, rec) = SubtractionDecoder.decode(fp, &outputs).expect("one erasure");
             correct += (argmax(&rec) == Some(split.labels[g[lost]] as usize)) as usize;
         }
     }
-    correct as f64 / (groups.len() * k).max(1) as f64
+    correct as f64 / (groups.len() * members).max(1) as f64
 }
 
 /// Accuracy of returning one fixed default prediction when a prediction is unavailable: the
@@ -101,6 +123,8 @@ pub struct AccuracyReport {
     pub encoder: String,
     pub available: f64,
     pub degraded: f64,
+    /// `(members, A_d)` for partly filled groups of `members` < k queries padded with zeros.
+    pub degraded_partial: Vec<(usize, f64)>,
     pub default: f64,
     /// `(f_u, A_o)` pairs.
     pub overall: Vec<(f64, f64)>,
@@ -115,6 +139,9 @@ impl AccuracyReport {
         );
         s += &format!("{:<34}{:>8.2}%\n", "available accuracy A_a", 100.0 * self.available);
         s += &format!("{:<34}{:>8.2}%\n", "degraded-mode accuracy A_d", 100.0 * self.degraded);
+        for (m, a) in &self.degraded_partial {
+            s += &format!("{:<34}{:>8.2}%\n", format!("A_d, partial group of {m}/{}", self.k), 100.0 * a);
+        }
         s += &format!("{:<34}{:>8.2}%\n", "default baseline (degraded)", 100.0 * self.default);
         for (f, a) in &self.overall {
             s += &format!("{:<34}{:>8.2}%\n", format!("overall accuracy A_o, f_u = {}%", f * 100.0), 100.0 * a);

@@ -6,6 +6,7 @@
 //! is sent, so the timeout is enforced here only and always reported as [`InstanceError::Timeout`].
 
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +84,11 @@ impl InstanceError {
         let (addr, message) = (addr.to_owned(), status.message().to_owned());
         match status.code() {
             Code::Unavailable | Code::Cancelled => Self::Unavailable { addr, message },
+            // tonic reports a connection that broke mid-call (the instance died) as UNKNOWN
+            // with the transport error as source; inference is idempotent, so it is retryable.
+            Code::Unknown if status.source().is_some() || message.contains("transport error") => {
+                Self::Unavailable { addr, message }
+            }
             Code::DeadlineExceeded => Self::Timeout {
                 addr,
                 timeout: Duration::ZERO,

@@ -5,9 +5,10 @@
 //! Source: ParM (Kosaian et al., SOSP 2019) §4: queries are sent to their instances at once;
 //! when k queries have arrived the encoder builds the parity query; the decoder runs eagerly
 //! as soon as the parity output and k-1 of the k predictions are in, and the queued original
-//! is cancelled. parm adds: a partly filled group is closed after `group_timeout` without a
-//! parity query (its queries are unprotected), a failed RPC is retried once on the next
-//! instance, and a query that can be neither predicted nor reconstructed gets an explicit
+//! is cancelled. parm adds: a partly filled group is closed after `group_timeout` and still
+//! gets a parity query, padded with all-zero queries whose output F(0) the decoder subtracts
+//! (so that low load does not leave queries waiting for group-mates), a failed RPC is retried
+//! once on the next instance, and a query that can be neither predicted nor reconstructed gets an explicit
 //! error, so every accepted query gets exactly one answer.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +40,9 @@ pub struct FrontendConfig {
     pub group_timeout: Duration,
     /// Longest wait for one instance RPC before it counts as failed.
     pub instance_timeout: Duration,
+    /// A reconstruction is released no earlier than this long after its original was sent,
+    /// so a healthy original that is about to arrive wins (zero: ParM's pure eager decoding).
+    pub decode_grace: Duration,
 }
 
 /// One answered query.
@@ -70,6 +74,9 @@ pub struct Stats {
     pub reconstructed: AtomicU64,
     pub unavailable: AtomicU64,
     pub parity_queries: AtomicU64,
+    /// Partly filled groups closed on the group timeout and padded with zero queries.
+    pub padded_groups: AtomicU64,
+    /// Groups closed without any parity query (no parity instances, or F(0) unknown).
     pub unprotected_groups: AtomicU64,
 }
 
@@ -80,8 +87,8 @@ struct Job {
 
 enum GroupMsg {
     Member(Job),
-    /// No more members: `true` if the group is full and gets its parity query.
-    Seal(bool),
+    /// No more members: the group is full, or its timeout expired.
+    Seal,
 }
 
 /// Instances of one kind and a round-robin cursor over them.
@@ -122,6 +129,24 @@ struct Shared {
     parity: Option<Pool>,
     stats: Stats,
     next_group: AtomicU64,
+    /// F(0), the deployed model's output for an all-zero query, fetched once when first needed.
+    zero_output: tokio::sync::OnceCell<Option<Vec<f32>>>,
+}
+
+impl Shared {
+    async fn zero_output(&self) -> Option<Vec<f32>> {
+        self.zero_output
+            .get_or_init(|| async {
+                let n = self.cfg.spec.input_len();
+                let out = self.deployed.infer(vec![0.0; n], vec![1, n as i64], self.cfg.instance_timeout).await;
+                if out.is_none() {
+                    tracing::warn!("could not compute F(0); partly filled coding groups go unprotected");
+                }
+                out
+            })
+            .await
+            .clone()
+    }
 }
 
 /// Handle to a running frontend; cheap to clone.
@@ -143,7 +168,14 @@ impl Frontend {
         anyhow::ensure!(cfg.encoder.k() >= 1, "k must be at least 1");
         let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model)?;
         let parity = if cfg.parity.is_empty() { None } else { Some(Pool::new(&cfg.parity, &cfg.parity_model)?) };
-        let shared = Arc::new(Shared { cfg, deployed, parity, stats: Stats::default(), next_group: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            cfg,
+            deployed,
+            parity,
+            stats: Stats::default(),
+            next_group: AtomicU64::new(0),
+            zero_output: Default::default(),
+        });
         let (tx, rx) = mpsc::channel(INTAKE_QUEUE);
         tokio::spawn(group_queries(rx, shared.clone()));
         Ok(Self { tx, shared })
@@ -201,7 +233,7 @@ async fn group_queries(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             job = rx.recv() => match job { Some(j) => j, None => break },
             _ = sleep_until_opt(deadline) => {
                 if let Some((tx, _, _)) = open.take() {
-                    let _ = tx.send(GroupMsg::Seal(false));
+                    let _ = tx.send(GroupMsg::Seal);
                 }
                 continue;
             }
@@ -215,12 +247,12 @@ async fn group_queries(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
         let _ = tx.send(GroupMsg::Member(job));
         *count += 1;
         if *count == k {
-            let _ = tx.send(GroupMsg::Seal(shared.parity.is_some()));
+            let _ = tx.send(GroupMsg::Seal);
             open = None;
         }
     }
     if let Some((tx, _, _)) = open {
-        let _ = tx.send(GroupMsg::Seal(false));
+        let _ = tx.send(GroupMsg::Seal);
     }
 }
 
@@ -238,49 +270,145 @@ async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg
     let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(k);
     let mut replies: Vec<Option<oneshot::Sender<Result<Prediction, FrontendError>>>> = Vec::with_capacity(k);
     let mut tasks: Vec<AbortHandle> = Vec::with_capacity(k + 1);
+    let mut held = Held::new(k, shared.cfg.decode_grace);
     let mut sealed = false;
     let shape = vec![1, shared.cfg.spec.input_len() as i64];
-    while !(sealed && state.is_done()) {
+    while !(sealed && state.is_done() && held.is_empty()) {
         let answers = tokio::select! {
             msg = msgs.recv(), if !sealed => match msg {
                 Some(GroupMsg::Member(job)) => {
                     let slot = inputs.len();
+                    held.sent(slot);
                     tasks.push(spawn_rpc(&shared, false, Slot::Data(slot), job.input.clone(), shape.clone(), &events_tx));
                     inputs.push(job.input);
                     replies.push(Some(job.reply));
                     Vec::new()
                 }
-                Some(GroupMsg::Seal(true)) => {
+                Some(GroupMsg::Seal) | None => {
                     sealed = true;
-                    let members: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-                    match shared.cfg.encoder.encode(&members) {
-                        Ok(p) => {
-                            shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
-                            tasks.push(spawn_rpc(&shared, true, Slot::Parity, p, shape.clone(), &events_tx));
-                            Vec::new()
-                        }
-                        Err(e) => {
-                            tracing::warn!("encoder failed: {e}");
-                            state.close_without_parity(inputs.len())
-                        }
-                    }
-                }
-                Some(GroupMsg::Seal(false)) | None => {
-                    sealed = true;
-                    if inputs.len() < k || shared.parity.is_some() {
-                        shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
-                    }
-                    state.close_without_parity(inputs.len())
+                    seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await
                 }
             },
-            Some((slot, out)) = events.recv() => state.on_output(slot, out),
+            Some((slot, out)) = events.recv() => {
+                let original = held.original_arrived(slot, &out);
+                let mut answers = state.on_output(slot, out);
+                answers.extend(original);
+                answers
+            }
+            _ = sleep_until_opt(held.next_deadline()) => held.release_due(),
         };
         for answer in answers {
-            deliver(id, answer, &mut replies, &tasks, &shared.stats);
+            if let Some(answer) = held.hold(answer) {
+                deliver(id, answer, &mut replies, &tasks, &shared.stats);
+            }
         }
     }
     for t in &tasks {
         t.abort(); // outputs nobody needs any more: free the instances' queues
+    }
+}
+
+/// Reconstructions held back until their original has been outstanding for the decode grace,
+/// so that an original about to arrive wins the race: same latency to within the grace, and
+/// the exact prediction instead of an approximation.
+struct Held {
+    grace: Duration,
+    sent_at: Vec<Instant>,
+    waiting: Vec<Option<(Instant, Vec<f32>)>>,
+}
+
+impl Held {
+    fn new(k: usize, grace: Duration) -> Self {
+        Self { grace, sent_at: Vec::with_capacity(k), waiting: vec![None; k] }
+    }
+
+    fn sent(&mut self, slot: usize) {
+        self.sent_at.push(Instant::now());
+        debug_assert_eq!(self.sent_at.len(), slot + 1);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.iter().all(Option::is_none)
+    }
+
+    /// Passes an answer through, or keeps a too-early reconstruction for later.
+    fn hold(&mut self, answer: Answer) -> Option<Answer> {
+        if let Answer::Reconstructed { slot, output } = &answer {
+            let due = self.sent_at.get(*slot).map(|t| *t + self.grace);
+            if let Some(due) = due.filter(|d| *d > Instant::now()) {
+                self.waiting[*slot] = Some((due, output.clone()));
+                return None;
+            }
+        }
+        Some(answer)
+    }
+
+    /// The original of a held reconstruction arrived in time: answer with it instead.
+    fn original_arrived(&mut self, slot: Slot, out: &Option<Vec<f32>>) -> Option<Answer> {
+        let (Slot::Data(j), Some(output)) = (slot, out) else { return None };
+        self.waiting.get_mut(j)?.take()?;
+        Some(Answer::Original { slot: j, output: output.clone() })
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.iter().flatten().map(|(d, _)| *d).min()
+    }
+
+    fn release_due(&mut self) -> Vec<Answer> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (slot, w) in self.waiting.iter_mut().enumerate() {
+            if w.as_ref().is_some_and(|(d, _)| *d <= now) {
+                let (_, output) = w.take().expect("checked");
+                out.push(Answer::Reconstructed { slot, output });
+            }
+        }
+        out
+    }
+}
+
+/// Sends the group's parity query: the encoding of its members, padded with all-zero queries
+/// if the group is only partly filled (their prediction F(0) is then subtracted like any
+/// other available output). Without parity instances, or if F(0) is not known, the group is
+/// closed unprotected.
+async fn seal(
+    shared: &Arc<Shared>,
+    state: &mut GroupState,
+    inputs: &[Vec<f32>],
+    shape: &[i64],
+    events: &mpsc::UnboundedSender<(Slot, Option<Vec<f32>>)>,
+    tasks: &mut Vec<AbortHandle>,
+) -> Vec<Answer> {
+    let k = state.k();
+    let m = inputs.len();
+    if shared.parity.is_none() {
+        return state.close_without_parity(m);
+    }
+    let zeros = vec![0.0f32; shared.cfg.spec.input_len()];
+    let mut answers = Vec::new();
+    if m < k {
+        match shared.zero_output().await {
+            Some(z) => answers = state.fill_padding(m, &z),
+            None => {
+                shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+                return state.close_without_parity(m);
+            }
+        }
+        shared.stats.padded_groups.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut members: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    members.resize(k, &zeros);
+    match shared.cfg.encoder.encode(&members) {
+        Ok(p) => {
+            shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
+            tasks.push(spawn_rpc(shared, true, Slot::Parity, p, shape.to_vec(), events));
+            answers
+        }
+        Err(e) => {
+            tracing::warn!("encoder failed: {e}");
+            answers.extend(state.close_without_parity(m));
+            answers
+        }
     }
 }
 

@@ -19,6 +19,14 @@ use parm_serve::worker::{serve_worker, WorkerOptions};
 use crate::backend::NnBackend;
 use crate::Paths;
 
+/// How long a coding group waits for more members before its parity query is sent, padded
+/// with zero queries (ms). Short, so low load does not delay reconstructions.
+pub const DEFAULT_GROUP_TIMEOUT_MS: u64 = 5;
+
+/// How long after sending a query its reconstruction may be released (ms): a healthy instance
+/// answers within this, and its exact prediction then beats the approximate reconstruction.
+pub const DEFAULT_DECODE_GRACE_MS: u64 = 2;
+
 /// Default file stem of a parity model.
 pub fn parity_name(k: usize, encoder: &str) -> String {
     format!("parity-k{k}-{encoder}")
@@ -198,6 +206,13 @@ pub fn accuracy_report(
     let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
     let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
     let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, &device);
+    let zero_logits = eval::logits(&f, &vec![0.0; ds.test.dim()], 1, ds.test.dim(), &device);
+    let degraded_partial = (1..k)
+        .map(|m| {
+            let z = Some(zero_logits.as_slice());
+            (m, eval::padded_degraded_accuracy(&logits, z, &fp, &ds.test, enc.as_ref(), m, ds.classes, seed, &device))
+        })
+        .collect();
     Ok(AccuracyReport {
         dataset: ds.name.clone(),
         model: fmeta.arch,
@@ -205,6 +220,7 @@ pub fn accuracy_report(
         encoder: encoder.to_string(),
         available,
         degraded,
+        degraded_partial,
         default: eval::default_accuracy(&ds.test.labels, ds.classes),
         overall: [0.01, 0.05, 0.10].iter().map(|&f| (f, eval::overall_accuracy(available, degraded, f))).collect(),
     })
@@ -293,12 +309,16 @@ pub struct ServeArgs {
     /// Model name on the parity instances (default: parity-k{K}-{ENCODER}).
     #[arg(long)]
     pub parity_model: Option<String>,
-    /// A partly filled coding group is closed without parity after this many ms.
-    #[arg(long, default_value_t = 20)]
+    /// A partly filled coding group gets its (zero-padded) parity query after this many ms.
+    #[arg(long, default_value_t = DEFAULT_GROUP_TIMEOUT_MS)]
     pub group_timeout_ms: u64,
     /// An instance RPC counts as failed after this many ms.
     #[arg(long, default_value_t = 5000)]
     pub instance_timeout_ms: u64,
+    /// A reconstruction is released no earlier than this many ms after its query was sent
+    /// (0: answer with the first of original and reconstruction, as ParM does).
+    #[arg(long, default_value_t = DEFAULT_DECODE_GRACE_MS)]
+    pub decode_grace_ms: u64,
 }
 
 /// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
@@ -317,6 +337,7 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
         encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
         group_timeout: Duration::from_millis(a.group_timeout_ms),
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
+        decode_grace: Duration::from_millis(a.decode_grace_ms),
     })
 }
 

@@ -63,6 +63,12 @@ pub struct DemoArgs {
     pub parity_epochs: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// A partly filled coding group gets its (zero-padded) parity query after this many ms.
+    #[arg(long, default_value_t = crate::commands::DEFAULT_GROUP_TIMEOUT_MS)]
+    pub group_timeout_ms: u64,
+    /// A reconstruction is released no earlier than this many ms after its query was sent.
+    #[arg(long, default_value_t = crate::commands::DEFAULT_DECODE_GRACE_MS)]
+    pub decode_grace_ms: u64,
 }
 
 /// One of the three setups.
@@ -175,8 +181,9 @@ async fn drive(a: &DemoArgs, s: &Setup, instances: &[Instance], parity_name: &st
         parity: if s.parity > 0 { addrs(parity_name) } else { Vec::new() },
         parity_model: parity_name.to_string(),
         encoder: Arc::from(encoder_by_name("addition", a.k)?),
-        group_timeout: Duration::from_millis(20),
+        group_timeout: Duration::from_millis(a.group_timeout_ms),
         instance_timeout: Duration::from_secs(5),
+        decode_grace: Duration::from_millis(a.decode_grace_ms),
     };
     for addr in cfg.deployed.iter().chain(&cfg.parity) {
         let model = if cfg.parity.contains(addr) { parity_name } else { "deployed" };
