@@ -242,7 +242,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
             ));
         }
     }
-    if max_lag > Duration::from_millis(5) {
+    if max_lag > Duration::from_millis(50) {
         tracing::warn!(
             max_lag_ms = max_lag.as_secs_f64() * 1e3,
             rate_qps = spec.rate_qps,

@@ -181,6 +181,23 @@ impl Frontend {
         Ok(Self { tx, shared })
     }
 
+    /// Opens the connections to every instance, looks up their metadata and computes F(0), so
+    /// that the first queries do not pay for it (and lose the race to their reconstruction).
+    /// Failures are only logged: instances that are down are retried per query.
+    pub async fn warm_up(&self) {
+        let timeout = Duration::from_secs(2);
+        let pools = std::iter::once(&self.shared.deployed).chain(self.shared.parity.as_ref());
+        let calls = pools.flat_map(|p| p.clients.iter().map(move |c| c.model_metadata(&p.model, timeout)));
+        for result in futures::future::join_all(calls).await {
+            if let Err(e) = result {
+                tracing::warn!("warm-up: {e}");
+            }
+        }
+        if self.shared.parity.is_some() {
+            self.shared.zero_output().await;
+        }
+    }
+
     /// The model clients see.
     pub fn spec(&self) -> &ModelSpec {
         &self.shared.cfg.spec

@@ -44,7 +44,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub paths: Paths,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -344,6 +344,7 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let frontend = Frontend::start(frontend_config(&a).await?)?;
+        frontend.warm_up().await;
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
         parm_serve::http::serve(listener, frontend, shutdown_signal()).await?;

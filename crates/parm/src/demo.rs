@@ -56,10 +56,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20.0)]
     pub slow_ms: f64,
     /// Epochs for the deployed model if it must be trained.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 20)]
     pub deployed_epochs: usize,
     /// Epochs for the parity model if it must be trained (ParM: 500).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 30)]
     pub parity_epochs: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -190,6 +190,7 @@ async fn drive(a: &DemoArgs, s: &Setup, instances: &[Instance], parity_name: &st
         parm_serve::client::InstanceClient::connect_lazy(addr)?.wait_ready(model, Duration::from_secs(30)).await?;
     }
     let frontend = Frontend::start(cfg)?;
+    frontend.warm_up().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
