@@ -21,7 +21,8 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::backend::ModelSpec;
-use crate::client::InstanceClient;
+use crate::client::{InstanceClient, InstanceError};
+use crate::redundancy::{timed, LatencyWindow, Redundancy};
 
 /// How the frontend is wired.
 #[derive(Clone)]
@@ -43,6 +44,9 @@ pub struct FrontendConfig {
     /// A reconstruction is released no earlier than this long after its original was sent,
     /// so a healthy original that is about to arrive wins (zero: ParM's pure eager decoding).
     pub decode_grace: Duration,
+    /// How queries are sent to deployed instances (replication and hedging are baselines;
+    /// use them without parity instances).
+    pub redundancy: Redundancy,
 }
 
 /// One answered query.
@@ -74,6 +78,8 @@ pub struct Stats {
     pub reconstructed: AtomicU64,
     pub unavailable: AtomicU64,
     pub parity_queries: AtomicU64,
+    /// Extra copies sent by replication and hedging (backup requests).
+    pub backups: AtomicU64,
     /// Partly filled groups closed on the group timeout and padded with zero queries.
     pub padded_groups: AtomicU64,
     /// Groups closed without any parity query (no parity instances, or F(0) unknown).
@@ -96,21 +102,47 @@ struct Pool {
     clients: Vec<InstanceClient>,
     model: String,
     next: AtomicUsize,
+    redundancy: Redundancy,
+    latencies: LatencyWindow,
 }
 
 impl Pool {
-    fn new(addrs: &[String], model: &str) -> anyhow::Result<Self> {
+    fn new(addrs: &[String], model: &str, redundancy: Redundancy) -> anyhow::Result<Self> {
         let clients = addrs.iter().map(|a| InstanceClient::connect_lazy(a)).collect::<Result<_, _>>()?;
-        Ok(Self { clients, model: model.to_string(), next: AtomicUsize::new(0) })
+        Ok(Self { clients, model: model.to_string(), next: AtomicUsize::new(0), redundancy, latencies: Default::default() })
     }
 
-    /// Runs one query on the next instance; on a connection failure, once more on the one after.
-    async fn infer(&self, input: Vec<f32>, shape: Vec<i64>, timeout: Duration) -> Option<Vec<f32>> {
-        let n = self.clients.len();
+    /// Runs one query as the pool's [`Redundancy`] says; `None` if every attempt failed.
+    async fn infer(&self, input: Vec<f32>, shape: Vec<i64>, timeout: Duration, stats: &Stats) -> Option<Vec<f32>> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
-        for attempt in 0..n.min(2) {
-            let client = &self.clients[(first + attempt) % n];
-            match client.infer(&self.model, input.clone(), shape.clone(), timeout).await {
+        match &self.redundancy {
+            Redundancy::None => self.infer_with_retry(first, &input, &shape, timeout).await,
+            Redundancy::Replication { copies } => {
+                let n = (*copies).clamp(1, self.clients.len());
+                stats.backups.fetch_add(n as u64 - 1, Ordering::Relaxed);
+                let calls = (0..n).map(|i| Box::pin(self.call(first + i, &input, &shape, timeout)));
+                futures::future::select_ok(calls).await.ok().map(|(out, _)| out)
+            }
+            Redundancy::Hedged { percentile, min_delay, max_delay } => {
+                let delay = self.latencies.hedge_delay(*min_delay, *max_delay);
+                let (out, took) = timed(self.hedged(first, &input, &shape, timeout, delay, stats)).await;
+                if out.is_some() {
+                    self.latencies.record(took, *percentile);
+                }
+                out
+            }
+        }
+    }
+
+    async fn call(&self, index: usize, input: &[f32], shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+        let client = &self.clients[index % self.clients.len()];
+        client.infer(&self.model, input.to_vec(), shape.to_vec(), timeout).await
+    }
+
+    /// One instance; on a connection failure, once more on the next one.
+    async fn infer_with_retry(&self, first: usize, input: &[f32], shape: &[i64], timeout: Duration) -> Option<Vec<f32>> {
+        for attempt in 0..self.clients.len().min(2) {
+            match self.call(first + attempt, input, shape, timeout).await {
                 Ok(out) => return Some(out),
                 Err(e) if e.is_retryable() => tracing::debug!("retrying after: {e}"),
                 Err(e) => {
@@ -120,6 +152,40 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// The primary; after `delay` without an answer (or at once if it failed), a backup on the
+    /// next instance; the first answer wins.
+    async fn hedged(
+        &self,
+        first: usize,
+        input: &[f32],
+        shape: &[i64],
+        timeout: Duration,
+        delay: Duration,
+        stats: &Stats,
+    ) -> Option<Vec<f32>> {
+        let primary = self.call(first, input, shape, timeout);
+        tokio::pin!(primary);
+        let primary_failed = tokio::select! {
+            r = &mut primary => match r {
+                Ok(out) => return Some(out),
+                Err(_) => true,
+            },
+            _ = tokio::time::sleep(delay) => false,
+        };
+        if self.clients.len() < 2 {
+            return if primary_failed { None } else { primary.await.ok() };
+        }
+        stats.backups.fetch_add(1, Ordering::Relaxed);
+        let backup = self.call(first + 1, input, shape, timeout);
+        if primary_failed {
+            return backup.await.ok();
+        }
+        futures::future::select_ok([Box::pin(primary) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>, Box::pin(backup)])
+            .await
+            .ok()
+            .map(|(out, _)| out)
     }
 }
 
@@ -138,7 +204,7 @@ impl Shared {
         self.zero_output
             .get_or_init(|| async {
                 let n = self.cfg.spec.input_len();
-                let out = self.deployed.infer(vec![0.0; n], vec![1, n as i64], self.cfg.instance_timeout).await;
+                let out = self.deployed.infer(vec![0.0; n], vec![1, n as i64], self.cfg.instance_timeout, &self.stats).await;
                 if out.is_none() {
                     tracing::warn!("could not compute F(0); partly filled coding groups go unprotected");
                 }
@@ -166,8 +232,8 @@ impl Frontend {
     pub fn start(cfg: FrontendConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(!cfg.deployed.is_empty(), "at least one deployed-model instance is needed");
         anyhow::ensure!(cfg.encoder.k() >= 1, "k must be at least 1");
-        let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model)?;
-        let parity = if cfg.parity.is_empty() { None } else { Some(Pool::new(&cfg.parity, &cfg.parity_model)?) };
+        let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model, cfg.redundancy.clone())?;
+        let parity = if cfg.parity.is_empty() { None } else { Some(Pool::new(&cfg.parity, &cfg.parity_model, Redundancy::None)?) };
         let shared = Arc::new(Shared {
             cfg,
             deployed,
@@ -441,7 +507,7 @@ fn spawn_rpc(
     let events = events.clone();
     tokio::spawn(async move {
         let pool = if parity { shared.parity.as_ref().expect("parity pool") } else { &shared.deployed };
-        let out = pool.infer(input, shape, shared.cfg.instance_timeout).await;
+        let out = pool.infer(input, shape, shared.cfg.instance_timeout, &shared.stats).await;
         let _ = events.send((slot, out));
     })
     .abort_handle()

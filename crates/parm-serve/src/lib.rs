@@ -10,3 +10,4 @@ pub mod grpc;
 pub mod worker;
 pub mod frontend;
 pub mod http;
+pub mod redundancy;

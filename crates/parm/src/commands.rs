@@ -14,6 +14,7 @@ use parm_nn::train::{load_model, save_model, train_deployed, TrainConfig};
 use parm_serve::backend::ModelSpec;
 use parm_serve::client::InstanceClient;
 use parm_serve::frontend::{Frontend, FrontendConfig};
+use parm_serve::redundancy::Redundancy;
 use parm_serve::worker::{serve_worker, WorkerOptions};
 
 use crate::backend::NnBackend;
@@ -319,6 +320,10 @@ pub struct ServeArgs {
     /// (0: answer with the first of original and reconstruction, as ParM does).
     #[arg(long, default_value_t = DEFAULT_DECODE_GRACE_MS)]
     pub decode_grace_ms: u64,
+    /// Uncoded baselines for queries without parity: none, replication (2 copies, first
+    /// answer wins), hedged (backup after the running p95 latency).
+    #[arg(long, default_value = "none")]
+    pub redundancy: String,
 }
 
 /// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
@@ -338,6 +343,12 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
         group_timeout: Duration::from_millis(a.group_timeout_ms),
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
         decode_grace: Duration::from_millis(a.decode_grace_ms),
+        redundancy: match a.redundancy.as_str() {
+            "none" => Redundancy::None,
+            "replication" => Redundancy::Replication { copies: 2 },
+            "hedged" => Redundancy::hedged_p95(),
+            other => bail!("--redundancy {other}: expected none, replication or hedged"),
+        },
     })
 }
 

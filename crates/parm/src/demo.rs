@@ -184,6 +184,7 @@ async fn drive(a: &DemoArgs, s: &Setup, instances: &[Instance], parity_name: &st
         group_timeout: Duration::from_millis(a.group_timeout_ms),
         instance_timeout: Duration::from_secs(5),
         decode_grace: Duration::from_millis(a.decode_grace_ms),
+        redundancy: parm_serve::redundancy::Redundancy::None,
     };
     for addr in cfg.deployed.iter().chain(&cfg.parity) {
         let model = if cfg.parity.contains(addr) { parity_name } else { "deployed" };
