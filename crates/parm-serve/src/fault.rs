@@ -20,6 +20,13 @@ pub struct FaultConfig {
     pub delay_prob: f64,
     /// Seed of the coin flips (same seed, same sequence of delayed requests).
     pub seed: u64,
+    /// Slowdown episodes: mean seconds between episode starts (exponential gaps from the
+    /// seed; 0 = no episodes), measured from the worker's start.
+    pub episode_every_s: f64,
+    /// Length of each episode, seconds.
+    pub episode_len_s: f64,
+    /// Extra ms every request takes while an episode lasts (on top of `delay_ms`).
+    pub episode_delay_ms: f64,
 }
 
 impl Default for FaultConfig {
@@ -29,6 +36,9 @@ impl Default for FaultConfig {
             delay_ms: 0.0,
             delay_prob: 1.0,
             seed: 0,
+            episode_every_s: 0.0,
+            episode_len_s: 0.0,
+            episode_delay_ms: 0.0,
         }
     }
 }
@@ -48,7 +58,12 @@ pub struct FaultParseError {
 impl FaultConfig {
     /// Whether this config ever delays anything.
     pub fn is_active(&self) -> bool {
-        self.delay_ms > 0.0 && self.delay_prob > 0.0
+        (self.delay_ms > 0.0 && self.delay_prob > 0.0) || self.has_episodes()
+    }
+
+    /// Whether slowdown episodes are configured.
+    pub fn has_episodes(&self) -> bool {
+        self.episode_every_s > 0.0 && self.episode_len_s > 0.0 && self.episode_delay_ms > 0.0
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -57,6 +72,15 @@ impl FaultConfig {
                 "delay_ms must be a finite number >= 0, got {}",
                 self.delay_ms
             ));
+        }
+        for (name, v) in [
+            ("episode_every_s", self.episode_every_s),
+            ("episode_len_s", self.episode_len_s),
+            ("episode_delay_ms", self.episode_delay_ms),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} must be a finite number >= 0, got {v}"));
+            }
         }
         if !(0.0..=1.0).contains(&self.delay_prob) {
             return Err(format!("prob must be in [0, 1], got {}", self.delay_prob));
@@ -91,9 +115,12 @@ impl FromStr for FaultConfig {
                 "delay_ms" => cfg.delay_ms = value.parse().map_err(|e| bad(&e))?,
                 "prob" | "delay_prob" => cfg.delay_prob = value.parse().map_err(|e| bad(&e))?,
                 "seed" => cfg.seed = value.parse().map_err(|e| bad(&e))?,
+                "episode_every_s" => cfg.episode_every_s = value.parse().map_err(|e| bad(&e))?,
+                "episode_len_s" => cfg.episode_len_s = value.parse().map_err(|e| bad(&e))?,
+                "episode_delay_ms" => cfg.episode_delay_ms = value.parse().map_err(|e| bad(&e))?,
                 _ => {
                     return Err(err(format!(
-                        "unknown key {key:?} (known: delay_ms, prob, seed)"
+                        "unknown key {key:?} (known: delay_ms, prob, seed, episode_every_s, episode_len_s, episode_delay_ms)"
                     )));
                 }
             }
@@ -108,8 +135,13 @@ impl fmt::Display for FaultConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "delay_ms={},prob={},seed={}",
-            self.delay_ms, self.delay_prob, self.seed
+            "delay_ms={},prob={},seed={},episode_every_s={},episode_len_s={},episode_delay_ms={}",
+            self.delay_ms,
+            self.delay_prob,
+            self.seed,
+            self.episode_every_s,
+            self.episode_len_s,
+            self.episode_delay_ms
         )
     }
 }
@@ -119,13 +151,43 @@ impl fmt::Display for FaultConfig {
 pub struct FaultInjector {
     config: FaultConfig,
     state: Mutex<u64>,
+    started: std::time::Instant,
+    /// (start, end) of the current or next episode, seconds since `started`.
+    episode: Mutex<(f64, f64)>,
 }
 
 impl FaultInjector {
     /// Starts the seeded stream of coin flips.
     pub fn new(config: FaultConfig) -> Self {
         let state = Mutex::new(config.seed);
-        FaultInjector { config, state }
+        let injector = FaultInjector {
+            config,
+            state,
+            started: std::time::Instant::now(),
+            episode: Mutex::new((f64::INFINITY, f64::INFINITY)),
+        };
+        if injector.config.has_episodes() {
+            let start = injector.exponential(injector.config.episode_every_s);
+            *injector.episode.lock().unwrap_or_else(|p| p.into_inner()) =
+                (start, start + injector.config.episode_len_s);
+        }
+        injector
+    }
+
+    /// True if a slowdown episode lasts at `t` seconds after the worker started; episodes
+    /// start at exponential gaps (mean `episode_every_s`) after the previous one ended.
+    fn in_episode(&self, t: f64) -> bool {
+        let mut ep = self.episode.lock().unwrap_or_else(|p| p.into_inner());
+        while t >= ep.1 {
+            let start = ep.1 + self.exponential(self.config.episode_every_s);
+            *ep = (start, start + self.config.episode_len_s);
+        }
+        t >= ep.0
+    }
+
+    fn exponential(&self, mean: f64) -> f64 {
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        -mean * (1.0 - u).ln()
     }
 
     /// The config this injector draws from.
@@ -140,7 +202,11 @@ impl FaultInjector {
         }
         // 53 random bits -> uniform in [0, 1); prob 1.0 always delays, 0.0 never.
         let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        (u < self.config.delay_prob).then(|| Duration::from_secs_f64(self.config.delay_ms / 1e3))
+        let mut ms = if u < self.config.delay_prob { self.config.delay_ms } else { 0.0 };
+        if self.config.has_episodes() && self.in_episode(self.started.elapsed().as_secs_f64()) {
+            ms += self.config.episode_delay_ms;
+        }
+        (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
     }
 
     fn next_u64(&self) -> u64 {
@@ -166,7 +232,8 @@ mod tests {
             FaultConfig {
                 delay_ms: 20.0,
                 delay_prob: 0.25,
-                seed: 7
+                seed: 7,
+                ..FaultConfig::default()
             }
         );
         assert_eq!(cfg.to_string().parse::<FaultConfig>().unwrap(), cfg);
@@ -176,6 +243,22 @@ mod tests {
         );
         assert_eq!("".parse::<FaultConfig>().unwrap(), FaultConfig::default());
         assert_eq!("delay_ms=5".parse::<FaultConfig>().unwrap().delay_prob, 1.0);
+    }
+
+    #[test]
+    fn episodes_come_and_go() {
+        let cfg: FaultConfig = "episode_every_s=0.01,episode_len_s=0.01,episode_delay_ms=5,seed=3".parse().unwrap();
+        let inj = FaultInjector::new(cfg);
+        let (mut inside, mut outside) = (0, 0);
+        for i in 0..2000 {
+            if inj.in_episode(i as f64 * 0.001) {
+                inside += 1;
+            } else {
+                outside += 1;
+            }
+        }
+        // Half the time in episodes on average (mean gap = length); generous bounds.
+        assert!(inside > 400 && outside > 400, "inside {inside} outside {outside}");
     }
 
     #[test]
@@ -199,6 +282,7 @@ mod tests {
             delay_ms: 10.0,
             delay_prob: 0.3,
             seed: 42,
+            ..FaultConfig::default()
         };
         let draws = |c: &FaultConfig| {
             let inj = FaultInjector::new(c.clone());
