@@ -43,6 +43,7 @@ fn slow(delay_ms: f64) -> WorkerOptions {
             delay_ms,
             delay_prob: 1.0,
             seed: 1,
+            ..FaultConfig::default()
         },
         ..Default::default()
     }
