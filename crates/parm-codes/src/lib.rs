@@ -8,10 +8,16 @@
 //! §4.2 (eager decoding in the frontend).
 
 mod addition;
+mod berrut;
+mod concatenation;
 mod group;
+mod linear;
 
 pub use addition::{AdditionEncoder, SubtractionDecoder};
+pub use berrut::{berrut_weights, BerrutCode};
+pub use concatenation::{area_weights, concat_grid, ConcatenationEncoder, ImageShape};
 pub use group::{Answer, GroupState, Slot};
+pub use linear::{LinearCode, LinearEncoder, WeightedSubtractionDecoder};
 
 /// Errors of encoding and decoding; every one means the caller passed inconsistent tensors.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -22,10 +28,14 @@ pub enum CodeError {
     ShapeMismatch { index: usize, expected: usize, got: usize },
     #[error("k must be at least 1")]
     ZeroK,
-    #[error("unknown encoder '{0}' (known: addition)")]
+    #[error("unknown encoder '{0}' (known: addition, concatenation)")]
     UnknownEncoder(String),
     #[error("decoding needs exactly one unavailable prediction, found {0}")]
     NotOneErasure(usize),
+    #[error("{erasures} unavailable predictions but only {parities} parity outputs to decode them")]
+    TooManyErasures { erasures: usize, parities: usize },
+    #[error("bad image shape: {0}")]
+    BadShape(String),
 }
 
 /// Builds one parity query from the k queries of a coding group.
@@ -39,6 +49,13 @@ pub trait Encoder: Send + Sync {
     /// Errors: [`CodeError::WrongCount`] unless exactly k queries, [`CodeError::ShapeMismatch`]
     /// if lengths differ.
     fn encode(&self, queries: &[&[f32]]) -> Result<Vec<f32>, CodeError>;
+
+    /// Weights w of the parity model's target `sum_j w_j F(X_j)` (all 1 for ParM's codes;
+    /// see [`LinearCode`]). Decoding one erasure divides by the erased query's weight
+    /// ([`WeightedSubtractionDecoder`]).
+    fn weights(&self) -> Vec<f32> {
+        vec![1.0; self.k()]
+    }
 }
 
 /// Reconstructs an unavailable prediction from the parity model's output and the others.
@@ -63,14 +80,32 @@ fn check_same_len<'a>(tensors: impl Iterator<Item = (usize, &'a [f32])>, n: usiz
 }
 
 /// Encoder names accepted by [`encoder_by_name`].
-pub const ENCODERS: [&str; 1] = ["addition"];
+pub const ENCODERS: [&str; 2] = ["addition", "concatenation"];
 
-/// The encoder called `name` for coding groups of `k` queries.
+/// The encoder called `name` for coding groups of `k` queries. The concatenation encoder
+/// infers a square image shape from the query length (784 -> 28x28); use
+/// [`encoder_for_shape`] when the shape is known.
 ///
 /// Errors: [`CodeError::UnknownEncoder`] for a name not in [`ENCODERS`], [`CodeError::ZeroK`].
 pub fn encoder_by_name(name: &str, k: usize) -> Result<Box<dyn Encoder>, CodeError> {
     match name {
         "addition" => Ok(Box::new(AdditionEncoder::new(k)?)),
+        "concatenation" => Ok(Box::new(ConcatenationEncoder::inferred(k)?)),
         _ => Err(CodeError::UnknownEncoder(name.to_string())),
+    }
+}
+
+/// As [`encoder_by_name`], for queries of a known shape: a model's input shape without the
+/// batch dimension (`[C, H, W]`, `[H, W]`, or `[n]`, see [`ImageShape::from_dims`]).
+///
+/// Errors: those of [`encoder_by_name`]; [`CodeError::BadShape`] if the concatenation encoder
+/// gets a shape that is not an image.
+pub fn encoder_for_shape(name: &str, k: usize, shape: &[usize]) -> Result<Box<dyn Encoder>, CodeError> {
+    match name {
+        "concatenation" => {
+            let s = ImageShape::from_dims(shape).ok_or_else(|| CodeError::BadShape(format!("{shape:?} is not an image shape")))?;
+            Ok(Box::new(ConcatenationEncoder::new(k, s)?))
+        }
+        _ => encoder_by_name(name, k),
     }
 }
