@@ -269,6 +269,11 @@ impl Frontend {
         &self.shared.cfg.spec
     }
 
+    /// How the frontend was wired (instances, k, timeouts).
+    pub fn config(&self) -> &FrontendConfig {
+        &self.shared.cfg
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }

@@ -11,3 +11,7 @@ pub mod worker;
 pub mod frontend;
 pub mod http;
 pub mod redundancy;
+pub mod api;
+pub mod health;
+pub mod metrics;
+pub mod tensor;

@@ -1,0 +1,279 @@
+//! What the HTTP and gRPC client interfaces share: the served model's checks, one inference
+//! call with its deadline and statistics, Triton's model config and statistics documents, and
+//! the error kinds with their HTTP and gRPC codes.
+//!
+//! Error mapping (Triton): invalid argument -> 400 / INVALID_ARGUMENT, unknown model -> 404 /
+//! NOT_FOUND, no prediction -> 503 / UNAVAILABLE, deadline expired -> 504 / DEADLINE_EXCEEDED,
+//! internal -> 500 / INTERNAL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::frontend::{Frontend, FrontendError, Prediction};
+use crate::health::Health;
+use crate::metrics::{FailReason, Prometheus, RequestStats};
+
+/// Most queries (rows) one request may carry.
+pub const MAX_BATCH_SIZE: usize = 1024;
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    DeadlineExceeded,
+    Internal,
+}
+
+/// A client-facing error: kind and message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// An invalid-argument error.
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// HTTP status code (Triton's mapping).
+    pub fn http_status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::InvalidArgument => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::DeadlineExceeded => 504,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// The gRPC status.
+    pub fn grpc_status(&self) -> tonic::Status {
+        let code = match self.kind {
+            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            ErrorKind::Internal => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, self.message.clone())
+    }
+
+    fn fail_reason(&self) -> FailReason {
+        match self.kind {
+            ErrorKind::InvalidArgument | ErrorKind::NotFound => FailReason::Rejected,
+            ErrorKind::DeadlineExceeded => FailReason::Canceled,
+            ErrorKind::Unavailable | ErrorKind::Internal => FailReason::Backend,
+        }
+    }
+}
+
+/// The frontend with its statistics and instance health, shared by both interfaces.
+pub struct Serving {
+    pub frontend: Frontend,
+    pub stats: RequestStats,
+    pub prometheus: Prometheus,
+    pub health: Health,
+}
+
+/// Shared handle.
+pub type Shared = Arc<Serving>;
+
+/// One accepted inference request, from accept time on.
+pub struct Accepted<'a> {
+    serving: &'a Serving,
+    at: Instant,
+    done: bool,
+}
+
+impl Drop for Accepted<'_> {
+    /// A request dropped unanswered (client went away) still leaves the pending gauge.
+    fn drop(&mut self) {
+        if !self.done {
+            self.serving.stats.failed(self.at.elapsed(), FailReason::Canceled);
+        }
+    }
+}
+
+impl Accepted<'_> {
+    /// Records a failure found before dispatch (bad request) and returns it.
+    pub fn reject(mut self, e: ApiError) -> ApiError {
+        self.done = true;
+        self.serving.stats.failed(self.at.elapsed(), e.fail_reason());
+        e
+    }
+
+    /// Predicts every row, within `timeout` of the accept time if given; records statistics.
+    ///
+    /// Errors: 400 for a bad row count, 503 when a row got no prediction, 504 when the
+    /// deadline passed first (the outstanding queries are then dropped, see
+    /// [`Frontend::predict`]).
+    pub async fn run(mut self, rows: Vec<Vec<f32>>, timeout: Option<Duration>) -> Result<Vec<Prediction>, ApiError> {
+        let s = self.serving;
+        let dispatched = Instant::now();
+        let n = rows.len();
+        let calls = futures::future::join_all(rows.into_iter().map(|r| timed_predict(s, r)));
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout_at(self.at + t, calls).await {
+                Ok(r) => collect(r),
+                Err(_) => Err(ApiError::new(ErrorKind::DeadlineExceeded, format!("deadline of {} us exceeded", t.as_micros()))),
+            },
+            None => collect(calls.await),
+        };
+        self.done = true;
+        match &result {
+            Ok(_) => s.stats.succeeded(self.at.elapsed(), dispatched - self.at, dispatched.elapsed(), n),
+            Err(e) => s.stats.failed(self.at.elapsed(), e.fail_reason()),
+        }
+        result
+    }
+}
+
+async fn timed_predict(s: &Serving, row: Vec<f32>) -> Result<Prediction, FrontendError> {
+    let start = Instant::now();
+    let p = s.frontend.predict(row).await?;
+    let source = if p.reconstructed { "reconstructed" } else { "original" };
+    s.prometheus.answer_latency(source, start.elapsed());
+    Ok(p)
+}
+
+fn collect(results: Vec<Result<Prediction, FrontendError>>) -> Result<Vec<Prediction>, ApiError> {
+    results.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| match e {
+        FrontendError::InvalidArgument(m) => ApiError::bad(m),
+        FrontendError::Unavailable(m) => ApiError::new(ErrorKind::Unavailable, m),
+    })
+}
+
+impl Serving {
+    /// Wraps a started frontend; probes its instances (see [`Health`]).
+    ///
+    /// Errors: an instance address that cannot be parsed.
+    pub async fn start(frontend: Frontend) -> anyhow::Result<Shared> {
+        let cfg = frontend.config();
+        let mut instances: Vec<(&'static str, String, String)> =
+            cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
+        instances.extend(cfg.parity.iter().map(|a| ("parity", a.clone(), cfg.parity_model.clone())));
+        let health = Health::start(&instances).await?;
+        let spec = frontend.spec();
+        let prometheus = Prometheus::new(&spec.name, &spec.version);
+        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health }))
+    }
+
+    /// Starts timing one inference request.
+    pub fn accept(&self) -> Accepted<'_> {
+        self.stats.accepted();
+        Accepted { serving: self, at: Instant::now(), done: false }
+    }
+
+    /// True while at least one deployed instance is healthy.
+    pub fn ready(&self) -> bool {
+        self.health.ready()
+    }
+
+    /// NOT_FOUND unless `name` is the served model and `version` is empty, absent or its version.
+    pub fn check_model(&self, name: &str, version: Option<&str>) -> Result<(), ApiError> {
+        let spec = self.frontend.spec();
+        let version = version.filter(|v| !v.is_empty());
+        if name != spec.name || version.is_some_and(|v| v != spec.version) {
+            let v = version.map(|v| format!(" version {v}")).unwrap_or_default();
+            return Err(ApiError::new(ErrorKind::NotFound, format!("unknown model '{name}'{v}")));
+        }
+        Ok(())
+    }
+
+    /// Splits `values` (shape `shape`) into per-query rows of the model's input length.
+    ///
+    /// Errors: element count not matching the shape, not a whole number (>= 1) of queries,
+    /// more than [`MAX_BATCH_SIZE`] queries, or a value that is not finite.
+    pub fn rows(&self, input: &str, shape: &[usize], values: Vec<f32>) -> Result<Vec<Vec<f32>>, ApiError> {
+        let spec = self.frontend.spec();
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| ApiError::bad("input shape overflows"))?;
+        if values.len() != count {
+            return Err(ApiError::bad(format!("input '{input}': shape {shape:?} needs {count} values, data has {}", values.len())));
+        }
+        let per_query = spec.input_len();
+        if count == 0 || count % per_query != 0 {
+            return Err(ApiError::bad(format!(
+                "input '{input}': {count} values is not a whole number of queries of shape {:?} ({per_query} values each)",
+                spec.input_shape
+            )));
+        }
+        if count / per_query > MAX_BATCH_SIZE {
+            return Err(ApiError::bad(format!("input '{input}': batch of {} queries exceeds max_batch_size {MAX_BATCH_SIZE}", count / per_query)));
+        }
+        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+            return Err(ApiError::bad(format!("input '{input}': value {v} is not finite")));
+        }
+        Ok(values.chunks(per_query).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Triton's model configuration (JSON form of `model_config.proto`'s `ModelConfig`).
+    pub fn config_json(&self) -> Value {
+        let s = self.frontend.spec();
+        let cfg = self.frontend.config();
+        let k = if cfg.parity.is_empty() { 1 } else { cfg.encoder.k() };
+        let param = |v: String| json!({"string_value": v});
+        json!({
+            "name": s.name, "platform": s.platform, "backend": "parm", "max_batch_size": MAX_BATCH_SIZE,
+            "input": [{"name": s.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": s.input_shape}],
+            "output": [{"name": s.output_name, "data_type": "TYPE_FP32", "dims": s.output_shape}],
+            "instance_group": [{"name": s.name, "kind": "KIND_MODEL", "count": cfg.deployed.len()}],
+            "parameters": {
+                "parm_k": param(k.to_string()),
+                "parm_deployed_instances": param(cfg.deployed.len().to_string()),
+                "parm_parity_instances": param(cfg.parity.len().to_string()),
+            },
+        })
+    }
+
+    /// Triton's model statistics document (`{"model_stats": [...]}`; counts and ns totals).
+    pub fn stats_json(&self) -> Value {
+        let s = self.frontend.spec();
+        let st = &self.stats;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let d = |d: &crate::metrics::StatDuration| {
+            let (count, ns) = d.get();
+            json!({"count": count, "ns": ns})
+        };
+        let zero = json!({"count": 0, "ns": 0});
+        json!({"model_stats": [{
+            "name": s.name, "version": s.version,
+            "last_inference": l(&st.last_inference_ms),
+            "inference_count": l(&st.inference_count),
+            "execution_count": RequestStats::exec_count(self.frontend.stats()),
+            "inference_stats": {
+                "success": d(&st.success), "fail": d(&st.fail), "queue": d(&st.queue),
+                "compute_input": zero, "compute_infer": d(&st.compute_infer), "compute_output": zero,
+            },
+            "batch_stats": [],
+        }]})
+    }
+
+    /// Prometheus text format of every metric.
+    pub fn render_metrics(&self) -> String {
+        self.prometheus.render(&self.stats, self.frontend.stats(), self.health.instances())
+    }
+}
+
+/// Reads a request-level `timeout` parameter: microseconds (Triton's clients send an integer).
+///
+/// Errors: a value that is not a non-negative integer.
+pub fn timeout_param(v: Option<&Value>) -> Result<Option<Duration>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|us| (us > 0).then(|| Duration::from_micros(us)))
+            .ok_or_else(|| ApiError::bad("parameter 'timeout' must be a non-negative integer (microseconds)")),
+    }
+}

@@ -1,0 +1,200 @@
+//! Request statistics of the frontend: Triton's model statistics (`GET /v2/models/{m}/stats`,
+//! gRPC `ModelStatistics`) and Prometheus metrics (`GET /metrics`).
+//!
+//! Sources: Triton's metrics documentation (names `nv_inference_*`, labels `model`, `version`;
+//! durations are cumulative microsecond counters; failures carry `reason` = `REJECTED` for
+//! requests refused as invalid, `CANCELED` for deadlines that expired, `BACKEND` for instances
+//! that failed) and `grpc_service.proto` (`ModelStatistics`: counts and nanosecond totals).
+//!
+//! What the durations mean in parm, per request: `request` = accept to answer; `queue` =
+//! accept to dispatch of the request's queries into coding groups (parsing, decoding the
+//! tensor); `compute_infer` = dispatch to the last query's answer (instance RPCs and decoding).
+//! `exec_count` counts model executions requested from instances: one per query, one per
+//! parity query, one per backup copy (replication / hedging).
+//!
+//! The values live in atomics; the Prometheus registry (crate `metrics-exporter-prometheus`, a
+//! registry per frontend rather than a process-global recorder, so several frontends can run in
+//! one process) is refreshed from them at scrape time, except the answer-latency histogram,
+//! which is recorded as answers are served.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+use crate::frontend::Stats;
+
+/// Why a request failed (Triton's `reason` label values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    /// Invalid request (4xx).
+    Rejected,
+    /// Deadline expired (504 / DEADLINE_EXCEEDED).
+    Canceled,
+    /// No prediction could be produced (503) or an internal failure (500).
+    Backend,
+}
+
+impl FailReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Rejected => "REJECTED",
+            Self::Canceled => "CANCELED",
+            Self::Backend => "BACKEND",
+        }
+    }
+}
+
+/// A count and a cumulative duration (ns), as in Triton's `StatisticDuration`.
+#[derive(Debug, Default)]
+pub struct StatDuration {
+    pub count: AtomicU64,
+    pub ns: AtomicU64,
+}
+
+impl StatDuration {
+    fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// `(count, ns)`.
+    pub fn get(&self) -> (u64, u64) {
+        (self.count.load(Ordering::Relaxed), self.ns.load(Ordering::Relaxed))
+    }
+}
+
+/// Per-instance health as last probed (see [`crate::health`]).
+#[derive(Debug)]
+pub struct InstanceGauge {
+    pub role: &'static str,
+    pub addr: String,
+    pub up: AtomicBool,
+}
+
+/// Request statistics of one served model.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub success: StatDuration,
+    pub fail: StatDuration,
+    pub fail_rejected: AtomicU64,
+    pub fail_canceled: AtomicU64,
+    pub fail_backend: AtomicU64,
+    pub queue: StatDuration,
+    pub compute_infer: StatDuration,
+    /// Queries (rows) answered successfully.
+    pub inference_count: AtomicU64,
+    /// Requests accepted and not answered yet.
+    pub pending: AtomicU64,
+    /// Wall-clock time of the last inference request, ms since the Unix epoch.
+    pub last_inference_ms: AtomicU64,
+}
+
+impl RequestStats {
+    /// Counts a newly accepted request.
+    pub fn accepted(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.last_inference_ms.store(now.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Records an answered request: `total` from accept to answer, `queue` accept to
+    /// dispatch, `compute` dispatch to answer, `rows` queries answered.
+    pub fn succeeded(&self, total: Duration, queue: Duration, compute: Duration, rows: usize) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.success.add(total);
+        self.queue.add(queue);
+        self.compute_infer.add(compute);
+        self.inference_count.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Records a failed request (`total` from accept to the error).
+    pub fn failed(&self, total: Duration, reason: FailReason) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.fail.add(total);
+        let c = match reason {
+            FailReason::Rejected => &self.fail_rejected,
+            FailReason::Canceled => &self.fail_canceled,
+            FailReason::Backend => &self.fail_backend,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Model executions requested from instances (see the module docs).
+    pub fn exec_count(stats: &Stats) -> u64 {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        l(&stats.queries) + l(&stats.parity_queries) + l(&stats.backups)
+    }
+}
+
+/// The Prometheus side: a private registry and the model's labels.
+pub struct Prometheus {
+    recorder: PrometheusRecorder,
+    model: String,
+    version: String,
+}
+
+/// Buckets of the answer-latency histogram (seconds): 100 us to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 10.0];
+
+const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+impl Prometheus {
+    /// A registry for `model` / `version`.
+    pub fn new(model: &str, version: &str) -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .expect("non-empty buckets")
+            .build_recorder();
+        Self { recorder, model: model.to_string(), version: version.to_string() }
+    }
+
+    fn key(&self, name: &'static str, extra: &[(&'static str, String)]) -> Key {
+        let mut labels = vec![Label::new("model", self.model.clone()), Label::new("version", self.version.clone())];
+        labels.extend(extra.iter().map(|(k, v)| Label::new(*k, v.clone())));
+        Key::from_parts(name, labels)
+    }
+
+    fn counter(&self, name: &'static str, extra: &[(&'static str, String)], value: u64) {
+        self.recorder.register_counter(&self.key(name, extra), &META).absolute(value);
+    }
+
+    fn gauge(&self, name: &'static str, extra: &[(&'static str, String)], value: f64) {
+        self.recorder.register_gauge(&self.key(name, extra), &META).set(value);
+    }
+
+    /// Records the latency of one answered query, `source` = `original` or `reconstructed`.
+    pub fn answer_latency(&self, source: &'static str, latency: Duration) {
+        let key = self.key("parm_answer_latency_seconds", &[("source", source.to_string())]);
+        self.recorder.register_histogram(&key, &META).record(latency.as_secs_f64());
+    }
+
+    /// Refreshes every counter from `req`, `coded` and `instances` and renders the text format.
+    pub fn render(&self, req: &RequestStats, coded: &Stats, instances: &[InstanceGauge]) -> String {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let us = |d: &StatDuration| d.get().1 / 1000;
+        self.counter("nv_inference_request_success", &[], l(&req.success.count));
+        for (reason, c) in [(FailReason::Rejected, &req.fail_rejected), (FailReason::Canceled, &req.fail_canceled), (FailReason::Backend, &req.fail_backend)] {
+            self.counter("nv_inference_request_failure", &[("reason", reason.label().into())], l(c));
+        }
+        self.counter("nv_inference_count", &[], l(&req.inference_count));
+        self.counter("nv_inference_exec_count", &[], RequestStats::exec_count(coded));
+        self.counter("nv_inference_request_duration_us", &[], us(&req.success) + us(&req.fail));
+        self.counter("nv_inference_queue_duration_us", &[], us(&req.queue));
+        self.counter("nv_inference_compute_infer_duration_us", &[], us(&req.compute_infer));
+        self.gauge("nv_inference_pending_request_count", &[], l(&req.pending) as f64);
+        self.counter("parm_queries_total", &[], l(&coded.queries));
+        self.counter("parm_parity_queries_total", &[], l(&coded.parity_queries));
+        self.counter("parm_reconstructions_total", &[], l(&coded.reconstructed));
+        self.counter("parm_unavailable_total", &[], l(&coded.unavailable));
+        self.counter("parm_padded_groups_total", &[], l(&coded.padded_groups));
+        self.counter("parm_unprotected_groups_total", &[], l(&coded.unprotected_groups));
+        self.counter("parm_backup_requests_total", &[], l(&coded.backups));
+        for i in instances {
+            let up = if i.up.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
+            self.gauge("parm_instance_up", &[("role", i.role.into()), ("instance", i.addr.clone())], up);
+        }
+        self.recorder.handle().render()
+    }
+}

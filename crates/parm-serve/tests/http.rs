@@ -1,0 +1,287 @@
+//! The frontend's HTTP interface end to end over 127.0.0.1: the binary tensor extension, datatype
+//! conversion, Triton's error mapping, compressed bodies, config / statistics endpoints,
+//! Prometheus metrics, and the `timeout` deadline. Instances are parm workers serving exact
+//! linear models, so every answer can be checked exactly.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parm_serve::api::{Serving, Shared};
+use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
+use parm_serve::fault::FaultConfig;
+use parm_serve::frontend::{Frontend, FrontendConfig};
+use parm_serve::redundancy::Redundancy;
+use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use serde_json::{json, Value};
+
+const IN: usize = 4;
+const OUT: usize = 3;
+
+fn weights() -> Vec<f32> {
+    (0..IN * OUT).map(|i| i as f32 * 0.5 - 2.0).collect()
+}
+const BIAS: [f32; OUT] = [1.0, -1.0, 0.25];
+
+/// The deployed model F(x) = W x + b and its exact parity model for k = 2: W p + 2 b.
+fn models() -> (Arc<LinearBackend>, Arc<LinearBackend>) {
+    let f = LinearBackend::new(ModelSpec::fp32("deployed", vec![IN as i64], vec![OUT as i64]), weights(), BIAS.to_vec()).unwrap();
+    let two_b = BIAS.iter().map(|b| 2.0 * b).collect();
+    let fp = LinearBackend::new(ModelSpec::fp32("parity", vec![IN as i64], vec![OUT as i64]), weights(), two_b).unwrap();
+    (Arc::new(f), Arc::new(fp))
+}
+
+fn expected(x: &[f32]) -> Vec<f32> {
+    models().0.forward(x, x.len() / IN).unwrap()
+}
+
+struct Cluster {
+    _workers: Vec<WorkerHandle>,
+    url: String,
+    serving: Shared,
+}
+
+async fn cluster(delay_ms: f64) -> Cluster {
+    let (f, fp) = models();
+    let slow = WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
+    let mut workers = Vec::new();
+    for opts in [slow, WorkerOptions::default()] {
+        workers.push(spawn_worker("127.0.0.1:0", f.clone() as Arc<dyn InferenceBackend>, opts).await.unwrap());
+    }
+    workers.push(spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, WorkerOptions::default()).await.unwrap());
+    let addr = |w: &WorkerHandle| w.addr.to_string();
+    let cfg = FrontendConfig {
+        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
+        deployed: workers[..2].iter().map(addr).collect(),
+        deployed_model: "deployed".into(),
+        parity: vec![addr(&workers[2])],
+        parity_model: "parity".into(),
+        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
+        group_timeout: Duration::from_millis(5),
+        instance_timeout: Duration::from_secs(5),
+        decode_grace: Duration::from_millis(2),
+        redundancy: Redundancy::None,
+    };
+    let frontend = Frontend::start(cfg).unwrap();
+    frontend.warm_up().await;
+    let serving = Serving::start(frontend).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(parm_serve::http::serve_shared(listener, serving.clone(), std::future::pending()));
+    Cluster { _workers: workers, url, serving }
+}
+
+fn input(batch: usize) -> Vec<f32> {
+    (0..batch * IN).map(|i| (i % 7) as f32 - 2.5).collect()
+}
+
+/// A binary-extension body: JSON header then `raw`.
+fn binary_body(header: &Value, raw: &[u8]) -> (Vec<u8>, usize) {
+    let mut body = serde_json::to_vec(header).unwrap();
+    let n = body.len();
+    body.extend_from_slice(raw);
+    (body, n)
+}
+
+async fn post_binary(c: &Cluster, header: &Value, raw: &[u8]) -> reqwest::Response {
+    let (body, n) = binary_body(header, raw);
+    reqwest::Client::new()
+        .post(format!("{}/v2/models/lin/infer", c.url))
+        .header("Inference-Header-Content-Length", n.to_string())
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// (JSON header, binary tail) of a binary-extension response.
+async fn split_response(r: reqwest::Response) -> (Value, Vec<u8>) {
+    let n: usize = r.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = r.bytes().await.unwrap();
+    (serde_json::from_slice(&body[..n]).unwrap(), body[n..].to_vec())
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    parm_serve::grpc::decode_f32_le(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_inputs_and_outputs_round_trip_exactly() {
+    let c = cluster(0.0).await;
+    let x = input(3);
+    let raw = parm_serve::grpc::encode_f32_le(&x);
+    let header = json!({"id": "b1", "inputs": [{"name": "input", "shape": [3, IN], "datatype": "FP32",
+        "parameters": {"binary_data_size": raw.len()}}], "outputs": [{"name": "output", "parameters": {"binary_data": true}}]});
+    let r = post_binary(&c, &header, &raw).await;
+    assert_eq!(r.status(), 200);
+    let (head, tail) = split_response(r).await;
+    assert_eq!(head["id"], "b1");
+    assert_eq!(head["outputs"][0]["shape"], json!([3, OUT]));
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], json!(3 * OUT * 4));
+    assert!(head["outputs"][0].get("data").is_none());
+    assert_eq!(f32s(&tail), expected(&x));
+    // Request-level binary_data_output with a JSON input.
+    let body = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": input(1)}],
+        "parameters": {"binary_data_output": true}});
+    let r = reqwest::Client::new().post(format!("{}/v2/models/lin/infer", c.url)).json(&body).send().await.unwrap();
+    let (_, tail) = split_response(r).await;
+    assert_eq!(f32s(&tail), expected(&input(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_datatypes_are_converted_to_fp32() {
+    let c = cluster(0.0).await;
+    let x: Vec<f32> = vec![1.0, -2.0, 3.0, 0.0];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("INT8", x.iter().map(|v| *v as i8 as u8).collect()),
+        ("INT32", x.iter().flat_map(|v| (*v as i32).to_le_bytes()).collect()),
+        ("INT64", x.iter().flat_map(|v| (*v as i64).to_le_bytes()).collect()),
+        ("FP64", x.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect()),
+        ("FP16", [0x3c00u16, 0xc000, 0x4200, 0].iter().flat_map(|h| h.to_le_bytes()).collect()),
+        ("BF16", x.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect()),
+    ];
+    for (dt, raw) in cases {
+        let header = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": dt,
+            "parameters": {"binary_data_size": raw.len()}}]});
+        let r = post_binary(&c, &header, &raw).await;
+        assert_eq!(r.status(), 200, "{dt}");
+        let v: Value = r.json().await.unwrap();
+        let got: Vec<f32> = v["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(got, expected(&x), "{dt}");
+    }
+    // JSON data with an integer datatype.
+    let body = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "UINT8", "data": [1, 2, 3, 4]}]});
+    let r = reqwest::Client::new().post(format!("{}/v2/models/lin/infer", c.url)).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_follow_tritons_mapping() {
+    let c = cluster(0.0).await;
+    let client = reqwest::Client::new();
+    let infer = format!("{}/v2/models/lin/infer", c.url);
+    let ok_input = json!({"name": "input", "shape": [1, IN], "datatype": "FP32", "data": input(1)});
+    let cases: Vec<(String, Vec<u8>, Option<usize>, u16)> = vec![
+        (infer.clone(), b"{not json".to_vec(), None, 400),
+        (infer.clone(), b"[1, 2]".to_vec(), None, 400),
+        (format!("{}/v2/models/nope/infer", c.url), serde_json::to_vec(&json!({"inputs": [ok_input]})).unwrap(), None, 404),
+        (format!("{}/v2/models/lin/versions/7/infer", c.url), serde_json::to_vec(&json!({"inputs": [ok_input]})).unwrap(), None, 404),
+        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "BOOL", "data": [true, false, true, true]}]})).unwrap(), None, 400),
+        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]})).unwrap(), None, 400),
+        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP99", "data": input(1)}]})).unwrap(), None, 400),
+        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})).unwrap(), None, 400),
+        (infer.clone(), serde_json::to_vec(&json!({"inputs": [ok_input], "outputs": [{"name": "nope"}]})).unwrap(), None, 400),
+        (infer.clone(), serde_json::to_vec(&json!({"inputs": [ok_input], "parameters": {"timeout": "soon"}})).unwrap(), None, 400),
+        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [2000, IN], "datatype": "FP32", "data": vec![0.0; 2000 * IN]}]})).unwrap(), None, 400),
+    ];
+    for (url, body, _, want) in cases {
+        let r = client.post(&url).body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{}", String::from_utf8_lossy(&body[..body.len().min(120)]));
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    // Binary size mismatches and a header length past the body.
+    let header = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "parameters": {"binary_data_size": 12}}]});
+    assert_eq!(post_binary(&c, &header, &[0; 12]).await.status(), 400);
+    assert_eq!(post_binary(&c, &header, &[0; 16]).await.status(), 400);
+    let r = client.post(&infer).header("Inference-Header-Content-Length", "99999").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client.get(format!("{}/v2/models/nope/config", c.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_and_deflate_bodies_are_accepted() {
+    let c = cluster(0.0).await;
+    let body = serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": input(1)}]})).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body).unwrap();
+    let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zl.write_all(&body).unwrap();
+    for (enc, data) in [("gzip", gz.finish().unwrap()), ("deflate", zl.finish().unwrap())] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v2/models/lin/infer", c.url))
+            .header("Content-Encoding", enc)
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{enc}");
+        let v: Value = r.json().await.unwrap();
+        let got: Vec<f32> = v["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(got, expected(&input(1)), "{enc}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_stats_and_metrics_move_with_traffic() {
+    let c = cluster(0.0).await;
+    let client = reqwest::Client::new();
+    let meta: Value = client.get(format!("{}/v2", c.url)).send().await.unwrap().json().await.unwrap();
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("binary_tensor_data")));
+    let cfg: Value = client.get(format!("{}/v2/models/lin/config", c.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cfg["input"][0]["dims"], json!([IN]));
+    assert_eq!(cfg["input"][0]["data_type"], "TYPE_FP32");
+    assert_eq!(cfg["parameters"]["parm_k"]["string_value"], "2");
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && (l.len() == name.len() || matches!(l.as_bytes()[name.len()], b'{' | b' ')))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let before = client.get(format!("{}/metrics", c.url)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&before, "nv_inference_request_success"), 0.0);
+    for _ in 0..5 {
+        let body = json!({"inputs": [{"name": "input", "shape": [2, IN], "datatype": "FP32", "data": input(2)}]});
+        assert_eq!(client.post(format!("{}/v2/models/lin/infer", c.url)).json(&body).send().await.unwrap().status(), 200);
+    }
+    let bad = json!({"inputs": []});
+    assert_eq!(client.post(format!("{}/v2/models/lin/infer", c.url)).json(&bad).send().await.unwrap().status(), 400);
+    let after = client.get(format!("{}/metrics", c.url)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&after, "nv_inference_request_success"), 5.0, "{after}");
+    assert_eq!(metric(&after, "nv_inference_count"), 10.0);
+    assert_eq!(metric(&after, "nv_inference_request_failure"), 1.0);
+    assert!(after.contains("nv_inference_request_failure{model=\"lin\",version=\"1\",reason=\"REJECTED\"} 1"), "{after}");
+    assert!(metric(&after, "nv_inference_request_duration_us") > 0.0);
+    assert!(metric(&after, "nv_inference_compute_infer_duration_us") > 0.0);
+    assert!(metric(&after, "nv_inference_exec_count") >= 10.0);
+    assert_eq!(metric(&after, "nv_inference_pending_request_count"), 0.0);
+    assert!(metric(&after, "parm_parity_queries_total") >= 5.0);
+    assert_eq!(metric(&after, "parm_instance_up"), 3.0);
+    assert_eq!(metric(&after, "parm_answer_latency_seconds_count"), 10.0);
+    let stats: Value = client.get(format!("{}/v2/models/lin/stats", c.url)).send().await.unwrap().json().await.unwrap();
+    let m = &stats["model_stats"][0];
+    assert_eq!(m["inference_count"], 10);
+    assert_eq!(m["inference_stats"]["success"]["count"], 5);
+    assert_eq!(m["inference_stats"]["fail"]["count"], 1);
+    assert!(m["inference_stats"]["success"]["ns"].as_u64().unwrap() > 0);
+    assert!(m["last_inference"].as_u64().unwrap() > 0);
+    assert!(c.serving.ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_parameter_gives_504_in_time() {
+    // Instance 0 takes 400 ms per request; a 1 us deadline expires before any instance can
+    // answer, so the client must get 504 at once, never the late answer.
+    let c = cluster(400.0).await;
+    let client = reqwest::Client::new();
+    let mut saw_504 = false;
+    for _ in 0..4 {
+        let body = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": input(1)}],
+            "parameters": {"timeout": 1}});
+        let t = Instant::now();
+        let r = client.post(format!("{}/v2/models/lin/infer", c.url)).json(&body).send().await.unwrap();
+        let took = t.elapsed();
+        if r.status() == 504 {
+            saw_504 = true;
+            assert!(took < Duration::from_millis(300), "504 came after {took:?}");
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"].as_str().unwrap().contains("deadline"));
+        } else {
+            assert_eq!(r.status(), 200);
+        }
+    }
+    assert!(saw_504, "a 1 us deadline never expired");
+    let metrics = client.get(format!("{}/metrics", c.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reason=\"CANCELED\"}"), "{metrics}");
+}
