@@ -17,6 +17,8 @@ pub struct InstanceSpec {
     pub name: String,
     /// Fault injection, in `parm worker --fault` syntax (empty: none).
     pub fault: String,
+    /// Address to listen on; `None` picks a free loopback port.
+    pub listen: Option<String>,
 }
 
 /// A running instance: its process and address.
@@ -45,7 +47,7 @@ impl Instance {
 pub async fn start_instance(exe: &Path, spec: InstanceSpec) -> anyhow::Result<Instance> {
     let mut cmd = Command::new(exe);
     cmd.arg("worker").arg("--model").arg(&spec.model).arg("--name").arg(&spec.name);
-    cmd.arg("--listen").arg("127.0.0.1:0");
+    cmd.arg("--listen").arg(spec.listen.as_deref().unwrap_or("127.0.0.1:0"));
     if !spec.fault.is_empty() {
         cmd.arg("--fault").arg(&spec.fault);
     }

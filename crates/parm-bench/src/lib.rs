@@ -35,9 +35,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chaos;
 pub mod cluster;
+pub mod harness;
 pub mod loadgen;
+pub mod plot;
 pub mod report;
+pub mod scenario;
 
 pub use loadgen::{LoadSpec, Query, poisson_schedule, run_open_loop};
 pub use report::{Percentiles, RunReport, format_table, percentiles};

@@ -16,18 +16,17 @@
 //!    answered, reconstructed, errors, accuracy of the answers and p50 / p99 / p99.9 latency.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parm_bench::cluster::{start_instances, Instance, InstanceSpec};
-use parm_bench::{format_table, run_open_loop, LoadSpec, Query, RunReport};
-use parm_codes::encoder_by_name;
-use parm_serve::frontend::{Frontend, FrontendConfig};
+use parm_bench::harness::{run_once, RunSpec};
+use parm_bench::scenario::Mode;
+use parm_bench::{format_table, Query, RunReport};
 use serde_json::json;
 
-use crate::commands::{accuracy_report, parity_name, parity_training, write_new};
+use crate::commands::{accuracy_report, write_new};
+use crate::models::{ensure_models, Budget};
 use crate::Paths;
 
 #[derive(Args)]
@@ -71,25 +70,13 @@ pub struct DemoArgs {
     pub decode_grace_ms: u64,
 }
 
-/// One of the three setups.
-struct Setup {
-    mode: &'static str,
-    deployed: usize,
-    parity: usize,
-}
-
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.k >= 2 && a.instances >= a.k && a.instances % a.k == 0, "--instances must be a multiple of --k >= 2");
     anyhow::ensure!(a.rate > 0.0 && a.rate.is_finite(), "--rate must be positive");
     let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
-    let dir = a.paths.model_dir();
-    let deployed = ensure_deployed(&a, &dir)?;
-    let name = parity_name(a.k, "addition");
-    let parity = dir.join(format!("{name}.bpk"));
-    if !parity.exists() || has_unfinished_checkpoint(&dir, &name) {
-        eprintln!("training the k={} parity model ({} epochs; ParM trains 500)...", a.k, a.parity_epochs);
-        parity_training(&a.paths, &deployed, a.k, "addition", a.parity_epochs, a.seed, &name)?;
-    }
+    let budget = Budget { deployed_epochs: a.deployed_epochs, parity_epochs: a.parity_epochs, seed: a.seed };
+    let models = ensure_models(&a.paths, &[a.k], &budget)?;
+    let (deployed, parity) = (models.deployed.clone(), models.parity[&a.k].clone());
     let acc = accuracy_report(&ds, &deployed, &parity, "addition", a.k, a.seed)?;
     println!("\n{}", acc.table());
 
@@ -99,22 +86,32 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         .map(|i| Query { input: ds.test.image(i).to_vec(), shape: vec![1, ds.test.dim() as i64], label: Some(ds.test.labels[i] as usize) })
         .collect();
     let extra = a.instances / a.k;
-    let setups = [
-        Setup { mode: "none", deployed: a.instances, parity: 0 },
-        Setup { mode: "equal-resources", deployed: a.instances + extra, parity: 0 },
-        Setup { mode: "parm", deployed: a.instances, parity: extra },
-    ];
+    let modes = [("none", Mode::None), ("equal-resources", Mode::EqualResources { k: a.k }), ("parm", Mode::Parm { k: a.k })];
     println!(
         "cluster: {} deployed instances (+{extra} deployed for equal-resources, +{extra} parity for parm), \
          instance 0 slowed by {} ms per request; {} queries at {} qps, first {} not timed",
         a.instances, a.slow_ms, n, a.rate, a.warmup
     );
+    let exe = std::env::current_exe().context("locating the parm binary")?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut rows = Vec::new();
-    for s in &setups {
-        eprintln!("running setup '{}'...", s.mode);
-        let report = rt.block_on(run_setup(&a, s, &deployed, &parity, &queries))?;
-        rows.push((s.mode.to_string(), report));
+    for (name, mode) in modes {
+        eprintln!("running setup '{name}'...");
+        let spec = RunSpec {
+            mode,
+            instances: a.instances,
+            rate_qps: a.rate,
+            seed: a.seed,
+            warmup: a.warmup,
+            faults: Vec::new(),
+            worker_faults: vec![format!("delay_ms={},prob=1,seed={}", a.slow_ms, a.seed)],
+            group_timeout: Duration::from_millis(a.group_timeout_ms),
+            decode_grace: Duration::from_millis(a.decode_grace_ms),
+            model_name: a.paths.dataset.clone(),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let result = rt.block_on(run_once(&exe, &models, &spec, &queries))?;
+        rows.push((name.to_string(), result.report));
     }
     println!("\n{}", format_table(&rows));
     print_verdict(&rows);
@@ -123,93 +120,6 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-fn ensure_deployed(a: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let path = dir.join("deployed.bpk");
-    if path.exists() {
-        eprintln!("reusing the deployed model {}", path.display());
-        return Ok(path);
-    }
-    eprintln!("training the deployed model ({} epochs)...", a.deployed_epochs);
-    let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
-    let cfg = parm_nn::train::TrainConfig { epochs: a.deployed_epochs, seed: a.seed, ..Default::default() };
-    let (model, meta) = parm_nn::train::train_deployed(&ds, &cfg)?;
-    parm_nn::train::save_model(&model, &meta, dir, "deployed")?;
-    Ok(path)
-}
-
-fn has_unfinished_checkpoint(dir: &std::path::Path, name: &str) -> bool {
-    // A checkpoint directory without the best model means an interrupted first run.
-    dir.join(format!("{name}.ckpt")).exists() && !dir.join(format!("{name}.json")).exists()
-}
-
-async fn run_setup(
-    a: &DemoArgs,
-    s: &Setup,
-    deployed: &std::path::Path,
-    parity: &std::path::Path,
-    queries: &[Query],
-) -> anyhow::Result<RunReport> {
-    let exe = std::env::current_exe().context("locating the parm binary")?;
-    let mut specs: Vec<InstanceSpec> = (0..s.deployed)
-        .map(|i| InstanceSpec {
-            model: deployed.to_path_buf(),
-            name: "deployed".into(),
-            fault: if i == 0 { format!("delay_ms={},prob=1,seed={}", a.slow_ms, a.seed) } else { String::new() },
-        })
-        .collect();
-    let parity_name = parity_name(a.k, "addition");
-    specs.extend((0..s.parity).map(|_| InstanceSpec { model: parity.to_path_buf(), name: parity_name.clone(), fault: String::new() }));
-    let mut instances = start_instances(&exe, specs).await?;
-    let result = drive(a, s, &instances, &parity_name, queries).await;
-    for i in &mut instances {
-        i.kill().await;
-    }
-    result
-}
-
-async fn drive(a: &DemoArgs, s: &Setup, instances: &[Instance], parity_name: &str, queries: &[Query]) -> anyhow::Result<RunReport> {
-    let addrs = |want: &str| instances.iter().filter(|i| i.spec.name == want).map(|i| i.addr.clone()).collect::<Vec<_>>();
-    let client = parm_serve::client::InstanceClient::connect_lazy(&instances[0].addr)?;
-    let spec = client.model_metadata("deployed", Duration::from_secs(10)).await?;
-    let spec = parm_serve::backend::ModelSpec { name: a.paths.dataset.clone(), ..spec };
-    let cfg = FrontendConfig {
-        spec: spec.clone(),
-        deployed: addrs("deployed"),
-        deployed_model: "deployed".into(),
-        parity: if s.parity > 0 { addrs(parity_name) } else { Vec::new() },
-        parity_model: parity_name.to_string(),
-        encoder: Arc::from(encoder_by_name("addition", a.k)?),
-        group_timeout: Duration::from_millis(a.group_timeout_ms),
-        instance_timeout: Duration::from_secs(5),
-        decode_grace: Duration::from_millis(a.decode_grace_ms),
-        redundancy: parm_serve::redundancy::Redundancy::None,
-    };
-    for addr in cfg.deployed.iter().chain(&cfg.parity) {
-        let model = if cfg.parity.contains(addr) { parity_name } else { "deployed" };
-        parm_serve::client::InstanceClient::connect_lazy(addr)?.wait_ready(model, Duration::from_secs(30)).await?;
-    }
-    let frontend = Frontend::start(cfg)?;
-    frontend.warm_up().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base_url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(parm_serve::http::serve(listener, frontend, async { let _ = stopped.await; }));
-    let load = LoadSpec {
-        base_url,
-        model: spec.name.clone(),
-        input_name: spec.input_name.clone(),
-        rate_qps: a.rate,
-        seed: a.seed,
-        warmup: a.warmup,
-        request_timeout: Duration::from_secs(30),
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
-    let report = run_open_loop(&load, queries).await;
-    let _ = stop.send(());
-    let _ = server.await;
-    report
 }
 
 fn print_verdict(rows: &[(String, RunReport)]) {

@@ -4,8 +4,11 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backend;
+mod bench;
 mod commands;
 mod demo;
+mod models;
+mod report;
 
 use std::path::PathBuf;
 
@@ -54,6 +57,8 @@ enum Command {
     Serve(commands::ServeArgs),
     /// The whole coded path end to end on Fashion-MNIST with one slowed instance.
     Demo(demo::DemoArgs),
+    /// Tail latency under injected faults: parm against none, Equal-Resources, replication, hedging.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -72,6 +77,7 @@ fn main() {
         Command::Worker(a) => commands::worker(a),
         Command::Serve(a) => commands::serve(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

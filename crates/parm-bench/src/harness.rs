@@ -1,0 +1,162 @@
+//! One benchmark run: start a loopback cluster for a setup, put the coded (or baseline)
+//! frontend in front of it, inject faults, send open-loop load, tear everything down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use parm_codes::encoder_by_name;
+use parm_serve::backend::ModelSpec;
+use parm_serve::client::InstanceClient;
+use parm_serve::frontend::{Frontend, FrontendConfig};
+use parm_serve::redundancy::Redundancy;
+use serde::Serialize;
+
+use crate::chaos::{Chaos, Target};
+use crate::cluster::{start_instances, Instance, InstanceSpec};
+use crate::scenario::{Fault, Mode};
+use crate::{run_open_loop, LoadSpec, Query, RunReport};
+
+/// Name deployed-model instances serve under.
+pub const DEPLOYED: &str = "deployed";
+
+/// The weights a run may need: the deployed model and one parity model per k.
+#[derive(Debug, Clone)]
+pub struct Models {
+    pub deployed: PathBuf,
+    pub parity: BTreeMap<usize, PathBuf>,
+}
+
+/// Everything that defines one run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub mode: Mode,
+    /// N deployed instances of the baseline setup.
+    pub instances: usize,
+    pub rate_qps: f64,
+    pub seed: u64,
+    pub warmup: usize,
+    pub faults: Vec<Fault>,
+    /// `parm worker --fault` string per deployed instance index (missing: none).
+    pub worker_faults: Vec<String>,
+    pub group_timeout: Duration,
+    pub decode_grace: Duration,
+    /// Name clients use for the model.
+    pub model_name: String,
+    pub progress: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub mode: String,
+    pub k: usize,
+    pub rate_qps: f64,
+    pub seed: u64,
+    /// Extra instances over N, fraction of N.
+    pub extra_resources: f64,
+    /// Extra requests over one per query (replication and hedging copies, parity queries),
+    /// fraction of queries.
+    pub extra_requests: f64,
+    pub report: RunReport,
+}
+
+/// Parity model name for k.
+pub fn parity_name(k: usize) -> String {
+    format!("parity-k{k}-addition")
+}
+
+/// Runs one setup end to end with the `parm` binary at `exe`.
+pub async fn run_once(exe: &Path, models: &Models, spec: &RunSpec, queries: &[Query]) -> anyhow::Result<RunResult> {
+    let (deployed, parity) = spec.mode.instances(spec.instances);
+    let k = spec.mode.k();
+    let mut specs: Vec<InstanceSpec> = (0..deployed)
+        .map(|i| InstanceSpec {
+            model: models.deployed.clone(),
+            name: DEPLOYED.into(),
+            fault: spec.worker_faults.get(i).cloned().unwrap_or_default(),
+            listen: None,
+        })
+        .collect();
+    if parity > 0 {
+        let path = models.parity.get(&k).with_context(|| format!("no parity model for k={k}"))?;
+        specs.extend((0..parity).map(|_| InstanceSpec { model: path.clone(), name: parity_name(k), fault: String::new(), listen: None }));
+    }
+    let mut instances = start_instances(exe, specs).await?;
+    let result = drive(exe, spec, &instances, queries).await;
+    for i in &mut instances {
+        i.kill().await;
+    }
+    result
+}
+
+async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Query]) -> anyhow::Result<RunResult> {
+    let k = spec.mode.k();
+    let addrs = |want: &str| instances.iter().filter(|i| i.spec.name == want).map(|i| i.addr.clone()).collect::<Vec<_>>();
+    for i in instances {
+        InstanceClient::connect_lazy(&i.addr)?.wait_ready(&i.spec.name, Duration::from_secs(30)).await?;
+    }
+    let remote = InstanceClient::connect_lazy(&instances[0].addr)?.model_metadata(DEPLOYED, Duration::from_secs(10)).await?;
+    let model = ModelSpec { name: spec.model_name.clone(), ..remote };
+    let redundancy = match spec.mode {
+        Mode::Replication => Redundancy::Replication { copies: 2 },
+        Mode::Hedged { .. } => Redundancy::hedged_p95(),
+        _ => Redundancy::None,
+    };
+    let parity_addrs = if matches!(spec.mode, Mode::Parm { .. }) { addrs(&parity_name(k)) } else { Vec::new() };
+    let cfg = FrontendConfig {
+        spec: model.clone(),
+        deployed: addrs(DEPLOYED),
+        deployed_model: DEPLOYED.into(),
+        parity: parity_addrs,
+        parity_model: parity_name(k),
+        encoder: Arc::from(encoder_by_name("addition", k.max(1))?),
+        group_timeout: spec.group_timeout,
+        instance_timeout: Duration::from_secs(5),
+        decode_grace: spec.decode_grace,
+        redundancy,
+    };
+    let frontend = Frontend::start(cfg)?;
+    frontend.warm_up().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base_url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(parm_serve::http::serve(listener, frontend.clone(), async {
+        let _ = stopped.await;
+    }));
+    let targets: Vec<Target> = instances
+        .iter()
+        .filter(|i| i.spec.name == DEPLOYED)
+        .map(|i| Target { pid: i.pid(), addr: i.addr.clone(), spec: i.spec.clone() })
+        .collect();
+    let chaos = Chaos::start(&spec.faults, &targets, exe.to_path_buf());
+    let load = LoadSpec {
+        base_url,
+        model: model.name.clone(),
+        input_name: model.input_name.clone(),
+        rate_qps: spec.rate_qps,
+        seed: spec.seed,
+        warmup: spec.warmup,
+        request_timeout: Duration::from_secs(30),
+        progress: spec.progress,
+    };
+    let report = run_open_loop(&load, queries).await;
+    chaos.stop().await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let report = report?;
+    let stats = frontend.stats();
+    let extra = stats.backups.load(Ordering::Relaxed) + stats.parity_queries.load(Ordering::Relaxed);
+    Ok(RunResult {
+        mode: spec.mode.family().to_string(),
+        k,
+        rate_qps: spec.rate_qps,
+        seed: spec.seed,
+        extra_resources: spec.mode.extra_resources(spec.instances),
+        extra_requests: extra as f64 / queries.len().max(1) as f64,
+        report,
+    })
+}

@@ -1,0 +1,256 @@
+//! Benchmark scenarios: a TOML file naming the load, the setups to compare and the faults.
+//!
+//! ```toml
+//! name = "one-slow"
+//! dataset = "fashion-mnist"
+//! queries = 5000          # test queries per run
+//! warmup = 300            # first queries not timed
+//! rates = [150.0]         # offered loads, queries/s (open-loop Poisson)
+//! trials = 2              # runs per (mode, rate), different seeds
+//! instances = 12          # N deployed-model instances
+//! modes = ["none", "equal-resources-k2", "replication", "hedged-k2", "parm-k2", "parm-k3", "parm-k4"]
+//! seed = 1
+//!
+//! [[faults]]
+//! kind = "delay"          # every request on deployed instance 0 takes 20 ms longer
+//! instance = 0
+//! delay_ms = 20.0
+//! ```
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// One scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    pub queries: usize,
+    #[serde(default)]
+    pub warmup: usize,
+    pub rates: Vec<f64>,
+    #[serde(default = "one")]
+    pub trials: usize,
+    pub instances: usize,
+    pub modes: Vec<String>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    /// Frontend: ms a partly filled coding group waits before its padded parity query.
+    #[serde(default = "default_group_timeout_ms")]
+    pub group_timeout_ms: u64,
+    /// Frontend: ms after sending a query before its reconstruction may be released.
+    #[serde(default = "default_decode_grace_ms")]
+    pub decode_grace_ms: u64,
+}
+
+fn default_dataset() -> String {
+    "fashion-mnist".into()
+}
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_group_timeout_ms() -> u64 {
+    5
+}
+fn default_decode_grace_ms() -> u64 {
+    2
+}
+
+/// A fault injected during every run of a scenario. Instance indices count deployed-model
+/// instances from 0. Each is reproducible from the scenario's seed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Fault {
+    /// With probability `prob`, each request on the instance takes `delay_ms` longer.
+    Delay {
+        instance: usize,
+        delay_ms: f64,
+        #[serde(default = "one_f")]
+        prob: f64,
+    },
+    /// Slowdown episodes: every `every_s` seconds on average (exponential gaps) the instance
+    /// takes `delay_ms` longer per request for `len_s` seconds.
+    Episodes { instance: usize, every_s: f64, len_s: f64, delay_ms: f64 },
+    /// SIGSTOP the instance `at_s` seconds into the run, SIGCONT it `duration_s` later.
+    Stall { instance: usize, at_s: f64, duration_s: f64 },
+    /// SIGKILL the instance `at_s` seconds into the run and restart it on the same address
+    /// `restart_after_s` later.
+    Crash { instance: usize, at_s: f64, restart_after_s: f64 },
+    /// `threads` background threads spinning on the CPU for the whole run.
+    CpuBurn { threads: usize },
+    /// Background bulk transfers on loopback (ParM's network "shuffles"): `concurrent`
+    /// transfers of `megabytes` MB each, repeated after `gap_ms`, for the whole run.
+    Network { megabytes: usize, concurrent: usize, gap_ms: u64 },
+}
+
+/// A setup to compare, parsed from a mode name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `none`: N deployed instances.
+    None,
+    /// `equal-resources[-kK]`: N + N/K deployed instances (K = 2 by default).
+    EqualResources { k: usize },
+    /// `replication`: 2N deployed instances, every query to 2 of them.
+    Replication,
+    /// `hedged[-kK]`: N + N/K deployed instances, backup after the running p95.
+    Hedged { k: usize },
+    /// `parm-kK`: N deployed + N/K parity instances.
+    Parm { k: usize },
+}
+
+impl Mode {
+    /// Parses `none`, `equal-resources`, `equal-resources-k3`, `replication`, `hedged`,
+    /// `hedged-k4`, `parm-k2`, ...
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let k_of = |rest: &str| -> anyhow::Result<usize> {
+            match rest {
+                "" => Ok(2),
+                r => r.strip_prefix("-k").and_then(|k| k.parse().ok()).filter(|k| *k >= 2).context("expected -kK with K >= 2"),
+            }
+        };
+        let mode = if s == "none" {
+            Mode::None
+        } else if s == "replication" {
+            Mode::Replication
+        } else if let Some(rest) = s.strip_prefix("equal-resources") {
+            Mode::EqualResources { k: k_of(rest)? }
+        } else if let Some(rest) = s.strip_prefix("hedged") {
+            Mode::Hedged { k: k_of(rest)? }
+        } else if let Some(rest) = s.strip_prefix("parm") {
+            Mode::Parm { k: k_of(rest)? }
+        } else {
+            bail!("unknown mode '{s}' (none, equal-resources[-kK], replication, hedged[-kK], parm-kK)")
+        };
+        Ok(mode)
+    }
+
+    /// The `mode` field of result rows: none, equal-resources, replication, hedged, parm.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::EqualResources { .. } => "equal-resources",
+            Mode::Replication => "replication",
+            Mode::Hedged { .. } => "hedged",
+            Mode::Parm { .. } => "parm",
+        }
+    }
+
+    /// The k that sizes the setup (2 for replication: two copies; 1 for none).
+    pub fn k(&self) -> usize {
+        match self {
+            Mode::None => 1,
+            Mode::Replication => 2,
+            Mode::EqualResources { k } | Mode::Hedged { k } | Mode::Parm { k } => *k,
+        }
+    }
+
+    /// (deployed, parity) instance counts for N deployed instances.
+    pub fn instances(&self, n: usize) -> (usize, usize) {
+        match self {
+            Mode::None => (n, 0),
+            Mode::Replication => (2 * n, 0),
+            Mode::EqualResources { k } | Mode::Hedged { k } => (n + n / k, 0),
+            Mode::Parm { k } => (n, n / k),
+        }
+    }
+
+    /// Extra instances over N, as a fraction of N.
+    pub fn extra_resources(&self, n: usize) -> f64 {
+        let (d, p) = self.instances(n);
+        (d + p - n) as f64 / n as f64
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    ///
+    /// Errors: unreadable file, TOML that does not match, unknown modes, N not divisible by a
+    /// mode's k, a fault naming an instance >= N, empty rates, warm-up >= queries.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let s: Scenario = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        s.validate().with_context(|| format!("in {}", path.display()))?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.rates.is_empty() && self.rates.iter().all(|r| *r > 0.0 && r.is_finite()), "rates must be positive");
+        anyhow::ensure!(self.queries > self.warmup, "queries must exceed warmup");
+        anyhow::ensure!(self.instances >= 2 && self.trials >= 1, "need instances >= 2 and trials >= 1");
+        for m in &self.modes {
+            let mode = Mode::parse(m)?;
+            anyhow::ensure!(self.instances % mode.k() == 0, "mode {m}: instances ({}) must be a multiple of k", self.instances);
+        }
+        for f in &self.faults {
+            let instance = match f {
+                Fault::Delay { instance, .. }
+                | Fault::Episodes { instance, .. }
+                | Fault::Stall { instance, .. }
+                | Fault::Crash { instance, .. } => *instance,
+                _ => 0,
+            };
+            anyhow::ensure!(instance < self.instances, "fault {f:?} names instance {instance} of {}", self.instances);
+        }
+        Ok(())
+    }
+
+    /// The `parm worker --fault` string for deployed instance `i` (empty if none).
+    pub fn worker_fault(&self, i: usize) -> String {
+        let mut parts = Vec::new();
+        for f in &self.faults {
+            match f {
+                Fault::Delay { instance, delay_ms, prob } if *instance == i => {
+                    parts.push(format!("delay_ms={delay_ms},prob={prob}"));
+                }
+                Fault::Episodes { instance, every_s, len_s, delay_ms } if *instance == i => {
+                    parts.push(format!("episode_every_s={every_s},episode_len_s={len_s},episode_delay_ms={delay_ms}"));
+                }
+                _ => {}
+            }
+        }
+        if !parts.is_empty() {
+            parts.push(format!("seed={}", self.seed.wrapping_add(i as u64)));
+        }
+        parts.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_size() {
+        assert_eq!(Mode::parse("parm-k3").unwrap(), Mode::Parm { k: 3 });
+        assert_eq!(Mode::parse("equal-resources").unwrap(), Mode::EqualResources { k: 2 });
+        assert_eq!(Mode::parse("hedged-k4").unwrap().instances(12), (15, 0));
+        assert_eq!(Mode::parse("parm-k4").unwrap().instances(12), (12, 3));
+        assert!((Mode::Replication.extra_resources(12) - 1.0).abs() < 1e-9);
+        assert!(Mode::parse("parm-k1").is_err());
+        assert!(Mode::parse("raid5").is_err());
+    }
+
+    #[test]
+    fn scenario_parses_and_validates() {
+        let s: Scenario = toml::from_str(
+            "name='x'\nqueries=100\nwarmup=10\nrates=[50.0]\ninstances=4\nmodes=['none','parm-k2']\n\
+             [[faults]]\nkind='delay'\ninstance=1\ndelay_ms=5.0\n[[faults]]\nkind='cpu-burn'\nthreads=1\n",
+        )
+        .unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.worker_fault(1), "delay_ms=5,prob=1,seed=1");
+        assert_eq!(s.worker_fault(0), "");
+        let bad = Scenario { modes: vec!["parm-k3".into()], ..s.clone() };
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<Scenario>("name='x'\nqueries=1\nrates=[1.0]\ninstances=2\nmodes=[]\nbogus=1").is_err());
+    }
+}

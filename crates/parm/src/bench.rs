@@ -1,0 +1,243 @@
+//! `parm bench`: tail latency under injected slowdowns and failures, parm against the
+//! baselines a user would pick instead (none, Equal-Resources, replication, hedged requests).
+//!
+//! Each scenario file (see `parm_bench::scenario`) names the load, the setups and the faults.
+//! Every (scenario, mode, rate) runs `trials` times with seeds `seed, seed+1, ...`; result rows
+//! average the trials' percentiles. Outputs in `--out`: `tail-runs.json` (every run),
+//! `tail.json` (one row per scenario x mode x k x rate; rows of scenarios not run this time are
+//! kept), `tail.md` (the table of `tail.json`) and `tail-SCENARIO.svg` (percentile plots).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use parm_bench::harness::{run_once, RunResult, RunSpec};
+use parm_bench::plot::{percentile_plot, Line};
+use parm_bench::scenario::{Mode, Scenario};
+use parm_bench::Query;
+use serde::{Deserialize, Serialize};
+
+use crate::commands::write_new;
+use crate::models::{ensure_models, Budget};
+use crate::Paths;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+    /// Scenario files (default: every bench/scenarios/*.toml).
+    #[arg(long = "scenario")]
+    pub scenarios: Vec<PathBuf>,
+    /// Where results are written.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    /// Override the scenarios' queries per run.
+    #[arg(long)]
+    pub queries: Option<usize>,
+    /// Override the scenarios' trials.
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Override the scenarios' rates (comma-separated queries/s).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<f64>,
+    /// Epochs for parity models that must be trained first.
+    #[arg(long, default_value_t = 30)]
+    pub parity_epochs: usize,
+}
+
+/// One row of `tail.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TailRow {
+    pub scenario: String,
+    pub mode: String,
+    pub k: usize,
+    pub rate_qps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p99_9_ms: f64,
+    pub max_ms: f64,
+    pub extra_resources: f64,
+    pub extra_requests: f64,
+    pub answered: usize,
+    pub requests: usize,
+    pub reconstructed: usize,
+    pub errors: usize,
+    pub accuracy: f64,
+    pub trials: usize,
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let files = if a.scenarios.is_empty() { default_scenarios()? } else { a.scenarios.clone() };
+    let mut scenarios = files.iter().map(|f| Scenario::load(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    for s in &mut scenarios {
+        s.queries = a.queries.unwrap_or(s.queries);
+        s.trials = a.trials.unwrap_or(s.trials);
+        if !a.rates.is_empty() {
+            s.rates = a.rates.clone();
+        }
+        anyhow::ensure!(s.queries > s.warmup, "{}: queries must exceed warmup", s.name);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let exe = std::env::current_exe().context("locating the parm binary")?;
+    let mut runs: Vec<(String, RunResult)> = Vec::new();
+    for s in &scenarios {
+        let paths = Paths { dataset: s.dataset.clone(), ..a.paths.clone() };
+        let modes = s.modes.iter().map(|m| Mode::parse(m)).collect::<anyhow::Result<Vec<_>>>()?;
+        let ks: Vec<usize> = modes.iter().filter_map(|m| matches!(m, Mode::Parm { .. }).then(|| m.k())).collect();
+        let budget = Budget { deployed_epochs: 20, parity_epochs: a.parity_epochs, seed: 1 };
+        let models = ensure_models(&paths, &ks, &budget)?;
+        let queries = test_queries(&paths, s.queries)?;
+        for (mode, name) in modes.iter().zip(&s.modes) {
+            for &rate in &s.rates {
+                for trial in 0..s.trials {
+                    let spec = run_spec(s, *mode, rate, trial as u64);
+                    let r = rt.block_on(run_once(&exe, &models, &spec, &queries)).with_context(|| format!("{} / {name} / {rate} qps", s.name))?;
+                    let l = &r.report.latency_ms;
+                    eprintln!(
+                        "{:<16} {:<20} {:>6.0} qps trial {}: p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms, {} answered, {} errors, {} reconstructed",
+                        s.name, name, rate, trial, l.p50, l.p99, l.p99_9, r.report.answered, r.report.errors, r.report.reconstructed
+                    );
+                    runs.push((s.name.clone(), r));
+                }
+            }
+        }
+    }
+    write_outputs(&a.out, &scenarios, &runs)
+}
+
+fn default_scenarios() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = Path::new("bench/scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("no --scenario given and {} cannot be read", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no scenario files in {}", dir.display());
+    Ok(files)
+}
+
+fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
+    RunSpec {
+        mode,
+        instances: s.instances,
+        rate_qps: rate,
+        seed: s.seed + trial,
+        warmup: s.warmup,
+        faults: s.faults.clone(),
+        worker_faults: (0..s.instances).map(|i| s.worker_fault(i)).collect(),
+        group_timeout: Duration::from_millis(s.group_timeout_ms),
+        decode_grace: Duration::from_millis(s.decode_grace_ms),
+        model_name: s.dataset.clone(),
+        progress: false,
+    }
+}
+
+fn test_queries(paths: &Paths, n: usize) -> anyhow::Result<Vec<Query>> {
+    let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
+    let dim = ds.test.dim();
+    // Cycle through the test set if more queries than test images are asked for.
+    Ok((0..n)
+        .map(|i| {
+            let j = i % ds.test.n;
+            Query { input: ds.test.image(j).to_vec(), shape: vec![1, dim as i64], label: Some(ds.test.labels[j] as usize) }
+        })
+        .collect())
+}
+
+/// Averages the trials of each (scenario, mode, k, rate).
+fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
+    let mut rows: Vec<TailRow> = Vec::new();
+    for (scenario, r) in runs {
+        let l = &r.report.latency_ms;
+        let row = TailRow {
+            scenario: scenario.clone(),
+            mode: r.mode.clone(),
+            k: r.k,
+            rate_qps: r.rate_qps,
+            p50_ms: l.p50,
+            p90_ms: l.p90,
+            p99_ms: l.p99,
+            p99_9_ms: l.p99_9,
+            max_ms: l.max,
+            extra_resources: r.extra_resources,
+            extra_requests: r.extra_requests,
+            answered: r.report.answered,
+            requests: r.report.requests,
+            reconstructed: r.report.reconstructed,
+            errors: r.report.errors,
+            accuracy: r.report.accuracy,
+            trials: 1,
+        };
+        match rows.iter_mut().find(|x| x.scenario == row.scenario && x.mode == row.mode && x.k == row.k && x.rate_qps == row.rate_qps) {
+            Some(x) => merge(x, &row),
+            None => rows.push(row),
+        }
+    }
+    rows
+}
+
+fn merge(acc: &mut TailRow, r: &TailRow) {
+    let n = acc.trials as f64;
+    let avg = |a: f64, b: f64| (a * n + b) / (n + 1.0);
+    acc.p50_ms = avg(acc.p50_ms, r.p50_ms);
+    acc.p90_ms = avg(acc.p90_ms, r.p90_ms);
+    acc.p99_ms = avg(acc.p99_ms, r.p99_ms);
+    acc.p99_9_ms = avg(acc.p99_9_ms, r.p99_9_ms);
+    acc.max_ms = acc.max_ms.max(r.max_ms);
+    acc.extra_requests = avg(acc.extra_requests, r.extra_requests);
+    acc.accuracy = avg(acc.accuracy, r.accuracy);
+    acc.answered += r.answered;
+    acc.requests += r.requests;
+    acc.reconstructed += r.reconstructed;
+    acc.errors += r.errors;
+    acc.trials += 1;
+}
+
+fn write_outputs(out: &Path, scenarios: &[Scenario], runs: &[(String, RunResult)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let runs_json: Vec<_> = runs.iter().map(|(s, r)| serde_json::json!({"scenario": s, "run": r})).collect();
+    write_new(&out.join("tail-runs.json"), &serde_json::to_string_pretty(&runs_json)?)?;
+    let fresh = aggregate(runs);
+    let tail_path = out.join("tail.json");
+    let mut rows: Vec<TailRow> = std::fs::read_to_string(&tail_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    rows.retain(|r| !scenarios.iter().any(|s| s.name == r.scenario));
+    rows.extend(fresh.iter().cloned());
+    write_new(&tail_path, &serde_json::to_string_pretty(&rows)?)?;
+    write_new(&out.join("tail.md"), &markdown(&rows))?;
+    for s in scenarios {
+        let lines: Vec<Line> = fresh
+            .iter()
+            .filter(|r| r.scenario == s.name)
+            .map(|r| Line {
+                label: format!("{} k={} @{} qps", r.mode, r.k, r.rate_qps),
+                ms: [r.p50_ms, r.p90_ms, r.p99_ms, r.p99_9_ms, r.max_ms],
+            })
+            .collect();
+        percentile_plot(&out.join(format!("tail-{}.svg", s.name)), &format!("scenario {}", s.name), &lines)?;
+    }
+    println!("{}", markdown(&fresh));
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The table of result rows, in markdown.
+pub fn markdown(rows: &[TailRow]) -> String {
+    let mut s = String::from(
+        "| scenario | mode | k | qps | p50 ms | p99 ms | p99.9 ms | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
+            r.scenario, r.mode, r.k, r.rate_qps, r.p50_ms, r.p99_ms, r.p99_9_ms, r.p99_9_ms - r.p50_ms,
+            100.0 * r.extra_resources, 100.0 * r.extra_requests, r.answered, r.requests, r.reconstructed, r.accuracy
+        );
+    }
+    s
+}

@@ -1,0 +1,54 @@
+//! Finding trained models, or training them on a default budget, for `demo` and `bench`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use parm_bench::harness::Models;
+
+use crate::commands::{parity_name, parity_training};
+use crate::Paths;
+
+/// Training budgets used when a model is missing.
+pub struct Budget {
+    pub deployed_epochs: usize,
+    pub parity_epochs: usize,
+    pub seed: u64,
+}
+
+/// The deployed model `MODELS_DIR/DATASET/deployed.bpk` and the addition parity models for
+/// every k in `ks`, trained first if missing (a parity run interrupted before its first
+/// checkpoint is resumed). Existing models are reused, never overwritten.
+pub fn ensure_models(paths: &Paths, ks: &[usize], budget: &Budget) -> anyhow::Result<Models> {
+    let dir = paths.model_dir();
+    let deployed = ensure_deployed(paths, &dir, budget)?;
+    let mut parity = BTreeMap::new();
+    for &k in ks {
+        let name = parity_name(k, "addition");
+        let path = dir.join(format!("{name}.bpk"));
+        if !path.exists() || has_unfinished_checkpoint(&dir, &name) {
+            eprintln!("training the k={k} parity model ({} epochs; ParM trains 500)...", budget.parity_epochs);
+            parity_training(paths, &deployed, k, "addition", budget.parity_epochs, budget.seed, &name)?;
+        }
+        parity.insert(k, path);
+    }
+    Ok(Models { deployed, parity })
+}
+
+fn ensure_deployed(paths: &Paths, dir: &Path, budget: &Budget) -> anyhow::Result<PathBuf> {
+    let path = dir.join("deployed.bpk");
+    if path.exists() {
+        eprintln!("reusing the deployed model {}", path.display());
+        return Ok(path);
+    }
+    eprintln!("training the deployed model ({} epochs)...", budget.deployed_epochs);
+    let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
+    let cfg = parm_nn::train::TrainConfig { epochs: budget.deployed_epochs, seed: budget.seed, ..Default::default() };
+    let (model, meta) = parm_nn::train::train_deployed(&ds, &cfg)?;
+    parm_nn::train::save_model(&model, &meta, dir, "deployed")?;
+    Ok(path)
+}
+
+fn has_unfinished_checkpoint(dir: &Path, name: &str) -> bool {
+    // A checkpoint directory without the best model means an interrupted first run.
+    dir.join(format!("{name}.ckpt")).exists() && !dir.join(format!("{name}.json")).exists()
+}
