@@ -1,0 +1,146 @@
+//! The frontend's own cost, measured apart from the models (issue 4, item 6).
+//!
+//! `cargo bench -p parm-bench --bench frontend`
+//!
+//! Instances are in-process gRPC workers running a linear 784 -> 10 model (a few us of
+//! compute), so what is measured is parm's path: HTTP-free `Frontend::predict`, coding-group
+//! formation, encoding, dispatch over gRPC, decoding. Reported:
+//! - encode (addition, k = 2, 784 values) and decode (subtraction, 10 values) per call;
+//! - p50 latency of one query through the frontend vs. the same RPC sent directly to an
+//!   instance (one query outstanding at a time): the difference is the frontend's added
+//!   latency per query;
+//! - throughput of the frontend with 64 queries outstanding.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use parm_codes::{AdditionEncoder, Decoder, Encoder, SubtractionDecoder};
+use parm_serve::backend::{LinearBackend, ModelSpec};
+use parm_serve::client::InstanceClient;
+use parm_serve::frontend::{Frontend, FrontendConfig};
+use parm_serve::redundancy::Redundancy;
+use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+
+const DIM: usize = 784;
+const CLASSES: usize = 10;
+
+fn backend(name: &str) -> Arc<LinearBackend> {
+    let spec = ModelSpec::fp32(name, vec![DIM as i64], vec![CLASSES as i64]);
+    let w: Vec<f32> = (0..DIM * CLASSES).map(|i| ((i % 17) as f32 - 8.0) / 100.0).collect();
+    Arc::new(LinearBackend::new(spec, w, vec![0.0; CLASSES]).expect("valid linear model"))
+}
+
+async fn worker(name: &str) -> WorkerHandle {
+    spawn_worker("127.0.0.1:0", backend(name), WorkerOptions::default()).await.expect("worker starts")
+}
+
+fn p50_us(h: &Histogram<u64>) -> f64 {
+    h.value_at_quantile(0.5) as f64
+}
+
+fn codes() {
+    let enc = AdditionEncoder::new(2).unwrap();
+    let (a, b) = (vec![0.5f32; DIM], vec![0.25f32; DIM]);
+    let n = 200_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(enc.encode(&[&a, &b]).unwrap());
+    }
+    let enc_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    let (fp, other) = (vec![1.0f32; CLASSES], vec![0.5f32; CLASSES]);
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(SubtractionDecoder.decode(&fp, &[None, Some(&other)]).unwrap());
+    }
+    let dec_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    println!("encode (addition, k=2, {DIM} values): {enc_ns:.0} ns; decode (subtraction, {CLASSES} values): {dec_ns:.0} ns");
+}
+
+async fn sequential<F, Fut>(n: usize, mut call: F) -> Histogram<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        call().await;
+        if i >= 200 {
+            h.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+    }
+    h
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    codes();
+    rt.block_on(async {
+        let deployed = [worker("deployed").await, worker("deployed").await];
+        let parity = worker("parity").await;
+        let spec = ModelSpec::fp32("m", vec![DIM as i64], vec![CLASSES as i64]);
+        let cfg = FrontendConfig {
+            spec,
+            deployed: deployed.iter().map(|w| w.addr.to_string()).collect(),
+            deployed_model: "deployed".into(),
+            parity: vec![parity.addr.to_string()],
+            parity_model: "parity".into(),
+            encoder: Arc::new(AdditionEncoder::new(2).unwrap()),
+            group_timeout: Duration::from_millis(5),
+            instance_timeout: Duration::from_secs(5),
+            decode_grace: Duration::from_millis(2),
+            redundancy: Redundancy::None,
+        };
+        let frontend = Frontend::start(cfg).unwrap();
+        frontend.warm_up().await;
+        let client = InstanceClient::connect_lazy(&deployed[0].addr.to_string()).unwrap();
+        let input = vec![0.5f32; DIM];
+        let n = 3000;
+        let direct = sequential(n, || {
+            let (c, x) = (client.clone(), input.clone());
+            async move {
+                c.infer("deployed", x, vec![1, DIM as i64], Duration::from_secs(5)).await.unwrap();
+            }
+        })
+        .await;
+        let coded = sequential(n, || {
+            let (f, x) = (frontend.clone(), input.clone());
+            async move {
+                f.predict(x).await.unwrap();
+            }
+        })
+        .await;
+        println!(
+            "one query outstanding, p50: direct RPC {:.0} us, through the frontend {:.0} us -> frontend adds {:.0} us",
+            p50_us(&direct),
+            p50_us(&coded),
+            p50_us(&coded) - p50_us(&direct)
+        );
+        let secs = 3.0;
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (f, x) = (frontend.clone(), input.clone());
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    while start.elapsed().as_secs_f64() < secs {
+                        f.predict(x.clone()).await.unwrap();
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let parity_sent = frontend.stats().parity_queries.load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "throughput with instant instances, 64 outstanding: {:.0} queries/s ({} parity queries sent in all)",
+            total as f64 / start.elapsed().as_secs_f64(),
+            parity_sent
+        );
+    });
+}
