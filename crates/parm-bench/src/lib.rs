@@ -42,6 +42,7 @@ pub mod loadgen;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod sim;
 
 pub use loadgen::{LoadSpec, Query, poisson_schedule, run_open_loop};
 pub use report::{Percentiles, RunReport, format_table, percentiles};

@@ -276,6 +276,11 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
         throughput_qps,
         wall_s,
         error_samples: acc.error_samples,
+        latency_quantiles_ms: if hist.is_empty() {
+            Vec::new()
+        } else {
+            (0..=1000).map(|i| hist.value_at_quantile(i as f64 / 1000.0) as f64 / 1e3).collect()
+        },
     })
 }
 

@@ -59,6 +59,10 @@ pub struct RunReport {
     pub wall_s: f64,
     /// The first few (at most 5) error messages, with HTTP status and body where there was one.
     pub error_samples: Vec<String>,
+    /// The latency distribution (ms) at quantiles 0, 0.001, ..., 1 (1001 values; empty if
+    /// nothing was answered), for the simulator. Not serialised.
+    #[serde(skip)]
+    pub latency_quantiles_ms: Vec<f64>,
 }
 
 /// Percentiles (ms) of a histogram of latencies recorded in **microseconds**.
@@ -194,6 +198,7 @@ mod tests {
             throughput_qps: 99.0,
             wall_s: 10.0,
             error_samples: vec![],
+            latency_quantiles_ms: Vec::new(),
         };
         let mut nan = r.clone();
         nan.accuracy = f64::NAN;

@@ -107,7 +107,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     write_outputs(&a.out, &scenarios, &runs)
 }
 
-fn default_scenarios() -> anyhow::Result<Vec<PathBuf>> {
+pub fn default_scenarios() -> anyhow::Result<Vec<PathBuf>> {
     let dir = Path::new("bench/scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("no --scenario given and {} cannot be read", dir.display()))?
@@ -135,7 +135,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
     }
 }
 
-fn test_queries(paths: &Paths, n: usize) -> anyhow::Result<Vec<Query>> {
+pub fn test_queries(paths: &Paths, n: usize) -> anyhow::Result<Vec<Query>> {
     let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
     let dim = ds.test.dim();
     // Cycle through the test set if more queries than test images are asked for.

@@ -246,7 +246,7 @@ pub struct WorkerArgs {
     pub name: Option<String>,
     /// Address to listen on; port 0 picks a free port. The first line printed on stdout is
     /// `listening on ADDR`.
-    #[arg(long, default_value = "127.0.0.1:8001")]
+    #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: String,
     /// Injected slowdown, e.g. `delay_ms=20,prob=1.0,seed=7`: with probability `prob` each
     /// request holds the instance's compute lane `delay_ms` longer.
@@ -324,6 +324,13 @@ pub struct ServeArgs {
     /// answer wins), hedged (backup after the running p95 latency).
     #[arg(long, default_value = "none")]
     pub redundancy: String,
+    /// Address for OIP gRPC clients (`inference.GRPCInferenceService` and
+    /// `grpc.health.v1.Health`); "off" disables it.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub grpc_listen: String,
+    /// Also serve Prometheus `/metrics` on this address (it is always on the HTTP port too).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
@@ -352,13 +359,31 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
     })
 }
 
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let frontend = Frontend::start(frontend_config(&a).await?)?;
         frontend.warm_up().await;
-        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        println!("listening on {}", listener.local_addr()?);
-        parm_serve::http::serve(listener, frontend, shutdown_signal()).await?;
-        Ok(())
+        let serving = parm_serve::api::Serving::start(frontend).await?;
+        let http = bind(&a.listen).await?;
+        println!("listening on {}", http.local_addr()?);
+        let grpc = match a.grpc_listen.as_str() {
+            "off" => None,
+            addr => Some(bind(addr).await?),
+        };
+        let metrics = match &a.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        for (what, l) in [("grpc", &grpc), ("metrics", &metrics)] {
+            if let Some(l) = l {
+                println!("{what} listening on {}", l.local_addr()?);
+            }
+        }
+        let listeners = parm_serve::server::Listeners { http, grpc, metrics };
+        parm_serve::server::serve_all(serving, listeners, shutdown_signal()).await
     })
 }

@@ -8,6 +8,7 @@ mod bench;
 mod commands;
 mod demo;
 mod models;
+mod simulate;
 mod report;
 
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Tail latency under injected faults: parm against none, Equal-Resources, replication, hedging.
     Bench(bench::BenchArgs),
+    /// Discrete-event simulation calibrated on this machine, validated against `bench`, projected to 1000 instances.
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() {
@@ -78,6 +81,7 @@ fn main() {
         Command::Serve(a) => commands::serve(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Simulate(a) => simulate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
