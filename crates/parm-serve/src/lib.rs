@@ -15,3 +15,5 @@ pub mod api;
 pub mod health;
 pub mod metrics;
 pub mod tensor;
+pub mod grpc_frontend;
+pub mod server;

@@ -435,6 +435,22 @@ impl GrpcInferenceService for WorkerService {
             ..Default::default()
         }))
     }
+
+    /// Triton's extension; a worker has no model configuration to report (the frontend does).
+    async fn model_config(
+        &self,
+        _: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        Err(Status::unimplemented("ModelConfig is served by the parm frontend, not by workers"))
+    }
+
+    /// Triton's extension; workers keep no statistics (the frontend does).
+    async fn model_statistics(
+        &self,
+        _: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        Err(Status::unimplemented("ModelStatistics is served by the parm frontend, not by workers"))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The frontend's HTTP interface end to end over 127.0.0.1: the binary tensor extension, datatype
-//! conversion, Triton's error mapping, compressed bodies, config / statistics endpoints,
-//! Prometheus metrics, and the `timeout` deadline. Instances are parm workers serving exact
+//! The frontend's HTTP and gRPC interfaces end to end over 127.0.0.1: the binary tensor
+//! extension, datatype conversion, Triton's error mapping, compressed bodies, config /
+//! statistics endpoints, Prometheus metrics, deadlines, gRPC inference and health. Instances are parm workers serving exact
 //! linear models, so every answer can be checked exactly.
 
 use std::io::Write;
@@ -38,17 +38,24 @@ fn expected(x: &[f32]) -> Vec<f32> {
 struct Cluster {
     _workers: Vec<WorkerHandle>,
     url: String,
+    grpc: String,
     serving: Shared,
 }
 
+/// Two deployed instances (the first slowed by `delay_ms` per request) and one parity instance.
 async fn cluster(delay_ms: f64) -> Cluster {
+    cluster_delays([delay_ms, 0.0, 0.0]).await
+}
+
+/// As [`cluster`], with each instance's delay (deployed 0, deployed 1, parity), ms.
+async fn cluster_delays(delays: [f64; 3]) -> Cluster {
     let (f, fp) = models();
-    let slow = WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
+    let opts = |delay_ms| WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
     let mut workers = Vec::new();
-    for opts in [slow, WorkerOptions::default()] {
-        workers.push(spawn_worker("127.0.0.1:0", f.clone() as Arc<dyn InferenceBackend>, opts).await.unwrap());
+    for d in &delays[..2] {
+        workers.push(spawn_worker("127.0.0.1:0", f.clone() as Arc<dyn InferenceBackend>, opts(*d)).await.unwrap());
     }
-    workers.push(spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, WorkerOptions::default()).await.unwrap());
+    workers.push(spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, opts(delays[2])).await.unwrap());
     let addr = |w: &WorkerHandle| w.addr.to_string();
     let cfg = FrontendConfig {
         spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
@@ -68,7 +75,10 @@ async fn cluster(delay_ms: f64) -> Cluster {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(parm_serve::http::serve_shared(listener, serving.clone(), std::future::pending()));
-    Cluster { _workers: workers, url, serving }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(parm_serve::grpc_frontend::serve_grpc(listener, serving.clone(), std::future::pending()));
+    Cluster { _workers: workers, url, grpc, serving }
 }
 
 fn input(batch: usize) -> Vec<f32> {
@@ -284,4 +294,130 @@ async fn timeout_parameter_gives_504_in_time() {
     assert!(saw_504, "a 1 us deadline never expired");
     let metrics = client.get(format!("{}/metrics", c.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reason=\"CANCELED\"}"), "{metrics}");
+}
+
+mod grpc {
+    use super::*;
+    use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use parm_serve::grpc::model_infer_request::InferInputTensor;
+    use parm_serve::grpc::{self as pb, InferTensorContents};
+    use tonic::Code;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    async fn client(c: &Cluster) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
+        GrpcInferenceServiceClient::connect(c.grpc.clone()).await.unwrap()
+    }
+
+    fn request(datatype: &str, shape: Vec<i64>, raw: Vec<u8>) -> pb::ModelInferRequest {
+        pb::ModelInferRequest {
+            model_name: "lin".into(),
+            id: "g1".into(),
+            inputs: vec![InferInputTensor { name: "input".into(), datatype: datatype.into(), shape, ..Default::default() }],
+            raw_input_contents: vec![raw],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_metadata_config_and_stats() {
+        let c = cluster(0.0).await;
+        let mut g = client(&c).await;
+        assert!(g.server_live(pb::ServerLiveRequest {}).await.unwrap().into_inner().live);
+        assert!(g.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+        let ready = g.model_ready(pb::ModelReadyRequest { name: "lin".into(), version: String::new() }).await.unwrap();
+        assert!(ready.into_inner().ready);
+        let err = g.model_ready(pb::ModelReadyRequest { name: "nope".into(), version: String::new() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let meta = g.server_metadata(pb::ServerMetadataRequest {}).await.unwrap().into_inner();
+        assert!(meta.extensions.contains(&"binary_tensor_data".to_string()));
+        let m = g.model_metadata(pb::ModelMetadataRequest { name: "lin".into(), version: "1".into() }).await.unwrap().into_inner();
+        assert_eq!(m.inputs[0].shape, vec![-1, IN as i64]);
+        let cfg = g.model_config(pb::ModelConfigRequest { name: "lin".into(), version: String::new() }).await.unwrap().into_inner();
+        let cfg = cfg.config.unwrap();
+        assert_eq!(cfg.input[0].dims, vec![IN as i64]);
+        assert_eq!(cfg.input[0].data_type, pb::DataType::TypeFp32 as i32);
+        assert_eq!(cfg.parameters["parm_k"].string_value, "2");
+        let raw = parm_serve::grpc::encode_f32_le(&input(2));
+        g.model_infer(request("FP32", vec![2, IN as i64], raw)).await.unwrap();
+        let st = g.model_statistics(pb::ModelStatisticsRequest::default()).await.unwrap().into_inner();
+        assert_eq!(st.model_stats[0].inference_count, 2);
+        assert_eq!(st.model_stats[0].inference_stats.as_ref().unwrap().success.as_ref().unwrap().count, 1);
+        let channel = tonic::transport::Channel::from_shared(c.grpc.clone()).unwrap().connect().await.unwrap();
+        let mut h = HealthClient::new(channel);
+        for service in ["", "inference.GRPCInferenceService"] {
+            let r = h.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+            assert_eq!(r.status, 1, "SERVING for {service:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn infer_raw_and_typed_contents_exactly() {
+        let c = cluster(0.0).await;
+        let mut g = client(&c).await;
+        let x = input(3);
+        let r = g.model_infer(request("FP32", vec![3, IN as i64], parm_serve::grpc::encode_f32_le(&x))).await.unwrap().into_inner();
+        assert_eq!(r.id, "g1");
+        assert_eq!(r.outputs[0].shape, vec![3, OUT as i64]);
+        assert_eq!(f32s(&r.raw_output_contents[0]), expected(&x));
+        let ints: Vec<u8> = [1i16, -2, 3, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let r = g.model_infer(request("INT16", vec![1, IN as i64], ints)).await.unwrap().into_inner();
+        assert_eq!(f32s(&r.raw_output_contents[0]), expected(&[1.0, -2.0, 3.0, 0.0]));
+        let mut typed = request("FP64", vec![1, IN as i64], vec![]);
+        typed.raw_input_contents.clear();
+        typed.inputs[0].contents = Some(InferTensorContents { fp64_contents: vec![1.0, -2.0, 3.0, 0.0], ..Default::default() });
+        let r = g.model_infer(typed).await.unwrap().into_inner();
+        assert_eq!(f32s(&r.raw_output_contents[0]), expected(&[1.0, -2.0, 3.0, 0.0]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_get_tritons_codes() {
+        let c = cluster(0.0).await;
+        let mut g = client(&c).await;
+        let ok = || request("FP32", vec![1, IN as i64], parm_serve::grpc::encode_f32_le(&input(1)));
+        let mut unknown = ok();
+        unknown.model_name = "nope".into();
+        let mut short = ok();
+        short.raw_input_contents[0].truncate(8);
+        let mut out = ok();
+        out.outputs.push(pb::model_infer_request::InferRequestedOutputTensor { name: "nope".into(), ..Default::default() });
+        let cases = [
+            (unknown, Code::NotFound),
+            (request("BOOL", vec![1, IN as i64], vec![1; IN]), Code::InvalidArgument),
+            (request("BYTES", vec![1, IN as i64], vec![0; 8]), Code::InvalidArgument),
+            (request("FP32", vec![1, 3], vec![0; 12]), Code::InvalidArgument),
+            (request("FP32", vec![-1, IN as i64], vec![0; 16]), Code::InvalidArgument),
+            (short, Code::InvalidArgument),
+            (out, Code::InvalidArgument),
+        ];
+        for (req, code) in cases {
+            let what = format!("{:?}", req.inputs[0].datatype);
+            let err = g.model_infer(req).await.unwrap_err();
+            assert_eq!(err.code(), code, "{what}: {}", err.message());
+            assert!(!err.message().is_empty());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlines_give_deadline_exceeded_in_time() {
+        // Every instance takes 300 ms per request, so neither prediction nor reconstruction can
+        // make a 1 us `timeout` parameter or a 40 ms grpc-timeout.
+        let c = cluster_delays([300.0; 3]).await;
+        let mut g = client(&c).await;
+        let raw = parm_serve::grpc::encode_f32_le(&input(1));
+        let mut req = request("FP32", vec![1, IN as i64], raw.clone());
+        req.parameters.insert("timeout".into(), pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(1)) });
+        let err = g.model_infer(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+        // The header alone (set by hand, so that only the server enforces it).
+        let mut req = tonic::Request::new(request("FP32", vec![1, IN as i64], raw));
+        req.metadata_mut().insert("grpc-timeout", "40m".parse().unwrap());
+        let t = Instant::now();
+        let err = g.model_infer(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(30) && took < Duration::from_millis(200), "{took:?}");
+        let st = c.serving.stats_json();
+        assert_eq!(st["model_stats"][0]["inference_stats"]["fail"]["count"], 2);
+    }
 }

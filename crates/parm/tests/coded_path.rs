@@ -74,6 +74,7 @@ async fn start_frontend(exe: &Path, deployed: &[&Instance], parity: &Instance) -
         .args(["--deployed", &deployed.join(",")])
         .args(["--parity", &parity.addr])
         .args(["--k", "2", "--encoder", "addition", "--listen", "127.0.0.1:0"])
+        .args(["--grpc-listen", "127.0.0.1:0"])
         .args(["--model-name", MODEL, "--deployed-model", DEPLOYED, "--parity-model", PARITY])
         .args(["--group-timeout-ms", "50", "--instance-timeout-ms", "2000"])
         .env("RAYON_NUM_THREADS", "1")

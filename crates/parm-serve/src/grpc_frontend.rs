@@ -1,0 +1,340 @@
+//! The frontend's gRPC interface: `inference.GRPCInferenceService` (KServe v2 plus Triton's
+//! `ModelConfig` and `ModelStatistics`) and the standard `grpc.health.v1.Health` service, on
+//! one port (Triton's default 8001).
+//!
+//! Inference takes one input tensor of any numeric datatype (converted to the model's FP32,
+//! see [`crate::tensor`]) in `raw_input_contents` or the typed `contents`, and answers with the
+//! FP32 output in `raw_output_contents` (as Triton does), plus the parameter
+//! `parm_reconstructed`. Deadlines: the request parameter `timeout` (int64, microseconds, as
+//! Triton's clients send it) and the `grpc-timeout` header; the earlier one wins and expiry gives
+//! `DEADLINE_EXCEEDED`, never a late answer. Errors use Triton's codes (see [`crate::api`]).
+//!
+//! Health: `grpc.health.v1` reports SERVING for `""` and `inference.GRPCInferenceService`
+//! while at least one deployed instance is healthy, NOT_SERVING otherwise (refreshed every
+//! [`HEALTH_REFRESH`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+
+use crate::api::{ApiError, Shared};
+use crate::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::grpc::infer_parameter::ParameterChoice;
+use crate::grpc::model_infer_request::InferInputTensor;
+use crate::grpc::model_infer_response::InferOutputTensor;
+use crate::grpc::model_metadata_response::TensorMetadata;
+use crate::grpc::{self as pb, encode_f32_le, InferParameter, MAX_MESSAGE_BYTES};
+use crate::http::EXTENSIONS;
+use crate::tensor::{decode_binary, DataType};
+
+/// How often `grpc.health.v1` statuses are refreshed from instance health.
+pub const HEALTH_REFRESH: Duration = Duration::from_millis(500);
+
+/// The gRPC service over a shared [`crate::api::Serving`].
+pub struct FrontendService {
+    serving: Shared,
+}
+
+/// Serves `inference.GRPCInferenceService` and `grpc.health.v1.Health` on `listener` until
+/// `shutdown` resolves.
+///
+/// Errors: a transport failure of the server.
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    serving: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let refresher = tokio::spawn(refresh_health(reporter, serving.clone()));
+    let service = GrpcInferenceServiceServer::new(FrontendService { serving })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    refresher.abort();
+    Ok(result?)
+}
+
+async fn refresh_health(reporter: tonic_health::server::HealthReporter, serving: Shared) {
+    const NAME: &str = "inference.GRPCInferenceService";
+    loop {
+        let status = if serving.ready() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status(NAME, status).await;
+        tokio::time::sleep(HEALTH_REFRESH).await;
+    }
+}
+
+fn status(e: ApiError) -> Status {
+    e.grpc_status()
+}
+
+/// Parses a `grpc-timeout` header value (`<up to 8 digits><H|M|S|m|u|n>`, gRPC HTTP/2 spec).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The earlier of the `timeout` parameter (µs) and `grpc-timeout`. The header's deadline is
+/// brought forward by a millisecond (a tenth for short ones) so that the answer,
+/// DEADLINE_EXCEEDED, leaves before tonic's own timer cancels the call.
+fn deadline(params: &HashMap<String, InferParameter>, header: Option<Duration>) -> Result<Option<Duration>, ApiError> {
+    let param = match params.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
+        None => None,
+        Some(ParameterChoice::Int64Param(us)) if *us >= 0 => (*us > 0).then(|| Duration::from_micros(*us as u64)),
+        Some(_) => return Err(ApiError::bad("parameter 'timeout' must be a non-negative int64 (microseconds)")),
+    };
+    let header = header.map(|t| t.saturating_sub((t / 10).min(Duration::from_millis(1))));
+    Ok([param, header].into_iter().flatten().min())
+}
+
+/// Validates the single input tensor and decodes it to FP32 rows.
+fn parse_input(s: &crate::api::Serving, req: &mut pb::ModelInferRequest) -> Result<Vec<Vec<f32>>, ApiError> {
+    let spec = s.frontend.spec();
+    let [tensor] = req.inputs.as_slice() else {
+        return Err(ApiError::bad(format!("model '{}' takes exactly 1 input, got {}", spec.name, req.inputs.len())));
+    };
+    if tensor.name != spec.input_name {
+        return Err(ApiError::bad(format!("unknown input '{}', expected '{}'", tensor.name, spec.input_name)));
+    }
+    let dtype = DataType::parse(&tensor.datatype).map_err(|m| ApiError::bad(format!("input '{}': {m}", tensor.name)))?;
+    dtype.check_numeric(&tensor.name).map_err(ApiError::bad)?;
+    let shape: Vec<usize> = tensor
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::bad(format!("input '{}': shape {:?} has a negative dim", tensor.name, tensor.shape)))?;
+    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| ApiError::bad("input shape overflows"))?;
+    let values = match req.raw_input_contents.as_slice() {
+        [] => typed_values(tensor, dtype)?,
+        [raw] => decode_binary(dtype, raw, count, &tensor.name).map_err(ApiError::bad)?,
+        more => return Err(ApiError::bad(format!("raw_input_contents has {} entries for 1 input", more.len()))),
+    };
+    s.rows(&tensor.name, &shape, values)
+}
+
+/// The values of `contents` matching `dtype` (FP16 / BF16 only travel raw).
+fn typed_values(t: &InferInputTensor, dtype: DataType) -> Result<Vec<f32>, ApiError> {
+    let c = t.contents.clone().unwrap_or_default();
+    Ok(match dtype {
+        DataType::F32 => c.fp32_contents,
+        DataType::F64 => c.fp64_contents.iter().map(|&v| v as f32).collect(),
+        DataType::I8 | DataType::I16 | DataType::I32 => c.int_contents.iter().map(|&v| v as f32).collect(),
+        DataType::I64 => c.int64_contents.iter().map(|&v| v as f32).collect(),
+        DataType::U8 | DataType::U16 | DataType::U32 => c.uint_contents.iter().map(|&v| v as f32).collect(),
+        DataType::U64 => c.uint64_contents.iter().map(|&v| v as f32).collect(),
+        _ => return Err(ApiError::bad(format!("input '{}': {} data must be sent in raw_input_contents", t.name, t.datatype))),
+    })
+}
+
+/// Checks requested outputs: only the model's one output, no classification.
+fn check_outputs(s: &crate::api::Serving, req: &pb::ModelInferRequest) -> Result<(), ApiError> {
+    let want = &s.frontend.spec().output_name;
+    for o in &req.outputs {
+        if &o.name != want {
+            return Err(ApiError::bad(format!("unknown output '{}', expected '{want}'", o.name)));
+        }
+        if o.parameters.contains_key("classification") {
+            return Err(ApiError::bad("the classification extension is not supported"));
+        }
+    }
+    Ok(())
+}
+
+fn tensor_meta(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
+    let shape = std::iter::once(-1).chain(shape.iter().copied()).collect();
+    TensorMetadata { name: name.to_owned(), datatype: datatype.to_owned(), shape }
+}
+
+fn param_bool(b: bool) -> InferParameter {
+    InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(b)) }
+}
+
+impl FrontendService {
+    fn infer_response(&self, id: String, preds: &[crate::frontend::Prediction]) -> pb::ModelInferResponse {
+        let spec = self.serving.frontend.spec();
+        let data: Vec<f32> = preds.iter().flat_map(|p| p.output.iter().copied()).collect();
+        let shape = std::iter::once(preds.len() as i64).chain(spec.output_shape.iter().copied()).collect();
+        let output = InferOutputTensor { name: spec.output_name.clone(), datatype: "FP32".into(), shape, ..Default::default() };
+        let mut parameters = HashMap::new();
+        parameters.insert("parm_reconstructed".to_string(), param_bool(preds.iter().any(|p| p.reconstructed)));
+        pb::ModelInferResponse {
+            model_name: spec.name.clone(),
+            model_version: spec.version.clone(),
+            id,
+            parameters,
+            outputs: vec![output],
+            raw_output_contents: vec![encode_f32_le(&data)],
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for FrontendService {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.serving.ready() }))
+    }
+
+    async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let req = req.into_inner();
+        self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready: self.serving.ready() }))
+    }
+
+    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "parm".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, req: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let req = req.into_inner();
+        self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
+        let s = self.serving.frontend.spec();
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: s.name.clone(),
+            versions: vec![s.version.clone()],
+            platform: s.platform.clone(),
+            inputs: vec![tensor_meta(&s.input_name, &s.datatype, &s.input_shape)],
+            outputs: vec![tensor_meta(&s.output_name, &s.datatype, &s.output_shape)],
+        }))
+    }
+
+    async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let s = &self.serving;
+        let accepted = s.accept();
+        let header = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        let mut req = req.into_inner();
+        let parsed = s
+            .check_model(&req.model_name, Some(&req.model_version))
+            .and_then(|_| check_outputs(s, &req))
+            .and_then(|_| Ok((deadline(&req.parameters, header)?, parse_input(s, &mut req)?)));
+        let (timeout, rows) = match parsed {
+            Ok(p) => p,
+            Err(e) => return Err(status(accepted.reject(e))),
+        };
+        let preds = accepted.run(rows, timeout).await.map_err(status)?;
+        Ok(Response::new(self.infer_response(req.id, &preds)))
+    }
+
+    async fn model_config(&self, req: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let req = req.into_inner();
+        self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(self.model_config_pb()) }))
+    }
+
+    async fn model_statistics(&self, req: Request<pb::ModelStatisticsRequest>) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let req = req.into_inner();
+        if !req.name.is_empty() {
+            self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
+        }
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: vec![self.model_stats_pb()] }))
+    }
+}
+
+impl FrontendService {
+    /// The protobuf form of [`crate::api::Serving::config_json`].
+    fn model_config_pb(&self) -> pb::ModelConfig {
+        let s = self.serving.frontend.spec();
+        let json = self.serving.config_json();
+        let parameters = json["parameters"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), pb::ModelParameter { string_value: v["string_value"].as_str().unwrap_or_default().to_string() }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        pb::ModelConfig {
+            name: s.name.clone(),
+            platform: s.platform.clone(),
+            backend: "parm".into(),
+            max_batch_size: crate::api::MAX_BATCH_SIZE as i32,
+            input: vec![pb::ModelInput {
+                name: s.input_name.clone(),
+                data_type: pb::DataType::TypeFp32 as i32,
+                format: pb::model_input::Format::None as i32,
+                dims: s.input_shape.clone(),
+            }],
+            output: vec![pb::ModelOutput { name: s.output_name.clone(), data_type: pb::DataType::TypeFp32 as i32, dims: s.output_shape.clone() }],
+            parameters,
+        }
+    }
+
+    /// The protobuf form of [`crate::api::Serving::stats_json`].
+    fn model_stats_pb(&self) -> pb::ModelStatistics {
+        let j = &self.serving.stats_json()["model_stats"][0];
+        let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let d = |k: &str| Some(pb::StatisticDuration { count: u(&j["inference_stats"][k]["count"]), ns: u(&j["inference_stats"][k]["ns"]) });
+        pb::ModelStatistics {
+            name: j["name"].as_str().unwrap_or_default().into(),
+            version: j["version"].as_str().unwrap_or_default().into(),
+            last_inference: u(&j["last_inference"]),
+            inference_count: u(&j["inference_count"]),
+            execution_count: u(&j["execution_count"]),
+            inference_stats: Some(pb::InferStatistics {
+                success: d("success"),
+                fail: d("fail"),
+                queue: d("queue"),
+                compute_input: d("compute_input"),
+                compute_infer: d("compute_infer"),
+                compute_output: d("compute_output"),
+            }),
+            batch_stats: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_parses() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "10", "10x", "123456789m", "-1m"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn earlier_deadline_wins() {
+        let mut p = HashMap::new();
+        assert_eq!(deadline(&p, None), Ok(None));
+        p.insert("timeout".into(), InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(5_000)) });
+        assert_eq!(deadline(&p, None), Ok(Some(Duration::from_millis(5))));
+        assert_eq!(deadline(&p, Some(Duration::from_secs(1))), Ok(Some(Duration::from_millis(5))));
+        assert_eq!(deadline(&p, Some(Duration::from_millis(2))), Ok(Some(Duration::from_micros(1800))));
+        p.insert("timeout".into(), InferParameter { parameter_choice: Some(ParameterChoice::StringParam("x".into())) });
+        assert!(deadline(&p, None).is_err());
+    }
+}
