@@ -164,6 +164,14 @@ impl Encoder for ConcatenationEncoder {
             let (c0, tw) = (cb[gj], cb[gj + 1] - cb[gj]);
             let wr = area_weights(rows, th);
             let wc = area_weights(cols, tw);
+            let cranges: Vec<(usize, usize)> = (0..tw)
+                .map(|e| {
+                    let row = &wc[e * cols..(e + 1) * cols];
+                    let lo = row.iter().position(|&w| w != 0.0).unwrap_or(0);
+                    let hi = row.iter().rposition(|&w| w != 0.0).map_or(0, |i| i + 1);
+                    (lo, hi)
+                })
+                .collect();
             for ch in 0..channels {
                 let img = &q[ch * rows * cols..(ch + 1) * rows * cols];
                 // rows first: tmp[th x cols] = wr * img
@@ -182,9 +190,9 @@ impl Encoder for ConcatenationEncoder {
                 // then columns, into the cell
                 let plane = &mut out[ch * rows * cols..(ch + 1) * rows * cols];
                 for d in 0..th {
-                    for e in 0..tw {
+                    for (e, &(lo, hi)) in cranges.iter().enumerate() {
                         let mut v = 0.0;
-                        for s in 0..cols {
+                        for s in lo..hi {
                             v += wc[e * cols + s] * tmp[d * cols + s];
                         }
                         plane[(r0 + d) * cols + c0 + e] = v;

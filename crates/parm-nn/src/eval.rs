@@ -1,10 +1,10 @@
 //! Accuracy evaluation: available, degraded-mode and overall accuracy (ParM SOSP 2019 §5.2).
 
 use burn::tensor::Device;
-use parm_codes::{Decoder, Encoder, SubtractionDecoder};
+use parm_codes::{BerrutCode, Decoder, Encoder, WeightedSubtractionDecoder};
 use parm_data::Split;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use serde::Serialize;
 
@@ -83,20 +83,102 @@ pub fn padded_degraded_accuracy(
         parity_inputs.extend(encoder.encode(&queries).expect("members have equal shape"));
     }
     let parity_out = logits(parity, &parity_inputs, groups.len(), split.dim(), device);
+    let decoder = WeightedSubtractionDecoder::new(encoder.weights());
+    // A per-query parity model (ParityConfig::per_query) has k x classes outputs.
+    let width = parity_out.len() / groups.len().max(1);
+    let per_query = width == k * classes && k > 1;
     let mut correct = 0usize;
-    for (g, fp) in groups.iter().zip(parity_out.chunks(classes)) {
+    for (g, fp) in groups.iter().zip(parity_out.chunks(width.max(1))) {
         for lost in 0..members {
+            if per_query {
+                let rec = &fp[lost * classes..(lost + 1) * classes];
+                correct += (argmax(rec) == Some(split.labels[g[lost]] as usize)) as usize;
+                continue;
+            }
             let mut outputs: Vec<Option<&[f32]>> = g
                 .iter()
                 .enumerate()
                 .map(|(j, &i)| (j != lost).then(|| &deployed_logits[i * classes..(i + 1) * classes]))
                 .collect();
             outputs.resize(k, zero_logits);
-            let (_, rec) = SubtractionDecoder.decode(fp, &outputs).expect("one erasure");
+            let (_, rec) = decoder.decode(fp, &outputs).expect("one erasure");
             correct += (argmax(&rec) == Some(split.labels[g[lost]] as usize)) as usize;
         }
     }
     correct as f64 / (groups.len() * members).max(1) as f64
+}
+
+/// Degraded-mode accuracy of the systematic Berrut code ([`BerrutCode`], ApproxIFER made
+/// systematic): for every coding group of `split`, F (`deployed`) runs on the S blended
+/// queries; then for every pattern of `erasures` (1..=S) unavailable predictions among the k
+/// (all S blended outputs available; patterns sampled, at most `max_patterns` per group, when
+/// there are more), each unavailable prediction is interpolated and scored against its
+/// true label. `deployed_logits`: F on `split`, `[n, classes]`.
+#[allow(clippy::too_many_arguments)]
+pub fn berrut_degraded_accuracy(
+    deployed_logits: &[f32],
+    deployed: &Mlp,
+    split: &Split,
+    code: &BerrutCode,
+    erasures: usize,
+    classes: usize,
+    seed: u64,
+    device: &Device,
+) -> f64 {
+    let (k, s) = (code.k(), code.s());
+    assert!((1..=s.min(k)).contains(&erasures), "1 <= erasures <= min(S, k)");
+    let groups = coding_groups(split.n, k, seed);
+    let mut blended = Vec::with_capacity(groups.len() * s * split.dim());
+    for g in &groups {
+        let queries: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
+        for b in code.encode(&queries).expect("members have equal shape") {
+            blended.extend(b);
+        }
+    }
+    let blended_out = logits(deployed, &blended, groups.len() * s, split.dim(), device);
+    let patterns = erasure_patterns(k, erasures);
+    let max_patterns = 64;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xBE77);
+    let (mut correct, mut total) = (0usize, 0usize);
+    for (gi, g) in groups.iter().enumerate() {
+        let chosen: Vec<&Vec<usize>> = if patterns.len() <= max_patterns {
+            patterns.iter().collect()
+        } else {
+            patterns.choose_multiple(&mut rng, max_patterns).collect()
+        };
+        let b: Vec<Option<&[f32]>> =
+            (0..s).map(|t| Some(&blended_out[(gi * s + t) * classes..(gi * s + t + 1) * classes])).collect();
+        for lost in chosen {
+            let outputs: Vec<Option<&[f32]>> = g
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (!lost.contains(&j)).then(|| &deployed_logits[i * classes..(i + 1) * classes]))
+                .collect();
+            for (j, rec) in code.decode(&outputs, &b).expect("at most S erasures") {
+                correct += (argmax(&rec) == Some(split.labels[g[j]] as usize)) as usize;
+                total += 1;
+            }
+        }
+    }
+    correct as f64 / total.max(1) as f64
+}
+
+/// Every subset of `e` indices out of `0..k`, in lexicographic order.
+fn erasure_patterns(k: usize, e: usize) -> Vec<Vec<usize>> {
+    fn rec(start: usize, k: usize, e: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if cur.len() == e {
+            out.push(cur.clone());
+            return;
+        }
+        for i in start..k {
+            cur.push(i);
+            rec(i + 1, k, e, cur, out);
+            cur.pop();
+        }
+    }
+    let mut out = Vec::new();
+    rec(0, k, e, &mut Vec::new(), &mut out);
+    out
 }
 
 /// Accuracy of returning one fixed default prediction when a prediction is unavailable: the
@@ -147,5 +229,17 @@ impl AccuracyReport {
             s += &format!("{:<34}{:>8.2}%\n", format!("overall accuracy A_o, f_u = {}%", f * 100.0), 100.0 * a);
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erasure_patterns_are_all_subsets() {
+        assert_eq!(erasure_patterns(3, 2), vec![vec![0, 1], vec![0, 2], vec![1, 2]]);
+        assert_eq!(erasure_patterns(12, 3).len(), 220);
+        assert_eq!(erasure_patterns(4, 1).len(), 4);
     }
 }

@@ -14,7 +14,8 @@ use burn::module::Module;
 use burn::nn::loss::{MseLoss, Reduction};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::Device;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor};
 use parm_codes::Encoder;
 use parm_data::{Dataset, Split};
 use rand::rngs::StdRng;
@@ -25,10 +26,44 @@ use serde::{Deserialize, Serialize};
 use crate::eval::{degraded_accuracy, logits};
 use crate::mlp::Init;
 use crate::train::{progress_bar, save_model};
-use crate::{io_err, tensor2, Mlp, ModelKind, ModelMeta, NnError};
+use crate::{io_err, tensor2, Mlp, MlpConfig, ModelKind, ModelMeta, NnError};
 
 /// Seed of the validation coding groups, fixed so checkpoints are comparable.
 const VAL_GROUP_SEED: u64 = 7;
+
+/// Learning-rate schedule of parity training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// ParM: constant.
+    Constant,
+    /// Cosine annealing from lr to 0 over all steps (Loshchilov & Hutter, SGDR, 2017).
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate at `step` of `total` steps.
+    pub fn lr(&self, base: f64, step: u64, total: u64) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let t = (step as f64 / total.max(1) as f64).min(1.0);
+                base * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+/// Distillation term beside the MSE loss: for every query j of a group, the reconstruction
+/// `(Fp(P) - sum_{i != j} w_i F(X_i)) / w_j` the decoder would output is pushed towards F(X_j)
+/// with the KL divergence of their softmaxes at temperature T, scaled by T^2 (Hinton et al.,
+/// "Distilling the knowledge in a neural network", 2015). MSE weighs every logit error alike;
+/// this term weighs the errors that change the reconstruction's class.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Distill {
+    pub weight: f32,
+    pub temperature: f32,
+}
 
 /// Hyper-parameters of parity-model training.
 #[derive(Debug, Clone)]
@@ -40,6 +75,21 @@ pub struct ParityConfig {
     pub weight_decay: f32,
     pub seed: u64,
     pub progress: bool,
+    /// ParM: constant.
+    pub schedule: LrSchedule,
+    /// ParM: none (MSE only).
+    pub distill: Option<Distill>,
+    /// Hidden layer sizes of the parity model; ParM: `None`, the deployed model's.
+    pub hidden: Option<Vec<usize>>,
+    /// ParM: false, Fp(P) ~= sum_j w_j F(X_j) and the subtraction decoder. True: the parity
+    /// model has k x classes outputs, trained so that its j-th block ~= F(X_j), and the
+    /// decoder returns block j for an unavailable F(X_j) (no subtraction, so the errors of the
+    /// other k - 1 terms do not add up). Made for the concatenation encoder, where each query
+    /// keeps its own cell of the parity query. Recognised at load time by the parity model's
+    /// output width (`mlp.classes == k * classes`).
+    pub per_query: bool,
+    /// Initialisation; ParM: N(0, 0.01) linear weights.
+    pub init: Init,
 }
 
 impl ParityConfig {
@@ -52,6 +102,28 @@ impl ParityConfig {
             weight_decay: 1e-5,
             seed: 1,
             progress: true,
+            schedule: LrSchedule::Constant,
+            distill: None,
+            hidden: None,
+            per_query: false,
+            init: Init::Normal001,
+        }
+    }
+
+    /// parm's own recipe, chosen by measurement (BENCHMARKS.md, "Parity-model quality"), to
+    /// be used with the concatenation encoder: a per-query parity model (k x classes outputs,
+    /// no subtraction), hidden layers 400-200, a distillation term (weight 1, T = 2) beside
+    /// the MSE, Kaiming init, Adam lr 3e-3 with 16 groups per step. Measured and dropped:
+    /// cosine annealing (no gain at short budgets).
+    pub fn parm_own_recipe(k: usize, epochs: usize) -> Self {
+        Self {
+            distill: Some(Distill { weight: 1.0, temperature: 2.0 }),
+            hidden: Some(vec![400, 200]),
+            per_query: true,
+            init: Init::Default,
+            lr: 3e-3,
+            groups_per_step: 16,
+            ..Self::parm_recipe(k, epochs)
         }
     }
 }
@@ -125,7 +197,10 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
     let val_logits = cached_logits(job.deployed, job.deployed_hash, &ds.val, "val", &cache, &plain)?;
 
     let ckpt_dir = job.out_dir.join(format!("{}.ckpt", job.name));
-    let mut model = job.deployed_meta.mlp.init(Init::Normal001, &device);
+    let weights = job.encoder.weights();
+    let mlp_cfg = parity_mlp(job.deployed_meta, cfg, k);
+    let out_width = mlp_cfg.classes;
+    let mut model = mlp_cfg.init(cfg.init, &device);
     let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay))).init();
     let mut state = CheckpointState {
         epochs_done: 0,
@@ -140,6 +215,7 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(state.epochs_done as u64));
     let steps_per_epoch = (ds.train.n / k).div_ceil(cfg.groups_per_step);
+    let total_steps = (steps_per_epoch * cfg.epochs) as u64;
     let remaining = cfg.epochs.saturating_sub(state.epochs_done);
     let bar = progress_bar((steps_per_epoch * remaining) as u64, cfg.progress, "train-parity");
     let mut best_meta = None;
@@ -149,12 +225,21 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         for batch in order.chunks_exact(k).collect::<Vec<_>>().chunks(cfg.groups_per_step) {
-            let (x, y) = parity_batch(batch, &ds.train, &train_logits, classes, job.encoder);
+            let (x, y) = parity_batch(batch, &ds.train, &train_logits, classes, job.encoder, cfg.per_query);
             let out = model.forward(tensor2(x, batch.len(), dim, &device));
-            let loss = MseLoss::new().forward(out, tensor2(y, batch.len(), classes, &device), Reduction::Mean);
+            let mut loss =
+                MseLoss::new().forward(out.clone(), tensor2(y.clone(), batch.len(), out_width, &device), Reduction::Mean);
+            if let Some(d) = cfg.distill {
+                let kd = if cfg.per_query {
+                    per_query_distill_loss(out, batch, &train_logits, classes, d, &device)
+                } else {
+                    distill_loss(out, batch, &y, &train_logits, &weights, classes, d, &device)
+                };
+                loss = loss + kd.mul_scalar(d.weight);
+            }
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
+            model = optim.step(cfg.schedule.lr(cfg.lr, state.steps, total_steps), model, grads);
             state.steps += 1;
             bar.inc(1);
         }
@@ -178,22 +263,114 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
     }
 }
 
-/// Parity queries `[groups, dim]` and targets `[groups, classes]` (sum of F's logits).
+/// The parity model's architecture for `cfg`: the deployed model's, or wider.
+fn parity_mlp(deployed: &ModelMeta, cfg: &ParityConfig, k: usize) -> MlpConfig {
+    let mut m = deployed.mlp.clone();
+    if let Some(h) = &cfg.hidden {
+        m.hidden = h.clone();
+    }
+    if cfg.per_query {
+        m.classes = k * deployed.classes;
+    }
+    m
+}
+
+/// Soft targets softmax(F(X_i) / T) of the members of `groups`, `[groups x k, classes]`.
+fn soft_targets(groups: &[&[usize]], logits: &[f32], classes: usize, t: f32) -> Vec<f32> {
+    let mut soft = Vec::new();
+    for group in groups {
+        for &i in group.iter() {
+            let f = &logits[i * classes..(i + 1) * classes];
+            let mx = f.iter().cloned().fold(f32::MIN, f32::max);
+            let e: Vec<f32> = f.iter().map(|v| ((v - mx) / t).exp()).collect();
+            let z: f32 = e.iter().sum();
+            soft.extend(e.iter().map(|v| v / z));
+        }
+    }
+    soft
+}
+
+/// The distillation term for a per-query parity model: KL of softmax(F(X_j) / T) and
+/// softmax(block j / T), times T^2.
+fn per_query_distill_loss(
+    out: Tensor<2>,
+    groups: &[&[usize]],
+    logits: &[f32],
+    classes: usize,
+    d: Distill,
+    device: &Device,
+) -> Tensor<1> {
+    let rows = groups.len() * groups.first().map_or(0, |g| g.len());
+    let soft = soft_targets(groups, logits, classes, d.temperature);
+    let logq = log_softmax(out.reshape([rows, classes]).div_scalar(d.temperature), 1);
+    (tensor2(soft, rows, classes, device) * logq).sum_dim(1).mean().neg().mul_scalar(d.temperature * d.temperature)
+}
+
+/// The distillation term of [`Distill`] for a batch: `out` `[G, C]` parity outputs, `y`
+/// their targets `sum_i w_i F(X_i)` (flattened), `logits` F on the split.
+#[allow(clippy::too_many_arguments)]
+fn distill_loss(
+    out: Tensor<2>,
+    groups: &[&[usize]],
+    y: &[f32],
+    logits: &[f32],
+    weights: &[f32],
+    classes: usize,
+    d: Distill,
+    device: &Device,
+) -> Tensor<1> {
+    let g = groups.len();
+    let k = weights.len();
+    let t = d.temperature;
+    // For row (group, j): rec = (out - (y - w_j F_j)) / w_j.
+    let mut others = Vec::with_capacity(g * k * classes);
+    let mut inv_w = Vec::with_capacity(g * k * classes);
+    let soft = soft_targets(groups, logits, classes, t);
+    for (gi, group) in groups.iter().enumerate() {
+        for (j, &i) in group.iter().enumerate() {
+            let f = &logits[i * classes..(i + 1) * classes];
+            for c in 0..classes {
+                others.push(y[gi * classes + c] - weights[j] * f[c]);
+                inv_w.push(1.0 / weights[j]);
+            }
+        }
+    }
+    let rep = out.unsqueeze_dim::<3>(1).repeat_dim(1, k).reshape([g * k, classes]);
+    let rec = (rep - tensor2(others, g * k, classes, device)) * tensor2(inv_w, g * k, classes, device);
+    let logq = log_softmax(rec.div_scalar(t), 1);
+    (tensor2(soft, g * k, classes, device) * logq).sum_dim(1).mean().neg().mul_scalar(t * t)
+}
+
+/// Parity queries `[groups, dim]` and targets `[groups, classes]` (`sum_j w_j F(X_j)`, the
+/// encoder's weights; all 1 for ParM's codes).
 fn parity_batch(
     groups: &[&[usize]],
     split: &Split,
     logits: &[f32],
     classes: usize,
     encoder: &dyn Encoder,
+    per_query: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut x = Vec::with_capacity(groups.len() * split.dim());
+    if per_query {
+        let mut y = Vec::with_capacity(groups.len() * encoder.k() * classes);
+        for group in groups {
+            let members: Vec<&[f32]> = group.iter().map(|&i| split.image(i)).collect();
+            x.extend(encoder.encode(&members).expect("members have equal shape"));
+            for &i in group.iter() {
+                y.extend_from_slice(&logits[i * classes..(i + 1) * classes]);
+            }
+        }
+        return (x, y);
+    }
     let mut y = vec![0.0f32; groups.len() * classes];
+    let w = encoder.weights();
     for (g, group) in groups.iter().enumerate() {
         let members: Vec<&[f32]> = group.iter().map(|&i| split.image(i)).collect();
         x.extend(encoder.encode(&members).expect("members have equal shape"));
-        for &i in group.iter() {
+        for (j, &i) in group.iter().enumerate() {
             for c in 0..classes {
-                y[g * classes + c] += logits[i * classes + c];
+                y[g * classes + c] += w[j] * logits[i * classes + c];
             }
         }
     }
@@ -201,8 +378,11 @@ fn parity_batch(
 }
 
 fn parity_meta(job: &ParityJob, cfg: &ParityConfig, state: &CheckpointState, val: f64) -> ModelMeta {
+    let mlp = parity_mlp(job.deployed_meta, cfg, job.encoder.k());
     ModelMeta {
         kind: ModelKind::Parity,
+        arch: mlp.name(),
+        mlp,
         k: Some(job.encoder.k()),
         encoder: Some(job.encoder.name().to_string()),
         val_degraded_accuracy: Some(val),
@@ -254,4 +434,27 @@ fn load_checkpoint(
     let model = model.try_load_file(&m).map_err(|e| werr(&m, &e))?;
     let optim = optim.load(&o).map_err(|e| werr(&o, &e))?;
     Ok(Some((model, optim, state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_anneals_to_zero() {
+        let c = LrSchedule::Cosine;
+        assert!((c.lr(1.0, 0, 100) - 1.0).abs() < 1e-12);
+        assert!((c.lr(1.0, 50, 100) - 0.5).abs() < 1e-12);
+        assert!(c.lr(1.0, 100, 100).abs() < 1e-12);
+        assert_eq!(LrSchedule::Constant.lr(0.3, 77, 100), 0.3);
+    }
+
+    #[test]
+    fn recipes_differ_only_where_documented() {
+        let p = ParityConfig::parm_recipe(2, 5);
+        assert_eq!((p.groups_per_step, p.lr, p.per_query, p.distill), (64, 1e-3, false, None));
+        assert_eq!(ParityConfig::parm_recipe(3, 5).groups_per_step, 32);
+        let o = ParityConfig::parm_own_recipe(8, 5);
+        assert!(o.per_query && o.distill.is_some() && o.hidden == Some(vec![400, 200]));
+    }
 }

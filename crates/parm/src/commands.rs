@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use burn::tensor::Device;
 use clap::Args;
-use parm_codes::encoder_by_name;
+use parm_codes::{encoder_by_name, encoder_for_shape};
 use parm_nn::eval::{self, AccuracyReport};
-use parm_nn::parity::{file_hash, train_parity as run_parity_training, ParityConfig, ParityJob};
+use parm_nn::parity::{file_hash, train_parity as run_parity_training, Distill, LrSchedule, ParityConfig, ParityJob};
 use parm_nn::train::{load_model, save_model, train_deployed, TrainConfig};
 use parm_serve::backend::ModelSpec;
 use parm_serve::client::InstanceClient;
@@ -86,12 +86,40 @@ pub struct TrainParityArgs {
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
-    /// Encoder: addition.
+    /// Encoder: addition or concatenation.
     #[arg(long, default_value = "addition")]
     pub encoder: String,
     /// Total epochs (ParM trains 500); an interrupted run resumes from its last checkpoint.
     #[arg(long, default_value_t = 20)]
     pub epochs: usize,
+    /// Base recipe: `parm-paper` (ParM's published one) or `parm` (parm's own: cosine
+    /// schedule, distillation, wider parity model); the flags below override single items.
+    #[arg(long, default_value = "parm-paper")]
+    pub recipe: String,
+    /// Learning-rate schedule: constant or cosine.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Weight of the distillation term (0: MSE only).
+    #[arg(long)]
+    pub distill: Option<f32>,
+    /// Distillation temperature.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Hidden layer sizes of the parity model, e.g. 400,200 (default: the deployed model's).
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Option<Vec<usize>>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub groups_per_step: Option<usize>,
+    /// Per-query parity model: k x classes outputs, block j ~= F(X_j), decoded without
+    /// subtraction (evaluation only; the serving frontend decodes by subtraction).
+    #[arg(long)]
+    pub per_query: bool,
+    /// Initialise the parity model like a deployed model (Kaiming uniform) instead of ParM's
+    /// N(0, 0.01).
+    #[arg(long)]
+    pub kaiming_init: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Deployed model weights (default: MODELS_DIR/DATASET/deployed.bpk).
@@ -116,13 +144,51 @@ pub fn train_parity(a: &TrainParityArgs) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_dir_all(dir.join(format!("{name}.ckpt")));
     }
-    let meta = parity_training(&a.paths, &deployed_path, a.k, &a.encoder, a.epochs, a.seed, &name)?;
+    let mut cfg = recipe_config(&a.recipe, a.k, a.epochs)?;
+    cfg.seed = a.seed;
+    if let Some(s) = &a.schedule {
+        cfg.schedule = match s.as_str() {
+            "constant" => LrSchedule::Constant,
+            "cosine" => LrSchedule::Cosine,
+            _ => bail!("--schedule: constant or cosine, not {s}"),
+        };
+    }
+    if let Some(w) = a.distill {
+        let temperature = a.temperature.or(cfg.distill.map(|d| d.temperature)).unwrap_or(2.0);
+        cfg.distill = (w > 0.0).then_some(Distill { weight: w, temperature });
+    } else if let (Some(t), Some(d)) = (a.temperature, cfg.distill.as_mut()) {
+        d.temperature = t;
+    }
+    if let Some(h) = &a.hidden {
+        cfg.hidden = Some(h.clone());
+    }
+    if let Some(lr) = a.lr {
+        cfg.lr = lr;
+    }
+    if let Some(g) = a.groups_per_step {
+        cfg.groups_per_step = g;
+    }
+    cfg.per_query |= a.per_query;
+    if a.kaiming_init {
+        cfg.init = parm_nn::mlp::Init::Default;
+    }
+    let meta = parity_training_with(&a.paths, &deployed_path, a.k, &a.encoder, &cfg, &name)?;
     println!(
         "parity model {name}: validation degraded-mode accuracy {:.2}% after {} epochs ({} steps, {:.1} s, {:.0} steps/s) -> {}",
         100.0 * meta.val_degraded_accuracy.unwrap_or(0.0), meta.epochs, meta.steps, meta.train_seconds,
         meta.steps as f64 / meta.train_seconds.max(1e-9), dir.join(format!("{name}.bpk")).display()
     );
     Ok(())
+}
+
+/// The training recipe called `name`: `parm-paper` (ParM's published recipe) or `parm`
+/// (parm's own).
+pub fn recipe_config(name: &str, k: usize, epochs: usize) -> anyhow::Result<ParityConfig> {
+    match name {
+        "parm-paper" => Ok(ParityConfig::parm_recipe(k, epochs)),
+        "parm" => Ok(ParityConfig::parm_own_recipe(k, epochs)),
+        _ => bail!("unknown recipe {name} (known: parm-paper, parm)"),
+    }
 }
 
 /// Trains (or resumes, or finds finished) the parity model `name` against `deployed_path`.
@@ -135,8 +201,21 @@ pub fn parity_training(
     seed: u64,
     name: &str,
 ) -> anyhow::Result<parm_nn::ModelMeta> {
-    let encoder = encoder_by_name(encoder, k)?;
+    let cfg = ParityConfig { seed, ..ParityConfig::parm_recipe(k, epochs) };
+    parity_training_with(paths, deployed_path, k, encoder, &cfg, name)
+}
+
+/// As [`parity_training`] with a full training configuration.
+pub fn parity_training_with(
+    paths: &Paths,
+    deployed_path: &std::path::Path,
+    k: usize,
+    encoder: &str,
+    cfg: &ParityConfig,
+    name: &str,
+) -> anyhow::Result<parm_nn::ModelMeta> {
     let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
+    let encoder = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
     let (deployed, deployed_meta) = load_model(deployed_path, &Device::flex())
         .with_context(|| format!("loading the deployed model (train it first with `parm train`)"))?;
     let job = ParityJob {
@@ -148,8 +227,7 @@ pub fn parity_training(
         out_dir: &paths.model_dir(),
         name,
     };
-    let cfg = ParityConfig { seed, ..ParityConfig::parm_recipe(k, epochs) };
-    Ok(run_parity_training(&job, &cfg)?)
+    Ok(run_parity_training(&job, cfg)?)
 }
 
 #[derive(Args)]
@@ -172,9 +250,38 @@ pub struct EvalArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the full quality report (every dataset x k x code, training what is missing) to
+    /// DIR: accuracy.json, accuracy.md, accuracy.svg.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Report: datasets.
+    #[arg(long, value_delimiter = ',', default_value = "fashion-mnist,mnist")]
+    pub datasets: Vec<String>,
+    /// Report: coding-group sizes.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,8,10,12")]
+    pub ks: Vec<usize>,
+    /// Report: optimizer steps of each parity model it trains (rounded up to whole epochs).
+    #[arg(long, default_value_t = 6000)]
+    pub steps: usize,
+    /// Report: epochs of a deployed model it trains.
+    #[arg(long, default_value_t = 20)]
+    pub deployed_epochs: usize,
 }
 
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.report {
+        let opts = crate::report::ReportOptions {
+            datasets: a.datasets.clone(),
+            ks: a.ks.clone(),
+            steps: a.steps,
+            deployed_epochs: a.deployed_epochs,
+            berrut_s: vec![1, 2, 3],
+            seed: a.seed,
+        };
+        let rows = crate::report::run(&a.paths, dir, &opts)?;
+        print!("{}", crate::report::markdown(&rows));
+        return Ok(());
+    }
     let dir = a.paths.model_dir();
     let deployed = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
     let parity = a.parity.clone().unwrap_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))));
@@ -203,7 +310,7 @@ pub fn accuracy_report(
     if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
         bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);
     }
-    let enc = encoder_by_name(encoder, k)?;
+    let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
     let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
     let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
     let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, &device);

@@ -1,0 +1,209 @@
+//! `parm eval --report DIR`: the parity-model quality report (issue 3).
+//!
+//! For each dataset x k x code it trains what is missing (deployed model, parity models with
+//! ParM's published recipe and with parm's own), evaluates A_a, A_d and A_o on the test set,
+//! and writes `DIR/accuracy.json` (rows `{dataset, model, code, recipe, k, S, available,
+//! degraded, overall_f5}`), `DIR/accuracy.md` (markdown table) and `DIR/accuracy.svg` (A_d
+//! against k).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use burn::tensor::Device;
+use parm_codes::{encoder_for_shape, BerrutCode};
+use parm_nn::eval;
+use parm_nn::parity::ParityConfig;
+use parm_nn::train::{load_model, save_model, train_deployed, TrainConfig};
+use serde::Serialize;
+
+use crate::commands::{parity_training_with, recipe_config};
+use crate::Paths;
+
+/// Encoder of parm's own recipe (chosen by measurement, see BENCHMARKS.md).
+pub const OWN_ENCODER: &str = "concatenation";
+
+/// What the report covers and how much it may train.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    pub datasets: Vec<String>,
+    pub ks: Vec<usize>,
+    /// Optimizer steps of each parity model the report trains (whole epochs, rounded up), so
+    /// that large k, with fewer groups per epoch, gets the same training as k = 2.
+    pub steps: usize,
+    /// Deployed-model epochs if a dataset has no `deployed.bpk` yet.
+    pub deployed_epochs: usize,
+    /// Berrut extra instances per group.
+    pub berrut_s: Vec<usize>,
+    pub seed: u64,
+}
+
+/// One row of `accuracy.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub dataset: String,
+    pub model: String,
+    /// `parity-addition`, `parity-concatenation`, or `berrut`.
+    pub code: String,
+    /// `parm-paper` (ParM's published recipe), `parm` (parm's own), `none` (training-free).
+    pub recipe: String,
+    pub k: usize,
+    /// Extra instances per group (1 for a parity model).
+    #[serde(rename = "S")]
+    pub s: usize,
+    pub available: f64,
+    /// A_d; for Berrut with S extra instances, with S of the k predictions unavailable.
+    pub degraded: f64,
+    pub overall_f5: f64,
+    #[serde(skip)]
+    pub degraded_one: f64,
+    #[serde(skip)]
+    pub train: Option<(f64, u64, usize)>,
+}
+
+pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec<Row>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut rows = Vec::new();
+    let device = Device::flex();
+    for dataset in &opts.datasets {
+        let paths = Paths { dataset: dataset.clone(), ..base.clone() };
+        let ds = parm_data::load_dataset(dataset, &paths.data_dir)?;
+        let mdir = paths.model_dir();
+        let deployed_path = mdir.join("deployed.bpk");
+        if !deployed_path.exists() {
+            eprintln!("report: training the deployed model for {dataset} ({} epochs)", opts.deployed_epochs);
+            let cfg = TrainConfig { epochs: opts.deployed_epochs, seed: opts.seed, ..Default::default() };
+            let (m, meta) = train_deployed(&ds, &cfg)?;
+            save_model(&m, &meta, &mdir, "deployed")?;
+        }
+        let (f, fmeta) = load_model(&deployed_path, &device)?;
+        let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
+        let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
+        eprintln!("report: {dataset}: {} A_a {:.4}", fmeta.arch, available);
+        for &k in &opts.ks {
+            for (recipe, encoder) in [("parm-paper", "addition"), ("parm", OWN_ENCODER)] {
+                let base = recipe_config(recipe, k, 1)?;
+                let steps_per_epoch = (ds.train.n / k).div_ceil(base.groups_per_step);
+                let epochs = opts.steps.div_ceil(steps_per_epoch);
+                let cfg: ParityConfig = ParityConfig { progress: false, seed: opts.seed, epochs, ..base };
+                let name = format!("report-{recipe}-k{k}-{encoder}");
+                let meta = parity_training_with(&paths, &deployed_path, k, encoder, &cfg, &name)?;
+                let (fp, _) = load_model(&mdir.join(format!("{name}.bpk")), &device)?;
+                let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
+                let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, opts.seed, &device);
+                eprintln!(
+                    "report: {dataset} k={k} {recipe} {encoder}: A_d {degraded:.4} ({} epochs, {:.1} s, {:.0} steps/s)",
+                    meta.epochs, meta.train_seconds, meta.steps as f64 / meta.train_seconds.max(1e-9)
+                );
+                rows.push(Row {
+                    dataset: dataset.clone(),
+                    model: fmeta.arch.clone(),
+                    code: format!("parity-{encoder}"),
+                    recipe: recipe.into(),
+                    k,
+                    s: 1,
+                    available,
+                    degraded,
+                    overall_f5: eval::overall_accuracy(available, degraded, 0.05),
+                    degraded_one: degraded,
+                    train: Some((meta.train_seconds, meta.steps, meta.epochs)),
+                });
+            }
+            for &s in &opts.berrut_s {
+                let code = BerrutCode::new(k, s)?;
+                let e = s.min(k);
+                let degraded = eval::berrut_degraded_accuracy(&logits, &f, &ds.test, &code, e, ds.classes, opts.seed, &device);
+                let degraded_one = if e == 1 {
+                    degraded
+                } else {
+                    eval::berrut_degraded_accuracy(&logits, &f, &ds.test, &code, 1, ds.classes, opts.seed, &device)
+                };
+                eprintln!("report: {dataset} k={k} berrut S={s}: A_d {degraded:.4} ({e} lost), {degraded_one:.4} (1 lost)");
+                rows.push(Row {
+                    dataset: dataset.clone(),
+                    model: fmeta.arch.clone(),
+                    code: "berrut".into(),
+                    recipe: "none".into(),
+                    k,
+                    s,
+                    available,
+                    degraded,
+                    overall_f5: eval::overall_accuracy(available, degraded, 0.05),
+                    degraded_one,
+                    train: None,
+                });
+            }
+        }
+    }
+    std::fs::write(dir.join("accuracy.json"), serde_json::to_string_pretty(&rows)? + "\n")?;
+    std::fs::write(dir.join("accuracy.md"), markdown(&rows))?;
+    plot(&rows, &dir.join("accuracy.svg"))?;
+    Ok(rows)
+}
+
+/// The markdown table of the report.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| dataset | model | code | recipe | k | S | A_a | A_d | A_d (1 lost) | A_o 1% | A_o 5% | A_o 10% | train s | steps/s |\n\
+         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let o = |f| eval::overall_accuracy(r.available, r.degraded, f);
+        let (ts, sps) = match r.train {
+            Some((secs, steps, epochs)) => (format!("{secs:.0} ({epochs} ep)"), format!("{:.0}", steps as f64 / secs.max(1e-9))),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |",
+            r.dataset, r.model, r.code, r.recipe, r.k, r.s, r.available, r.degraded, r.degraded_one, o(0.01), o(0.05), o(0.10), ts, sps
+        );
+    }
+    s
+}
+
+/// A_d against k, one panel per dataset, one line per code / recipe / S (SVG; plotters'
+/// built-in text, no system fonts needed).
+pub fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let mut datasets: Vec<&str> = rows.iter().map(|r| r.dataset.as_str()).collect();
+    datasets.dedup();
+    let root = SVGBackend::new(path, (560 * datasets.len().max(1) as u32, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, datasets.len().max(1)));
+    let kmax = rows.iter().map(|r| r.k).max().unwrap_or(12) as f64 + 0.5;
+    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    for (panel, ds) in panels.iter().zip(&datasets) {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{ds}: degraded-mode accuracy"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(1.5f64..kmax, 0.0f64..1.0)?;
+        chart.configure_mesh().x_desc("k").y_desc("A_d").draw()?;
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for r in rows.iter().filter(|r| r.dataset == *ds) {
+            let label = if r.code == "berrut" { format!("berrut S={}", r.s) } else { format!("{} {}", r.code, r.recipe) };
+            match series.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, pts)) => pts.push((r.k as f64, r.degraded)),
+                None => series.push((label, vec![(r.k as f64, r.degraded)])),
+            }
+        }
+        if let Some(a) = rows.iter().find(|r| r.dataset == *ds).map(|r| r.available) {
+            chart
+                .draw_series(LineSeries::new([(1.5, a), (kmax, a)], BLACK.mix(0.4)))?
+                .label("A_a")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK.mix(0.4)));
+        }
+        for (i, (label, pts)) in series.into_iter().enumerate() {
+            let c = palette[i % palette.len()];
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)).point_size(3))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], c.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
