@@ -95,15 +95,16 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 /// The earlier of the `timeout` parameter (µs) and `grpc-timeout`. The header's deadline is
-/// brought forward by a millisecond (a tenth for short ones) so that the answer,
-/// DEADLINE_EXCEEDED, leaves before tonic's own timer cancels the call.
+/// brought forward by a fifth, at most 5 ms, so that the answer, DEADLINE_EXCEEDED, leaves
+/// before tonic's transport timer (which starts earlier, and ticks in whole milliseconds)
+/// cancels the call with CANCELLED.
 fn deadline(params: &HashMap<String, InferParameter>, header: Option<Duration>) -> Result<Option<Duration>, ApiError> {
     let param = match params.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
         None => None,
         Some(ParameterChoice::Int64Param(us)) if *us >= 0 => (*us > 0).then(|| Duration::from_micros(*us as u64)),
         Some(_) => return Err(ApiError::bad("parameter 'timeout' must be a non-negative int64 (microseconds)")),
     };
-    let header = header.map(|t| t.saturating_sub((t / 10).min(Duration::from_millis(1))));
+    let header = header.map(|t| t.saturating_sub((t / 5).min(Duration::from_millis(5))));
     Ok([param, header].into_iter().flatten().min())
 }
 
@@ -333,7 +334,7 @@ mod tests {
         p.insert("timeout".into(), InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(5_000)) });
         assert_eq!(deadline(&p, None), Ok(Some(Duration::from_millis(5))));
         assert_eq!(deadline(&p, Some(Duration::from_secs(1))), Ok(Some(Duration::from_millis(5))));
-        assert_eq!(deadline(&p, Some(Duration::from_millis(2))), Ok(Some(Duration::from_micros(1800))));
+        assert_eq!(deadline(&p, Some(Duration::from_millis(2))), Ok(Some(Duration::from_micros(1600))));
         p.insert("timeout".into(), InferParameter { parameter_choice: Some(ParameterChoice::StringParam("x".into())) });
         assert!(deadline(&p, None).is_err());
     }
