@@ -5,6 +5,7 @@
 //! Entry points: [`load_dataset`] (by name), [`load_fashion_mnist`], [`load_mnist`],
 //! [`prepare_fashion_mnist`], [`prepare_mnist`], and the IDX functions in [`idx`].
 
+pub mod cifar;
 pub mod idx;
 pub mod prepare;
 
