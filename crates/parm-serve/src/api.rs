@@ -123,11 +123,17 @@ impl Accepted<'_> {
         let dispatched = Instant::now();
         let n = rows.len();
         let calls = futures::future::join_all(rows.into_iter().map(|r| timed_predict(s, r)));
+        // tokio's timers tick in whole milliseconds, so the deadline is also checked exactly
+        // after the answers are in: an answer that came too late is never sent.
         let result = match timeout {
-            Some(t) => match tokio::time::timeout_at(self.at + t, calls).await {
-                Ok(r) => collect(r),
-                Err(_) => Err(ApiError::new(ErrorKind::DeadlineExceeded, format!("deadline of {} us exceeded", t.as_micros()))),
-            },
+            Some(t) => {
+                let late = || ApiError::new(ErrorKind::DeadlineExceeded, format!("deadline of {} us exceeded", t.as_micros()));
+                match tokio::time::timeout_at(self.at + t, calls).await {
+                    Ok(_) if self.at.elapsed() > t => Err(late()),
+                    Ok(r) => collect(r),
+                    Err(_) => Err(late()),
+                }
+            }
             None => collect(calls.await),
         };
         self.done = true;
