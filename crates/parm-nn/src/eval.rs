@@ -8,18 +8,18 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::{argmax, tensor2, to_vec, Mlp};
+use crate::{argmax, tensor2, to_vec, Classifier};
 
 /// Rows per forward pass in evaluation.
 const EVAL_BATCH: usize = 1000;
 
 /// Logits of `model` on `n` row-major inputs of `dim` values: `[n, classes]` flattened.
-pub fn logits(model: &Mlp, inputs: &[f32], n: usize, dim: usize, device: &Device) -> Vec<f32> {
+pub fn logits(model: &(impl Classifier + ?Sized), inputs: &[f32], n: usize, dim: usize, device: &Device) -> Vec<f32> {
     let mut out = Vec::new();
     for start in (0..n).step_by(EVAL_BATCH) {
         let rows = EVAL_BATCH.min(n - start);
         let x = inputs[start * dim..(start + rows) * dim].to_vec();
-        out.extend(to_vec(model.forward(tensor2(x, rows, dim, device))));
+        out.extend(to_vec(model.classify(tensor2(x, rows, dim, device))));
     }
     out
 }
@@ -47,7 +47,7 @@ pub fn coding_groups(n: usize, k: usize, seed: u64) -> Vec<Vec<usize>> {
 /// scores its argmax against the true label. `deployed_logits`: F on `split`, `[n, classes]`.
 pub fn degraded_accuracy(
     deployed_logits: &[f32],
-    parity: &Mlp,
+    parity: &(impl Classifier + ?Sized),
     split: &Split,
     encoder: &dyn Encoder,
     classes: usize,
@@ -65,7 +65,7 @@ pub fn degraded_accuracy(
 pub fn padded_degraded_accuracy(
     deployed_logits: &[f32],
     zero_logits: Option<&[f32]>,
-    parity: &Mlp,
+    parity: &(impl Classifier + ?Sized),
     split: &Split,
     encoder: &dyn Encoder,
     members: usize,
@@ -117,7 +117,7 @@ pub fn padded_degraded_accuracy(
 #[allow(clippy::too_many_arguments)]
 pub fn berrut_degraded_accuracy(
     deployed_logits: &[f32],
-    deployed: &Mlp,
+    deployed: &(impl Classifier + ?Sized),
     split: &Split,
     code: &BerrutCode,
     erasures: usize,

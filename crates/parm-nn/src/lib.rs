@@ -6,6 +6,7 @@
 //! Sources: the deployed model and the parity-model recipe follow ParM (Kosaian et al.,
 //! SOSP 2019, §3.3 and §5.1) and the public parity-models code (see `shared/docs/PARM.md` §2).
 
+pub mod cnn;
 pub mod eval;
 pub mod meta;
 pub mod mlp;
@@ -13,6 +14,7 @@ pub mod parity;
 pub mod predictor;
 pub mod train;
 
+pub use cnn::{Classifier, Net, NetConfig};
 pub use meta::{ModelKind, ModelMeta};
 pub use mlp::{Mlp, MlpConfig};
 pub use predictor::Predictor;

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::{degraded_accuracy, logits};
 use crate::mlp::Init;
 use crate::train::{progress_bar, save_model};
-use crate::{io_err, tensor2, Mlp, MlpConfig, ModelKind, ModelMeta, NnError};
+use crate::{io_err, tensor2, Classifier, Mlp, MlpConfig, ModelKind, ModelMeta, NnError};
 
 /// Seed of the validation coding groups, fixed so checkpoints are comparable.
 const VAL_GROUP_SEED: u64 = 7;
@@ -142,7 +142,7 @@ struct CheckpointState {
 /// deployed weights' content hash, so that every parity model trained against the same F
 /// reuses them. Returns `[n, classes]` flattened.
 pub fn cached_logits(
-    deployed: &Mlp,
+    deployed: &(impl Classifier + ?Sized),
     deployed_hash: u64,
     split: &Split,
     split_name: &str,
@@ -173,7 +173,8 @@ pub fn file_hash(path: &Path) -> Result<u64, NnError> {
 /// Inputs to [`train_parity`].
 pub struct ParityJob<'a> {
     pub ds: &'a Dataset,
-    pub deployed: &'a Mlp,
+    /// The deployed model F (any architecture; the parity model is an MLP).
+    pub deployed: &'a dyn Classifier,
     pub deployed_meta: &'a ModelMeta,
     pub deployed_hash: u64,
     pub encoder: &'a dyn Encoder,
@@ -266,6 +267,10 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
 /// The parity model's architecture for `cfg`: the deployed model's, or wider.
 fn parity_mlp(deployed: &ModelMeta, cfg: &ParityConfig, k: usize) -> MlpConfig {
     let mut m = deployed.mlp.clone();
+    if m.hidden.is_empty() {
+        // A convolutional F (its metadata's MLP config has no hidden layers): ParM's MLP.
+        m.hidden = vec![200, 100];
+    }
     if let Some(h) = &cfg.hidden {
         m.hidden = h.clone();
     }

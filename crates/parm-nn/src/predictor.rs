@@ -4,39 +4,40 @@ use std::path::Path;
 
 use burn::tensor::Device;
 
-use crate::train::load_model;
-use crate::{tensor2, to_vec, Mlp, ModelMeta, NnError};
+use crate::train::load_net;
+use crate::{tensor2, to_vec, ModelMeta, Net, NnError};
 
 /// A model on the plain flex device with its metadata.
 #[derive(Debug)]
 pub struct Predictor {
-    model: Mlp,
+    model: Net,
     meta: ModelMeta,
     device: Device,
 }
 
 impl Predictor {
-    /// Loads `weights` (`.bpk`) and its `.json` metadata. Errors as [`load_model`].
+    /// Loads `weights` (`.bpk`) and its `.json` metadata, any architecture. Errors as
+    /// [`crate::train::load_net`].
     pub fn load(weights: &Path) -> Result<Self, NnError> {
         let device = Device::flex();
-        let (model, meta) = load_model(weights, &device)?;
+        let (model, meta) = load_net(weights, &device)?;
         Ok(Self { model, meta, device })
     }
 
-    /// Wraps an already built model.
-    pub fn new(model: Mlp, meta: ModelMeta) -> Self {
-        Self { model, meta, device: Device::flex() }
+    /// Wraps an already built model (an [`crate::Mlp`] or any [`Net`]).
+    pub fn new(model: impl Into<Net>, meta: ModelMeta) -> Self {
+        Self { model: model.into(), meta, device: Device::flex() }
     }
 
     pub fn meta(&self) -> &ModelMeta {
         &self.meta
     }
 
-    pub fn model(&self) -> &Mlp {
+    pub fn model(&self) -> &Net {
         &self.model
     }
 
-    /// Values per query (784 for the MNIST MLP).
+    /// Values per query (784 for MNIST-sized models).
     pub fn input_len(&self) -> usize {
         self.meta.mlp.input
     }

@@ -59,6 +59,12 @@ pub struct TrainArgs {
     /// Overwrite an existing model of that name.
     #[arg(long)]
     pub force: bool,
+    /// Architecture: mlp (ParM's 784-200-100-10), lenet5, or resnet18 (CIFAR variant).
+    #[arg(long, default_value = "mlp")]
+    pub arch: String,
+    /// resnet18: channels of the first stage (64 in ResNet-18; small for tiny-scale runs).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
 }
 
 pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
@@ -69,8 +75,26 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
     }
     let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
     let cfg = TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, seed: a.seed, ..Default::default() };
-    let (model, meta) = train_deployed(&ds, &cfg)?;
-    save_model(&model, &meta, &dir, &a.name)?;
+    let side = (ds.rows == ds.cols).then_some(ds.rows).context("square images needed for a CNN")?;
+    let channels = ds.dim() / (side * side);
+    let meta = match a.arch.as_str() {
+        "mlp" => {
+            let (model, meta) = train_deployed(&ds, &cfg)?;
+            save_model(&model, &meta, &dir, &a.name)?;
+            meta
+        }
+        "lenet5" | "resnet18" => {
+            let net = if a.arch == "lenet5" {
+                parm_nn::NetConfig::LeNet { channels, side, classes: ds.classes }
+            } else {
+                parm_nn::NetConfig::ResNet18 { channels, side, classes: ds.classes, width: a.width }
+            };
+            let (model, meta) = parm_nn::train::train_deployed_net(&ds, &cfg, &net)?;
+            parm_nn::train::save_net(&model, &meta, &dir, &a.name)?;
+            meta
+        }
+        other => bail!("unknown --arch {other} (known: mlp, lenet5, resnet18)"),
+    };
     println!(
         "trained {} on {}: test accuracy {:.2}% in {:.1} s ({} steps, {:.0} steps/s) -> {}",
         meta.arch, meta.dataset, 100.0 * meta.test_accuracy.unwrap_or(0.0), meta.train_seconds, meta.steps,
@@ -216,7 +240,7 @@ pub fn parity_training_with(
 ) -> anyhow::Result<parm_nn::ModelMeta> {
     let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
     let encoder = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
-    let (deployed, deployed_meta) = load_model(deployed_path, &Device::flex())
+    let (deployed, deployed_meta) = parm_nn::train::load_net(deployed_path, &Device::flex())
         .with_context(|| format!("loading the deployed model (train it first with `parm train`)"))?;
     let job = ParityJob {
         ds: &ds,
@@ -305,7 +329,7 @@ pub fn accuracy_report(
     seed: u64,
 ) -> anyhow::Result<AccuracyReport> {
     let device = Device::flex();
-    let (f, fmeta) = load_model(deployed, &device)?;
+    let (f, fmeta) = parm_nn::train::load_net(deployed, &device)?;
     let (fp, pmeta) = load_model(parity, &device)?;
     if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
         bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);

@@ -76,7 +76,7 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
             let (m, meta) = train_deployed(&ds, &cfg)?;
             save_model(&m, &meta, &mdir, "deployed")?;
         }
-        let (f, fmeta) = load_model(&deployed_path, &device)?;
+        let (f, fmeta) = parm_nn::train::load_net(&deployed_path, &device)?;
         let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
         let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
         eprintln!("report: {dataset}: {} A_a {:.4}", fmeta.arch, available);

@@ -1,0 +1,300 @@
+//! Convolutional deployed models: a LeNet-5-style CNN (MNIST / Fashion-MNIST) and the
+//! CIFAR-style ResNet-18, and [`Net`], the one type every architecture loads into.
+//!
+//! Sources: LeNet-5 (LeCun et al., "Gradient-based learning applied to document recognition",
+//! 1998) with ReLU and max pooling, as commonly used on 28x28 inputs: conv 5x5 (6, same
+//! padding) - pool 2 - conv 5x5 (16) - pool 2 - fc 120 - fc 84 - fc classes. ResNet-18,
+//! CIFAR variant (He et al. 2016; the variant of the parity-models code, shared/docs/PARM.md
+//! §2): 3x3 stem with `width` channels (64), four stages of two basic blocks with
+//! `width`, 2x, 4x, 8x channels and strides 1, 2, 2, 2, global average pool, fc.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::tensor::{Device, Tensor};
+
+use crate::mlp::Init;
+use crate::{Mlp, MlpConfig};
+
+/// A model that maps flat `[batch, values]` queries to `[batch, classes]` logits.
+pub trait Classifier {
+    fn classify(&self, x: Tensor<2>) -> Tensor<2>;
+}
+
+impl Classifier for Mlp {
+    fn classify(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward(x)
+    }
+}
+
+fn to_image(x: Tensor<2>, shape: [usize; 3]) -> Tensor<4> {
+    let b = x.dims()[0];
+    x.reshape([b, shape[0], shape[1], shape[2]])
+}
+
+/// LeNet-5-style CNN.
+#[derive(Module, Debug)]
+pub struct LeNet {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    pool: MaxPool2d,
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Linear,
+    relu: Relu,
+    channels: usize,
+    side: usize,
+}
+
+impl LeNet {
+    /// `channels x side x side` inputs (side divisible by 4, at least 12).
+    pub fn new(channels: usize, side: usize, classes: usize, device: &Device) -> Self {
+        let after = (side / 2 - 4) / 2;
+        Self {
+            conv1: Conv2dConfig::new([channels, 6], [5, 5]).with_padding(PaddingConfig2d::Same).init(device),
+            conv2: Conv2dConfig::new([6, 16], [5, 5]).init(device),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            fc1: LinearConfig::new(16 * after * after, 120).init(device),
+            fc2: LinearConfig::new(120, 84).init(device),
+            fc3: LinearConfig::new(84, classes).init(device),
+            relu: Relu::new(),
+            channels,
+            side,
+        }
+    }
+}
+
+impl Classifier for LeNet {
+    fn classify(&self, x: Tensor<2>) -> Tensor<2> {
+        let h = to_image(x, [self.channels, self.side, self.side]);
+        let h = self.pool.forward(self.relu.forward(self.conv1.forward(h)));
+        let h = self.pool.forward(self.relu.forward(self.conv2.forward(h)));
+        let h: Tensor<2> = h.flatten(1, 3);
+        let h = self.relu.forward(self.fc1.forward(h));
+        let h = self.relu.forward(self.fc2.forward(h));
+        self.fc3.forward(h)
+    }
+}
+
+/// A ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN plus the (projected) input, ReLU.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    shortcut: Option<(Conv2d, BatchNorm)>,
+    relu: Relu,
+}
+
+impl BasicBlock {
+    fn new(cin: usize, cout: usize, stride: usize, device: &Device) -> Self {
+        let conv3 = |i, o, s| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .init(device)
+        };
+        let shortcut = (stride != 1 || cin != cout).then(|| {
+            (
+                Conv2dConfig::new([cin, cout], [1, 1]).with_stride([stride, stride]).with_bias(false).init(device),
+                BatchNormConfig::new(cout).init(device),
+            )
+        });
+        Self {
+            conv1: conv3(cin, cout, stride),
+            bn1: BatchNormConfig::new(cout).init(device),
+            conv2: conv3(cout, cout, 1),
+            bn2: BatchNormConfig::new(cout).init(device),
+            shortcut,
+            relu: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = self.relu.forward(self.bn1.forward(self.conv1.forward(x.clone())));
+        let h = self.bn2.forward(self.conv2.forward(h));
+        let s = match &self.shortcut {
+            Some((c, b)) => b.forward(c.forward(x)),
+            None => x,
+        };
+        self.relu.forward(h + s)
+    }
+}
+
+/// CIFAR-style ResNet-18.
+#[derive(Module, Debug)]
+pub struct ResNet18 {
+    stem: Conv2d,
+    bn: BatchNorm,
+    blocks: Vec<BasicBlock>,
+    pool: AdaptiveAvgPool2d,
+    fc: Linear,
+    relu: Relu,
+    channels: usize,
+    side: usize,
+}
+
+impl ResNet18 {
+    /// `width`: channels of the first stage (64 in ResNet-18; smaller for tiny-scale runs).
+    pub fn new(channels: usize, side: usize, classes: usize, width: usize, device: &Device) -> Self {
+        let mut blocks = Vec::new();
+        let mut cin = width;
+        for (stage, stride) in [1usize, 2, 2, 2].into_iter().enumerate() {
+            let cout = width << stage;
+            blocks.push(BasicBlock::new(cin, cout, stride, device));
+            blocks.push(BasicBlock::new(cout, cout, 1, device));
+            cin = cout;
+        }
+        Self {
+            stem: Conv2dConfig::new([channels, width], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .init(device),
+            bn: BatchNormConfig::new(width).init(device),
+            blocks,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            fc: LinearConfig::new(cin, classes).init(device),
+            relu: Relu::new(),
+            channels,
+            side,
+        }
+    }
+}
+
+impl Classifier for ResNet18 {
+    fn classify(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = self.relu.forward(self.bn.forward(self.stem.forward(to_image(x, [self.channels, self.side, self.side]))));
+        for b in &self.blocks {
+            h = b.forward(h);
+        }
+        let h: Tensor<2> = self.pool.forward(h).flatten(1, 3);
+        self.fc.forward(h)
+    }
+}
+
+/// Every architecture parm trains, behind one type; `ModelMeta::arch` says which.
+#[derive(Module, Debug)]
+pub enum Net {
+    Mlp(Mlp),
+    LeNet(LeNet),
+    ResNet18(ResNet18),
+}
+
+impl From<Mlp> for Net {
+    fn from(m: Mlp) -> Self {
+        Net::Mlp(m)
+    }
+}
+
+impl Classifier for Net {
+    fn classify(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Net::Mlp(m) => m.forward(x),
+            Net::LeNet(m) => m.classify(x),
+            Net::ResNet18(m) => m.classify(x),
+        }
+    }
+}
+
+impl Net {
+    /// `x`: `[batch, values]` -> logits `[batch, classes]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.classify(x)
+    }
+}
+
+/// Which architecture to build, and its name in `ModelMeta::arch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetConfig {
+    Mlp(MlpConfig),
+    /// `lenet5-CxSxS-N`.
+    LeNet { channels: usize, side: usize, classes: usize },
+    /// `resnet18-wW-CxSxS-N`.
+    ResNet18 { channels: usize, side: usize, classes: usize, width: usize },
+}
+
+impl NetConfig {
+    /// The architecture name stored in metadata.
+    pub fn name(&self) -> String {
+        match self {
+            NetConfig::Mlp(c) => c.name(),
+            NetConfig::LeNet { channels, side, classes } => format!("lenet5-{channels}x{side}x{side}-{classes}"),
+            NetConfig::ResNet18 { channels, side, classes, width } => {
+                format!("resnet18-w{width}-{channels}x{side}x{side}-{classes}")
+            }
+        }
+    }
+
+    /// Parses a name made by [`NetConfig::name`]; an `mlp-...` name takes its layer sizes
+    /// from `mlp` (the metadata's MLP config).
+    pub fn parse(arch: &str, mlp: &MlpConfig) -> Option<Self> {
+        let dims = |s: &str| -> Option<(usize, usize)> {
+            let v: Vec<usize> = s.split('x').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+            (v.len() == 3 && v[1] == v[2]).then(|| (v[0], v[1]))
+        };
+        let parts: Vec<&str> = arch.split('-').collect();
+        match parts.as_slice() {
+            ["lenet5", shape, n] => {
+                let (channels, side) = dims(shape)?;
+                Some(NetConfig::LeNet { channels, side, classes: n.parse().ok()? })
+            }
+            ["resnet18", w, shape, n] => {
+                let (channels, side) = dims(shape)?;
+                let width = w.strip_prefix('w')?.parse().ok()?;
+                Some(NetConfig::ResNet18 { channels, side, classes: n.parse().ok()?, width })
+            }
+            ["mlp", ..] => Some(NetConfig::Mlp(mlp.clone())),
+            _ => None,
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        match self {
+            NetConfig::Mlp(c) => c.classes,
+            NetConfig::LeNet { classes, .. } | NetConfig::ResNet18 { classes, .. } => *classes,
+        }
+    }
+
+    /// Values per query.
+    pub fn input(&self) -> usize {
+        match self {
+            NetConfig::Mlp(c) => c.input,
+            NetConfig::LeNet { channels, side, .. } | NetConfig::ResNet18 { channels, side, .. } => channels * side * side,
+        }
+    }
+
+    pub fn init(&self, init: Init, device: &Device) -> Net {
+        match self {
+            NetConfig::Mlp(c) => Net::Mlp(c.init(init, device)),
+            NetConfig::LeNet { channels, side, classes } => Net::LeNet(LeNet::new(*channels, *side, *classes, device)),
+            NetConfig::ResNet18 { channels, side, classes, width } => {
+                Net::ResNet18(ResNet18::new(*channels, *side, *classes, *width, device))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor2;
+
+    #[test]
+    fn names_round_trip_and_shapes() {
+        let mlp = MlpConfig::default();
+        for c in [
+            NetConfig::LeNet { channels: 1, side: 28, classes: 10 },
+            NetConfig::ResNet18 { channels: 3, side: 32, classes: 10, width: 4 },
+            NetConfig::Mlp(mlp.clone()),
+        ] {
+            assert_eq!(NetConfig::parse(&c.name(), &mlp), Some(c.clone()));
+            let device = Device::flex();
+            let net = c.init(Init::Default, &device);
+            let out = net.forward(tensor2(vec![0.5; 2 * c.input()], 2, c.input(), &device));
+            assert_eq!(out.dims(), [2, 10]);
+        }
+    }
+}
