@@ -89,6 +89,9 @@ pub struct Stats {
 struct Job {
     input: Vec<f32>,
     reply: oneshot::Sender<Result<Prediction, FrontendError>>,
+    /// Resolves when the caller of [`Frontend::predict`] went away (deadline, disconnect):
+    /// the query's instance RPC is then dropped, which takes it out of the instance's queue.
+    gone: oneshot::Receiver<()>,
 }
 
 enum GroupMsg {
@@ -305,8 +308,9 @@ impl Frontend {
         }
         self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
+        let (_alive, gone) = oneshot::channel::<()>(); // dropped with this future
         let closed = || FrontendError::Unavailable("frontend is shutting down".into());
-        self.tx.send(Job { input, reply }).await.map_err(|_| closed())?;
+        self.tx.send(Job { input, reply, gone }).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 }
@@ -367,7 +371,7 @@ async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg
                 Some(GroupMsg::Member(job)) => {
                     let slot = inputs.len();
                     held.sent(slot);
-                    tasks.push(spawn_rpc(&shared, false, Slot::Data(slot), job.input.clone(), shape.clone(), &events_tx));
+                    tasks.push(spawn_rpc(&shared, false, Slot::Data(slot), job.input.clone(), shape.clone(), &events_tx, Some(job.gone)));
                     inputs.push(job.input);
                     replies.push(Some(job.reply));
                     Vec::new()
@@ -489,7 +493,7 @@ async fn seal(
     match shared.cfg.encoder.encode(&members) {
         Ok(p) => {
             shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
-            tasks.push(spawn_rpc(shared, true, Slot::Parity, p, shape.to_vec(), events));
+            tasks.push(spawn_rpc(shared, true, Slot::Parity, p, shape.to_vec(), events, None));
             answers
         }
         Err(e) => {
@@ -507,12 +511,19 @@ fn spawn_rpc(
     input: Vec<f32>,
     shape: Vec<i64>,
     events: &mpsc::UnboundedSender<(Slot, Option<Vec<f32>>)>,
+    gone: Option<oneshot::Receiver<()>>,
 ) -> AbortHandle {
     let shared = shared.clone();
     let events = events.clone();
     tokio::spawn(async move {
         let pool = if parity { shared.parity.as_ref().expect("parity pool") } else { &shared.deployed };
-        let out = pool.infer(input, shape, shared.cfg.instance_timeout, &shared.stats).await;
+        let call = pool.infer(input, shape, shared.cfg.instance_timeout, &shared.stats);
+        // A query whose caller left is dropped (its instance RPC cancelled) and counts as
+        // lost; group-mates then lose it as a decoding input too.
+        let out = match gone {
+            Some(gone) => tokio::select! { out = call => out, _ = gone => None },
+            None => call.await,
+        };
         let _ = events.send((slot, out));
     })
     .abort_handle()
@@ -535,7 +546,9 @@ fn deliver(
             (slot, Ok(Prediction { output, reconstructed: true, group, position: slot }))
         }
         Answer::Unavailable { slot } => {
-            stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            if replies.get(slot).and_then(Option::as_ref).is_some_and(|r| !r.is_closed()) {
+                stats.unavailable.fetch_add(1, Ordering::Relaxed); // not for callers that left
+            }
             let msg = "model instance failed and the coding group cannot reconstruct the prediction";
             (slot, Err(FrontendError::Unavailable(msg.into())))
         }

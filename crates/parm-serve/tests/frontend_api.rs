@@ -40,6 +40,8 @@ struct Cluster {
     url: String,
     grpc: String,
     serving: Shared,
+    /// The deployed model, shared by both deployed workers (its call counter counts both).
+    deployed: Arc<LinearBackend>,
 }
 
 /// Two deployed instances (the first slowed by `delay_ms` per request) and one parity instance.
@@ -50,10 +52,11 @@ async fn cluster(delay_ms: f64) -> Cluster {
 /// As [`cluster`], with each instance's delay (deployed 0, deployed 1, parity), ms.
 async fn cluster_delays(delays: [f64; 3]) -> Cluster {
     let (f, fp) = models();
+    let f2 = f.clone();
     let opts = |delay_ms| WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
     let mut workers = Vec::new();
     for d in &delays[..2] {
-        workers.push(spawn_worker("127.0.0.1:0", f.clone() as Arc<dyn InferenceBackend>, opts(*d)).await.unwrap());
+        workers.push(spawn_worker("127.0.0.1:0", f2.clone() as Arc<dyn InferenceBackend>, opts(*d)).await.unwrap());
     }
     workers.push(spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, opts(delays[2])).await.unwrap());
     let addr = |w: &WorkerHandle| w.addr.to_string();
@@ -78,7 +81,7 @@ async fn cluster_delays(delays: [f64; 3]) -> Cluster {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(parm_serve::grpc_frontend::serve_grpc(listener, serving.clone(), std::future::pending()));
-    Cluster { _workers: workers, url, grpc, serving }
+    Cluster { _workers: workers, url, grpc, serving, deployed: f }
 }
 
 fn input(batch: usize) -> Vec<f32> {
@@ -294,6 +297,31 @@ async fn timeout_parameter_gives_504_in_time() {
     assert!(saw_504, "a 1 us deadline never expired");
     let metrics = client.get(format!("{}/metrics", c.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reason=\"CANCELED\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_queries_are_cancelled_on_the_instances() {
+    // Every instance takes 200 ms per request. Four single-row requests with a 50 ms deadline:
+    // each deployed instance runs its first query (a running computation cannot be recalled)
+    // and holds the second in its queue; at the deadline the queued ones must be dropped
+    // there, never computed.
+    let c = cluster_delays([200.0; 3]).await;
+    let before = c.deployed.calls();
+    let client = reqwest::Client::new();
+    let calls = (0..4).map(|i| {
+        let body = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": input(1)}],
+            "parameters": {"timeout": 50_000}, "id": i.to_string()});
+        client.post(format!("{}/v2/models/lin/infer", c.url)).json(&body).send()
+    });
+    let t = Instant::now();
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().status(), 504);
+    }
+    assert!(t.elapsed() < Duration::from_millis(150), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(c.deployed.calls() - before, 2, "queued queries past their deadline still ran");
+    let st = c.serving.stats_json();
+    assert_eq!(st["model_stats"][0]["inference_stats"]["fail"]["count"], 4);
 }
 
 mod grpc {
