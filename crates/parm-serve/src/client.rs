@@ -113,6 +113,8 @@ pub struct InstanceClient {
     grpc: GrpcInferenceServiceClient<Channel>,
     /// Model name -> input tensor name, learned from ModelMetadata (Triton checks input names).
     input_names: Arc<Mutex<HashMap<String, String>>>,
+    /// Outcomes of `infer` calls: whether the instance is in rotation.
+    breaker: Arc<crate::health::Breaker>,
 }
 
 impl std::fmt::Debug for InstanceClient {
@@ -153,6 +155,7 @@ impl InstanceClient {
             addr: addr.into(),
             grpc,
             input_names: Arc::default(),
+            breaker: Arc::default(),
         })
     }
 
@@ -172,6 +175,28 @@ impl InstanceClient {
     /// [`InstanceError::BadResponse`] when the output is missing, not FP32, or its length is
     /// not a positive multiple of batch.
     pub async fn infer(
+        &self,
+        model: &str,
+        input: Vec<f32>,
+        shape: Vec<i64>,
+        timeout: Duration,
+    ) -> Result<Vec<f32>, InstanceError> {
+        let result = self.infer_once(model, input, shape, timeout).await;
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(InstanceError::Unavailable { .. } | InstanceError::Timeout { .. }) => self.breaker.failure(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// False while the instance is out of rotation after repeated connection failures or
+    /// timeouts of [`Self::infer`] (see [`crate::health::Breaker`]); clones share the state.
+    pub fn usable(&self) -> bool {
+        self.breaker.usable()
+    }
+
+    async fn infer_once(
         &self,
         model: &str,
         input: Vec<f32>,

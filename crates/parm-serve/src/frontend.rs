@@ -137,8 +137,11 @@ impl Pool {
         }
     }
 
+    /// Runs on instance `index` (mod n), or, if it is out of rotation (see
+    /// [`crate::health::Breaker`]), on the next one in rotation (the original if none is).
     async fn call(&self, index: usize, input: &[f32], shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
-        let client = &self.clients[index % self.clients.len()];
+        let n = self.clients.len();
+        let client = (0..n).map(|j| &self.clients[(index + j) % n]).find(|c| c.usable()).unwrap_or(&self.clients[index % n]);
         client.infer(&self.model, input.to_vec(), shape.to_vec(), timeout).await
     }
 

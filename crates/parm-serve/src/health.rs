@@ -79,3 +79,83 @@ async fn probe_loop(gauges: std::sync::Weak<Vec<InstanceGauge>>, i: usize, clien
         backoff = if now_up { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
     }
 }
+
+/// Consecutive failures (connection errors, timeouts) that take an instance out of rotation.
+pub const BREAKER_THRESHOLD: u32 = 2;
+
+/// Passive health of one instance as its callers see it: a circuit breaker. After
+/// [`BREAKER_THRESHOLD`] consecutive failures the instance is out of rotation for a backoff
+/// that starts at [`BACKOFF_MIN`] and doubles per further failure up to [`BACKOFF_MAX`]; when
+/// it expires, the next request tries the instance again (a success puts it back, a failure
+/// doubles the backoff). Cancelled calls count as neither.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    failures: std::sync::atomic::AtomicU32,
+    /// Out of rotation until this many ms after [`epoch`].
+    open_until_ms: std::sync::atomic::AtomicU64,
+}
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl Breaker {
+    /// Records a successful call: back in rotation.
+    pub fn success(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) != 0 {
+            self.open_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failed call; may take the instance out of rotation (see the type docs).
+    pub fn failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= BREAKER_THRESHOLD {
+            let doublings = (n - BREAKER_THRESHOLD).min(16);
+            let backoff = (BACKOFF_MIN * 2u32.pow(doublings)).min(BACKOFF_MAX);
+            self.open_until_ms.store(now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// True unless the instance is out of rotation.
+    pub fn usable(&self) -> bool {
+        now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_failures_and_closes_on_success() {
+        let b = Breaker::default();
+        assert!(b.usable());
+        b.failure();
+        assert!(b.usable(), "one failure is not enough");
+        b.failure();
+        assert!(!b.usable(), "two consecutive failures take it out of rotation");
+        b.success();
+        assert!(b.usable());
+        b.failure();
+        assert!(b.usable(), "the count restarted after the success");
+    }
+
+    #[test]
+    fn breaker_backoff_expires() {
+        let b = Breaker::default();
+        b.failure();
+        b.failure();
+        assert!(!b.usable());
+        std::thread::sleep(BACKOFF_MIN + Duration::from_millis(20));
+        assert!(b.usable(), "retried after the backoff");
+        b.failure(); // third failure: backoff doubles
+        std::thread::sleep(BACKOFF_MIN + Duration::from_millis(20));
+        assert!(!b.usable());
+    }
+}

@@ -36,7 +36,7 @@ fn expected(x: &[f32]) -> Vec<f32> {
 }
 
 struct Cluster {
-    _workers: Vec<WorkerHandle>,
+    workers: Vec<WorkerHandle>,
     url: String,
     grpc: String,
     serving: Shared,
@@ -81,7 +81,7 @@ async fn cluster_delays(delays: [f64; 3]) -> Cluster {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(parm_serve::grpc_frontend::serve_grpc(listener, serving.clone(), std::future::pending()));
-    Cluster { _workers: workers, url, grpc, serving, deployed: f }
+    Cluster { workers, url, grpc, serving, deployed: f }
 }
 
 fn input(batch: usize) -> Vec<f32> {
@@ -322,6 +322,58 @@ async fn expired_queries_are_cancelled_on_the_instances() {
     assert_eq!(c.deployed.calls() - before, 2, "queued queries past their deadline still ran");
     let st = c.serving.stats_json();
     assert_eq!(st["model_stats"][0]["inference_stats"]["fail"]["count"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_deployed_instances() {
+    let mut c = cluster(0.0).await;
+    let client = reqwest::Client::new();
+    let ready = |client: reqwest::Client, url: String| async move {
+        client.get(format!("{url}/v2/health/ready")).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(ready(client.clone(), c.url.clone()).await, 200);
+    // One deployed instance dies: still ready, and every request is still answered.
+    c.workers.remove(1).shutdown().await.unwrap();
+    for _ in 0..10 {
+        let body = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": input(1)}]});
+        let r = client.post(format!("{}/v2/models/lin/infer", c.url)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(ready(client.clone(), c.url.clone()).await, 200);
+    // Both gone: readiness turns false within a few probe periods.
+    c.workers.remove(0).shutdown().await.unwrap();
+    let t = Instant::now();
+    while ready(client.clone(), c.url.clone()).await != 503 {
+        assert!(t.elapsed() < Duration::from_secs(5), "still ready with no deployed instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let model = client.get(format!("{}/v2/models/lin/ready", c.url)).send().await.unwrap();
+    assert_eq!(model.status(), 503);
+    let metrics = client.get(format!("{}/metrics", c.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("parm_instance_up{") && l.contains("role=\"parity\"") && l.ends_with(" 1")), "{metrics}");
+    assert_eq!(metrics.lines().filter(|l| l.starts_with("parm_instance_up{") && l.ends_with(" 0")).count(), 2, "{metrics}");
+    let body = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": input(1)}]});
+    let r = client.post(format!("{}/v2/models/lin/infer", c.url)).json(&body).send().await.unwrap();
+    // Not ready, yet still answering: the parity instance and the cached F(0) reconstruct the
+    // query of a padded group (exactly, for this linear model).
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["parameters"]["parm_reconstructed"], true);
+    let got: Vec<f32> = v["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    for (g, w) in got.iter().zip(expected(&input(1))) {
+        assert!((g - w).abs() < 1e-4, "{got:?}");
+    }
+    let channel = tonic::transport::Channel::from_shared(c.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let t = Instant::now();
+    loop {
+        let r = h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+        if r.status == 2 {
+            break; // NOT_SERVING
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "gRPC health still SERVING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 mod grpc {
