@@ -57,22 +57,6 @@ fn codes() {
     println!("encode (addition, k=2, {DIM} values): {enc_ns:.0} ns; decode (subtraction, {CLASSES} values): {dec_ns:.0} ns");
 }
 
-async fn sequential<F, Fut>(n: usize, mut call: F) -> Histogram<u64>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut h = Histogram::<u64>::new(3).unwrap();
-    for i in 0..n + 200 {
-        let t = Instant::now();
-        call().await;
-        if i >= 200 {
-            h.record(t.elapsed().as_micros() as u64).unwrap();
-        }
-    }
-    h
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     codes();
@@ -96,21 +80,21 @@ fn main() {
         frontend.warm_up().await;
         let client = InstanceClient::connect_lazy(&deployed[0].addr.to_string()).unwrap();
         let input = vec![0.5f32; DIM];
-        let n = 3000;
-        let direct = sequential(n, || {
-            let (c, x) = (client.clone(), input.clone());
-            async move {
-                c.infer("deployed", x, vec![1, DIM as i64], Duration::from_secs(5)).await.unwrap();
+        // Interleaved, so that both see the same background noise on a shared machine.
+        let n = 5000;
+        let (mut direct, mut coded) = (Histogram::<u64>::new(3).unwrap(), Histogram::<u64>::new(3).unwrap());
+        for i in 0..n + 200 {
+            let t = Instant::now();
+            client.infer("deployed", input.clone(), vec![1, DIM as i64], Duration::from_secs(5)).await.unwrap();
+            let d = t.elapsed();
+            let t = Instant::now();
+            frontend.predict(input.clone()).await.unwrap();
+            let c = t.elapsed();
+            if i >= 200 {
+                direct.record(d.as_micros() as u64).unwrap();
+                coded.record(c.as_micros() as u64).unwrap();
             }
-        })
-        .await;
-        let coded = sequential(n, || {
-            let (f, x) = (frontend.clone(), input.clone());
-            async move {
-                f.predict(x).await.unwrap();
-            }
-        })
-        .await;
+        }
         println!(
             "one query outstanding, p50: direct RPC {:.0} us, through the frontend {:.0} us -> frontend adds {:.0} us",
             p50_us(&direct),
