@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod tensor;
 pub mod grpc_frontend;
 pub mod server;
+pub mod config;

@@ -419,7 +419,7 @@ pub async fn shutdown_signal() {
 #[derive(Args, Clone)]
 pub struct ServeArgs {
     /// Deployed-model instances, comma-separated host:port.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "config")]
     pub deployed: Vec<String>,
     /// Parity-model instances, comma-separated (none: no redundancy).
     #[arg(long, value_delimiter = ',')]
@@ -462,6 +462,41 @@ pub struct ServeArgs {
     /// Also serve Prometheus `/metrics` on this address (it is always on the HTTP port too).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
+    /// the matching flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `a` with the settings of its `--config` file applied (see `parm_serve::config`).
+///
+/// Errors: the file's (unreadable, not TOML, unknown key, bad value), or no deployed
+/// instance given anywhere.
+fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
+    let Some(path) = a.config.clone() else { return Ok(a) };
+    let f = parm_serve::config::ServeFile::load(&path)?;
+    let (s, m, d) = (f.server, f.model, f.deadlines);
+    fn set<T>(dst: &mut T, v: Option<T>) {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    }
+    set(&mut a.listen, s.http);
+    set(&mut a.grpc_listen, s.grpc);
+    a.metrics_listen = s.metrics.or(a.metrics_listen);
+    a.model_name = m.name.or(a.model_name);
+    set(&mut a.deployed_model, m.deployed_model);
+    a.parity_model = m.parity_model.or(a.parity_model);
+    set(&mut a.deployed, m.deployed);
+    set(&mut a.parity, m.parity);
+    set(&mut a.k, m.k);
+    set(&mut a.encoder, m.encoder);
+    set(&mut a.redundancy, m.redundancy);
+    set(&mut a.group_timeout_ms, d.group_timeout_ms);
+    set(&mut a.decode_grace_ms, d.decode_grace_ms);
+    set(&mut a.instance_timeout_ms, d.instance_timeout_ms);
+    anyhow::ensure!(!a.deployed.is_empty(), "no deployed instances: give --deployed or model.deployed in {}", path.display());
+    Ok(a)
 }
 
 /// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
@@ -495,6 +530,7 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let a = with_config(a)?;
     runtime()?.block_on(async move {
         let frontend = Frontend::start(frontend_config(&a).await?)?;
         frontend.warm_up().await;

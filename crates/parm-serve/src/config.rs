@@ -1,0 +1,118 @@
+//! `parm serve --config parm.toml`: the frontend's settings in one file (example:
+//! `examples/parm.toml` in the repository). Every key is optional; a key that is present
+//! replaces the command-line value, an unknown key is an error (so typos do not pass silently).
+//!
+//! ```toml
+//! [server]
+//! http = "127.0.0.1:8000"        # OIP HTTP + /metrics
+//! grpc = "127.0.0.1:8001"        # OIP gRPC + grpc.health.v1 ("off" to disable)
+//! metrics = "127.0.0.1:8002"     # extra Prometheus port (optional)
+//!
+//! [model]
+//! name = "fashion-mnist"         # what clients call the model
+//! deployed_model = "deployed"    # its name on the deployed instances
+//! parity_model = "parity-k2-addition"
+//! deployed = ["127.0.0.1:9001", "127.0.0.1:9002"]
+//! parity = ["127.0.0.1:9003"]
+//! k = 2
+//! encoder = "addition"
+//! redundancy = "none"            # or replication / hedged (uncoded baselines)
+//!
+//! [deadlines]                    # milliseconds
+//! group_timeout_ms = 5
+//! decode_grace_ms = 2
+//! instance_timeout_ms = 5000
+//! ```
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub deadlines: DeadlineSection,
+}
+
+/// `[server]`: listen addresses.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub http: Option<String>,
+    pub grpc: Option<String>,
+    pub metrics: Option<String>,
+}
+
+/// `[model]`: the served model, its instances and its code.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub name: Option<String>,
+    pub deployed_model: Option<String>,
+    pub parity_model: Option<String>,
+    pub deployed: Option<Vec<String>>,
+    pub parity: Option<Vec<String>>,
+    pub k: Option<usize>,
+    pub encoder: Option<String>,
+    pub redundancy: Option<String>,
+}
+
+/// `[deadlines]`, in milliseconds.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineSection {
+    pub group_timeout_ms: Option<u64>,
+    pub decode_grace_ms: Option<u64>,
+    pub instance_timeout_ms: Option<u64>,
+}
+
+impl ServeFile {
+    /// Reads and parses `path`.
+    ///
+    /// Errors: the file cannot be read, is not TOML, has an unknown key or a wrong type, or
+    /// names an empty `model.deployed` list or `model.k = 0`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses TOML text (see [`Self::load`]).
+    ///
+    /// Errors: as [`Self::load`].
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let file: Self = toml::from_str(text)?;
+        anyhow::ensure!(file.model.deployed.as_ref().is_none_or(|d| !d.is_empty()), "model.deployed is empty");
+        anyhow::ensure!(file.model.k != Some(0), "model.k must be at least 1");
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../examples/parm.toml");
+        let f = ServeFile::parse(text).unwrap();
+        assert_eq!(f.model.k, Some(2));
+        assert_eq!(f.model.deployed.as_ref().map(Vec::len), Some(2));
+        assert_eq!(f.server.grpc.as_deref(), Some("127.0.0.1:8001"));
+        assert_eq!(f.deadlines.group_timeout_ms, Some(5));
+    }
+
+    #[test]
+    fn bad_files_are_rejected_with_reasons() {
+        assert_eq!(ServeFile::parse("").unwrap(), ServeFile::default());
+        for bad in ["[model]\nkk = 2", "[model]\nk = \"two\"", "[model]\nk = 0", "[model]\ndeployed = []", "[other]\nx = 1", "not toml ="] {
+            assert!(ServeFile::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
