@@ -215,3 +215,112 @@ mod tests {
         assert!(code.decode(&[None; 8].map(|_: Option<&[f32]>| None), &b).is_err());
     }
 }
+
+/// ApproxIFER as published (non-systematic), for comparison with [`BerrutCode`].
+///
+/// Source: Soleymani et al., AAAI 2022 (arXiv 2109.09868), §4: the k queries sit at the
+/// Chebyshev points of the first kind `a_j = cos((2j + 1) pi / 2k)`; N = k + S instances run
+/// F on `u(b_i)`, `b_i = cos(i pi / (N - 1))` (second kind); from the outputs of any N - S
+/// instances every prediction F(X_j) is estimated by Berrut interpolation at a_j. Every
+/// answer is approximate, slow instance or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApproxiferCode {
+    k: usize,
+    s: usize,
+    alphas: Vec<f64>,
+    betas: Vec<f64>,
+}
+
+impl ApproxiferCode {
+    /// Errors: [`CodeError::ZeroK`] if k is 0.
+    pub fn new(k: usize, s: usize) -> Result<Self, CodeError> {
+        if k == 0 {
+            return Err(CodeError::ZeroK);
+        }
+        let n = k + s;
+        let pi = std::f64::consts::PI;
+        let mut alphas: Vec<f64> = (0..k).map(|j| ((2 * j + 1) as f64 * pi / (2 * k) as f64).cos()).collect();
+        alphas.reverse();
+        let mut betas: Vec<f64> =
+            (0..n).map(|i| if n == 1 { 0.0 } else { (i as f64 * pi / (n - 1) as f64).cos() }).collect();
+        betas.reverse();
+        Ok(Self { k, s, alphas, betas })
+    }
+
+    /// Instances per group, k + S.
+    pub fn n(&self) -> usize {
+        self.k + self.s
+    }
+
+    /// The N coded queries `u(b_i)`.
+    pub fn encode(&self, queries: &[&[f32]]) -> Result<Vec<Vec<f32>>, CodeError> {
+        if queries.len() != self.k {
+            return Err(CodeError::WrongCount { expected: self.k, got: queries.len() });
+        }
+        let n = queries[0].len();
+        check_same_len(queries.iter().copied().enumerate(), n)?;
+        Ok(self
+            .betas
+            .iter()
+            .map(|&b| {
+                let w = berrut_weights(&self.alphas, b);
+                let mut out = vec![0.0f32; n];
+                for (q, &wj) in queries.iter().zip(&w) {
+                    for (o, &x) in out.iter_mut().zip(q.iter()) {
+                        *o += wj as f32 * x;
+                    }
+                }
+                out
+            })
+            .collect())
+    }
+
+    /// Estimates of all k predictions from the N outputs (`None` where unavailable; at most S).
+    pub fn decode(&self, outputs: &[Option<&[f32]>]) -> Result<Vec<Vec<f32>>, CodeError> {
+        if outputs.len() != self.n() {
+            return Err(CodeError::WrongCount { expected: self.n(), got: outputs.len() });
+        }
+        let avail: Vec<(f64, &[f32])> =
+            outputs.iter().zip(&self.betas).filter_map(|(o, &b)| o.map(|o| (b, o))).collect();
+        if avail.len() + self.s < self.n() || avail.is_empty() {
+            return Err(CodeError::TooManyErasures { erasures: self.n() - avail.len(), parities: self.s });
+        }
+        let m = avail[0].1.len();
+        check_same_len(avail.iter().enumerate().map(|(i, a)| (i, a.1)), m)?;
+        let nodes: Vec<f64> = avail.iter().map(|a| a.0).collect();
+        Ok(self
+            .alphas
+            .iter()
+            .map(|&a| {
+                let w = berrut_weights(&nodes, a);
+                let mut out = vec![0.0f64; m];
+                for ((_, y), &wi) in avail.iter().zip(&w) {
+                    for (o, &v) in out.iter_mut().zip(y.iter()) {
+                        *o += wi * v as f64;
+                    }
+                }
+                out.into_iter().map(|v| v as f32).collect()
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod approxifer_tests {
+    use super::*;
+
+    #[test]
+    fn identity_f_on_smooth_queries_is_close_and_constants_exact() {
+        let code = ApproxiferCode::new(8, 1).unwrap();
+        let c = [2.5f32];
+        let qs: Vec<&[f32]> = (0..8).map(|_| &c[..]).collect();
+        let enc = code.encode(&qs).unwrap();
+        let mut outs: Vec<Option<&[f32]>> = enc.iter().map(|e| Some(e.as_slice())).collect();
+        outs[4] = None;
+        for v in code.decode(&outs).unwrap() {
+            assert!((v[0] - 2.5).abs() < 1e-4);
+        }
+        outs[5] = None;
+        assert!(code.decode(&outs).is_err());
+    }
+}

@@ -1,7 +1,7 @@
 //! Accuracy evaluation: available, degraded-mode and overall accuracy (ParM SOSP 2019 §5.2).
 
 use burn::tensor::Device;
-use parm_codes::{BerrutCode, Decoder, Encoder, WeightedSubtractionDecoder};
+use parm_codes::{ApproxiferCode, BerrutCode, Decoder, Encoder, WeightedSubtractionDecoder};
 use parm_data::Split;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -156,6 +156,48 @@ pub fn berrut_degraded_accuracy(
                 .collect();
             for (j, rec) in code.decode(&outputs, &b).expect("at most S erasures") {
                 correct += (argmax(&rec) == Some(split.labels[g[j]] as usize)) as usize;
+                total += 1;
+            }
+        }
+    }
+    correct as f64 / total.max(1) as f64
+}
+
+/// Accuracy of ApproxIFER as published (non-systematic, [`ApproxiferCode`]): for every coding
+/// group F runs on the N = k + S coded queries; for each of up to 16 sampled patterns of S
+/// unavailable instances, all k predictions are interpolated and scored against their true
+/// labels. This is both its A_a and its A_d: every answer is decoded.
+pub fn approxifer_accuracy(
+    deployed: &(impl Classifier + ?Sized),
+    split: &Split,
+    code: &ApproxiferCode,
+    s: usize,
+    classes: usize,
+    seed: u64,
+    device: &Device,
+) -> f64 {
+    let n = code.n();
+    let k = n - s;
+    let groups = coding_groups(split.n, k, seed);
+    let mut coded = Vec::with_capacity(groups.len() * n * split.dim());
+    for g in &groups {
+        let queries: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
+        for b in code.encode(&queries).expect("members have equal shape") {
+            coded.extend(b);
+        }
+    }
+    let out = logits(deployed, &coded, groups.len() * n, split.dim(), device);
+    let patterns = erasure_patterns(n, s);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xA99);
+    let (mut correct, mut total) = (0usize, 0usize);
+    for (gi, g) in groups.iter().enumerate() {
+        let chosen: Vec<&Vec<usize>> = patterns.choose_multiple(&mut rng, 16).collect();
+        for lost in chosen {
+            let outputs: Vec<Option<&[f32]>> = (0..n)
+                .map(|i| (!lost.contains(&i)).then(|| &out[(gi * n + i) * classes..(gi * n + i + 1) * classes]))
+                .collect();
+            for (j, rec) in code.decode(&outputs).expect("S erasures").iter().enumerate() {
+                correct += (argmax(rec) == Some(split.labels[g[j]] as usize)) as usize;
                 total += 1;
             }
         }
