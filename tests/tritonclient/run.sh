@@ -6,7 +6,7 @@
 # frontend on loopback ephemeral ports, then pytest on tests/tritonclient/. Every process it
 # started is killed on exit. Exit status: pytest's (5, "no tests collected", counts as failure).
 #
-# Usage: tests/tritonclient/run.sh [pytest args...]   (after `cargo build --release`)
+# Usage: tests/tritonclient/run.sh [pytest args...]   (builds parm with `cargo build --release`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD

@@ -138,6 +138,27 @@ pub struct Prometheus {
 /// Buckets of the answer-latency histogram (seconds): 100 us to 10 s.
 const LATENCY_BUCKETS: [f64; 14] = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 10.0];
 
+/// `# HELP` text of every metric.
+const HELP: [(&str, &str); 17] = [
+    ("nv_inference_request_success", "Number of successful inference requests"),
+    ("nv_inference_request_failure", "Number of failed inference requests, by reason (REJECTED, CANCELED, BACKEND)"),
+    ("nv_inference_count", "Number of inferences (queries, batch rows) answered"),
+    ("nv_inference_exec_count", "Model executions requested from instances (queries, parity queries, backups)"),
+    ("nv_inference_request_duration_us", "Cumulative request duration, accept to answer (us)"),
+    ("nv_inference_queue_duration_us", "Cumulative time from accept to dispatch into coding groups (us)"),
+    ("nv_inference_compute_infer_duration_us", "Cumulative time from dispatch to the last answer (us)"),
+    ("nv_inference_pending_request_count", "Requests accepted and not yet answered"),
+    ("parm_queries_total", "Queries sent into coding groups"),
+    ("parm_parity_queries_total", "Parity queries sent to parity instances"),
+    ("parm_reconstructions_total", "Queries answered with a reconstruction by the decoder"),
+    ("parm_unavailable_total", "Queries neither predicted nor reconstructable"),
+    ("parm_padded_groups_total", "Partly filled coding groups closed on the group timeout and zero-padded"),
+    ("parm_unprotected_groups_total", "Coding groups closed without a parity query"),
+    ("parm_backup_requests_total", "Extra copies sent by replication and hedging"),
+    ("parm_answer_latency_seconds", "Latency of each answered query from dispatch, by source (original or reconstructed)"),
+    ("parm_instance_up", "1 if the instance answered its last ModelReady probe"),
+];
+
 const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 impl Prometheus {
@@ -147,6 +168,9 @@ impl Prometheus {
             .set_buckets(&LATENCY_BUCKETS)
             .expect("non-empty buckets")
             .build_recorder();
+        for (name, help) in HELP {
+            recorder.describe_counter(name.into(), None, help.into()); // HELP lines, any kind
+        }
         Self { recorder, model: model.to_string(), version: version.to_string() }
     }
 

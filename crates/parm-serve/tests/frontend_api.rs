@@ -262,6 +262,9 @@ async fn config_stats_and_metrics_move_with_traffic() {
     assert!(metric(&after, "parm_parity_queries_total") >= 5.0);
     assert_eq!(metric(&after, "parm_instance_up"), 3.0);
     assert_eq!(metric(&after, "parm_answer_latency_seconds_count"), 10.0);
+    for name in ["nv_inference_request_success", "nv_inference_pending_request_count", "parm_instance_up", "parm_answer_latency_seconds"] {
+        assert!(after.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+    }
     let stats: Value = client.get(format!("{}/v2/models/lin/stats", c.url)).send().await.unwrap().json().await.unwrap();
     let m = &stats["model_stats"][0];
     assert_eq!(m["inference_count"], 10);
