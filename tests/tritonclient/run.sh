@@ -7,6 +7,7 @@
 # started is killed on exit. Exit status: pytest's (5, "no tests collected", counts as failure).
 #
 # Usage: tests/tritonclient/run.sh [pytest args...]   (builds parm with `cargo build --release`)
+#        PARM_MEASURE=1 tests/tritonclient/run.sh -k latency -s   (frontend latency added, p50)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -57,6 +58,7 @@ start serve serve --deployed "$d0,$d1" --parity "$p0" --k 2 --model-name fashion
 export PARM_HTTP_URL; PARM_HTTP_URL=$(addr serve "listening on")
 export PARM_GRPC_URL; PARM_GRPC_URL=$(addr serve "grpc listening on")
 export PARM_MODEL=fashion-mnist
+export PARM_WORKER_GRPC_URL=$d0   # one deployed instance, for latency comparisons
 echo "tritonclient suite: HTTP $PARM_HTTP_URL, gRPC $PARM_GRPC_URL"
 set +e
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests/tritonclient" "$@"

@@ -268,3 +268,42 @@ def test_grpc_aio():
             await c.close()
 
     asyncio.run(run())
+
+
+# ---------------------------------------------------------------- measurement (opt-in)
+
+
+@pytest.mark.skipif(not os.environ.get("PARM_MEASURE"), reason="set PARM_MEASURE=1 to measure")
+def test_latency_added_by_the_frontend():
+    """Sequential single-query p50 / p99 through the frontend vs straight to one deployed
+    instance, same tritonclient gRPC client: the difference is what the frontend adds."""
+    import time
+
+    n, x = 2000, images(1)
+
+    def measure(infer):
+        for _ in range(200):
+            infer()
+        t = []
+        for _ in range(n):
+            s = time.perf_counter()
+            infer()
+            t.append(time.perf_counter() - s)
+        t = np.array(t) * 1e6
+        return np.percentile(t, 50), np.percentile(t, 99)
+
+    direct = grpcclient.InferenceServerClient(os.environ["PARM_WORKER_GRPC_URL"])
+    front = grpcclient.InferenceServerClient(GRPC)
+    h = httpclient.InferenceServerClient(HTTP)
+    di = grpcclient.InferInput(IN, [1, 784], "FP32")
+    di.set_data_from_numpy(x)
+    rows = {
+        "worker gRPC (no frontend)": measure(lambda: direct.infer("deployed", [di])),
+        "frontend gRPC": measure(lambda: front.infer(MODEL, [di])),
+        "frontend HTTP binary": measure(lambda: http_infer(h, x)),
+        "frontend HTTP JSON": measure(lambda: http_infer(h, x, binary_in=False, binary_out=False)),
+    }
+    print()
+    for k, (p50, p99) in rows.items():
+        print(f"{k:28s} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
+    print(f"frontend adds (gRPC p50): {rows['frontend gRPC'][0] - rows['worker gRPC (no frontend)'][0]:.1f} us")
