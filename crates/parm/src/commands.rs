@@ -281,6 +281,12 @@ pub struct EvalArgs {
     /// Report: datasets.
     #[arg(long, value_delimiter = ',', default_value = "fashion-mnist,mnist")]
     pub datasets: Vec<String>,
+    /// Report: deployed architectures (mlp, lenet5).
+    #[arg(long, value_delimiter = ',', default_value = "mlp,lenet5")]
+    pub models: Vec<String>,
+    /// Report: epochs of a LeNet-5 it trains.
+    #[arg(long, default_value_t = 5)]
+    pub lenet_epochs: usize,
     /// Report: coding-group sizes.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,8,10,12")]
     pub ks: Vec<usize>,
@@ -296,10 +302,13 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.report {
         let opts = crate::report::ReportOptions {
             datasets: a.datasets.clone(),
+            models: a.models.clone(),
+            lenet_epochs: a.lenet_epochs,
             ks: a.ks.clone(),
             steps: a.steps,
             deployed_epochs: a.deployed_epochs,
             berrut_s: vec![1, 2, 3],
+            approxifer: true,
             seed: a.seed,
         };
         let rows = crate::report::run(&a.paths, dir, &opts)?;

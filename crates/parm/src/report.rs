@@ -27,6 +27,10 @@ pub const OWN_ENCODER: &str = "concatenation";
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
     pub datasets: Vec<String>,
+    /// Deployed architectures: `mlp` (`deployed.bpk`), `lenet5` (`deployed-lenet5.bpk`).
+    pub models: Vec<String>,
+    /// Epochs of a LeNet-5 the report trains.
+    pub lenet_epochs: usize,
     pub ks: Vec<usize>,
     /// Optimizer steps of each parity model the report trains (whole epochs, rounded up), so
     /// that large k, with fewer groups per epoch, gets the same training as k = 2.
@@ -35,6 +39,9 @@ pub struct ReportOptions {
     pub deployed_epochs: usize,
     /// Berrut extra instances per group.
     pub berrut_s: Vec<usize>,
+    /// Also evaluate ApproxIFER as published (non-systematic: every answer interpolated, so
+    /// its rows have A_a = A_d = A_o).
+    pub approxifer: bool,
     pub seed: u64,
 }
 
@@ -69,12 +76,28 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
         let paths = Paths { dataset: dataset.clone(), ..base.clone() };
         let ds = parm_data::load_dataset(dataset, &paths.data_dir)?;
         let mdir = paths.model_dir();
-        let deployed_path = mdir.join("deployed.bpk");
+        for arch in &opts.models {
+        let (deployed_name, prefix) = match arch.as_str() {
+            "mlp" => ("deployed".to_string(), String::new()),
+            other => (format!("deployed-{other}"), format!("{other}-")),
+        };
+        let deployed_path = mdir.join(format!("{deployed_name}.bpk"));
         if !deployed_path.exists() {
-            eprintln!("report: training the deployed model for {dataset} ({} epochs)", opts.deployed_epochs);
-            let cfg = TrainConfig { epochs: opts.deployed_epochs, seed: opts.seed, ..Default::default() };
-            let (m, meta) = train_deployed(&ds, &cfg)?;
-            save_model(&m, &meta, &mdir, "deployed")?;
+            if arch == "mlp" {
+                eprintln!("report: training the deployed model for {dataset} ({} epochs)", opts.deployed_epochs);
+                let cfg = TrainConfig { epochs: opts.deployed_epochs, seed: opts.seed, progress: false, ..Default::default() };
+                let (m, meta) = train_deployed(&ds, &cfg)?;
+                save_model(&m, &meta, &mdir, &deployed_name)?;
+            } else if arch == "lenet5" {
+                eprintln!("report: training LeNet-5 for {dataset} ({} epochs)", opts.lenet_epochs);
+                let cfg = TrainConfig { epochs: opts.lenet_epochs, seed: opts.seed, progress: false, ..Default::default() };
+                let net = parm_nn::NetConfig::LeNet { channels: 1, side: ds.rows, classes: ds.classes };
+                let (m, meta) = parm_nn::train::train_deployed_net(&ds, &cfg, &net)?;
+                eprintln!("report: LeNet-5 {dataset}: {:.1} s, {:.0} steps/s", meta.train_seconds, meta.steps as f64 / meta.train_seconds.max(1e-9));
+                parm_nn::train::save_net(&m, &meta, &mdir, &deployed_name)?;
+            } else {
+                anyhow::bail!("report: unknown model {arch} (known: mlp, lenet5)");
+            }
         }
         let (f, fmeta) = parm_nn::train::load_net(&deployed_path, &device)?;
         let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
@@ -86,7 +109,7 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
                 let steps_per_epoch = (ds.train.n / k).div_ceil(base.groups_per_step);
                 let epochs = opts.steps.div_ceil(steps_per_epoch);
                 let cfg: ParityConfig = ParityConfig { progress: false, seed: opts.seed, epochs, ..base };
-                let name = format!("report-{recipe}-k{k}-{encoder}");
+                let name = format!("report-{prefix}{recipe}-k{k}-{encoder}");
                 let meta = parity_training_with(&paths, &deployed_path, k, encoder, &cfg, &name)?;
                 let (fp, _) = load_model(&mdir.join(format!("{name}.bpk")), &device)?;
                 let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
@@ -119,6 +142,24 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
                     eval::berrut_degraded_accuracy(&logits, &f, &ds.test, &code, 1, ds.classes, opts.seed, &device)
                 };
                 eprintln!("report: {dataset} k={k} berrut S={s}: A_d {degraded:.4} ({e} lost), {degraded_one:.4} (1 lost)");
+                if opts.approxifer {
+                    let code = parm_codes::ApproxiferCode::new(k, s)?;
+                    let acc = eval::approxifer_accuracy(&f, &ds.test, &code, s, ds.classes, opts.seed, &device);
+                    eprintln!("report: {dataset} k={k} approxifer (non-systematic) S={s}: accuracy {acc:.4}");
+                    rows.push(Row {
+                        dataset: dataset.clone(),
+                        model: fmeta.arch.clone(),
+                        code: "approxifer-nonsystematic".into(),
+                        recipe: "none".into(),
+                        k,
+                        s,
+                        available: acc,
+                        degraded: acc,
+                        overall_f5: acc,
+                        degraded_one: acc,
+                        train: None,
+                    });
+                }
                 rows.push(Row {
                     dataset: dataset.clone(),
                     model: fmeta.arch.clone(),
@@ -133,6 +174,7 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
                     train: None,
                 });
             }
+        }
         }
     }
     std::fs::write(dir.join("accuracy.json"), serde_json::to_string_pretty(&rows)? + "\n")?;
@@ -166,30 +208,36 @@ pub fn markdown(rows: &[Row]) -> String {
 /// built-in text, no system fonts needed).
 pub fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let mut datasets: Vec<&str> = rows.iter().map(|r| r.dataset.as_str()).collect();
+    let mut datasets: Vec<(&str, &str)> = rows.iter().map(|r| (r.dataset.as_str(), r.model.as_str())).collect();
     datasets.dedup();
-    let root = SVGBackend::new(path, (560 * datasets.len().max(1) as u32, 420)).into_drawing_area();
+    let n = datasets.len().max(1);
+    let (grid_rows, grid_cols) = (n.div_ceil(2), n.min(2));
+    let root = SVGBackend::new(path, (560 * grid_cols as u32, 420 * grid_rows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, datasets.len().max(1)));
+    let panels = root.split_evenly((grid_rows, grid_cols));
     let kmax = rows.iter().map(|r| r.k).max().unwrap_or(12) as f64 + 0.5;
-    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, RGBColor(255, 140, 0), RGBColor(128, 0, 128), RGBColor(120, 120, 0), BLACK];
     for (panel, ds) in panels.iter().zip(&datasets) {
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{ds}: degraded-mode accuracy"), ("sans-serif", 18))
+            .caption(format!("{} {}: A_d", ds.0, ds.1.split('-').next().unwrap_or("")), ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(45)
             .build_cartesian_2d(1.5f64..kmax, 0.0f64..1.0)?;
         chart.configure_mesh().x_desc("k").y_desc("A_d").draw()?;
         let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-        for r in rows.iter().filter(|r| r.dataset == *ds) {
-            let label = if r.code == "berrut" { format!("berrut S={}", r.s) } else { format!("{} {}", r.code, r.recipe) };
+        for r in rows.iter().filter(|r| (r.dataset.as_str(), r.model.as_str()) == *ds) {
+            let label = match r.code.as_str() {
+                "berrut" => format!("berrut S={}", r.s),
+                "approxifer-nonsystematic" => format!("approxifer S={}", r.s),
+                _ => format!("{} {}", r.code, r.recipe),
+            };
             match series.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, pts)) => pts.push((r.k as f64, r.degraded)),
                 None => series.push((label, vec![(r.k as f64, r.degraded)])),
             }
         }
-        if let Some(a) = rows.iter().find(|r| r.dataset == *ds).map(|r| r.available) {
+        if let Some(a) = rows.iter().find(|r| (r.dataset.as_str(), r.model.as_str()) == *ds).map(|r| r.available) {
             chart
                 .draw_series(LineSeries::new([(1.5, a), (kmax, a)], BLACK.mix(0.4)))?
                 .label("A_a")
