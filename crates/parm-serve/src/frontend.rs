@@ -80,6 +80,8 @@ pub struct Stats {
     pub parity_queries: AtomicU64,
     /// Extra copies sent by replication and hedging (backup requests).
     pub backups: AtomicU64,
+    /// Groups sealed after all their members were answered, so no parity query was sent.
+    pub parity_skipped: AtomicU64,
     /// Partly filled groups closed on the group timeout and padded with zero queries.
     pub padded_groups: AtomicU64,
     /// Groups closed without any parity query (no parity instances, or F(0) unknown).
@@ -477,6 +479,13 @@ async fn seal(
     let k = state.k();
     let m = inputs.len();
     if shared.parity.is_none() {
+        return state.close_without_parity(m);
+    }
+    if (0..m).all(|j| state.is_answered(j)) {
+        // Every member already has its prediction: a parity query would protect nothing.
+        // This is most partly filled groups at moderate load, where the group timeout outlives
+        // the healthy instances' latency.
+        shared.stats.parity_skipped.fetch_add(1, Ordering::Relaxed);
         return state.close_without_parity(m);
     }
     let zeros = vec![0.0f32; shared.cfg.spec.input_len()];
