@@ -32,6 +32,10 @@ enum Output {
 /// Tracks the k predictions and the parity output of one coding group and decides, event by
 /// event, which queries can be answered.
 ///
+/// The parity output is either Fp(P) ~= sum of the k predictions (ParM; decoded by
+/// subtraction) or, from a per-query parity model, k blocks each ~= one prediction (decoded by
+/// taking the block; recognised by its length, k times a prediction's).
+///
 /// Rule (ParM SOSP 2019 §4.2, eager decoding): a query is answered as soon as its own
 /// prediction arrives, or as soon as the parity output and the other k-1 predictions are in,
 /// whichever is first. A query whose prediction failed is answered `Unavailable` once a
@@ -137,7 +141,16 @@ impl GroupState {
                 _ => None,
             })
             .collect();
-        let (j, output) = SubtractionDecoder.decode(parity, &outputs).ok()?;
+        // A per-query parity model (k blocks of m values, block j ~= F(X_j); parm's recipe)
+        // is decoded by taking block j; a summed-target one (m values) by subtraction.
+        let m = outputs.iter().flatten().map(|o| o.len()).next();
+        let missing: Vec<usize> = (0..outputs.len()).filter(|&i| outputs[i].is_none()).collect();
+        let (j, output) = match (m, missing.as_slice()) {
+            (Some(m), &[j]) if outputs.len() > 1 && parity.len() == outputs.len() * m => {
+                (j, parity[j * m..(j + 1) * m].to_vec())
+            }
+            _ => SubtractionDecoder.decode(parity, &outputs).ok()?,
+        };
         if self.answered[j] {
             return None;
         }
@@ -210,6 +223,15 @@ mod tests {
         let a = g.on_output(Slot::Parity, Some(vec![3.0, 5.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![2.0, 4.0] }]);
         assert!(g.is_done());
+    }
+
+    #[test]
+    fn per_query_parity_output_is_decoded_by_block() {
+        let mut g = GroupState::new(3, true);
+        g.on_output(Slot::Data(0), Some(vec![1.0, 2.0]));
+        g.on_output(Slot::Data(2), Some(vec![3.0, 4.0]));
+        let a = g.on_output(Slot::Parity, Some(vec![9.0, 9.0, 5.0, 6.0, 9.0, 9.0]));
+        assert_eq!(a, vec![Answer::Reconstructed { slot: 1, output: vec![5.0, 6.0] }]);
     }
 
     #[test]

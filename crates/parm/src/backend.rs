@@ -22,7 +22,8 @@ impl NnBackend {
             platform: format!("parm_{}", serde_json::to_value(meta.kind)?.as_str().unwrap_or("model")),
             input_name: "input".into(),
             output_name: "logits".into(),
-            ..ModelSpec::fp32(name, meta.input_shape.clone(), vec![meta.classes as i64])
+            // The model's own output width: `classes`, or k x classes for a per-query parity model.
+            ..ModelSpec::fp32(name, meta.input_shape.clone(), vec![meta.mlp.classes as i64])
         };
         Ok(Self { predictor: Mutex::new(predictor), spec })
     }
