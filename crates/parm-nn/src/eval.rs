@@ -1,7 +1,7 @@
 //! Accuracy evaluation: available, degraded-mode and overall accuracy (ParM SOSP 2019 §5.2).
 
 use burn::tensor::Device;
-use parm_codes::{ApproxiferCode, BerrutCode, Decoder, Encoder, WeightedSubtractionDecoder};
+use parm_codes::{ApproxiferCode, BerrutCode, Decoder, Encoder, LinearCode, WeightedSubtractionDecoder};
 use parm_data::Split;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -198,6 +198,54 @@ pub fn approxifer_accuracy(
                 .collect();
             for (j, rec) in code.decode(&outputs).expect("S erasures").iter().enumerate() {
                 correct += (argmax(rec) == Some(split.labels[g[j]] as usize)) as usize;
+                total += 1;
+            }
+        }
+    }
+    correct as f64 / total.max(1) as f64
+}
+
+/// Degraded-mode accuracy of an r-parity [`LinearCode`] with one trained parity model per
+/// parity (`parities[l]` for `code.encoder(l)`): for every coding group and every pattern of
+/// `erasures` (<= r) unavailable predictions (all parity outputs available), the unavailable
+/// predictions are decoded jointly ([`LinearCode::decode`]) and scored against their labels.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_degraded_accuracy(
+    deployed_logits: &[f32],
+    parities: &[&dyn Classifier],
+    split: &Split,
+    code: &LinearCode,
+    erasures: usize,
+    classes: usize,
+    seed: u64,
+    device: &Device,
+) -> f64 {
+    let k = code.k();
+    let groups = coding_groups(split.n, k, seed);
+    let outs: Vec<Vec<f32>> = parities
+        .iter()
+        .enumerate()
+        .map(|(l, p)| {
+            let enc = code.encoder(l);
+            let mut x = Vec::with_capacity(groups.len() * split.dim());
+            for g in &groups {
+                let q: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
+                x.extend(enc.encode(&q).expect("members have equal shape"));
+            }
+            logits(*p, &x, groups.len(), split.dim(), device)
+        })
+        .collect();
+    let (mut correct, mut total) = (0usize, 0usize);
+    for (gi, g) in groups.iter().enumerate() {
+        let pout: Vec<Option<&[f32]>> = outs.iter().map(|o| Some(&o[gi * classes..(gi + 1) * classes])).collect();
+        for lost in erasure_patterns(k, erasures) {
+            let outputs: Vec<Option<&[f32]>> = g
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (!lost.contains(&j)).then(|| &deployed_logits[i * classes..(i + 1) * classes]))
+                .collect();
+            for (j, rec) in code.decode(&pout, &outputs).expect("at most r erasures") {
+                correct += (argmax(&rec) == Some(split.labels[g[j]] as usize)) as usize;
                 total += 1;
             }
         }

@@ -205,6 +205,18 @@ pub fn train_parity(a: &TrainParityArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `linear-rR-pL`: parity L of the r-parity Vandermonde code ([`parm_codes::LinearCode`]);
+/// `None` for any other encoder name.
+pub fn linear_encoder(name: &str, k: usize) -> anyhow::Result<Option<Box<dyn parm_codes::Encoder>>> {
+    let Some(rest) = name.strip_prefix("linear-r") else { return Ok(None) };
+    let (r, l) = rest.split_once("-p").context("linear encoder name: linear-rR-pL")?;
+    let (r, l): (usize, usize) = (r.parse()?, l.parse()?);
+    if l >= r {
+        bail!("parity index {l} of a code with r = {r}");
+    }
+    Ok(Some(Box::new(parm_codes::LinearCode::vandermonde(k, r)?.encoder(l))))
+}
+
 /// The training recipe called `name`: `parm-paper` (ParM's published recipe) or `parm`
 /// (parm's own).
 pub fn recipe_config(name: &str, k: usize, epochs: usize) -> anyhow::Result<ParityConfig> {
@@ -239,7 +251,7 @@ pub fn parity_training_with(
     name: &str,
 ) -> anyhow::Result<parm_nn::ModelMeta> {
     let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
-    let encoder = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
+    let encoder = linear_encoder(encoder, k)?.map_or_else(|| encoder_for_shape(encoder, k, &[ds.rows, ds.cols]), Ok)?;
     let (deployed, deployed_meta) = parm_nn::train::load_net(deployed_path, &Device::flex())
         .with_context(|| format!("loading the deployed model (train it first with `parm train`)"))?;
     let job = ParityJob {
@@ -274,6 +286,10 @@ pub struct EvalArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Parity models of the r-parity Vandermonde code, in parity order (trained with
+    /// `--encoder linear-rR-pL`): prints A_d with 1..=r unavailable predictions per group.
+    #[arg(long, value_delimiter = ',')]
+    pub linear_parities: Vec<PathBuf>,
     /// Write the full quality report (every dataset x k x code, training what is missing) to
     /// DIR: accuracy.json, accuracy.md, accuracy.svg.
     #[arg(long)]
@@ -299,6 +315,23 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    if !a.linear_parities.is_empty() {
+        let dir = a.paths.model_dir();
+        let deployed = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+        let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
+        let device = Device::flex();
+        let (f, _) = parm_nn::train::load_net(&deployed, &device)?;
+        let models: Vec<_> = a.linear_parities.iter().map(|p| load_model(p, &device).map(|m| m.0)).collect::<Result<_, _>>()?;
+        let refs: Vec<&dyn parm_nn::Classifier> = models.iter().map(|m| m as &dyn parm_nn::Classifier).collect();
+        let code = parm_codes::LinearCode::vandermonde(a.k, models.len())?;
+        let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
+        println!("available accuracy A_a {:.4}", eval::accuracy(&logits, &ds.test.labels, ds.classes));
+        for e in 1..=models.len().min(a.k) {
+            let acc = eval::linear_degraded_accuracy(&logits, &refs, &ds.test, &code, e, ds.classes, a.seed, &device);
+            println!("k {} r {}: A_d with {e} unavailable per group {:.4}", a.k, models.len(), acc);
+        }
+        return Ok(());
+    }
     if let Some(dir) = &a.report {
         let opts = crate::report::ReportOptions {
             datasets: a.datasets.clone(),
@@ -395,6 +428,12 @@ pub struct WorkerArgs {
     /// Requests that may wait for the compute lane; more are rejected (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 1024)]
     pub max_queue: usize,
+    /// Dynamic batching: most queries per model execution (1: no batching).
+    #[arg(long, default_value_t = 1)]
+    pub max_batch: usize,
+    /// Dynamic batching: longest wait for more requests after the first (microseconds).
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_delay_us: u64,
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
@@ -404,7 +443,12 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     };
     let backend = Arc::new(NnBackend::load(&a.model, &name)?);
     let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
-    let opts = WorkerOptions { faults, max_queue: a.max_queue };
+    anyhow::ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+    let batching = (a.max_batch > 1).then(|| parm_serve::batcher::BatchConfig {
+        max_batch: a.max_batch,
+        max_delay: Duration::from_micros(a.max_queue_delay_us),
+    });
+    let opts = WorkerOptions { faults, max_queue: a.max_queue, batching };
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
