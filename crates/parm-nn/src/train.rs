@@ -58,62 +58,11 @@ pub(crate) fn progress_bar(total: u64, show: bool, what: &str) -> ProgressBar {
 ///
 /// Source: ParM SOSP 2019 §5.1 (deployed models); the recipe is the usual one for this MLP.
 pub fn train_deployed(ds: &Dataset, cfg: &TrainConfig) -> Result<(Mlp, ModelMeta), NnError> {
-    let mlp_cfg = MlpConfig { input: ds.train.dim(), hidden: vec![200, 100], classes: ds.classes };
-    let device = Device::flex().autodiff();
-    let mut model = mlp_cfg.init(Init::Default, &device);
-    let mut optim = AdamConfig::new()
-        .with_weight_decay((cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay)))
-        .init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let dim = ds.train.dim();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..ds.train.n).collect();
-    let steps_per_epoch = ds.train.n.div_ceil(cfg.batch_size);
-    let bar = progress_bar((steps_per_epoch * cfg.epochs) as u64, cfg.progress, "train");
-    let start = Instant::now();
-    let mut steps = 0u64;
-    for epoch in 0..cfg.epochs {
-        order.shuffle(&mut rng);
-        let mut loss_sum = 0.0;
-        for batch in order.chunks(cfg.batch_size) {
-            let mut x = Vec::with_capacity(batch.len() * dim);
-            let mut y = Vec::with_capacity(batch.len());
-            for &i in batch {
-                x.extend_from_slice(ds.train.image(i));
-                y.push(ds.train.labels[i]);
-            }
-            let out = model.forward(tensor2(x, batch.len(), dim, &device));
-            let loss = loss_fn.forward(out, labels1(&y, &device));
-            loss_sum += loss.clone().into_scalar::<f32>() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
-            steps += 1;
-            bar.inc(1);
-        }
-        bar.set_message(format!("epoch {} loss {:.4}", epoch + 1, loss_sum / steps_per_epoch as f64));
+    let mlp = MlpConfig { input: ds.train.dim(), hidden: vec![200, 100], classes: ds.classes };
+    match train_deployed_net(ds, cfg, &NetConfig::Mlp(mlp))? {
+        (Net::Mlp(model), meta) => Ok((model, meta)),
+        _ => unreachable!("an MLP config trains an MLP"),
     }
-    bar.finish_and_clear();
-    let train_seconds = start.elapsed().as_secs_f64();
-    let model = model.valid();
-    let plain = Device::flex();
-    let test_logits = logits(&model, &ds.test.images, ds.test.n, dim, &plain);
-    let test_accuracy = accuracy(&test_logits, &ds.test.labels, ds.classes);
-    let meta = ModelMeta {
-        kind: ModelKind::Deployed,
-        arch: mlp_cfg.name(),
-        mlp: mlp_cfg,
-        dataset: ds.name.clone(),
-        input_shape: vec![dim as i64],
-        classes: ds.classes,
-        test_accuracy: Some(test_accuracy),
-        k: None,
-        encoder: None,
-        val_degraded_accuracy: None,
-        epochs: cfg.epochs,
-        steps,
-        train_seconds,
-    };
-    Ok((model, meta))
 }
 
 /// Writes `dir/name.bpk` (burnpack weights) and `dir/name.json` (metadata).
