@@ -18,3 +18,4 @@ pub mod tensor;
 pub mod grpc_frontend;
 pub mod server;
 pub mod config;
+pub mod batcher;

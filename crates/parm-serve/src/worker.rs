@@ -50,6 +50,8 @@ pub struct WorkerOptions {
     /// Most requests waiting for the compute lane (not counting the running one); a request
     /// arriving when the queue is full gets `RESOURCE_EXHAUSTED`. Default 1024.
     pub max_queue: usize,
+    /// Dynamic batching of queued requests (default: none, one request per execution).
+    pub batching: Option<crate::batcher::BatchConfig>,
 }
 
 impl Default for WorkerOptions {
@@ -57,6 +59,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             faults: FaultConfig::default(),
             max_queue: 1024,
+            batching: None,
         }
     }
 }
@@ -146,16 +149,23 @@ struct WorkerService {
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
     faults: Arc<FaultInjector>,
+    batcher: Option<crate::batcher::Batcher>,
 }
 
 impl WorkerService {
+    /// Must run inside a tokio runtime when batching is on (it starts the batching task).
     fn new(backend: Arc<dyn InferenceBackend>, opts: WorkerOptions) -> Self {
+        let faults = Arc::new(FaultInjector::new(opts.faults));
+        let batcher = opts.batching.map(|cfg| {
+            crate::batcher::Batcher::start(Arc::clone(&backend), Arc::clone(&faults), cfg, opts.max_queue)
+        });
         WorkerService {
             backend,
             lane: Arc::new(Semaphore::new(1)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_queue: opts.max_queue,
-            faults: Arc::new(FaultInjector::new(opts.faults)),
+            faults,
+            batcher,
         }
     }
 
@@ -406,7 +416,10 @@ impl GrpcInferenceService for WorkerService {
         let mut req = req.into_inner();
         self.check_model(&req.model_name, &req.model_version)?;
         let input = parse_input(self.spec(), &mut req)?; // validated before it can take a queue slot
-        let out = self.execute(input.data, input.batch).await?;
+        let out = match &self.batcher {
+            Some(b) => b.infer(input.data, input.batch).await?,
+            None => self.execute(input.data, input.batch).await?,
+        };
         let s = self.spec();
         if out.len() != input.batch * s.output_len() {
             let msg = format!(

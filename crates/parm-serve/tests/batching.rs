@@ -1,0 +1,82 @@
+//! Dynamic batching on a worker over real gRPC: requests queued together run as one model
+//! execution with exact per-request outputs; the queue stays bounded; a queued request whose
+//! client left is never computed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
+use parm_serve::batcher::BatchConfig;
+use parm_serve::client::{InstanceClient, InstanceError};
+use parm_serve::fault::FaultConfig;
+use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+
+fn linear() -> Arc<LinearBackend> {
+    let spec = ModelSpec::fp32("lin", vec![4], vec![3]);
+    let weights = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+    Arc::new(LinearBackend::new(spec, weights, vec![1.0, -1.0, 0.25]).unwrap())
+}
+
+async fn start(b: &Arc<LinearBackend>, max_batch: usize, delay_ms: u64, fault_ms: f64, max_queue: usize) -> (WorkerHandle, InstanceClient) {
+    let opts = WorkerOptions {
+        faults: FaultConfig { delay_ms: fault_ms, ..Default::default() },
+        max_queue,
+        batching: Some(BatchConfig { max_batch, max_delay: Duration::from_millis(delay_ms) }),
+    };
+    let w = spawn_worker("127.0.0.1:0", b.clone() as Arc<dyn InferenceBackend>, opts).await.unwrap();
+    let c = InstanceClient::connect_lazy(&w.addr.to_string()).unwrap();
+    c.wait_ready("lin", Duration::from_secs(10)).await.unwrap();
+    (w, c)
+}
+
+fn query(i: usize) -> Vec<f32> {
+    (0..4).map(|j| (i * 4 + j) as f32 * 0.25 - 1.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_execution_with_exact_outputs() {
+    let b = linear();
+    let (_w, c) = start(&b, 8, 50, 0.0, 64).await;
+    let calls = (0..6).map(|i| c.infer("lin", query(i), vec![1, 4], Duration::from_secs(5)));
+    let outs = futures::future::join_all(calls).await;
+    for (i, out) in outs.into_iter().enumerate() {
+        assert_eq!(out.unwrap(), b.forward(&query(i), 1).unwrap(), "request {i}");
+    }
+    assert_eq!(b.calls(), 1, "6 queued requests should run as one batch of 6");
+    // A request of 3 rows and one of 2: rows, not requests, fill a batch.
+    let x3: Vec<f32> = (0..3).flat_map(query).collect();
+    let (a, bb) = tokio::join!(c.infer("lin", x3.clone(), vec![3, 4], Duration::from_secs(5)), c.infer("lin", query(9), vec![1, 4], Duration::from_secs(5)));
+    assert_eq!(a.unwrap(), b.forward(&x3, 3).unwrap());
+    assert_eq!(bb.unwrap(), b.forward(&query(9), 1).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_is_bounded_and_cancelled_requests_never_run() {
+    let b = linear();
+    // Each execution takes 200 ms; the queue holds 2 requests; batches of at most 2 rows.
+    let (_w, c) = start(&b, 2, 0, 200.0, 2).await;
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move { c.infer("lin", query(0), vec![1, 4], Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // `first` is executing
+    // A request whose client gives up after 30 ms while queued.
+    let gone = c.infer("lin", query(1), vec![1, 4], Duration::from_millis(30)).await;
+    assert!(matches!(gone, Err(InstanceError::Timeout { .. })), "{gone:?}");
+    let queued: Vec<_> = (2..4)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.infer("lin", query(i), vec![1, 4], Duration::from_secs(5)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rejected = c.infer("lin", query(5), vec![1, 4], Duration::from_secs(5)).await;
+    assert!(matches!(rejected, Err(InstanceError::Overloaded { .. })), "{rejected:?}");
+    assert!(first.await.unwrap().is_ok());
+    for q in queued {
+        let r = q.await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // `first`, then the two queued ones together; the abandoned one never ran.
+    assert_eq!(b.calls(), 2);
+}
