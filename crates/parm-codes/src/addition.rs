@@ -57,18 +57,36 @@ impl Decoder for SubtractionDecoder {
         parity_output: &[f32],
         outputs: &[Option<&[f32]>],
     ) -> Result<(usize, Vec<f32>), CodeError> {
-        let missing: Vec<usize> = (0..outputs.len()).filter(|&i| outputs[i].is_none()).collect();
-        if missing.len() != 1 {
-            return Err(CodeError::NotOneErasure(missing.len()));
-        }
-        let present = outputs.iter().enumerate().filter_map(|(i, o)| o.map(|o| (i, o)));
-        check_same_len(present.clone(), parity_output.len())?;
-        let mut out = parity_output.to_vec();
-        for (_, o) in present {
-            for (r, y) in out.iter_mut().zip(o.iter()) {
-                *r -= y;
-            }
-        }
-        Ok((missing[0], out))
+        subtract_weighted(parity_output, outputs, |_| 1.0)
     }
+}
+
+/// Decodes the one unavailable output j of a weighted sum: F(Xj) ~= (Fp(P) - sum_{i != j}
+/// w_i F(Xi)) / w_j. Unit weights give ParM's subtraction decoder (§3.1).
+///
+/// Errors: [`CodeError::NotOneErasure`] unless exactly one output is `None`,
+/// [`CodeError::ShapeMismatch`] if an output's length differs from the parity output's.
+pub(crate) fn subtract_weighted(
+    parity_output: &[f32],
+    outputs: &[Option<&[f32]>],
+    weight: impl Fn(usize) -> f32,
+) -> Result<(usize, Vec<f32>), CodeError> {
+    let missing: Vec<usize> = (0..outputs.len()).filter(|&i| outputs[i].is_none()).collect();
+    if missing.len() != 1 {
+        return Err(CodeError::NotOneErasure(missing.len()));
+    }
+    let present = outputs.iter().enumerate().filter_map(|(i, o)| o.map(|o| (i, o)));
+    check_same_len(present.clone(), parity_output.len())?;
+    let mut out = parity_output.to_vec();
+    for (i, o) in present {
+        let w = weight(i);
+        for (r, y) in out.iter_mut().zip(o.iter()) {
+            *r -= w * y;
+        }
+    }
+    let wj = weight(missing[0]);
+    if wj != 1.0 {
+        out.iter_mut().for_each(|v| *v /= wj);
+    }
+    Ok((missing[0], out))
 }

@@ -210,22 +210,7 @@ impl Decoder for WeightedSubtractionDecoder {
         if outputs.len() != self.weights.len() {
             return Err(CodeError::WrongCount { expected: self.weights.len(), got: outputs.len() });
         }
-        let missing: Vec<usize> = (0..outputs.len()).filter(|&i| outputs[i].is_none()).collect();
-        if missing.len() != 1 {
-            return Err(CodeError::NotOneErasure(missing.len()));
-        }
-        let present = outputs.iter().enumerate().filter_map(|(i, o)| o.map(|o| (i, o)));
-        check_same_len(present.clone(), parity_output.len())?;
-        let mut out = parity_output.to_vec();
-        for (i, o) in present {
-            let w = self.weights[i];
-            for (r, y) in out.iter_mut().zip(o.iter()) {
-                *r -= w * y;
-            }
-        }
-        let wj = self.weights[missing[0]];
-        out.iter_mut().for_each(|v| *v /= wj);
-        Ok((missing[0], out))
+        crate::addition::subtract_weighted(parity_output, outputs, |i| self.weights[i])
     }
 }
 
