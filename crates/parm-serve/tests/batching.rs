@@ -51,7 +51,6 @@ async fn concurrent_requests_share_one_execution_with_exact_outputs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky in fresh-clone CI: the 5th request is sometimes accepted instead of rejected (queue bound race under load); run with --ignored while fixing"]
 async fn queue_is_bounded_and_cancelled_requests_never_run() {
     let b = linear();
     // Each execution takes 1 s (long, so that a loaded machine's scheduling delays cannot let
@@ -61,24 +60,33 @@ async fn queue_is_bounded_and_cancelled_requests_never_run() {
         let c = c.clone();
         async move { c.infer("lin", query(0), vec![1, 4], Duration::from_secs(5)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await; // `first` is executing
+    tokio::time::sleep(Duration::from_millis(50)).await; // `first` is (usually) executing
     // A request whose client gives up after 30 ms while queued.
     let gone = c.infer("lin", query(1), vec![1, 4], Duration::from_millis(30)).await;
     assert!(matches!(gone, Err(InstanceError::Timeout { .. })), "{gone:?}");
-    let queued: Vec<_> = (2..4)
+    tokio::time::sleep(Duration::from_millis(100)).await; // the worker sees the stream reset
+    // Three more while `first` runs: the queue of 2 takes two of them and turns one away.
+    // Which one is rejected depends on arrival order at the worker, which a loaded machine
+    // can shuffle, so the test counts outcomes instead of naming the rejected request.
+    let later: Vec<_> = (2..5)
         .map(|i| {
             let c = c.clone();
-            tokio::spawn(async move { c.infer("lin", query(i), vec![1, 4], Duration::from_secs(5)).await })
+            tokio::spawn(async move { (i, c.infer("lin", query(i), vec![1, 4], Duration::from_secs(5)).await) })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let rejected = c.infer("lin", query(5), vec![1, 4], Duration::from_secs(5)).await;
-    assert!(matches!(rejected, Err(InstanceError::Overloaded { .. })), "{rejected:?}");
     assert!(first.await.unwrap().is_ok());
-    for q in queued {
-        let r = q.await.unwrap();
-        assert!(r.is_ok(), "{r:?}");
+    let (mut served, mut rejected) = (0, 0);
+    for q in later {
+        match q.await.unwrap() {
+            (i, Ok(out)) => {
+                assert_eq!(out, b.forward(&query(i), 1).unwrap(), "request {i}");
+                served += 1;
+            }
+            (_, Err(InstanceError::Overloaded { .. })) => rejected += 1,
+            (i, Err(e)) => panic!("request {i}: {e:?}"),
+        }
     }
+    assert_eq!((served, rejected), (2, 1), "a queue of 2 behind a running batch");
     // `first`, then the two queued ones together; the abandoned one never ran.
     assert_eq!(b.calls(), 2);
 }
