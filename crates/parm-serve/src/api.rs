@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Unavailable,
     DeadlineExceeded,
     Internal,
+    /// Shed by admission control (see [`crate::admission`]): 503 / UNAVAILABLE with a
+    /// retry-after hint.
+    Overloaded,
 }
 
 /// A client-facing error: kind and message.
@@ -51,7 +54,7 @@ impl ApiError {
         match self.kind {
             ErrorKind::InvalidArgument => 400,
             ErrorKind::NotFound => 404,
-            ErrorKind::Unavailable => 503,
+            ErrorKind::Unavailable | ErrorKind::Overloaded => 503,
             ErrorKind::DeadlineExceeded => 504,
             ErrorKind::Internal => 500,
         }
@@ -62,11 +65,18 @@ impl ApiError {
         let code = match self.kind {
             ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorKind::NotFound => tonic::Code::NotFound,
-            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Unavailable | ErrorKind::Overloaded => tonic::Code::Unavailable,
             ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             ErrorKind::Internal => tonic::Code::Internal,
         };
-        tonic::Status::new(code, self.message.clone())
+        let mut status = tonic::Status::new(code, self.message.clone());
+        if self.kind == ErrorKind::Overloaded {
+            let secs = crate::admission::retry_after_secs(crate::admission::DEFAULT_RETRY_AFTER);
+            let md = status.metadata_mut();
+            md.insert("retry-after", secs.into());
+            md.insert("grpc-retry-pushback-ms", (secs * 1000).into());
+        }
+        status
     }
 
     fn fail_reason(&self) -> FailReason {
@@ -74,6 +84,7 @@ impl ApiError {
             ErrorKind::InvalidArgument | ErrorKind::NotFound => FailReason::Rejected,
             ErrorKind::DeadlineExceeded => FailReason::Canceled,
             ErrorKind::Unavailable | ErrorKind::Internal => FailReason::Backend,
+            ErrorKind::Overloaded => FailReason::Rejected,
         }
     }
 }
@@ -84,6 +95,8 @@ pub struct Serving {
     pub stats: RequestStats,
     pub prometheus: Prometheus,
     pub health: Health,
+    /// The bound on queries in flight (see [`crate::admission`]).
+    pub admission: crate::admission::Admission,
 }
 
 /// Shared handle.
@@ -120,6 +133,10 @@ impl Accepted<'_> {
     /// [`Frontend::predict`]).
     pub async fn run(mut self, rows: Vec<Vec<f32>>, timeout: Option<Duration>) -> Result<Vec<Prediction>, ApiError> {
         let s = self.serving;
+        let _permit = match s.admission.try_acquire(rows.len()) {
+            Ok(p) => p,
+            Err(e) => return Err(self.reject(e)),
+        };
         let dispatched = Instant::now();
         let n = rows.len();
         let calls = futures::future::join_all(rows.into_iter().map(|r| timed_predict(s, r)));
@@ -165,6 +182,13 @@ impl Serving {
     ///
     /// Errors: an instance address that cannot be parsed.
     pub async fn start(frontend: Frontend) -> anyhow::Result<Shared> {
+        Self::start_with(frontend, crate::admission::Admission::default()).await
+    }
+
+    /// [`Self::start`] with an admission limit (see [`crate::admission`]).
+    ///
+    /// Errors: an instance address that cannot be parsed.
+    pub async fn start_with(frontend: Frontend, admission: crate::admission::Admission) -> anyhow::Result<Shared> {
         let cfg = frontend.config();
         let mut instances: Vec<(&'static str, String, String)> =
             cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
@@ -172,7 +196,7 @@ impl Serving {
         let health = Health::start(&instances).await?;
         let spec = frontend.spec();
         let prometheus = Prometheus::new(&spec.name, &spec.version);
-        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health }))
+        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission }))
     }
 
     /// Starts timing one inference request.
@@ -181,9 +205,10 @@ impl Serving {
         Accepted { serving: self, at: Instant::now(), done: false }
     }
 
-    /// True while at least one deployed instance is healthy.
+    /// True while at least one deployed instance is healthy and the frontend is not shutting
+    /// down.
     pub fn ready(&self) -> bool {
-        self.health.ready()
+        !self.admission.is_closed() && self.health.ready()
     }
 
     /// NOT_FOUND unless `name` is the served model and `version` is empty, absent or its version.

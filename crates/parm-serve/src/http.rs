@@ -65,9 +65,20 @@ pub fn router(serving: Shared) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(serving.clone(), shed_when_full))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestDecompressionLayer::new())
         .with_state(serving)
+}
+
+/// Admission control before the body is read: while the frontend is full (or shutting down),
+/// an inference request is answered 503 + `Retry-After` at once (see [`crate::admission`]).
+async fn shed_when_full(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == axum::http::Method::POST && req.uri().path().ends_with("/infer") && s.admission.is_full() {
+        let accepted = s.accept();
+        return HttpError(accepted.reject(s.admission.shed_now())).into_response();
+    }
+    next.run(req).await
 }
 
 /// A router serving only `GET /metrics` (for a separate metrics port, like Triton's 8002).
@@ -87,7 +98,9 @@ impl From<ApiError> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(json!({"error": self.0.message}))).into_response()
+        let retry = (self.0.kind == crate::api::ErrorKind::Overloaded)
+            .then(|| [(header::RETRY_AFTER, crate::admission::retry_after_secs(crate::admission::DEFAULT_RETRY_AFTER).to_string())]);
+        (code, retry, Json(json!({"error": self.0.message}))).into_response()
     }
 }
 

@@ -19,3 +19,4 @@ pub mod grpc_frontend;
 pub mod server;
 pub mod config;
 pub mod batcher;
+pub mod admission;
