@@ -72,6 +72,7 @@ fn main() {
             parity_model: "parity".into(),
             encoder: Arc::new(AdditionEncoder::new(2).unwrap()),
             group_timeout: Duration::from_millis(5),
+            straggler: Default::default(),
             instance_timeout: Duration::from_secs(5),
             decode_grace: Duration::from_millis(2),
             redundancy: Redundancy::None,

@@ -44,6 +44,8 @@ pub struct RunSpec {
     pub worker_faults: Vec<String>,
     pub group_timeout: Duration,
     pub decode_grace: Duration,
+    /// Straggler threshold and parity dispatch (parm modes).
+    pub straggler: parm_serve::straggler::StragglerPolicy,
     /// Name clients use for the model.
     pub model_name: String,
     pub progress: bool,
@@ -117,6 +119,7 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
         group_timeout: spec.group_timeout,
         instance_timeout: Duration::from_secs(5),
         decode_grace: spec.decode_grace,
+        straggler: spec.straggler.clone(),
         redundancy,
     };
     let frontend = Frontend::start(cfg)?;

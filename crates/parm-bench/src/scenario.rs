@@ -47,6 +47,27 @@ pub struct Scenario {
     /// Frontend: ms after sending a query before its reconstruction may be released.
     #[serde(default = "default_decode_grace_ms")]
     pub decode_grace_ms: u64,
+    /// Frontend: parity queries only for groups with a straggler (see parm_serve::straggler).
+    #[serde(default)]
+    pub lazy_parity: bool,
+    /// Frontend: straggler threshold = this x median deployed latency, within [1, 5] ms.
+    #[serde(default = "default_straggler_factor")]
+    pub straggler_factor: f64,
+}
+
+impl Scenario {
+    /// The frontend's straggler policy for this scenario.
+    pub fn straggler(&self) -> parm_serve::straggler::StragglerPolicy {
+        parm_serve::straggler::StragglerPolicy {
+            lazy_parity: self.lazy_parity,
+            factor: self.straggler_factor,
+            ..Default::default()
+        }
+    }
+}
+
+fn default_straggler_factor() -> f64 {
+    parm_serve::straggler::StragglerPolicy::default().factor
 }
 
 fn default_dataset() -> String {

@@ -9,7 +9,9 @@
 //! gets a parity query, padded with all-zero queries whose output F(0) the decoder subtracts
 //! (so that low load does not leave queries waiting for group-mates), a failed RPC is retried
 //! once on the next instance, and a query that can be neither predicted nor reconstructed gets an explicit
-//! error, so every accepted query gets exactly one answer.
+//! error, so every accepted query gets exactly one answer. The group timeout adapts to the
+//! deployed instances' latency and the parity query may wait for a straggler: see
+//! [`crate::straggler`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tokio::time::Instant;
 use crate::backend::ModelSpec;
 use crate::client::{InstanceClient, InstanceError};
 use crate::redundancy::{timed, LatencyWindow, Redundancy};
+use crate::straggler::{StragglerPolicy, MEDIAN};
 
 /// How the frontend is wired.
 #[derive(Clone)]
@@ -37,8 +40,12 @@ pub struct FrontendConfig {
     pub parity_model: String,
     /// Builds the parity query of a coding group; its `k()` is the group size.
     pub encoder: Arc<dyn Encoder>,
-    /// A partly filled coding group is closed without parity after this long (ms scale).
+    /// A partly filled coding group is sealed (and padded) after at most this long (ms scale);
+    /// sooner when the straggler threshold is shorter.
     pub group_timeout: Duration,
+    /// Straggler threshold and when parity queries are sent (default: ParM's eager dispatch
+    /// with an adaptive group timeout).
+    pub straggler: StragglerPolicy,
     /// Longest wait for one instance RPC before it counts as failed.
     pub instance_timeout: Duration,
     /// A reconstruction is released no earlier than this long after its original was sent,
@@ -108,20 +115,36 @@ struct Pool {
     model: String,
     next: AtomicUsize,
     redundancy: Redundancy,
+    /// Recent latencies for the hedging delay (its percentile).
     latencies: LatencyWindow,
+    /// Recent latencies for the straggler threshold (their median).
+    medians: LatencyWindow,
 }
 
 impl Pool {
     fn new(addrs: &[String], model: &str, redundancy: Redundancy) -> anyhow::Result<Self> {
         let clients = addrs.iter().map(|a| InstanceClient::connect_lazy(a)).collect::<Result<_, _>>()?;
-        Ok(Self { clients, model: model.to_string(), next: AtomicUsize::new(0), redundancy, latencies: Default::default() })
+        Ok(Self {
+            clients,
+            model: model.to_string(),
+            next: AtomicUsize::new(0),
+            redundancy,
+            latencies: Default::default(),
+            medians: Default::default(),
+        })
     }
 
     /// Runs one query as the pool's [`Redundancy`] says; `None` if every attempt failed.
     async fn infer(&self, input: Vec<f32>, shape: Vec<i64>, timeout: Duration, stats: &Stats) -> Option<Vec<f32>> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.redundancy {
-            Redundancy::None => self.infer_with_retry(first, &input, &shape, timeout).await,
+            Redundancy::None => {
+                let (out, took) = timed(self.infer_with_retry(first, &input, &shape, timeout)).await;
+                if out.is_some() {
+                    self.medians.record(took, MEDIAN);
+                }
+                out
+            }
             Redundancy::Replication { copies } => {
                 let n = (*copies).clamp(1, self.clients.len());
                 stats.backups.fetch_add(n as u64 - 1, Ordering::Relaxed);
@@ -208,6 +231,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// The current straggler threshold (see [`crate::straggler`]).
+    fn straggler_threshold(&self) -> Duration {
+        self.cfg.straggler.threshold(&self.deployed.medians)
+    }
+
+    /// How long a new coding group stays open for members: the configured group timeout, or
+    /// the straggler threshold if that is shorter (its first member may be a straggler).
+    fn group_timeout(&self) -> Duration {
+        self.cfg.group_timeout.min(self.straggler_threshold())
+    }
+
     async fn zero_output(&self) -> Option<Vec<f32>> {
         self.zero_output
             .get_or_init(|| async {
@@ -240,6 +274,7 @@ impl Frontend {
     pub fn start(cfg: FrontendConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(!cfg.deployed.is_empty(), "at least one deployed-model instance is needed");
         anyhow::ensure!(cfg.encoder.k() >= 1, "k must be at least 1");
+        cfg.straggler.validate().map_err(anyhow::Error::msg)?;
         let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model, cfg.redundancy.clone())?;
         let parity = if cfg.parity.is_empty() { None } else { Some(Pool::new(&cfg.parity, &cfg.parity_model, Redundancy::None)?) };
         let shared = Arc::new(Shared {
@@ -339,7 +374,7 @@ async fn group_queries(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             let (tx, rx) = mpsc::unbounded_channel();
             let id = shared.next_group.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(run_group(id, k, rx, shared.clone()));
-            (tx, 0, Instant::now() + shared.cfg.group_timeout)
+            (tx, 0, Instant::now() + shared.group_timeout())
         });
         let _ = tx.send(GroupMsg::Member(job));
         *count += 1;
@@ -369,8 +404,12 @@ async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg
     let mut tasks: Vec<AbortHandle> = Vec::with_capacity(k + 1);
     let mut held = Held::new(k, shared.cfg.decode_grace);
     let mut sealed = false;
+    // Lazy parity only: the group is sealed but its parity query waits for a straggler.
+    let mut parity_pending = false;
+    let threshold = shared.straggler_threshold();
     let shape = vec![1, shared.cfg.spec.input_len() as i64];
-    while !(sealed && state.is_done() && held.is_empty()) {
+    while !(sealed && !parity_pending && state.is_done() && held.is_empty()) {
+        let straggler_due = if parity_pending { held.first_unanswered_due(&state, threshold) } else { None };
         let answers = tokio::select! {
             msg = msgs.recv(), if !sealed => match msg {
                 Some(GroupMsg::Member(job)) => {
@@ -383,14 +422,29 @@ async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg
                 }
                 Some(GroupMsg::Seal) | None => {
                     sealed = true;
-                    seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await
+                    if shared.cfg.straggler.lazy_parity && shared.parity.is_some() {
+                        parity_pending = true;
+                        Vec::new()
+                    } else {
+                        seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await
+                    }
                 }
             },
             Some((slot, out)) = events.recv() => {
+                let failed = matches!(slot, Slot::Data(_)) && out.is_none();
                 let original = held.original_arrived(slot, &out);
                 let mut answers = state.on_output(slot, out);
                 answers.extend(original);
+                if parity_pending && (failed || (0..inputs.len()).all(|j| state.is_answered(j))) {
+                    // A failure needs the parity now; with every prediction in, `seal` skips it.
+                    parity_pending = false;
+                    answers.extend(seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await);
+                }
                 answers
+            }
+            _ = sleep_until_opt(straggler_due) => {
+                parity_pending = false;
+                seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await
             }
             _ = sleep_until_opt(held.next_deadline()) => held.release_due(),
         };
@@ -445,6 +499,13 @@ impl Held {
         let (Slot::Data(j), Some(output)) = (slot, out) else { return None };
         self.waiting.get_mut(j)?.take()?;
         Some(Answer::Original { slot: j, output: output.clone() })
+    }
+
+    /// When the earliest still-unanswered member will have been outstanding for `threshold`
+    /// (lazy parity's trigger); `None` if every member is answered.
+    fn first_unanswered_due(&self, state: &GroupState, threshold: Duration) -> Option<Instant> {
+        let unanswered = self.sent_at.iter().enumerate().filter(|(j, _)| !state.is_answered(*j));
+        unanswered.map(|(_, t)| *t + threshold).min()
     }
 
     fn next_deadline(&self) -> Option<Instant> {

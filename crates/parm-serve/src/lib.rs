@@ -11,6 +11,7 @@ pub mod worker;
 pub mod frontend;
 pub mod http;
 pub mod redundancy;
+pub mod straggler;
 pub mod api;
 pub mod health;
 pub mod metrics;

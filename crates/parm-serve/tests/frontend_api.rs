@@ -68,6 +68,7 @@ async fn cluster_delays(delays: [f64; 3]) -> Cluster {
         parity_model: "parity".into(),
         encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
         group_timeout: Duration::from_millis(5),
+        straggler: Default::default(),
         instance_timeout: Duration::from_secs(5),
         decode_grace: Duration::from_millis(2),
         redundancy: Redundancy::None,

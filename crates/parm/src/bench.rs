@@ -130,6 +130,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
         worker_faults: (0..s.instances).map(|i| s.worker_fault(i)).collect(),
         group_timeout: Duration::from_millis(s.group_timeout_ms),
         decode_grace: Duration::from_millis(s.decode_grace_ms),
+        straggler: s.straggler(),
         model_name: s.dataset.clone(),
         progress: false,
     }

@@ -504,6 +504,14 @@ pub struct ServeArgs {
     /// (0: answer with the first of original and reconstruction, as ParM does).
     #[arg(long, default_value_t = DEFAULT_DECODE_GRACE_MS)]
     pub decode_grace_ms: u64,
+    /// Send a coding group's parity query only once one of its queries is a straggler
+    /// (outstanding longer than the straggler threshold) instead of when the group fills.
+    #[arg(long)]
+    pub lazy_parity: bool,
+    /// Straggler threshold = this x the median deployed-instance latency, within 1..5 ms;
+    /// a partly filled group is also sealed after it.
+    #[arg(long, default_value_t = parm_serve::straggler::StragglerPolicy::default().factor)]
+    pub straggler_factor: f64,
     /// Uncoded baselines for queries without parity: none, replication (2 copies, first
     /// answer wins), hedged (backup after the running p95 latency).
     #[arg(long, default_value = "none")]
@@ -567,6 +575,11 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
         parity_model: a.parity_model.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder)),
         encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
         group_timeout: Duration::from_millis(a.group_timeout_ms),
+        straggler: parm_serve::straggler::StragglerPolicy {
+            lazy_parity: a.lazy_parity,
+            factor: a.straggler_factor,
+            ..Default::default()
+        },
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
         decode_grace: Duration::from_millis(a.decode_grace_ms),
         redundancy: match a.redundancy.as_str() {

@@ -107,6 +107,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             worker_faults: vec![format!("delay_ms={},prob=1,seed={}", a.slow_ms, a.seed)],
             group_timeout: Duration::from_millis(a.group_timeout_ms),
             decode_grace: Duration::from_millis(a.decode_grace_ms),
+            straggler: Default::default(),
             model_name: a.paths.dataset.clone(),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         };

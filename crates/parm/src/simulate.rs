@@ -100,6 +100,7 @@ fn calibrate(a: &SimulateArgs) -> anyhow::Result<Empirical> {
         worker_faults: Vec::new(),
         group_timeout: Duration::from_millis(5),
         decode_grace: Duration::from_millis(2),
+        straggler: Default::default(),
         model_name: a.paths.dataset.clone(),
         progress: false,
     };

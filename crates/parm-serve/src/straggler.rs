@@ -1,0 +1,98 @@
+//! When the frontend treats a query as a straggler, and what the coded path does about it.
+//!
+//! ParM (SOSP 2019 §4.2) sends a coding group's parity query as soon as the group has k
+//! queries, and has no answer for a group that never fills. parm adds two things, both driven
+//! by one straggler threshold derived from the deployed instances' recent latency:
+//!
+//! - **adaptive group timeout**: a partly filled group is sealed after
+//!   `min(group_timeout, threshold)`, so a query stuck behind a slow instance waits for the
+//!   threshold, not for the (longer, load-dependent) group timeout, before its padded parity
+//!   query goes out;
+//! - **parity on straggler** (`lazy_parity`, optional): a sealed group's parity query is sent
+//!   only once one of its queries has been outstanding for the threshold (or has failed), and
+//!   never if every prediction arrives first. This trades the threshold in reconstruction
+//!   latency for far fewer parity queries: the same trigger as a hedged request (Dean &
+//!   Barroso, "The Tail at Scale", 2013), but the backup work is shared by k queries.
+//!
+//! The threshold is `factor` x the running median of deployed-instance RPC latency, clamped to
+//! `[min, max]`. A median, not the p95 a hedge uses, because one slow instance out of twelve
+//! already owns 8% of the requests and drags a p95 up to its own latency.
+
+use std::time::Duration;
+
+use crate::redundancy::LatencyWindow;
+
+/// The straggler policy of the coded path (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StragglerPolicy {
+    /// Send parity queries only for groups with a straggler (true) or for every sealed group
+    /// with an unanswered query (false, ParM's eager dispatch).
+    pub lazy_parity: bool,
+    /// Threshold = `factor` x median deployed RPC latency, clamped to `[min, max]`.
+    pub factor: f64,
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for StragglerPolicy {
+    /// Eager parity (ParM), threshold 2 x median latency within [1 ms, 5 ms].
+    fn default() -> Self {
+        Self { lazy_parity: false, factor: 2.0, min: Duration::from_millis(1), max: Duration::from_millis(5) }
+    }
+}
+
+/// The percentile the latency window tracks for the threshold.
+pub const MEDIAN: f64 = 50.0;
+
+impl StragglerPolicy {
+    /// The current straggler threshold; `max` until latencies have been recorded.
+    pub fn threshold(&self, window: &LatencyWindow) -> Duration {
+        match window.threshold() {
+            Some(median) => median.mul_f64(self.factor.max(0.0)).clamp(self.min, self.max.max(self.min)),
+            None => self.max.max(self.min),
+        }
+    }
+
+    /// Checks the settings: `factor` finite and positive, `min <= max`.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.factor.is_finite() && self.factor > 0.0) {
+            return Err(format!("straggler factor must be a positive number, got {}", self.factor));
+        }
+        if self.min > self.max {
+            return Err(format!("straggler min ({:?}) exceeds max ({:?})", self.min, self.max));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_follows_the_median_within_bounds() {
+        let p = StragglerPolicy::default();
+        let w = LatencyWindow::default();
+        assert_eq!(p.threshold(&w), Duration::from_millis(5), "no data yet: the cap");
+        // 90 fast requests and 10 very slow ones: the median ignores the slow instance.
+        for i in 0..100u64 {
+            let ms = if i % 10 == 0 { 40 } else { 1 };
+            w.record(Duration::from_micros(ms * 1000 + i), MEDIAN);
+        }
+        let t = p.threshold(&w);
+        assert!(t >= Duration::from_millis(2) && t < Duration::from_micros(2300), "{t:?}");
+        let tight = StragglerPolicy { factor: 0.1, ..p.clone() };
+        assert_eq!(tight.threshold(&w), Duration::from_millis(1), "clamped to min");
+        let loose = StragglerPolicy { factor: 100.0, ..p };
+        assert_eq!(loose.threshold(&w), Duration::from_millis(5), "clamped to max");
+    }
+
+    #[test]
+    fn bad_settings_are_rejected() {
+        assert!(StragglerPolicy { factor: f64::NAN, ..Default::default() }.validate().is_err());
+        assert!(StragglerPolicy { factor: 0.0, ..Default::default() }.validate().is_err());
+        let inverted = StragglerPolicy { min: Duration::from_millis(9), ..Default::default() };
+        assert!(inverted.validate().is_err());
+        assert!(StragglerPolicy::default().validate().is_ok());
+    }
+}

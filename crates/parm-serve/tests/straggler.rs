@@ -1,0 +1,132 @@
+//! The straggler policy of the coded path (parm_serve::straggler) over real gRPC workers that
+//! serve an exact linear model and its exact parity model, so every answer can be checked:
+//! the adaptive group timeout seals a lone query's group at the straggler threshold instead of
+//! the group timeout, and lazy parity sends parity queries only for groups with a straggler.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
+use parm_serve::fault::FaultConfig;
+use parm_serve::frontend::{Frontend, FrontendConfig};
+use parm_serve::redundancy::Redundancy;
+use parm_serve::straggler::StragglerPolicy;
+use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+
+const IN: usize = 4;
+const OUT: usize = 3;
+/// The slow instance's extra time per request; every answer must come well before it.
+const SLOW_MS: f64 = 600.0;
+/// A fixed straggler threshold (min = max), long enough that a loaded machine's fast
+/// requests stay under it.
+const THRESHOLD: Duration = Duration::from_millis(80);
+
+/// F(x) = W x + b and its exact parity model for k = 2, Fp(p) = W p + 2 b.
+fn models() -> (Arc<LinearBackend>, Arc<LinearBackend>) {
+    let w: Vec<f32> = (0..IN * OUT).map(|i| i as f32 * 0.5 - 2.0).collect();
+    let b = vec![1.0, -1.0, 0.25];
+    let two_b = b.iter().map(|v| 2.0 * v).collect();
+    let f = LinearBackend::new(ModelSpec::fp32("deployed", vec![IN as i64], vec![OUT as i64]), w.clone(), b).unwrap();
+    let fp = LinearBackend::new(ModelSpec::fp32("parity", vec![IN as i64], vec![OUT as i64]), w, two_b).unwrap();
+    (Arc::new(f), Arc::new(fp))
+}
+
+/// Two deployed instances (the first `slow_ms` slower per request) and one parity instance.
+async fn frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
+    let (f, fp) = models();
+    let opts = |delay_ms| WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
+    let workers = vec![
+        spawn_worker("127.0.0.1:0", f.clone() as Arc<dyn InferenceBackend>, opts(slow_ms)).await.unwrap(),
+        spawn_worker("127.0.0.1:0", f.clone() as Arc<dyn InferenceBackend>, opts(0.0)).await.unwrap(),
+        spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, opts(0.0)).await.unwrap(),
+    ];
+    let addr = |w: &WorkerHandle| w.addr.to_string();
+    let cfg = FrontendConfig {
+        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
+        deployed: workers[..2].iter().map(addr).collect(),
+        deployed_model: "deployed".into(),
+        parity: vec![addr(&workers[2])],
+        parity_model: "parity".into(),
+        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
+        // Far longer than any test: a group sealed early was sealed by the threshold.
+        group_timeout: Duration::from_secs(30),
+        straggler: StragglerPolicy { lazy_parity, factor: 1.0, min: THRESHOLD, max: THRESHOLD },
+        instance_timeout: Duration::from_secs(10),
+        decode_grace: Duration::ZERO,
+        redundancy: Redundancy::None,
+    };
+    let frontend = Frontend::start(cfg).unwrap();
+    frontend.warm_up().await;
+    (frontend, workers, f)
+}
+
+fn query(i: usize) -> Vec<f32> {
+    (0..IN).map(|j| ((i * IN + j) % 11) as f32 * 0.5 - 2.0).collect()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3)
+}
+
+/// Sends `n` queries one after another, each alone in its coding group (the next is sent
+/// after the previous group was sealed), and checks every answer against F; returns the
+/// longest latency.
+async fn one_by_one(frontend: &Frontend, f: &LinearBackend, n: usize) -> Duration {
+    let mut worst = Duration::ZERO;
+    for i in 0..n {
+        tokio::time::sleep(2 * THRESHOLD).await;
+        let t = Instant::now();
+        let p = frontend.predict(query(i)).await.unwrap();
+        worst = worst.max(t.elapsed());
+        let want = f.forward(&query(i), 1).unwrap();
+        assert!(close(&p.output, &want), "query {i}: {:?} vs {want:?} (reconstructed {})", p.output, p.reconstructed);
+    }
+    worst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_straggler_is_reconstructed_after_the_threshold_not_the_group_timeout() {
+    let (frontend, _w, f) = frontend(SLOW_MS, false).await;
+    let worst = one_by_one(&frontend, &f, 6).await;
+    let s = frontend.stats();
+    // Round robin puts about half of the queries on the slow instance; each is answered from
+    // its padded parity query once its group is sealed at the threshold.
+    assert!(s.reconstructed.load(Ordering::Relaxed) >= 2, "reconstructed {}", s.reconstructed.load(Ordering::Relaxed));
+    assert!(s.padded_groups.load(Ordering::Relaxed) >= 2);
+    assert!(worst < Duration::from_millis(400), "worst latency {worst:?}: the group waited for the slow instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_parity_sends_parity_queries_only_for_stragglers() {
+    // Healthy instances: every prediction beats the threshold, so no parity query is sent,
+    // even for full groups.
+    let (frontend, _w, f) = frontend(0.0, true).await;
+    let queries = (0..20).map(|i| {
+        let (frontend, f) = (frontend.clone(), f.clone());
+        tokio::spawn(async move {
+            let p = frontend.predict(query(i)).await.unwrap();
+            assert!(close(&p.output, &f.forward(&query(i), 1).unwrap()) && !p.reconstructed, "query {i}");
+        })
+    });
+    for q in futures::future::join_all(queries).await {
+        q.unwrap();
+    }
+    let s = frontend.stats();
+    assert_eq!(s.parity_queries.load(Ordering::Relaxed), 0, "no straggler, no parity query");
+    assert_eq!(s.answered.load(Ordering::Relaxed), 20);
+
+    // One slow instance: its queries are reconstructed after the threshold, and parity
+    // queries go only to their groups.
+    let (frontend, _w, f) = frontend_slow_lazy().await;
+    let worst = one_by_one(&frontend, &f, 6).await;
+    let s = frontend.stats();
+    let (parity, reconstructed) = (s.parity_queries.load(Ordering::Relaxed), s.reconstructed.load(Ordering::Relaxed));
+    assert!(reconstructed >= 2, "reconstructed {reconstructed}");
+    assert_eq!(parity, reconstructed, "one parity query per straggler's group, none for the others");
+    assert!(worst < Duration::from_millis(400), "worst latency {worst:?}");
+}
+
+async fn frontend_slow_lazy() -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
+    frontend(SLOW_MS, true).await
+}
