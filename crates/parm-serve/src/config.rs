@@ -7,6 +7,8 @@
 //! http = "127.0.0.1:8000"        # OIP HTTP + /metrics
 //! grpc = "127.0.0.1:8001"        # OIP gRPC + grpc.health.v1 ("off" to disable)
 //! metrics = "127.0.0.1:8002"     # extra Prometheus port (optional)
+//! max_inflight = 1024            # most queries in flight; more get 503 + Retry-After
+//! drain_timeout_ms = 5000        # on SIGTERM: longest wait for in-flight requests
 //!
 //! [model]
 //! name = "fashion-mnist"         # what clients call the model
@@ -48,6 +50,10 @@ pub struct ServerSection {
     pub http: Option<String>,
     pub grpc: Option<String>,
     pub metrics: Option<String>,
+    /// Most queries in flight at the frontend (see [`crate::admission`]).
+    pub max_inflight: Option<usize>,
+    /// Longest drain of in-flight requests after SIGTERM (ms, see [`crate::server`]).
+    pub drain_timeout_ms: Option<u64>,
 }
 
 /// `[model]`: the served model, its instances and its code.

@@ -434,6 +434,10 @@ pub struct WorkerArgs {
     /// Dynamic batching: longest wait for more requests after the first (microseconds).
     #[arg(long, default_value_t = 0)]
     pub max_queue_delay_us: u64,
+    /// On SIGTERM / Ctrl-C: stop accepting, let in-flight requests finish for at most this
+    /// long (ms), then exit 0.
+    #[arg(long, default_value_t = parm_serve::server::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    pub drain_timeout_ms: u64,
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
@@ -449,15 +453,25 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         max_delay: Duration::from_micros(a.max_queue_delay_us),
     });
     let opts = WorkerOptions { faults, max_queue: a.max_queue, batching };
-    runtime()?.block_on(async move {
+    let drain = Duration::from_millis(a.drain_timeout_ms);
+    block_on_drained(async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
-        serve_worker(listener, backend, opts, shutdown_signal()).await
+        parm_serve::server::drain_within(shutdown_signal(), drain, |stop| serve_worker(listener, backend, opts, stop.wait())).await
     })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Runs a server to its end on a fresh runtime, then gives background work (a model
+/// execution still running after the drain deadline) at most 1 s before the process exits.
+fn block_on_drained<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let rt = runtime()?;
+    let result = rt.block_on(f);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -523,6 +537,14 @@ pub struct ServeArgs {
     /// Also serve Prometheus `/metrics` on this address (it is always on the HTTP port too).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Most queries in flight at the frontend (HTTP and gRPC together); past it requests get
+    /// 503 + Retry-After / UNAVAILABLE at once (admission control, see parm_serve::admission).
+    #[arg(long, default_value_t = parm_serve::admission::DEFAULT_MAX_INFLIGHT)]
+    pub max_inflight: usize,
+    /// On SIGTERM / Ctrl-C: stop accepting, let in-flight requests finish for at most this
+    /// long (ms), then exit 0.
+    #[arg(long, default_value_t = parm_serve::server::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    pub drain_timeout_ms: u64,
     /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
     /// the matching flags.
     #[arg(long)]
@@ -543,6 +565,8 @@ fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
         }
     }
     set(&mut a.listen, s.http);
+    set(&mut a.max_inflight, s.max_inflight);
+    set(&mut a.drain_timeout_ms, s.drain_timeout_ms);
     set(&mut a.grpc_listen, s.grpc);
     a.metrics_listen = s.metrics.or(a.metrics_listen);
     a.model_name = m.name.or(a.model_name);
@@ -597,10 +621,13 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let a = with_config(a)?;
-    runtime()?.block_on(async move {
+    anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
+    let drain = Duration::from_millis(a.drain_timeout_ms);
+    block_on_drained(async move {
         let frontend = Frontend::start(frontend_config(&a).await?)?;
         frontend.warm_up().await;
-        let serving = parm_serve::api::Serving::start(frontend).await?;
+        let admission = parm_serve::admission::Admission::new(a.max_inflight);
+        let serving = parm_serve::api::Serving::start_with(frontend, admission).await?;
         let http = bind(&a.listen).await?;
         println!("listening on {}", http.local_addr()?);
         let grpc = match a.grpc_listen.as_str() {
@@ -617,6 +644,6 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             }
         }
         let listeners = parm_serve::server::Listeners { http, grpc, metrics };
-        parm_serve::server::serve_all(serving, listeners, shutdown_signal()).await
+        parm_serve::server::serve_all_draining(serving, listeners, shutdown_signal(), drain).await
     })
 }
