@@ -131,6 +131,20 @@ fn cell_bounds(n: usize, parts: usize) -> Vec<usize> {
     (0..=parts).map(|i| ((i * n) as f64 / parts as f64).round() as usize).collect()
 }
 
+/// The cells of the concatenation encoder's grid for k queries on `rows x cols` images:
+/// `(row0, rows, col0, cols)` of query j's cell, for j in 0..k (the layout
+/// [`ConcatenationEncoder`] writes). Used by parity models that read each cell separately.
+pub fn concat_cells(k: usize, rows: usize, cols: usize) -> Vec<(usize, usize, usize, usize)> {
+    let (gr, gc) = concat_grid(k);
+    let (rb, cb) = (cell_bounds(rows, gr), cell_bounds(cols, gc));
+    (0..k)
+        .map(|j| {
+            let (gi, gj) = (j / gc, j % gc);
+            (rb[gi], rb[gi + 1] - rb[gi], cb[gj], cb[gj + 1] - cb[gj])
+        })
+        .collect()
+}
+
 impl Encoder for ConcatenationEncoder {
     fn k(&self) -> usize {
         self.k

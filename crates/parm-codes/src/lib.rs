@@ -15,7 +15,7 @@ mod linear;
 
 pub use addition::{AdditionEncoder, SubtractionDecoder};
 pub use berrut::{berrut_weights, ApproxiferCode, BerrutCode};
-pub use concatenation::{area_weights, concat_grid, ConcatenationEncoder, ImageShape};
+pub use concatenation::{area_weights, concat_cells, concat_grid, ConcatenationEncoder, ImageShape};
 pub use group::{Answer, GroupState, Slot};
 pub use linear::{LinearCode, LinearEncoder, WeightedSubtractionDecoder};
 

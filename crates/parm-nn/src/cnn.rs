@@ -14,6 +14,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor};
 
+use crate::cells::CellMlp;
 use crate::mlp::Init;
 use crate::{Mlp, MlpConfig};
 
@@ -181,6 +182,8 @@ pub enum Net {
     Mlp(Mlp),
     LeNet(LeNet),
     ResNet18(ResNet18),
+    /// A cell-wise parity model for the concatenation encoder ([`crate::cells`]).
+    CellMlp(CellMlp),
 }
 
 impl From<Mlp> for Net {
@@ -195,6 +198,7 @@ impl Classifier for Net {
             Net::Mlp(m) => m.forward(x),
             Net::LeNet(m) => m.classify(x),
             Net::ResNet18(m) => m.classify(x),
+            Net::CellMlp(m) => m.classify(x),
         }
     }
 }
@@ -214,6 +218,10 @@ pub enum NetConfig {
     LeNet { channels: usize, side: usize, classes: usize },
     /// `resnet18-wW-CxSxS-N`.
     ResNet18 { channels: usize, side: usize, classes: usize, width: usize },
+    /// `cellmlp-kK-CxHxW-H1-..-N`: the cell-wise parity model ([`crate::cells::CellMlp`]) for
+    /// k queries of `C x H x W`; `mlp` is the whole model's interface (input C*H*W, the shared
+    /// MLP's hidden layers, `k x classes` outputs), as stored in the metadata.
+    CellMlp { k: usize, channels: usize, rows: usize, cols: usize, mlp: MlpConfig },
 }
 
 impl NetConfig {
@@ -224,6 +232,13 @@ impl NetConfig {
             NetConfig::LeNet { channels, side, classes } => format!("lenet5-{channels}x{side}x{side}-{classes}"),
             NetConfig::ResNet18 { channels, side, classes, width } => {
                 format!("resnet18-w{width}-{channels}x{side}x{side}-{classes}")
+            }
+            NetConfig::CellMlp { k, channels, rows, cols, mlp } => {
+                let mut s = format!("cellmlp-k{k}-{channels}x{rows}x{cols}");
+                for h in &mlp.hidden {
+                    s += &format!("-{h}");
+                }
+                s + &format!("-{}", mlp.classes)
             }
         }
     }
@@ -247,13 +262,20 @@ impl NetConfig {
                 Some(NetConfig::ResNet18 { channels, side, classes: n.parse().ok()?, width })
             }
             ["mlp", ..] => Some(NetConfig::Mlp(mlp.clone())),
+            ["cellmlp", kk, shape, ..] => {
+                let k: usize = kk.strip_prefix('k')?.parse().ok()?;
+                let v: Vec<usize> = shape.split('x').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+                let [channels, rows, cols] = v.as_slice() else { return None };
+                let cfg = NetConfig::CellMlp { k, channels: *channels, rows: *rows, cols: *cols, mlp: mlp.clone() };
+                (k > 0 && mlp.classes % k == 0 && mlp.input == channels * rows * cols && cfg.name() == arch).then_some(cfg)
+            }
             _ => None,
         }
     }
 
     pub fn classes(&self) -> usize {
         match self {
-            NetConfig::Mlp(c) => c.classes,
+            NetConfig::Mlp(c) | NetConfig::CellMlp { mlp: c, .. } => c.classes,
             NetConfig::LeNet { classes, .. } | NetConfig::ResNet18 { classes, .. } => *classes,
         }
     }
@@ -261,7 +283,7 @@ impl NetConfig {
     /// Values per query.
     pub fn input(&self) -> usize {
         match self {
-            NetConfig::Mlp(c) => c.input,
+            NetConfig::Mlp(c) | NetConfig::CellMlp { mlp: c, .. } => c.input,
             NetConfig::LeNet { channels, side, .. } | NetConfig::ResNet18 { channels, side, .. } => channels * side * side,
         }
     }
@@ -272,6 +294,9 @@ impl NetConfig {
             NetConfig::LeNet { channels, side, classes } => Net::LeNet(LeNet::new(*channels, *side, *classes, device)),
             NetConfig::ResNet18 { channels, side, classes, width } => {
                 Net::ResNet18(ResNet18::new(*channels, *side, *classes, *width, device))
+            }
+            NetConfig::CellMlp { k, channels, rows, cols, mlp } => {
+                Net::CellMlp(CellMlp::new(*k, *channels, *rows, *cols, &mlp.hidden, mlp.classes / k, init, device))
             }
         }
     }
@@ -289,12 +314,17 @@ mod tests {
             NetConfig::LeNet { channels: 1, side: 28, classes: 10 },
             NetConfig::ResNet18 { channels: 3, side: 32, classes: 10, width: 4 },
             NetConfig::Mlp(mlp.clone()),
+            NetConfig::CellMlp { k: 4, channels: 1, rows: 28, cols: 28, mlp: MlpConfig { input: 784, hidden: vec![32], classes: 40 } },
         ] {
-            assert_eq!(NetConfig::parse(&c.name(), &mlp), Some(c.clone()));
+            let meta_mlp = match &c {
+                NetConfig::CellMlp { mlp, .. } => mlp.clone(),
+                _ => mlp.clone(),
+            };
+            assert_eq!(NetConfig::parse(&c.name(), &meta_mlp), Some(c.clone()));
             let device = Device::flex();
             let net = c.init(Init::Default, &device);
             let out = net.forward(tensor2(vec![0.5; 2 * c.input()], 2, c.input(), &device));
-            assert_eq!(out.dims(), [2, 10]);
+            assert_eq!(out.dims(), [2, c.classes()]);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Sources: the deployed model and the parity-model recipe follow ParM (Kosaian et al.,
 //! SOSP 2019, §3.3 and §5.1) and the public parity-models code (see `shared/docs/PARM.md` §2).
 
+pub mod cells;
 pub mod cnn;
 pub mod eval;
 pub mod meta;

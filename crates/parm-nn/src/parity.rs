@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::{degraded_accuracy, logits};
 use crate::mlp::Init;
-use crate::train::{progress_bar, save_model};
-use crate::{io_err, tensor2, Classifier, Mlp, MlpConfig, ModelKind, ModelMeta, NnError};
+use crate::train::{progress_bar, save_net};
+use crate::{io_err, tensor2, Classifier, MlpConfig, ModelKind, ModelMeta, Net, NetConfig, NnError};
 
 /// Seed of the validation coding groups, fixed so checkpoints are comparable.
 const VAL_GROUP_SEED: u64 = 7;
@@ -90,6 +90,50 @@ pub struct ParityConfig {
     pub per_query: bool,
     /// Initialisation; ParM: N(0, 0.01) linear weights.
     pub init: Init,
+    /// ParM: false. True (with `per_query` and the concatenation encoder): the parity model is
+    /// [`crate::cells::CellMlp`], one MLP (of `hidden` layers) shared by the k cells.
+    pub cells: bool,
+    /// ParM: none. Random shifts / flips of the training queries, with the targets F(X_j)
+    /// recomputed on the augmented queries (not cached).
+    pub augment: Option<Augment>,
+}
+
+/// Training-time augmentation of the queries of a coding group. Each query is independently
+/// shifted by up to `shift` pixels in each direction (zero fill) and, with `hflip`, mirrored
+/// left-right with probability 1/2; F runs on the augmented queries for the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Augment {
+    pub shift: usize,
+    pub hflip: bool,
+}
+
+impl Augment {
+    /// `img`: `channels x rows x cols` row-major.
+    fn apply(&self, img: &[f32], rows: usize, cols: usize, rng: &mut StdRng) -> Vec<f32> {
+        use rand::Rng;
+        let s = self.shift as i64;
+        let (dy, dx) = if s > 0 { (rng.random_range(-s..=s), rng.random_range(-s..=s)) } else { (0, 0) };
+        let flip = self.hflip && rng.random::<bool>();
+        let plane = rows * cols;
+        let mut out = vec![0.0f32; img.len()];
+        for ch in 0..img.len() / plane {
+            for r in 0..rows as i64 {
+                let sr = r - dy;
+                if sr < 0 || sr >= rows as i64 {
+                    continue;
+                }
+                for c in 0..cols as i64 {
+                    let sc0 = c - dx;
+                    if sc0 < 0 || sc0 >= cols as i64 {
+                        continue;
+                    }
+                    let sc = if flip { cols as i64 - 1 - sc0 } else { sc0 };
+                    out[ch * plane + (r as usize) * cols + c as usize] = img[ch * plane + (sr as usize) * cols + sc as usize];
+                }
+            }
+        }
+        out
+    }
 }
 
 impl ParityConfig {
@@ -107,16 +151,21 @@ impl ParityConfig {
             hidden: None,
             per_query: false,
             init: Init::Normal001,
+            cells: false,
+            augment: None,
         }
     }
 
     /// parm's own recipe, chosen by measurement (BENCHMARKS.md, "Parity-model quality"), to
     /// be used with the concatenation encoder: a per-query parity model (k x classes outputs,
-    /// no subtraction), hidden layers 400-200, a distillation term (weight 1, T = 2) beside
-    /// the MSE, Kaiming init, Adam lr 3e-3 with 16 groups per step. Measured and dropped:
-    /// cosine annealing (no gain at short budgets).
+    /// no subtraction) that is cell-wise ([`crate::cells::CellMlp`]: one MLP shared by the k
+    /// cells), hidden layers 400-200, a distillation term (weight 1, T = 2) beside the MSE,
+    /// Kaiming init, Adam lr 3e-3 with 16 groups per step. Measured and dropped: cosine
+    /// annealing (no gain at short budgets), shift / flip augmentation with recomputed targets
+    /// (lower A_d at 4 and 10 epochs).
     pub fn parm_own_recipe(k: usize, epochs: usize) -> Self {
         Self {
+            cells: true,
             distill: Some(Distill { weight: 1.0, temperature: 2.0 }),
             hidden: Some(vec![400, 200]),
             per_query: true,
@@ -199,9 +248,10 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
 
     let ckpt_dir = job.out_dir.join(format!("{}.ckpt", job.name));
     let weights = job.encoder.weights();
-    let mlp_cfg = parity_mlp(job.deployed_meta, cfg, k);
-    let out_width = mlp_cfg.classes;
-    let mut model = mlp_cfg.init(cfg.init, &device);
+    let net_cfg = parity_net(job.deployed_meta, cfg, k, ds)?;
+    let out_width = net_cfg.classes();
+    let mut model = net_cfg.init(cfg.init, &device);
+    let mut aug_rng = StdRng::seed_from_u64(cfg.seed ^ 0xA5A5 ^ ((state_epochs_hint(&ckpt_dir) as u64) << 20));
     let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay))).init();
     let mut state = CheckpointState {
         epochs_done: 0,
@@ -226,15 +276,20 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         for batch in order.chunks_exact(k).collect::<Vec<_>>().chunks(cfg.groups_per_step) {
-            let (x, y) = parity_batch(batch, &ds.train, &train_logits, classes, job.encoder, cfg.per_query);
+            let aug = cfg.augment.map(|a| augmented_split(batch, &ds.train, ds.rows, ds.cols, a, job.deployed, &plain, &mut aug_rng));
+            let (split, groups_now, targets): (&Split, Vec<&[usize]>, &[f32]) = match &aug {
+                Some((sp, members, fl)) => (sp, members.iter().map(|g| g.as_slice()).collect(), fl),
+                None => (&ds.train, batch.to_vec(), &train_logits),
+            };
+            let (x, y) = parity_batch(&groups_now, split, targets, classes, job.encoder, cfg.per_query);
             let out = model.forward(tensor2(x, batch.len(), dim, &device));
             let mut loss =
                 MseLoss::new().forward(out.clone(), tensor2(y.clone(), batch.len(), out_width, &device), Reduction::Mean);
             if let Some(d) = cfg.distill {
                 let kd = if cfg.per_query {
-                    per_query_distill_loss(out, batch, &train_logits, classes, d, &device)
+                    per_query_distill_loss(out, &groups_now, targets, classes, d, &device)
                 } else {
-                    distill_loss(out, batch, &y, &train_logits, &weights, classes, d, &device)
+                    distill_loss(out, &groups_now, &y, targets, &weights, classes, d, &device)
                 };
                 loss = loss + kd.mul_scalar(d.weight);
             }
@@ -252,7 +307,7 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
         if val > state.best_val {
             state.best_val = val;
             let meta = parity_meta(job, cfg, &state, val);
-            save_model(&valid, &meta, job.out_dir, job.name)?;
+            save_net(&valid, &meta, job.out_dir, job.name)?;
             best_meta = Some(meta);
         }
         save_checkpoint(&ckpt_dir, &model, &optim, &state)?;
@@ -264,7 +319,63 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
     }
 }
 
-/// The parity model's architecture for `cfg`: the deployed model's, or wider.
+/// The parity model's architecture for `cfg`: an MLP ([`parity_mlp`]) or, with `cfg.cells`,
+/// the cell-wise MLP with the same hidden layers and interface.
+fn parity_net(deployed: &ModelMeta, cfg: &ParityConfig, k: usize, ds: &Dataset) -> Result<NetConfig, NnError> {
+    let mlp = parity_mlp(deployed, cfg, k);
+    if !cfg.cells {
+        return Ok(NetConfig::Mlp(mlp));
+    }
+    let plane = ds.rows * ds.cols;
+    if !cfg.per_query || plane == 0 || mlp.input % plane != 0 {
+        return Err(NnError::Invalid(format!(
+            "a cell-wise parity model needs a per-query parity model and image queries ({} values, {}x{} images)",
+            mlp.input, ds.rows, ds.cols
+        )));
+    }
+    Ok(NetConfig::CellMlp { k, channels: mlp.input / plane, rows: ds.rows, cols: ds.cols, mlp })
+}
+
+/// Epochs a resumable run has done (0 if none), to seed its augmentation stream.
+fn state_epochs_hint(ckpt_dir: &Path) -> usize {
+    std::fs::read_to_string(ckpt_paths(ckpt_dir).2)
+        .ok()
+        .and_then(|t| serde_json::from_str::<CheckpointState>(&t).ok())
+        .map_or(0, |s| s.epochs_done)
+}
+
+/// Augmented copies of the queries of `groups` as a small split (`groups.len() * k` images,
+/// numbered group by group), the groups renumbered into it, and F's logits on it.
+#[allow(clippy::too_many_arguments)]
+fn augmented_split(
+    groups: &[&[usize]],
+    split: &Split,
+    rows: usize,
+    cols: usize,
+    a: Augment,
+    deployed: &dyn Classifier,
+    device: &Device,
+    rng: &mut StdRng,
+) -> (Split, Vec<Vec<usize>>, Vec<f32>) {
+    let dim = split.dim();
+    let mut images = Vec::with_capacity(groups.len() * groups.first().map_or(0, |g| g.len()) * dim);
+    let mut labels = Vec::new();
+    let mut members = Vec::with_capacity(groups.len());
+    for g in groups {
+        let mut local = Vec::with_capacity(g.len());
+        for &i in g.iter() {
+            local.push(labels.len());
+            images.extend(a.apply(split.image(i), rows, cols, rng));
+            labels.push(split.labels[i]);
+        }
+        members.push(local);
+    }
+    let n = labels.len();
+    let fl = logits(deployed, &images, n, dim, device);
+    (Split { images, labels, n }, members, fl)
+}
+
+/// The MLP parity model's layers for `cfg`: the deployed model's, or wider.
 fn parity_mlp(deployed: &ModelMeta, cfg: &ParityConfig, k: usize) -> MlpConfig {
     let mut m = deployed.mlp.clone();
     if m.hidden.is_empty() {
@@ -384,9 +495,10 @@ fn parity_batch(
 
 fn parity_meta(job: &ParityJob, cfg: &ParityConfig, state: &CheckpointState, val: f64) -> ModelMeta {
     let mlp = parity_mlp(job.deployed_meta, cfg, job.encoder.k());
+    let arch = parity_net(job.deployed_meta, cfg, job.encoder.k(), job.ds).map_or_else(|_| mlp.name(), |n| n.name());
     ModelMeta {
         kind: ModelKind::Parity,
-        arch: mlp.name(),
+        arch,
         mlp,
         k: Some(job.encoder.k()),
         encoder: Some(job.encoder.name().to_string()),
@@ -405,23 +517,28 @@ fn ckpt_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 fn save_checkpoint(
     dir: &Path,
-    model: &Mlp,
+    model: &Net,
     optim: &burn::optim::ModuleOptimizer,
     state: &CheckpointState,
 ) -> Result<(), NnError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let (m, o, s) = ckpt_paths(dir);
     let werr = |p: &Path, e: &dyn std::fmt::Display| NnError::Weights { path: p.display().to_string(), message: e.to_string() };
-    model.clone().save_file(&m).map_err(|e| werr(&m, &e))?;
+    match model {
+        Net::Mlp(x) => x.clone().save_file(&m).map_err(|e| werr(&m, &e))?,
+        Net::CellMlp(x) => x.clone().save_file(&m).map_err(|e| werr(&m, &e))?,
+        Net::LeNet(x) => x.clone().save_file(&m).map_err(|e| werr(&m, &e))?,
+        Net::ResNet18(x) => x.clone().save_file(&m).map_err(|e| werr(&m, &e))?,
+    }
     optim.save(&o).map_err(|e| werr(&o, &e))?;
     std::fs::write(&s, serde_json::to_string_pretty(state).expect("state serialises")).map_err(io_err(&s))
 }
 
-type Resumed = (Mlp, burn::optim::ModuleOptimizer, CheckpointState);
+type Resumed = (Net, burn::optim::ModuleOptimizer, CheckpointState);
 
 fn load_checkpoint(
     dir: &Path,
-    model: Mlp,
+    model: Net,
     optim: burn::optim::ModuleOptimizer,
     deployed_hash: u64,
 ) -> Result<Option<Resumed>, NnError> {
@@ -436,7 +553,12 @@ fn load_checkpoint(
         )));
     }
     let werr = |p: &Path, e: &dyn std::fmt::Display| NnError::Weights { path: p.display().to_string(), message: e.to_string() };
-    let model = model.try_load_file(&m).map_err(|e| werr(&m, &e))?;
+    let model = match model {
+        Net::Mlp(x) => Net::Mlp(x.try_load_file(&m).map_err(|e| werr(&m, &e))?),
+        Net::CellMlp(x) => Net::CellMlp(x.try_load_file(&m).map_err(|e| werr(&m, &e))?),
+        Net::LeNet(x) => Net::LeNet(x.try_load_file(&m).map_err(|e| werr(&m, &e))?),
+        Net::ResNet18(x) => Net::ResNet18(x.try_load_file(&m).map_err(|e| werr(&m, &e))?),
+    };
     let optim = optim.load(&o).map_err(|e| werr(&o, &e))?;
     Ok(Some((model, optim, state)))
 }
@@ -460,6 +582,7 @@ mod tests {
         assert_eq!((p.groups_per_step, p.lr, p.per_query, p.distill), (64, 1e-3, false, None));
         assert_eq!(ParityConfig::parm_recipe(3, 5).groups_per_step, 32);
         let o = ParityConfig::parm_own_recipe(8, 5);
-        assert!(o.per_query && o.distill.is_some() && o.hidden == Some(vec![400, 200]));
+        assert!(o.per_query && o.cells && o.distill.is_some() && o.hidden == Some(vec![400, 200]));
+        assert!(!p.cells && p.augment.is_none() && o.augment.is_none());
     }
 }

@@ -175,6 +175,7 @@ pub fn save_net(model: &Net, meta: &ModelMeta, dir: &Path, name: &str) -> Result
         Net::Mlp(m) => m.clone().save_file(&weights).map_err(|e| werr(&e))?,
         Net::LeNet(m) => m.clone().save_file(&weights).map_err(|e| werr(&e))?,
         Net::ResNet18(m) => m.clone().save_file(&weights).map_err(|e| werr(&e))?,
+        Net::CellMlp(m) => m.clone().save_file(&weights).map_err(|e| werr(&e))?,
     }
     meta.save(&json)
 }
@@ -194,6 +195,7 @@ pub fn load_net(weights: &Path, device: &Device) -> Result<(Net, ModelMeta), NnE
         Net::Mlp(m) => Net::Mlp(m.try_load_file(weights).map_err(|e| werr(&e))?),
         Net::LeNet(m) => Net::LeNet(m.try_load_file(weights).map_err(|e| werr(&e))?),
         Net::ResNet18(m) => Net::ResNet18(m.try_load_file(weights).map_err(|e| werr(&e))?),
+        Net::CellMlp(m) => Net::CellMlp(m.try_load_file(weights).map_err(|e| werr(&e))?),
     };
     Ok((net, meta))
 }

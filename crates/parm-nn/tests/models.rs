@@ -61,10 +61,22 @@ fn lenet_trains_saves_loads_and_gets_a_parity_model() {
         out_dir: dir.path(),
         name: "parity",
     };
-    let pcfg = ParityConfig { progress: false, ..ParityConfig::parm_own_recipe(2, 2) };
+    let pcfg = ParityConfig { progress: false, cells: false, ..ParityConfig::parm_own_recipe(2, 2) };
     let pmeta = train_parity(&job, &pcfg).unwrap();
     assert_eq!(pmeta.mlp.classes, 20);
     assert_eq!(pmeta.arch, "mlp-784-400-200-20");
+    // parm's recipe: the cell-wise parity model, with augmentation; it resumes from its
+    // checkpoint, and loads and serves like any model.
+    let job = ParityJob { name: "cells", ..job };
+    let aug = Some(parm_nn::parity::Augment { shift: 1, hflip: true });
+    let pcfg = ParityConfig { progress: false, augment: aug, ..ParityConfig::parm_own_recipe(2, 1) };
+    train_parity(&job, &pcfg).unwrap();
+    let pmeta = train_parity(&job, &ParityConfig { epochs: 2, ..pcfg }).unwrap();
+    assert_eq!(pmeta.arch, "cellmlp-k2-1x28x28-400-200-20");
+    assert_eq!((pmeta.mlp.input, pmeta.mlp.classes), (784, 20));
+    let p = Predictor::load(&dir.path().join("cells.bpk")).unwrap();
+    let x = parm_codes::Encoder::encode(&enc, &[ds.test.image(0), ds.test.image(1)]).unwrap();
+    assert_eq!(p.infer(&x, 1).unwrap().len(), 20);
 }
 
 #[test]

@@ -144,6 +144,17 @@ pub struct TrainParityArgs {
     /// N(0, 0.01).
     #[arg(long)]
     pub kaiming_init: bool,
+    /// Cell-wise parity model (with --per-query and the concatenation encoder): one MLP of
+    /// the hidden layers, shared by the k cells of the parity query.
+    #[arg(long)]
+    pub cells: bool,
+    /// Augmentation: random shifts of up to this many pixels, F recomputed on the shifted
+    /// queries for the targets (0: none).
+    #[arg(long)]
+    pub augment_shift: Option<usize>,
+    /// Augmentation: random left-right flips (with recomputed targets).
+    #[arg(long)]
+    pub hflip: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Deployed model weights (default: MODELS_DIR/DATASET/deployed.bpk).
@@ -195,6 +206,11 @@ pub fn train_parity(a: &TrainParityArgs) -> anyhow::Result<()> {
     cfg.per_query |= a.per_query;
     if a.kaiming_init {
         cfg.init = parm_nn::mlp::Init::Default;
+    }
+    cfg.cells |= a.cells;
+    if a.augment_shift.is_some() || a.hflip {
+        let shift = a.augment_shift.unwrap_or(0);
+        cfg.augment = (shift > 0 || a.hflip).then_some(parm_nn::parity::Augment { shift, hflip: a.hflip });
     }
     let meta = parity_training_with(&a.paths, &deployed_path, a.k, &a.encoder, &cfg, &name)?;
     println!(
@@ -372,7 +388,7 @@ pub fn accuracy_report(
 ) -> anyhow::Result<AccuracyReport> {
     let device = Device::flex();
     let (f, fmeta) = parm_nn::train::load_net(deployed, &device)?;
-    let (fp, pmeta) = load_model(parity, &device)?;
+    let (fp, pmeta) = parm_nn::train::load_net(parity, &device)?;
     if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
         bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);
     }

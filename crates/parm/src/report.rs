@@ -14,7 +14,7 @@ use burn::tensor::Device;
 use parm_codes::{encoder_for_shape, BerrutCode};
 use parm_nn::eval;
 use parm_nn::parity::ParityConfig;
-use parm_nn::train::{load_model, save_model, train_deployed, TrainConfig};
+use parm_nn::train::{save_model, train_deployed, TrainConfig};
 use serde::Serialize;
 
 use crate::commands::{parity_training_with, recipe_config};
@@ -69,6 +69,7 @@ pub struct Row {
 }
 
 pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec<Row>> {
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rows = Vec::new();
     let device = Device::flex();
@@ -109,9 +110,12 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
                 let steps_per_epoch = (ds.train.n / k).div_ceil(base.groups_per_step);
                 let epochs = opts.steps.div_ceil(steps_per_epoch);
                 let cfg: ParityConfig = ParityConfig { progress: false, seed: opts.seed, epochs, ..base };
-                let name = format!("report-{prefix}{recipe}-k{k}-{encoder}");
+                // The cell-wise parity model gets its own name (an older dense one of the same
+                // recipe is not resumed into it).
+                let cells = if cfg.cells { "-cells" } else { "" };
+                let name = format!("report-{prefix}{recipe}-k{k}-{encoder}{cells}");
                 let meta = parity_training_with(&paths, &deployed_path, k, encoder, &cfg, &name)?;
-                let (fp, _) = load_model(&mdir.join(format!("{name}.bpk")), &device)?;
+                let (fp, _) = parm_nn::train::load_net(&mdir.join(format!("{name}.bpk")), &device)?;
                 let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
                 let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, opts.seed, &device);
                 eprintln!(
@@ -178,8 +182,9 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
         }
     }
     std::fs::write(dir.join("accuracy.json"), serde_json::to_string_pretty(&rows)? + "\n")?;
-    std::fs::write(dir.join("accuracy.md"), markdown(&rows))?;
+    std::fs::write(dir.join("accuracy.md"), markdown(&rows) + "\n" + &degraded_tables(&rows))?;
     plot(&rows, &dir.join("accuracy.svg"))?;
+    eprintln!("report: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(rows)
 }
 
@@ -200,6 +205,58 @@ pub fn markdown(rows: &[Row]) -> String {
             "| {} | {} | {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |",
             r.dataset, r.model, r.code, r.recipe, r.k, r.s, r.available, r.degraded, r.degraded_one, o(0.01), o(0.05), o(0.10), ts, sps
         );
+    }
+    s
+}
+
+/// A_d against k, one table per dataset and deployed model, one row per code / recipe / S (the
+/// tables of BENCHMARKS.md, "Parity-model quality").
+pub fn degraded_tables(rows: &[Row]) -> String {
+    let mut ks: Vec<usize> = rows.iter().map(|r| r.k).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let mut panels: Vec<(&str, &str)> = rows.iter().map(|r| (r.dataset.as_str(), r.model.as_str())).collect();
+    panels.dedup();
+    let label = |r: &Row| match (r.code.as_str(), r.recipe.as_str()) {
+        ("parity-addition", "parm-paper") => "ParM recipe (addition)".to_string(),
+        ("parity-concatenation", "parm") => "parm recipe (concatenation, cell-wise per-query)".to_string(),
+        ("berrut", _) if r.s == 1 => "Berrut systematic, S=1".to_string(),
+        ("berrut", _) => format!("Berrut systematic, S={}, S lost", r.s),
+        ("approxifer-nonsystematic", _) => format!("ApproxIFER non-systematic, S={}", r.s),
+        (code, recipe) => format!("{code} ({recipe})"),
+    };
+    let mut s = String::from("A_d:\n");
+    for (ds, model) in panels {
+        let sel: Vec<&Row> = rows.iter().filter(|r| (r.dataset.as_str(), r.model.as_str()) == (ds, model)).collect();
+        let available = sel.iter().find(|r| r.code != "approxifer-nonsystematic").map_or(0.0, |r| r.available);
+        let _ = write!(s, "\n{ds}, {model}, A_a {available:.4}:\n\n| code |");
+        for k in &ks {
+            let _ = write!(s, " k={k} |");
+        }
+        s += "\n|---|";
+        s += &"---:|".repeat(ks.len());
+        s += "\n";
+        let mut labels: Vec<String> = Vec::new();
+        for r in &sel {
+            let l = label(r);
+            if !labels.contains(&l) {
+                labels.push(l);
+            }
+        }
+        // Parity codes first, then Berrut, then ApproxIFER (each in the order met).
+        labels.sort_by_key(|l| if l.starts_with("Berrut") { 1 } else if l.starts_with("ApproxIFER") { 2 } else { 0 });
+        for l in labels {
+            let _ = write!(s, "| {l} |");
+            for k in &ks {
+                match sel.iter().find(|r| r.k == *k && label(r) == l) {
+                    Some(r) => {
+                        let _ = write!(s, " {:.3} |", r.degraded);
+                    }
+                    None => s += " - |",
+                }
+            }
+            s += "\n";
+        }
     }
     s
 }
