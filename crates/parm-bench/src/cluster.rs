@@ -38,6 +38,13 @@ impl Instance {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Waits for the process to exit (e.g. after SIGTERM) and returns its exit status.
+    ///
+    /// Errors: waiting on the process failed.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
 }
 
 /// Starts `parm worker` (the binary at `exe`) for `spec` on 127.0.0.1 with an ephemeral port
