@@ -147,7 +147,12 @@ impl InstanceClient {
             .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT)
             .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW);
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            // The frontend cancels calls by design (originals of reconstructed queries, parity
+            // queries nobody needs). h2 remembers only 10 cancelled streams by default; the
+            // answer to a forgotten one draws a library reset, and after 1024 of those h2
+            // closes the connection (GOAWAY), failing every call on it.
+            .http2_max_concurrent_reset_streams(crate::grpc::MAX_PENDING_ACCEPT_RESETS);
         let grpc = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -16,6 +16,10 @@ tonic::include_proto!("inference");
 /// 4 MiB, too small for batched image queries (one 224x224x3 FP32 query is ~600 KB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Streams a client may reset before the server accepted them, before a parm worker closes the
+/// connection (h2's default is 20, a guard against the HTTP/2 rapid-reset attack).
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 65_536;
+
 /// HTTP/2 per-stream flow-control window (bytes) used by parm's worker and client.
 pub const H2_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// HTTP/2 per-connection flow-control window (bytes) used by parm's worker and client.

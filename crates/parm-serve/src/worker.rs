@@ -87,6 +87,10 @@ pub async fn serve_worker(
         // wait for flow-control round trips.
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        // The frontend cancels queued requests by design (a reconstructed query's original, a
+        // parity query nobody needs): h2's rapid-reset guard (20 by default) would answer a
+        // burst of those with GOAWAY and fail every request on the connection.
+        .http2_max_pending_accept_reset_streams(Some(crate::grpc::MAX_PENDING_ACCEPT_RESETS))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
