@@ -1,0 +1,228 @@
+//! `oip-load`: one load generator for any Open Inference Protocol gRPC server (a parm
+//! frontend, a parm worker, MLServer, Triton), for the efficiency comparison in BENCHMARKS.md.
+//!
+//! Two modes, both sending `inference.GRPCInferenceService/ModelInfer` with one FP32 query of
+//! `--dim` values (`raw_input_contents`, shape `[1, dim]`) per request:
+//! - closed loop (`--concurrency C`): C requests always outstanding; throughput at saturation.
+//! - open loop (`--rate R`): Poisson arrivals at R requests/s, each sent at its intended time
+//!   by a dispatcher thread regardless of earlier answers, latency from the intended send time
+//!   (no coordinated omission, docs/PROTOCOL.md "Load generation norms").
+//!
+//! The first `--warmup S` seconds are not counted. Prints one JSON line:
+//! `{"target","mode","concurrency"|"rate","seconds","requests","errors","throughput",
+//! "latency_us": {"p50","p90","p99","p99_9","max"}}`.
+//!
+//! Usage: oip-load --target 127.0.0.1:8001 --model fashion-mnist [--input input] [--dim 784]
+//!        (--concurrency C | --rate R) [--duration 10] [--warmup 2] [--connections 2]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use parm_serve::grpc::model_infer_request::InferInputTensor;
+use parm_serve::grpc::{ModelInferRequest, encode_f32_le};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Exp};
+use tonic::transport::{Channel, Endpoint};
+
+struct Args {
+    target: String,
+    model: String,
+    input: String,
+    dim: usize,
+    concurrency: Option<usize>,
+    rate: Option<f64>,
+    duration: f64,
+    warmup: f64,
+    connections: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        target: String::new(),
+        model: String::new(),
+        input: "input".into(),
+        dim: 784,
+        concurrency: None,
+        rate: None,
+        duration: 10.0,
+        warmup: 2.0,
+        connections: 2,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--target" => a.target = value()?,
+            "--model" => a.model = value()?,
+            "--input" => a.input = value()?,
+            "--dim" => a.dim = value()?.parse()?,
+            "--concurrency" => a.concurrency = Some(value()?.parse()?),
+            "--rate" => a.rate = Some(value()?.parse()?),
+            "--duration" => a.duration = value()?.parse()?,
+            "--warmup" => a.warmup = value()?.parse()?,
+            "--connections" => a.connections = value()?.parse()?,
+            other => bail!("unknown flag {other} (see the doc comment of crates/parm-bench/src/bin/oip-load.rs)"),
+        }
+    }
+    if a.target.is_empty() || a.model.is_empty() {
+        bail!("--target and --model are required");
+    }
+    if a.concurrency.is_some() == a.rate.is_some() {
+        bail!("give exactly one of --concurrency and --rate");
+    }
+    if a.connections == 0 || a.dim == 0 || a.duration <= 0.0 || a.warmup < 0.0 {
+        bail!("--connections, --dim and --duration must be positive, --warmup non-negative");
+    }
+    Ok(a)
+}
+
+/// Latencies (us) and counts of the measured window.
+#[derive(Default)]
+struct Record {
+    hist: Option<Histogram<u64>>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Record {
+    fn add(&mut self, us: u64) {
+        let h = self.hist.get_or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"));
+        h.saturating_record(us.max(1));
+    }
+}
+
+fn request(a: &Args) -> ModelInferRequest {
+    // A fixed image-like query: values in [0, 1); the model's cost does not depend on them.
+    let input: Vec<f32> = (0..a.dim).map(|i| ((i * 7919) % 256) as f32 / 256.0).collect();
+    ModelInferRequest {
+        model_name: a.model.clone(),
+        inputs: vec![InferInputTensor {
+            name: a.input.clone(),
+            datatype: "FP32".into(),
+            shape: vec![1, a.dim as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![encode_f32_le(&input)],
+        ..Default::default()
+    }
+}
+
+async fn channels(a: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Channel>>> {
+    let uri = if a.target.contains("://") { a.target.clone() } else { format!("http://{}", a.target) };
+    let mut out = Vec::new();
+    for _ in 0..a.connections {
+        let ch = Endpoint::from_shared(uri.clone())?.tcp_nodelay(true).connect().await.with_context(|| format!("connecting to {uri}"))?;
+        out.push(GrpcInferenceServiceClient::new(ch).max_decoding_message_size(64 << 20));
+    }
+    Ok(out)
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let clients = rt.block_on(channels(&a))?;
+    let req = request(&a);
+    // One request first: fail early on a wrong model or input name.
+    rt.block_on(clients[0].clone().model_infer(req.clone())).context("first request")?;
+    let record = Arc::new(Mutex::new(Record::default()));
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs_f64(a.warmup);
+    let end = measure_from + Duration::from_secs_f64(a.duration);
+    let inflight = Arc::new(AtomicU64::new(0));
+
+    let one = {
+        let record = record.clone();
+        move |mut client: GrpcInferenceServiceClient<Channel>, req: ModelInferRequest, intended: Instant| {
+            let record = record.clone();
+            async move {
+                let out = client.model_infer(req).await;
+                let now = Instant::now();
+                if intended >= measure_from && intended < end {
+                    let mut r = record.lock().unwrap();
+                    match out {
+                        Ok(_) => r.add(now.duration_since(intended).as_micros() as u64),
+                        Err(e) => {
+                            r.errors += 1;
+                            r.first_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    let mode = if let Some(c) = a.concurrency {
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..c)
+                .map(|i| {
+                    let (client, req, one) = (clients[i % clients.len()].clone(), req.clone(), one.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let t = Instant::now();
+                            if t >= end {
+                                break;
+                            }
+                            one(client.clone(), req.clone(), t).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        serde_json::json!({"mode": "closed", "concurrency": c})
+    } else {
+        let rate = a.rate.expect("checked");
+        let gaps = Exp::new(rate).context("--rate must be positive")?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let handle = rt.handle().clone();
+        // Dispatcher on its own thread: std sleeps are finer-grained than tokio's 1 ms timer.
+        let mut next = Instant::now();
+        let mut i = 0usize;
+        while next < end {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            let (client, req, one, inflight) = (clients[i % clients.len()].clone(), req.clone(), one.clone(), inflight.clone());
+            inflight.fetch_add(1, Ordering::Relaxed);
+            let intended = next;
+            handle.spawn(async move {
+                one(client, req, intended).await;
+                inflight.fetch_sub(1, Ordering::Relaxed);
+            });
+            i += 1;
+            next += Duration::from_secs_f64(gaps.sample(&mut rng));
+        }
+        let drain = Instant::now() + Duration::from_secs(30);
+        while inflight.load(Ordering::Relaxed) > 0 && Instant::now() < drain {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        serde_json::json!({"mode": "open", "rate": rate})
+    };
+    let r = record.lock().unwrap();
+    let hist = r.hist.clone().unwrap_or_else(|| Histogram::new(3).expect("hist"));
+    let q = |p: f64| hist.value_at_quantile(p);
+    let mut out = serde_json::json!({
+        "target": a.target,
+        "model": a.model,
+        "seconds": a.duration,
+        "requests": hist.len(),
+        "errors": r.errors,
+        "throughput": hist.len() as f64 / a.duration,
+        "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": hist.max()},
+    });
+    if let (Some(o), Some(m)) = (out.as_object_mut(), mode.as_object()) {
+        o.extend(m.clone());
+        if let Some(e) = &r.first_error {
+            o.insert("first_error".into(), e.clone().into());
+        }
+    }
+    println!("{out}");
+    Ok(())
+}
