@@ -97,6 +97,8 @@ pub struct Serving {
     pub health: Health,
     /// The bound on queries in flight (see [`crate::admission`]).
     pub admission: crate::admission::Admission,
+    /// Authentication and request limits of the client interfaces (see [`crate::security`]).
+    pub options: crate::security::ServeOptions,
 }
 
 /// Shared handle.
@@ -189,6 +191,17 @@ impl Serving {
     ///
     /// Errors: an instance address that cannot be parsed.
     pub async fn start_with(frontend: Frontend, admission: crate::admission::Admission) -> anyhow::Result<Shared> {
+        Self::start_with_options(frontend, admission, crate::security::ServeOptions::default()).await
+    }
+
+    /// [`Self::start_with`] with authentication and request limits (see [`crate::security`]).
+    ///
+    /// Errors: an instance address that cannot be parsed.
+    pub async fn start_with_options(
+        frontend: Frontend,
+        admission: crate::admission::Admission,
+        options: crate::security::ServeOptions,
+    ) -> anyhow::Result<Shared> {
         let cfg = frontend.config();
         let mut instances: Vec<(&'static str, String, String)> =
             cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
@@ -196,7 +209,7 @@ impl Serving {
         let health = Health::start(&instances).await?;
         let spec = frontend.spec();
         let prometheus = Prometheus::new(&spec.name, &spec.version);
-        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission }))
+        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission, options }))
     }
 
     /// Starts timing one inference request.
@@ -227,25 +240,7 @@ impl Serving {
     /// Errors: element count not matching the shape, not a whole number (>= 1) of queries,
     /// more than [`MAX_BATCH_SIZE`] queries, or a value that is not finite.
     pub fn rows(&self, input: &str, shape: &[usize], values: Vec<f32>) -> Result<Vec<Vec<f32>>, ApiError> {
-        let spec = self.frontend.spec();
-        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| ApiError::bad("input shape overflows"))?;
-        if values.len() != count {
-            return Err(ApiError::bad(format!("input '{input}': shape {shape:?} needs {count} values, data has {}", values.len())));
-        }
-        let per_query = spec.input_len();
-        if count == 0 || count % per_query != 0 {
-            return Err(ApiError::bad(format!(
-                "input '{input}': {count} values is not a whole number of queries of shape {:?} ({per_query} values each)",
-                spec.input_shape
-            )));
-        }
-        if count / per_query > MAX_BATCH_SIZE {
-            return Err(ApiError::bad(format!("input '{input}': batch of {} queries exceeds max_batch_size {MAX_BATCH_SIZE}", count / per_query)));
-        }
-        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-            return Err(ApiError::bad(format!("input '{input}': value {v} is not finite")));
-        }
-        Ok(values.chunks(per_query).map(<[f32]>::to_vec).collect())
+        crate::request::rows(self.frontend.spec(), input, shape, values)
     }
 
     /// Triton's model configuration (JSON form of `model_config.proto`'s `ModelConfig`).

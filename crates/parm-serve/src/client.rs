@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::backend::ModelSpec;
+use crate::security::AuthToken;
 use crate::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::grpc::model_infer_request::InferInputTensor;
 use crate::grpc::model_metadata_response::TensorMetadata;
@@ -27,6 +28,17 @@ use crate::grpc::{
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Polling period of [`InstanceClient::wait_ready`].
 pub const READY_POLL: Duration = Duration::from_millis(50);
+
+/// The bearer token new [`InstanceClient`]s send (see [`set_default_auth_token`]).
+static DEFAULT_TOKEN: std::sync::RwLock<Option<AuthToken>> = std::sync::RwLock::new(None);
+
+/// Sets the bearer token that [`InstanceClient`]s created from now on send to their instance
+/// (gRPC metadata `authorization: Bearer TOKEN`, see [`crate::security`]); `None` sends none.
+/// Process-wide, so that every client the frontend makes (for its coding groups and health
+/// probes) carries it; `parm serve --auth-token-file` sets it.
+pub fn set_default_auth_token(token: Option<AuthToken>) {
+    *DEFAULT_TOKEN.write().unwrap_or_else(|p| p.into_inner()) = token;
+}
 
 /// Why a call to an instance failed. Every variant names the instance address.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -115,6 +127,8 @@ pub struct InstanceClient {
     input_names: Arc<Mutex<HashMap<String, String>>>,
     /// Outcomes of `infer` calls: whether the instance is in rotation.
     breaker: Arc<crate::health::Breaker>,
+    /// Bearer token sent with every call, if any.
+    token: Option<AuthToken>,
 }
 
 impl std::fmt::Debug for InstanceClient {
@@ -161,7 +175,22 @@ impl InstanceClient {
             grpc,
             input_names: Arc::default(),
             breaker: Arc::default(),
+            token: DEFAULT_TOKEN.read().unwrap_or_else(|p| p.into_inner()).clone(),
         })
+    }
+
+    /// This client sending `token` (instead of the default, see [`set_default_auth_token`]).
+    #[must_use]
+    pub fn with_auth_token(mut self, token: Option<AuthToken>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// `message` as a request carrying the bearer token, if any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        crate::security::authorize(&mut req, self.token.as_ref());
+        req
     }
 
     /// The address this client was made with.
@@ -224,7 +253,7 @@ impl InstanceClient {
         };
         let mut grpc = self.grpc.clone();
         let response = self
-            .within(deadline, timeout, grpc.model_infer(request))
+            .within(deadline, timeout, grpc.model_infer(self.request(request)))
             .await?;
         let values = output_values(response).map_err(|m| self.bad_response(m))?;
         if values.is_empty() || values.len() % batch != 0 {
@@ -242,7 +271,7 @@ impl InstanceClient {
             version: String::new(),
         };
         let mut grpc = self.grpc.clone();
-        let call = self.within(Instant::now() + timeout, timeout, grpc.model_ready(request));
+        let call = self.within(Instant::now() + timeout, timeout, grpc.model_ready(self.request(request)));
         call.await.is_ok_and(|r| r.ready)
     }
 
@@ -298,7 +327,7 @@ impl InstanceClient {
         };
         let mut grpc = self.grpc.clone();
         let response = self
-            .within(deadline, timeout, grpc.model_metadata(request))
+            .within(deadline, timeout, grpc.model_metadata(self.request(request)))
             .await?;
         let spec = spec_from_metadata(response).map_err(|m| self.bad_response(m))?;
         let mut names = self.input_names.lock().unwrap_or_else(|p| p.into_inner());

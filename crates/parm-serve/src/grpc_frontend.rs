@@ -23,12 +23,10 @@ use tonic_health::ServingStatus;
 use crate::api::{ApiError, Shared};
 use crate::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::grpc::infer_parameter::ParameterChoice;
-use crate::grpc::model_infer_request::InferInputTensor;
 use crate::grpc::model_infer_response::InferOutputTensor;
 use crate::grpc::model_metadata_response::TensorMetadata;
 use crate::grpc::{self as pb, encode_f32_le, InferParameter, MAX_MESSAGE_BYTES};
 use crate::http::EXTENSIONS;
-use crate::tensor::{decode_binary, DataType};
 
 /// How often `grpc.health.v1` statuses are refreshed from instance health.
 pub const HEALTH_REFRESH: Duration = Duration::from_millis(500);
@@ -49,9 +47,12 @@ pub async fn serve_grpc(
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let refresher = tokio::spawn(refresh_health(reporter, serving.clone()));
+    let auth = crate::security::grpc_auth(serving.options.auth.clone());
+    let max_request = serving.options.max_body_bytes;
     let service = GrpcInferenceServiceServer::new(FrontendService { serving })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(max_request)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(service, auth);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .add_service(health)
@@ -106,60 +107,6 @@ fn deadline(params: &HashMap<String, InferParameter>, header: Option<Duration>) 
     };
     let header = header.map(|t| t.saturating_sub((t / 5).min(Duration::from_millis(5))));
     Ok([param, header].into_iter().flatten().min())
-}
-
-/// Validates the single input tensor and decodes it to FP32 rows.
-fn parse_input(s: &crate::api::Serving, req: &mut pb::ModelInferRequest) -> Result<Vec<Vec<f32>>, ApiError> {
-    let spec = s.frontend.spec();
-    let [tensor] = req.inputs.as_slice() else {
-        return Err(ApiError::bad(format!("model '{}' takes exactly 1 input, got {}", spec.name, req.inputs.len())));
-    };
-    if tensor.name != spec.input_name {
-        return Err(ApiError::bad(format!("unknown input '{}', expected '{}'", tensor.name, spec.input_name)));
-    }
-    let dtype = DataType::parse(&tensor.datatype).map_err(|m| ApiError::bad(format!("input '{}': {m}", tensor.name)))?;
-    dtype.check_numeric(&tensor.name).map_err(ApiError::bad)?;
-    let shape: Vec<usize> = tensor
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d).ok())
-        .collect::<Option<_>>()
-        .ok_or_else(|| ApiError::bad(format!("input '{}': shape {:?} has a negative dim", tensor.name, tensor.shape)))?;
-    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| ApiError::bad("input shape overflows"))?;
-    let values = match req.raw_input_contents.as_slice() {
-        [] => typed_values(tensor, dtype)?,
-        [raw] => decode_binary(dtype, raw, count, &tensor.name).map_err(ApiError::bad)?,
-        more => return Err(ApiError::bad(format!("raw_input_contents has {} entries for 1 input", more.len()))),
-    };
-    s.rows(&tensor.name, &shape, values)
-}
-
-/// The values of `contents` matching `dtype` (FP16 / BF16 only travel raw).
-fn typed_values(t: &InferInputTensor, dtype: DataType) -> Result<Vec<f32>, ApiError> {
-    let c = t.contents.clone().unwrap_or_default();
-    Ok(match dtype {
-        DataType::F32 => c.fp32_contents,
-        DataType::F64 => c.fp64_contents.iter().map(|&v| v as f32).collect(),
-        DataType::I8 | DataType::I16 | DataType::I32 => c.int_contents.iter().map(|&v| v as f32).collect(),
-        DataType::I64 => c.int64_contents.iter().map(|&v| v as f32).collect(),
-        DataType::U8 | DataType::U16 | DataType::U32 => c.uint_contents.iter().map(|&v| v as f32).collect(),
-        DataType::U64 => c.uint64_contents.iter().map(|&v| v as f32).collect(),
-        _ => return Err(ApiError::bad(format!("input '{}': {} data must be sent in raw_input_contents", t.name, t.datatype))),
-    })
-}
-
-/// Checks requested outputs: only the model's one output, no classification.
-fn check_outputs(s: &crate::api::Serving, req: &pb::ModelInferRequest) -> Result<(), ApiError> {
-    let want = &s.frontend.spec().output_name;
-    for o in &req.outputs {
-        if &o.name != want {
-            return Err(ApiError::bad(format!("unknown output '{}', expected '{want}'", o.name)));
-        }
-        if o.parameters.contains_key("classification") {
-            return Err(ApiError::bad("the classification extension is not supported"));
-        }
-    }
-    Ok(())
 }
 
 fn tensor_meta(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
@@ -231,11 +178,11 @@ impl GrpcInferenceService for FrontendService {
         let s = &self.serving;
         let accepted = s.accept();
         let header = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
-        let mut req = req.into_inner();
+        let req = req.into_inner();
         let parsed = s
             .check_model(&req.model_name, Some(&req.model_version))
-            .and_then(|_| check_outputs(s, &req))
-            .and_then(|_| Ok((deadline(&req.parameters, header)?, parse_input(s, &mut req)?)));
+            .and_then(|_| crate::request::grpc_check_outputs(s.frontend.spec(), &req))
+            .and_then(|_| Ok((deadline(&req.parameters, header)?, crate::request::grpc_rows(s.frontend.spec(), &req)?)));
         let (timeout, rows) = match parsed {
             Ok(p) => p,
             Err(e) => return Err(status(accepted.reject(e))),

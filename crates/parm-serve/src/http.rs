@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,15 +34,15 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::decompression::RequestDecompressionLayer;
 
-use crate::api::{timeout_param, ApiError, Serving, Shared};
+use crate::api::{ApiError, Serving, Shared};
 use crate::frontend::{Frontend, Prediction};
-use crate::tensor::{decode_binary, json_number_to_f32, DataType};
 
 /// Header carrying the length of the JSON part of a binary-extension body (bytes).
 pub const HEADER_LEN: &str = "inference-header-content-length";
 
-/// Largest request body accepted, after decompression (bytes).
-pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Default largest request body, after decompression (bytes); set per server with
+/// [`crate::security::ServeOptions::max_body_bytes`].
+pub const MAX_BODY_BYTES: usize = crate::security::DEFAULT_MAX_BODY_BYTES;
 
 /// Extensions advertised in server metadata.
 pub const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "statistics", "model_configuration", "schedule_policy"];
@@ -66,9 +66,23 @@ pub fn router(serving: Shared) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(serving.clone(), shed_when_full))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn_with_state(serving.clone(), require_auth))
         .with_state(serving)
+}
+
+/// Bearer-token check (when a token is configured, see [`crate::security`]): everything but
+/// the health probes `/v2/health/live` and `/v2/health/ready` needs `Authorization: Bearer
+/// TOKEN`, else 401 with `WWW-Authenticate: Bearer`. Runs before the body is read.
+async fn require_auth(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(token) = &s.options.auth {
+        let open = matches!(req.uri().path(), "/v2/health/live" | "/v2/health/ready");
+        if !open && !token.check_header(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+            let body = Json(json!({"error": "missing or invalid bearer token (send Authorization: Bearer TOKEN)"}));
+            return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Admission control before the body is read: while the frontend is full (or shutting down),
@@ -83,7 +97,10 @@ async fn shed_when_full(State(s): State<Shared>, req: axum::extract::Request, ne
 
 /// A router serving only `GET /metrics` (for a separate metrics port, like Triton's 8002).
 pub fn metrics_router(serving: Shared) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(serving)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(serving.clone(), require_auth))
+        .with_state(serving)
 }
 
 /// An OIP error response: status per [`ApiError::http_status`], body `{"error": ...}`.
@@ -159,9 +176,18 @@ async fn metrics(State(s): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.render_metrics()).into_response()
 }
 
-async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body: Bytes) -> Response {
+async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body: Body) -> Response {
     let accepted = s.accept();
-    let parsed = check(&s, &p).map_err(|e| e.0).and_then(|_| parse_request(&s, &headers, &body));
+    let body = match read_body(&s.options, &headers, body).await {
+        Ok(b) => b,
+        Err((code, e)) => {
+            let e = accepted.reject(e);
+            return (code, Json(json!({"error": e.message}))).into_response();
+        }
+    };
+    let parsed = check(&s, &p)
+        .map_err(|e| e.0)
+        .and_then(|_| crate::request::parse_http(s.frontend.spec(), headers.get(HEADER_LEN).map(|v| v.as_bytes()), &body));
     let req = match parsed {
         Ok(req) => req,
         Err(e) => return HttpError(accepted.reject(e)).into_response(),
@@ -172,139 +198,39 @@ async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body
     }
 }
 
-/// A validated inference request.
-struct InferRequest {
-    id: Option<String>,
-    rows: Vec<Vec<f32>>,
-    timeout: Option<std::time::Duration>,
-    binary_output: bool,
-}
-
-/// Splits the body per the binary extension, validates the JSON header and decodes the input.
-fn parse_request(s: &Serving, headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, ApiError> {
-    let (json_part, binary) = split_body(headers, body)?;
-    let req: Value = serde_json::from_slice(json_part).map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
-    if !req.is_object() {
-        return Err(ApiError::bad("request body must be a JSON object"));
+/// Reads the (decompressed) request body: at most `max_body_bytes` (else 413, also for a
+/// `Content-Length` announcing more, and for a compressed body inflating past it: a gzip bomb
+/// stops there), within `body_read_timeout` (else 408); a body that cannot be read or
+/// decompressed gets 400.
+async fn read_body(o: &crate::security::ServeOptions, headers: &HeaderMap, body: Body) -> Result<Bytes, (StatusCode, ApiError)> {
+    use http_body_util::BodyExt;
+    let limit = o.max_body_bytes;
+    let too_big = || (StatusCode::PAYLOAD_TOO_LARGE, ApiError::bad(format!("request body exceeds the limit of {limit} bytes")));
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let compressed = headers.contains_key(header::CONTENT_ENCODING);
+    if !compressed && announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
     }
-    let id = match req.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::bad("'id' must be a string")),
-    };
-    let params = req.get("parameters");
-    let timeout = timeout_param(params.and_then(|p| p.get("timeout")))?;
-    let binary_output = wants_binary_output(s, &req)?;
-    let rows = parse_input(s, &req, binary)?;
-    Ok(InferRequest { id, rows, timeout, binary_output })
-}
-
-/// (JSON header, binary tail) of the body.
-fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
-    let Some(v) = headers.get(HEADER_LEN) else { return Ok((body, &[])) };
-    let n: usize = v
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| ApiError::bad("Inference-Header-Content-Length must be a non-negative integer"))?;
-    if n > body.len() {
-        return Err(ApiError::bad(format!("Inference-Header-Content-Length {n} exceeds the body's {} bytes", body.len())));
-    }
-    Ok(body.split_at(n))
-}
-
-/// Whether outputs go binary; checks requested output names.
-fn wants_binary_output(s: &Serving, req: &Value) -> Result<bool, ApiError> {
-    let spec = s.frontend.spec();
-    let mut binary = param_bool(req.get("parameters"), "binary_data_output")?;
-    let Some(outputs) = req.get("outputs").filter(|o| !o.is_null()) else { return Ok(binary) };
-    let outputs = outputs.as_array().ok_or_else(|| ApiError::bad("'outputs' must be an array"))?;
-    for o in outputs {
-        let name = o.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::bad("output 'name' must be a string"))?;
-        if name != spec.output_name {
-            return Err(ApiError::bad(format!("unknown output '{name}', expected '{}'", spec.output_name)));
-        }
-        if o.get("parameters").and_then(|p| p.get("classification")).is_some() {
-            return Err(ApiError::bad("the classification extension is not supported"));
-        }
-        if o.get("parameters").and_then(|p| p.get("binary_data")).is_some() {
-            binary = param_bool(o.get("parameters"), "binary_data")?;
-        }
-    }
-    Ok(binary)
-}
-
-fn param_bool(params: Option<&Value>, key: &str) -> Result<bool, ApiError> {
-    match params.and_then(|p| p.get(key)) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::bad(format!("parameter '{key}' must be a boolean"))),
-    }
-}
-
-/// Validates the single input tensor (JSON or binary data) and splits it into per-query rows.
-fn parse_input(s: &Serving, req: &Value, binary: &[u8]) -> Result<Vec<Vec<f32>>, ApiError> {
-    let spec = s.frontend.spec();
-    let inputs = req.get("inputs").and_then(Value::as_array).ok_or_else(|| ApiError::bad("'inputs' must be an array"))?;
-    let [input] = inputs.as_slice() else {
-        return Err(ApiError::bad(format!("model '{}' takes exactly 1 input, got {}", spec.name, inputs.len())));
-    };
-    let name = input.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::bad("input 'name' must be a string"))?;
-    if name != spec.input_name {
-        return Err(ApiError::bad(format!("unknown input '{name}', expected '{}'", spec.input_name)));
-    }
-    let dt = input.get("datatype").and_then(Value::as_str).ok_or_else(|| ApiError::bad("input 'datatype' must be a string"))?;
-    let dtype = DataType::parse(dt).map_err(|m| ApiError::bad(format!("input '{name}': {m}")))?;
-    dtype.check_numeric(name).map_err(ApiError::bad)?;
-    let shape: Vec<usize> = input
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad("input 'shape' must be an array"))?
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-        .collect::<Option<_>>()
-        .ok_or_else(|| ApiError::bad("input 'shape' must hold non-negative integers"))?;
-    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| ApiError::bad("input 'shape' overflows"))?;
-    let values = match input.get("parameters").and_then(|p| p.get("binary_data_size")) {
-        Some(size) => binary_values(name, dtype, size, binary, count)?,
-        None if !binary.is_empty() => return Err(ApiError::bad(format!("binary data follows the JSON header but input '{name}' has no 'binary_data_size'"))),
-        None => json_values(name, dtype, input.get("data"), count)?,
-    };
-    s.rows(name, &shape, values)
-}
-
-fn binary_values(name: &str, dtype: DataType, size: &Value, binary: &[u8], count: usize) -> Result<Vec<f32>, ApiError> {
-    let size = size.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| ApiError::bad(format!("input '{name}': 'binary_data_size' must be a non-negative integer")))?;
-    if size != binary.len() {
-        return Err(ApiError::bad(format!("input '{name}': binary_data_size {size} but {} bytes follow the JSON header", binary.len())));
-    }
-    decode_binary(dtype, binary, count, name).map_err(ApiError::bad)
-}
-
-fn json_values(name: &str, dtype: DataType, data: Option<&Value>, count: usize) -> Result<Vec<f32>, ApiError> {
-    let data = data.ok_or_else(|| ApiError::bad(format!("input '{name}': 'data' is missing (and no 'binary_data_size' given)")))?;
-    let mut out = Vec::with_capacity(count.min(1 << 24));
-    flatten(data, dtype, name, &mut out, count)?;
-    Ok(out)
-}
-
-/// Flattens nested JSON arrays of numbers, row-major; stops early past `limit` values.
-fn flatten(v: &Value, dtype: DataType, name: &str, out: &mut Vec<f32>, limit: usize) -> Result<(), ApiError> {
-    match v {
-        Value::Array(items) => {
-            for item in items {
-                if out.len() > limit {
-                    return Ok(());
+    let collect = async {
+        let mut body = body;
+        let mut buf = Vec::with_capacity(announced.map_or(0, |n| n as usize).min(limit));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| (StatusCode::BAD_REQUEST, ApiError::bad(format!("reading the request body failed: {e}"))))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_big());
                 }
-                flatten(item, dtype, name, out, limit)?;
+                buf.extend_from_slice(&data);
             }
-            Ok(())
         }
-        Value::Number(n) => {
-            out.push(json_number_to_f32(dtype, n, name).map_err(ApiError::bad)?);
-            Ok(())
-        }
-        _ => Err(ApiError::bad(format!("input '{name}': 'data' must hold only numbers (nested or flat arrays)"))),
+        Ok(Bytes::from(buf))
+    };
+    match tokio::time::timeout(o.body_read_timeout, collect).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            ApiError::bad(format!("request body not received within {} ms", o.body_read_timeout.as_millis())),
+        )),
     }
 }
 
@@ -366,5 +292,71 @@ pub async fn serve_shared(
     serving: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(serving)).with_graceful_shutdown(shutdown).await
+    let header_read_timeout = serving.options.header_read_timeout;
+    serve_router(listener, router(serving), header_read_timeout, shutdown).await
+}
+
+/// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, TCP_NODELAY) until `shutdown` resolves,
+/// then stops accepting and waits for open connections to finish their requests.
+///
+/// A client that has not sent a request's headers within `header_read_timeout` of starting
+/// it (or of opening the connection) is disconnected, so stalled or trickling clients cannot
+/// hold connections open forever (hyper's `header_read_timeout`, which `axum::serve` leaves
+/// without a timer, i.e. off). Bodies are bounded in time by the handlers (see
+/// [`crate::security::ServeOptions::body_read_timeout`]).
+///
+/// Errors: the listener fails.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: back off and keep serving (as
+                // axum::serve does); the errors that end a listener are not recoverable.
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // hyper's header timer starts with the first byte: a connection that sends
+            // nothing at all is closed here after the same timeout.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
 }

@@ -20,4 +20,6 @@ pub mod grpc_frontend;
 pub mod server;
 pub mod config;
 pub mod batcher;
+pub mod security;
+pub mod request;
 pub mod admission;

@@ -23,11 +23,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{InferenceBackend, ModelSpec};
 use crate::fault::{FaultConfig, FaultInjector};
+use crate::security::AuthToken;
 use crate::grpc::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
@@ -75,12 +77,28 @@ pub async fn serve_worker(
     opts: WorkerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_worker_with_auth(listener, backend, opts, None, shutdown).await
+}
+
+/// [`serve_worker`] requiring `auth` (when set) on every call: gRPC metadata
+/// `authorization: Bearer TOKEN`, else `UNAUTHENTICATED` (see [`crate::security`]).
+///
+/// # Errors
+/// As [`serve_worker`].
+pub async fn serve_worker_with_auth(
+    listener: TcpListener,
+    backend: Arc<dyn InferenceBackend>,
+    opts: WorkerOptions,
+    auth: Option<AuthToken>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     backend.spec().validate()?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, model = %backend.spec().name, faults = %opts.faults, "worker serving");
     let service = GrpcInferenceServiceServer::new(WorkerService::new(backend, opts))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = InterceptedService::new(service, crate::security::grpc_auth(auth));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         // Bigger HTTP/2 windows than h2's 64 KiB default: a batched image tensor should not
@@ -132,6 +150,19 @@ pub async fn spawn_worker(
     backend: Arc<dyn InferenceBackend>,
     opts: WorkerOptions,
 ) -> anyhow::Result<WorkerHandle> {
+    spawn_worker_with_auth(addr, backend, opts, None).await
+}
+
+/// [`spawn_worker`] with [`serve_worker_with_auth`]'s token check.
+///
+/// # Errors
+/// As [`spawn_worker`].
+pub async fn spawn_worker_with_auth(
+    addr: &str,
+    backend: Arc<dyn InferenceBackend>,
+    opts: WorkerOptions,
+    auth: Option<AuthToken>,
+) -> anyhow::Result<WorkerHandle> {
     backend.spec().validate()?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
@@ -139,7 +170,7 @@ pub async fn spawn_worker(
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let task = tokio::spawn(serve_worker(listener, backend, opts, shutdown));
+    let task = tokio::spawn(serve_worker_with_auth(listener, backend, opts, auth, shutdown));
     Ok(WorkerHandle {
         addr,
         stop: Some(stop),

@@ -15,7 +15,7 @@ use parm_serve::backend::ModelSpec;
 use parm_serve::client::InstanceClient;
 use parm_serve::frontend::{Frontend, FrontendConfig};
 use parm_serve::redundancy::Redundancy;
-use parm_serve::worker::{serve_worker, WorkerOptions};
+use parm_serve::worker::WorkerOptions;
 
 use crate::backend::NnBackend;
 use crate::Paths;
@@ -325,6 +325,9 @@ pub struct EvalArgs {
     /// Report: optimizer steps of each parity model it trains (rounded up to whole epochs).
     #[arg(long, default_value_t = 6000)]
     pub steps: usize,
+    /// Report: ... and at least this many epochs.
+    #[arg(long, default_value_t = 8)]
+    pub min_epochs: usize,
     /// Report: epochs of a deployed model it trains.
     #[arg(long, default_value_t = 20)]
     pub deployed_epochs: usize,
@@ -355,6 +358,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             lenet_epochs: a.lenet_epochs,
             ks: a.ks.clone(),
             steps: a.steps,
+            min_epochs: a.min_epochs,
             deployed_epochs: a.deployed_epochs,
             berrut_s: vec![1, 2, 3],
             approxifer: true,
@@ -454,6 +458,14 @@ pub struct WorkerArgs {
     /// long (ms), then exit 0.
     #[arg(long, default_value_t = parm_serve::server::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     pub drain_timeout_ms: u64,
+    /// Require this bearer token (file holding it) on every call: gRPC metadata
+    /// `authorization: Bearer TOKEN`. Default: $PARM_AUTH_TOKEN if set, else no auth.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Only load models from inside this directory: `--model` is taken relative to it and may
+    /// not leave it (`..`, absolute paths elsewhere, symbolic links pointing out).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
@@ -461,7 +473,12 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => a.model.file_stem().and_then(|s| s.to_str()).context("model path has no file name")?.to_string(),
     };
-    let backend = Arc::new(NnBackend::load(&a.model, &name)?);
+    let model = match &a.models_dir {
+        Some(dir) => parm_serve::security::confine(dir, &a.model).context("--model")?,
+        None => a.model.clone(),
+    };
+    let auth = parm_serve::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
+    let backend = Arc::new(NnBackend::load(&model, &name)?);
     let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
     anyhow::ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     let batching = (a.max_batch > 1).then(|| parm_serve::batcher::BatchConfig {
@@ -473,7 +490,10 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     block_on_drained(async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
-        parm_serve::server::drain_within(shutdown_signal(), drain, |stop| serve_worker(listener, backend, opts, stop.wait())).await
+        parm_serve::server::drain_within(shutdown_signal(), drain, |stop| {
+            parm_serve::worker::serve_worker_with_auth(listener, backend, opts, auth, stop.wait())
+        })
+        .await
     })
 }
 
@@ -553,6 +573,21 @@ pub struct ServeArgs {
     /// Also serve Prometheus `/metrics` on this address (it is always on the HTTP port too).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Require this bearer token (file holding it) from clients (HTTP `Authorization: Bearer
+    /// TOKEN`, gRPC metadata `authorization`), and send it to the instances. Default:
+    /// $PARM_AUTH_TOKEN if set, else no auth. Health probes stay open.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Largest HTTP request body after decompression, and largest gRPC request (bytes); more
+    /// gets 413 / RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = parm_serve::security::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// HTTP clients must send a request's headers within this (ms), else they are disconnected.
+    #[arg(long, default_value_t = 30_000)]
+    pub header_read_timeout_ms: u64,
+    /// HTTP clients must send a request's body within this of its headers (ms), else 408.
+    #[arg(long, default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
     /// Most queries in flight at the frontend (HTTP and gRPC together); past it requests get
     /// 503 + Retry-After / UNAVAILABLE at once (admission control, see parm_serve::admission).
     #[arg(long, default_value_t = parm_serve::admission::DEFAULT_MAX_INFLIGHT)]
@@ -583,6 +618,10 @@ fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     set(&mut a.listen, s.http);
     set(&mut a.max_inflight, s.max_inflight);
     set(&mut a.drain_timeout_ms, s.drain_timeout_ms);
+    a.auth_token_file = s.auth_token_file.or(a.auth_token_file);
+    set(&mut a.max_body_bytes, s.max_body_bytes);
+    set(&mut a.header_read_timeout_ms, s.header_read_timeout_ms);
+    set(&mut a.body_read_timeout_ms, s.body_read_timeout_ms);
     set(&mut a.grpc_listen, s.grpc);
     a.metrics_listen = s.metrics.or(a.metrics_listen);
     a.model_name = m.name.or(a.model_name);
@@ -637,13 +676,21 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let a = with_config(a)?;
+    let options = parm_serve::security::ServeOptions {
+        auth: parm_serve::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
+        max_body_bytes: a.max_body_bytes,
+        header_read_timeout: Duration::from_millis(a.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(a.body_read_timeout_ms),
+    };
+    // The instance clients the frontend makes send the same token.
+    parm_serve::client::set_default_auth_token(options.auth.clone());
     anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
     let drain = Duration::from_millis(a.drain_timeout_ms);
     block_on_drained(async move {
         let frontend = Frontend::start(frontend_config(&a).await?)?;
         frontend.warm_up().await;
         let admission = parm_serve::admission::Admission::new(a.max_inflight);
-        let serving = parm_serve::api::Serving::start_with(frontend, admission).await?;
+        let serving = parm_serve::api::Serving::start_with_options(frontend, admission, options).await?;
         let http = bind(&a.listen).await?;
         println!("listening on {}", http.local_addr()?);
         let grpc = match a.grpc_listen.as_str() {
