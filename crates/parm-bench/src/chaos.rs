@@ -161,3 +161,170 @@ async fn shuffles(megabytes: usize, concurrent: usize, gap_ms: u64, stop: watch:
     }
     drain.abort();
 }
+
+/// One kind of fault of a [`ChaosEvent`] schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum ChaosKind {
+    /// SIGKILL the instance's process; restart it on the same address when the event ends.
+    Kill,
+    /// SIGSTOP the process; SIGCONT when the event ends.
+    Stall,
+    /// Partition: its [`crate::proxy::Proxy`] forwards nothing (connections stay open).
+    Blackhole,
+    /// Its proxy closes every connection and refuses new ones.
+    Reset,
+}
+
+impl ChaosKind {
+    pub const ALL: [ChaosKind; 4] = [ChaosKind::Kill, ChaosKind::Stall, ChaosKind::Blackhole, ChaosKind::Reset];
+}
+
+/// One fault: `kind` on instance `target` from `at` (after the schedule starts) for `length`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ChaosEvent {
+    pub at: Duration,
+    pub target: usize,
+    pub kind: ChaosKind,
+    pub length: Duration,
+}
+
+/// A seeded random schedule over `window`: a new fault starts every `gap` (uniform in the
+/// range) on an instance that is not already faulty, of a random kind, lasting `length`
+/// (uniform in the range) but ending within `window`; at most `max_concurrent` instances are
+/// faulty at once. The same seed gives the same schedule.
+pub fn chaos_schedule(
+    seed: u64,
+    targets: usize,
+    window: Duration,
+    gap: std::ops::Range<Duration>,
+    length: std::ops::Range<Duration>,
+    max_concurrent: usize,
+) -> Vec<ChaosEvent> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut events: Vec<ChaosEvent> = Vec::new();
+    let mut t = Duration::ZERO;
+    loop {
+        t += rng.random_range(gap.clone());
+        if t >= window {
+            break;
+        }
+        let busy: Vec<usize> = events.iter().filter(|e| e.at + e.length > t).map(|e| e.target).collect();
+        if busy.len() >= max_concurrent.max(1) {
+            continue;
+        }
+        let free: Vec<usize> = (0..targets).filter(|i| !busy.contains(i)).collect();
+        if free.is_empty() {
+            continue;
+        }
+        let target = free[rng.random_range(0..free.len())];
+        let kind = ChaosKind::ALL[rng.random_range(0..ChaosKind::ALL.len())];
+        let len = rng.random_range(length.clone()).min(window - t);
+        events.push(ChaosEvent { at: t, target, kind, length: len });
+    }
+    events
+}
+
+/// An instance that chaos may hit, behind its proxy (callers use `proxy.addr()`).
+pub struct ChaosTarget {
+    pub instance: Instance,
+    pub proxy: crate::proxy::Proxy,
+}
+
+/// What a schedule did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ChaosCounts {
+    pub kills: usize,
+    pub stalls: usize,
+    pub blackholes: usize,
+    pub resets: usize,
+    /// Restarts after a kill that failed (the instance then stays down).
+    pub failed_restarts: usize,
+}
+
+/// Plays `schedule` against `targets` (index = [`ChaosEvent::target`]) in real time, each
+/// event in its own task, and returns when every event has ended and been undone (stalled
+/// processes continued, killed ones restarted on their address with the `parm` binary `exe`,
+/// proxies passing again).
+pub async fn run_chaos(schedule: &[ChaosEvent], targets: &[tokio::sync::Mutex<ChaosTarget>], exe: &std::path::Path) -> ChaosCounts {
+    let start = tokio::time::Instant::now();
+    let results = futures::future::join_all(schedule.iter().map(|e| async move {
+        tokio::time::sleep_until(start + e.at).await;
+        let mut t = targets[e.target].lock().await;
+        tracing::info!(target_instance = e.target, kind = ?e.kind, ms = e.length.as_millis() as u64, "chaos");
+        match e.kind {
+            ChaosKind::Stall => {
+                signal(t.instance.pid(), libc::SIGSTOP);
+                tokio::time::sleep(e.length).await;
+                signal(t.instance.pid(), libc::SIGCONT);
+                true
+            }
+            ChaosKind::Blackhole | ChaosKind::Reset => {
+                let mode = if e.kind == ChaosKind::Blackhole { crate::proxy::ProxyMode::Blackhole } else { crate::proxy::ProxyMode::Reset };
+                t.proxy.set(mode);
+                tokio::time::sleep(e.length).await;
+                t.proxy.set(crate::proxy::ProxyMode::Pass);
+                true
+            }
+            ChaosKind::Kill => {
+                t.instance.kill().await;
+                tokio::time::sleep(e.length).await;
+                restart(&mut t.instance, exe).await
+            }
+        }
+    }))
+    .await;
+    let mut c = ChaosCounts::default();
+    for (e, ok) in schedule.iter().zip(results) {
+        match e.kind {
+            ChaosKind::Kill => c.kills += 1,
+            ChaosKind::Stall => c.stalls += 1,
+            ChaosKind::Blackhole => c.blackholes += 1,
+            ChaosKind::Reset => c.resets += 1,
+        }
+        c.failed_restarts += usize::from(!ok);
+    }
+    c
+}
+
+/// Starts a killed instance again on its address (a few tries: the port may linger briefly).
+async fn restart(instance: &mut Instance, exe: &std::path::Path) -> bool {
+    let spec = InstanceSpec { listen: Some(instance.addr.clone()), ..instance.spec.clone() };
+    for _ in 0..10 {
+        match start_instance(exe, spec.clone()).await {
+            Ok(i) => {
+                *instance = i;
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!("restart of {} failed: {e:#}", instance.addr);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_seeded_bounded_and_never_doubles_up_on_a_target() {
+        let ms = Duration::from_millis;
+        let s = chaos_schedule(3, 5, ms(30_000), ms(300)..ms(1500), ms(500)..ms(3000), 2);
+        assert_eq!(s, chaos_schedule(3, 5, ms(30_000), ms(300)..ms(1500), ms(500)..ms(3000), 2));
+        assert_ne!(s, chaos_schedule(4, 5, ms(30_000), ms(300)..ms(1500), ms(500)..ms(3000), 2));
+        assert!(s.len() >= 10, "{}", s.len());
+        for (i, e) in s.iter().enumerate() {
+            assert!(e.at + e.length <= ms(30_000) && e.target < 5);
+            // Faults under way when this one starts (itself included).
+            let active: Vec<_> = s.iter().filter(|o| o.at <= e.at && e.at < o.at + o.length).collect();
+            assert!(active.len() <= 2, "event {i}: {} at once", active.len());
+            assert_eq!(active.iter().filter(|o| o.target == e.target).count(), 1, "event {i}: target faulted twice at once");
+        }
+        for k in ChaosKind::ALL {
+            assert!(s.iter().any(|e| e.kind == k), "no {k:?} in the schedule");
+        }
+    }
+}

@@ -40,6 +40,7 @@ pub mod cluster;
 pub mod harness;
 pub mod loadgen;
 pub mod plot;
+pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod sim;
