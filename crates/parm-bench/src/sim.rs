@@ -9,9 +9,13 @@
 //! - `none` / `equal-resources`: one request per query.
 //! - `replication`: two instances; the first answer wins (the loser still occupies its server).
 //! - `hedged`: a backup to the next instance after the running p95 of answered latencies.
-//! - `parm`: coding groups of k consecutive queries; the parity request leaves when the group
-//!   is full or `group_timeout` after its first query; a query is answered at the earlier of
-//!   its own answer and (parity and the other k-1 answers in, but not before `decode_grace`).
+//! - `parm`: coding groups of k consecutive queries, with the frontend's straggler policy
+//!   (parm_serve::straggler): a group is sealed when full or `min(group_timeout, threshold)`
+//!   after its first query, the threshold being `factor` x the running median of answer times
+//!   within `[min, max]`; the parity request leaves at the seal (eager) or, with lazy parity,
+//!   once a member has been outstanding for the threshold (never if all answer first); a query
+//!   is answered at the earlier of its own answer and (parity and the other k-1 answers in,
+//!   but not before `decode_grace`).
 //!   Queued originals are not cancelled here, which makes the model slightly pessimistic.
 //! Faults: per-instance `delay` and `episodes` (added to service), `stall` (the server does not
 //! start work during the stall), `crash` (requests meanwhile fail at once and go to the next
@@ -54,6 +58,8 @@ pub struct SimSpec {
     pub compute_ms: f64,
     pub group_timeout_ms: f64,
     pub decode_grace_ms: f64,
+    /// The frontend's straggler policy (threshold and parity dispatch) for `parm` modes.
+    pub straggler: parm_serve::straggler::StragglerPolicy,
     pub seed: u64,
 }
 
@@ -167,7 +173,7 @@ pub fn simulate(spec: &SimSpec, base: &Empirical) -> Percentiles {
         Mode::None | Mode::EqualResources { .. } => arrivals.iter().enumerate().map(|(q, &t)| sim.request(q, t) - t).collect(),
         Mode::Replication => arrivals.iter().enumerate().map(|(q, &t)| sim.request(2 * q, t).min(sim.request(2 * q + 1, t)) - t).collect(),
         Mode::Hedged { .. } => hedged(&mut sim, &arrivals),
-        Mode::Parm { k } => coded(&mut sim, &mut parity_sim, &arrivals, k, spec.group_timeout_ms, spec.decode_grace_ms),
+        Mode::Parm { k } => coded(&mut sim, &mut parity_sim, &arrivals, k, spec),
     };
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for l in answers.iter().skip(spec.warmup) {
@@ -196,19 +202,61 @@ fn hedged(sim: &mut Sim, arrivals: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-fn coded(sim: &mut Sim, parity: &mut Sim, arrivals: &[f64], k: usize, timeout: f64, grace: f64) -> Vec<f64> {
+/// The straggler threshold (ms) from the answer times seen so far (see parm_serve::straggler).
+struct Threshold {
+    policy: parm_serve::straggler::StragglerPolicy,
+    recent: std::collections::VecDeque<f64>,
+    seen: usize,
+    ms: f64,
+}
+
+impl Threshold {
+    fn new(policy: &parm_serve::straggler::StragglerPolicy) -> Self {
+        let ms = policy.max.as_secs_f64() * 1e3;
+        Self { policy: policy.clone(), recent: Default::default(), seen: 0, ms }
+    }
+
+    fn record(&mut self, latency_ms: f64) {
+        if self.recent.len() == 1000 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(latency_ms);
+        self.seen += 1;
+        if self.seen % 50 == 1 {
+            let mut w: Vec<f64> = self.recent.iter().copied().collect();
+            w.sort_by(f64::total_cmp);
+            let median = w[(w.len() - 1) / 2];
+            let (lo, hi) = (self.policy.min.as_secs_f64() * 1e3, self.policy.max.as_secs_f64() * 1e3);
+            self.ms = (median * self.policy.factor).clamp(lo, hi.max(lo));
+        }
+    }
+}
+
+fn coded(sim: &mut Sim, parity: &mut Sim, arrivals: &[f64], k: usize, spec: &SimSpec) -> Vec<f64> {
+    let (timeout, grace) = (spec.group_timeout_ms, spec.decode_grace_ms);
     let own: Vec<f64> = arrivals.iter().enumerate().map(|(q, &t)| sim.request(q, t)).collect();
+    let mut threshold = Threshold::new(&spec.straggler);
     let mut out = Vec::with_capacity(arrivals.len());
     let mut q = 0;
     let mut group = 0;
     while q < arrivals.len() {
         let first = arrivals[q];
+        let d = threshold.ms;
+        let open_for = timeout.min(d);
         let mut end = q + 1;
-        while end < arrivals.len() && end - q < k && arrivals[end] <= first + timeout {
+        while end < arrivals.len() && end - q < k && arrivals[end] <= first + open_for {
             end += 1;
         }
-        let sealed = if end - q == k { arrivals[end - 1] } else { first + timeout };
-        let fp = parity.request(group, sealed);
+        let sealed = if end - q == k { arrivals[end - 1] } else { first + open_for };
+        // Eager: parity at the seal if a member is still out. Lazy: once the first member
+        // still out has been outstanding for the threshold.
+        let wait = if spec.straggler.lazy_parity { d } else { 0.0 };
+        let due = |j: usize| sealed.max(arrivals[j] + wait);
+        let parity_at = (q..end).filter(|&j| own[j] > due(j)).map(due).fold(f64::INFINITY, f64::min);
+        let fp = if parity_at.is_finite() { parity.request(group, parity_at) } else { f64::INFINITY };
+        for j in q..end {
+            threshold.record(own[j] - arrivals[j]);
+        }
         for j in q..end {
             let others = (q..end).filter(|&i| i != j).map(|i| own[i]).fold(fp, f64::max);
             let decoded = others.max(arrivals[j] + grace);
@@ -229,7 +277,7 @@ mod tests {
     }
 
     fn spec(mode: Mode, faults: Vec<Fault>) -> SimSpec {
-        SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, seed: 1 }
+        SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, straggler: Default::default(), seed: 1 }
     }
 
     #[test]

@@ -81,6 +81,7 @@ fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArg
         compute_ms: a.compute_ms,
         group_timeout_ms: s.group_timeout_ms as f64,
         decode_grace_ms: s.decode_grace_ms as f64,
+        straggler: s.straggler(),
         seed: s.seed,
     }
 }
@@ -131,6 +132,7 @@ fn projections(a: &SimulateArgs, base: &Empirical, json: &mut Vec<serde_json::Va
                     compute_ms: a.compute_ms,
                     group_timeout_ms: 5.0,
                     decode_grace_ms: 2.0,
+                    straggler: Default::default(),
                     seed: 11,
                 };
                 let p = simulate(&spec, base);
