@@ -99,6 +99,9 @@ pub struct Serving {
     pub admission: crate::admission::Admission,
     /// Authentication and request limits of the client interfaces (see [`crate::security`]).
     pub options: crate::security::ServeOptions,
+    /// Coding over batches (`parm serve --batch-coding`): once set, a request of more than
+    /// one row is coded as one batch (see [`crate::batch_coding`]) instead of row by row.
+    pub batch_coding: std::sync::OnceLock<crate::batch_coding::BatchCoder>,
 }
 
 /// Shared handle.
@@ -141,7 +144,12 @@ impl Accepted<'_> {
         };
         let dispatched = Instant::now();
         let n = rows.len();
-        let calls = futures::future::join_all(rows.into_iter().map(|r| timed_predict(s, r)));
+        let calls = async {
+            match s.batch_coding.get() {
+                Some(coder) if n > 1 => timed_batch(s, coder, rows).await,
+                _ => futures::future::join_all(rows.into_iter().map(|r| timed_predict(s, r))).await,
+            }
+        };
         // tokio's timers tick in whole milliseconds, so the deadline is also checked exactly
         // after the answers are in: an answer that came too late is never sent.
         let result = match timeout {
@@ -170,6 +178,17 @@ async fn timed_predict(s: &Serving, row: Vec<f32>) -> Result<Prediction, Fronten
     let source = if p.reconstructed { "reconstructed" } else { "original" };
     s.prometheus.answer_latency(source, start.elapsed());
     Ok(p)
+}
+
+/// A batch coded as one (see [`crate::batch_coding`]), with the per-row answer metrics.
+async fn timed_batch(s: &Serving, coder: &crate::batch_coding::BatchCoder, rows: Vec<Vec<f32>>) -> Vec<Result<Prediction, FrontendError>> {
+    let start = Instant::now();
+    let results = coder.predict(rows).await;
+    for p in results.iter().flatten() {
+        let source = if p.reconstructed { "reconstructed" } else { "original" };
+        s.prometheus.answer_latency(source, start.elapsed());
+    }
+    results
 }
 
 fn collect(results: Vec<Result<Prediction, FrontendError>>) -> Result<Vec<Prediction>, ApiError> {
@@ -209,7 +228,7 @@ impl Serving {
         let health = Health::start(&instances).await?;
         let spec = frontend.spec();
         let prometheus = Prometheus::new(&spec.name, &spec.version);
-        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission, options }))
+        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission, options, batch_coding: Default::default() }))
     }
 
     /// Starts timing one inference request.

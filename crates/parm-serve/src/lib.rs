@@ -20,6 +20,7 @@ pub mod grpc_frontend;
 pub mod server;
 pub mod config;
 pub mod batcher;
+pub mod batch_coding;
 pub mod security;
 pub mod request;
 pub mod admission;

@@ -596,6 +596,11 @@ pub struct ServeArgs {
     /// long (ms), then exit 0.
     #[arg(long, default_value_t = parm_serve::server::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     pub drain_timeout_ms: u64,
+    /// Coding over batches: a request of B > 1 rows goes to one deployed instance as one
+    /// batched request, and k such requests share one batched parity request (row i encodes
+    /// row i of each). Without it, each row of a batch joins a coding group on its own.
+    #[arg(long)]
+    pub batch_coding: bool,
     /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
     /// the matching flags.
     #[arg(long)]
@@ -691,6 +696,11 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         frontend.warm_up().await;
         let admission = parm_serve::admission::Admission::new(a.max_inflight);
         let serving = parm_serve::api::Serving::start_with_options(frontend, admission, options).await?;
+        if a.batch_coding {
+            let coder = parm_serve::batch_coding::BatchCoder::start(serving.frontend.config())?;
+            coder.warm_up().await;
+            let _ = serving.batch_coding.set(coder);
+        }
         let http = bind(&a.listen).await?;
         println!("listening on {}", http.local_addr()?);
         let grpc = match a.grpc_listen.as_str() {

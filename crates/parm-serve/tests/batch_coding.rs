@@ -1,0 +1,159 @@
+//! Coding over batches (crate::batch_coding) over 127.0.0.1: a batch goes to a deployed
+//! instance as one batched request, k batches share one batched parity request, and the rows
+//! of a batch whose instance is stalled are answered with reconstructions. Instances are parm
+//! workers serving exact linear models (F(x) = W x + b, parity Fp(p) = W p + 2 b for k = 2),
+//! so every reconstruction equals the original exactly.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
+use parm_serve::batch_coding::BatchCoder;
+use parm_serve::fault::FaultConfig;
+use parm_serve::frontend::FrontendConfig;
+use parm_serve::redundancy::Redundancy;
+use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+
+const IN: usize = 4;
+const OUT: usize = 3;
+const BIAS: [f32; OUT] = [1.0, -1.0, 0.25];
+/// How long the stalled instance holds each request: far longer than any test waits.
+const STALL_MS: f64 = 20_000.0;
+
+fn linear(name: &str, bias_scale: f32) -> Arc<LinearBackend> {
+    let w = (0..IN * OUT).map(|i| i as f32 * 0.5 - 2.0).collect();
+    let b = BIAS.iter().map(|b| b * bias_scale).collect();
+    Arc::new(LinearBackend::new(ModelSpec::fp32(name, vec![IN as i64], vec![OUT as i64]), w, b).unwrap())
+}
+
+fn expected(row: &[f32]) -> Vec<f32> {
+    linear("deployed", 1.0).forward(row, 1).unwrap()
+}
+
+fn rows(n: usize, seed: f32) -> Vec<Vec<f32>> {
+    (0..n).map(|i| (0..IN).map(|j| seed + i as f32 * 0.75 - j as f32 * 0.5).collect()).collect()
+}
+
+struct Cluster {
+    _workers: Vec<WorkerHandle>,
+    /// Deployed instance 0 (stalled), deployed instance 1, parity instance.
+    f0: Arc<LinearBackend>,
+    f1: Arc<LinearBackend>,
+    fp: Arc<LinearBackend>,
+    coder: BatchCoder,
+}
+
+/// Deployed instance 0 stalled, deployed instance 1 and the parity instance healthy; k = 2.
+async fn cluster() -> Cluster {
+    let (f0, f1, fp) = (linear("deployed", 1.0), linear("deployed", 1.0), linear("parity", 2.0));
+    let opts = |delay_ms| WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
+    let mut workers = Vec::new();
+    for (b, d) in [(&f0, STALL_MS), (&f1, 0.0), (&fp, 0.0)] {
+        workers.push(spawn_worker("127.0.0.1:0", b.clone() as Arc<dyn InferenceBackend>, opts(d)).await.unwrap());
+    }
+    let addr = |w: &WorkerHandle| w.addr.to_string();
+    let cfg = FrontendConfig {
+        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
+        deployed: workers[..2].iter().map(addr).collect(),
+        deployed_model: "deployed".into(),
+        parity: vec![addr(&workers[2])],
+        parity_model: "parity".into(),
+        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
+        // Long enough that two batches sent together always land in one group.
+        group_timeout: Duration::from_millis(500),
+        straggler: Default::default(),
+        instance_timeout: Duration::from_secs(60),
+        decode_grace: Duration::from_millis(2),
+        redundancy: Redundancy::None,
+    };
+    let coder = BatchCoder::start(&cfg).unwrap();
+    coder.warm_up().await; // F(0) from the healthy instance (all are asked at once)
+    Cluster { _workers: workers, f0, f1, fp, coder }
+}
+
+fn assert_rows(got: &[Result<parm_serve::frontend::Prediction, parm_serve::frontend::FrontendError>], input: &[Vec<f32>], reconstructed: bool) {
+    assert_eq!(got.len(), input.len());
+    for (i, (p, x)) in got.iter().zip(input).enumerate() {
+        let p = p.as_ref().unwrap_or_else(|e| panic!("row {i}: {e}"));
+        assert_eq!(p.reconstructed, reconstructed, "row {i}");
+        let want = expected(x);
+        assert!(p.output.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4), "row {i}: {:?} vs {want:?}", p.output);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_instance_batch_is_reconstructed_row_by_row() {
+    let c = cluster().await;
+    let (a, b) = (rows(4, 0.5), rows(4, -1.0));
+    let start = Instant::now();
+    // Batch a joins the group first and goes to instance 0 (stalled), batch b to instance 1.
+    let ca = c.coder.clone();
+    let a2 = a.clone();
+    let first = tokio::spawn(async move { ca.predict(a2).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let got_b = c.coder.predict(b.clone()).await;
+    let got_a = first.await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10), "answered while the stall lasts ({:?})", start.elapsed());
+    assert_rows(&got_b, &b, false);
+    assert_rows(&got_a, &a, true);
+    let (ga, gb) = (got_a[0].as_ref().unwrap(), got_b[0].as_ref().unwrap());
+    assert_eq!((ga.group, ga.position, gb.group, gb.position), (ga.group, 0, ga.group, 1), "one group, a at 0, b at 1");
+
+    // One batched request per batch and one batched parity request of 4 rows for both.
+    let s = c.coder.stats();
+    assert_eq!(c.f1.calls(), 2, "F(0) at warm-up + batch b as one request"); // F(0) + b
+    assert_eq!(c.f0.calls(), 0, "the stalled instance never computed");
+    assert_eq!(c.fp.calls(), 1, "one parity request");
+    assert_eq!(s.deployed_requests.load(Ordering::Relaxed), 2);
+    assert_eq!(s.parity_requests.load(Ordering::Relaxed), 1);
+    assert_eq!(s.parity_rows.load(Ordering::Relaxed), 4);
+    assert_eq!(s.reconstructed_rows.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_different_sizes_are_padded_per_row() {
+    let c = cluster().await;
+    // a (2 rows, instance 0, stalled) and b (5 rows, instance 1): parity rows 0-1 are
+    // a_i + b_i, rows 2-4 are 0 + b_i; a's rows are Fp(a_i + b_i) - F(b_i).
+    let (a, b) = (rows(2, 2.0), rows(5, -0.25));
+    let ca = c.coder.clone();
+    let a2 = a.clone();
+    let first = tokio::spawn(async move { ca.predict(a2).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let got_b = c.coder.predict(b.clone()).await;
+    let got_a = first.await.unwrap();
+    assert_rows(&got_b, &b, false);
+    assert_rows(&got_a, &a, true);
+    assert_eq!(c.coder.stats().parity_rows.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_batch_on_stalled_instance_is_reconstructed_from_padding() {
+    let c = cluster().await;
+    // One batch in the group (closed by the group timeout), padded with a zero batch:
+    // row i = Fp(a_i) - F(0).
+    let a = rows(3, 1.5);
+    let got = c.coder.predict(a.clone()).await;
+    assert_rows(&got, &a, true);
+    // Then a lone batch on the healthy instance: answered, no parity request needed.
+    let b = rows(3, 0.0);
+    let got = c.coder.predict(b.clone()).await;
+    assert_rows(&got, &b, false);
+    let s = c.coder.stats();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.parity_skipped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await; // b's group closes on its timeout
+    }
+    assert_eq!(s.parity_skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(s.parity_requests.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_rejected() {
+    let c = cluster().await;
+    let got = c.coder.predict(vec![vec![0.0; IN], vec![0.0; IN + 1]]).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|r| matches!(r, Err(parm_serve::frontend::FrontendError::InvalidArgument(_)))));
+    assert!(c.coder.predict(Vec::new()).await.iter().all(Result::is_err));
+}
