@@ -19,6 +19,8 @@ use crate::DataError;
 pub const TYPE_U8: u8 = 0x08;
 /// Largest number of dimensions accepted.
 pub const MAX_DIMS: usize = 4;
+/// Largest decompressed IDX file accepted from a gzip stream (bytes): 1 GiB.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
 
 /// A decoded IDX array of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,16 +117,39 @@ fn parse_from(bytes: &[u8], origin: &str) -> Result<IdxArray, DataError> {
         origin: origin.to_string(),
         msg,
     };
-    let raw = gunzip_if_needed(bytes).map_err(|e| err(format!("corrupt gzip stream: {e}")))?;
+    let raw = gunzip_if_needed(bytes).map_err(err)?;
     parse_raw(&raw).map_err(err)
 }
 
-fn gunzip_if_needed(bytes: &[u8]) -> std::io::Result<Cow<'_, [u8]>> {
+/// Gunzips `bytes` if they start with the gzip magic, reading no more than the header
+/// declares (plus one byte, to detect trailing data) and at most [`MAX_IDX_BYTES`]: a gzip
+/// bomb cannot make it allocate more than the file says it holds.
+fn gunzip_if_needed(bytes: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(Cow::Borrowed(bytes));
     }
+    let corrupt = |e: std::io::Error| format!("corrupt gzip stream: {e}");
+    let mut dec = flate2::read::MultiGzDecoder::new(bytes);
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out)?;
+    (&mut dec).take(4).read_to_end(&mut out).map_err(corrupt)?;
+    let Ok(nd) = check_magic(&out) else { return Ok(Cow::Owned(out)) };
+    let header = 4 + 4 * nd;
+    (&mut dec).take((header - 4) as u64).read_to_end(&mut out).map_err(corrupt)?;
+    let total = if out.len() < header {
+        0 // truncated header: parse_raw reports it
+    } else {
+        out[4..header]
+            .chunks_exact(4)
+            .map(|c| u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .try_fold(1u64, |a, d| a.checked_mul(d))
+            .and_then(|p| p.checked_add(header as u64))
+            .unwrap_or(u64::MAX)
+    };
+    if total > MAX_IDX_BYTES {
+        return Err(format!("declared size of {total} bytes exceeds the limit of {MAX_IDX_BYTES}"));
+    }
+    let left = (total + 1).saturating_sub(out.len() as u64);
+    (&mut dec).take(left).read_to_end(&mut out).map_err(corrupt)?;
     Ok(Cow::Owned(out))
 }
 

@@ -14,6 +14,7 @@ pub mod mlp;
 pub mod parity;
 pub mod predictor;
 pub mod train;
+pub mod weights;
 
 pub use cnn::{Classifier, Net, NetConfig};
 pub use meta::{ModelKind, ModelMeta};

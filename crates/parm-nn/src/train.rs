@@ -81,16 +81,10 @@ pub fn save_model(model: &Mlp, meta: &ModelMeta, dir: &Path, name: &str) -> Resu
 /// Errors: missing or malformed metadata, or weights whose names or shapes do not match the
 /// architecture the metadata describes.
 pub fn load_model(weights: &Path, device: &Device) -> Result<(Mlp, ModelMeta), NnError> {
-    let meta = ModelMeta::load(&weights.with_extension("json"))?;
-    if !weights.exists() {
-        return Err(NnError::Weights { path: weights.display().to_string(), message: "file not found".into() });
+    match load_net(weights, device)? {
+        (Net::Mlp(model), meta) => Ok((model, meta)),
+        (_, meta) => Err(NnError::Weights { path: weights.display().to_string(), message: format!("architecture {} is not an MLP", meta.arch) }),
     }
-    let model = meta
-        .mlp
-        .init(Init::Default, device)
-        .try_load_file(weights)
-        .map_err(|e| NnError::Weights { path: weights.display().to_string(), message: e.to_string() })?;
-    Ok((model, meta))
 }
 
 /// Trains any architecture as the deployed model (Adam, cross-entropy), like
@@ -188,14 +182,7 @@ pub fn load_net(weights: &Path, device: &Device) -> Result<(Net, ModelMeta), NnE
     if !weights.exists() {
         return Err(NnError::Weights { path: weights.display().to_string(), message: "file not found".into() });
     }
-    let cfg = NetConfig::parse(&meta.arch, &meta.mlp)
-        .ok_or_else(|| NnError::Invalid(format!("{}: unknown architecture {}", weights.display(), meta.arch)))?;
-    let werr = |e: &dyn std::fmt::Display| NnError::Weights { path: weights.display().to_string(), message: e.to_string() };
-    let net = match cfg.init(Init::Default, device) {
-        Net::Mlp(m) => Net::Mlp(m.try_load_file(weights).map_err(|e| werr(&e))?),
-        Net::LeNet(m) => Net::LeNet(m.try_load_file(weights).map_err(|e| werr(&e))?),
-        Net::ResNet18(m) => Net::ResNet18(m.try_load_file(weights).map_err(|e| werr(&e))?),
-        Net::CellMlp(m) => Net::CellMlp(m.try_load_file(weights).map_err(|e| werr(&e))?),
-    };
+    // Sizes, names, shapes, dtypes and values checked before use (see crate::weights).
+    let net = crate::weights::load_net_file(&meta, weights, device)?;
     Ok((net, meta))
 }
