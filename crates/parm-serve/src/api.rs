@@ -306,7 +306,17 @@ impl Serving {
 
     /// Prometheus text format of every metric.
     pub fn render_metrics(&self) -> String {
-        self.prometheus.render(&self.stats, self.frontend.stats(), self.health.instances())
+        let mut text = self.prometheus.render(&self.stats, self.frontend.stats(), self.health.instances());
+        let a = &self.admission;
+        text.push_str(&format!(
+            "# HELP parm_inflight_queries Queries in flight at the frontend (admission control)\n# TYPE parm_inflight_queries gauge\nparm_inflight_queries {}\n\
+             # HELP parm_inflight_limit Most queries admitted at once (--max-inflight)\n# TYPE parm_inflight_limit gauge\nparm_inflight_limit {}\n\
+             # HELP parm_shed_requests_total Requests shed with 503 / UNAVAILABLE by admission control\n# TYPE parm_shed_requests_total counter\nparm_shed_requests_total {}\n",
+            a.in_flight(),
+            a.limit(),
+            a.shed()
+        ));
+        text
     }
 }
 

@@ -137,6 +137,9 @@ async fn http_burst_past_the_limit_is_shed_with_retry_after_then_service_returns
     }
     assert_eq!(c.serving.admission.in_flight(), 0);
     assert_eq!(c.serving.admission.shed() as usize, shed);
+    let metrics = client.get(c.url.replace("/v2/models/lin/infer", "/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("parm_shed_requests_total {shed}\n")), "{metrics}");
+    assert!(metrics.contains(&format!("parm_inflight_limit {LIMIT}\n")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
