@@ -23,6 +23,8 @@
 //! k = 2
 //! encoder = "addition"
 //! redundancy = "none"            # or replication / hedged (uncoded baselines)
+//! lazy_parity = false            # parity queries only for groups with a straggler
+//! straggler_factor = 2.0         # straggler threshold = factor x median instance latency
 //!
 //! [deadlines]                    # milliseconds
 //! group_timeout_ms = 5
@@ -80,6 +82,10 @@ pub struct ModelSection {
     pub k: Option<usize>,
     pub encoder: Option<String>,
     pub redundancy: Option<String>,
+    /// Parity queries only for coding groups with a straggler (see [`crate::straggler`]).
+    pub lazy_parity: Option<bool>,
+    /// Straggler threshold = this x the median deployed-instance latency.
+    pub straggler_factor: Option<f64>,
 }
 
 /// `[deadlines]`, in milliseconds.

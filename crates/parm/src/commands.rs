@@ -637,6 +637,8 @@ fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     set(&mut a.k, m.k);
     set(&mut a.encoder, m.encoder);
     set(&mut a.redundancy, m.redundancy);
+    set(&mut a.lazy_parity, m.lazy_parity);
+    set(&mut a.straggler_factor, m.straggler_factor);
     set(&mut a.group_timeout_ms, d.group_timeout_ms);
     set(&mut a.decode_grace_ms, d.decode_grace_ms);
     set(&mut a.instance_timeout_ms, d.instance_timeout_ms);
