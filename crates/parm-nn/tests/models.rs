@@ -61,7 +61,7 @@ fn lenet_trains_saves_loads_and_gets_a_parity_model() {
         out_dir: dir.path(),
         name: "parity",
     };
-    let pcfg = ParityConfig { progress: false, cells: false, ..ParityConfig::parm_own_recipe(2, 2) };
+    let pcfg = ParityConfig { progress: false, cells: false, hidden: Some(vec![400, 200]), ..ParityConfig::parm_own_recipe(2, 2) };
     let pmeta = train_parity(&job, &pcfg).unwrap();
     assert_eq!(pmeta.mlp.classes, 20);
     assert_eq!(pmeta.arch, "mlp-784-400-200-20");
@@ -72,7 +72,7 @@ fn lenet_trains_saves_loads_and_gets_a_parity_model() {
     let pcfg = ParityConfig { progress: false, augment: aug, ..ParityConfig::parm_own_recipe(2, 1) };
     train_parity(&job, &pcfg).unwrap();
     let pmeta = train_parity(&job, &ParityConfig { epochs: 2, ..pcfg }).unwrap();
-    assert_eq!(pmeta.arch, "cellmlp-k2-1x28x28-400-200-20");
+    assert_eq!(pmeta.arch, "cellmlp-k2-1x28x28-200-100-20");
     assert_eq!((pmeta.mlp.input, pmeta.mlp.classes), (784, 20));
     let p = Predictor::load(&dir.path().join("cells.bpk")).unwrap();
     let x = parm_codes::Encoder::encode(&enc, &[ds.test.image(0), ds.test.image(1)]).unwrap();

@@ -35,6 +35,9 @@ pub struct ReportOptions {
     /// Optimizer steps of each parity model the report trains (whole epochs, rounded up), so
     /// that large k, with fewer groups per epoch, gets the same training as k = 2.
     pub steps: usize,
+    /// ... and at least this many epochs (Fashion-MNIST k <= 4 with parm's 16 groups per step
+    /// would otherwise see each training image only 4 to 7 times).
+    pub min_epochs: usize,
     /// Deployed-model epochs if a dataset has no `deployed.bpk` yet.
     pub deployed_epochs: usize,
     /// Berrut extra instances per group.
@@ -108,7 +111,7 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
             for (recipe, encoder) in [("parm-paper", "addition"), ("parm", OWN_ENCODER)] {
                 let base = recipe_config(recipe, k, 1)?;
                 let steps_per_epoch = (ds.train.n / k).div_ceil(base.groups_per_step);
-                let epochs = opts.steps.div_ceil(steps_per_epoch);
+                let epochs = opts.steps.div_ceil(steps_per_epoch).max(opts.min_epochs);
                 let cfg: ParityConfig = ParityConfig { progress: false, seed: opts.seed, epochs, ..base };
                 // The cell-wise parity model gets its own name (an older dense one of the same
                 // recipe is not resumed into it).
@@ -212,6 +215,16 @@ pub fn markdown(rows: &[Row]) -> String {
 /// A_d against k, one table per dataset and deployed model, one row per code / recipe / S (the
 /// tables of BENCHMARKS.md, "Parity-model quality").
 pub fn degraded_tables(rows: &[Row]) -> String {
+    let mut s = String::from("A_d:\n");
+    s += &tables(rows, |_| true, |r| r.degraded);
+    s += "\nA_o at f_u = 5%, one extra instance per group (ApproxIFER: its accuracy, every answer decoded):\n";
+    s += &tables(rows, |r| r.s == 1, |r| r.overall_f5);
+    s
+}
+
+/// One table per dataset and deployed model of `value` for the rows `keep` selects.
+fn tables(rows: &[Row], keep: impl Fn(&Row) -> bool, value: impl Fn(&Row) -> f64) -> String {
+    let rows: Vec<&Row> = rows.iter().filter(|r| keep(r)).collect();
     let mut ks: Vec<usize> = rows.iter().map(|r| r.k).collect();
     ks.sort_unstable();
     ks.dedup();
@@ -225,9 +238,9 @@ pub fn degraded_tables(rows: &[Row]) -> String {
         ("approxifer-nonsystematic", _) => format!("ApproxIFER non-systematic, S={}", r.s),
         (code, recipe) => format!("{code} ({recipe})"),
     };
-    let mut s = String::from("A_d:\n");
+    let mut s = String::new();
     for (ds, model) in panels {
-        let sel: Vec<&Row> = rows.iter().filter(|r| (r.dataset.as_str(), r.model.as_str()) == (ds, model)).collect();
+        let sel: Vec<&&Row> = rows.iter().filter(|r| (r.dataset.as_str(), r.model.as_str()) == (ds, model)).collect();
         let available = sel.iter().find(|r| r.code != "approxifer-nonsystematic").map_or(0.0, |r| r.available);
         let _ = write!(s, "\n{ds}, {model}, A_a {available:.4}:\n\n| code |");
         for k in &ks {
@@ -250,7 +263,7 @@ pub fn degraded_tables(rows: &[Row]) -> String {
             for k in &ks {
                 match sel.iter().find(|r| r.k == *k && label(r) == l) {
                     Some(r) => {
-                        let _ = write!(s, " {:.3} |", r.degraded);
+                        let _ = write!(s, " {:.3} |", value(r));
                     }
                     None => s += " - |",
                 }
