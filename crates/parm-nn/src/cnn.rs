@@ -261,7 +261,8 @@ impl NetConfig {
                 let width = w.strip_prefix('w')?.parse().ok()?;
                 Some(NetConfig::ResNet18 { channels, side, classes: n.parse().ok()?, width })
             }
-            ["mlp", ..] => Some(NetConfig::Mlp(mlp.clone())),
+            // The name must agree with the metadata's layer sizes.
+            ["mlp", ..] => (mlp.name() == arch).then(|| NetConfig::Mlp(mlp.clone())),
             ["cellmlp", kk, shape, ..] => {
                 let k: usize = kk.strip_prefix('k')?.parse().ok()?;
                 let v: Vec<usize> = shape.split('x').map(|p| p.parse().ok()).collect::<Option<_>>()?;
