@@ -14,6 +14,8 @@
 # Phase 2, latency at half load: open loop (Poisson) at half of the setup's median saturation
 # throughput (the `worker` row at the `parm` row's rate). Setups alternate within each of
 # ROUNDS rounds (A/B interleaving), so machine load hits them alike; results are medians.
+# Phase 3, latency at low load: open loop at 500 requests/s for every setup (what a query
+# costs when the 2 cores are not busy).
 #
 # Usage: bench/efficiency/run.sh [ROUNDS (3)] [SECONDS (10)] [CONCURRENCY (32)]
 # Writes bench/results/efficiency.jsonl (every run) and efficiency.md (the table).
@@ -36,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
+[ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
 if ! "$venv/bin/python" -c "import mlserver, cbor2, numpy" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check mlserver cbor2 numpy 'tritonclient[grpc]'
@@ -115,6 +117,9 @@ half[worker]=${half[parm]}
 for round in $(seq "$rounds"); do
   for s in "${setups[@]}"; do run "$s" half-load --rate "${half[$s]}"; done
 done
+for round in $(seq "$rounds"); do
+  for s in "${setups[@]}"; do run "$s" low-load --rate 500; done
+done
 echo "load after: $(cat /proc/loadavg)"
 
 python3 - "$out.jsonl" "$out.md" "$conc" <<'PY'
@@ -122,18 +127,22 @@ import json, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(setup, phase, f):
     return st.median(f(r) for r in rows if r["setup"] == setup and r["phase"] == phase)
-lines = [f"| setup | saturation req/s (closed loop, {sys.argv[3]} outstanding) | half-load rate req/s | p50 us | p99 us | errors | runs |",
-         "|---|---|---|---|---|---|---|"]
+lines = [f"| setup | saturation req/s (closed loop, {sys.argv[3]} outstanding) | half-load rate req/s | p50 us | p99 us | p50 us at 500 req/s | errors | runs |",
+         "|---|---|---|---|---|---|---|---|"]
 for s in ["mlserver", "parm", "parm-coded", "worker"]:
     sat = [round(r["throughput"]) for r in rows if r["setup"] == s and r["phase"] == "saturation"]
     p50 = [r["latency_us"]["p50"] for r in rows if r["setup"] == s and r["phase"] == "half-load"]
     rate = med(s, "half-load", lambda r: r["rate"])
     p99 = med(s, "half-load", lambda r: r["latency_us"]["p99"])
+    low = [r["latency_us"]["p50"] for r in rows if r["setup"] == s and r["phase"] == "low-load"]
     errs = sum(r["errors"] for r in rows if r["setup"] == s)
-    lines.append(f"| {s} | {st.median(sat):.0f} ({', '.join(map(str, sat))}) | {rate:.0f} | {st.median(p50):.0f} ({', '.join(map(str, p50))}) | {p99:.0f} | {errs} | {len(sat)} + {len(p50)} |")
+    lines.append(f"| {s} | {st.median(sat):.0f} ({', '.join(map(str, sat))}) | {rate:.0f} | {st.median(p50):.0f} ({', '.join(map(str, p50))}) | {p99:.0f} "
+                 f"| {st.median(low):.0f} ({', '.join(map(str, low))}) | {errs} | {len(sat) + len(p50) + len(low)} |")
 ratio = med("parm", "saturation", lambda r: r["throughput"]) / med("mlserver", "saturation", lambda r: r["throughput"])
 added = med("parm", "half-load", lambda r: r["latency_us"]["p50"]) - med("worker", "half-load", lambda r: r["latency_us"]["p50"])
-lines += ["", f"parm / MLServer saturation throughput: {ratio:.1f}x; frontend adds {added:.0f} us p50 at half load (parm - worker)"]
+added_low = med("parm", "low-load", lambda r: r["latency_us"]["p50"]) - med("worker", "low-load", lambda r: r["latency_us"]["p50"])
+lines += ["", f"parm / MLServer saturation throughput: {ratio:.1f}x; frontend adds {added:.0f} us p50 at half load, "
+          f"{added_low:.0f} us at 500 req/s (parm - worker)"]
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -1,19 +1,19 @@
 //! `oip-load`: one load generator for any Open Inference Protocol gRPC server (a parm
 //! frontend, a parm worker, MLServer, Triton), for the efficiency comparison in BENCHMARKS.md.
 //!
-//! Two modes, both sending `inference.GRPCInferenceService/ModelInfer` with one FP32 query of
-//! `--dim` values (`raw_input_contents`, shape `[1, dim]`) per request:
+//! Two modes, both sending `inference.GRPCInferenceService/ModelInfer` with `--batch B` (1)
+//! FP32 queries of `--dim` values (`raw_input_contents`, shape `[B, dim]`) per request:
 //! - closed loop (`--concurrency C`): C requests always outstanding; throughput at saturation.
 //! - open loop (`--rate R`): Poisson arrivals at R requests/s, each sent at its intended time
 //!   by a dispatcher thread regardless of earlier answers, latency from the intended send time
 //!   (no coordinated omission, docs/PROTOCOL.md "Load generation norms").
 //!
 //! The first `--warmup S` seconds are not counted. Prints one JSON line:
-//! `{"target","mode","concurrency"|"rate","seconds","requests","errors","throughput",
-//! "latency_us": {"p50","p90","p99","p99_9","max"}}`.
+//! `{"target","mode","concurrency"|"rate","batch","seconds","requests","errors","throughput"
+//! (requests/s),"rows_per_s","latency_us": {"p50","p90","p99","p99_9","max"}}`.
 //!
 //! Usage: oip-load --target 127.0.0.1:8001 --model fashion-mnist [--input input] [--dim 784]
-//!        (--concurrency C | --rate R) [--duration 10] [--warmup 2] [--connections 2]
+//!        (--concurrency C | --rate R) [--batch 1] [--duration 10] [--warmup 2] [--connections 2]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,7 @@ struct Args {
     model: String,
     input: String,
     dim: usize,
+    batch: usize,
     concurrency: Option<usize>,
     rate: Option<f64>,
     duration: f64,
@@ -46,6 +47,7 @@ fn parse_args() -> anyhow::Result<Args> {
         model: String::new(),
         input: "input".into(),
         dim: 784,
+        batch: 1,
         concurrency: None,
         rate: None,
         duration: 10.0,
@@ -60,6 +62,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--model" => a.model = value()?,
             "--input" => a.input = value()?,
             "--dim" => a.dim = value()?.parse()?,
+            "--batch" => a.batch = value()?.parse()?,
             "--concurrency" => a.concurrency = Some(value()?.parse()?),
             "--rate" => a.rate = Some(value()?.parse()?),
             "--duration" => a.duration = value()?.parse()?,
@@ -74,7 +77,7 @@ fn parse_args() -> anyhow::Result<Args> {
     if a.concurrency.is_some() == a.rate.is_some() {
         bail!("give exactly one of --concurrency and --rate");
     }
-    if a.connections == 0 || a.dim == 0 || a.duration <= 0.0 || a.warmup < 0.0 {
+    if a.connections == 0 || a.dim == 0 || a.batch == 0 || a.duration <= 0.0 || a.warmup < 0.0 {
         bail!("--connections, --dim and --duration must be positive, --warmup non-negative");
     }
     Ok(a)
@@ -97,13 +100,13 @@ impl Record {
 
 fn request(a: &Args) -> ModelInferRequest {
     // A fixed image-like query: values in [0, 1); the model's cost does not depend on them.
-    let input: Vec<f32> = (0..a.dim).map(|i| ((i * 7919) % 256) as f32 / 256.0).collect();
+    let input: Vec<f32> = (0..a.dim * a.batch).map(|i| ((i * 7919) % 256) as f32 / 256.0).collect();
     ModelInferRequest {
         model_name: a.model.clone(),
         inputs: vec![InferInputTensor {
             name: a.input.clone(),
             datatype: "FP32".into(),
-            shape: vec![1, a.dim as i64],
+            shape: vec![a.batch as i64, a.dim as i64],
             ..Default::default()
         }],
         raw_input_contents: vec![encode_f32_le(&input)],
@@ -214,7 +217,9 @@ fn main() -> anyhow::Result<()> {
         "seconds": a.duration,
         "requests": hist.len(),
         "errors": r.errors,
+        "batch": a.batch,
         "throughput": hist.len() as f64 / a.duration,
+        "rows_per_s": (hist.len() * a.batch as u64) as f64 / a.duration,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": hist.max()},
     });
     if let (Some(o), Some(m)) = (out.as_object_mut(), mode.as_object()) {
