@@ -44,6 +44,9 @@ pub struct RunSpec {
     pub worker_faults: Vec<String>,
     pub group_timeout: Duration,
     pub decode_grace: Duration,
+    /// Hedged mode: the backup goes after this percentile of recent latencies (95: The Tail
+    /// at Scale's choice).
+    pub hedge_percentile: f64,
     /// Straggler threshold and parity dispatch (parm modes).
     pub straggler: parm_serve::straggler::StragglerPolicy,
     /// Name clients use for the model.
@@ -105,7 +108,7 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
     let model = ModelSpec { name: spec.model_name.clone(), ..remote };
     let redundancy = match spec.mode {
         Mode::Replication => Redundancy::Replication { copies: 2 },
-        Mode::Hedged { .. } => Redundancy::hedged_p95(),
+        Mode::Hedged { .. } => Redundancy::hedged_at(spec.hedge_percentile),
         _ => Redundancy::None,
     };
     let parity_addrs = if matches!(spec.mode, Mode::Parm { .. }) { addrs(&parity_name(k)) } else { Vec::new() };

@@ -53,6 +53,13 @@ pub struct Scenario {
     /// Frontend: straggler threshold = this x median deployed latency, within [1, 5] ms.
     #[serde(default = "default_straggler_factor")]
     pub straggler_factor: f64,
+    /// Hedged modes: backup after this percentile of recent latencies.
+    #[serde(default = "default_hedge_percentile")]
+    pub hedge_percentile: f64,
+}
+
+fn default_hedge_percentile() -> f64 {
+    95.0
 }
 
 impl Scenario {

@@ -60,6 +60,8 @@ pub struct SimSpec {
     pub decode_grace_ms: f64,
     /// The frontend's straggler policy (threshold and parity dispatch) for `parm` modes.
     pub straggler: parm_serve::straggler::StragglerPolicy,
+    /// Hedged modes: backup after this percentile of recent latencies.
+    pub hedge_percentile: f64,
     pub seed: u64,
 }
 
@@ -172,7 +174,7 @@ pub fn simulate(spec: &SimSpec, base: &Empirical) -> Percentiles {
     let answers = match spec.mode {
         Mode::None | Mode::EqualResources { .. } => arrivals.iter().enumerate().map(|(q, &t)| sim.request(q, t) - t).collect(),
         Mode::Replication => arrivals.iter().enumerate().map(|(q, &t)| sim.request(2 * q, t).min(sim.request(2 * q + 1, t)) - t).collect(),
-        Mode::Hedged { .. } => hedged(&mut sim, &arrivals),
+        Mode::Hedged { .. } => hedged(&mut sim, &arrivals, spec.hedge_percentile),
         Mode::Parm { k } => coded(&mut sim, &mut parity_sim, &arrivals, k, spec),
     };
     let mut h = Histogram::<u64>::new(3).expect("histogram");
@@ -182,7 +184,7 @@ pub fn simulate(spec: &SimSpec, base: &Empirical) -> Percentiles {
     percentiles(&h)
 }
 
-fn hedged(sim: &mut Sim, arrivals: &[f64]) -> Vec<f64> {
+fn hedged(sim: &mut Sim, arrivals: &[f64], percentile: f64) -> Vec<f64> {
     let mut recent: Vec<f64> = Vec::new();
     let mut delay = 1000.0;
     arrivals
@@ -195,7 +197,7 @@ fn hedged(sim: &mut Sim, arrivals: &[f64]) -> Vec<f64> {
             if recent.len() % 50 == 0 {
                 let mut w: Vec<f64> = recent.iter().rev().take(1000).copied().collect();
                 w.sort_by(f64::total_cmp);
-                delay = w[(0.95 * (w.len() - 1) as f64).round() as usize].clamp(0.5, 1000.0);
+                delay = w[(percentile / 100.0 * (w.len() - 1) as f64).round() as usize].clamp(0.5, 1000.0);
             }
             latency
         })
@@ -277,7 +279,7 @@ mod tests {
     }
 
     fn spec(mode: Mode, faults: Vec<Fault>) -> SimSpec {
-        SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, straggler: Default::default(), seed: 1 }
+        SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, straggler: Default::default(), hedge_percentile: 95.0, seed: 1 }
     }
 
     #[test]

@@ -27,7 +27,12 @@ pub enum Redundancy {
 impl Redundancy {
     /// Hedging after the p95 latency, as The Tail at Scale recommends.
     pub fn hedged_p95() -> Self {
-        Self::Hedged { percentile: 95.0, min_delay: Duration::from_micros(500), max_delay: Duration::from_secs(1) }
+        Self::hedged_at(95.0)
+    }
+
+    /// Hedging after the running `percentile`-th latency (0.5 ms to 1 s).
+    pub fn hedged_at(percentile: f64) -> Self {
+        Self::Hedged { percentile, min_delay: Duration::from_micros(500), max_delay: Duration::from_secs(1) }
     }
 }
 

@@ -131,6 +131,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
         group_timeout: Duration::from_millis(s.group_timeout_ms),
         decode_grace: Duration::from_millis(s.decode_grace_ms),
         straggler: s.straggler(),
+        hedge_percentile: s.hedge_percentile,
         model_name: s.dataset.clone(),
         progress: false,
     }

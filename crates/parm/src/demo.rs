@@ -108,6 +108,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             group_timeout: Duration::from_millis(a.group_timeout_ms),
             decode_grace: Duration::from_millis(a.decode_grace_ms),
             straggler: Default::default(),
+            hedge_percentile: 95.0,
             model_name: a.paths.dataset.clone(),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         };

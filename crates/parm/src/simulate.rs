@@ -82,6 +82,7 @@ fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArg
         group_timeout_ms: s.group_timeout_ms as f64,
         decode_grace_ms: s.decode_grace_ms as f64,
         straggler: s.straggler(),
+        hedge_percentile: s.hedge_percentile,
         seed: s.seed,
     }
 }
@@ -102,6 +103,7 @@ fn calibrate(a: &SimulateArgs) -> anyhow::Result<Empirical> {
         group_timeout: Duration::from_millis(5),
         decode_grace: Duration::from_millis(2),
         straggler: Default::default(),
+        hedge_percentile: 95.0,
         model_name: a.paths.dataset.clone(),
         progress: false,
     };
@@ -133,6 +135,7 @@ fn projections(a: &SimulateArgs, base: &Empirical, json: &mut Vec<serde_json::Va
                     group_timeout_ms: 5.0,
                     decode_grace_ms: 2.0,
                     straggler: Default::default(),
+                    hedge_percentile: 95.0,
                     seed: 11,
                 };
                 let p = simulate(&spec, base);
