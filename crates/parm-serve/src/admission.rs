@@ -29,7 +29,6 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Admission {
     limit: usize,
-    retry_after: Duration,
     in_flight: AtomicUsize,
     closed: AtomicBool,
     shed: AtomicU64,
@@ -43,23 +42,16 @@ impl Default for Admission {
 }
 
 impl Admission {
-    /// At most `limit` queries in flight (a limit of 0 is taken as 1); `Retry-After` of
-    /// [`DEFAULT_RETRY_AFTER`].
+    /// At most `limit` queries in flight (a limit of 0 is taken as 1). Shed requests carry
+    /// the hint [`DEFAULT_RETRY_AFTER`].
     pub fn new(limit: usize) -> Self {
         Self {
             limit: limit.max(1),
-            retry_after: DEFAULT_RETRY_AFTER,
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             shed: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
         }
-    }
-
-    /// The same limit with another `Retry-After` hint (rounded up to whole seconds on HTTP).
-    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = retry_after;
-        self
     }
 
     /// Most queries in flight.
@@ -98,11 +90,6 @@ impl Admission {
         self.closed.store(true, Ordering::Relaxed);
     }
 
-    /// The `Retry-After` hint.
-    pub fn retry_after(&self) -> Duration {
-        self.retry_after
-    }
-
     /// Admits `queries` queries (a request's rows), or sheds the request.
     ///
     /// Errors: [`ErrorKind::Overloaded`] when admitting would pass the limit or the frontend
@@ -139,17 +126,6 @@ impl Admission {
     fn reject(&self, message: &str) -> ApiError {
         self.shed.fetch_add(1, Ordering::Relaxed);
         ApiError::new(ErrorKind::Overloaded, message)
-    }
-
-    /// Waits until no query is in flight, polling every `poll`; false if `deadline` passed first.
-    pub async fn drained(&self, deadline: tokio::time::Instant, poll: Duration) -> bool {
-        while self.in_flight() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(poll).await;
-        }
-        true
     }
 }
 
