@@ -68,7 +68,8 @@ fn serve_sigterm_drains_in_flight_requests_and_exits_0() {
         tokio::time::sleep(Duration::from_millis(400)).await; // all 4 admitted and at their instances
         let signalled = Instant::now();
         signal(served.pid(), libc::SIGTERM);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Well after the signal (a loaded machine included), still within the drain.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let fresh = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
         let late = send(&fresh, &served.addr, 99, &xs[0]).await.unwrap();
         let (code, _) = exit_code(&mut served, Duration::from_secs(40)).await;
