@@ -42,6 +42,7 @@ struct Cluster {
     f1: Arc<LinearBackend>,
     fp: Arc<LinearBackend>,
     coder: BatchCoder,
+    cfg: FrontendConfig,
 }
 
 /// Deployed instance 0 stalled, deployed instance 1 and the parity instance healthy; k = 2.
@@ -69,7 +70,7 @@ async fn cluster() -> Cluster {
     };
     let coder = BatchCoder::start(&cfg).unwrap();
     coder.warm_up().await; // F(0) from the healthy instance (all are asked at once)
-    Cluster { _workers: workers, f0, f1, fp, coder }
+    Cluster { _workers: workers, f0, f1, fp, coder, cfg }
 }
 
 fn assert_rows(got: &[Result<parm_serve::frontend::Prediction, parm_serve::frontend::FrontendError>], input: &[Vec<f32>], reconstructed: bool) {
@@ -82,12 +83,24 @@ fn assert_rows(got: &[Result<parm_serve::frontend::Prediction, parm_serve::front
     }
 }
 
+type Rows = Vec<Result<parm_serve::frontend::Prediction, parm_serve::frontend::FrontendError>>;
+
+/// Two batches sent together: the one that reached the stalled instance (normally the first
+/// sent; checked either way, since a loaded machine may reorder them) is answered with
+/// reconstructions, the other with originals; every row equals F(row).
+fn assert_one_reconstructed(x: (&Rows, &[Vec<f32>]), y: (&Rows, &[Vec<f32>])) {
+    let recon = |r: &Rows| r[0].as_ref().map(|p| p.reconstructed).unwrap_or(false);
+    assert!(recon(x.0) != recon(y.0), "exactly one batch reconstructed");
+    assert_rows(x.0, x.1, recon(x.0));
+    assert_rows(y.0, y.1, recon(y.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_instance_batch_is_reconstructed_row_by_row() {
     let c = cluster().await;
     let (a, b) = (rows(4, 0.5), rows(4, -1.0));
     let start = Instant::now();
-    // Batch a joins the group first and goes to instance 0 (stalled), batch b to instance 1.
+    // Batch a (normally) joins the group first and goes to instance 0 (stalled), b to instance 1.
     let ca = c.coder.clone();
     let a2 = a.clone();
     let first = tokio::spawn(async move { ca.predict(a2).await });
@@ -95,10 +108,10 @@ async fn stalled_instance_batch_is_reconstructed_row_by_row() {
     let got_b = c.coder.predict(b.clone()).await;
     let got_a = first.await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(10), "answered while the stall lasts ({:?})", start.elapsed());
-    assert_rows(&got_b, &b, false);
-    assert_rows(&got_a, &a, true);
+    assert_one_reconstructed((&got_a, &a), (&got_b, &b));
     let (ga, gb) = (got_a[0].as_ref().unwrap(), got_b[0].as_ref().unwrap());
-    assert_eq!((ga.group, ga.position, gb.group, gb.position), (ga.group, 0, ga.group, 1), "one group, a at 0, b at 1");
+    assert_eq!(ga.group, gb.group, "one group");
+    assert_eq!(ga.position + gb.position, 1, "positions 0 and 1");
 
     // One batched request per batch and one batched parity request of 4 rows for both.
     let s = c.coder.stats();
@@ -114,8 +127,9 @@ async fn stalled_instance_batch_is_reconstructed_row_by_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_different_sizes_are_padded_per_row() {
     let c = cluster().await;
-    // a (2 rows, instance 0, stalled) and b (5 rows, instance 1): parity rows 0-1 are
-    // a_i + b_i, rows 2-4 are 0 + b_i; a's rows are Fp(a_i + b_i) - F(b_i).
+    // a (2 rows, normally instance 0, stalled) and b (5 rows, instance 1): parity rows 0-1
+    // are a_i + b_i, rows 2-4 are 0 + b_i; a's rows are Fp(a_i + b_i) - F(b_i) (or, the other
+    // way round, b's rows 0-1 Fp(a_i + b_i) - F(a_i) and rows 2-4 Fp(b_i) - F(0)).
     let (a, b) = (rows(2, 2.0), rows(5, -0.25));
     let ca = c.coder.clone();
     let a2 = a.clone();
@@ -123,8 +137,7 @@ async fn batches_of_different_sizes_are_padded_per_row() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let got_b = c.coder.predict(b.clone()).await;
     let got_a = first.await.unwrap();
-    assert_rows(&got_b, &b, false);
-    assert_rows(&got_a, &a, true);
+    assert_one_reconstructed((&got_a, &a), (&got_b, &b));
     assert_eq!(c.coder.stats().parity_rows.load(Ordering::Relaxed), 5);
 }
 
@@ -156,4 +169,37 @@ async fn bad_rows_are_rejected() {
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|r| matches!(r, Err(parm_serve::frontend::FrontendError::InvalidArgument(_)))));
     assert!(c.coder.predict(Vec::new()).await.iter().all(Result::is_err));
+}
+
+/// Through `parm serve`'s HTTP interface with batch coding on: two batch requests in one
+/// group, the one on the stalled instance answered with reconstructions, flagged per row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_batch_requests_are_coded_as_batches() {
+    let c = cluster().await;
+    let frontend = parm_serve::frontend::Frontend::start(c.cfg.clone()).unwrap();
+    let serving = parm_serve::api::Serving::start(frontend).await.unwrap();
+    assert!(serving.batch_coding.set(c.coder.clone()).is_ok());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v2/models/lin/infer", listener.local_addr().unwrap());
+    tokio::spawn(parm_serve::http::serve_shared(listener, serving.clone(), std::future::pending()));
+    let post = |x: Vec<Vec<f32>>, url: String| async move {
+        let body = serde_json::json!({"inputs": [{"name": "input", "shape": [x.len(), IN], "datatype": "FP32", "data": x.concat()}]});
+        let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let (a, b) = (rows(3, 0.5), rows(3, -2.0));
+    let first = tokio::spawn(post(a.clone(), url.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rb = post(b.clone(), url).await;
+    let ra = first.await.unwrap();
+    let recon_a = ra["parameters"]["parm_reconstructed_rows"][0].as_bool().unwrap();
+    for (r, x, recon) in [(&ra, &a, recon_a), (&rb, &b, !recon_a)] {
+        assert_eq!(r["parameters"]["parm_reconstructed_rows"], serde_json::json!(vec![recon; 3]), "{r}");
+        let data: Vec<f32> = serde_json::from_value(r["outputs"][0]["data"].clone()).unwrap();
+        let want: Vec<f32> = x.iter().flat_map(|row| expected(row)).collect();
+        assert!(data.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-4), "{data:?} vs {want:?}");
+    }
+    assert_eq!(c.coder.stats().batches.load(Ordering::Relaxed), 2);
+    assert_eq!(c.fp.calls(), 1, "one parity request for both batches");
 }
