@@ -6,7 +6,8 @@
 # instance (k = 2), `parm serve` the frontend; then tests/mlserver/test_mlserver.py checks that
 # answers through parm match MLServer's own, that with one MLServer stalled (SIGSTOP) its
 # queries are answered with reconstructions equal to Fp(X) - F(0) from the parity worker, and
-# that with it killed every query is still answered. The decode grace is 500 ms (default 2):
+# that with it killed every query is still answered; a second frontend with --batch-coding
+# gets the same checks for batch requests (one batched request per batch to MLServer). The decode grace is 500 ms (default 2):
 # MLServer takes a few ms per query, so with the default a parity output often wins the race
 # against a healthy MLServer, and the equality checks want originals. Not in CI (installs MLServer, ~1 min
 # per MLServer start on 2 cores). Every process it started is killed on exit.
@@ -94,7 +95,12 @@ done
 m0=127.0.0.1:$(setting "$work/m0" grpc_port); m1=127.0.0.1:$(setting "$work/m1" grpc_port)
 start serve "$parm" serve --deployed "$m0,$m1" --parity "$p0" --k 2 --model-name fashion-mnist \
   --instance-timeout-ms 3000 --decode-grace-ms 500 --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0
+# The same instances behind a second frontend that codes over batches (a [B, 784] request is
+# one batched request to MLServer, two such share one batched parity request).
+start serveb "$parm" serve --deployed "$m0,$m1" --parity "$p0" --k 2 --model-name fashion-mnist \
+  --instance-timeout-ms 3000 --decode-grace-ms 500 --batch-coding --listen 127.0.0.1:0 --grpc-listen off
 export PARM_HTTP_URL; PARM_HTTP_URL=$(addr serve "listening on")
+export PARM_BATCH_HTTP_URL; PARM_BATCH_HTTP_URL=$(addr serveb "listening on")
 export PARM_GRPC_URL; PARM_GRPC_URL=$(addr serve "grpc listening on")
 export MLSERVER0_GRPC=$m0 MLSERVER1_GRPC=$m1 PARITY_GRPC=$p0
 export MLSERVER0_PID=${pids[0]}
@@ -106,6 +112,6 @@ set +e
 status=$?
 set -e
 if [ "$status" -ne 0 ]; then
-  for n in serve m0 m1; do echo "--- $n stderr:"; tail -n 20 "$work/$n.err"; done
+  for n in serve serveb m0 m1; do echo "--- $n stderr:"; tail -n 20 "$work/$n.err"; done
 fi
 exit "$status"

@@ -34,11 +34,11 @@ def oip_infer(url, model, x):
     return client.infer(model, [inp]).as_numpy("logits")
 
 
-def parm_http(x, timeout=10.0):
+def parm_http(x, timeout=10.0, url_env="PARM_HTTP_URL"):
     """POSTs x [B, 784] to the parm frontend as JSON; returns (outputs [B, 10], parameters)."""
     body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                         "data": x.reshape(-1).tolist()}]}
-    req = urllib.request.Request(f"http://{ENV['PARM_HTTP_URL']}/v2/models/{MODEL}/infer",
+    req = urllib.request.Request(f"http://{ENV[url_env]}/v2/models/{MODEL}/infer",
                                  data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         resp = json.load(r)
@@ -78,6 +78,9 @@ def main():
     out, params = parm_http(x[:8])
     check(out.shape == (8, 10) and np.allclose(out, ref[:8], atol=ATOL) and not any(row_flags(params, 8)),
           "a batch of 8 through parm (HTTP) equals MLServer's outputs, no row reconstructed")
+    out, params = parm_http(x[:8], url_env="PARM_BATCH_HTTP_URL")
+    check(np.allclose(out, ref[:8], atol=ATOL) and not any(row_flags(params, 8)),
+          "a batch of 8 through the batch-coding frontend equals MLServer's outputs")
     out = oip_infer(ENV["PARM_GRPC_URL"], MODEL, x[8:16])
     check(np.allclose(out, ref[8:16], atol=ATOL), "a batch of 8 through parm's gRPC endpoint (tritonclient) equals MLServer's outputs")
 
@@ -108,6 +111,30 @@ def main():
         check(len(recon) >= 4, f"MLServer 0 stalled: {len(recon)}/16 answers reconstructed, each = Fp(P) - (F of the rest) "
               f"from the parity worker and MLServer ({len(groups)} coding groups)")
         check(max(took) < 2.0, f"every answer within 2 s of sending (slowest {max(took) * 1000:.0f} ms; decode grace 0.5 s, instance timeout 3 s)")
+
+        # Batches of 4 through the batch-coding frontend, one at a time: a batch goes to one
+        # MLServer as one request; a group holds one or two batches (the second joins when
+        # the first was answered within the group timeout). Reconstruction of row i of batch X
+        # in group {X, Y}: Fp(X_i + Y_i) - F(Y_i); in group {X}: Fp(X_i) - F(0).
+        groups, recon = {}, []
+        for b in range(6):
+            xb = x[4 * b:4 * b + 4]
+            out, params = parm_http(xb, url_env="PARM_BATCH_HTTP_URL")
+            flags = row_flags(params, 4)
+            assert len(set(flags)) == 1, flags  # one request per batch: all rows alike
+            groups.setdefault(params["parm_coding_groups"][0], []).append(b)
+            if flags[0]:
+                recon.append((b, params["parm_coding_groups"][0], out))
+            else:
+                assert np.allclose(out, ref[4 * b:4 * b + 4], atol=ATOL), (b, out)
+        for b, g, got in recon:
+            others = [o for o in groups[g] if o != b]
+            assert len(others) <= 1, groups[g]
+            p = x[4 * b:4 * b + 4] + (x[4 * others[0]:4 * others[0] + 4] if others else 0)
+            want = oip_infer(parity, "parity-k2-addition", p) - (ref[4 * others[0]:4 * others[0] + 4] if others else f0)
+            assert np.allclose(got, want, atol=1e-3), (b, groups[g], got, want)
+        check(len(recon) >= 2, f"MLServer 0 stalled, batch coding: {len(recon)}/6 batches of 4 reconstructed row by row "
+              f"from one batched parity request each ({len(groups)} groups)")
     finally:
         os.kill(pid, signal.SIGCONT)
 
