@@ -25,6 +25,7 @@
 //! redundancy = "none"            # or replication / hedged (uncoded baselines)
 //! lazy_parity = false            # parity queries only for groups with a straggler
 //! straggler_factor = 2.0         # straggler threshold = factor x median instance latency
+//! batch_coding = false           # true: a batch request is coded as one (crate::batch_coding)
 //!
 //! [deadlines]                    # milliseconds
 //! group_timeout_ms = 5
@@ -86,6 +87,8 @@ pub struct ModelSection {
     pub lazy_parity: Option<bool>,
     /// Straggler threshold = this x the median deployed-instance latency.
     pub straggler_factor: Option<f64>,
+    /// Code a batch request as one (`parm serve --batch-coding`, see [`crate::batch_coding`]).
+    pub batch_coding: Option<bool>,
 }
 
 /// `[deadlines]`, in milliseconds.
@@ -130,6 +133,7 @@ mod tests {
         assert_eq!(f.model.deployed.as_ref().map(Vec::len), Some(2));
         assert_eq!(f.server.grpc.as_deref(), Some("127.0.0.1:8001"));
         assert_eq!(f.deadlines.group_timeout_ms, Some(5));
+        assert_eq!((f.server.max_inflight, f.server.drain_timeout_ms), (Some(1024), Some(5000)));
     }
 
     #[test]

@@ -638,6 +638,7 @@ fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     set(&mut a.encoder, m.encoder);
     set(&mut a.redundancy, m.redundancy);
     set(&mut a.lazy_parity, m.lazy_parity);
+    set(&mut a.batch_coding, m.batch_coding);
     set(&mut a.straggler_factor, m.straggler_factor);
     set(&mut a.group_timeout_ms, d.group_timeout_ms);
     set(&mut a.decode_grace_ms, d.decode_grace_ms);
