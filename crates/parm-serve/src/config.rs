@@ -134,7 +134,6 @@ mod tests {
         assert_eq!(f.server.grpc.as_deref(), Some("127.0.0.1:8001"));
         assert_eq!(f.deadlines.group_timeout_ms, Some(5));
         assert_eq!((f.server.max_inflight, f.server.drain_timeout_ms), (Some(1024), Some(5000)));
-        assert_eq!((f.server.max_inflight, f.server.drain_timeout_ms), (Some(1024), Some(5000)));
     }
 
     #[test]
