@@ -316,6 +316,20 @@ impl Serving {
             a.limit(),
             a.shed()
         ));
+        if let Some(b) = self.batch_coding.get() {
+            let b = b.stats();
+            for (name, help, v) in [
+                ("parm_batch_coded_batches_total", "Batch requests coded as one (--batch-coding)", &b.batches),
+                ("parm_batch_coded_rows_total", "Queries in batch requests coded as one", &b.rows),
+                ("parm_batch_deployed_requests_total", "Batched requests sent to deployed instances", &b.deployed_requests),
+                ("parm_batch_parity_requests_total", "Batched parity requests sent to parity instances", &b.parity_requests),
+                ("parm_batch_parity_rows_total", "Rows of batched parity requests", &b.parity_rows),
+                ("parm_batch_reconstructed_rows_total", "Queries of coded batches answered with a reconstruction", &b.reconstructed_rows),
+            ] {
+                let v = v.load(std::sync::atomic::Ordering::Relaxed);
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+            }
+        }
         text
     }
 }

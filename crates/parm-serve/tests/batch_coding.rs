@@ -202,4 +202,9 @@ async fn http_batch_requests_are_coded_as_batches() {
     }
     assert_eq!(c.coder.stats().batches.load(Ordering::Relaxed), 2);
     assert_eq!(c.fp.calls(), 1, "one parity request for both batches");
+    let metrics = serving.render_metrics();
+    for line in ["parm_batch_coded_batches_total 2", "parm_batch_coded_rows_total 6", "parm_batch_parity_requests_total 1",
+                 "parm_batch_parity_rows_total 3", "parm_batch_reconstructed_rows_total 3"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
