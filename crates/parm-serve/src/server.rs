@@ -126,7 +126,8 @@ pub async fn serve_all_draining(
         }
         if let Some(l) = listeners.metrics {
             let app = crate::http::metrics_router(serving.clone());
-            let fut = axum::serve(l, app).with_graceful_shutdown(stop.wait());
+            // Same accept loop as the HTTP port: slow or silent clients are cut off.
+            let fut = crate::http::serve_router(l, app, serving.options.header_read_timeout, stop.wait());
             tasks.spawn(async move { Ok(fut.await?) });
         }
         let mut result = Ok(());
