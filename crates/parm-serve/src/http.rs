@@ -213,7 +213,9 @@ async fn read_body(o: &crate::security::ServeOptions, headers: &HeaderMap, body:
     }
     let collect = async {
         let mut body = body;
-        let mut buf = Vec::with_capacity(announced.map_or(0, |n| n as usize).min(limit));
+        // Reserve for what is announced, but not much before it arrives: a client announcing
+        // a large body and sending nothing must not make the server hold that memory.
+        let mut buf = Vec::with_capacity(announced.map_or(0, |n| n as usize).min(limit).min(1 << 20));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| (StatusCode::BAD_REQUEST, ApiError::bad(format!("reading the request body failed: {e}"))))?;
             if let Ok(data) = frame.into_data() {
