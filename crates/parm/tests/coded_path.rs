@@ -9,26 +9,21 @@
 //! exact, so every reconstructed answer must equal Fp(X1 + X2) - F(X_other) computed offline,
 //! and every original answer must equal F(X).
 
+mod support;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::tensor::Device;
 use parm_bench::cluster::{start_instance, Instance, InstanceSpec};
-use parm_nn::mlp::Init;
-use parm_nn::train::save_model;
-use parm_nn::{MlpConfig, ModelKind, ModelMeta, Predictor};
+use parm_nn::{ModelKind, Predictor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{exe, start_serve, write_model, Served, DEPLOYED, PARITY};
 
 const MODEL: &str = "mnist-mlp";
-const DEPLOYED: &str = "deployed";
-const PARITY: &str = "parity-k2-addition";
 const QUERIES: usize = 120;
 /// Deployed instance 0 is killed right after this many queries have been sent.
 const KILL_AFTER: usize = QUERIES / 3;
@@ -37,60 +32,19 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most 503 answers tolerated; see the reasoning where it is asserted.
 const MAX_UNAVAILABLE: usize = 3;
 
-/// Writes a randomly initialised MLP and its metadata as `dir/name.{bpk,json}`.
-fn write_model(dir: &Path, name: &str, kind: ModelKind) -> PathBuf {
-    let cfg = MlpConfig::default();
-    let model = cfg.init(Init::Default, &Device::flex());
-    let parity = kind == ModelKind::Parity;
-    let meta = ModelMeta {
-        kind,
-        arch: cfg.name(),
-        mlp: cfg.clone(),
-        dataset: "random".into(),
-        input_shape: vec![cfg.input as i64],
-        classes: cfg.classes,
-        test_accuracy: None,
-        k: parity.then_some(2),
-        encoder: parity.then(|| "addition".to_string()),
-        val_degraded_accuracy: None,
-        epochs: 0,
-        steps: 0,
-        train_seconds: 0.0,
-    };
-    save_model(&model, &meta, dir, name).expect("save model");
-    dir.join(format!("{name}.bpk"))
-}
-
-/// The `parm serve` process; SIGKILLed when dropped (also when an assertion panics).
-struct Frontend {
-    _child: Child,
-    addr: String,
-}
-
-async fn start_frontend(exe: &Path, deployed: &[&Instance], parity: &Instance) -> Frontend {
+/// `parm serve` over the two deployed instances and the parity instance (the gRPC port is not
+/// used here); SIGKILLed when dropped (also when an assertion panics).
+async fn start_frontend(deployed: &[&Instance], parity: &Instance) -> Served {
     let deployed: Vec<&str> = deployed.iter().map(|i| i.addr.as_str()).collect();
-    let mut cmd = Command::new(exe);
-    cmd.arg("serve")
-        .args(["--deployed", &deployed.join(",")])
-        .args(["--parity", &parity.addr])
-        .args(["--k", "2", "--encoder", "addition", "--listen", "127.0.0.1:0"])
-        .args(["--grpc-listen", "127.0.0.1:0"])
-        .args(["--model-name", MODEL, "--deployed-model", DEPLOYED, "--parity-model", PARITY])
-        .args(["--group-timeout-ms", "50", "--instance-timeout-ms", "2000"])
-        .env("RAYON_NUM_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("start parm serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("parm serve printed no address within 60 s")
-        .expect("read parm serve stdout")
-        .expect("parm serve exited before listening");
-    let addr = line.strip_prefix("listening on ").expect("first line 'listening on ADDR'").trim().to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Frontend { _child: child, addr }
+    let deployed = deployed.join(",");
+    start_serve(&[
+        "--deployed", &deployed,
+        "--parity", &parity.addr,
+        "--k", "2", "--encoder", "addition",
+        "--model-name", MODEL, "--deployed-model", DEPLOYED, "--parity-model", PARITY,
+        "--group-timeout-ms", "50", "--instance-timeout-ms", "2000",
+    ])
+    .await
 }
 
 /// One query's fate: HTTP status and JSON body, or the client error.
@@ -99,7 +53,7 @@ type Outcome = Result<(u16, Value), String>;
 /// Starts the cluster, sends the load, kills instance 0 mid-stream, returns every outcome.
 /// Every child process is killed when this returns or unwinds.
 async fn run_cluster(deployed_path: &Path, parity_path: &Path, inputs: Arc<Vec<Vec<f32>>>) -> Vec<Outcome> {
-    let exe = Path::new(env!("CARGO_BIN_EXE_parm"));
+    let exe = exe();
     let spec = |path: &Path, name: &str, fault: &str| InstanceSpec {
         model: path.to_path_buf(),
         name: name.into(),
@@ -109,7 +63,7 @@ async fn run_cluster(deployed_path: &Path, parity_path: &Path, inputs: Arc<Vec<V
     let mut slow = start_instance(exe, spec(deployed_path, DEPLOYED, "delay_ms=150,prob=1,seed=1")).await.unwrap();
     let fast = start_instance(exe, spec(deployed_path, DEPLOYED, "")).await.unwrap();
     let parity = start_instance(exe, spec(parity_path, PARITY, "")).await.unwrap();
-    let frontend = start_frontend(exe, &[&slow, &fast], &parity).await;
+    let frontend = start_frontend(&[&slow, &fast], &parity).await;
     let base = format!("http://{}", frontend.addr);
 
     let client = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().unwrap();
