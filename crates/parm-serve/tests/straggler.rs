@@ -3,6 +3,8 @@
 //! the adaptive group timeout seals a lone query's group at the straggler threshold instead of
 //! the group timeout, and lazy parity sends parity queries only for groups with a straggler.
 
+mod support;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,27 +15,16 @@ use parm_serve::frontend::{Frontend, FrontendConfig};
 use parm_serve::redundancy::Redundancy;
 use parm_serve::straggler::StragglerPolicy;
 use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use support::{models, IN, OUT};
 
-const IN: usize = 4;
-const OUT: usize = 3;
 /// The slow instance's extra time per request; every answer must come well before it.
 const SLOW_MS: f64 = 600.0;
 /// A fixed straggler threshold (min = max), long enough that a loaded machine's fast
 /// requests stay under it.
 const THRESHOLD: Duration = Duration::from_millis(80);
 
-/// F(x) = W x + b and its exact parity model for k = 2, Fp(p) = W p + 2 b.
-fn models() -> (Arc<LinearBackend>, Arc<LinearBackend>) {
-    let w: Vec<f32> = (0..IN * OUT).map(|i| i as f32 * 0.5 - 2.0).collect();
-    let b = vec![1.0, -1.0, 0.25];
-    let two_b = b.iter().map(|v| 2.0 * v).collect();
-    let f = LinearBackend::new(ModelSpec::fp32("deployed", vec![IN as i64], vec![OUT as i64]), w.clone(), b).unwrap();
-    let fp = LinearBackend::new(ModelSpec::fp32("parity", vec![IN as i64], vec![OUT as i64]), w, two_b).unwrap();
-    (Arc::new(f), Arc::new(fp))
-}
-
 /// Two deployed instances (the first `slow_ms` slower per request) and one parity instance.
-async fn frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
+async fn start_frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
     let (f, fp) = models();
     let opts = |delay_ms| WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
     let workers = vec![
@@ -87,7 +78,7 @@ async fn one_by_one(frontend: &Frontend, f: &LinearBackend, n: usize) -> Duratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_straggler_is_reconstructed_after_the_threshold_not_the_group_timeout() {
-    let (frontend, _w, f) = frontend(SLOW_MS, false).await;
+    let (frontend, _w, f) = start_frontend(SLOW_MS, false).await;
     let worst = one_by_one(&frontend, &f, 6).await;
     let s = frontend.stats();
     // Round robin puts about half of the queries on the slow instance; each is answered from
@@ -101,7 +92,7 @@ async fn a_lone_straggler_is_reconstructed_after_the_threshold_not_the_group_tim
 async fn lazy_parity_sends_parity_queries_only_for_stragglers() {
     // Healthy instances: every prediction beats the threshold, so no parity query is sent,
     // even for full groups.
-    let (frontend, _w, f) = frontend(0.0, true).await;
+    let (frontend, _w, f) = start_frontend(0.0, true).await;
     let queries = (0..20).map(|i| {
         let (frontend, f) = (frontend.clone(), f.clone());
         tokio::spawn(async move {
@@ -118,15 +109,11 @@ async fn lazy_parity_sends_parity_queries_only_for_stragglers() {
 
     // One slow instance: its queries are reconstructed after the threshold, and parity
     // queries go only to their groups.
-    let (frontend, _w, f) = frontend_slow_lazy().await;
+    let (frontend, _w, f) = start_frontend(SLOW_MS, true).await;
     let worst = one_by_one(&frontend, &f, 6).await;
     let s = frontend.stats();
     let (parity, reconstructed) = (s.parity_queries.load(Ordering::Relaxed), s.reconstructed.load(Ordering::Relaxed));
     assert!(reconstructed >= 2, "reconstructed {reconstructed}");
     assert_eq!(parity, reconstructed, "one parity query per straggler's group, none for the others");
     assert!(worst < Duration::from_millis(400), "worst latency {worst:?}");
-}
-
-async fn frontend_slow_lazy() -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
-    frontend(SLOW_MS, true).await
 }
