@@ -21,7 +21,11 @@
 //! start work during the stall), `crash` (requests meanwhile fail at once and go to the next
 //! instance). CPU and network contention are not modelled.
 
+use std::time::Duration;
+
 use hdrhistogram::Histogram;
+use parm_serve::redundancy::LatencyWindow;
+use parm_serve::straggler::MEDIAN;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
@@ -204,46 +208,17 @@ fn hedged(sim: &mut Sim, arrivals: &[f64], percentile: f64) -> Vec<f64> {
         .collect()
 }
 
-/// The straggler threshold (ms) from the answer times seen so far (see parm_serve::straggler).
-struct Threshold {
-    policy: parm_serve::straggler::StragglerPolicy,
-    recent: std::collections::VecDeque<f64>,
-    seen: usize,
-    ms: f64,
-}
-
-impl Threshold {
-    fn new(policy: &parm_serve::straggler::StragglerPolicy) -> Self {
-        let ms = policy.max.as_secs_f64() * 1e3;
-        Self { policy: policy.clone(), recent: Default::default(), seen: 0, ms }
-    }
-
-    fn record(&mut self, latency_ms: f64) {
-        if self.recent.len() == 1000 {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(latency_ms);
-        self.seen += 1;
-        if self.seen % 50 == 1 {
-            let mut w: Vec<f64> = self.recent.iter().copied().collect();
-            w.sort_by(f64::total_cmp);
-            let median = w[(w.len() - 1) / 2];
-            let (lo, hi) = (self.policy.min.as_secs_f64() * 1e3, self.policy.max.as_secs_f64() * 1e3);
-            self.ms = (median * self.policy.factor).clamp(lo, hi.max(lo));
-        }
-    }
-}
-
 fn coded(sim: &mut Sim, parity: &mut Sim, arrivals: &[f64], k: usize, spec: &SimSpec) -> Vec<f64> {
     let (timeout, grace) = (spec.group_timeout_ms, spec.decode_grace_ms);
     let own: Vec<f64> = arrivals.iter().enumerate().map(|(q, &t)| sim.request(q, t)).collect();
-    let mut threshold = Threshold::new(&spec.straggler);
+    // The frontend's own threshold rule over the simulated answer times.
+    let window = LatencyWindow::default();
     let mut out = Vec::with_capacity(arrivals.len());
     let mut q = 0;
     let mut group = 0;
     while q < arrivals.len() {
         let first = arrivals[q];
-        let d = threshold.ms;
+        let d = spec.straggler.threshold(&window).as_secs_f64() * 1e3;
         let open_for = timeout.min(d);
         let mut end = q + 1;
         while end < arrivals.len() && end - q < k && arrivals[end] <= first + open_for {
@@ -257,7 +232,7 @@ fn coded(sim: &mut Sim, parity: &mut Sim, arrivals: &[f64], k: usize, spec: &Sim
         let parity_at = (q..end).filter(|&j| own[j] > due(j)).map(due).fold(f64::INFINITY, f64::min);
         let fp = if parity_at.is_finite() { parity.request(group, parity_at) } else { f64::INFINITY };
         for j in q..end {
-            threshold.record(own[j] - arrivals[j]);
+            window.record(Duration::from_secs_f64((own[j] - arrivals[j]).max(0.0) / 1e3), MEDIAN);
         }
         for j in q..end {
             let others = (q..end).filter(|&i| i != j).map(|i| own[i]).fold(fp, f64::max);

@@ -231,17 +231,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// The current straggler threshold (see [`crate::straggler`]).
-    fn straggler_threshold(&self) -> Duration {
-        self.cfg.straggler.threshold(&self.deployed.medians)
-    }
-
-    /// How long a new coding group stays open for members: the configured group timeout, or
-    /// the straggler threshold if that is shorter (its first member may be a straggler).
-    fn group_timeout(&self) -> Duration {
-        self.cfg.group_timeout.min(self.straggler_threshold())
-    }
-
     async fn zero_output(&self) -> Option<Vec<f32>> {
         self.zero_output
             .get_or_init(|| async {
@@ -373,8 +362,12 @@ async fn group_queries(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
         let (tx, count, _) = open.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let id = shared.next_group.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(run_group(id, k, rx, shared.clone()));
-            (tx, 0, Instant::now() + shared.group_timeout())
+            // Read once per group: it sets how long the group stays open for members (the
+            // group timeout, or the threshold if shorter: its first member may be a straggler)
+            // and, with lazy parity, when its parity query goes.
+            let threshold = shared.cfg.straggler.threshold(&shared.deployed.medians);
+            tokio::spawn(run_group(id, k, threshold, rx, shared.clone()));
+            (tx, 0, Instant::now() + shared.cfg.group_timeout.min(threshold))
         });
         let _ = tx.send(GroupMsg::Member(job));
         *count += 1;
@@ -396,7 +389,8 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// One coding group: dispatch, collect outputs, decode, answer every member exactly once.
-async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg>, shared: Arc<Shared>) {
+/// `threshold`: the straggler threshold when the group was opened (see [`crate::straggler`]).
+async fn run_group(id: u64, k: usize, threshold: Duration, mut msgs: mpsc::UnboundedReceiver<GroupMsg>, shared: Arc<Shared>) {
     let (events_tx, mut events) = mpsc::unbounded_channel::<(Slot, Option<Vec<f32>>)>();
     let mut state = GroupState::new(k, true);
     let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(k);
@@ -406,7 +400,6 @@ async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg
     let mut sealed = false;
     // Lazy parity only: the group is sealed but its parity query waits for a straggler.
     let mut parity_pending = false;
-    let threshold = shared.straggler_threshold();
     let shape = vec![1, shared.cfg.spec.input_len() as i64];
     while !(sealed && !parity_pending && state.is_done() && held.is_empty()) {
         let straggler_due = if parity_pending { held.first_unanswered_due(&state, threshold) } else { None };
