@@ -16,28 +16,8 @@ load=$root/target/release/oip-load
 model=$root/models/fashion-mnist/deployed.bpk
 parity=$root/models/fashion-mnist/parity-k2-addition.bpk
 out=$root/bench/results/batch-coding.jsonl
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/scripts/lib/procs.sh"
 [ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
-start() {
-  local name=$1; shift
-  "$@" > "$work/$name.out" 2> "$work/$name.err" &
-  pids+=($!)
-}
-addr() {
-  for _ in $(seq 300); do
-    local line; line=$(grep -m1 "^$2 " "$work/$1.out" 2>/dev/null || true)
-    if [ -n "$line" ]; then echo "${line#"$2 "}"; return; fi
-    sleep 0.1
-  done
-  echo "$1 did not print '$2 ADDR'" >&2; cat "$work/$1.err" >&2; exit 1
-}
 start w0 "$parm" worker --model "$model" --listen 127.0.0.1:0
 start w1 "$parm" worker --model "$model" --listen 127.0.0.1:0
 start p0 "$parm" worker --model "$parity" --listen 127.0.0.1:0

@@ -29,14 +29,7 @@ venv=$root/target/mlserver-venv
 model=$root/models/fashion-mnist/deployed.bpk
 parity=$root/models/fashion-mnist/parity-k2-addition.bpk
 out=$root/bench/results/efficiency
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/scripts/lib/procs.sh"
 
 [ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
 if ! "$venv/bin/python" -c "import mlserver, cbor2, numpy" 2>/dev/null; then
@@ -47,19 +40,6 @@ fi
 [ -f "$parity" ] || { echo "no $parity: run 'parm train-parity --k 2' first" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-start() {
-  local name=$1; shift
-  "$@" > "$work/$name.out" 2> "$work/$name.err" &
-  pids+=($!)
-}
-addr() {
-  for _ in $(seq 300); do
-    local line; line=$(grep -m1 "^$2 " "$work/$1.out" 2>/dev/null || true)
-    if [ -n "$line" ]; then echo "${line#"$2 "}"; return; fi
-    sleep 0.1
-  done
-  echo "$1 did not print '$2 ADDR'" >&2; cat "$work/$1.err" >&2; exit 1
-}
 
 # MLServer
 mhttp=$(free_port); mgrpc=$(free_port)

@@ -20,14 +20,7 @@ root=$PWD
 parm=$root/target/release/parm
 venv=$root/target/mlserver-venv
 models=$root/target/mlserver-models
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/scripts/lib/procs.sh"
 
 [ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm
 if ! "$venv/bin/python" -c "import mlserver, cbor2, numpy, tritonclient.grpc" 2>/dev/null; then
@@ -59,21 +52,6 @@ JSON
 }
 setting() { "$venv/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1/settings.json" "$2"; }
 
-# start NAME CMD...: runs CMD in the background, stdout/stderr to $work/NAME.{out,err}.
-start() {
-  local name=$1; shift
-  "$@" > "$work/$name.out" 2> "$work/$name.err" &
-  pids+=($!)
-}
-# addr NAME PREFIX: waits (30 s) for the line "PREFIX ADDR" in NAME's stdout and prints ADDR.
-addr() {
-  for _ in $(seq 300); do
-    local line; line=$(grep -m1 "^$2 " "$work/$1.out" 2>/dev/null || true)
-    if [ -n "$line" ]; then echo "${line#"$2 "}"; return; fi
-    sleep 0.1
-  done
-  echo "$1 did not print '$2 ADDR'; its stderr:" >&2; cat "$work/$1.err" >&2; exit 1
-}
 # wait_ready NAME URL: waits (180 s) until GET URL answers 200.
 wait_ready() {
   for _ in $(seq 1800); do
