@@ -76,6 +76,33 @@ pub fn parity_name(k: usize) -> String {
 
 /// Runs one setup end to end with the `parm` binary at `exe`.
 pub async fn run_once(exe: &Path, models: &Models, spec: &RunSpec, queries: &[Query]) -> anyhow::Result<RunResult> {
+    Ok(run_probed(exe, models, spec, queries, None).await?.0)
+}
+
+/// Direct instance RPCs sent beside a run's load, to measure what the simulator needs
+/// (`crate::sim::Base`) under the same host load and faults: the latency of one RPC as the
+/// frontend sees it (gRPC client in the same process and runtime, timed from the call to the
+/// answer), of two RPCs sent at once to neighbouring instances (as replication sends them),
+/// and how late the runtime's timers fire (the probe dispatcher's own sleeps).
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    /// Poisson rate of probe pairs, pairs/s (each adds two RPCs to the instances' load).
+    pub rate_qps: f64,
+    pub seed: u64,
+}
+
+/// What a [`Probe`] measured, all in ms.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeData {
+    /// Latencies of the two RPCs of each pair (both answered; pairs still out when the load
+    /// ends are dropped).
+    pub pairs: Vec<(f64, f64)>,
+    /// How much later than asked each `tokio::time::sleep` of the dispatcher returned.
+    pub timer_late: Vec<f64>,
+}
+
+/// [`run_once`], plus what `probe` measured meanwhile (empty without a probe).
+pub async fn run_probed(exe: &Path, models: &Models, spec: &RunSpec, queries: &[Query], probe: Option<Probe>) -> anyhow::Result<(RunResult, ProbeData)> {
     let (deployed, parity) = spec.mode.instances(spec.instances);
     let k = spec.mode.k();
     let mut specs: Vec<InstanceSpec> = (0..deployed)
@@ -91,14 +118,14 @@ pub async fn run_once(exe: &Path, models: &Models, spec: &RunSpec, queries: &[Qu
         specs.extend((0..parity).map(|_| InstanceSpec { model: path.clone(), name: parity_name(k), fault: String::new(), listen: None }));
     }
     let mut instances = start_instances(exe, specs).await?;
-    let result = drive(exe, spec, &instances, queries).await;
+    let result = drive(exe, spec, &instances, queries, probe).await;
     for i in &mut instances {
         i.kill().await;
     }
     result
 }
 
-async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Query]) -> anyhow::Result<RunResult> {
+async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Query], probe: Option<Probe>) -> anyhow::Result<(RunResult, ProbeData)> {
     let k = spec.mode.k();
     let addrs = |want: &str| instances.iter().filter(|i| i.spec.name == want).map(|i| i.addr.clone()).collect::<Vec<_>>();
     for i in instances {
@@ -149,14 +176,19 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
         request_timeout: Duration::from_secs(30),
         progress: spec.progress,
     };
+    let probes = probe.map(|p| ProbeRun::start(p, &addrs(DEPLOYED), &queries[0]));
     let report = run_open_loop(&load, queries).await;
+    let probed = match probes {
+        Some(p) => p.stop().await,
+        None => ProbeData::default(),
+    };
     chaos.stop().await;
     let _ = stop.send(());
     let _ = server.await;
     let report = report?;
     let stats = frontend.stats();
     let extra = stats.backups.load(Ordering::Relaxed) + stats.parity_queries.load(Ordering::Relaxed);
-    Ok(RunResult {
+    let result = RunResult {
         mode: spec.mode.family().to_string(),
         k,
         rate_qps: spec.rate_qps,
@@ -164,5 +196,55 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
         extra_resources: spec.mode.extra_resources(spec.instances),
         extra_requests: extra as f64 / queries.len().max(1) as f64,
         report,
-    })
+    };
+    Ok((result, probed))
+}
+
+/// A running [`Probe`]: one dispatcher task, one task per pair.
+struct ProbeRun {
+    dispatcher: tokio::task::JoinHandle<()>,
+    data: Arc<std::sync::Mutex<ProbeData>>,
+}
+
+impl ProbeRun {
+    fn start(p: Probe, addrs: &[String], query: &Query) -> Self {
+        let clients: Vec<InstanceClient> = addrs.iter().filter_map(|a| InstanceClient::connect_lazy(a).ok()).collect();
+        let data = Arc::new(std::sync::Mutex::new(ProbeData::default()));
+        let (out, query) = (data.clone(), query.clone());
+        let dispatcher = tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(p.seed);
+            let gap = rand_distr::Exp::new(p.rate_qps).expect("positive probe rate");
+            for i in 0usize.. {
+                let want = Duration::from_secs_f64(rand_distr::Distribution::sample(&gap, &mut rng));
+                let slept = tokio::time::Instant::now();
+                tokio::time::sleep(want).await;
+                let late = slept.elapsed().saturating_sub(want).as_secs_f64() * 1e3;
+                out.lock().expect("probe lock").timer_late.push(late);
+                let pair = [clients[i % clients.len()].clone(), clients[(i + 1) % clients.len()].clone()];
+                tokio::spawn(probe_pair(pair, query.clone(), out.clone()));
+            }
+        });
+        Self { dispatcher, data }
+    }
+
+    async fn stop(self) -> ProbeData {
+        self.dispatcher.abort();
+        let _ = self.dispatcher.await;
+        std::mem::take(&mut *self.data.lock().expect("probe lock"))
+    }
+}
+
+/// Two RPCs at once; records both latencies (ms) if both answered.
+async fn probe_pair(clients: [InstanceClient; 2], query: Query, out: Arc<std::sync::Mutex<ProbeData>>) {
+    let one = |c: InstanceClient| {
+        let (input, shape) = (query.input.clone(), query.shape.clone());
+        async move {
+            let start = tokio::time::Instant::now();
+            c.infer(DEPLOYED, input, shape, Duration::from_secs(5)).await.ok().map(|_| start.elapsed().as_secs_f64() * 1e3)
+        }
+    };
+    let [a, b] = clients;
+    if let (Some(x), Some(y)) = futures::join!(one(a), one(b)) {
+        out.lock().expect("probe lock").pairs.push((x, y));
+    }
 }

@@ -95,7 +95,7 @@ fn default_decode_grace_ms() -> u64 {
 
 /// A fault injected during every run of a scenario. Instance indices count deployed-model
 /// instances from 0. Each is reproducible from the scenario's seed.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Fault {
     /// With probability `prob`, each request on the instance takes `delay_ms` longer.
