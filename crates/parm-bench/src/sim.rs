@@ -1,25 +1,53 @@
 //! A discrete-event simulator of the serving setups `parm bench` runs, to project results past
 //! one machine (issue 4, item 5).
 //!
-//! Model. Queries arrive as a Poisson process. A query's latency without queueing is a sample
-//! of `base` (the end-to-end latency that a real run without faults measured: network,
-//! frontend, load generator and compute). Every instance is a FIFO single server: a request
-//! reaches it half a base sample after it is sent, holds it for `compute_ms` plus any injected
-//! delay, and its answer arrives the other half later. Round-robin dispatch, as the frontend.
-//! - `none` / `equal-resources`: one request per query.
-//! - `replication`: two instances; the first answer wins (the loser still occupies its server).
-//! - `hedged`: a backup to the next instance after the running p95 of answered latencies.
+//! Model (every input is a measurement or a documented fact of the real system):
+//! - Queries arrive as a Poisson process at the offered rate, as `parm bench` sends them.
+//! - **Two measured distributions** ([`Base`], from one real run without instance faults, see
+//!   `parm simulate`): the end-to-end latency `E` of one query (load generator, HTTP, frontend,
+//!   one instance RPC) and the latency `R` of one instance RPC as the frontend sees it (direct
+//!   gRPC probes beside that run). A query's own overhead outside its RPC is
+//!   `O(u) = max(E(u) - R(u), 0)` for one uniform `u` per query, and its first RPC takes
+//!   `R(u)`: overhead and RPC latency are taken as fully correlated (comonotone), because on
+//!   this host both come from the same shared 2 cores; a query with one RPC then has exactly
+//!   the measured `E`. Every further RPC of the query (replica, hedge, parity) draws its own
+//!   `R(v)`, except the second copy of a replicated query: two RPCs sent at once share the
+//!   host's state, so it takes the measured partner of `R(u)` (the probe's pairs of RPCs sent
+//!   at once, matched by rank). Half of `O` is spent before the frontend, half after it.
+//! - Arrivals: the same Poisson schedules as the real trials (`poisson_schedule` with the
+//!   scenario's seed), so rare events land as in the real runs.
+//! - Every instance is a FIFO single server: an RPC reaches it half of its network time
+//!   (`R - compute`) after it is sent, holds it for `compute_ms` plus any injected delay, and
+//!   its answer takes the other half back. Round-robin dispatch, as the frontend.
+//! - Every timer of the frontend (group seal, decode grace, hedge delay, lazy parity trigger)
+//!   fires late by a draw of the measured lateness of the runtime's timers (`Base::timer_late`):
+//!   tokio's timer wheel counts whole milliseconds (a deadline is rounded up to the next
+//!   millisecond, `runtime/time/source.rs` `deadline_to_tick`, and a parked driver sleeps a
+//!   whole number of milliseconds from the truncated current one, `runtime/time/mod.rs`
+//!   `park_internal`), so a timer fires 0 to 2 ms after its deadline.
+//! - The frontend's latency windows (straggler median, hedging percentile) see RPC latencies
+//!   (frontend to instance and back), not end-to-end ones, as in `parm_serve::frontend`.
+//!
+//! Setups:
+//! - `none` / `equal-resources`: one RPC per query.
+//! - `replication`: instances q and q+1 at once; the first answer wins (the loser still
+//!   occupies its server).
+//! - `hedged`: a backup to the next instance after the running percentile of recent hedged-RPC
+//!   latencies (`parm_serve::redundancy::LatencyWindow`, 0.5 ms to 1 s).
 //! - `parm`: coding groups of k consecutive queries, with the frontend's straggler policy
-//!   (parm_serve::straggler): a group is sealed when full or `min(group_timeout, threshold)`
-//!   after its first query, the threshold being `factor` x the running median of answer times
-//!   within `[min, max]`; the parity request leaves at the seal (eager) or, with lazy parity,
-//!   once a member has been outstanding for the threshold (never if all answer first); a query
-//!   is answered at the earlier of its own answer and (parity and the other k-1 answers in,
-//!   but not before `decode_grace`).
-//!   Queued originals are not cancelled here, which makes the model slightly pessimistic.
+//!   (`parm_serve::straggler`): a group is sealed when full or at `min(group_timeout,
+//!   threshold)` after its first query, the threshold being `factor` x the running median of
+//!   the RPC latencies of originals that answered their query; the parity RPC leaves at the
+//!   seal (eager) or, with lazy parity, once a member has been outstanding for the threshold
+//!   (never if all answer first); a query is answered at the earlier of its own answer and its
+//!   reconstruction (parity and the other k-1 answers in), a reconstruction being held until
+//!   the query has been out for `decode_grace`. Queued originals are not cancelled here.
+//!
 //! Faults: per-instance `delay` and `episodes` (added to service), `stall` (the server does not
 //! start work during the stall), `crash` (requests meanwhile fail at once and go to the next
-//! instance). CPU and network contention are not modelled.
+//! instance). Host-wide faults (CPU burner, loopback shuffles) are not simulated: they are in
+//! `Base` when the calibration run had them (`parm simulate` calibrates once per set of host
+//! faults).
 
 use std::time::Duration;
 
@@ -33,20 +61,89 @@ use rand_distr::{Distribution, Exp};
 use crate::scenario::{Fault, Mode};
 use crate::{percentiles, Percentiles};
 
+/// The frontend's timers: each fires a measured lateness after its deadline.
+struct Timers<'a> {
+    late: &'a Empirical,
+    rng: StdRng,
+}
+
+impl Timers<'_> {
+    /// When a timer set for `deadline_ms` fires (ms, simulated time).
+    fn fires(&mut self, deadline_ms: f64) -> f64 {
+        deadline_ms + self.late.sample(&mut self.rng)
+    }
+}
+
 /// An empirical distribution given by its quantile function: `quantiles[i]` is the latency
 /// (ms) at quantile `i / (len - 1)`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Empirical {
     pub quantiles: Vec<f64>,
 }
 
 impl Empirical {
-    /// Inverse-transform sample (linear between grid points).
-    pub fn sample(&self, rng: &mut StdRng) -> f64 {
+    /// The distribution of `samples` (ms), as 1001 quantiles; `None` for fewer than 2 samples.
+    pub fn from_samples(samples: &[f64]) -> Option<Self> {
+        if samples.len() < 2 {
+            return None;
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let at = |i: usize| s[((i as f64 / 1000.0) * (s.len() - 1) as f64).round() as usize];
+        Some(Self { quantiles: (0..=1000).map(at).collect() })
+    }
+
+    /// The value (ms) at quantile `u` in [0, 1] (linear between grid points).
+    pub fn at(&self, u: f64) -> f64 {
         let q = &self.quantiles;
-        let x = rng.random::<f64>() * (q.len() - 1) as f64;
+        let x = u.clamp(0.0, 1.0) * (q.len() - 1) as f64;
         let i = (x.floor() as usize).min(q.len() - 2);
         q[i] + (q[i + 1] - q[i]) * (x - i as f64)
+    }
+
+    /// Inverse-transform sample (ms).
+    pub fn sample(&self, rng: &mut StdRng) -> f64 {
+        self.at(rng.random::<f64>())
+    }
+}
+
+/// The measured distributions the model runs on (see the module docs).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Base {
+    /// End-to-end latency (ms) of one query without instance faults (`parm bench`'s measure:
+    /// intended send time to the whole answer).
+    pub end_to_end: Empirical,
+    /// Latency (ms) of one instance RPC as the frontend sees it, compute included, measured
+    /// in the same run.
+    pub rpc: Empirical,
+    /// Latency (ms) of the second of two RPCs sent at once to neighbouring instances, by the
+    /// rank of the first: `partner[i]` goes with the i-th fastest first RPC (ascending).
+    pub partner: Vec<f64>,
+    /// How late (ms) a timer of the runtime fires after its deadline.
+    pub timer_late: Empirical,
+}
+
+impl Base {
+    /// The model's base from a calibration run: its end-to-end latencies and what its probe
+    /// measured (pairs of RPCs sent at once, in ms; timer lateness, ms). `None` if the probe
+    /// got fewer than 2 of either.
+    pub fn measured(end_to_end: Empirical, pairs: &[(f64, f64)], timer_late: &[f64]) -> Option<Self> {
+        let all: Vec<f64> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let mut sorted = pairs.to_vec();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let partner = sorted.iter().map(|p| p.1).collect();
+        Some(Self { end_to_end, rpc: Empirical::from_samples(&all)?, partner, timer_late: Empirical::from_samples(timer_late)? })
+    }
+
+    /// The second of two RPCs sent at once, the first being at quantile `u` (ms).
+    fn partner(&self, u: f64) -> f64 {
+        let n = self.partner.len();
+        self.partner[((u.clamp(0.0, 1.0) * (n - 1) as f64).round() as usize).min(n - 1)]
+    }
+
+    /// A query's overhead outside its instance RPC (ms) at quantile `u`: `E(u) - R(u)`, >= 0.
+    pub fn overhead(&self, u: f64) -> f64 {
+        (self.end_to_end.at(u) - self.rpc.at(u)).max(0.0)
     }
 }
 
@@ -59,6 +156,7 @@ pub struct SimSpec {
     pub queries: usize,
     pub warmup: usize,
     pub faults: Vec<Fault>,
+    /// Compute time (ms) of one request on an instance.
     pub compute_ms: f64,
     pub group_timeout_ms: f64,
     pub decode_grace_ms: f64,
@@ -78,54 +176,73 @@ struct Server {
     crash: Option<(f64, f64)>,
 }
 
-struct Sim<'a> {
-    servers: Vec<Server>,
-    base: &'a Empirical,
-    compute_ms: f64,
-    rng: StdRng,
-}
-
-impl Sim<'_> {
-    /// Answer time (ms) of a request sent to server `i` at `t`; crashed servers pass it on.
-    fn request(&mut self, i: usize, t: f64) -> f64 {
-        self.serve(i, t, true)
+impl Server {
+    fn crashed_at(&self, t: f64) -> bool {
+        matches!(self.crash, Some((from, to)) if t >= from && t < to)
     }
 
-    /// Like `request`, but the server's queue is left as it was: for hedges, which are sent
-    /// later than the queries simulated after them and are few (a few % of queries), so
-    /// queueing them out of time order would distort the queue more than leaving them out.
-    fn probe(&mut self, i: usize, t: f64) -> f64 {
-        self.serve(i, t, false)
-    }
-
-    fn serve(&mut self, mut i: usize, t: f64, occupy: bool) -> f64 {
-        let n = self.servers.len();
-        for _ in 0..n {
-            let s = &self.servers[i % n];
-            match s.crash {
-                Some((from, to)) if t >= from && t < to => i += 1,
-                _ => break,
-            }
-        }
-        let (go, back) = (self.base.sample(&mut self.rng) / 2.0, self.base.sample(&mut self.rng) / 2.0);
-        let coin: f64 = self.rng.random();
-        let s = &mut self.servers[i % n];
-        let arrive = t + go;
-        let mut start = arrive.max(s.free_at);
-        if let Some((from, to)) = s.stall {
+    /// When work arriving at `arrive` starts, and how long it takes (ms).
+    fn schedule(&self, arrive: f64, compute_ms: f64, coin: f64) -> (f64, f64) {
+        let mut start = arrive.max(self.free_at);
+        if let Some((from, to)) = self.stall {
             if start >= from && start < to {
                 start = to;
             }
         }
-        let mut service = self.compute_ms;
-        if coin < s.delay_prob {
-            service += s.delay_ms;
+        let mut service = compute_ms;
+        if coin < self.delay_prob {
+            service += self.delay_ms;
         }
-        service += s.episodes.iter().filter(|(a, b, _)| start >= *a && start < *b).map(|(_, _, d)| d).sum::<f64>();
+        service += self.episodes.iter().filter(|(a, b, _)| start >= *a && start < *b).map(|(_, _, d)| d).sum::<f64>();
+        (start, service)
+    }
+}
+
+/// One pool of instances (deployed or parity) and its random draws.
+struct Pool<'a> {
+    servers: Vec<Server>,
+    rpc: &'a Empirical,
+    compute_ms: f64,
+    rng: StdRng,
+}
+
+impl Pool<'_> {
+    /// Frontend time (ms) at which an RPC sent to server `i` at `t` answers, its RPC latency
+    /// without queueing being `rpc_ms`; crashed servers pass it on to the next one.
+    fn request(&mut self, i: usize, t: f64, rpc_ms: f64) -> f64 {
+        self.serve(i, t, rpc_ms, true)
+    }
+
+    /// [`Self::request`] with a fresh RPC latency draw.
+    fn request_fresh(&mut self, i: usize, t: f64) -> f64 {
+        let r = self.rpc.sample(&mut self.rng);
+        self.serve(i, t, r, true)
+    }
+
+    /// Like `request_fresh`, but the server's queue is left as it was: for hedges, which are
+    /// sent later than the queries simulated after them and are few (a few % of queries), so
+    /// queueing them out of time order would distort the queue more than leaving them out.
+    fn probe(&mut self, i: usize, t: f64) -> f64 {
+        let r = self.rpc.sample(&mut self.rng);
+        self.serve(i, t, r, false)
+    }
+
+    fn serve(&mut self, mut i: usize, t: f64, rpc_ms: f64, occupy: bool) -> f64 {
+        let n = self.servers.len();
+        for _ in 0..n {
+            if !self.servers[i % n].crashed_at(t) {
+                break;
+            }
+            i += 1;
+        }
+        let half = (rpc_ms - self.compute_ms).max(0.0) / 2.0;
+        let coin: f64 = self.rng.random();
+        let s = &mut self.servers[i % n];
+        let (start, service) = s.schedule(t + half, self.compute_ms, coin);
         if occupy {
             s.free_at = start + service;
         }
-        start + service + back
+        start + service + half
     }
 }
 
@@ -159,27 +276,54 @@ fn servers(count: usize, faults: &[Fault], duration_ms: f64, rng: &mut StdRng) -
     v
 }
 
-/// Simulates one setup; returns latency percentiles (ms) of the non-warm-up queries.
-pub fn simulate(spec: &SimSpec, base: &Empirical) -> Percentiles {
-    let mut rng = StdRng::seed_from_u64(spec.seed);
-    let gap = Exp::new(spec.rate_qps / 1e3).expect("positive rate");
-    let mut t = 0.0;
-    let arrivals: Vec<f64> = (0..spec.queries)
-        .map(|_| {
-            let now = t;
-            t += gap.sample(&mut rng);
-            now
+/// One query as the frontend sees it: intended send time, arrival at the frontend, its own
+/// overhead outside the instance RPC and its first RPC's latency without queueing (ms).
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    sent: f64,
+    at_frontend: f64,
+    overhead: f64,
+    rpc: f64,
+}
+
+impl Arrival {
+    /// End-to-end latency (ms) of an answer ready at the frontend at `answer`.
+    fn latency(&self, answer: f64) -> f64 {
+        answer + self.overhead / 2.0 - self.sent
+    }
+}
+
+/// The queries of one run, on the load generator's own schedule for `spec.seed`, and the
+/// quantile `u` of each (see the module docs).
+fn arrivals(spec: &SimSpec, base: &Base, rng: &mut StdRng) -> (Vec<Arrival>, Vec<f64>) {
+    let schedule = crate::poisson_schedule(spec.queries, spec.rate_qps, spec.seed).expect("positive rate");
+    schedule
+        .iter()
+        .map(|at| {
+            let (u, t) = (rng.random::<f64>(), at.as_secs_f64() * 1e3);
+            let overhead = base.overhead(u);
+            (Arrival { sent: t, at_frontend: t + overhead / 2.0, overhead, rpc: base.rpc.at(u) }, u)
         })
-        .collect();
+        .unzip()
+}
+
+/// Simulates one setup; returns latency percentiles (ms) of the non-warm-up queries.
+pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let (arrivals, ranks) = arrivals(spec, base, &mut rng);
+    let mut timers = Timers { late: &base.timer_late, rng: StdRng::seed_from_u64(spec.seed ^ 4) };
     let (deployed, parity) = spec.mode.instances(spec.instances);
-    let duration = t + 10_000.0;
-    let mut sim = Sim { servers: servers(deployed, &spec.faults, duration, &mut rng), base, compute_ms: spec.compute_ms, rng };
-    let mut parity_sim = Sim { servers: servers(parity.max(1), &[], duration, &mut StdRng::seed_from_u64(spec.seed ^ 1)), base, compute_ms: spec.compute_ms, rng: StdRng::seed_from_u64(spec.seed ^ 2) };
+    let duration = arrivals.last().map_or(0.0, |a| a.sent) + 10_000.0;
+    let pool = |count: usize, faults: &[Fault], seed: u64| {
+        let mut r = StdRng::seed_from_u64(seed);
+        Pool { servers: servers(count, faults, duration, &mut r), rpc: &base.rpc, compute_ms: spec.compute_ms, rng: r }
+    };
+    let mut sim = pool(deployed, &spec.faults, spec.seed ^ 3);
     let answers = match spec.mode {
-        Mode::None | Mode::EqualResources { .. } => arrivals.iter().enumerate().map(|(q, &t)| sim.request(q, t) - t).collect(),
-        Mode::Replication => arrivals.iter().enumerate().map(|(q, &t)| sim.request(2 * q, t).min(sim.request(2 * q + 1, t)) - t).collect(),
-        Mode::Hedged { .. } => hedged(&mut sim, &arrivals, spec.hedge_percentile),
-        Mode::Parm { k } => coded(&mut sim, &mut parity_sim, &arrivals, k, spec),
+        Mode::None | Mode::EqualResources { .. } => single(&mut sim, &arrivals),
+        Mode::Replication => replicated(&mut sim, &arrivals, &ranks, base),
+        Mode::Hedged { .. } => hedged(&mut sim, &mut timers, &arrivals, spec.hedge_percentile),
+        Mode::Parm { k } => coded(&mut sim, &mut pool(parity.max(1), &[], spec.seed ^ 1), &mut timers, &arrivals, k, spec),
     };
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for l in answers.iter().skip(spec.warmup) {
@@ -188,56 +332,94 @@ pub fn simulate(spec: &SimSpec, base: &Empirical) -> Percentiles {
     percentiles(&h)
 }
 
-fn hedged(sim: &mut Sim, arrivals: &[f64], percentile: f64) -> Vec<f64> {
-    let mut recent: Vec<f64> = Vec::new();
-    let mut delay = 1000.0;
+fn single(sim: &mut Pool, arrivals: &[Arrival]) -> Vec<f64> {
+    arrivals.iter().enumerate().map(|(q, a)| a.latency(sim.request(q, a.at_frontend, a.rpc))).collect()
+}
+
+/// Two copies sent at once, to instances q and q+1 (the frontend's round-robin cursor moves by
+/// one per query); the second takes the measured partner of the first's RPC latency.
+fn replicated(sim: &mut Pool, arrivals: &[Arrival], ranks: &[f64], base: &Base) -> Vec<f64> {
     arrivals
         .iter()
+        .zip(ranks)
         .enumerate()
-        .map(|(q, &t)| {
-            let primary = sim.request(q, t) - t;
-            let latency = if primary > delay { primary.min(sim.probe(q + 1, t + delay) - t) } else { primary };
-            recent.push(latency);
-            if recent.len() % 50 == 0 {
-                let mut w: Vec<f64> = recent.iter().rev().take(1000).copied().collect();
-                w.sort_by(f64::total_cmp);
-                delay = w[(percentile / 100.0 * (w.len() - 1) as f64).round() as usize].clamp(0.5, 1000.0);
-            }
-            latency
+        .map(|(q, (a, &u))| {
+            let first = sim.request(q, a.at_frontend, a.rpc);
+            a.latency(first.min(sim.request(q + 1, a.at_frontend, base.partner(u))))
         })
         .collect()
 }
 
-fn coded(sim: &mut Sim, parity: &mut Sim, arrivals: &[f64], k: usize, spec: &SimSpec) -> Vec<f64> {
-    let (timeout, grace) = (spec.group_timeout_ms, spec.decode_grace_ms);
-    let own: Vec<f64> = arrivals.iter().enumerate().map(|(q, &t)| sim.request(q, t)).collect();
-    // The frontend's own threshold rule over the simulated answer times.
-    let window = LatencyWindow::default();
+fn hedged(sim: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], percentile: f64) -> Vec<f64> {
+    let mut window = Completions::new(percentile);
+    let (min, max) = (Duration::from_micros(500), Duration::from_secs(1));
+    arrivals
+        .iter()
+        .enumerate()
+        .map(|(q, a)| {
+            let t = a.at_frontend;
+            let backup_at = timers.fires(t + window.at(t).hedge_delay(min, max).as_secs_f64() * 1e3);
+            let primary = sim.request(q, t, a.rpc);
+            let answer = if primary > backup_at { primary.min(sim.probe(q + 1, backup_at)) } else { primary };
+            window.push(answer, answer - t);
+            a.latency(answer)
+        })
+        .collect()
+}
+
+/// The frontend's latency window as it stands at a given time: RPC latencies enter it when
+/// their answer arrives (completion order), as `parm_serve::frontend` records them.
+struct Completions {
+    window: LatencyWindow,
+    percentile: f64,
+    /// (answer time, latency), in ns, not yet in the window.
+    pending: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
+}
+
+impl Completions {
+    fn new(percentile: f64) -> Self {
+        Self { window: LatencyWindow::default(), percentile, pending: Default::default() }
+    }
+
+    /// An RPC latency (ms) that the frontend learns at `answer` (ms).
+    fn push(&mut self, answer: f64, latency: f64) {
+        let ns = |ms: f64| (ms.max(0.0) * 1e6) as u64;
+        self.pending.push(std::cmp::Reverse((ns(answer), ns(latency))));
+    }
+
+    /// The window holding every latency answered by `t` (ms).
+    fn at(&mut self, t: f64) -> &LatencyWindow {
+        while let Some(std::cmp::Reverse((answer, latency))) = self.pending.peek().copied() {
+            if answer as f64 / 1e6 > t {
+                break;
+            }
+            self.pending.pop();
+            self.window.record(Duration::from_nanos(latency), self.percentile);
+        }
+        &self.window
+    }
+}
+
+fn coded(sim: &mut Pool, parity: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], k: usize, spec: &SimSpec) -> Vec<f64> {
+    let own: Vec<f64> = arrivals.iter().enumerate().map(|(q, a)| sim.request(q, a.at_frontend, a.rpc)).collect();
+    // The frontend's own threshold rule over the simulated RPC latencies.
+    let mut window = Completions::new(MEDIAN);
     let mut out = Vec::with_capacity(arrivals.len());
-    let mut q = 0;
-    let mut group = 0;
+    let (mut q, mut group) = (0, 0);
     while q < arrivals.len() {
-        let first = arrivals[q];
-        let d = spec.straggler.threshold(&window).as_secs_f64() * 1e3;
-        let open_for = timeout.min(d);
-        let mut end = q + 1;
-        while end < arrivals.len() && end - q < k && arrivals[end] <= first + open_for {
-            end += 1;
-        }
-        let sealed = if end - q == k { arrivals[end - 1] } else { first + open_for };
-        // Eager: parity at the seal if a member is still out. Lazy: once the first member
-        // still out has been outstanding for the threshold.
-        let wait = if spec.straggler.lazy_parity { d } else { 0.0 };
-        let due = |j: usize| sealed.max(arrivals[j] + wait);
-        let parity_at = (q..end).filter(|&j| own[j] > due(j)).map(due).fold(f64::INFINITY, f64::min);
-        let fp = if parity_at.is_finite() { parity.request(group, parity_at) } else { f64::INFINITY };
-        for j in q..end {
-            window.record(Duration::from_secs_f64((own[j] - arrivals[j]).max(0.0) / 1e3), MEDIAN);
-        }
+        let threshold = spec.straggler.threshold(window.at(arrivals[q].at_frontend)).as_secs_f64() * 1e3;
+        let (end, sealed) = members(arrivals, q, k, timers.fires(arrivals[q].at_frontend + spec.group_timeout_ms.min(threshold)));
+        let fp = parity_answer(parity, timers, &arrivals[q..end], &own[q..end], (sealed, threshold), spec, group);
         for j in q..end {
             let others = (q..end).filter(|&i| i != j).map(|i| own[i]).fold(fp, f64::max);
-            let decoded = others.max(arrivals[j] + grace);
-            out.push(own[j].min(decoded) - arrivals[j]);
+            let t = arrivals[j].at_frontend;
+            let held_until = timers.fires(t + spec.decode_grace_ms);
+            let reconstructed = if others >= t + spec.decode_grace_ms { others } else { held_until };
+            if own[j] <= reconstructed {
+                // Only originals that answer their query are timed (the others are cancelled).
+                window.push(own[j], own[j] - t);
+            }
+            out.push(arrivals[j].latency(own[j].min(reconstructed)));
         }
         q = end;
         group += 1;
@@ -245,12 +427,41 @@ fn coded(sim: &mut Sim, parity: &mut Sim, arrivals: &[f64], k: usize, spec: &Sim
     out
 }
 
+/// The coding group opened by query `first`: (one past its last member, when it is sealed).
+/// It takes later queries that reach the frontend by `deadline`, up to k.
+fn members(arrivals: &[Arrival], first: usize, k: usize, deadline: f64) -> (usize, f64) {
+    let mut end = first + 1;
+    while end < arrivals.len() && end - first < k && arrivals[end].at_frontend <= deadline {
+        end += 1;
+    }
+    let sealed = if end - first == k { arrivals[end - 1].at_frontend } else { deadline };
+    (end, sealed)
+}
+
+/// When the group's parity answer reaches the frontend (infinity if no parity RPC is sent).
+/// Eager: at the seal if a member is still out. Lazy: once the first member still out has been
+/// outstanding for the threshold (tokio timer).
+/// `(sealed, threshold)`: when the group was sealed and its straggler threshold (ms).
+fn parity_answer(parity: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], own: &[f64], (sealed, threshold): (f64, f64), spec: &SimSpec, group: usize) -> f64 {
+    let lazy = spec.straggler.lazy_parity;
+    let due: Vec<f64> = arrivals.iter().map(|a| if lazy { sealed.max(timers.fires(a.at_frontend + threshold)) } else { sealed }).collect();
+    let at = due.iter().zip(own).filter(|(d, o)| *o > *d).map(|(d, _)| *d).fold(f64::INFINITY, f64::min);
+    if at.is_finite() {
+        parity.request_fresh(group, at)
+    } else {
+        f64::INFINITY
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn base() -> Empirical {
-        Empirical { quantiles: (0..=100).map(|i| 1.0 + i as f64 / 100.0).collect() }
+    fn base() -> Base {
+        let pairs: Vec<(f64, f64)> = (0..=100).map(|i| (0.4 + i as f64 / 500.0, 0.4 + (100 - i) as f64 / 500.0)).collect();
+        let late: Vec<f64> = (0..=100).map(|i| i as f64 / 100.0).collect();
+        let e2e = Empirical { quantiles: (0..=100).map(|i| 1.0 + i as f64 / 100.0).collect() };
+        Base::measured(e2e, &pairs, &late).unwrap()
     }
 
     fn spec(mode: Mode, faults: Vec<Fault>) -> SimSpec {
@@ -258,9 +469,30 @@ mod tests {
     }
 
     #[test]
-    fn no_fault_latency_is_the_base() {
+    fn no_fault_latency_is_the_end_to_end_base() {
         let p = simulate(&spec(Mode::None, vec![]), &base());
-        assert!((p.p50 - 1.6).abs() < 0.1, "{p:?}");
+        assert!((p.p50 - 1.5).abs() < 0.05, "{p:?}");
+        assert!((p.p99 - 1.99).abs() < 0.05, "{p:?}");
+    }
+
+    #[test]
+    fn replication_only_shortens_the_rpc_part() {
+        let none = simulate(&spec(Mode::None, vec![]), &base());
+        let rep = simulate(&spec(Mode::Replication, vec![]), &base());
+        assert!(rep.p50 <= none.p50 && rep.p50 > none.p50 - 0.2, "{none:?} {rep:?}");
+    }
+
+    #[test]
+    fn partner_follows_the_rank_of_the_first() {
+        let b = base();
+        assert!((b.partner(0.0) - 0.6).abs() < 1e-9 && (b.partner(1.0) - 0.4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn empirical_from_samples_keeps_the_quantiles() {
+        let e = Empirical::from_samples(&(0..=1000).map(|i| i as f64).collect::<Vec<_>>()).unwrap();
+        assert_eq!(e.at(0.5), 500.0);
+        assert!(Empirical::from_samples(&[1.0]).is_none());
     }
 
     #[test]

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parm_bench::harness::{run_once, RunSpec};
+use parm_bench::harness::{run_probed, Probe, RunSpec};
 use parm_bench::scenario::{Fault, Mode, Scenario};
-use parm_bench::sim::{simulate, Empirical, SimSpec};
+use parm_bench::sim::{simulate, Base, Empirical, SimSpec};
+use parm_bench::Percentiles;
+use serde::{Deserialize, Serialize};
 
 use crate::bench::{test_queries, TailRow};
 use crate::commands::write_new;
@@ -26,8 +28,20 @@ pub struct SimulateArgs {
     /// Real results from `parm bench`.
     #[arg(long, default_value = "bench/results/tail.json")]
     pub tail: PathBuf,
-    /// Queries of the calibration run (no faults, `none` mode, 12 instances).
-    #[arg(long, default_value_t = 3000)]
+    /// Every real run (trial) behind `--tail`, for the trials' spread.
+    #[arg(long, default_value = "bench/results/tail-runs.json")]
+    pub runs: PathBuf,
+    /// Calibrations to reuse, one per set of host faults (CPU burner, shuffles); those missing
+    /// are measured and added to the file. Without it every calibration is measured.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Probe pairs per second during the calibration run (two direct instance RPCs each, to
+    /// measure RPC latency and timer lateness; added to the calibration's load).
+    #[arg(long, default_value_t = 25.0)]
+    pub probe_rate: f64,
+    /// Queries of the calibration run (no instance faults, `none` mode, 12 instances; the
+    /// first 300 not timed, as in the scenarios).
+    #[arg(long, default_value_t = 8000)]
     pub calibrate_queries: usize,
     /// Offered load of the calibration run, queries/s.
     #[arg(long, default_value_t = 200.0)]
@@ -41,33 +55,199 @@ pub struct SimulateArgs {
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
-    let base = calibrate(&a)?;
-    println!("calibration: base latency p50 {:.2} ms, p99 {:.2} ms", base.quantiles[500], base.quantiles[990]);
     let rows: Vec<TailRow> = serde_json::from_str(&std::fs::read_to_string(&a.tail).with_context(|| format!("reading {}", a.tail.display()))?)?;
+    let trials: Vec<TrialRun> = serde_json::from_str(&std::fs::read_to_string(&a.runs).with_context(|| format!("reading {}", a.runs.display()))?)?;
     let files = if a.scenarios.is_empty() { crate::bench::default_scenarios()? } else { a.scenarios.clone() };
-    let mut md = String::from("### Validation against the loopback cluster\n\n| scenario | mode | k | qps | real p50 | sim p50 | err | real p99 | sim p99 | err |\n|---|---|---|---|---|---|---|---|---|---|\n");
-    let mut json = Vec::new();
-    for f in files {
-        let s = Scenario::load(&f)?;
+    let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut bases = load_calibrations(&a)?;
+    for host in std::iter::once(Vec::new()).chain(scenarios.iter().map(|s| host_faults(&s.faults))) {
+        if !bases.iter().any(|(h, _)| *h == host) {
+            let base = calibrate(&a, &host)?;
+            bases.push((host, base));
+            save_calibrations(&a, &bases)?;
+        }
+    }
+    bases.sort_by_key(|(h, _)| h.len());
+    let mut json: Vec<serde_json::Value> = bases.iter().map(|(h, b)| calibration_json(h, b)).collect();
+    let mut checks = Vec::new();
+    for s in &scenarios {
+        let base = &bases.iter().find(|(h, _)| *h == host_faults(&s.faults)).expect("calibrated").1;
         for m in &s.modes {
             let mode = Mode::parse(m)?;
             for row in rows.iter().filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k()) {
-                let p = simulate(&sim_spec(&s, mode, row.rate_qps, s.queries, &a), &base);
-                let err = |sim: f64, real: f64| 100.0 * (sim - real) / real;
-                md += &format!(
-                    "| {} | {} | {} | {} | {:.2} | {:.2} | {:+.0}% | {:.2} | {:.2} | {:+.0}% |\n",
-                    s.name, row.mode, row.k, row.rate_qps, row.p50_ms, p.p50, err(p.p50, row.p50_ms), row.p99_ms, p.p99, err(p.p99, row.p99_ms)
-                );
-                json.push(serde_json::json!({"kind": "validation", "scenario": s.name, "mode": row.mode, "k": row.k, "rate_qps": row.rate_qps,
-                    "real": {"p50": row.p50_ms, "p99": row.p99_ms, "p99_9": row.p99_9_ms}, "sim": p}));
+                let (p50s, p99s) = trial_values(&trials, row);
+                let sim = simulate_trials(&sim_spec(s, mode, row.rate_qps, s.queries, &a), base, p50s.len());
+                checks.push(Check { row: row.clone(), sim, p50s, p99s });
             }
         }
     }
-    md += &projections(&a, &base, &mut json);
+    json.extend(checks.iter().map(Check::json));
+    let mut md = calibration_md(&bases);
+    md += &validation_md(&checks);
+    md += &projections(&a, &bases[0].1, &mut json);
     println!("{md}");
     write_new(&a.out.join("simulate.md"), &md)?;
     write_new(&a.out.join("simulate.json"), &serde_json::to_string_pretty(&json)?)?;
     Ok(())
+}
+
+/// The calibrations in `--calibration`, if given and present: (host faults, base) pairs.
+fn load_calibrations(a: &SimulateArgs) -> anyhow::Result<Vec<(Vec<Fault>, Base)>> {
+    match &a.calibration {
+        Some(f) if f.exists() => {
+            let saved: Vec<Calibration> = serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)?;
+            Ok(saved.into_iter().map(|c| (c.host_faults, c.base)).collect())
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn save_calibrations(a: &SimulateArgs, bases: &[(Vec<Fault>, Base)]) -> anyhow::Result<()> {
+    let Some(f) = &a.calibration else { return Ok(()) };
+    let saved: Vec<Calibration> = bases.iter().map(|(h, b)| Calibration { host_faults: h.clone(), base: b.clone() }).collect();
+    write_new(f, &serde_json::to_string(&saved)?)
+}
+
+/// One saved calibration: the host faults it ran under and what it measured.
+#[derive(Serialize, Deserialize)]
+struct Calibration {
+    host_faults: Vec<Fault>,
+    base: Base,
+}
+
+/// One run of `tail-runs.json` (the fields the validation reads).
+#[derive(Deserialize)]
+struct TrialRun {
+    scenario: String,
+    run: TrialResult,
+}
+
+#[derive(Deserialize)]
+struct TrialResult {
+    mode: String,
+    k: usize,
+    rate_qps: f64,
+    report: TrialReport,
+}
+
+#[derive(Deserialize)]
+struct TrialReport {
+    latency_ms: TrialLatency,
+}
+
+#[derive(Deserialize)]
+struct TrialLatency {
+    p50: f64,
+    p99: f64,
+}
+
+/// The per-trial p50s and p99s (ms) behind one averaged row of `tail.json`.
+fn trial_values(trials: &[TrialRun], row: &TailRow) -> (Vec<f64>, Vec<f64>) {
+    let same = |t: &&TrialRun| t.scenario == row.scenario && t.run.mode == row.mode && t.run.k == row.k && t.run.rate_qps == row.rate_qps;
+    trials.iter().filter(same).map(|t| (t.run.report.latency_ms.p50, t.run.report.latency_ms.p99)).unzip()
+}
+
+/// Faults on the whole host (CPU burner, loopback shuffles): in the calibration run, not in
+/// the simulator.
+fn host_faults(faults: &[Fault]) -> Vec<Fault> {
+    faults.iter().filter(|f| matches!(f, Fault::CpuBurn { .. } | Fault::Network { .. })).cloned().collect()
+}
+
+/// The validation target: within 10% of the real value.
+const TOLERANCE: f64 = 0.10;
+
+/// One validated row: the real averaged row, its trials, and the simulation.
+struct Check {
+    row: TailRow,
+    sim: Percentiles,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+}
+
+impl Check {
+    /// Relative error of `sim` against `real`.
+    fn err(sim: f64, real: f64) -> f64 {
+        (sim - real) / real
+    }
+
+    /// Spread of the real trials, (max - min) / mean (0 for one trial).
+    fn spread(v: &[f64]) -> f64 {
+        let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        if v.len() < 2 { 0.0 } else { (hi - lo) / (v.iter().sum::<f64>() / v.len() as f64) }
+    }
+
+    /// The real trials disagree by more than the tolerance themselves (p50 or p99).
+    fn noisy(&self) -> bool {
+        Self::spread(&self.p50s) > TOLERANCE || Self::spread(&self.p99s) > TOLERANCE
+    }
+
+    fn p50_ok(&self) -> bool {
+        Self::err(self.sim.p50, self.row.p50_ms).abs() <= TOLERANCE
+    }
+
+    fn p99_ok(&self) -> bool {
+        Self::err(self.sim.p99, self.row.p99_ms).abs() <= TOLERANCE
+    }
+
+    fn trials(v: &[f64]) -> String {
+        v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / ")
+    }
+
+    fn md(&self) -> String {
+        let (r, p) = (&self.row, &self.sim);
+        format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:+.0}% | {:.2} ({}) | {:.2} | {:+.0}% | {} |\n",
+            r.scenario, r.mode, r.k, r.rate_qps, r.p50_ms, p.p50, 100.0 * Self::err(p.p50, r.p50_ms),
+            r.p99_ms, Self::trials(&self.p99s), p.p99, 100.0 * Self::err(p.p99, r.p99_ms),
+            if self.noisy() { format!("yes ({:.0}%)", 100.0 * Self::spread(&self.p50s).max(Self::spread(&self.p99s))) } else { "no".into() }
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let r = &self.row;
+        serde_json::json!({"kind": "validation", "scenario": r.scenario, "mode": r.mode, "k": r.k, "rate_qps": r.rate_qps,
+            "real": {"p50": r.p50_ms, "p99": r.p99_ms, "p99_9": r.p99_9_ms, "trial_p50": self.p50s, "trial_p99": self.p99s},
+            "noisy": self.noisy(), "sim": self.sim})
+    }
+}
+
+fn validation_md(checks: &[Check]) -> String {
+    let mut md = String::from("\n### Validation against the loopback cluster\n\n| scenario | mode | k | qps | real p50 | sim p50 | err | real p99 (trials) | sim p99 | err | trials differ > 10% |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.extend(checks.iter().map(Check::md));
+    let count = |f: &dyn Fn(&Check) -> bool, quiet: bool| checks.iter().filter(|c| !quiet || !c.noisy()).filter(|c| f(c)).count();
+    let quiet = checks.iter().filter(|c| !c.noisy()).count();
+    md += &format!(
+        "\nWithin 10%: p50 {} of {}, p99 {} of {}, both {} of {}. Rows whose two real trials agree within 10% (p50 and p99): p50 {} of {q}, p99 {} of {q}, both {} of {q}.\n",
+        count(&Check::p50_ok, false), checks.len(), count(&Check::p99_ok, false), checks.len(),
+        count(&|c| c.p50_ok() && c.p99_ok(), false), checks.len(),
+        count(&Check::p50_ok, true), count(&Check::p99_ok, true), count(&|c| c.p50_ok() && c.p99_ok(), true), q = quiet
+    );
+    md
+}
+
+fn calibration_md(bases: &[(Vec<Fault>, Base)]) -> String {
+    let mut md = String::from("### Calibration (measured, no instance faults)\n\n| host faults | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|\n");
+    for (host, b) in bases {
+        let name = if host.is_empty() { "none".to_string() } else { host.iter().map(fault_name).collect::<Vec<_>>().join(" + ") };
+        let (e, r, t) = (&b.end_to_end, &b.rpc, &b.timer_late);
+        md += &format!("| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n", e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99));
+    }
+    md
+}
+
+fn fault_name(f: &Fault) -> String {
+    match f {
+        Fault::CpuBurn { threads } => format!("cpu-burn x{threads}"),
+        Fault::Network { megabytes, concurrent, gap_ms } => format!("shuffles {concurrent} x {megabytes} MB / {gap_ms} ms"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn calibration_json(host: &[Fault], b: &Base) -> serde_json::Value {
+    serde_json::json!({"kind": "calibration", "host_faults": host.iter().map(fault_name).collect::<Vec<_>>(),
+        "end_to_end_ms": {"p50": b.end_to_end.at(0.5), "p90": b.end_to_end.at(0.9), "p99": b.end_to_end.at(0.99)},
+        "rpc_ms": {"p50": b.rpc.at(0.5), "p90": b.rpc.at(0.9), "p99": b.rpc.at(0.99)},
+        "timer_late_ms": {"p50": b.timer_late.at(0.5), "p90": b.timer_late.at(0.9), "p99": b.timer_late.at(0.99)}})
 }
 
 fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArgs) -> SimSpec {
@@ -87,8 +267,22 @@ fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArg
     }
 }
 
-/// A short real run without faults gives the base latency distribution.
-fn calibrate(a: &SimulateArgs) -> anyhow::Result<Empirical> {
+fn summary(b: &Base) -> String {
+    let (e, r, t) = (&b.end_to_end, &b.rpc, &b.timer_late);
+    format!("end-to-end p50 {:.2} p99 {:.2} ms, RPC p50 {:.2} p99 {:.2} ms, timer late p50 {:.2} p99 {:.2} ms", e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99))
+}
+
+/// The simulation of every trial of a row (seeds `seed, seed+1, ...` as `parm bench` runs
+/// them), percentiles averaged over the trials as in `tail.json`.
+fn simulate_trials(spec: &SimSpec, base: &Base, trials: usize) -> Percentiles {
+    let runs: Vec<Percentiles> = (0..trials.max(1) as u64).map(|t| simulate(&SimSpec { seed: spec.seed + t, ..spec.clone() }, base)).collect();
+    let mean = |f: fn(&Percentiles) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    Percentiles { p50: mean(|p| p.p50), p90: mean(|p| p.p90), p99: mean(|p| p.p99), p99_9: mean(|p| p.p99_9), max: mean(|p| p.max), mean: mean(|p| p.mean) }
+}
+
+/// A short real run without instance faults (but with the host faults `host`) gives the
+/// end-to-end latency distribution; direct RPC probes in the same run give the RPC one.
+fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
     let budget = Budget { deployed_epochs: 20, parity_epochs: 30, seed: 1 };
     let models = ensure_models(&a.paths, &[], &budget)?;
     let queries = test_queries(&a.paths, a.calibrate_queries)?;
@@ -97,8 +291,8 @@ fn calibrate(a: &SimulateArgs) -> anyhow::Result<Empirical> {
         instances: 12,
         rate_qps: a.calibrate_rate,
         seed: 99,
-        warmup: 200.min(a.calibrate_queries / 2),
-        faults: Vec::new(),
+        warmup: 300.min(a.calibrate_queries / 2),
+        faults: host.to_vec(),
         worker_faults: Vec::new(),
         group_timeout: Duration::from_millis(5),
         decode_grace: Duration::from_millis(2),
@@ -109,15 +303,19 @@ fn calibrate(a: &SimulateArgs) -> anyhow::Result<Empirical> {
     };
     let exe = std::env::current_exe()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let r = rt.block_on(run_once(&exe, &models, &spec, &queries))?;
+    let probe = Probe { rate_qps: a.probe_rate, seed: 98 };
+    let (r, probed) = rt.block_on(run_probed(&exe, &models, &spec, &queries, Some(probe)))?;
     anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
-    Ok(Empirical { quantiles: r.report.latency_quantiles_ms })
+    let e2e = Empirical { quantiles: r.report.latency_quantiles_ms };
+    let base = Base::measured(e2e, &probed.pairs, &probed.timer_late).context("calibration: too few probes answered")?;
+    println!("calibration ({} host faults): {} probe pairs; {}", host.len(), probed.pairs.len(), summary(&base));
+    Ok(base)
 }
 
 /// ParM's published setup (12 instances + 12/k parity, 150-390 queries/s) and larger
 /// clusters at the same load per instance, under background contention modelled as random
 /// slowdown episodes on every instance (each +20 ms for 1 s, every 20 s on average).
-fn projections(a: &SimulateArgs, base: &Empirical, json: &mut Vec<serde_json::Value>) -> String {
+fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>) -> String {
     let mut md = String::from("\n### Projections\n\n| instances N | qps | mode | k | p50 | p99 | p99.9 | (p99.9-p50) |\n|---|---|---|---|---|---|---|---|\n");
     let modes = [Mode::EqualResources { k: 2 }, Mode::Hedged { k: 2 }, Mode::Parm { k: 2 }, Mode::Parm { k: 3 }, Mode::Parm { k: 4 }];
     for (n, rates) in [(12usize, vec![150.0, 270.0, 390.0]), (100, vec![1250.0]), (1000, vec![12_500.0])] {
