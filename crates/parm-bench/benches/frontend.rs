@@ -86,7 +86,7 @@ fn main() {
         let (mut direct, mut coded) = (Histogram::<u64>::new(3).unwrap(), Histogram::<u64>::new(3).unwrap());
         for i in 0..n + 200 {
             let t = Instant::now();
-            client.infer("deployed", input.clone(), vec![1, DIM as i64], Duration::from_secs(5)).await.unwrap();
+            client.infer("deployed", &input, &[1, DIM as i64], Duration::from_secs(5)).await.unwrap();
             let d = t.elapsed();
             let t = Instant::now();
             frontend.predict(input.clone()).await.unwrap();

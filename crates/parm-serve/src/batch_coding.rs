@@ -93,7 +93,7 @@ impl Pool {
             }
             tried += 1;
             sent.fetch_add(1, Ordering::Relaxed);
-            match client.infer(&self.model, input.clone(), shape.clone(), timeout).await {
+            match client.infer(&self.model, &input, &shape, timeout).await {
                 Ok(out) if out.len() % rows.max(1) == 0 => return Some(out),
                 Ok(out) => {
                     tracing::debug!("batched answer of {} values for {rows} rows", out.len());
@@ -132,7 +132,8 @@ impl Inner {
             .get_or_init(|| async {
                 let n = self.input_len;
                 let pool = &self.deployed;
-                let calls = pool.clients.iter().map(|c| Box::pin(c.infer(&pool.model, vec![0.0; n], vec![1, n as i64], self.instance_timeout)));
+                let (zeros, shape) = (vec![0.0; n], [1, n as i64]);
+                let calls = pool.clients.iter().map(|c| Box::pin(c.infer(&pool.model, &zeros, &shape, self.instance_timeout)));
                 let out = futures::future::select_ok(calls).await.ok().map(|(out, _)| out);
                 if out.is_none() {
                     tracing::warn!("batch coding: could not compute F(0); padded groups go unprotected");

@@ -211,8 +211,8 @@ impl InstanceClient {
     pub async fn infer(
         &self,
         model: &str,
-        input: Vec<f32>,
-        shape: Vec<i64>,
+        input: &[f32],
+        shape: &[i64],
         timeout: Duration,
     ) -> Result<Vec<f32>, InstanceError> {
         let result = self.infer_once(model, input, shape, timeout).await;
@@ -233,11 +233,11 @@ impl InstanceClient {
     async fn infer_once(
         &self,
         model: &str,
-        input: Vec<f32>,
-        shape: Vec<i64>,
+        input: &[f32],
+        shape: &[i64],
         timeout: Duration,
     ) -> Result<Vec<f32>, InstanceError> {
-        let batch = self.check_shape(&input, &shape)?;
+        let batch = self.check_shape(input, shape)?;
         let deadline = Instant::now() + timeout;
         let input_name = self.input_name(model, deadline, timeout).await?;
         let request = pb::ModelInferRequest {
@@ -245,10 +245,10 @@ impl InstanceClient {
             inputs: vec![InferInputTensor {
                 name: input_name,
                 datatype: "FP32".into(),
-                shape,
+                shape: shape.to_vec(),
                 ..Default::default()
             }],
-            raw_input_contents: vec![encode_f32_le(&input)],
+            raw_input_contents: vec![encode_f32_le(input)],
             ..Default::default()
         };
         let mut grpc = self.grpc.clone();

@@ -14,11 +14,11 @@
 //! [`crate::straggler`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parm_codes::{Answer, Encoder, GroupState, Slot};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -95,20 +95,6 @@ pub struct Stats {
     pub unprotected_groups: AtomicU64,
 }
 
-struct Job {
-    input: Vec<f32>,
-    reply: oneshot::Sender<Result<Prediction, FrontendError>>,
-    /// Resolves when the caller of [`Frontend::predict`] went away (deadline, disconnect):
-    /// the query's instance RPC is then dropped, which takes it out of the instance's queue.
-    gone: oneshot::Receiver<()>,
-}
-
-enum GroupMsg {
-    Member(Job),
-    /// No more members: the group is full, or its timeout expired.
-    Seal,
-}
-
 /// Instances of one kind and a round-robin cursor over them.
 struct Pool {
     clients: Vec<InstanceClient>,
@@ -135,11 +121,11 @@ impl Pool {
     }
 
     /// Runs one query as the pool's [`Redundancy`] says; `None` if every attempt failed.
-    async fn infer(&self, input: Vec<f32>, shape: Vec<i64>, timeout: Duration, stats: &Stats) -> Option<Vec<f32>> {
+    async fn infer(&self, input: &[f32], shape: &[i64], timeout: Duration, stats: &Stats) -> Option<Vec<f32>> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.redundancy {
             Redundancy::None => {
-                let (out, took) = timed(self.infer_with_retry(first, &input, &shape, timeout)).await;
+                let (out, took) = timed(self.infer_with_retry(first, input, shape, timeout)).await;
                 if out.is_some() {
                     self.medians.record(took, MEDIAN);
                 }
@@ -148,12 +134,12 @@ impl Pool {
             Redundancy::Replication { copies } => {
                 let n = (*copies).clamp(1, self.clients.len());
                 stats.backups.fetch_add(n as u64 - 1, Ordering::Relaxed);
-                let calls = (0..n).map(|i| Box::pin(self.call(first + i, &input, &shape, timeout)));
+                let calls = (0..n).map(|i| Box::pin(self.call(first + i, input, shape, timeout)));
                 futures::future::select_ok(calls).await.ok().map(|(out, _)| out)
             }
             Redundancy::Hedged { percentile, min_delay, max_delay } => {
                 let delay = self.latencies.hedge_delay(*min_delay, *max_delay);
-                let (out, took) = timed(self.hedged(first, &input, &shape, timeout, delay, stats)).await;
+                let (out, took) = timed(self.hedged(first, input, shape, timeout, delay, stats)).await;
                 if out.is_some() {
                     self.latencies.record(took, *percentile);
                 }
@@ -167,7 +153,7 @@ impl Pool {
     async fn call(&self, index: usize, input: &[f32], shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
         let n = self.clients.len();
         let client = (0..n).map(|j| &self.clients[(index + j) % n]).find(|c| c.usable()).unwrap_or(&self.clients[index % n]);
-        client.infer(&self.model, input.to_vec(), shape.to_vec(), timeout).await
+        client.infer(&self.model, input, shape, timeout).await
     }
 
     /// One instance; on a connection failure, once more on the next one.
@@ -228,6 +214,10 @@ struct Shared {
     next_group: AtomicU64,
     /// F(0), the deployed model's output for an all-zero query, fetched once when first needed.
     zero_output: tokio::sync::OnceCell<Option<Vec<f32>>>,
+    /// The coding group now taking members, and how many it has.
+    open: Mutex<Option<(Arc<Group>, usize)>>,
+    /// Where parity tasks are spawned (also from `Drop`, outside any task).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -235,7 +225,7 @@ impl Shared {
         self.zero_output
             .get_or_init(|| async {
                 let n = self.cfg.spec.input_len();
-                let out = self.deployed.infer(vec![0.0; n], vec![1, n as i64], self.cfg.instance_timeout, &self.stats).await;
+                let out = self.deployed.infer(&vec![0.0; n], &[1, n as i64], self.cfg.instance_timeout, &self.stats).await;
                 if out.is_none() {
                     tracing::warn!("could not compute F(0); partly filled coding groups go unprotected");
                 }
@@ -244,26 +234,28 @@ impl Shared {
             .await
             .clone()
     }
+
+    fn shape(&self) -> [i64; 2] {
+        [1, self.cfg.spec.input_len() as i64]
+    }
 }
 
 /// Handle to a running frontend; cheap to clone.
 #[derive(Clone)]
 pub struct Frontend {
-    tx: mpsc::Sender<Job>,
     shared: Arc<Shared>,
 }
 
-/// Queries waiting to join a coding group; past this, `predict` waits (back-pressure).
-const INTAKE_QUEUE: usize = 4096;
-
 impl Frontend {
-    /// Starts the grouping task. Must be called inside a tokio runtime.
+    /// Sets up the instance pools (connections open lazily). Must be called inside a tokio
+    /// runtime.
     ///
     /// Errors: no deployed instances, an unparsable address, or k = 0.
     pub fn start(cfg: FrontendConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(!cfg.deployed.is_empty(), "at least one deployed-model instance is needed");
         anyhow::ensure!(cfg.encoder.k() >= 1, "k must be at least 1");
         cfg.straggler.validate().map_err(anyhow::Error::msg)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("Frontend::start needs a tokio runtime"))?;
         let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model, cfg.redundancy.clone())?;
         let parity = if cfg.parity.is_empty() { None } else { Some(Pool::new(&cfg.parity, &cfg.parity_model, Redundancy::None)?) };
         let shared = Arc::new(Shared {
@@ -273,10 +265,10 @@ impl Frontend {
             stats: Stats::default(),
             next_group: AtomicU64::new(0),
             zero_output: Default::default(),
+            open: Mutex::new(None),
+            runtime,
         });
-        let (tx, rx) = mpsc::channel(INTAKE_QUEUE);
-        tokio::spawn(group_queries(rx, shared.clone()));
-        Ok(Self { tx, shared })
+        Ok(Self { shared })
     }
 
     /// Opens the connections to every instance, looks up their metadata and computes F(0), so
@@ -328,6 +320,10 @@ impl Frontend {
 
     /// Predicts one query, `input` of `spec().input_len()` values; returns `[output_len]`.
     ///
+    /// The query's instance RPC runs in the caller's task (no hand-off to other tasks on the
+    /// common path); dropping the returned future (deadline, disconnect) cancels it, which
+    /// takes it out of the instance's queue, and counts the query as lost for its coding group.
+    ///
     /// Errors: [`FrontendError::InvalidArgument`] for a wrong input length,
     /// [`FrontendError::Unavailable`] when neither the instance nor the decoder delivered.
     pub async fn predict(&self, input: Vec<f32>) -> Result<Prediction, FrontendError> {
@@ -335,49 +331,358 @@ impl Frontend {
         if input.len() != want {
             return Err(FrontendError::InvalidArgument(format!("expected {want} input values, got {}", input.len())));
         }
-        self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        let (_alive, gone) = oneshot::channel::<()>(); // dropped with this future
-        let closed = || FrontendError::Unavailable("frontend is shutting down".into());
-        self.tx.send(Job { input, reply, gone }).await.map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        let shared = &self.shared;
+        shared.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let result = if shared.parity.is_some() { self.predict_coded(input).await } else { self.predict_plain(&input).await };
+        match &result {
+            Ok(p) => {
+                shared.stats.answered.fetch_add(1, Ordering::Relaxed);
+                if p.reconstructed {
+                    shared.stats.reconstructed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                shared.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// No parity instances: every query is a coding group of its own, without protection.
+    async fn predict_plain(&self, input: &[f32]) -> Result<Prediction, FrontendError> {
+        let s = &self.shared;
+        let group = s.next_group.fetch_add(1, Ordering::Relaxed);
+        s.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+        match s.deployed.infer(input, &s.shape(), s.cfg.instance_timeout, &s.stats).await {
+            Some(output) => Ok(Prediction { output, reconstructed: false, group, position: 0 }),
+            None => Err(unavailable()),
+        }
+    }
+
+    async fn predict_coded(&self, input: Vec<f32>) -> Result<Prediction, FrontendError> {
+        let input: Arc<[f32]> = input.into();
+        let (member, answer) = Member::join(&self.shared, input.clone());
+        member.run(&input, answer).await
     }
 }
 
-/// Forms coding groups of k consecutive queries, closing a partial one after the timeout.
-async fn group_queries(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
-    let k = if shared.parity.is_some() { shared.cfg.encoder.k() } else { 1 };
-    let mut open: Option<(mpsc::UnboundedSender<GroupMsg>, usize, Instant)> = None;
-    loop {
-        let deadline = open.as_ref().map(|(_, _, d)| *d);
-        let job = tokio::select! {
-            job = rx.recv() => match job { Some(j) => j, None => break },
-            _ = sleep_until_opt(deadline) => {
-                if let Some((tx, _, _)) = open.take() {
-                    let _ = tx.send(GroupMsg::Seal);
-                }
-                continue;
+fn unavailable() -> FrontendError {
+    FrontendError::Unavailable("model instance failed and the coding group cannot reconstruct the prediction".into())
+}
+
+/// One coding group, shared by its members' tasks (each runs its own query's RPC) and its
+/// parity task.
+struct Group {
+    id: u64,
+    k: usize,
+    /// The straggler threshold when the group was opened (see [`crate::straggler`]).
+    threshold: Duration,
+    /// The group takes members until this instant (the group timeout, or the threshold if
+    /// shorter: its first member may be a straggler); then it is sealed, padded if partly filled.
+    seal_at: Instant,
+    inner: Mutex<GroupInner>,
+}
+
+struct GroupInner {
+    state: GroupState,
+    inputs: Vec<Arc<[f32]>>,
+    /// Where a member's answer goes when another task settles it (a reconstruction, or
+    /// unavailable); taken when sent.
+    notify: Vec<Option<oneshot::Sender<Answer>>>,
+    sealed: bool,
+    /// Lazy parity: the parity query is wanted (a straggler or a failure) but the group is not
+    /// sealed yet.
+    parity_wanted: bool,
+    /// The parity task, once started.
+    parity: Option<AbortHandle>,
+}
+
+impl Group {
+    fn open(shared: &Shared, k: usize) -> Arc<Self> {
+        // Read once per group: it sets how long the group stays open for members and, with
+        // lazy parity, when its parity query goes.
+        let threshold = shared.cfg.straggler.threshold(&shared.deployed.medians);
+        Arc::new(Group {
+            id: shared.next_group.fetch_add(1, Ordering::Relaxed),
+            k,
+            threshold,
+            seal_at: Instant::now() + shared.cfg.group_timeout.min(threshold),
+            inner: Mutex::new(GroupInner {
+                state: GroupState::new(k, true),
+                inputs: Vec::with_capacity(k),
+                notify: Vec::with_capacity(k),
+                sealed: false,
+                parity_wanted: false,
+                parity: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl GroupInner {
+    /// Sends `answers` to their members, except `me`'s, which is returned; stops a parity
+    /// query nobody needs any more once every member is answered.
+    fn deliver(&mut self, answers: Vec<Answer>, me: Option<usize>) -> Option<Answer> {
+        let mut mine = None;
+        for answer in answers {
+            let slot = answer_slot(&answer);
+            if Some(slot) == me {
+                mine = Some(answer);
+            } else if let Some(tx) = self.notify.get_mut(slot).and_then(Option::take) {
+                let _ = tx.send(answer);
+            }
+        }
+        if self.sealed && self.state.is_done() {
+            if let Some(task) = &self.parity {
+                task.abort(); // frees the parity instance's queue
+            }
+        }
+        mine
+    }
+
+    fn all_answered(&self) -> bool {
+        (0..self.inputs.len()).all(|j| self.state.is_answered(j))
+    }
+}
+
+fn answer_slot(answer: &Answer) -> usize {
+    match answer {
+        Answer::Original { slot, .. } | Answer::Reconstructed { slot, .. } | Answer::Unavailable { slot } => *slot,
+    }
+}
+
+/// Closes the open coding group if it is `group` and seals it.
+fn expire(shared: &Arc<Shared>, group: &Arc<Group>) {
+    let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
+    if open.as_ref().is_some_and(|(g, _)| Arc::ptr_eq(g, group)) {
+        *open = None;
+    }
+    drop(open);
+    seal(shared, group);
+}
+
+/// Stops `group` taking members and sends its parity query (ParM: eager; with lazy parity
+/// only once wanted), unless every member already has its prediction: a parity query would
+/// protect nothing (most partly filled groups at moderate load, where the group timeout
+/// outlives the healthy instances' latency). Idempotent.
+fn seal(shared: &Arc<Shared>, group: &Arc<Group>) {
+    let mut g = group.lock();
+    if g.sealed {
+        return;
+    }
+    g.sealed = true;
+    let m = g.inputs.len();
+    if g.all_answered() {
+        shared.stats.parity_skipped.fetch_add(1, Ordering::Relaxed);
+        let answers = g.state.close_without_parity(m);
+        g.deliver(answers, None);
+        return;
+    }
+    if shared.cfg.straggler.lazy_parity && !g.parity_wanted {
+        return;
+    }
+    start_parity(shared, group, &mut g);
+}
+
+/// Lazy parity: a member straggles or failed, so the group's parity query should go (as soon
+/// as the group is sealed).
+fn want_parity(shared: &Arc<Shared>, group: &Arc<Group>, g: &mut GroupInner) {
+    if g.parity.is_some() {
+        return;
+    }
+    if !g.sealed {
+        g.parity_wanted = true;
+    } else if !g.state.is_done() {
+        start_parity(shared, group, g);
+    }
+}
+
+fn start_parity(shared: &Arc<Shared>, group: &Arc<Group>, g: &mut GroupInner) {
+    let task = shared.runtime.spawn(run_parity(shared.clone(), group.clone()));
+    g.parity = Some(task.abort_handle());
+}
+
+/// The parity task of a sealed group: pads a partly filled group with all-zero queries (their
+/// prediction F(0) is then subtracted like any other available output), encodes, runs the
+/// parity model and decodes. Without F(0), or if the encoder fails, the group is closed
+/// unprotected.
+async fn run_parity(shared: Arc<Shared>, group: Arc<Group>) {
+    let (k, m) = (group.k, group.lock().inputs.len());
+    let zero = if m < k { shared.zero_output().await } else { None };
+    let query = {
+        let mut g = group.lock();
+        if m < k {
+            let Some(z) = zero else {
+                shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+                let answers = g.state.close_without_parity(m);
+                g.deliver(answers, None);
+                return;
+            };
+            shared.stats.padded_groups.fetch_add(1, Ordering::Relaxed);
+            let answers = g.state.fill_padding(m, &z);
+            g.deliver(answers, None);
+        }
+        if g.state.is_done() {
+            return;
+        }
+        let zeros = vec![0.0f32; shared.cfg.spec.input_len()];
+        let mut members: Vec<&[f32]> = g.inputs.iter().map(|v| &v[..]).collect();
+        members.resize(k, &zeros);
+        match shared.cfg.encoder.encode(&members) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("encoder failed: {e}");
+                let answers = g.state.close_without_parity(m);
+                g.deliver(answers, None);
+                return;
+            }
+        }
+    };
+    shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
+    let pool = shared.parity.as_ref().expect("coded frontend");
+    let out = pool.infer(&query, &shared.shape(), shared.cfg.instance_timeout, &shared.stats).await;
+    let mut g = group.lock();
+    let answers = g.state.on_output(Slot::Parity, out);
+    g.deliver(answers, None);
+}
+
+/// One query's place in a coding group, held by the caller's task. If the caller goes away
+/// before its prediction arrived, the query counts as lost for its group (so group-mates
+/// lose it as a decoding input, exactly as a failed instance).
+struct Member {
+    shared: Arc<Shared>,
+    group: Arc<Group>,
+    slot: usize,
+    reported: bool,
+}
+
+impl Member {
+    /// Joins the open coding group (opening one if needed, sealing one that is full or past
+    /// its time) and returns where the group sends this query's answer if another task settles it.
+    fn join(shared: &Arc<Shared>, input: Arc<[f32]>) -> (Self, oneshot::Receiver<Answer>) {
+        let (tx, rx) = oneshot::channel();
+        let k = shared.cfg.encoder.k();
+        let now = Instant::now();
+        let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        let expired = match open.take() {
+            Some((g, _)) if g.seal_at <= now => Some(g),
+            other => {
+                *open = other;
+                None
             }
         };
-        let (tx, count, _) = open.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let id = shared.next_group.fetch_add(1, Ordering::Relaxed);
-            // Read once per group: it sets how long the group stays open for members (the
-            // group timeout, or the threshold if shorter: its first member may be a straggler)
-            // and, with lazy parity, when its parity query goes.
-            let threshold = shared.cfg.straggler.threshold(&shared.deployed.medians);
-            tokio::spawn(run_group(id, k, threshold, rx, shared.clone()));
-            (tx, 0, Instant::now() + shared.cfg.group_timeout.min(threshold))
-        });
-        let _ = tx.send(GroupMsg::Member(job));
+        let (group, count) = open.get_or_insert_with(|| (Group::open(shared, k), 0));
+        let group = group.clone();
+        let slot = {
+            let mut g = group.lock();
+            g.inputs.push(input);
+            g.notify.push(Some(tx));
+            g.inputs.len() - 1
+        };
         *count += 1;
-        if *count == k {
-            let _ = tx.send(GroupMsg::Seal);
-            open = None;
+        let full = *count == k;
+        if full {
+            *open = None;
+        }
+        drop(open);
+        if let Some(old) = expired {
+            seal(shared, &old);
+        }
+        if full {
+            seal(shared, &group);
+        }
+        (Member { shared: shared.clone(), group, slot, reported: false }, rx)
+    }
+
+    /// Runs the query on a deployed instance and answers with its prediction, or with the
+    /// reconstruction the group delivers first (ParM §4.2, eager decoding), held back until
+    /// the query has been outstanding for the decode grace so that an original about to
+    /// arrive wins. Meanwhile seals the group when its time is up and, with lazy parity, asks
+    /// for the parity query once this query has been outstanding for the straggler threshold.
+    async fn run(mut self, input: &[f32], mut answer: oneshot::Receiver<Answer>) -> Result<Prediction, FrontendError> {
+        let shared = self.shared.clone();
+        let sent_at = Instant::now();
+        let shape = shared.shape();
+        let rpc = shared.deployed.infer(input, &shape, shared.cfg.instance_timeout, &shared.stats);
+        tokio::pin!(rpc);
+        let mut rpc_done = false;
+        let mut seal_at = Some(self.group.seal_at);
+        let mut straggler_at = shared.cfg.straggler.lazy_parity.then_some(sent_at + self.group.threshold);
+        loop {
+            tokio::select! {
+                out = &mut rpc, if !rpc_done => {
+                    rpc_done = true;
+                    if let Some(a) = self.report(out) {
+                        return self.finish(a);
+                    }
+                }
+                a = &mut answer => {
+                    let Ok(a) = a else { return Err(unavailable()) };
+                    if let Answer::Reconstructed { .. } = a {
+                        if !rpc_done {
+                            // Decode grace: the original may still win.
+                            let due = sent_at + shared.cfg.decode_grace;
+                            tokio::select! {
+                                out = &mut rpc => if let Some(a) = self.report(out).filter(|a| matches!(a, Answer::Original { .. })) {
+                                    return self.finish(a);
+                                },
+                                _ = tokio::time::sleep_until(due) => {}
+                            }
+                        }
+                    }
+                    self.reported = true; // the answer is settled; a late output changes nothing
+                    return self.finish(a);
+                }
+                _ = sleep_until_opt(seal_at) => {
+                    seal_at = None;
+                    expire(&shared, &self.group);
+                }
+                _ = sleep_until_opt(straggler_at) => {
+                    straggler_at = None;
+                    let mut g = self.group.lock();
+                    want_parity(&shared, &self.group, &mut g);
+                }
+            }
         }
     }
-    if let Some((tx, _, _)) = open {
-        let _ = tx.send(GroupMsg::Seal);
+
+    /// Records this query's output (`None`: failed) with the group; returns this query's
+    /// answer if that settles it (its original, or unavailable). A failure asks for the
+    /// parity query at once (lazy parity).
+    fn report(&mut self, out: Option<Vec<f32>>) -> Option<Answer> {
+        self.reported = true;
+        let mine = out.clone().map(|output| Answer::Original { slot: self.slot, output });
+        let failed = out.is_none();
+        let mut g = self.group.lock();
+        let answers = g.state.on_output(Slot::Data(self.slot), out);
+        let settled = g.deliver(answers, Some(self.slot));
+        if failed && g.parity.is_none() && !g.state.is_done() {
+            want_parity(&self.shared, &self.group, &mut g);
+        }
+        // An original that arrived is this query's answer even if a reconstruction was made
+        // meanwhile (it is exact, and in time: the member is still waiting).
+        mine.or(settled.filter(|a| !matches!(a, Answer::Original { .. })))
+    }
+
+    fn finish(&self, answer: Answer) -> Result<Prediction, FrontendError> {
+        let (group, position) = (self.group.id, self.slot);
+        match answer {
+            Answer::Original { output, .. } => Ok(Prediction { output, reconstructed: false, group, position }),
+            Answer::Reconstructed { output, .. } => Ok(Prediction { output, reconstructed: true, group, position }),
+            Answer::Unavailable { .. } => Err(unavailable()),
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.report(None);
+        }
     }
 }
 
@@ -385,244 +690,5 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// One coding group: dispatch, collect outputs, decode, answer every member exactly once.
-/// `threshold`: the straggler threshold when the group was opened (see [`crate::straggler`]).
-async fn run_group(id: u64, k: usize, threshold: Duration, mut msgs: mpsc::UnboundedReceiver<GroupMsg>, shared: Arc<Shared>) {
-    let (events_tx, mut events) = mpsc::unbounded_channel::<(Slot, Option<Vec<f32>>)>();
-    let mut state = GroupState::new(k, true);
-    let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(k);
-    let mut replies: Vec<Option<oneshot::Sender<Result<Prediction, FrontendError>>>> = Vec::with_capacity(k);
-    let mut tasks: Vec<AbortHandle> = Vec::with_capacity(k + 1);
-    let mut held = Held::new(k, shared.cfg.decode_grace);
-    let mut sealed = false;
-    // Lazy parity only: the group is sealed but its parity query waits for a straggler.
-    let mut parity_pending = false;
-    let shape = vec![1, shared.cfg.spec.input_len() as i64];
-    while !(sealed && !parity_pending && state.is_done() && held.is_empty()) {
-        let straggler_due = if parity_pending { held.first_unanswered_due(&state, threshold) } else { None };
-        let answers = tokio::select! {
-            msg = msgs.recv(), if !sealed => match msg {
-                Some(GroupMsg::Member(job)) => {
-                    let slot = inputs.len();
-                    held.sent(slot);
-                    tasks.push(spawn_rpc(&shared, false, Slot::Data(slot), job.input.clone(), shape.clone(), &events_tx, Some(job.gone)));
-                    inputs.push(job.input);
-                    replies.push(Some(job.reply));
-                    Vec::new()
-                }
-                Some(GroupMsg::Seal) | None => {
-                    sealed = true;
-                    if shared.cfg.straggler.lazy_parity && shared.parity.is_some() {
-                        parity_pending = true;
-                        Vec::new()
-                    } else {
-                        seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await
-                    }
-                }
-            },
-            Some((slot, out)) = events.recv() => {
-                let failed = matches!(slot, Slot::Data(_)) && out.is_none();
-                let original = held.original_arrived(slot, &out);
-                let mut answers = state.on_output(slot, out);
-                answers.extend(original);
-                if parity_pending && (failed || (0..inputs.len()).all(|j| state.is_answered(j))) {
-                    // A failure needs the parity now; with every prediction in, `seal` skips it.
-                    parity_pending = false;
-                    answers.extend(seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await);
-                }
-                answers
-            }
-            _ = sleep_until_opt(straggler_due) => {
-                parity_pending = false;
-                seal(&shared, &mut state, &inputs, &shape, &events_tx, &mut tasks).await
-            }
-            _ = sleep_until_opt(held.next_deadline()) => held.release_due(),
-        };
-        for answer in answers {
-            if let Some(answer) = held.hold(answer) {
-                deliver(id, answer, &mut replies, &tasks, &shared.stats);
-            }
-        }
-    }
-    for t in &tasks {
-        t.abort(); // outputs nobody needs any more: free the instances' queues
-    }
-}
-
-/// Reconstructions held back until their original has been outstanding for the decode grace,
-/// so that an original about to arrive wins the race: same latency to within the grace, and
-/// the exact prediction instead of an approximation.
-struct Held {
-    grace: Duration,
-    sent_at: Vec<Instant>,
-    waiting: Vec<Option<(Instant, Vec<f32>)>>,
-}
-
-impl Held {
-    fn new(k: usize, grace: Duration) -> Self {
-        Self { grace, sent_at: Vec::with_capacity(k), waiting: vec![None; k] }
-    }
-
-    fn sent(&mut self, slot: usize) {
-        self.sent_at.push(Instant::now());
-        debug_assert_eq!(self.sent_at.len(), slot + 1);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.waiting.iter().all(Option::is_none)
-    }
-
-    /// Passes an answer through, or keeps a too-early reconstruction for later.
-    fn hold(&mut self, answer: Answer) -> Option<Answer> {
-        if let Answer::Reconstructed { slot, output } = &answer {
-            let due = self.sent_at.get(*slot).map(|t| *t + self.grace);
-            if let Some(due) = due.filter(|d| *d > Instant::now()) {
-                self.waiting[*slot] = Some((due, output.clone()));
-                return None;
-            }
-        }
-        Some(answer)
-    }
-
-    /// The original of a held reconstruction arrived in time: answer with it instead.
-    fn original_arrived(&mut self, slot: Slot, out: &Option<Vec<f32>>) -> Option<Answer> {
-        let (Slot::Data(j), Some(output)) = (slot, out) else { return None };
-        self.waiting.get_mut(j)?.take()?;
-        Some(Answer::Original { slot: j, output: output.clone() })
-    }
-
-    /// When the earliest still-unanswered member will have been outstanding for `threshold`
-    /// (lazy parity's trigger); `None` if every member is answered.
-    fn first_unanswered_due(&self, state: &GroupState, threshold: Duration) -> Option<Instant> {
-        let unanswered = self.sent_at.iter().enumerate().filter(|(j, _)| !state.is_answered(*j));
-        unanswered.map(|(_, t)| *t + threshold).min()
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.waiting.iter().flatten().map(|(d, _)| *d).min()
-    }
-
-    fn release_due(&mut self) -> Vec<Answer> {
-        let now = Instant::now();
-        let mut out = Vec::new();
-        for (slot, w) in self.waiting.iter_mut().enumerate() {
-            if w.as_ref().is_some_and(|(d, _)| *d <= now) {
-                let (_, output) = w.take().expect("checked");
-                out.push(Answer::Reconstructed { slot, output });
-            }
-        }
-        out
-    }
-}
-
-/// Sends the group's parity query: the encoding of its members, padded with all-zero queries
-/// if the group is only partly filled (their prediction F(0) is then subtracted like any
-/// other available output). Without parity instances, or if F(0) is not known, the group is
-/// closed unprotected.
-async fn seal(
-    shared: &Arc<Shared>,
-    state: &mut GroupState,
-    inputs: &[Vec<f32>],
-    shape: &[i64],
-    events: &mpsc::UnboundedSender<(Slot, Option<Vec<f32>>)>,
-    tasks: &mut Vec<AbortHandle>,
-) -> Vec<Answer> {
-    let k = state.k();
-    let m = inputs.len();
-    if shared.parity.is_none() {
-        return state.close_without_parity(m);
-    }
-    if (0..m).all(|j| state.is_answered(j)) {
-        // Every member already has its prediction: a parity query would protect nothing.
-        // This is most partly filled groups at moderate load, where the group timeout outlives
-        // the healthy instances' latency.
-        shared.stats.parity_skipped.fetch_add(1, Ordering::Relaxed);
-        return state.close_without_parity(m);
-    }
-    let zeros = vec![0.0f32; shared.cfg.spec.input_len()];
-    let mut answers = Vec::new();
-    if m < k {
-        match shared.zero_output().await {
-            Some(z) => answers = state.fill_padding(m, &z),
-            None => {
-                shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
-                return state.close_without_parity(m);
-            }
-        }
-        shared.stats.padded_groups.fetch_add(1, Ordering::Relaxed);
-    }
-    let mut members: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
-    members.resize(k, &zeros);
-    match shared.cfg.encoder.encode(&members) {
-        Ok(p) => {
-            shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
-            tasks.push(spawn_rpc(shared, true, Slot::Parity, p, shape.to_vec(), events, None));
-            answers
-        }
-        Err(e) => {
-            tracing::warn!("encoder failed: {e}");
-            answers.extend(state.close_without_parity(m));
-            answers
-        }
-    }
-}
-
-fn spawn_rpc(
-    shared: &Arc<Shared>,
-    parity: bool,
-    slot: Slot,
-    input: Vec<f32>,
-    shape: Vec<i64>,
-    events: &mpsc::UnboundedSender<(Slot, Option<Vec<f32>>)>,
-    gone: Option<oneshot::Receiver<()>>,
-) -> AbortHandle {
-    let shared = shared.clone();
-    let events = events.clone();
-    tokio::spawn(async move {
-        let pool = if parity { shared.parity.as_ref().expect("parity pool") } else { &shared.deployed };
-        let call = pool.infer(input, shape, shared.cfg.instance_timeout, &shared.stats);
-        // A query whose caller left is dropped (its instance RPC cancelled) and counts as
-        // lost; group-mates then lose it as a decoding input too.
-        let out = match gone {
-            Some(gone) => tokio::select! { out = call => out, _ = gone => None },
-            None => call.await,
-        };
-        let _ = events.send((slot, out));
-    })
-    .abort_handle()
-}
-
-fn deliver(
-    group: u64,
-    answer: Answer,
-    replies: &mut [Option<oneshot::Sender<Result<Prediction, FrontendError>>>],
-    tasks: &[AbortHandle],
-    stats: &Stats,
-) {
-    let (slot, result) = match answer {
-        Answer::Original { slot, output } => {
-            (slot, Ok(Prediction { output, reconstructed: false, group, position: slot }))
-        }
-        Answer::Reconstructed { slot, output } => {
-            tasks[slot].abort(); // ParM cancels the queued original
-            stats.reconstructed.fetch_add(1, Ordering::Relaxed);
-            (slot, Ok(Prediction { output, reconstructed: true, group, position: slot }))
-        }
-        Answer::Unavailable { slot } => {
-            if replies.get(slot).and_then(Option::as_ref).is_some_and(|r| !r.is_closed()) {
-                stats.unavailable.fetch_add(1, Ordering::Relaxed); // not for callers that left
-            }
-            let msg = "model instance failed and the coding group cannot reconstruct the prediction";
-            (slot, Err(FrontendError::Unavailable(msg.into())))
-        }
-    };
-    if result.is_ok() {
-        stats.answered.fetch_add(1, Ordering::Relaxed);
-    }
-    if let Some(reply) = replies.get_mut(slot).and_then(Option::take) {
-        let _ = reply.send(result);
     }
 }

@@ -37,7 +37,8 @@ fn query(i: usize) -> Vec<f32> {
 async fn concurrent_requests_share_one_execution_with_exact_outputs() {
     let b = linear();
     let (_w, c) = start(&b, 8, 200, 0.0, 64).await; // a wide window: robust on a loaded machine
-    let calls = (0..6).map(|i| c.infer("lin", query(i), vec![1, 4], Duration::from_secs(5)));
+    let queries: Vec<Vec<f32>> = (0..6).map(query).collect();
+    let calls = queries.iter().map(|q| c.infer("lin", q, &[1, 4], Duration::from_secs(5)));
     let outs = futures::future::join_all(calls).await;
     for (i, out) in outs.into_iter().enumerate() {
         assert_eq!(out.unwrap(), b.forward(&query(i), 1).unwrap(), "request {i}");
@@ -45,7 +46,8 @@ async fn concurrent_requests_share_one_execution_with_exact_outputs() {
     assert_eq!(b.calls(), 1, "6 queued requests should run as one batch of 6");
     // A request of 3 rows and one of 2: rows, not requests, fill a batch.
     let x3: Vec<f32> = (0..3).flat_map(query).collect();
-    let (a, bb) = tokio::join!(c.infer("lin", x3.clone(), vec![3, 4], Duration::from_secs(5)), c.infer("lin", query(9), vec![1, 4], Duration::from_secs(5)));
+    let q9 = query(9);
+    let (a, bb) = tokio::join!(c.infer("lin", &x3, &[3, 4], Duration::from_secs(5)), c.infer("lin", &q9, &[1, 4], Duration::from_secs(5)));
     assert_eq!(a.unwrap(), b.forward(&x3, 3).unwrap());
     assert_eq!(bb.unwrap(), b.forward(&query(9), 1).unwrap());
 }
@@ -58,11 +60,11 @@ async fn queue_is_bounded_and_cancelled_requests_never_run() {
     let (_w, c) = start(&b, 2, 0, 1000.0, 2).await;
     let first = tokio::spawn({
         let c = c.clone();
-        async move { c.infer("lin", query(0), vec![1, 4], Duration::from_secs(5)).await }
+        async move { c.infer("lin", &query(0), &[1, 4], Duration::from_secs(5)).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await; // `first` is (usually) executing
     // A request whose client gives up after 30 ms while queued.
-    let gone = c.infer("lin", query(1), vec![1, 4], Duration::from_millis(30)).await;
+    let gone = c.infer("lin", &query(1), &[1, 4], Duration::from_millis(30)).await;
     assert!(matches!(gone, Err(InstanceError::Timeout { .. })), "{gone:?}");
     tokio::time::sleep(Duration::from_millis(100)).await; // the worker sees the stream reset
     // Three more while `first` runs: the queue of 2 takes two of them and turns one away.
@@ -71,7 +73,7 @@ async fn queue_is_bounded_and_cancelled_requests_never_run() {
     let later: Vec<_> = (2..5)
         .map(|i| {
             let c = c.clone();
-            tokio::spawn(async move { (i, c.infer("lin", query(i), vec![1, 4], Duration::from_secs(5)).await) })
+            tokio::spawn(async move { (i, c.infer("lin", &query(i), &[1, 4], Duration::from_secs(5)).await) })
         })
         .collect();
     assert!(first.await.unwrap().is_ok());

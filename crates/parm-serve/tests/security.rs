@@ -97,12 +97,12 @@ async fn workers_need_the_token() {
     let x = input(1);
     for bad in [None, Some(AuthToken::new("other-token").unwrap())] {
         let client = InstanceClient::connect_lazy(&addr).unwrap().with_auth_token(bad.clone());
-        let e = client.infer("deployed", x.clone(), vec![1, IN as i64], std::time::Duration::from_secs(5)).await.unwrap_err();
+        let e = client.infer("deployed", &x, &[1, IN as i64], std::time::Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(&e, InstanceError::Other { code: tonic::Code::Unauthenticated, .. }), "{bad:?}: {e:?}");
         assert!(!client.model_ready("deployed", std::time::Duration::from_secs(2)).await);
     }
     let client = InstanceClient::connect_lazy(&addr).unwrap().with_auth_token(Some(token()));
-    let out = client.infer("deployed", x.clone(), vec![1, IN as i64], std::time::Duration::from_secs(5)).await.unwrap();
+    let out = client.infer("deployed", &x, &[1, IN as i64], std::time::Duration::from_secs(5)).await.unwrap();
     assert_eq!(out, expected(&x));
     // The frontend's own instance clients carry the process-wide token: served end to end.
     let r = reqwest::Client::new().post(format!("{}/v2/models/lin/infer", c.url)).bearer_auth(TOKEN).json(&good_body(3)).send().await.unwrap();

@@ -147,7 +147,7 @@ async fn infer_gives_exact_outputs_for_batches_1_and_3() {
     for batch in [1usize, 3] {
         let x = input(batch);
         let y = client
-            .infer(MODEL, x.clone(), vec![batch as i64, 4], LONG)
+            .infer(MODEL, &x, &[batch as i64, 4], LONG)
             .await
             .unwrap();
         assert_eq!(y, backend.forward(&x, batch).unwrap(), "batch {batch}");
@@ -258,13 +258,13 @@ async fn bad_requests_get_the_right_status_codes() {
 
     // The same errors through InstanceClient, with the address in the message.
     let err = client
-        .infer("nope", input(1), vec![1, 4], LONG)
+        .infer("nope", &input(1), &[1, 4], LONG)
         .await
         .unwrap_err();
     assert!(matches!(err, InstanceError::NotFound { .. }), "{err}");
     assert!(err.to_string().contains(&worker.addr.to_string()), "{err}");
     let err = client
-        .infer(MODEL, input(1), vec![1, 5], LONG)
+        .infer(MODEL, &input(1), &[1, 5], LONG)
         .await
         .unwrap_err();
     assert!(
@@ -279,7 +279,7 @@ async fn fault_delay_slows_each_request() {
     let (_worker, client) = start(&backend, slow(150.0)).await;
     let t0 = Instant::now();
     let y = client
-        .infer(MODEL, input(1), vec![1, 4], LONG)
+        .infer(MODEL, &input(1), &[1, 4], LONG)
         .await
         .unwrap();
     assert!(
@@ -296,11 +296,11 @@ async fn queued_request_dropped_by_client_never_runs() {
     let (_worker, client) = start(&backend, slow(400.0)).await;
     let first = {
         let client = client.clone();
-        tokio::spawn(async move { client.infer(MODEL, input(1), vec![1, 4], LONG).await })
+        tokio::spawn(async move { client.infer(MODEL, &input(1), &[1, 4], LONG).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await; // `first` now holds the lane
     let second = client
-        .infer(MODEL, input(1), vec![1, 4], Duration::from_millis(100))
+        .infer(MODEL, &input(1), &[1, 4], Duration::from_millis(100))
         .await;
     assert!(
         matches!(second, Err(InstanceError::Timeout { .. })),
@@ -316,7 +316,7 @@ async fn queued_request_dropped_by_client_never_runs() {
     );
 
     client
-        .infer(MODEL, input(1), vec![1, 4], LONG)
+        .infer(MODEL, &input(1), &[1, 4], LONG)
         .await
         .unwrap();
     assert_eq!(backend.calls(), 2);
@@ -327,7 +327,7 @@ async fn running_request_completes_even_if_client_leaves() {
     let backend = linear();
     let (_worker, client) = start(&backend, slow(300.0)).await;
     let gone = client
-        .infer(MODEL, input(1), vec![1, 4], Duration::from_millis(100))
+        .infer(MODEL, &input(1), &[1, 4], Duration::from_millis(100))
         .await;
     assert!(
         matches!(gone, Err(InstanceError::Timeout { .. })),
@@ -351,14 +351,14 @@ async fn full_queue_is_rejected() {
     let (_worker, client) = start(&backend, opts).await;
     let spawn_infer = || {
         let client = client.clone();
-        tokio::spawn(async move { client.infer(MODEL, input(1), vec![1, 4], LONG).await })
+        tokio::spawn(async move { client.infer(MODEL, &input(1), &[1, 4], LONG).await })
     };
     let running = spawn_infer();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let queued = spawn_infer();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rejected = client
-        .infer(MODEL, input(1), vec![1, 4], LONG)
+        .infer(MODEL, &input(1), &[1, 4], LONG)
         .await
         .unwrap_err();
     assert!(
@@ -378,7 +378,7 @@ async fn dead_instance_is_unavailable_and_retryable() {
         .unwrap(); // closed again
     let client = InstanceClient::connect_lazy(&addr.to_string()).unwrap();
     let err = client
-        .infer(MODEL, input(1), vec![1, 4], LONG)
+        .infer(MODEL, &input(1), &[1, 4], LONG)
         .await
         .unwrap_err();
     assert!(
