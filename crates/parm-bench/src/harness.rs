@@ -83,7 +83,8 @@ pub async fn run_once(exe: &Path, models: &Models, spec: &RunSpec, queries: &[Qu
 /// (`crate::sim::Base`) under the same host load and faults: the latency of one RPC as the
 /// frontend sees it (gRPC client in the same process and runtime, timed from the call to the
 /// answer), of two RPCs sent at once to neighbouring instances (as replication sends them),
-/// and how late the runtime's timers fire (the probe dispatcher's own sleeps).
+/// and how late a timer of the runtime fires when it is armed as the frontend arms its own
+/// (right after an I/O event: here a 1 ms sleep started when a pair's answers arrive).
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
     /// Poisson rate of probe pairs, pairs/s (each adds two RPCs to the instances' load).
@@ -97,7 +98,7 @@ pub struct ProbeData {
     /// Latencies of the two RPCs of each pair (both answered; pairs still out when the load
     /// ends are dropped).
     pub pairs: Vec<(f64, f64)>,
-    /// How much later than asked each `tokio::time::sleep` of the dispatcher returned.
+    /// How much later than asked a 1 ms `tokio::time::sleep` armed on a pair's answers returned.
     pub timer_late: Vec<f64>,
 }
 
@@ -215,11 +216,7 @@ impl ProbeRun {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(p.seed);
             let gap = rand_distr::Exp::new(p.rate_qps).expect("positive probe rate");
             for i in 0usize.. {
-                let want = Duration::from_secs_f64(rand_distr::Distribution::sample(&gap, &mut rng));
-                let slept = tokio::time::Instant::now();
-                tokio::time::sleep(want).await;
-                let late = slept.elapsed().saturating_sub(want).as_secs_f64() * 1e3;
-                out.lock().expect("probe lock").timer_late.push(late);
+                tokio::time::sleep(Duration::from_secs_f64(rand_distr::Distribution::sample(&gap, &mut rng))).await;
                 let pair = [clients[i % clients.len()].clone(), clients[(i + 1) % clients.len()].clone()];
                 tokio::spawn(probe_pair(pair, query.clone(), out.clone()));
             }
@@ -234,17 +231,22 @@ impl ProbeRun {
     }
 }
 
-/// Two RPCs at once; records both latencies (ms) if both answered.
+/// Two RPCs at once; records both latencies (ms) if both answered, then how late a 1 ms timer
+/// armed right then fires.
 async fn probe_pair(clients: [InstanceClient; 2], query: Query, out: Arc<std::sync::Mutex<ProbeData>>) {
     let one = |c: InstanceClient| {
-        let (input, shape) = (query.input.clone(), query.shape.clone());
+        let query = &query;
         async move {
             let start = tokio::time::Instant::now();
-            c.infer(DEPLOYED, input, shape, Duration::from_secs(5)).await.ok().map(|_| start.elapsed().as_secs_f64() * 1e3)
+            c.infer(DEPLOYED, &query.input, &query.shape, Duration::from_secs(5)).await.ok().map(|_| start.elapsed().as_secs_f64() * 1e3)
         }
     };
     let [a, b] = clients;
     if let (Some(x), Some(y)) = futures::join!(one(a), one(b)) {
         out.lock().expect("probe lock").pairs.push((x, y));
+        let (armed, want) = (tokio::time::Instant::now(), Duration::from_millis(1));
+        tokio::time::sleep(want).await;
+        let late = armed.elapsed().saturating_sub(want).as_secs_f64() * 1e3;
+        out.lock().expect("probe lock").timer_late.push(late);
     }
 }
