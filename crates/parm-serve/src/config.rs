@@ -9,6 +9,7 @@
 //! metrics = "127.0.0.1:8002"     # extra Prometheus port (optional)
 //! max_inflight = 1024            # most queries in flight; more get 503 + Retry-After
 //! drain_timeout_ms = 5000        # on SIGTERM: longest wait for in-flight requests
+//! runtime_threads = 1            # async runtime threads (0: current-thread runtime)
 //! auth_token_file = "/etc/parm/token"  # bearer token clients must send (optional)
 //! max_body_bytes = 67108864      # largest request body after decompression (413 beyond)
 //! header_read_timeout_ms = 30000 # slow clients are cut off
@@ -61,6 +62,8 @@ pub struct ServerSection {
     pub max_inflight: Option<usize>,
     /// Longest drain of in-flight requests after SIGTERM (ms, see [`crate::server`]).
     pub drain_timeout_ms: Option<u64>,
+    /// Threads of the frontend's async runtime (0: current-thread).
+    pub runtime_threads: Option<usize>,
     /// File holding the bearer token clients must send (see [`crate::security`]).
     pub auth_token_file: Option<std::path::PathBuf>,
     /// Largest request body after decompression (bytes).

@@ -487,7 +487,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     });
     let opts = WorkerOptions { faults, max_queue: a.max_queue, batching };
     let drain = Duration::from_millis(a.drain_timeout_ms);
-    block_on_drained(async move {
+    block_on_drained(2, async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
         parm_serve::server::drain_within(shutdown_signal(), drain, |stop| {
@@ -497,14 +497,24 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+/// A tokio runtime with `threads` worker threads; 0: a current-thread runtime (everything on
+/// the calling thread).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = match threads {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    Ok(b.enable_all().build()?)
 }
 
 /// Runs a server to its end on a fresh runtime, then gives background work (a model
 /// execution still running after the drain deadline) at most 1 s before the process exits.
-fn block_on_drained<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    let rt = runtime()?;
+fn block_on_drained<T>(threads: usize, f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let rt = runtime(threads)?;
     let result = rt.block_on(f);
     rt.shutdown_timeout(Duration::from_secs(1));
     result
@@ -601,6 +611,11 @@ pub struct ServeArgs {
     /// row i of each). Without it, each row of a batch joins a coding group on its own.
     #[arg(long)]
     pub batch_coding: bool,
+    /// Threads of the frontend's async runtime; 0: one current-thread runtime. The default, 1,
+    /// measured best on a 2-core machine shared with the instances (BENCHMARKS.md,
+    /// "Efficiency"): every extra thread adds wake-ups between threads per query.
+    #[arg(long, default_value_t = 1)]
+    pub runtime_threads: usize,
     /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
     /// the matching flags.
     #[arg(long)]
@@ -623,6 +638,7 @@ fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     set(&mut a.listen, s.http);
     set(&mut a.max_inflight, s.max_inflight);
     set(&mut a.drain_timeout_ms, s.drain_timeout_ms);
+    set(&mut a.runtime_threads, s.runtime_threads);
     a.auth_token_file = s.auth_token_file.or(a.auth_token_file);
     set(&mut a.max_body_bytes, s.max_body_bytes);
     set(&mut a.header_read_timeout_ms, s.header_read_timeout_ms);
@@ -694,7 +710,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     parm_serve::client::set_default_auth_token(options.auth.clone());
     anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
     let drain = Duration::from_millis(a.drain_timeout_ms);
-    block_on_drained(async move {
+    block_on_drained(a.runtime_threads, async move {
         let frontend = Frontend::start(frontend_config(&a).await?)?;
         frontend.warm_up().await;
         let admission = parm_serve::admission::Admission::new(a.max_inflight);
