@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parm_bench::harness::{run_probed, Probe, RunSpec};
+use parm_bench::harness::{run_probed, Probe, ProbeData, RunSpec};
 use parm_bench::scenario::{Fault, Mode, Scenario};
 use parm_bench::sim::{simulate, Base, Empirical, SimSpec};
 use parm_bench::Percentiles;
@@ -41,8 +41,12 @@ pub struct SimulateArgs {
     pub probe_rate: f64,
     /// Queries of the calibration run (no instance faults, `none` mode, 12 instances; the
     /// first 300 not timed, as in the scenarios).
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 4000)]
     pub calibrate_queries: usize,
+    /// Calibration runs per set of host faults, pooled (the host's background load changes
+    /// the base latency by several % from minute to minute on this shared machine).
+    #[arg(long, default_value_t = 3)]
+    pub calibrate_runs: usize,
     /// Offered load of the calibration run, queries/s.
     #[arg(long, default_value_t = 200.0)]
     pub calibrate_rate: f64,
@@ -280,17 +284,38 @@ fn simulate_trials(spec: &SimSpec, base: &Base, trials: usize) -> Percentiles {
     Percentiles { p50: mean(|p| p.p50), p90: mean(|p| p.p90), p99: mean(|p| p.p99), p99_9: mean(|p| p.p99_9), max: mean(|p| p.max), mean: mean(|p| p.mean) }
 }
 
-/// A short real run without instance faults (but with the host faults `host`) gives the
-/// end-to-end latency distribution; direct RPC probes in the same run give the RPC one.
+/// `--calibrate-runs` short real runs without instance faults (but with the host faults
+/// `host`), one after the other: their end-to-end latency distributions, averaged quantile by
+/// quantile, and their direct RPC probes, pooled, are the model's base.
 fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
     let budget = Budget { deployed_epochs: 20, parity_epochs: 30, seed: 1 };
     let models = ensure_models(&a.paths, &[], &budget)?;
     let queries = test_queries(&a.paths, a.calibrate_queries)?;
-    let spec = RunSpec {
+    let exe = std::env::current_exe()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (mut e2e, mut probed) = (Vec::new(), ProbeData::default());
+    for run in 0..a.calibrate_runs.max(1) as u64 {
+        let probe = Probe { rate_qps: a.probe_rate, seed: 98 + 2 * run };
+        let (r, p) = rt.block_on(run_probed(&exe, &models, &calibration_spec(a, host, 99 + 2 * run), &queries, Some(probe)))?;
+        anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
+        println!("calibration run {run} ({} host faults): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.report.latency_ms.p50, r.report.latency_ms.p99);
+        e2e.push(r.report.latency_quantiles_ms);
+        probed.pairs.extend(p.pairs);
+        probed.timer_late.extend(p.timer_late);
+    }
+    let mean = (0..e2e[0].len()).map(|i| e2e.iter().map(|q| q[i]).sum::<f64>() / e2e.len() as f64).collect();
+    let base = Base::measured(Empirical { quantiles: mean }, &probed.pairs, &probed.timer_late).context("calibration: too few probes answered")?;
+    println!("calibration ({} host faults): {} probe pairs; {}", host.len(), probed.pairs.len(), summary(&base));
+    Ok(base)
+}
+
+/// One calibration run: `none` on 12 instances at `--calibrate-rate`, no instance faults.
+fn calibration_spec(a: &SimulateArgs, host: &[Fault], seed: u64) -> RunSpec {
+    RunSpec {
         mode: Mode::None,
         instances: 12,
         rate_qps: a.calibrate_rate,
-        seed: 99,
+        seed,
         warmup: 300.min(a.calibrate_queries / 2),
         faults: host.to_vec(),
         worker_faults: Vec::new(),
@@ -300,16 +325,7 @@ fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
         hedge_percentile: 95.0,
         model_name: a.paths.dataset.clone(),
         progress: false,
-    };
-    let exe = std::env::current_exe()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let probe = Probe { rate_qps: a.probe_rate, seed: 98 };
-    let (r, probed) = rt.block_on(run_probed(&exe, &models, &spec, &queries, Some(probe)))?;
-    anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
-    let e2e = Empirical { quantiles: r.report.latency_quantiles_ms };
-    let base = Base::measured(e2e, &probed.pairs, &probed.timer_late).context("calibration: too few probes answered")?;
-    println!("calibration ({} host faults): {} probe pairs; {}", host.len(), probed.pairs.len(), summary(&base));
-    Ok(base)
+    }
 }
 
 /// ParM's published setup (12 instances + 12/k parity, 150-390 queries/s) and larger
