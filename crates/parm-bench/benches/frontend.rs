@@ -76,6 +76,7 @@ fn main() {
             instance_timeout: Duration::from_secs(5),
             decode_grace: Duration::from_millis(2),
             redundancy: Redundancy::None,
+            dispatch: Default::default(),
         };
         let frontend = Frontend::start(cfg).unwrap();
         frontend.warm_up().await;

@@ -152,6 +152,7 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
         decode_grace: spec.decode_grace,
         straggler: spec.straggler.clone(),
         redundancy,
+        dispatch: Default::default(),
     };
     let frontend = Frontend::start(cfg)?;
     frontend.warm_up().await;

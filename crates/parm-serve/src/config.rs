@@ -27,6 +27,8 @@
 //! lazy_parity = false            # parity queries only for groups with a straggler
 //! straggler_factor = 2.0         # straggler threshold = factor x median instance latency
 //! batch_coding = false           # true: a batch request is coded as one (crate::batch_coding)
+//! dispatch_max_batch = 1         # > 1: batch queued queries per instance (crate::dispatch)
+//! dispatch_max_in_flight = 4     # requests outstanding per instance before queries batch
 //!
 //! [deadlines]                    # milliseconds
 //! group_timeout_ms = 5
@@ -92,6 +94,10 @@ pub struct ModelSection {
     pub straggler_factor: Option<f64>,
     /// Code a batch request as one (`parm serve --batch-coding`, see [`crate::batch_coding`]).
     pub batch_coding: Option<bool>,
+    /// Most queries per request to an instance (see [`crate::dispatch`]).
+    pub dispatch_max_batch: Option<usize>,
+    /// Requests outstanding per instance before queries wait and batch.
+    pub dispatch_max_in_flight: Option<usize>,
 }
 
 /// `[deadlines]`, in milliseconds.

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::backend::ModelSpec;
 use crate::client::{InstanceClient, InstanceError};
+use crate::dispatch::{Coalescer, DispatchBatching};
 use crate::redundancy::{timed, LatencyWindow, Redundancy};
 use crate::straggler::{StragglerPolicy, MEDIAN};
 
@@ -54,6 +55,8 @@ pub struct FrontendConfig {
     /// How queries are sent to deployed instances (replication and hedging are baselines;
     /// use them without parity instances).
     pub redundancy: Redundancy,
+    /// Batching of queries to each instance (default: none, one request per query).
+    pub dispatch: DispatchBatching,
 }
 
 /// One answered query.
@@ -98,6 +101,8 @@ pub struct Stats {
 /// Instances of one kind and a round-robin cursor over them.
 struct Pool {
     clients: Vec<InstanceClient>,
+    /// With dispatch batching: one dispatcher per client, same order.
+    coalescers: Option<Vec<Coalescer>>,
     model: String,
     next: AtomicUsize,
     redundancy: Redundancy,
@@ -108,10 +113,14 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(addrs: &[String], model: &str, redundancy: Redundancy) -> anyhow::Result<Self> {
-        let clients = addrs.iter().map(|a| InstanceClient::connect_lazy(a)).collect::<Result<_, _>>()?;
+    fn new(addrs: &[String], model: &str, redundancy: Redundancy, dispatch: DispatchBatching, timeout: Duration) -> anyhow::Result<Self> {
+        let clients: Vec<InstanceClient> = addrs.iter().map(|a| InstanceClient::connect_lazy(a)).collect::<Result<_, _>>()?;
+        let coalescers = dispatch.enabled().then(|| {
+            clients.iter().map(|c| Coalescer::start(c.clone(), model.to_string(), dispatch, timeout)).collect()
+        });
         Ok(Self {
             clients,
+            coalescers,
             model: model.to_string(),
             next: AtomicUsize::new(0),
             redundancy,
@@ -121,7 +130,7 @@ impl Pool {
     }
 
     /// Runs one query as the pool's [`Redundancy`] says; `None` if every attempt failed.
-    async fn infer(&self, input: &[f32], shape: &[i64], timeout: Duration, stats: &Stats) -> Option<Vec<f32>> {
+    async fn infer(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration, stats: &Stats) -> Option<Vec<f32>> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.redundancy {
             Redundancy::None => {
@@ -150,14 +159,17 @@ impl Pool {
 
     /// Runs on instance `index` (mod n), or, if it is out of rotation (see
     /// [`crate::health::Breaker`]), on the next one in rotation (the original if none is).
-    async fn call(&self, index: usize, input: &[f32], shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+    async fn call(&self, index: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
         let n = self.clients.len();
-        let client = (0..n).map(|j| &self.clients[(index + j) % n]).find(|c| c.usable()).unwrap_or(&self.clients[index % n]);
-        client.infer(&self.model, input, shape, timeout).await
+        let i = (0..n).map(|j| (index + j) % n).find(|&i| self.clients[i].usable()).unwrap_or(index % n);
+        match &self.coalescers {
+            Some(c) => c[i].infer(input.clone(), timeout).await,
+            None => self.clients[i].infer(&self.model, input, shape, timeout).await,
+        }
     }
 
     /// One instance; on a connection failure, once more on the next one.
-    async fn infer_with_retry(&self, first: usize, input: &[f32], shape: &[i64], timeout: Duration) -> Option<Vec<f32>> {
+    async fn infer_with_retry(&self, first: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Option<Vec<f32>> {
         for attempt in 0..self.clients.len().min(2) {
             match self.call(first + attempt, input, shape, timeout).await {
                 Ok(out) => return Some(out),
@@ -176,7 +188,7 @@ impl Pool {
     async fn hedged(
         &self,
         first: usize,
-        input: &[f32],
+        input: &Arc<[f32]>,
         shape: &[i64],
         timeout: Duration,
         delay: Duration,
@@ -225,7 +237,7 @@ impl Shared {
         self.zero_output
             .get_or_init(|| async {
                 let n = self.cfg.spec.input_len();
-                let out = self.deployed.infer(&vec![0.0; n], &[1, n as i64], self.cfg.instance_timeout, &self.stats).await;
+                let out = self.deployed.infer(&vec![0.0; n].into(), &[1, n as i64], self.cfg.instance_timeout, &self.stats).await;
                 if out.is_none() {
                     tracing::warn!("could not compute F(0); partly filled coding groups go unprotected");
                 }
@@ -256,8 +268,13 @@ impl Frontend {
         anyhow::ensure!(cfg.encoder.k() >= 1, "k must be at least 1");
         cfg.straggler.validate().map_err(anyhow::Error::msg)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("Frontend::start needs a tokio runtime"))?;
-        let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model, cfg.redundancy.clone())?;
-        let parity = if cfg.parity.is_empty() { None } else { Some(Pool::new(&cfg.parity, &cfg.parity_model, Redundancy::None)?) };
+        cfg.dispatch.validate().map_err(anyhow::Error::msg)?;
+        let (dispatch, timeout) = (cfg.dispatch, cfg.instance_timeout);
+        let deployed = Pool::new(&cfg.deployed, &cfg.deployed_model, cfg.redundancy.clone(), dispatch, timeout)?;
+        let parity = match cfg.parity.is_empty() {
+            true => None,
+            false => Some(Pool::new(&cfg.parity, &cfg.parity_model, Redundancy::None, dispatch, timeout)?),
+        };
         let shared = Arc::new(Shared {
             cfg,
             deployed,
@@ -333,6 +350,7 @@ impl Frontend {
         }
         let shared = &self.shared;
         shared.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let input: Arc<[f32]> = input.into();
         let result = if shared.parity.is_some() { self.predict_coded(input).await } else { self.predict_plain(&input).await };
         match &result {
             Ok(p) => {
@@ -349,7 +367,7 @@ impl Frontend {
     }
 
     /// No parity instances: every query is a coding group of its own, without protection.
-    async fn predict_plain(&self, input: &[f32]) -> Result<Prediction, FrontendError> {
+    async fn predict_plain(&self, input: &Arc<[f32]>) -> Result<Prediction, FrontendError> {
         let s = &self.shared;
         let group = s.next_group.fetch_add(1, Ordering::Relaxed);
         s.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
@@ -359,8 +377,7 @@ impl Frontend {
         }
     }
 
-    async fn predict_coded(&self, input: Vec<f32>) -> Result<Prediction, FrontendError> {
-        let input: Arc<[f32]> = input.into();
+    async fn predict_coded(&self, input: Arc<[f32]>) -> Result<Prediction, FrontendError> {
         let (member, answer) = Member::join(&self.shared, input.clone());
         member.run(&input, answer).await
     }
@@ -544,7 +561,7 @@ async fn run_parity(shared: Arc<Shared>, group: Arc<Group>) {
     };
     shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
     let pool = shared.parity.as_ref().expect("coded frontend");
-    let out = pool.infer(&query, &shared.shape(), shared.cfg.instance_timeout, &shared.stats).await;
+    let out = pool.infer(&query.into(), &shared.shape(), shared.cfg.instance_timeout, &shared.stats).await;
     let mut g = group.lock();
     let answers = g.state.on_output(Slot::Parity, out);
     g.deliver(answers, None);
@@ -603,7 +620,7 @@ impl Member {
     /// the query has been outstanding for the decode grace so that an original about to
     /// arrive wins. Meanwhile seals the group when its time is up and, with lazy parity, asks
     /// for the parity query once this query has been outstanding for the straggler threshold.
-    async fn run(mut self, input: &[f32], mut answer: oneshot::Receiver<Answer>) -> Result<Prediction, FrontendError> {
+    async fn run(mut self, input: &Arc<[f32]>, mut answer: oneshot::Receiver<Answer>) -> Result<Prediction, FrontendError> {
         let shared = self.shared.clone();
         let sent_at = Instant::now();
         let shape = shared.shape();

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod grpc;
 pub mod worker;
 pub mod frontend;
+pub mod dispatch;
 pub mod http;
 pub mod redundancy;
 pub mod straggler;

@@ -67,6 +67,7 @@ async fn cluster() -> Cluster {
         instance_timeout: Duration::from_secs(60),
         decode_grace: Duration::from_millis(2),
         redundancy: Redundancy::None,
+        dispatch: Default::default(),
     };
     let coder = BatchCoder::start(&cfg).unwrap();
     coder.warm_up().await; // F(0) from the healthy instance (all are asked at once)

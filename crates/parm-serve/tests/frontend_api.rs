@@ -72,6 +72,7 @@ async fn cluster_delays(delays: [f64; 3]) -> Cluster {
         instance_timeout: Duration::from_secs(5),
         decode_grace: Duration::from_millis(2),
         redundancy: Redundancy::None,
+        dispatch: Default::default(),
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;

@@ -67,6 +67,7 @@ async fn cluster(delay_ms: f64) -> Cluster {
         instance_timeout: Duration::from_secs(10),
         decode_grace: Duration::from_millis(2),
         redundancy: Redundancy::None,
+        dispatch: Default::default(),
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;

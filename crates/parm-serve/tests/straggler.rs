@@ -46,6 +46,7 @@ async fn start_frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<Worke
         instance_timeout: Duration::from_secs(10),
         decode_grace: Duration::ZERO,
         redundancy: Redundancy::None,
+        dispatch: Default::default(),
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;

@@ -616,6 +616,15 @@ pub struct ServeArgs {
     /// "Efficiency"): every extra thread adds wake-ups between threads per query.
     #[arg(long, default_value_t = 1)]
     pub runtime_threads: usize,
+    /// Adaptive batching towards the instances (Clipper §4.3): queries to one instance that
+    /// queue while `--dispatch-max-in-flight` requests to it are outstanding go together, up to
+    /// this many per request. 1: every query its own request.
+    #[arg(long, default_value_t = 1)]
+    pub dispatch_max_batch: usize,
+    /// Requests outstanding per instance before queries wait and batch (with
+    /// `--dispatch-max-batch` > 1).
+    #[arg(long, default_value_t = parm_serve::dispatch::DispatchBatching::default().max_in_flight)]
+    pub dispatch_max_in_flight: usize,
     /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
     /// the matching flags.
     #[arg(long)]
@@ -655,6 +664,8 @@ fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     set(&mut a.redundancy, m.redundancy);
     set(&mut a.lazy_parity, m.lazy_parity);
     set(&mut a.batch_coding, m.batch_coding);
+    set(&mut a.dispatch_max_batch, m.dispatch_max_batch);
+    set(&mut a.dispatch_max_in_flight, m.dispatch_max_in_flight);
     set(&mut a.straggler_factor, m.straggler_factor);
     set(&mut a.group_timeout_ms, d.group_timeout_ms);
     set(&mut a.decode_grace_ms, d.decode_grace_ms);
@@ -690,6 +701,10 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
             "replication" => Redundancy::Replication { copies: 2 },
             "hedged" => Redundancy::hedged_p95(),
             other => bail!("--redundancy {other}: expected none, replication or hedged"),
+        },
+        dispatch: parm_serve::dispatch::DispatchBatching {
+            max_batch: a.dispatch_max_batch,
+            max_in_flight: a.dispatch_max_in_flight,
         },
     })
 }

@@ -73,6 +73,7 @@ pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> 
         instance_timeout: Duration::from_secs(5),
         decode_grace: Duration::from_millis(2),
         redundancy: Redundancy::None,
+        dispatch: Default::default(),
         straggler: Default::default(),
     };
     let frontend = Frontend::start(cfg).unwrap();
