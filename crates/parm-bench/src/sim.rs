@@ -496,6 +496,26 @@ mod tests {
     }
 
     #[test]
+    fn the_window_holds_only_latencies_answered_by_then() {
+        let mut w = Completions::new(MEDIAN);
+        w.push(20.0, 20.0); // a slow first query, answered at 20 ms
+        w.push(2.0, 0.5); // a fast second one, answered first
+        assert_eq!(w.at(1.0).threshold(), None);
+        assert_eq!(w.at(5.0).threshold(), Some(Duration::from_micros(500)));
+    }
+
+    #[test]
+    fn hedging_is_not_stuck_behind_a_slow_first_query() {
+        let slow = vec![Fault::Delay { instance: 0, delay_ms: 20.0, prob: 1.0 }];
+        // As `one-slow`: 18 instances (the slowed one has 5.6% of requests), 20 s at 200/s.
+        // The p95 starts low and creeps up; recorded in arrival order, it would start (and
+        // stay) at the first query's 20 ms.
+        let s = SimSpec { instances: 12, rate_qps: 200.0, queries: 4000, warmup: 300, ..spec(Mode::Hedged { k: 2 }, slow) };
+        let p = simulate(&s, &base());
+        assert!(p.p99 < 20.0, "{p:?}");
+    }
+
+    #[test]
     fn a_slow_instance_hurts_none_and_parm_hides_it() {
         let slow = vec![Fault::Delay { instance: 0, delay_ms: 20.0, prob: 1.0 }];
         let none = simulate(&spec(Mode::None, slow.clone()), &base());
