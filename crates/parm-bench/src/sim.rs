@@ -184,10 +184,11 @@ impl Server {
     /// When work arriving at `arrive` starts, and how long it takes (ms).
     fn schedule(&self, arrive: f64, compute_ms: f64, coin: f64) -> (f64, f64) {
         let mut start = arrive.max(self.free_at);
-        if let Some((from, to)) = self.stall {
-            if start >= from && start < to {
-                start = to;
-            }
+        if let Some((from, to)) = self.stall
+            && start >= from
+            && start < to
+        {
+            start = to;
         }
         let mut service = compute_ms;
         if coin < self.delay_prob {
