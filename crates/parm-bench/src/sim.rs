@@ -150,20 +150,29 @@ impl Base {
 /// One simulated setup.
 #[derive(Debug, Clone)]
 pub struct SimSpec {
+    /// The setup (`none`, `equal-resources`, `replication`, `hedged`, `parm`).
     pub mode: Mode,
+    /// N: deployed instances of the baseline setup (the mode adds its own).
     pub instances: usize,
+    /// Offered load, queries/s (Poisson).
     pub rate_qps: f64,
+    /// Queries sent, warm-up included.
     pub queries: usize,
+    /// Leading queries not timed.
     pub warmup: usize,
+    /// Instance faults (delay, episodes, stall, crash; host faults are in [`Base`]).
     pub faults: Vec<Fault>,
     /// Compute time (ms) of one request on an instance.
     pub compute_ms: f64,
+    /// Longest time (ms) a partly filled coding group stays open (`parm serve --group-timeout-ms`).
     pub group_timeout_ms: f64,
+    /// How long (ms) a reconstruction is held for its original (`--decode-grace-ms`).
     pub decode_grace_ms: f64,
     /// The frontend's straggler policy (threshold and parity dispatch) for `parm` modes.
     pub straggler: parm_serve::straggler::StragglerPolicy,
     /// Hedged modes: backup after this percentile of recent latencies.
     pub hedge_percentile: f64,
+    /// Seed of the arrival schedule (`poisson_schedule`, as the real trial) and of every draw.
     pub seed: u64,
 }
 
