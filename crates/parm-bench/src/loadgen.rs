@@ -214,6 +214,8 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
                         let us = o.done.saturating_duration_since(o.intended).as_micros();
                         hist.record(u64::try_from(us).unwrap_or(u64::MAX))
                             .expect("auto-resizing histogram");
+                        let sent = o.intended.saturating_duration_since(start).as_secs_f64() * 1e3;
+                        acc.trace.push((sent, us as f64 / 1e3));
                     }
                 }
                 Err(msg) => {
@@ -276,6 +278,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
         throughput_qps,
         wall_s,
         error_samples: acc.error_samples,
+        latency_trace_ms: acc.trace,
         latency_quantiles_ms: if hist.is_empty() {
             Vec::new()
         } else {
@@ -286,6 +289,8 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
 
 #[derive(Default)]
 struct Acc {
+    /// (intended send offset, latency) in ms of each timed answered query.
+    trace: Vec<(f64, f64)>,
     received: usize,
     answered: usize,
     measured_answered: usize,

@@ -63,6 +63,11 @@ pub struct RunReport {
     /// nothing was answered), for the simulator. Not serialised.
     #[serde(skip)]
     pub latency_quantiles_ms: Vec<f64>,
+    /// Every timed answered query as (intended send offset from the start of the run,
+    /// latency), both in ms, in the order the answers arrived; for the simulator. Not
+    /// serialised.
+    #[serde(skip)]
+    pub latency_trace_ms: Vec<(f64, f64)>,
 }
 
 /// Percentiles (ms) of a histogram of latencies recorded in **microseconds**.
@@ -199,6 +204,7 @@ mod tests {
             wall_s: 10.0,
             error_samples: vec![],
             latency_quantiles_ms: Vec::new(),
+            latency_trace_ms: Vec::new(),
         };
         let mut nan = r.clone();
         nan.accuracy = f64::NAN;
