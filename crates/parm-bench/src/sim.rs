@@ -47,7 +47,11 @@
 //! start work during the stall), `crash` (requests meanwhile fail at once and go to the next
 //! instance). Host-wide faults (CPU burner, loopback shuffles) are not simulated: they are in
 //! `Base` when the calibration run had them (`parm simulate` calibrates once per set of host
-//! faults).
+//! faults), and as they come in bursts that slow the whole host at once (a 128 MB shuffle
+//! occupies the 2 cores for many ms), such a calibration also keeps its timeline
+//! (`Base::timeline`): every query and every further RPC then takes the quantile `u` of the
+//! calibration query nearest in time (from a random point of the timeline), instead of an
+//! independent one.
 
 use std::time::Duration;
 
@@ -71,6 +75,25 @@ impl Timers<'_> {
     /// When a timer set for `deadline_ms` fires (ms, simulated time).
     fn fires(&mut self, deadline_ms: f64) -> f64 {
         deadline_ms + self.late.sample(&mut self.rng)
+    }
+}
+
+/// The calibration's host timeline replayed from `phase` ms (see the module docs).
+#[derive(Clone, Copy)]
+struct Timeline<'a> {
+    points: &'a [(f64, f64)],
+    phase: f64,
+}
+
+impl Timeline<'_> {
+    /// The quantile of the calibration query nearest to simulated time `t` (ms), or a fresh
+    /// uniform draw without a timeline.
+    fn u_at(&self, t: f64, rng: &mut StdRng) -> f64 {
+        let (Some(first), Some(last)) = (self.points.first(), self.points.last()) else { return rng.random() };
+        let at = first.0 + (t + self.phase).rem_euclid((last.0 - first.0).max(1.0));
+        let i = self.points.partition_point(|p| p.0 < at).min(self.points.len() - 1);
+        let nearer = if i > 0 && at - self.points[i - 1].0 < self.points[i].0 - at { i - 1 } else { i };
+        self.points[nearer].1
     }
 }
 
@@ -121,6 +144,11 @@ pub struct Base {
     pub partner: Vec<f64>,
     /// How late (ms) a timer of the runtime fires after its deadline.
     pub timer_late: Empirical,
+    /// Host-fault calibrations only: (intended send time in ms from the start, quantile of its
+    /// end-to-end latency among the run's) of every timed calibration query, by time; runs
+    /// laid end to end. Empty: independent draws.
+    #[serde(default)]
+    pub timeline: Vec<(f64, f64)>,
 }
 
 impl Base {
@@ -132,7 +160,22 @@ impl Base {
         let mut sorted = pairs.to_vec();
         sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
         let partner = sorted.iter().map(|p| p.1).collect();
-        Some(Self { end_to_end, rpc: Empirical::from_samples(&all)?, partner, timer_late: Empirical::from_samples(timer_late)? })
+        Some(Self { end_to_end, rpc: Empirical::from_samples(&all)?, partner, timer_late: Empirical::from_samples(timer_late)?, timeline: Vec::new() })
+    }
+
+    /// Appends one calibration run's trace ((intended send time, latency) in ms, see
+    /// `RunReport::latency_trace_ms`) to the timeline, after the runs already there.
+    pub fn push_timeline(&mut self, trace: &[(f64, f64)]) {
+        let start = self.timeline.last().map_or(0.0, |p| p.0 + 1.0);
+        let mut by_latency: Vec<usize> = (0..trace.len()).collect();
+        by_latency.sort_by(|&a, &b| trace[a].1.total_cmp(&trace[b].1));
+        let mut u = vec![0.0; trace.len()];
+        for (rank, &i) in by_latency.iter().enumerate() {
+            u[i] = rank as f64 / (trace.len().max(2) - 1) as f64;
+        }
+        let mut points: Vec<(f64, f64)> = trace.iter().zip(u).map(|(p, u)| (start + p.0, u)).collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.timeline.extend(points);
     }
 
     /// The second of two RPCs sent at once, the first being at quantile `u` (ms).
@@ -172,8 +215,11 @@ pub struct SimSpec {
     pub straggler: parm_serve::straggler::StragglerPolicy,
     /// Hedged modes: backup after this percentile of recent latencies.
     pub hedge_percentile: f64,
-    /// Seed of the arrival schedule (`poisson_schedule`, as the real trial) and of every draw.
+    /// Seed of the arrival schedule (`poisson_schedule`, as the real trial).
     pub seed: u64,
+    /// Which independent set of random draws (quantiles, timer lateness, episodes) to use
+    /// with that schedule; averaging several gives the model's expectation.
+    pub draw: u64,
 }
 
 struct Server {
@@ -212,6 +258,7 @@ impl Server {
 struct Pool<'a> {
     servers: Vec<Server>,
     rpc: &'a Empirical,
+    timeline: Timeline<'a>,
     compute_ms: f64,
     rng: StdRng,
 }
@@ -223,9 +270,9 @@ impl Pool<'_> {
         self.serve(i, t, rpc_ms, true)
     }
 
-    /// [`Self::request`] with a fresh RPC latency draw.
+    /// [`Self::request`] with a fresh RPC latency draw (from the host timeline, if any).
     fn request_fresh(&mut self, i: usize, t: f64) -> f64 {
-        let r = self.rpc.sample(&mut self.rng);
+        let r = self.rpc.at(self.timeline.u_at(t, &mut self.rng));
         self.serve(i, t, r, true)
     }
 
@@ -233,7 +280,7 @@ impl Pool<'_> {
     /// sent later than the queries simulated after them and are few (a few % of queries), so
     /// queueing them out of time order would distort the queue more than leaving them out.
     fn probe(&mut self, i: usize, t: f64) -> f64 {
-        let r = self.rpc.sample(&mut self.rng);
+        let r = self.rpc.at(self.timeline.u_at(t, &mut self.rng));
         self.serve(i, t, r, false)
     }
 
@@ -305,12 +352,13 @@ impl Arrival {
 
 /// The queries of one run, on the load generator's own schedule for `spec.seed`, and the
 /// quantile `u` of each (see the module docs).
-fn arrivals(spec: &SimSpec, base: &Base, rng: &mut StdRng) -> (Vec<Arrival>, Vec<f64>) {
+fn arrivals(spec: &SimSpec, base: &Base, timeline: Timeline, rng: &mut StdRng) -> (Vec<Arrival>, Vec<f64>) {
     let schedule = crate::poisson_schedule(spec.queries, spec.rate_qps, spec.seed).expect("positive rate");
     schedule
         .iter()
         .map(|at| {
-            let (u, t) = (rng.random::<f64>(), at.as_secs_f64() * 1e3);
+            let t = at.as_secs_f64() * 1e3;
+            let u = timeline.u_at(t, rng);
             let overhead = base.overhead(u);
             (Arrival { sent: t, at_frontend: t + overhead / 2.0, overhead, rpc: base.rpc.at(u) }, u)
         })
@@ -319,21 +367,24 @@ fn arrivals(spec: &SimSpec, base: &Base, rng: &mut StdRng) -> (Vec<Arrival>, Vec
 
 /// Simulates one setup; returns latency percentiles (ms) of the non-warm-up queries.
 pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
-    let mut rng = StdRng::seed_from_u64(spec.seed);
-    let (arrivals, ranks) = arrivals(spec, base, &mut rng);
-    let mut timers = Timers { late: &base.timer_late, rng: StdRng::seed_from_u64(spec.seed ^ 4) };
+    let seed = spec.seed ^ spec.draw.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let span = base.timeline.last().map_or(0.0, |p| p.0);
+    let timeline = Timeline { points: &base.timeline, phase: rng.random::<f64>() * span };
+    let (arrivals, ranks) = arrivals(spec, base, timeline, &mut rng);
+    let mut timers = Timers { late: &base.timer_late, rng: StdRng::seed_from_u64(seed ^ 4) };
     let (deployed, parity) = spec.mode.instances(spec.instances);
     let duration = arrivals.last().map_or(0.0, |a| a.sent) + 10_000.0;
     let pool = |count: usize, faults: &[Fault], seed: u64| {
         let mut r = StdRng::seed_from_u64(seed);
-        Pool { servers: servers(count, faults, duration, &mut r), rpc: &base.rpc, compute_ms: spec.compute_ms, rng: r }
+        Pool { servers: servers(count, faults, duration, &mut r), rpc: &base.rpc, timeline, compute_ms: spec.compute_ms, rng: r }
     };
-    let mut sim = pool(deployed, &spec.faults, spec.seed ^ 3);
+    let mut sim = pool(deployed, &spec.faults, seed ^ 3);
     let answers = match spec.mode {
         Mode::None | Mode::EqualResources { .. } => single(&mut sim, &arrivals),
         Mode::Replication => replicated(&mut sim, &arrivals, &ranks, base),
         Mode::Hedged { .. } => hedged(&mut sim, &mut timers, &arrivals, spec.hedge_percentile),
-        Mode::Parm { k } => coded(&mut sim, &mut pool(parity.max(1), &[], spec.seed ^ 1), &mut timers, &arrivals, k, spec),
+        Mode::Parm { k } => coded(&mut sim, &mut pool(parity.max(1), &[], seed ^ 1), &mut timers, &arrivals, k, spec),
     };
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for l in answers.iter().skip(spec.warmup) {
@@ -475,7 +526,7 @@ mod tests {
     }
 
     fn spec(mode: Mode, faults: Vec<Fault>) -> SimSpec {
-        SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, straggler: Default::default(), hedge_percentile: 95.0, seed: 1 }
+        SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, straggler: Default::default(), hedge_percentile: 95.0, seed: 1, draw: 0 }
     }
 
     #[test]
