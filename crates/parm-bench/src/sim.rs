@@ -3,7 +3,7 @@
 //!
 //! Model (every input is a measurement or a documented fact of the real system):
 //! - Queries arrive as a Poisson process at the offered rate, as `parm bench` sends them.
-//! - **Two measured distributions** ([`Base`], from one real run without instance faults, see
+//! - **Two measured distributions** ([`Base`], from real runs without instance faults, see
 //!   `parm simulate`): the end-to-end latency `E` of one query (load generator, HTTP, frontend,
 //!   one instance RPC) and the latency `R` of one instance RPC as the frontend sees it (direct
 //!   gRPC probes beside that run). A query's own overhead outside its RPC is
@@ -14,13 +14,15 @@
 //!   `R(v)`, except the second copy of a replicated query: two RPCs sent at once share the
 //!   host's state, so it takes the measured partner of `R(u)` (the probe's pairs of RPCs sent
 //!   at once, matched by rank). Half of `O` is spent before the frontend, half after it.
-//! - Arrivals: the same Poisson schedules as the real trials (`poisson_schedule` with the
-//!   scenario's seed), so rare events land as in the real runs.
+//! - Arrivals: the same Poisson schedules as the real trials (`poisson_schedule` with each
+//!   trial's seed), so rare events land as in the real runs; the other draws come from
+//!   `SimSpec::draw`.
 //! - Every instance is a FIFO single server: an RPC reaches it half of its network time
 //!   (`R - compute`) after it is sent, holds it for `compute_ms` plus any injected delay, and
 //!   its answer takes the other half back. Round-robin dispatch, as the frontend.
 //! - Every timer of the frontend (group seal, decode grace, hedge delay, lazy parity trigger)
-//!   fires late by a draw of the measured lateness of the runtime's timers (`Base::timer_late`):
+//!   fires late by a draw of the measured lateness of the runtime's timers (`Base::timer_late`,
+//!   a 1 ms timer armed on an I/O event, as the frontend arms its own):
 //!   tokio's timer wheel counts whole milliseconds (a deadline is rounded up to the next
 //!   millisecond, `runtime/time/source.rs` `deadline_to_tick`, and a parked driver sleeps a
 //!   whole number of milliseconds from the truncated current one, `runtime/time/mod.rs`
