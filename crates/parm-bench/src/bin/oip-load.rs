@@ -14,12 +14,14 @@
 //!
 //! Usage: oip-load --target 127.0.0.1:8001 --model fashion-mnist [--input input] [--dim 784]
 //!        (--concurrency C | --rate R) [--batch 1] [--duration 10] [--warmup 2] [--connections 2]
+//! (`oip-load --help` for every flag).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use clap::{ArgGroup, CommandFactory, Parser};
 use hdrhistogram::Histogram;
 use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
 use parm_serve::grpc::model_infer_request::InferInputTensor;
@@ -28,59 +30,61 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Exp};
 use tonic::transport::{Channel, Endpoint};
 
+/// One load generator for any Open Inference Protocol gRPC server (parm frontend or worker,
+/// MLServer, Triton): ModelInfer with FP32 queries in raw_input_contents; prints one JSON line.
+#[derive(Parser)]
+#[command(name = "oip-load")]
+#[command(group(ArgGroup::new("mode").required(true).args(["concurrency", "rate"])))]
 struct Args {
+    /// Server to load: HOST:PORT, or a URI (http://HOST:PORT).
+    #[arg(long)]
     target: String,
+    /// Model name sent in each ModelInfer request.
+    #[arg(long)]
     model: String,
+    /// Name of the model's input tensor.
+    #[arg(long, default_value = "input")]
     input: String,
+    /// Values per query (the model's input width).
+    #[arg(long, default_value_t = 784)]
     dim: usize,
+    /// Queries per request (input shape [BATCH, DIM]).
+    #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Closed loop: this many requests always outstanding (throughput at saturation).
+    #[arg(long)]
     concurrency: Option<usize>,
+    /// Open loop: Poisson arrivals at this many requests/s, latency from the intended send time.
+    #[arg(long)]
     rate: Option<f64>,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds of load not counted, first.
+    #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// HTTP/2 connections, requests spread over them in turn.
+    #[arg(long, default_value_t = 2)]
     connections: usize,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        target: String::new(),
-        model: String::new(),
-        input: "input".into(),
-        dim: 784,
-        batch: 1,
-        concurrency: None,
-        rate: None,
-        duration: 10.0,
-        warmup: 2.0,
-        connections: 2,
+/// The flags, checked (clap's usage error and exit 2 otherwise).
+fn parse_args() -> Args {
+    let a = Args::parse();
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    let bad = if a.connections == 0 || a.dim == 0 || a.batch == 0 || a.concurrency == Some(0) {
+        Some("--connections, --dim, --batch and --concurrency must be positive")
+    } else if !(positive(a.duration) && a.warmup.is_finite() && a.warmup >= 0.0) {
+        Some("--duration must be positive, --warmup non-negative")
+    } else if a.rate.is_some_and(|r| !positive(r)) {
+        Some("--rate must be positive")
+    } else {
+        None
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--target" => a.target = value()?,
-            "--model" => a.model = value()?,
-            "--input" => a.input = value()?,
-            "--dim" => a.dim = value()?.parse()?,
-            "--batch" => a.batch = value()?.parse()?,
-            "--concurrency" => a.concurrency = Some(value()?.parse()?),
-            "--rate" => a.rate = Some(value()?.parse()?),
-            "--duration" => a.duration = value()?.parse()?,
-            "--warmup" => a.warmup = value()?.parse()?,
-            "--connections" => a.connections = value()?.parse()?,
-            other => bail!("unknown flag {other} (see the doc comment of crates/parm-bench/src/bin/oip-load.rs)"),
-        }
+    if let Some(msg) = bad {
+        Args::command().error(clap::error::ErrorKind::ValueValidation, msg).exit();
     }
-    if a.target.is_empty() || a.model.is_empty() {
-        bail!("--target and --model are required");
-    }
-    if a.concurrency.is_some() == a.rate.is_some() {
-        bail!("give exactly one of --concurrency and --rate");
-    }
-    if a.connections == 0 || a.dim == 0 || a.batch == 0 || a.duration <= 0.0 || a.warmup < 0.0 {
-        bail!("--connections, --dim and --duration must be positive, --warmup non-negative");
-    }
-    Ok(a)
+    a
 }
 
 /// Latencies (us) and counts of the measured window.
@@ -125,7 +129,7 @@ async fn channels(a: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Cha
 }
 
 fn main() -> anyhow::Result<()> {
-    let a = parse_args()?;
+    let a = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let clients = rt.block_on(channels(&a))?;
     let req = request(&a);
