@@ -50,9 +50,13 @@ pub struct Scenario {
     /// Frontend: parity queries only for groups with a straggler (see parm_serve::straggler).
     #[serde(default)]
     pub lazy_parity: bool,
-    /// Frontend: straggler threshold = this x median deployed latency, within [1, 5] ms.
+    /// Frontend: straggler threshold = this x median deployed latency, within
+    /// [`straggler_min_us`, 5 ms].
     #[serde(default = "default_straggler_factor")]
     pub straggler_factor: f64,
+    /// Frontend: the straggler threshold's floor (us; default 1000).
+    #[serde(default = "default_straggler_min_us")]
+    pub straggler_min_us: u64,
     /// Hedged modes: backup after this percentile of recent latencies.
     #[serde(default = "default_hedge_percentile")]
     pub hedge_percentile: f64,
@@ -68,9 +72,14 @@ impl Scenario {
         parm_serve::straggler::StragglerPolicy {
             lazy_parity: self.lazy_parity,
             factor: self.straggler_factor,
+            min: std::time::Duration::from_micros(self.straggler_min_us),
             ..Default::default()
         }
     }
+}
+
+fn default_straggler_min_us() -> u64 {
+    parm_serve::straggler::StragglerPolicy::default().min.as_micros() as u64
 }
 
 fn default_straggler_factor() -> f64 {

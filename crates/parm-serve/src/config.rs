@@ -9,7 +9,7 @@
 //! metrics = "127.0.0.1:8002"     # extra Prometheus port (optional)
 //! max_inflight = 1024            # most queries in flight; more get 503 + Retry-After
 //! drain_timeout_ms = 5000        # on SIGTERM: longest wait for in-flight requests
-//! runtime_threads = 1            # async runtime threads (0: current-thread runtime)
+//! runtime_threads = 0            # async runtime threads (0: one current-thread runtime)
 //! auth_token_file = "/etc/parm/token"  # bearer token clients must send (optional)
 //! max_body_bytes = 67108864      # largest request body after decompression (413 beyond)
 //! header_read_timeout_ms = 30000 # slow clients are cut off
@@ -26,6 +26,7 @@
 //! redundancy = "none"            # or replication / hedged (uncoded baselines)
 //! lazy_parity = false            # parity queries only for groups with a straggler
 //! straggler_factor = 2.0         # straggler threshold = factor x median instance latency
+//! straggler_min_us = 1000        # ... but at least this
 //! batch_coding = false           # true: a batch request is coded as one (crate::batch_coding)
 //! dispatch_max_batch = 1         # > 1: batch queued queries per instance (crate::dispatch)
 //! dispatch_max_in_flight = 4     # requests outstanding per instance before queries batch
@@ -92,6 +93,8 @@ pub struct ModelSection {
     pub lazy_parity: Option<bool>,
     /// Straggler threshold = this x the median deployed-instance latency.
     pub straggler_factor: Option<f64>,
+    /// Floor of the straggler threshold (us).
+    pub straggler_min_us: Option<u64>,
     /// Code a batch request as one (`parm serve --batch-coding`, see [`crate::batch_coding`]).
     pub batch_coding: Option<bool>,
     /// Most queries per request to an instance (see [`crate::dispatch`]).

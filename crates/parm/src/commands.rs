@@ -568,10 +568,13 @@ pub struct ServeArgs {
     /// (outstanding longer than the straggler threshold) instead of when the group fills.
     #[arg(long)]
     pub lazy_parity: bool,
-    /// Straggler threshold = this x the median deployed-instance latency, within 1..5 ms;
-    /// a partly filled group is also sealed after it.
+    /// Straggler threshold = this x the median deployed-instance latency, within
+    /// `--straggler-min-us`..5 ms; a partly filled group is also sealed after it.
     #[arg(long, default_value_t = parm_serve::straggler::StragglerPolicy::default().factor)]
     pub straggler_factor: f64,
+    /// The straggler threshold's floor (microseconds).
+    #[arg(long, default_value_t = parm_serve::straggler::StragglerPolicy::default().min.as_micros() as u64)]
+    pub straggler_min_us: u64,
     /// Uncoded baselines for queries without parity: none, replication (2 copies, first
     /// answer wins), hedged (backup after the running p95 latency).
     #[arg(long, default_value = "none")]
@@ -611,10 +614,12 @@ pub struct ServeArgs {
     /// row i of each). Without it, each row of a batch joins a coding group on its own.
     #[arg(long)]
     pub batch_coding: bool,
-    /// Threads of the frontend's async runtime; 0: one current-thread runtime. The default, 1,
-    /// measured best on a 2-core machine shared with the instances (BENCHMARKS.md,
-    /// "Efficiency"): every extra thread adds wake-ups between threads per query.
-    #[arg(long, default_value_t = 1)]
+    /// Threads of the frontend's async runtime; 0 (the default): one current-thread runtime,
+    /// everything on one thread, which measured best on a 2-core machine shared with the
+    /// instances (BENCHMARKS.md, "Efficiency": 19k vs 16k queries/s with dispatch batching,
+    /// level without): every extra thread adds wake-ups between threads per query. More
+    /// threads help only where the frontend has cores of its own.
+    #[arg(long, default_value_t = 0)]
     pub runtime_threads: usize,
     /// Adaptive batching towards the instances (Clipper §4.3): queries to one instance that
     /// queue while `--dispatch-max-in-flight` requests to it are outstanding go together, up to
@@ -667,6 +672,7 @@ fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     set(&mut a.dispatch_max_batch, m.dispatch_max_batch);
     set(&mut a.dispatch_max_in_flight, m.dispatch_max_in_flight);
     set(&mut a.straggler_factor, m.straggler_factor);
+    set(&mut a.straggler_min_us, m.straggler_min_us);
     set(&mut a.group_timeout_ms, d.group_timeout_ms);
     set(&mut a.decode_grace_ms, d.decode_grace_ms);
     set(&mut a.instance_timeout_ms, d.instance_timeout_ms);
@@ -692,6 +698,7 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
         straggler: parm_serve::straggler::StragglerPolicy {
             lazy_parity: a.lazy_parity,
             factor: a.straggler_factor,
+            min: Duration::from_micros(a.straggler_min_us),
             ..Default::default()
         },
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
