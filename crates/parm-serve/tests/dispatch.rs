@@ -9,29 +9,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parm_serve::backend::{InferenceBackend, ModelSpec};
+use parm_serve::backend::InferenceBackend;
 use parm_serve::dispatch::DispatchBatching;
 use parm_serve::fault::FaultConfig;
 use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::redundancy::Redundancy;
 use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
-use support::{expected, models, IN, OUT};
+use support::{expected, linear_config, models, IN};
 
 fn config(workers: &[WorkerHandle], dispatch: DispatchBatching) -> FrontendConfig {
-    let addr = |w: &WorkerHandle| w.addr.to_string();
     FrontendConfig {
-        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
-        deployed: workers[..2].iter().map(addr).collect(),
-        deployed_model: "deployed".into(),
-        parity: vec![addr(&workers[2])],
-        parity_model: "parity".into(),
-        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
         group_timeout: Duration::from_millis(20),
-        straggler: Default::default(),
         instance_timeout: Duration::from_secs(10),
-        decode_grace: Duration::from_millis(2),
-        redundancy: Redundancy::None,
         dispatch,
+        ..linear_config(workers)
     }
 }
 

@@ -9,13 +9,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
+use parm_serve::backend::{InferenceBackend, LinearBackend};
 use parm_serve::fault::FaultConfig;
 use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::redundancy::Redundancy;
 use parm_serve::straggler::StragglerPolicy;
 use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
-use support::{models, IN, OUT};
+use support::{linear_config, models, IN};
 
 /// The slow instance's extra time per request; every answer must come well before it.
 const SLOW_MS: f64 = 600.0;
@@ -32,21 +31,13 @@ async fn start_frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<Worke
         spawn_worker("127.0.0.1:0", f.clone() as Arc<dyn InferenceBackend>, opts(0.0)).await.unwrap(),
         spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, opts(0.0)).await.unwrap(),
     ];
-    let addr = |w: &WorkerHandle| w.addr.to_string();
     let cfg = FrontendConfig {
-        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
-        deployed: workers[..2].iter().map(addr).collect(),
-        deployed_model: "deployed".into(),
-        parity: vec![addr(&workers[2])],
-        parity_model: "parity".into(),
-        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
         // Far longer than any test: a group sealed early was sealed by the threshold.
         group_timeout: Duration::from_secs(30),
         straggler: StragglerPolicy { lazy_parity, factor: 1.0, min: THRESHOLD, max: THRESHOLD },
         instance_timeout: Duration::from_secs(10),
         decode_grace: Duration::ZERO,
-        redundancy: Redundancy::None,
-        dispatch: Default::default(),
+        ..linear_config(&workers)
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;

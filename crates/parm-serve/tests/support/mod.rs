@@ -53,16 +53,12 @@ pub struct Cluster {
     pub serving: Shared,
 }
 
-/// Starts the cluster; the workers require `worker_token` (the frontend's instance clients
-/// must then carry it: see `parm_serve::client::set_default_auth_token`).
-pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> Cluster {
-    let (f, fp) = models();
-    let mut workers = Vec::new();
-    for b in [f.clone() as Arc<dyn InferenceBackend>, f as Arc<dyn InferenceBackend>, fp as Arc<dyn InferenceBackend>] {
-        workers.push(spawn_worker_with_auth("127.0.0.1:0", b, WorkerOptions::default(), worker_token.clone()).await.unwrap());
-    }
+/// The frontend over `workers` (two deployed, then one parity, serving [`models`]): k = 2,
+/// addition, group timeout 5 ms, decode grace 2 ms, instance timeout 5 s, no redundancy, no
+/// dispatch batching. Tests change what they need with struct update syntax.
+pub fn linear_config(workers: &[WorkerHandle]) -> FrontendConfig {
     let addr = |w: &WorkerHandle| w.addr.to_string();
-    let cfg = FrontendConfig {
+    FrontendConfig {
         spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
         deployed: workers[..2].iter().map(addr).collect(),
         deployed_model: "deployed".into(),
@@ -75,8 +71,18 @@ pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> 
         redundancy: Redundancy::None,
         dispatch: Default::default(),
         straggler: Default::default(),
-    };
-    let frontend = Frontend::start(cfg).unwrap();
+    }
+}
+
+/// Starts the cluster; the workers require `worker_token` (the frontend's instance clients
+/// must then carry it: see `parm_serve::client::set_default_auth_token`).
+pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> Cluster {
+    let (f, fp) = models();
+    let mut workers = Vec::new();
+    for b in [f.clone() as Arc<dyn InferenceBackend>, f as Arc<dyn InferenceBackend>, fp as Arc<dyn InferenceBackend>] {
+        workers.push(spawn_worker_with_auth("127.0.0.1:0", b, WorkerOptions::default(), worker_token.clone()).await.unwrap());
+    }
+    let frontend = Frontend::start(linear_config(&workers)).unwrap();
     frontend.warm_up().await;
     let serving = Serving::start_with_options(frontend, Default::default(), options).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
