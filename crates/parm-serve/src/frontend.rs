@@ -51,6 +51,8 @@ pub struct FrontendConfig {
     pub instance_timeout: Duration,
     /// A reconstruction is released no earlier than this long after its original was sent,
     /// so a healthy original that is about to arrive wins (zero: ParM's pure eager decoding).
+    /// With lazy parity at most the straggler threshold: a query judged a straggler does not
+    /// wait longer for its original.
     pub decode_grace: Duration,
     /// How queries are sent to deployed instances (replication and hedging are baselines;
     /// use them without parity instances).
@@ -629,6 +631,10 @@ impl Member {
         let mut rpc_done = false;
         let mut seal_at = Some(self.group.seal_at);
         let mut straggler_at = shared.cfg.straggler.lazy_parity.then_some(sent_at + self.group.threshold);
+        let grace = match shared.cfg.straggler.lazy_parity {
+            true => shared.cfg.decode_grace.min(self.group.threshold),
+            false => shared.cfg.decode_grace,
+        };
         loop {
             tokio::select! {
                 out = &mut rpc, if !rpc_done => {
@@ -642,7 +648,7 @@ impl Member {
                     if let Answer::Reconstructed { .. } = a {
                         if !rpc_done {
                             // Decode grace: the original may still win.
-                            let due = sent_at + shared.cfg.decode_grace;
+                            let due = sent_at + grace;
                             tokio::select! {
                                 out = &mut rpc => if let Some(a) = self.report(out).filter(|a| matches!(a, Answer::Original { .. })) {
                                     return self.finish(a);

@@ -24,6 +24,10 @@ const THRESHOLD: Duration = Duration::from_millis(80);
 
 /// Two deployed instances (the first `slow_ms` slower per request) and one parity instance.
 async fn start_frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
+    start_frontend_with_grace(slow_ms, lazy_parity, Duration::ZERO).await
+}
+
+async fn start_frontend_with_grace(slow_ms: f64, lazy_parity: bool, grace: Duration) -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
     let (f, fp) = models();
     let opts = |delay_ms| WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
     let workers = vec![
@@ -36,7 +40,7 @@ async fn start_frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<Worke
         group_timeout: Duration::from_secs(30),
         straggler: StragglerPolicy { lazy_parity, factor: 1.0, min: THRESHOLD, max: THRESHOLD },
         instance_timeout: Duration::from_secs(10),
-        decode_grace: Duration::ZERO,
+        decode_grace: grace,
         ..linear_config(&workers)
     };
     let frontend = Frontend::start(cfg).unwrap();
@@ -108,4 +112,15 @@ async fn lazy_parity_sends_parity_queries_only_for_stragglers() {
     assert!(reconstructed >= 2, "reconstructed {reconstructed}");
     assert_eq!(parity, reconstructed, "one parity query per straggler's group, none for the others");
     assert!(worst < Duration::from_millis(400), "worst latency {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_parity_caps_the_decode_grace_at_the_threshold() {
+    // A decode grace far longer than the slow instance: without the cap each straggler's
+    // reconstruction would wait for its original (600 ms); with it, it goes at once.
+    let (frontend, _w, f) = start_frontend_with_grace(SLOW_MS, true, Duration::from_secs(10)).await;
+    let worst = one_by_one(&frontend, &f, 6).await;
+    let reconstructed = frontend.stats().reconstructed.load(Ordering::Relaxed);
+    assert!(reconstructed >= 2, "reconstructed {reconstructed}");
+    assert!(worst < Duration::from_millis(400), "worst latency {worst:?}: the reconstruction waited for the grace");
 }
