@@ -14,14 +14,7 @@ root=$PWD
 parm=$root/target/release/parm
 venv=$root/target/tritonclient-venv
 models=$root/target/tritonclient-models
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/scripts/lib/procs.sh"
 
 cargo build --release --quiet
 if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy" 2>/dev/null; then
@@ -33,27 +26,11 @@ paths=(--models-dir "$models" --data-dir "$root/data")
 [ -f "$models/fashion-mnist/deployed.bpk" ] || "$parm" train "${paths[@]}" --epochs 1 --force
 [ -f "$models/fashion-mnist/parity-k2-addition.bpk" ] || "$parm" train-parity "${paths[@]}" --k 2 --epochs 1 --force
 
-# start NAME ARGS...: runs `parm ARGS` in the background, stdout to $work/NAME.out.
-start() {
-  local name=$1; shift
-  "$parm" "$@" > "$work/$name.out" 2> "$work/$name.err" &
-  pids+=($!)
-}
-# addr NAME PREFIX: waits (30 s) for the line "PREFIX ADDR" in NAME's stdout and prints ADDR.
-addr() {
-  for _ in $(seq 300); do
-    local line; line=$(grep -m1 "^$2 " "$work/$1.out" 2>/dev/null || true)
-    if [ -n "$line" ]; then echo "${line#"$2 "}"; return; fi
-    sleep 0.1
-  done
-  echo "$1 did not print '$2 ADDR'; its stderr:" >&2; cat "$work/$1.err" >&2; exit 1
-}
-
-start d0 worker --model "$models/fashion-mnist/deployed.bpk" --listen 127.0.0.1:0
-start d1 worker --model "$models/fashion-mnist/deployed.bpk" --listen 127.0.0.1:0
-start p0 worker --model "$models/fashion-mnist/parity-k2-addition.bpk" --listen 127.0.0.1:0
+start d0 "$parm" worker --model "$models/fashion-mnist/deployed.bpk" --listen 127.0.0.1:0
+start d1 "$parm" worker --model "$models/fashion-mnist/deployed.bpk" --listen 127.0.0.1:0
+start p0 "$parm" worker --model "$models/fashion-mnist/parity-k2-addition.bpk" --listen 127.0.0.1:0
 d0=$(addr d0 "listening on"); d1=$(addr d1 "listening on"); p0=$(addr p0 "listening on")
-start serve serve --deployed "$d0,$d1" --parity "$p0" --k 2 --model-name fashion-mnist \
+start serve "$parm" serve --deployed "$d0,$d1" --parity "$p0" --k 2 --model-name fashion-mnist \
   --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0
 export PARM_HTTP_URL; PARM_HTTP_URL=$(addr serve "listening on")
 export PARM_GRPC_URL; PARM_GRPC_URL=$(addr serve "grpc listening on")
