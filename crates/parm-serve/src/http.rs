@@ -182,7 +182,15 @@ async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body
         Ok(b) => b,
         Err((code, e)) => {
             let e = accepted.reject(e);
-            return (code, Json(json!({"error": e.message}))).into_response();
+            // The rest of the body is left unread, so the connection is closed after this
+            // answer (RFC 9110 §15.5.14); saying so keeps clients from reusing it meanwhile.
+            // (hyper drops the header on HTTP/2, where it has no meaning.)
+            let close = matches!(code, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT);
+            let mut r = (code, Json(json!({"error": e.message}))).into_response();
+            if close {
+                r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            }
+            return r;
         }
     };
     let parsed = check(&s, &p)

@@ -242,6 +242,8 @@ async fn huge_bodies_and_gzip_bombs_get_413() {
     assert!(bomb.len() < LIMIT);
     let t = Instant::now();
     let r = client.post(infer_url(&c)).header("Content-Encoding", "gzip").body(bomb).send().await.unwrap();
+    // The unread rest of the body ends the connection, and the answer says so.
+    assert_eq!(r.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]), "gzip bomb");
     let msg = expect_error(r, 413, "gzip bomb").await;
     assert!(msg.contains("limit"), "{msg}");
     assert!(t.elapsed() < Duration::from_secs(20), "the bomb took {:?}", t.elapsed());
