@@ -98,7 +98,8 @@ pub struct ProbeData {
     /// Latencies of the two RPCs of each pair (both answered; pairs still out when the load
     /// ends are dropped).
     pub pairs: Vec<(f64, f64)>,
-    /// How much later than asked a 1 ms `tokio::time::sleep` armed on a pair's answers returned.
+    /// How much later than asked a 1 ms [`parm_serve::timer::sleep`] (the frontend's straggler
+    /// timers) armed on a pair's answers returned.
     pub timer_late: Vec<f64>,
 }
 
@@ -246,7 +247,7 @@ async fn probe_pair(clients: [InstanceClient; 2], query: Query, out: Arc<std::sy
     if let (Some(x), Some(y)) = futures::join!(one(a), one(b)) {
         out.lock().expect("probe lock").pairs.push((x, y));
         let (armed, want) = (tokio::time::Instant::now(), Duration::from_millis(1));
-        tokio::time::sleep(want).await;
+        parm_serve::timer::sleep(want).await;
         let late = armed.elapsed().saturating_sub(want).as_secs_f64() * 1e3;
         out.lock().expect("probe lock").timer_late.push(late);
     }

@@ -222,7 +222,7 @@ async fn group_batches(mut rx: mpsc::Receiver<Job>, inner: Arc<Inner>) {
         let deadline = open.as_ref().map(|(_, _, d)| *d);
         let job = tokio::select! {
             job = rx.recv() => match job { Some(j) => j, None => break },
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+            _ = crate::timer::sleep_until_opt(deadline) => {
                 if let Some((tx, _, _)) = open.take() {
                     let _ = tx.send(GroupMsg::Seal);
                 }
@@ -333,7 +333,7 @@ async fn run_group(id: u64, k: usize, mut msgs: mpsc::UnboundedReceiver<GroupMsg
                     }
                 }
             },
-            _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
+            _ = crate::timer::sleep_until_opt(due) => {}
         }
         answer_ready(id, &mut members, &inner);
     }

@@ -120,9 +120,12 @@ async fn collect(rx: &mut mpsc::UnboundedReceiver<Item>, first: Item, cfg: &Batc
     while rows < cfg.max_batch {
         let item = match rx.try_recv() {
             Ok(item) => item,
-            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(item)) => item,
-                _ => break,
+            Err(_) => tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                _ = crate::timer::sleep_until(deadline) => break,
             },
         };
         if item.reply.is_closed() {

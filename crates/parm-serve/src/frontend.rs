@@ -27,6 +27,7 @@ use crate::client::{InstanceClient, InstanceError};
 use crate::dispatch::{Coalescer, DispatchBatching};
 use crate::redundancy::{timed, LatencyWindow, Redundancy};
 use crate::straggler::{StragglerPolicy, MEDIAN};
+use crate::timer;
 
 /// How the frontend is wired.
 #[derive(Clone)]
@@ -203,7 +204,7 @@ impl Pool {
                 Ok(out) => return Some(out),
                 Err(_) => true,
             },
-            _ = tokio::time::sleep(delay) => false,
+            _ = timer::sleep(delay) => false,
         };
         if self.clients.len() < 2 {
             return if primary_failed { None } else { primary.await.ok() };
@@ -629,7 +630,8 @@ impl Member {
         let rpc = shared.deployed.infer(input, &shape, shared.cfg.instance_timeout, &shared.stats);
         tokio::pin!(rpc);
         let mut rpc_done = false;
-        let mut seal_at = Some(self.group.seal_at);
+        // The last member seals a full group as it joins; nobody else needs the seal timer then.
+        let mut seal_at = (!self.group.lock().sealed).then_some(self.group.seal_at);
         let mut straggler_at = shared.cfg.straggler.lazy_parity.then_some(sent_at + self.group.threshold);
         let grace = match shared.cfg.straggler.lazy_parity {
             true => shared.cfg.decode_grace.min(self.group.threshold),
@@ -653,18 +655,18 @@ impl Member {
                                 out = &mut rpc => if let Some(a) = self.report(out).filter(|a| matches!(a, Answer::Original { .. })) {
                                     return self.finish(a);
                                 },
-                                _ = tokio::time::sleep_until(due) => {}
+                                _ = timer::sleep_until(due) => {}
                             }
                         }
                     }
                     self.reported = true; // the answer is settled; a late output changes nothing
                     return self.finish(a);
                 }
-                _ = sleep_until_opt(seal_at) => {
+                _ = timer::sleep_until_opt(seal_at) => {
                     seal_at = None;
                     expire(&shared, &self.group);
                 }
-                _ = sleep_until_opt(straggler_at) => {
+                _ = timer::sleep_until_opt(straggler_at) => {
                     straggler_at = None;
                     let mut g = self.group.lock();
                     want_parity(&shared, &self.group, &mut g);
@@ -706,12 +708,5 @@ impl Drop for Member {
         if !self.reported {
             self.report(None);
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

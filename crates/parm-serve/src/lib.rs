@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod http;
 pub mod redundancy;
 pub mod straggler;
+pub mod timer;
 pub mod api;
 pub mod health;
 pub mod metrics;
