@@ -240,8 +240,11 @@ impl Scenario {
         Ok(())
     }
 
-    /// The `parm worker --fault` string for deployed instance `i` (empty if none).
-    pub fn worker_fault(&self, i: usize) -> String {
+    /// The `parm worker --fault` string for deployed instance `i` in the trial seeded `seed`
+    /// (the scenario's seed + the trial's index), empty if none. Its random draws (which
+    /// requests are delayed, when episodes start) are seeded `seed + i`: each trial sees its
+    /// own episode times.
+    pub fn worker_fault(&self, i: usize, seed: u64) -> String {
         let mut parts = Vec::new();
         for f in &self.faults {
             match f {
@@ -255,7 +258,7 @@ impl Scenario {
             }
         }
         if !parts.is_empty() {
-            parts.push(format!("seed={}", self.seed.wrapping_add(i as u64)));
+            parts.push(format!("seed={}", seed.wrapping_add(i as u64)));
         }
         parts.join(",")
     }
@@ -284,8 +287,9 @@ mod tests {
         )
         .unwrap();
         s.validate().unwrap();
-        assert_eq!(s.worker_fault(1), "delay_ms=5,prob=1,seed=1");
-        assert_eq!(s.worker_fault(0), "");
+        assert_eq!(s.worker_fault(1, 0), "delay_ms=5,prob=1,seed=1");
+        assert_eq!(s.worker_fault(1, 7), "delay_ms=5,prob=1,seed=8", "seeded per trial");
+        assert_eq!(s.worker_fault(0, 0), "");
         let bad = Scenario { modes: vec!["parm-k3".into()], ..s.clone() };
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<Scenario>("name='x'\nqueries=1\nrates=[1.0]\ninstances=2\nmodes=[]\nbogus=1").is_err());

@@ -127,7 +127,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
         seed: s.seed + trial,
         warmup: s.warmup,
         faults: s.faults.clone(),
-        worker_faults: (0..s.instances).map(|i| s.worker_fault(i)).collect(),
+        worker_faults: (0..s.instances).map(|i| s.worker_fault(i, s.seed + trial)).collect(),
         group_timeout: Duration::from_millis(s.group_timeout_ms),
         decode_grace: Duration::from_millis(s.decode_grace_ms),
         straggler: s.straggler(),
