@@ -3,9 +3,9 @@
 //!
 //! Each scenario file (see `parm_bench::scenario`) names the load, the setups and the faults.
 //! Every (scenario, mode, rate) runs `trials` times with seeds `seed, seed+1, ...`; result rows
-//! average the trials' percentiles. Outputs in `--out`: `tail-runs.json` (every run),
-//! `tail.json` (one row per scenario x mode x k x rate; rows of scenarios not run this time are
-//! kept), `tail.md` (the table of `tail.json`) and `tail-SCENARIO.svg` (percentile plots).
+//! average the trials' percentiles. Outputs in `--out` (in both JSON files, what belongs to
+//! scenarios not run this time is kept): `tail-runs.json` (every run),
+//! `tail.json` (one row per scenario x mode x k x rate), `tail.md` (the table of `tail.json`) and `tail-SCENARIO.svg` (percentile plots).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -200,8 +200,15 @@ fn merge(acc: &mut TailRow, r: &TailRow) {
 
 fn write_outputs(out: &Path, scenarios: &[Scenario], runs: &[(String, RunResult)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    let runs_json: Vec<_> = runs.iter().map(|(s, r)| serde_json::json!({"scenario": s, "run": r})).collect();
-    write_new(&out.join("tail-runs.json"), &serde_json::to_string_pretty(&runs_json)?)?;
+    // As tail.json: the runs of scenarios not run this time are kept.
+    let runs_path = out.join("tail-runs.json");
+    let mut runs_json: Vec<serde_json::Value> = std::fs::read_to_string(&runs_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    runs_json.retain(|r| !scenarios.iter().any(|s| r["scenario"].as_str() == Some(s.name.as_str())));
+    runs_json.extend(runs.iter().map(|(s, r)| serde_json::json!({"scenario": s, "run": r})));
+    write_new(&runs_path, &serde_json::to_string_pretty(&runs_json)?)?;
     let fresh = aggregate(runs);
     let tail_path = out.join("tail.json");
     let mut rows: Vec<TailRow> = std::fs::read_to_string(&tail_path)
