@@ -41,7 +41,7 @@
 //!   seal (eager) or, with lazy parity, once a member has been outstanding for the threshold
 //!   (never if all answer first); a query is answered at the earlier of its own answer and its
 //!   reconstruction (parity and the other k-1 answers in), a reconstruction being held until
-//!   the query has been out for `decode_grace`. Queued originals are not cancelled here.
+//!   the query has been out for `decode_grace` (at most the straggler threshold). Queued originals are not cancelled here.
 //!
 //! Faults: per-instance `delay` and `episodes` (added to service), `stall` (the server does not
 //! start work during the stall), `crash` (requests meanwhile fail at once and go to the next
@@ -474,8 +474,10 @@ fn coded(sim: &mut Pool, parity: &mut Pool, timers: &mut Timers, arrivals: &[Arr
         for j in q..end {
             let others = (q..end).filter(|&i| i != j).map(|i| own[i]).fold(fp, f64::max);
             let t = arrivals[j].at_frontend;
-            let held_until = timers.fires(t + spec.decode_grace_ms);
-            let reconstructed = if others >= t + spec.decode_grace_ms { others } else { held_until };
+            // The frontend caps the grace at the straggler threshold.
+            let grace = spec.decode_grace_ms.min(threshold);
+            let held_until = timers.fires(t + grace);
+            let reconstructed = if others >= t + grace { others } else { held_until };
             if own[j] <= reconstructed {
                 // Only originals that answer their query are timed (the others are cancelled).
                 window.push(own[j], own[j] - t);
