@@ -572,7 +572,7 @@ pub struct ServeArgs {
     /// `--straggler-min-us`..5 ms; a partly filled group is also sealed after it.
     #[arg(long, default_value_t = parm_serve::straggler::StragglerPolicy::default().factor)]
     pub straggler_factor: f64,
-    /// The straggler threshold's floor (microseconds).
+    /// The straggler threshold's floor (microseconds); above 5 ms it is also the cap.
     #[arg(long, default_value_t = parm_serve::straggler::StragglerPolicy::default().min.as_micros() as u64)]
     pub straggler_min_us: u64,
     /// Uncoded baselines for queries without parity: none, replication (2 copies, first
@@ -699,6 +699,8 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
             lazy_parity: a.lazy_parity,
             factor: a.straggler_factor,
             min: Duration::from_micros(a.straggler_min_us),
+            // A floor above the default 5 ms cap raises the cap with it.
+            max: parm_serve::straggler::StragglerPolicy::default().max.max(Duration::from_micros(a.straggler_min_us)),
             ..Default::default()
         },
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
