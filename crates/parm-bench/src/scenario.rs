@@ -54,7 +54,7 @@ pub struct Scenario {
     /// [`straggler_min_us`, 5 ms].
     #[serde(default = "default_straggler_factor")]
     pub straggler_factor: f64,
-    /// Frontend: the straggler threshold's floor (us; default 1000).
+    /// Frontend: the straggler threshold's floor (us; default 1000); above 5 ms also its cap.
     #[serde(default = "default_straggler_min_us")]
     pub straggler_min_us: u64,
     /// Hedged modes: backup after this percentile of recent latencies.
@@ -69,12 +69,8 @@ fn default_hedge_percentile() -> f64 {
 impl Scenario {
     /// The frontend's straggler policy for this scenario.
     pub fn straggler(&self) -> parm_serve::straggler::StragglerPolicy {
-        parm_serve::straggler::StragglerPolicy {
-            lazy_parity: self.lazy_parity,
-            factor: self.straggler_factor,
-            min: std::time::Duration::from_micros(self.straggler_min_us),
-            ..Default::default()
-        }
+        parm_serve::straggler::StragglerPolicy { lazy_parity: self.lazy_parity, factor: self.straggler_factor, ..Default::default() }
+            .with_min(std::time::Duration::from_micros(self.straggler_min_us))
     }
 }
 

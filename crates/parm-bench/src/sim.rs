@@ -41,7 +41,8 @@
 //!   seal (eager) or, with lazy parity, once a member has been outstanding for the threshold
 //!   (never if all answer first); a query is answered at the earlier of its own answer and its
 //!   reconstruction (parity and the other k-1 answers in), a reconstruction being held until
-//!   the query has been out for `decode_grace` (at most the straggler threshold). Queued originals are not cancelled here.
+//!   the query has been out for `decode_grace` (at most the straggler threshold). Queued
+//!   originals are not cancelled here.
 //!
 //! Faults: per-instance `delay` and `episodes` (added to service), `stall` (the server does not
 //! start work during the stall), `crash` (requests meanwhile fail at once and go to the next

@@ -53,6 +53,12 @@ impl StragglerPolicy {
         }
     }
 
+    /// With the threshold's floor at `min`; a floor above the cap raises the cap with it
+    /// (asking for a 150 ms floor means a 150 ms threshold, not a refused setting).
+    pub fn with_min(self, min: Duration) -> Self {
+        Self { min, max: self.max.max(min), ..self }
+    }
+
     /// Checks the settings: `factor` finite and positive, `min <= max`.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.factor.is_finite() && self.factor > 0.0) {
@@ -94,5 +100,10 @@ mod tests {
         let inverted = StragglerPolicy { min: Duration::from_millis(9), ..Default::default() };
         assert!(inverted.validate().is_err());
         assert!(StragglerPolicy::default().validate().is_ok());
+        let high = StragglerPolicy::default().with_min(Duration::from_millis(150));
+        assert_eq!((high.min, high.max), (Duration::from_millis(150), Duration::from_millis(150)));
+        assert!(high.validate().is_ok());
+        let low = StragglerPolicy::default().with_min(Duration::from_micros(250));
+        assert_eq!((low.min, low.max), (Duration::from_micros(250), Duration::from_millis(5)));
     }
 }

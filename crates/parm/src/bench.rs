@@ -4,8 +4,9 @@
 //! Each scenario file (see `parm_bench::scenario`) names the load, the setups and the faults.
 //! Every (scenario, mode, rate) runs `trials` times with seeds `seed, seed+1, ...`; result rows
 //! average the trials' percentiles. Outputs in `--out` (in both JSON files, what belongs to
-//! scenarios not run this time is kept): `tail-runs.json` (every run),
-//! `tail.json` (one row per scenario x mode x k x rate), `tail.md` (the table of `tail.json`) and `tail-SCENARIO.svg` (percentile plots).
+//! scenarios not run this time is kept): `tail-runs.json` (every run), `tail.json` (one row
+//! per scenario x mode x k x rate), `tail.md` (the table of `tail.json`) and
+//! `tail-SCENARIO.svg` (percentile plots).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -198,26 +199,23 @@ fn merge(acc: &mut TailRow, r: &TailRow) {
     acc.trials += 1;
 }
 
+/// Writes `fresh` to the JSON list at `path` in place of the entries `replaced` picks (the
+/// scenarios run this time), keeping the others; returns the whole list.
+fn merge_json<T: serde::Serialize + serde::de::DeserializeOwned>(path: &Path, fresh: Vec<T>, replaced: impl Fn(&T) -> bool) -> anyhow::Result<Vec<T>> {
+    let mut all: Vec<T> = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    all.retain(|x| !replaced(x));
+    all.extend(fresh);
+    write_new(path, &serde_json::to_string_pretty(&all)?)?;
+    Ok(all)
+}
+
 fn write_outputs(out: &Path, scenarios: &[Scenario], runs: &[(String, RunResult)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    // As tail.json: the runs of scenarios not run this time are kept.
-    let runs_path = out.join("tail-runs.json");
-    let mut runs_json: Vec<serde_json::Value> = std::fs::read_to_string(&runs_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    runs_json.retain(|r| !scenarios.iter().any(|s| r["scenario"].as_str() == Some(s.name.as_str())));
-    runs_json.extend(runs.iter().map(|(s, r)| serde_json::json!({"scenario": s, "run": r})));
-    write_new(&runs_path, &serde_json::to_string_pretty(&runs_json)?)?;
+    let ran = |scenario: &str| scenarios.iter().any(|s| s.name == scenario);
+    let fresh_runs = runs.iter().map(|(s, r)| serde_json::json!({"scenario": s, "run": r})).collect();
+    merge_json(&out.join("tail-runs.json"), fresh_runs, |r: &serde_json::Value| ran(r["scenario"].as_str().unwrap_or_default()))?;
     let fresh = aggregate(runs);
-    let tail_path = out.join("tail.json");
-    let mut rows: Vec<TailRow> = std::fs::read_to_string(&tail_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    rows.retain(|r| !scenarios.iter().any(|s| s.name == r.scenario));
-    rows.extend(fresh.iter().cloned());
-    write_new(&tail_path, &serde_json::to_string_pretty(&rows)?)?;
+    let rows = merge_json(&out.join("tail.json"), fresh.clone(), |r: &TailRow| ran(&r.scenario))?;
     write_new(&out.join("tail.md"), &markdown(&rows))?;
     for s in scenarios {
         let lines: Vec<Line> = fresh

@@ -695,14 +695,8 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
         parity_model: a.parity_model.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder)),
         encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
         group_timeout: Duration::from_millis(a.group_timeout_ms),
-        straggler: parm_serve::straggler::StragglerPolicy {
-            lazy_parity: a.lazy_parity,
-            factor: a.straggler_factor,
-            min: Duration::from_micros(a.straggler_min_us),
-            // A floor above the default 5 ms cap raises the cap with it.
-            max: parm_serve::straggler::StragglerPolicy::default().max.max(Duration::from_micros(a.straggler_min_us)),
-            ..Default::default()
-        },
+        straggler: parm_serve::straggler::StragglerPolicy { lazy_parity: a.lazy_parity, factor: a.straggler_factor, ..Default::default() }
+            .with_min(Duration::from_micros(a.straggler_min_us)),
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
         decode_grace: Duration::from_millis(a.decode_grace_ms),
         redundancy: match a.redundancy.as_str() {
