@@ -21,7 +21,7 @@ pub struct Chaos {
     burners: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// What a fault needs to know about the deployed instance it targets.
+/// What a fault needs to know about the machine (deployed or parity instance) it targets.
 #[derive(Clone)]
 pub struct Target {
     pub pid: Option<u32>,
@@ -30,7 +30,8 @@ pub struct Target {
 }
 
 impl Chaos {
-    /// Starts the faults that act from outside; `targets[i]` is deployed instance i.
+    /// Starts the faults that act from outside; `targets[i]` is machine i (deployed instances,
+    /// then parity instances).
     pub fn start(faults: &[Fault], targets: &[Target], exe: PathBuf) -> Self {
         let (stop, rx) = watch::channel(false);
         let burner = Arc::new(AtomicBool::new(true));

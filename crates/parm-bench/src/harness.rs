@@ -39,8 +39,10 @@ pub struct RunSpec {
     pub rate_qps: f64,
     pub seed: u64,
     pub warmup: usize,
+    /// Faults, instance faults addressed to machines: deployed instances 0..D, then parity
+    /// instances D..D+P ([`crate::scenario::Scenario::trial_faults`]).
     pub faults: Vec<Fault>,
-    /// `parm worker --fault` string per deployed instance index (missing: none).
+    /// `parm worker --fault` string per machine, numbered as in `faults` (missing: none).
     pub worker_faults: Vec<String>,
     pub group_timeout: Duration,
     pub decode_grace: Duration,
@@ -117,7 +119,12 @@ pub async fn run_probed(exe: &Path, models: &Models, spec: &RunSpec, queries: &[
         .collect();
     if parity > 0 {
         let path = models.parity.get(&k).with_context(|| format!("no parity model for k={k}"))?;
-        specs.extend((0..parity).map(|_| InstanceSpec { model: path.clone(), name: parity_name(k), fault: String::new(), listen: None }));
+        specs.extend((0..parity).map(|j| InstanceSpec {
+            model: path.clone(),
+            name: parity_name(k),
+            fault: spec.worker_faults.get(deployed + j).cloned().unwrap_or_default(),
+            listen: None,
+        }));
     }
     let mut instances = start_instances(exe, specs).await?;
     let result = drive(exe, spec, &instances, queries, probe).await;
@@ -163,9 +170,9 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
     let server = tokio::spawn(parm_serve::http::serve(listener, frontend.clone(), async {
         let _ = stopped.await;
     }));
+    // Machines in start order: deployed instances, then parity instances.
     let targets: Vec<Target> = instances
         .iter()
-        .filter(|i| i.spec.name == DEPLOYED)
         .map(|i| Target { pid: i.pid(), addr: i.addr.clone(), spec: i.spec.clone() })
         .collect();
     let chaos = Chaos::start(&spec.faults, &targets, exe.to_path_buf());

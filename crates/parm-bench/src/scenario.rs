@@ -16,6 +16,9 @@
 //! instance = 0
 //! delay_ms = 20.0
 //! ```
+//!
+//! `faults_on = "any-machine"` moves instance faults onto parity instances in a share of the
+//! trials (see [`FaultsOn`]).
 
 use std::path::Path;
 
@@ -60,6 +63,25 @@ pub struct Scenario {
     /// Hedged modes: backup after this percentile of recent latencies.
     #[serde(default = "default_hedge_percentile")]
     pub hedge_percentile: f64,
+    /// Which machines the instance faults (delay, episodes, stall, crash) land on.
+    #[serde(default)]
+    pub faults_on: FaultsOn,
+}
+
+/// Which of a setup's machines an instance fault (`instance = i`) lands on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultsOn {
+    /// Deployed instance i in every trial: for parm the worst case, as its parity instances
+    /// never slow down.
+    #[default]
+    Deployed,
+    /// Any of the setup's machines with equal chance, stratified over trials: with D deployed
+    /// and P = D/k parity instances, trial t puts the fault on parity instance i mod P when
+    /// t mod (k+1) = k, else on deployed instance i, so every k+1 trials give each role its
+    /// share D : P. Setups without parity instances are symmetric: deployed instance i. A
+    /// slowed machine in a real cluster does not choose its role.
+    AnyMachine,
 }
 
 fn default_hedge_percentile() -> f64 {
@@ -233,31 +255,82 @@ impl Scenario {
             };
             anyhow::ensure!(instance < self.instances, "fault {f:?} names instance {instance} of {}", self.instances);
         }
+        if self.faults_on == FaultsOn::AnyMachine {
+            for m in &self.modes {
+                let mode = Mode::parse(m)?;
+                let (_, parity) = mode.instances(self.instances);
+                anyhow::ensure!(
+                    parity == 0 || self.trials % (mode.k() + 1) == 0,
+                    "faults_on = \"any-machine\": mode {m} needs trials a multiple of k+1 = {} (each role its share of trials), got {}",
+                    mode.k() + 1,
+                    self.trials
+                );
+            }
+        }
         Ok(())
     }
 
-    /// The `parm worker --fault` string for deployed instance `i` in the trial seeded `seed`
-    /// (the scenario's seed + the trial's index), empty if none. Its random draws (which
-    /// requests are delayed, when episodes start) are seeded `seed + i`: each trial sees its
-    /// own episode times.
-    pub fn worker_fault(&self, i: usize, seed: u64) -> String {
-        let mut parts = Vec::new();
-        for f in &self.faults {
-            match f {
-                Fault::Delay { instance, delay_ms, prob } if *instance == i => {
-                    parts.push(format!("delay_ms={delay_ms},prob={prob}"));
-                }
-                Fault::Episodes { instance, every_s, len_s, delay_ms } if *instance == i => {
-                    parts.push(format!("episode_every_s={every_s},episode_len_s={len_s},episode_delay_ms={delay_ms}"));
-                }
-                _ => {}
-            }
-        }
-        if !parts.is_empty() {
-            parts.push(format!("seed={}", seed.wrapping_add(i as u64)));
-        }
-        parts.join(",")
+    /// The faults of trial `trial` (0-based) for `mode`, instance faults addressed to
+    /// machines: deployed instances 0..D, then parity instances D..D+P (see [`FaultsOn`]).
+    pub fn trial_faults(&self, mode: Mode, trial: u64) -> Vec<Fault> {
+        let (deployed, parity) = mode.instances(self.instances);
+        let on_parity = self.faults_on == FaultsOn::AnyMachine && parity > 0 && trial % (mode.k() as u64 + 1) == mode.k() as u64;
+        self.faults
+            .iter()
+            .map(|f| match f.instance() {
+                Some(i) if on_parity => f.on(deployed + i % parity),
+                _ => f.clone(),
+            })
+            .collect()
     }
+}
+
+impl Fault {
+    /// The instance an instance fault names (None for host faults).
+    pub fn instance(&self) -> Option<usize> {
+        match self {
+            Fault::Delay { instance, .. } | Fault::Episodes { instance, .. } | Fault::Stall { instance, .. } | Fault::Crash { instance, .. } => Some(*instance),
+            Fault::CpuBurn { .. } | Fault::Network { .. } => None,
+        }
+    }
+
+    /// The same fault on instance `i` (host faults unchanged).
+    pub fn on(&self, i: usize) -> Fault {
+        let mut f = self.clone();
+        match &mut f {
+            Fault::Delay { instance, .. } | Fault::Episodes { instance, .. } | Fault::Stall { instance, .. } | Fault::Crash { instance, .. } => *instance = i,
+            Fault::CpuBurn { .. } | Fault::Network { .. } => {}
+        }
+        f
+    }
+
+    /// Faults of `faults` on instances `range`, renumbered from 0 (host faults dropped).
+    pub fn within(faults: &[Fault], range: std::ops::Range<usize>) -> Vec<Fault> {
+        faults.iter().filter_map(|f| f.instance().filter(|i| range.contains(i)).map(|i| f.on(i - range.start))).collect()
+    }
+}
+
+/// The `parm worker --fault` string for machine `i` given a trial's machine-addressed
+/// `faults` ([`Scenario::trial_faults`]) and the trial's seed (the scenario's seed + the
+/// trial's index), empty if none. Its random draws (which requests are delayed, when episodes
+/// start) are seeded `seed + i`: each trial sees its own episode times.
+pub fn worker_fault(faults: &[Fault], i: usize, seed: u64) -> String {
+    let mut parts = Vec::new();
+    for f in faults {
+        match f {
+            Fault::Delay { instance, delay_ms, prob } if *instance == i => {
+                parts.push(format!("delay_ms={delay_ms},prob={prob}"));
+            }
+            Fault::Episodes { instance, every_s, len_s, delay_ms } if *instance == i => {
+                parts.push(format!("episode_every_s={every_s},episode_len_s={len_s},episode_delay_ms={delay_ms}"));
+            }
+            _ => {}
+        }
+    }
+    if !parts.is_empty() {
+        parts.push(format!("seed={}", seed.wrapping_add(i as u64)));
+    }
+    parts.join(",")
 }
 
 #[cfg(test)]
@@ -283,11 +356,50 @@ mod tests {
         )
         .unwrap();
         s.validate().unwrap();
-        assert_eq!(s.worker_fault(1, 0), "delay_ms=5,prob=1,seed=1");
-        assert_eq!(s.worker_fault(1, 7), "delay_ms=5,prob=1,seed=8", "seeded per trial");
-        assert_eq!(s.worker_fault(0, 0), "");
+        assert_eq!(worker_fault(&s.faults, 1, 0), "delay_ms=5,prob=1,seed=1");
+        assert_eq!(worker_fault(&s.faults, 1, 7), "delay_ms=5,prob=1,seed=8", "seeded per trial");
+        assert_eq!(worker_fault(&s.faults, 0, 0), "");
+        let parm = Mode::Parm { k: 2 };
+        assert_eq!(s.trial_faults(parm, 2), s.faults, "faults on deployed instances by default");
         let bad = Scenario { modes: vec!["parm-k3".into()], ..s.clone() };
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<Scenario>("name='x'\nqueries=1\nrates=[1.0]\ninstances=2\nmodes=[]\nbogus=1").is_err());
+    }
+
+    #[test]
+    fn any_machine_gives_each_role_its_share_of_trials() {
+        let slow = Fault::Delay { instance: 1, delay_ms: 5.0, prob: 1.0 };
+        let base = Scenario {
+            name: "x".into(),
+            dataset: "fashion-mnist".into(),
+            queries: 100,
+            warmup: 0,
+            rates: vec![1.0],
+            trials: 6,
+            instances: 12,
+            modes: vec!["parm-k2".into(), "hedged-k2".into()],
+            seed: 0,
+            faults: vec![slow.clone(), Fault::CpuBurn { threads: 1 }],
+            group_timeout_ms: 5,
+            decode_grace_ms: 2,
+            lazy_parity: false,
+            straggler_factor: 2.0,
+            straggler_min_us: 1000,
+            hedge_percentile: 95.0,
+            faults_on: FaultsOn::AnyMachine,
+        };
+        base.validate().unwrap();
+        let parm = Mode::Parm { k: 2 };
+        let machines: Vec<usize> = (0..6).map(|t| base.trial_faults(parm, t)[0].instance().unwrap()).collect();
+        // 12 deployed + 6 parity machines: trials 2 and 5 slow parity instance 1 (machine 13).
+        assert_eq!(machines, vec![1, 1, 13, 1, 1, 13]);
+        assert_eq!(base.trial_faults(parm, 2)[1], Fault::CpuBurn { threads: 1 });
+        assert_eq!(Fault::within(&base.trial_faults(parm, 2), 12..18), vec![slow.on(1)]);
+        assert!(Fault::within(&base.trial_faults(parm, 2), 0..12).is_empty());
+        assert_eq!(worker_fault(&base.trial_faults(parm, 2), 13, 3), "delay_ms=5,prob=1,seed=16");
+        let hedged = Mode::Hedged { k: 2 };
+        assert!((0..6).all(|t| base.trial_faults(hedged, t)[0] == slow), "no parity instances: symmetric");
+        let bad = Scenario { trials: 4, ..base };
+        assert!(bad.validate().is_err(), "4 trials cannot give k=2's roles their 2:1 share");
     }
 }

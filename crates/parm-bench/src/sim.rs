@@ -204,7 +204,8 @@ pub struct SimSpec {
     pub queries: usize,
     /// Leading queries not timed.
     pub warmup: usize,
-    /// Instance faults (delay, episodes, stall, crash; host faults are in [`Base`]).
+    /// Instance faults (delay, episodes, stall, crash; host faults are in [`Base`]), addressed
+    /// to machines: deployed instances 0..D, then parity instances D..D+P.
     pub faults: Vec<Fault>,
     /// Compute time (ms) of one request on an instance.
     pub compute_ms: f64,
@@ -380,12 +381,15 @@ pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
         let mut r = StdRng::seed_from_u64(seed);
         Pool { servers: servers(count, faults, duration, &mut r), rpc: &base.rpc, timeline, compute_ms: spec.compute_ms, rng: r }
     };
-    let mut sim = pool(deployed, &spec.faults, seed ^ 3);
+    let mut sim = pool(deployed, &Fault::within(&spec.faults, 0..deployed), seed ^ 3);
     let answers = match spec.mode {
         Mode::None | Mode::EqualResources { .. } => single(&mut sim, &arrivals),
         Mode::Replication => replicated(&mut sim, &arrivals, &ranks, base),
         Mode::Hedged { .. } => hedged(&mut sim, &mut timers, &arrivals, spec.hedge_percentile),
-        Mode::Parm { k } => coded(&mut sim, &mut pool(parity.max(1), &[], seed ^ 1), &mut timers, &arrivals, k, spec),
+        Mode::Parm { k } => {
+            let mut parity_pool = pool(parity.max(1), &Fault::within(&spec.faults, deployed..deployed + parity), seed ^ 1);
+            coded(&mut sim, &mut parity_pool, &mut timers, &arrivals, k, spec)
+        }
     };
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for l in answers.iter().skip(spec.warmup) {

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Args;
 use parm_bench::harness::{run_once, RunResult, RunSpec};
 use parm_bench::plot::{percentile_plot, Line};
-use parm_bench::scenario::{Mode, Scenario};
+use parm_bench::scenario::{worker_fault, Mode, Scenario};
 use parm_bench::Query;
 use serde::{Deserialize, Serialize};
 
@@ -121,14 +121,16 @@ pub fn default_scenarios() -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
+    let faults = s.trial_faults(mode, trial);
+    let (deployed, parity) = mode.instances(s.instances);
     RunSpec {
         mode,
         instances: s.instances,
         rate_qps: rate,
         seed: s.seed + trial,
         warmup: s.warmup,
-        faults: s.faults.clone(),
-        worker_faults: (0..s.instances).map(|i| s.worker_fault(i, s.seed + trial)).collect(),
+        worker_faults: (0..deployed + parity).map(|i| worker_fault(&faults, i, s.seed + trial)).collect(),
+        faults,
         group_timeout: Duration::from_millis(s.group_timeout_ms),
         decode_grace: Duration::from_millis(s.decode_grace_ms),
         straggler: s.straggler(),

@@ -80,7 +80,7 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
             let mode = Mode::parse(m)?;
             for row in rows.iter().filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k()) {
                 let (p50s, p99s) = trial_values(&trials, row);
-                let sim = simulate_trials(&sim_spec(s, mode, row.rate_qps, s.queries, &a), base, p50s.len());
+                let sim = simulate_trials(s, &sim_spec(s, mode, row.rate_qps, s.queries, &a), base, p50s.len());
                 checks.push(Check { row: row.clone(), sim, p50s, p99s });
             }
         }
@@ -284,8 +284,8 @@ const DRAWS: u64 = 10;
 
 /// The simulation of every trial of a row (seeds `seed, seed+1, ...` as `parm bench` runs
 /// them, [`DRAWS`] draws each), percentiles averaged as `tail.json` averages the trials.
-fn simulate_trials(spec: &SimSpec, base: &Base, trials: usize) -> Percentiles {
-    let each = |t: u64| (0..DRAWS).map(move |draw| SimSpec { seed: spec.seed + t, draw, ..spec.clone() });
+fn simulate_trials(s: &Scenario, spec: &SimSpec, base: &Base, trials: usize) -> Percentiles {
+    let each = |t: u64| (0..DRAWS).map(move |draw| SimSpec { seed: spec.seed + t, draw, faults: s.trial_faults(spec.mode, t), ..spec.clone() });
     let runs: Vec<Percentiles> = (0..trials.max(1) as u64).flat_map(each).map(|s| simulate(&s, base)).collect();
     let mean = |f: fn(&Percentiles) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
     Percentiles { p50: mean(|p| p.p50), p90: mean(|p| p.p90), p99: mean(|p| p.p99), p99_9: mean(|p| p.p99_9), max: mean(|p| p.max), mean: mean(|p| p.mean) }
@@ -343,21 +343,23 @@ fn calibration_spec(a: &SimulateArgs, host: &[Fault], seed: u64) -> RunSpec {
 
 /// ParM's published setup (12 instances + 12/k parity, 150-390 queries/s) and larger
 /// clusters at the same load per instance, under background contention modelled as random
-/// slowdown episodes on every instance (each +20 ms for 1 s, every 20 s on average).
+/// slowdown episodes on every machine, parity and extra instances included (each +20 ms for 1 s, every 20 s on average).
 fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>) -> String {
     let mut md = String::from("\n### Projections\n\n| instances N | qps | mode | k | p50 | p99 | p99.9 | (p99.9-p50) |\n|---|---|---|---|---|---|---|---|\n");
     let modes = [Mode::EqualResources { k: 2 }, Mode::Hedged { k: 2 }, Mode::Parm { k: 2 }, Mode::Parm { k: 3 }, Mode::Parm { k: 4 }];
     for (n, rates) in [(12usize, vec![150.0, 270.0, 390.0]), (100, vec![1250.0]), (1000, vec![12_500.0])] {
-        let faults: Vec<Fault> = (0..n).map(|i| Fault::Episodes { instance: i, every_s: 20.0, len_s: 1.0, delay_ms: 20.0 }).collect();
         for &rate in &rates {
             for mode in modes {
+                // Every machine of the setup, parity and extra instances included.
+                let (d, p) = mode.instances(n);
+                let faults: Vec<Fault> = (0..d + p).map(|i| Fault::Episodes { instance: i, every_s: 20.0, len_s: 1.0, delay_ms: 20.0 }).collect();
                 let spec = SimSpec {
                     mode,
                     instances: n,
                     rate_qps: rate,
                     queries: (rate * 60.0) as usize,
                     warmup: (rate * 2.0) as usize,
-                    faults: faults.clone(),
+                    faults,
                     compute_ms: a.compute_ms,
                     group_timeout_ms: 5.0,
                     decode_grace_ms: 2.0,
