@@ -146,7 +146,8 @@ async fn execute(batch: Vec<Item>, backend: &Arc<dyn InferenceBackend>, faults: 
         item.slot.release(); // running now: no longer waiting
     }
     if let Some(delay) = faults.next_delay() {
-        tokio::time::sleep(delay).await;
+        // Precise: tokio's sleep would add ~1 ms (whole-millisecond wheel).
+        crate::timer::sleep(delay).await;
     }
     let rows: usize = batch.iter().map(|i| i.rows).sum();
     let input: Vec<f32> = batch.iter().flat_map(|i| i.input.iter().copied()).collect();

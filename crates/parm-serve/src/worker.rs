@@ -249,7 +249,9 @@ impl WorkerService {
         tokio::spawn(async move {
             let _permit = permit; // released only when the compute is done
             if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
+                // Precise: tokio's sleep would add ~1 ms (whole-millisecond wheel) to every
+                // injected delay.
+                crate::timer::sleep(delay).await;
             }
             let result = tokio::task::spawn_blocking(move || backend.infer(&input, batch)).await;
             let _ = tx.send(result); // the caller may be gone; the work still counted
