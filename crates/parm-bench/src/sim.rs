@@ -150,6 +150,44 @@ pub struct Base {
     /// laid end to end. Empty: independent draws.
     #[serde(default)]
     pub timeline: Vec<(f64, f64)>,
+    /// Extra RPCs per query the calibration's own probe added to the host (2 x probe pairs/s
+    /// / queries/s).
+    #[serde(default)]
+    pub extra_rpcs: f64,
+    /// The same calibration with more extra RPCs (a faster probe): what extra requests cost
+    /// every query on the shared host ([`Base::at_load`]). `None`: no charge.
+    #[serde(default)]
+    pub busy: Option<Busy>,
+}
+
+/// A calibration at a higher extra-RPC load (see [`Base::busy`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Busy {
+    /// Extra RPCs per query its probe added.
+    pub extra_rpcs: f64,
+    /// End-to-end latency (ms) of one query.
+    pub end_to_end: Empirical,
+    /// Latency (ms) of one instance RPC.
+    pub rpc: Empirical,
+}
+
+impl Empirical {
+    /// Quantile by quantile, `self + w x (other - self)`, kept non-decreasing and >= 0
+    /// (w outside [0, 1] extrapolates).
+    fn toward(&self, other: &Empirical, w: f64) -> Empirical {
+        let mut floor = 0.0f64;
+        let quantiles = self
+            .quantiles
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let b = other.at(i as f64 / (self.quantiles.len() - 1).max(1) as f64);
+                floor = floor.max(a + w * (b - a));
+                floor
+            })
+            .collect();
+        Empirical { quantiles }
+    }
 }
 
 impl Base {
@@ -161,7 +199,31 @@ impl Base {
         let mut sorted = pairs.to_vec();
         sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
         let partner = sorted.iter().map(|p| p.1).collect();
-        Some(Self { end_to_end, rpc: Empirical::from_samples(&all)?, partner, timer_late: Empirical::from_samples(timer_late)?, timeline: Vec::new() })
+        Some(Self {
+            end_to_end,
+            rpc: Empirical::from_samples(&all)?,
+            partner,
+            timer_late: Empirical::from_samples(timer_late)?,
+            timeline: Vec::new(),
+            extra_rpcs: 0.0,
+            busy: None,
+        })
+    }
+
+    /// The base for a host carrying `extra` extra RPCs per query (replicas, backups, parity
+    /// queries): end-to-end and RPC latency interpolated quantile by quantile, linearly in
+    /// extra RPCs per query, between this calibration and its [`Busy`] one (extrapolated
+    /// below this one's own probe load, down to 0). Without a busy calibration: unchanged.
+    /// The charge is a property of the calibrating host (2 shared cores), so projections to
+    /// separate machines leave it out (`busy: None`).
+    pub fn at_load(&self, extra: f64) -> Base {
+        let Some(busy) = self.busy.as_ref().filter(|b| b.extra_rpcs > self.extra_rpcs) else { return self.clone() };
+        let w = (extra.max(0.0) - self.extra_rpcs) / (busy.extra_rpcs - self.extra_rpcs);
+        let rpc = self.rpc.toward(&busy.rpc, w);
+        // A replica's partner RPC slows down as much as the RPC at its rank.
+        let n = self.partner.len().max(2) - 1;
+        let partner = self.partner.iter().enumerate().map(|(i, p)| p + rpc.at(i as f64 / n as f64) - self.rpc.at(i as f64 / n as f64)).collect();
+        Base { end_to_end: self.end_to_end.toward(&busy.end_to_end, w), rpc, partner, ..self.clone() }
     }
 
     /// Appends one calibration run's trace ((intended send time, latency) in ms, see
@@ -263,6 +325,8 @@ struct Pool<'a> {
     timeline: Timeline<'a>,
     compute_ms: f64,
     rng: StdRng,
+    /// RPCs sent to the pool.
+    calls: usize,
 }
 
 impl Pool<'_> {
@@ -287,6 +351,7 @@ impl Pool<'_> {
     }
 
     fn serve(&mut self, mut i: usize, t: f64, rpc_ms: f64, occupy: bool) -> f64 {
+        self.calls += 1;
         let n = self.servers.len();
         for _ in 0..n {
             if !self.servers[i % n].crashed_at(t) {
@@ -368,7 +433,24 @@ fn arrivals(spec: &SimSpec, base: &Base, timeline: Timeline, rng: &mut StdRng) -
 }
 
 /// Simulates one setup; returns latency percentiles (ms) of the non-warm-up queries.
+///
+/// With a [`Busy`] calibration the host's base follows the setup's extra RPCs per query
+/// ([`Base::at_load`]): replication's are known (1); hedging's and parm's come from a first
+/// pass at none, then the setup is simulated again at what that pass sent.
 pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
+    if base.busy.is_none() {
+        return simulate_at(spec, base).0;
+    }
+    let prior = if spec.mode == Mode::Replication { 1.0 } else { 0.0 };
+    let (p, extra) = simulate_at(spec, &base.at_load(prior));
+    match spec.mode {
+        Mode::Hedged { .. } | Mode::Parm { .. } => simulate_at(spec, &base.at_load(extra)).0,
+        _ => p,
+    }
+}
+
+/// [`simulate`] on a fixed base; also returns the extra RPCs per query it sent.
+fn simulate_at(spec: &SimSpec, base: &Base) -> (Percentiles, f64) {
     let seed = spec.seed ^ spec.draw.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut rng = StdRng::seed_from_u64(seed);
     let span = base.timeline.last().map_or(0.0, |p| p.0);
@@ -379,23 +461,22 @@ pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
     let duration = arrivals.last().map_or(0.0, |a| a.sent) + 10_000.0;
     let pool = |count: usize, faults: &[Fault], seed: u64| {
         let mut r = StdRng::seed_from_u64(seed);
-        Pool { servers: servers(count, faults, duration, &mut r), rpc: &base.rpc, timeline, compute_ms: spec.compute_ms, rng: r }
+        Pool { servers: servers(count, faults, duration, &mut r), rpc: &base.rpc, timeline, compute_ms: spec.compute_ms, rng: r, calls: 0 }
     };
     let mut sim = pool(deployed, &Fault::within(&spec.faults, 0..deployed), seed ^ 3);
+    let mut parity_pool = pool(parity.max(1), &Fault::within(&spec.faults, deployed..deployed + parity), seed ^ 1);
     let answers = match spec.mode {
         Mode::None | Mode::EqualResources { .. } => single(&mut sim, &arrivals),
         Mode::Replication => replicated(&mut sim, &arrivals, &ranks, base),
         Mode::Hedged { .. } => hedged(&mut sim, &mut timers, &arrivals, spec.hedge_percentile),
-        Mode::Parm { k } => {
-            let mut parity_pool = pool(parity.max(1), &Fault::within(&spec.faults, deployed..deployed + parity), seed ^ 1);
-            coded(&mut sim, &mut parity_pool, &mut timers, &arrivals, k, spec)
-        }
+        Mode::Parm { k } => coded(&mut sim, &mut parity_pool, &mut timers, &arrivals, k, spec),
     };
+    let extra = (sim.calls + parity_pool.calls) as f64 / arrivals.len().max(1) as f64 - 1.0;
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for l in answers.iter().skip(spec.warmup) {
         h.record((l * 1e3).max(1.0) as u64).expect("latency in range");
     }
-    percentiles(&h)
+    (percentiles(&h), extra.max(0.0))
 }
 
 fn single(sim: &mut Pool, arrivals: &[Arrival]) -> Vec<f64> {
@@ -534,6 +615,25 @@ mod tests {
 
     fn spec(mode: Mode, faults: Vec<Fault>) -> SimSpec {
         SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, straggler: Default::default(), hedge_percentile: 95.0, seed: 1, draw: 0 }
+    }
+
+    #[test]
+    fn a_busy_calibration_charges_extra_requests() {
+        let mut b = base();
+        // The busy calibration: every query and RPC 0.3 ms slower at 1 extra RPC per query.
+        let slower = |e: &Empirical| Empirical { quantiles: e.quantiles.iter().map(|x| x + 0.3).collect() };
+        b.busy = Some(Busy { extra_rpcs: 1.0, end_to_end: slower(&b.end_to_end), rpc: slower(&b.rpc) });
+        assert!((b.at_load(0.5).end_to_end.at(0.5) - b.end_to_end.at(0.5) - 0.15).abs() < 1e-9, "linear in extra RPCs");
+        let plain = Base { busy: None, ..b.clone() };
+        let p50 = |mode, base: &Base| simulate(&spec(mode, vec![]), base).p50;
+        assert!((p50(Mode::None, &b) - p50(Mode::None, &plain)).abs() < 0.01, "no extra RPCs: no charge");
+        let charged = p50(Mode::Replication, &b) - p50(Mode::Replication, &plain);
+        assert!((charged - 0.3).abs() < 0.05, "replication: one extra RPC per query, charged {charged:.3} ms");
+        // One of 6 instances slowed: hedging after the median backs up about a sixth of the queries.
+        let slow = vec![Fault::Delay { instance: 0, delay_ms: 20.0, prob: 1.0 }];
+        let hedged = |base: &Base| simulate(&SimSpec { hedge_percentile: 50.0, ..spec(Mode::Hedged { k: 2 }, slow.clone()) }, base).p50;
+        let charged = hedged(&b) - hedged(&plain);
+        assert!(charged > 0.02 && charged < 0.12, "hedging: its backups charged, {charged:.3} ms");
     }
 
     #[test]

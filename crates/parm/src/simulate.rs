@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use parm_bench::harness::{run_probed, Probe, ProbeData, RunSpec};
 use parm_bench::scenario::{Fault, Mode, Scenario};
-use parm_bench::sim::{simulate, Base, Empirical, SimSpec};
+use parm_bench::sim::{simulate, Base, Busy, Empirical, SimSpec};
 use parm_bench::Percentiles;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,11 @@ pub struct SimulateArgs {
     /// measure RPC latency and timer lateness; added to the calibration's load).
     #[arg(long, default_value_t = 25.0)]
     pub probe_rate: f64,
+    /// Probe pairs per second of a second calibration run after each (0: none), whose extra
+    /// RPCs measure what extra requests (replicas, backups, parity queries) cost every query
+    /// on the host (`parm_bench::sim::Base::at_load`).
+    #[arg(long, default_value_t = 100.0)]
+    pub busy_probe_rate: f64,
     /// Queries of the calibration run (no instance faults, `none` mode, 12 instances; the
     /// first 300 not timed, as in the scenarios).
     #[arg(long, default_value_t = 4000)]
@@ -88,7 +93,8 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     json.extend(checks.iter().map(Check::json));
     let mut md = calibration_md(&bases);
     md += &validation_md(&checks);
-    md += &projections(&a, &bases[0].1, &mut json);
+    // Projections are of separate machines: no charge for the calibrating host's shared CPU.
+    md += &projections(&a, &Base { busy: None, ..bases[0].1.clone() }, &mut json);
     println!("{md}");
     write_new(&a.out.join("simulate.md"), &md)?;
     write_new(&a.out.join("simulate.json"), &serde_json::to_string_pretty(&json)?)?;
@@ -230,11 +236,15 @@ fn validation_md(checks: &[Check]) -> String {
 }
 
 fn calibration_md(bases: &[(Vec<Fault>, Base)]) -> String {
-    let mut md = String::from("### Calibration (measured, no instance faults)\n\n| host faults | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|\n");
+    let mut md = String::from("### Calibration (measured, no instance faults)\n\n| host faults | extra RPCs per query (probe) | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|---|\n");
     for (host, b) in bases {
         let name = if host.is_empty() { "none".to_string() } else { host.iter().map(fault_name).collect::<Vec<_>>().join(" + ") };
         let (e, r, t) = (&b.end_to_end, &b.rpc, &b.timer_late);
-        md += &format!("| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n", e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99));
+        md += &format!("| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n", b.extra_rpcs, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99));
+        if let Some(busy) = &b.busy {
+            let (e, r) = (&busy.end_to_end, &busy.rpc);
+            md += &format!("| {name}, busy | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | | |\n", busy.extra_rpcs, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99));
+        }
     }
     md
 }
@@ -251,7 +261,11 @@ fn calibration_json(host: &[Fault], b: &Base) -> serde_json::Value {
     serde_json::json!({"kind": "calibration", "host_faults": host.iter().map(fault_name).collect::<Vec<_>>(),
         "end_to_end_ms": {"p50": b.end_to_end.at(0.5), "p90": b.end_to_end.at(0.9), "p99": b.end_to_end.at(0.99)},
         "rpc_ms": {"p50": b.rpc.at(0.5), "p90": b.rpc.at(0.9), "p99": b.rpc.at(0.99)},
-        "timer_late_ms": {"p50": b.timer_late.at(0.5), "p90": b.timer_late.at(0.9), "p99": b.timer_late.at(0.99)}})
+        "timer_late_ms": {"p50": b.timer_late.at(0.5), "p90": b.timer_late.at(0.9), "p99": b.timer_late.at(0.99)},
+        "extra_rpcs": b.extra_rpcs,
+        "busy": b.busy.as_ref().map(|busy| serde_json::json!({"extra_rpcs": busy.extra_rpcs,
+            "end_to_end_ms": {"p50": busy.end_to_end.at(0.5), "p90": busy.end_to_end.at(0.9), "p99": busy.end_to_end.at(0.99)},
+            "rpc_ms": {"p50": busy.rpc.at(0.5), "p90": busy.rpc.at(0.9), "p99": busy.rpc.at(0.99)}}))})
 }
 
 fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArgs) -> SimSpec {
@@ -294,32 +308,59 @@ fn simulate_trials(s: &Scenario, spec: &SimSpec, base: &Base, trials: usize) -> 
 /// `--calibrate-runs` short real runs without instance faults (but with the host faults
 /// `host`), one after the other: their end-to-end latency distributions, averaged quantile by
 /// quantile, and their direct RPC probes, pooled, are the model's base; with host faults, also
-/// their timelines.
+/// their timelines. With `--busy-probe-rate`, each run is followed by one at that probe rate:
+/// the [`Busy`] calibration that charges extra requests their cost on the host.
 fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
     let budget = Budget { deployed_epochs: 20, parity_epochs: 30, seed: 1 };
     let models = ensure_models(&a.paths, &[], &budget)?;
     let queries = test_queries(&a.paths, a.calibrate_queries)?;
     let exe = std::env::current_exe()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (mut e2e, mut probed, mut traces) = (Vec::new(), ProbeData::default(), Vec::new());
+    let (mut quiet, mut busy) = (Runs::default(), Runs::default());
     for run in 0..a.calibrate_runs.max(1) as u64 {
-        let probe = Probe { rate_qps: a.probe_rate, seed: 98 + 2 * run };
-        let (r, p) = rt.block_on(run_probed(&exe, &models, &calibration_spec(a, host, 99 + 2 * run), &queries, Some(probe)))?;
-        anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
-        println!("calibration run {run} ({} host faults): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.report.latency_ms.p50, r.report.latency_ms.p99);
-        e2e.push(r.report.latency_quantiles_ms);
-        traces.push(r.report.latency_trace_ms);
-        probed.pairs.extend(p.pairs);
-        probed.timer_late.extend(p.timer_late);
+        for (runs, rate) in [(&mut quiet, a.probe_rate), (&mut busy, a.busy_probe_rate)] {
+            if rate <= 0.0 {
+                continue;
+            }
+            let probe = Probe { rate_qps: rate, seed: 98 + 2 * run };
+            let (r, p) = rt.block_on(run_probed(&exe, &models, &calibration_spec(a, host, 99 + 2 * run), &queries, Some(probe)))?;
+            anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
+            println!("calibration run {run} ({} host faults, probe {rate}/s): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.report.latency_ms.p50, r.report.latency_ms.p99);
+            runs.e2e.push(r.report.latency_quantiles_ms);
+            runs.traces.push(r.report.latency_trace_ms);
+            runs.probed.pairs.extend(p.pairs);
+            runs.probed.timer_late.extend(p.timer_late);
+        }
     }
-    let mean = (0..e2e[0].len()).map(|i| e2e.iter().map(|q| q[i]).sum::<f64>() / e2e.len() as f64).collect();
-    let mut base = Base::measured(Empirical { quantiles: mean }, &probed.pairs, &probed.timer_late).context("calibration: too few probes answered")?;
+    let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late).context("calibration: too few probes answered")?;
+    // A pair is two RPCs, and each calibration query makes one.
+    base.extra_rpcs = 2.0 * a.probe_rate / a.calibrate_rate;
+    if !busy.e2e.is_empty() {
+        let b = Base::measured(busy.end_to_end(), &busy.probed.pairs, &busy.probed.timer_late).context("busy calibration: too few probes answered")?;
+        println!("busy calibration ({} host faults): {}", host.len(), summary(&b));
+        base.busy = Some(Busy { extra_rpcs: 2.0 * a.busy_probe_rate / a.calibrate_rate, end_to_end: b.end_to_end, rpc: b.rpc });
+    }
     if !host.is_empty() {
         // Host faults come in bursts over the whole host: keep when they struck (sim.rs).
-        traces.iter().for_each(|t| base.push_timeline(t));
+        quiet.traces.iter().for_each(|t| base.push_timeline(t));
     }
-    println!("calibration ({} host faults): {} probe pairs; {}", host.len(), probed.pairs.len(), summary(&base));
+    println!("calibration ({} host faults): {} probe pairs; {}", host.len(), quiet.probed.pairs.len(), summary(&base));
     Ok(base)
+}
+
+/// What a set of calibration runs measured.
+#[derive(Default)]
+struct Runs {
+    e2e: Vec<Vec<f64>>,
+    traces: Vec<Vec<(f64, f64)>>,
+    probed: ProbeData,
+}
+
+impl Runs {
+    /// The runs' end-to-end latency distributions, averaged quantile by quantile.
+    fn end_to_end(&self) -> Empirical {
+        Empirical { quantiles: (0..self.e2e[0].len()).map(|i| self.e2e.iter().map(|q| q[i]).sum::<f64>() / self.e2e.len() as f64).collect() }
+    }
 }
 
 /// One calibration run: `none` on 12 instances at `--calibrate-rate`, no instance faults.
