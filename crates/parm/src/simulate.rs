@@ -39,11 +39,11 @@ pub struct SimulateArgs {
     /// measure RPC latency and timer lateness; added to the calibration's load).
     #[arg(long, default_value_t = 25.0)]
     pub probe_rate: f64,
-    /// Probe pairs per second of a second calibration run after each (0: none), whose extra
-    /// RPCs measure what extra requests (replicas, backups, parity queries) cost every query
-    /// on the host (`parm_bench::sim::Base::at_load`).
-    #[arg(long, default_value_t = 100.0)]
-    pub busy_probe_rate: f64,
+    /// Instances of a second calibration run after each (0: none), which measures what each
+    /// further instance process costs every query on the host
+    /// (`parm_bench::sim::Base::on_instances`).
+    #[arg(long, default_value_t = 24)]
+    pub busy_instances: usize,
     /// Queries of the calibration run (no instance faults, `none` mode, 12 instances; the
     /// first 300 not timed, as in the scenarios).
     #[arg(long, default_value_t = 4000)]
@@ -236,14 +236,14 @@ fn validation_md(checks: &[Check]) -> String {
 }
 
 fn calibration_md(bases: &[(Vec<Fault>, Base)]) -> String {
-    let mut md = String::from("### Calibration (measured, no instance faults)\n\n| host faults | extra RPCs per query (probe) | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from("### Calibration (measured, no instance faults)\n\n| host faults | instances | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|---|\n");
     for (host, b) in bases {
         let name = if host.is_empty() { "none".to_string() } else { host.iter().map(fault_name).collect::<Vec<_>>().join(" + ") };
         let (e, r, t) = (&b.end_to_end, &b.rpc, &b.timer_late);
-        md += &format!("| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n", b.extra_rpcs, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99));
+        md += &format!("| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n", b.instances, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99));
         if let Some(busy) = &b.busy {
             let (e, r) = (&busy.end_to_end, &busy.rpc);
-            md += &format!("| {name}, busy | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | | |\n", busy.extra_rpcs, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99));
+            md += &format!("| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | | |\n", busy.instances, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99));
         }
     }
     md
@@ -262,8 +262,8 @@ fn calibration_json(host: &[Fault], b: &Base) -> serde_json::Value {
         "end_to_end_ms": {"p50": b.end_to_end.at(0.5), "p90": b.end_to_end.at(0.9), "p99": b.end_to_end.at(0.99)},
         "rpc_ms": {"p50": b.rpc.at(0.5), "p90": b.rpc.at(0.9), "p99": b.rpc.at(0.99)},
         "timer_late_ms": {"p50": b.timer_late.at(0.5), "p90": b.timer_late.at(0.9), "p99": b.timer_late.at(0.99)},
-        "extra_rpcs": b.extra_rpcs,
-        "busy": b.busy.as_ref().map(|busy| serde_json::json!({"extra_rpcs": busy.extra_rpcs,
+        "instances": b.instances,
+        "busy": b.busy.as_ref().map(|busy| serde_json::json!({"instances": busy.instances,
             "end_to_end_ms": {"p50": busy.end_to_end.at(0.5), "p90": busy.end_to_end.at(0.9), "p99": busy.end_to_end.at(0.99)},
             "rpc_ms": {"p50": busy.rpc.at(0.5), "p90": busy.rpc.at(0.9), "p99": busy.rpc.at(0.99)}}))})
 }
@@ -308,8 +308,8 @@ fn simulate_trials(s: &Scenario, spec: &SimSpec, base: &Base, trials: usize) -> 
 /// `--calibrate-runs` short real runs without instance faults (but with the host faults
 /// `host`), one after the other: their end-to-end latency distributions, averaged quantile by
 /// quantile, and their direct RPC probes, pooled, are the model's base; with host faults, also
-/// their timelines. With `--busy-probe-rate`, each run is followed by one at that probe rate:
-/// the [`Busy`] calibration that charges extra requests their cost on the host.
+/// their timelines. With `--busy-instances`, each run is followed by one on that many
+/// instances: the [`Busy`] calibration that charges each instance its cost on the host.
 fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
     let budget = Budget { deployed_epochs: 20, parity_epochs: 30, seed: 1 };
     let models = ensure_models(&a.paths, &[], &budget)?;
@@ -318,14 +318,15 @@ fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (mut quiet, mut busy) = (Runs::default(), Runs::default());
     for run in 0..a.calibrate_runs.max(1) as u64 {
-        for (runs, rate) in [(&mut quiet, a.probe_rate), (&mut busy, a.busy_probe_rate)] {
-            if rate <= 0.0 {
+        for (runs, instances) in [(&mut quiet, CALIBRATION_INSTANCES), (&mut busy, a.busy_instances)] {
+            if instances == 0 {
                 continue;
             }
-            let probe = Probe { rate_qps: rate, seed: 98 + 2 * run };
-            let (r, p) = rt.block_on(run_probed(&exe, &models, &calibration_spec(a, host, 99 + 2 * run), &queries, Some(probe)))?;
+            let probe = Probe { rate_qps: a.probe_rate, seed: 98 + 2 * run };
+            let spec = RunSpec { instances, ..calibration_spec(a, host, 99 + 2 * run) };
+            let (r, p) = rt.block_on(run_probed(&exe, &models, &spec, &queries, Some(probe)))?;
             anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
-            println!("calibration run {run} ({} host faults, probe {rate}/s): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.report.latency_ms.p50, r.report.latency_ms.p99);
+            println!("calibration run {run} ({} host faults, {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.report.latency_ms.p50, r.report.latency_ms.p99);
             runs.e2e.push(r.report.latency_quantiles_ms);
             runs.traces.push(r.report.latency_trace_ms);
             runs.probed.pairs.extend(p.pairs);
@@ -333,12 +334,12 @@ fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
         }
     }
     let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late).context("calibration: too few probes answered")?;
-    // A pair is two RPCs, and each calibration query makes one.
-    base.extra_rpcs = 2.0 * a.probe_rate / a.calibrate_rate;
+    base.instances = CALIBRATION_INSTANCES;
     if !busy.e2e.is_empty() {
         let b = Base::measured(busy.end_to_end(), &busy.probed.pairs, &busy.probed.timer_late).context("busy calibration: too few probes answered")?;
         println!("busy calibration ({} host faults): {}", host.len(), summary(&b));
-        base.busy = Some(Busy { extra_rpcs: 2.0 * a.busy_probe_rate / a.calibrate_rate, end_to_end: b.end_to_end, rpc: b.rpc });
+        anyhow::ensure!(a.busy_instances > CALIBRATION_INSTANCES, "--busy-instances must exceed the calibration's {CALIBRATION_INSTANCES} (or be 0)");
+        base.busy = Some(Busy { instances: a.busy_instances, end_to_end: b.end_to_end, rpc: b.rpc });
     }
     if !host.is_empty() {
         // Host faults come in bursts over the whole host: keep when they struck (sim.rs).
@@ -363,11 +364,14 @@ impl Runs {
     }
 }
 
+/// Instances of the calibration runs (`none` mode), as the committed scenarios' N.
+const CALIBRATION_INSTANCES: usize = 12;
+
 /// One calibration run: `none` on 12 instances at `--calibrate-rate`, no instance faults.
 fn calibration_spec(a: &SimulateArgs, host: &[Fault], seed: u64) -> RunSpec {
     RunSpec {
         mode: Mode::None,
-        instances: 12,
+        instances: CALIBRATION_INSTANCES,
         rate_qps: a.calibrate_rate,
         seed,
         warmup: 300.min(a.calibrate_queries / 2),
