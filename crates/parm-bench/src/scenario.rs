@@ -246,13 +246,7 @@ impl Scenario {
             anyhow::ensure!(self.instances % mode.k() == 0, "mode {m}: instances ({}) must be a multiple of k", self.instances);
         }
         for f in &self.faults {
-            let instance = match f {
-                Fault::Delay { instance, .. }
-                | Fault::Episodes { instance, .. }
-                | Fault::Stall { instance, .. }
-                | Fault::Crash { instance, .. } => *instance,
-                _ => 0,
-            };
+            let instance = f.instance().unwrap_or(0);
             anyhow::ensure!(instance < self.instances, "fault {f:?} names instance {instance} of {}", self.instances);
         }
         if self.faults_on == FaultsOn::AnyMachine {

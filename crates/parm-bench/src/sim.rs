@@ -151,7 +151,7 @@ pub struct Base {
     #[serde(default)]
     pub timeline: Vec<(f64, f64)>,
     /// Instance processes the calibration ran (`none` mode: N deployed instances).
-    #[serde(default = "twelve")]
+    #[serde(default = "calibration_instances")]
     pub instances: usize,
     /// The same calibration on more instance processes: what each further instance costs
     /// every query on the shared host ([`Base::on_instances`]). `None`: no charge.
@@ -159,8 +159,11 @@ pub struct Base {
     pub busy: Option<Busy>,
 }
 
-fn twelve() -> usize {
-    12
+/// Instance processes of a calibration run (`none` mode), as the committed scenarios' N.
+pub const CALIBRATION_INSTANCES: usize = 12;
+
+fn calibration_instances() -> usize {
+    CALIBRATION_INSTANCES
 }
 
 /// A calibration on more instances (see [`Base::busy`]).
@@ -208,7 +211,7 @@ impl Base {
             partner,
             timer_late: Empirical::from_samples(timer_late)?,
             timeline: Vec::new(),
-            instances: 12,
+            instances: CALIBRATION_INSTANCES,
             busy: None,
         })
     }
@@ -217,17 +220,18 @@ impl Base {
     /// end-to-end and RPC latency interpolated quantile by quantile, linearly in the number of
     /// instances, between this calibration and its [`Busy`] one. On 2 shared cores each idle
     /// process still wakes (runtime, health checks) and holds memory, and a query's processes
-    /// wait behind them: under a CPU burner the p50 rose from 0.60 ms on 12 instances to
-    /// 0.94 ms on 24 (session 5). Without a busy calibration: unchanged. Projections to
+    /// wait behind them: under a CPU burner Equal-Resources' 18 instances answered at p50 0.70
+    /// ms against `none`'s 0.60 on 12, and the calibration on 24 instances at 0.65 against
+    /// 0.59 (session 5). Without a busy calibration: this base, not copied. Projections to
     /// separate machines leave the charge out (`busy: None`).
-    pub fn on_instances(&self, instances: usize) -> Base {
-        let Some(busy) = self.busy.as_ref().filter(|b| b.instances > self.instances) else { return self.clone() };
+    pub fn on_instances(&self, instances: usize) -> std::borrow::Cow<'_, Base> {
+        let Some(busy) = self.busy.as_ref().filter(|b| b.instances > self.instances) else { return std::borrow::Cow::Borrowed(self) };
         let w = (instances as f64 - self.instances as f64) / (busy.instances - self.instances) as f64;
         let rpc = self.rpc.toward(&busy.rpc, w);
         // A replica's partner RPC slows down as much as the RPC at its rank.
         let n = self.partner.len().max(2) - 1;
         let partner = self.partner.iter().enumerate().map(|(i, p)| p + rpc.at(i as f64 / n as f64) - self.rpc.at(i as f64 / n as f64)).collect();
-        Base { end_to_end: self.end_to_end.toward(&busy.end_to_end, w), rpc, partner, ..self.clone() }
+        std::borrow::Cow::Owned(Base { end_to_end: self.end_to_end.toward(&busy.end_to_end, w), rpc, partner, ..self.clone() })
     }
 
     /// Appends one calibration run's trace ((intended send time, latency) in ms, see

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use parm_bench::harness::{run_probed, Probe, ProbeData, RunSpec};
 use parm_bench::scenario::{Fault, Mode, Scenario};
-use parm_bench::sim::{simulate, Base, Busy, Empirical, SimSpec};
+use parm_bench::sim::{simulate, Base, Busy, Empirical, SimSpec, CALIBRATION_INSTANCES};
 use parm_bench::Percentiles;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,8 @@ pub struct SimulateArgs {
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
+    // Checked before any calibration runs (minutes) rather than after them.
+    anyhow::ensure!(a.busy_instances == 0 || a.busy_instances > CALIBRATION_INSTANCES, "--busy-instances must exceed the calibration's {CALIBRATION_INSTANCES} (or be 0)");
     let rows: Vec<TailRow> = serde_json::from_str(&std::fs::read_to_string(&a.tail).with_context(|| format!("reading {}", a.tail.display()))?)?;
     let trials: Vec<TrialRun> = serde_json::from_str(&std::fs::read_to_string(&a.runs).with_context(|| format!("reading {}", a.runs.display()))?)?;
     let files = if a.scenarios.is_empty() { crate::bench::default_scenarios()? } else { a.scenarios.clone() };
@@ -334,11 +336,9 @@ fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
         }
     }
     let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late).context("calibration: too few probes answered")?;
-    base.instances = CALIBRATION_INSTANCES;
     if !busy.e2e.is_empty() {
         let b = Base::measured(busy.end_to_end(), &busy.probed.pairs, &busy.probed.timer_late).context("busy calibration: too few probes answered")?;
         println!("busy calibration ({} host faults): {}", host.len(), summary(&b));
-        anyhow::ensure!(a.busy_instances > CALIBRATION_INSTANCES, "--busy-instances must exceed the calibration's {CALIBRATION_INSTANCES} (or be 0)");
         base.busy = Some(Busy { instances: a.busy_instances, end_to_end: b.end_to_end, rpc: b.rpc });
     }
     if !host.is_empty() {
@@ -363,9 +363,6 @@ impl Runs {
         Empirical { quantiles: (0..self.e2e[0].len()).map(|i| self.e2e.iter().map(|q| q[i]).sum::<f64>() / self.e2e.len() as f64).collect() }
     }
 }
-
-/// Instances of the calibration runs (`none` mode), as the committed scenarios' N.
-const CALIBRATION_INSTANCES: usize = 12;
 
 /// One calibration run: `none` on 12 instances at `--calibrate-rate`, no instance faults.
 fn calibration_spec(a: &SimulateArgs, host: &[Fault], seed: u64) -> RunSpec {
