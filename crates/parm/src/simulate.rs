@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use parm_bench::harness::{run_probed, Probe, ProbeData, RunSpec};
 use parm_bench::scenario::{Fault, Mode, Scenario};
-use parm_bench::sim::{simulate, Base, Busy, Empirical, SimSpec, CALIBRATION_INSTANCES};
+use parm_bench::sim::{simulate, Base, Busy, Empirical, Replicated, SimSpec, CALIBRATION_INSTANCES};
 use parm_bench::Percentiles;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,10 @@ pub struct SimulateArgs {
     /// (`parm_bench::sim::Base::on_instances`).
     #[arg(long, default_value_t = 24)]
     pub busy_instances: usize,
+    /// Also calibrate replication on its own fault-free run after each (2N instances, two
+    /// copies of every query; `parm_bench::sim::Replicated`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub replication_calibration: bool,
     /// Queries of the calibration run (no instance faults, `none` mode, 12 instances; the
     /// first 300 not timed, as in the scenarios).
     #[arg(long, default_value_t = 4000)]
@@ -247,6 +251,10 @@ fn calibration_md(bases: &[(Vec<Fault>, Base)]) -> String {
             let (e, r) = (&busy.end_to_end, &busy.rpc);
             md += &format!("| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | | |\n", busy.instances, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99));
         }
+        if let Some(rep) = &b.replicated {
+            let e = &rep.end_to_end;
+            md += &format!("| {name} (replication) | {} | {:.2} | {:.2} | | | | |\n", rep.instances, e.at(0.5), e.at(0.99));
+        }
     }
     md
 }
@@ -267,7 +275,9 @@ fn calibration_json(host: &[Fault], b: &Base) -> serde_json::Value {
         "instances": b.instances,
         "busy": b.busy.as_ref().map(|busy| serde_json::json!({"instances": busy.instances,
             "end_to_end_ms": {"p50": busy.end_to_end.at(0.5), "p90": busy.end_to_end.at(0.9), "p99": busy.end_to_end.at(0.99)},
-            "rpc_ms": {"p50": busy.rpc.at(0.5), "p90": busy.rpc.at(0.9), "p99": busy.rpc.at(0.99)}}))})
+            "rpc_ms": {"p50": busy.rpc.at(0.5), "p90": busy.rpc.at(0.9), "p99": busy.rpc.at(0.99)}})),
+        "replication": b.replicated.as_ref().map(|rep| serde_json::json!({"instances": rep.instances,
+            "end_to_end_ms": {"p50": rep.end_to_end.at(0.5), "p90": rep.end_to_end.at(0.9), "p99": rep.end_to_end.at(0.99)}}))})
 }
 
 fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArgs) -> SimSpec {
@@ -311,24 +321,28 @@ fn simulate_trials(s: &Scenario, spec: &SimSpec, base: &Base, trials: usize) -> 
 /// `host`), one after the other: their end-to-end latency distributions, averaged quantile by
 /// quantile, and their direct RPC probes, pooled, are the model's base; with host faults, also
 /// their timelines. With `--busy-instances`, each run is followed by one on that many
-/// instances: the [`Busy`] calibration that charges each instance its cost on the host.
+/// instances: the [`Busy`] calibration that charges each instance its cost on the host; with
+/// `--replication-calibration`, by one in replication mode ([`Replicated`]).
 fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
     let budget = Budget { deployed_epochs: 20, parity_epochs: 30, seed: 1 };
     let models = ensure_models(&a.paths, &[], &budget)?;
     let queries = test_queries(&a.paths, a.calibrate_queries)?;
     let exe = std::env::current_exe()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (mut quiet, mut busy) = (Runs::default(), Runs::default());
+    let (mut quiet, mut busy, mut replicated) = (Runs::default(), Runs::default(), Runs::default());
+    let replication = a.replication_calibration.then_some(CALIBRATION_INSTANCES).unwrap_or(0);
     for run in 0..a.calibrate_runs.max(1) as u64 {
-        for (runs, instances) in [(&mut quiet, CALIBRATION_INSTANCES), (&mut busy, a.busy_instances)] {
+        let each = [(&mut quiet, Mode::None, CALIBRATION_INSTANCES), (&mut busy, Mode::None, a.busy_instances), (&mut replicated, Mode::Replication, replication)];
+        for (runs, mode, instances) in each {
             if instances == 0 {
                 continue;
             }
             let probe = Probe { rate_qps: a.probe_rate, seed: 98 + 2 * run };
-            let spec = RunSpec { instances, ..calibration_spec(a, host, 99 + 2 * run) };
+            let spec = RunSpec { mode, instances, ..calibration_spec(a, host, 99 + 2 * run) };
+            let instances = mode.instances(instances).0;
             let (r, p) = rt.block_on(run_probed(&exe, &models, &spec, &queries, Some(probe)))?;
             anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
-            println!("calibration run {run} ({} host faults, {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.report.latency_ms.p50, r.report.latency_ms.p99);
+            println!("calibration run {run} ({} host faults, {} on {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), mode.family(), r.report.latency_ms.p50, r.report.latency_ms.p99);
             runs.e2e.push(r.report.latency_quantiles_ms);
             runs.traces.push(r.report.latency_trace_ms);
             runs.probed.pairs.extend(p.pairs);
@@ -340,6 +354,11 @@ fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
         let b = Base::measured(busy.end_to_end(), &busy.probed.pairs, &busy.probed.timer_late).context("busy calibration: too few probes answered")?;
         println!("busy calibration ({} host faults): {}", host.len(), summary(&b));
         base.busy = Some(Busy { instances: a.busy_instances, end_to_end: b.end_to_end, rpc: b.rpc });
+    }
+    if !replicated.e2e.is_empty() {
+        let r = Replicated::measured(Mode::Replication.instances(CALIBRATION_INSTANCES).0, replicated.end_to_end(), &replicated.probed.pairs).context("replication calibration: no probe pairs answered")?;
+        println!("replication calibration ({} host faults): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.end_to_end.at(0.5), r.end_to_end.at(0.99));
+        base.replicated = Some(r);
     }
     if !host.is_empty() {
         // Host faults come in bursts over the whole host: keep when they struck (sim.rs).
