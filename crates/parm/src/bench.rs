@@ -2,8 +2,8 @@
 //! baselines a user would pick instead (none, Equal-Resources, replication, hedged requests).
 //!
 //! Each scenario file (see `parm_bench::scenario`) names the load, the setups and the faults.
-//! Every (scenario, mode, rate) runs `trials` times with seeds `seed, seed+1, ...`; result rows
-//! average the trials' percentiles. Outputs in `--out` (in both JSON files, what belongs to
+//! Every (scenario, mode, rate) runs `trials` times with seeds `seed, seed+1, ...`, in rounds
+//! (trial t of every mode, then trial t+1); result rows average the trials' percentiles. Outputs in `--out` (in both JSON files, what belongs to
 //! scenarios not run this time is kept): `tail-runs.json` (every run), `tail.json` (one row
 //! per scenario x mode x k x rate), `tail.md` (the table of `tail.json`) and
 //! `tail-SCENARIO.svg` (percentile plots).
@@ -90,9 +90,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let budget = Budget { deployed_epochs: 20, parity_epochs: a.parity_epochs, seed: 1 };
         let models = ensure_models(&paths, &ks, &budget)?;
         let queries = test_queries(&paths, s.queries)?;
-        for (mode, name) in modes.iter().zip(&s.modes) {
-            for &rate in &s.rates {
-                for trial in 0..s.trials {
+        // Rounds: trial t of every setup, then trial t+1, so that the host's drift over
+        // minutes (5-20% in p50 on this machine) falls on every setup alike.
+        for &rate in &s.rates {
+            for trial in 0..s.trials {
+                for (mode, name) in modes.iter().zip(&s.modes) {
                     let spec = run_spec(s, *mode, rate, trial as u64);
                     let r = rt.block_on(run_once(&exe, &models, &spec, &queries)).with_context(|| format!("{} / {name} / {rate} qps", s.name))?;
                     let l = &r.report.latency_ms;
