@@ -17,6 +17,8 @@ use parm_bench::harness::{run_once, RunResult, RunSpec};
 use parm_bench::plot::{percentile_plot, Line};
 use parm_bench::scenario::{worker_fault, Mode, Scenario};
 use parm_bench::Query;
+
+use crate::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
 use serde::{Deserialize, Serialize};
 
 use crate::commands::write_new;
@@ -45,6 +47,12 @@ pub struct BenchArgs {
     /// Epochs for parity models that must be trained first.
     #[arg(long, default_value_t = 30)]
     pub parity_epochs: usize,
+    /// Simulator calibrations (`parm simulate --calibration`): for each scenario with host
+    /// faults (CPU burner, shuffles), one calibration round runs before each round of its
+    /// trials under the same host faults, and the pooled calibration replaces the file's
+    /// entry for those host faults (the others are kept).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 /// One row of `tail.json`.
@@ -90,10 +98,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let budget = Budget { deployed_epochs: 20, parity_epochs: a.parity_epochs, seed: 1 };
         let models = ensure_models(&paths, &ks, &budget)?;
         let queries = test_queries(&paths, s.queries)?;
+        // Host faults move this host's base latency most between runs minutes apart: their
+        // simulator calibration is measured here, a round before each round of trials.
+        let host = host_faults(&s.faults);
+        let mut calibrator = a.calibration.as_ref().filter(|_| !host.is_empty()).map(|_| Calibrator::new(CalibrationSettings::defaults(&s.dataset), &host));
         // Rounds: trial t of every setup, then trial t+1, so that the host's drift over
         // minutes (5-20% in p50 on this machine) falls on every setup alike.
         for &rate in &s.rates {
             for trial in 0..s.trials {
+                if let Some(c) = calibrator.as_mut() {
+                    rt.block_on(c.round(&exe, &models, &queries)).with_context(|| format!("{}: calibration", s.name))?;
+                }
                 for (mode, name) in modes.iter().zip(&s.modes) {
                     let spec = run_spec(s, *mode, rate, trial as u64);
                     let r = rt.block_on(run_once(&exe, &models, &spec, &queries)).with_context(|| format!("{} / {name} / {rate} qps", s.name))?;
@@ -105,6 +120,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     runs.push((s.name.clone(), r));
                 }
             }
+        }
+        if let (Some(c), Some(path)) = (calibrator, &a.calibration) {
+            store_calibration(path, &host, c.base()?)?;
         }
     }
     write_outputs(&a.out, &scenarios, &runs)

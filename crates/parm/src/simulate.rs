@@ -37,12 +37,12 @@ pub struct SimulateArgs {
     pub calibration: Option<PathBuf>,
     /// Probe pairs per second during the calibration run (two direct instance RPCs each, to
     /// measure RPC latency and timer lateness; added to the calibration's load).
-    #[arg(long, default_value_t = 25.0)]
+    #[arg(long, default_value_t = PROBE_RATE)]
     pub probe_rate: f64,
     /// Instances of a second calibration run after each (0: none), which measures what each
     /// further instance process costs every query on the host
     /// (`parm_bench::sim::Base::on_instances`).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = BUSY_INSTANCES)]
     pub busy_instances: usize,
     /// Also calibrate replication on its own fault-free run after each (2N instances, two
     /// copies of every query; `parm_bench::sim::Replicated`).
@@ -57,7 +57,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 3)]
     pub calibrate_runs: usize,
     /// Offered load of the calibration run, queries/s.
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(long, default_value_t = CALIBRATE_RATE)]
     pub calibrate_rate: f64,
     /// Compute time per request on an instance, ms (the MLP: about 0.1 ms).
     #[arg(long, default_value_t = 0.1)]
@@ -165,7 +165,7 @@ fn trial_values(trials: &[TrialRun], row: &TailRow) -> (Vec<f64>, Vec<f64>) {
 
 /// Faults on the whole host (CPU burner, loopback shuffles): in the calibration run, not in
 /// the simulator.
-fn host_faults(faults: &[Fault]) -> Vec<Fault> {
+pub fn host_faults(faults: &[Fault]) -> Vec<Fault> {
     faults.iter().filter(|f| matches!(f, Fault::CpuBurn { .. } | Fault::Network { .. })).cloned().collect()
 }
 
@@ -317,55 +317,131 @@ fn simulate_trials(s: &Scenario, spec: &SimSpec, base: &Base, trials: usize) -> 
     Percentiles { p50: mean(|p| p.p50), p90: mean(|p| p.p90), p99: mean(|p| p.p99), p99_9: mean(|p| p.p99_9), max: mean(|p| p.max), mean: mean(|p| p.mean) }
 }
 
-/// `--calibrate-runs` short real runs without instance faults (but with the host faults
-/// `host`), one after the other: their end-to-end latency distributions, averaged quantile by
-/// quantile, and their direct RPC probes, pooled, are the model's base; with host faults, also
-/// their timelines. With `--busy-instances`, each run is followed by one on that many
-/// instances: the [`Busy`] calibration that charges each instance its cost on the host; with
-/// `--replication-calibration`, by one in replication mode ([`Replicated`]).
+/// `--calibrate-runs` rounds of [`Calibrator`] one after the other, for the host faults `host`.
 fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
     let budget = Budget { deployed_epochs: 20, parity_epochs: 30, seed: 1 };
     let models = ensure_models(&a.paths, &[], &budget)?;
     let queries = test_queries(&a.paths, a.calibrate_queries)?;
     let exe = std::env::current_exe()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (mut quiet, mut busy, mut replicated) = (Runs::default(), Runs::default(), Runs::default());
-    let replication = a.replication_calibration.then_some(CALIBRATION_INSTANCES).unwrap_or(0);
-    for run in 0..a.calibrate_runs.max(1) as u64 {
-        let each = [(&mut quiet, Mode::None, CALIBRATION_INSTANCES), (&mut busy, Mode::None, a.busy_instances), (&mut replicated, Mode::Replication, replication)];
+    let mut c = Calibrator::new(a.settings(), host);
+    for _ in 0..a.calibrate_runs.max(1) {
+        rt.block_on(c.round(&exe, &models, &queries))?;
+    }
+    c.base()
+}
+
+/// Default probe pairs per second of a calibration run.
+pub const PROBE_RATE: f64 = 25.0;
+/// Default instances of the busy calibration run.
+pub const BUSY_INSTANCES: usize = 24;
+/// Default offered load of a calibration run, queries/s (the committed scenarios' rate).
+pub const CALIBRATE_RATE: f64 = 200.0;
+
+/// How calibration runs are made (`parm simulate`'s flags of the same names).
+#[derive(Clone)]
+pub struct CalibrationSettings {
+    pub probe_rate: f64,
+    pub busy_instances: usize,
+    pub replication: bool,
+    pub rate_qps: f64,
+    pub model_name: String,
+}
+
+impl CalibrationSettings {
+    /// `parm simulate`'s defaults, for the model `model_name`.
+    pub fn defaults(model_name: &str) -> Self {
+        Self { probe_rate: PROBE_RATE, busy_instances: BUSY_INSTANCES, replication: true, rate_qps: CALIBRATE_RATE, model_name: model_name.to_string() }
+    }
+}
+
+impl SimulateArgs {
+    fn settings(&self) -> CalibrationSettings {
+        CalibrationSettings { probe_rate: self.probe_rate, busy_instances: self.busy_instances, replication: self.replication_calibration, rate_qps: self.calibrate_rate, model_name: self.paths.dataset.clone() }
+    }
+}
+
+/// The simulator's calibration for one set of host faults, run by run. A round is a short
+/// real run without instance faults (but with the host faults): `none` on 12 instances while
+/// a probe in the same process sends pairs of direct RPCs; with `busy_instances`, the same on
+/// that many instances (the [`Busy`] calibration that charges each instance its cost on the
+/// host); with `replication`, one in replication mode ([`Replicated`]). The rounds' end-to-end
+/// distributions are averaged quantile by quantile and their probes pooled; with host faults
+/// their timelines are kept. `parm simulate` runs its rounds back to back; `parm bench
+/// --calibration` runs one before each round of trials of a scenario with host faults.
+pub struct Calibrator {
+    settings: CalibrationSettings,
+    host: Vec<Fault>,
+    quiet: Runs,
+    busy: Runs,
+    replicated: Runs,
+    rounds: u64,
+}
+
+impl Calibrator {
+    pub fn new(settings: CalibrationSettings, host: &[Fault]) -> Self {
+        Self { settings, host: host.to_vec(), quiet: Runs::default(), busy: Runs::default(), replicated: Runs::default(), rounds: 0 }
+    }
+
+    /// One round on `queries` (the first 300, at most half, not timed).
+    pub async fn round(&mut self, exe: &std::path::Path, models: &parm_bench::harness::Models, queries: &[parm_bench::Query]) -> anyhow::Result<()> {
+        let (run, c) = (self.rounds, &self.settings);
+        let replication = if c.replication { CALIBRATION_INSTANCES } else { 0 };
+        let each = [(&mut self.quiet, Mode::None, CALIBRATION_INSTANCES), (&mut self.busy, Mode::None, c.busy_instances), (&mut self.replicated, Mode::Replication, replication)];
         for (runs, mode, instances) in each {
             if instances == 0 {
                 continue;
             }
-            let probe = Probe { rate_qps: a.probe_rate, seed: 98 + 2 * run };
-            let spec = RunSpec { mode, instances, ..calibration_spec(a, host, 99 + 2 * run) };
+            let probe = Probe { rate_qps: c.probe_rate, seed: 98 + 2 * run };
+            let spec = RunSpec { mode, instances, ..calibration_spec(c, &self.host, queries.len(), 99 + 2 * run) };
             let instances = mode.instances(instances).0;
-            let (r, p) = rt.block_on(run_probed(&exe, &models, &spec, &queries, Some(probe)))?;
+            let (r, p) = run_probed(exe, models, &spec, queries, Some(probe)).await?;
             anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
-            println!("calibration run {run} ({} host faults, {} on {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), mode.family(), r.report.latency_ms.p50, r.report.latency_ms.p99);
+            println!("calibration run {run} ({} host faults, {} on {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms", self.host.len(), mode.family(), r.report.latency_ms.p50, r.report.latency_ms.p99);
             runs.e2e.push(r.report.latency_quantiles_ms);
             runs.traces.push(r.report.latency_trace_ms);
             runs.probed.pairs.extend(p.pairs);
             runs.probed.timer_late.extend(p.timer_late);
         }
+        self.rounds += 1;
+        Ok(())
     }
-    let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late).context("calibration: too few probes answered")?;
-    if !busy.e2e.is_empty() {
-        let b = Base::measured(busy.end_to_end(), &busy.probed.pairs, &busy.probed.timer_late).context("busy calibration: too few probes answered")?;
-        println!("busy calibration ({} host faults): {}", host.len(), summary(&b));
-        base.busy = Some(Busy { instances: a.busy_instances, end_to_end: b.end_to_end, rpc: b.rpc });
+
+    /// The model's base from the rounds so far. Errors: no round, or too few probes answered.
+    pub fn base(&self) -> anyhow::Result<Base> {
+        let (host, quiet) = (&self.host, &self.quiet);
+        anyhow::ensure!(!quiet.e2e.is_empty(), "no calibration run");
+        let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late).context("calibration: too few probes answered")?;
+        if !self.busy.e2e.is_empty() {
+            let b = Base::measured(self.busy.end_to_end(), &self.busy.probed.pairs, &self.busy.probed.timer_late).context("busy calibration: too few probes answered")?;
+            println!("busy calibration ({} host faults): {}", host.len(), summary(&b));
+            base.busy = Some(Busy { instances: self.settings.busy_instances, end_to_end: b.end_to_end, rpc: b.rpc });
+        }
+        if !self.replicated.e2e.is_empty() {
+            let r = Replicated::measured(Mode::Replication.instances(CALIBRATION_INSTANCES).0, self.replicated.end_to_end(), &self.replicated.probed.pairs).context("replication calibration: no probe pairs answered")?;
+            println!("replication calibration ({} host faults): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.end_to_end.at(0.5), r.end_to_end.at(0.99));
+            base.replicated = Some(r);
+        }
+        if !host.is_empty() {
+            // Host faults come in bursts over the whole host: keep when they struck (sim.rs).
+            quiet.traces.iter().for_each(|t| base.push_timeline(t));
+        }
+        println!("calibration ({} host faults): {} probe pairs; {}", host.len(), quiet.probed.pairs.len(), summary(&base));
+        Ok(base)
     }
-    if !replicated.e2e.is_empty() {
-        let r = Replicated::measured(Mode::Replication.instances(CALIBRATION_INSTANCES).0, replicated.end_to_end(), &replicated.probed.pairs).context("replication calibration: no probe pairs answered")?;
-        println!("replication calibration ({} host faults): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.end_to_end.at(0.5), r.end_to_end.at(0.99));
-        base.replicated = Some(r);
-    }
-    if !host.is_empty() {
-        // Host faults come in bursts over the whole host: keep when they struck (sim.rs).
-        quiet.traces.iter().for_each(|t| base.push_timeline(t));
-    }
-    println!("calibration ({} host faults): {} probe pairs; {}", host.len(), quiet.probed.pairs.len(), summary(&base));
-    Ok(base)
+}
+
+/// Stores `base` as the calibration for the host faults `host` in `path` (created if missing),
+/// replacing the one measured before for the same host faults and keeping the others.
+pub fn store_calibration(path: &std::path::Path, host: &[Fault], base: Base) -> anyhow::Result<()> {
+    let mut saved: Vec<Calibration> = match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    saved.retain(|c| c.host_faults != host);
+    saved.push(Calibration { host_faults: host.to_vec(), base });
+    write_new(path, &serde_json::to_string(&saved)?)
 }
 
 /// What a set of calibration runs measured.
@@ -383,21 +459,21 @@ impl Runs {
     }
 }
 
-/// One calibration run: `none` on 12 instances at `--calibrate-rate`, no instance faults.
-fn calibration_spec(a: &SimulateArgs, host: &[Fault], seed: u64) -> RunSpec {
+/// One calibration run: `none` on 12 instances, `queries` queries, no instance faults.
+fn calibration_spec(c: &CalibrationSettings, host: &[Fault], queries: usize, seed: u64) -> RunSpec {
     RunSpec {
         mode: Mode::None,
         instances: CALIBRATION_INSTANCES,
-        rate_qps: a.calibrate_rate,
+        rate_qps: c.rate_qps,
         seed,
-        warmup: 300.min(a.calibrate_queries / 2),
+        warmup: 300.min(queries / 2),
         faults: host.to_vec(),
         worker_faults: Vec::new(),
         group_timeout: Duration::from_millis(5),
         decode_grace: Duration::from_millis(2),
         straggler: Default::default(),
         hedge_percentile: 95.0,
-        model_name: a.paths.dataset.clone(),
+        model_name: c.model_name.clone(),
         progress: false,
     }
 }
