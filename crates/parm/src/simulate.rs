@@ -516,3 +516,35 @@ fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>)
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(p50: f64) -> Base {
+        let e2e = Empirical { quantiles: vec![p50, p50 + 1.0] };
+        Base::measured(e2e, &[(0.4, 0.5), (0.5, 0.4)], &[0.1, 0.2]).unwrap()
+    }
+
+    #[test]
+    fn a_stored_calibration_replaces_only_its_own_host_faults() {
+        let dir = std::env::temp_dir().join(format!("parm-calibration-{}", std::process::id()));
+        let path = dir.join("calibration.json");
+        let burner = vec![Fault::CpuBurn { threads: 1 }];
+        store_calibration(&path, &[], base(0.8)).unwrap();
+        store_calibration(&path, &burner, base(0.6)).unwrap();
+        store_calibration(&path, &burner, base(0.7)).unwrap();
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: SimulateArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(["simulate", "--calibration", path.to_str().unwrap()]).unwrap();
+        let saved = load_calibrations(&cli.a).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(saved.len(), 2, "one calibration per set of host faults");
+        let p50 = |host: &[Fault]| saved.iter().find(|(h, _)| h == host).unwrap().1.end_to_end.at(0.0);
+        assert_eq!(p50(&[]), 0.8, "the quiet calibration is kept");
+        assert_eq!(p50(&burner), 0.7, "the burner's is replaced by the newer one");
+    }
+}
