@@ -168,10 +168,11 @@ pub struct Base {
 /// The same calibration run in `replication` mode: two copies of every query at once, on 2N
 /// instance processes. On the shared 2-core host the second copy changes every query's
 /// latency beyond the faster-of-two, and in opposite directions: without host faults
-/// replication answered at p50 0.76-0.79 ms against `none`'s 0.88-0.90 (the faster of two
-/// measured RPCs explains ~0.02 ms of that), under the CPU burner at 0.88 against 0.52
-/// (session 5). The model cannot derive that from one-RPC runs, so it is measured; the
-/// simulator then only adds what the instance faults do to either copy.
+/// replication answered at p50 0.76-0.79 ms against `none`'s 0.86-0.90 (the faster of two
+/// measured RPCs explains ~0.02 ms of that), under the CPU burner at 0.88-0.91 against
+/// 0.52-0.67 (sessions 5-6, `bench/results/tail.json`). The model cannot derive that from
+/// one-RPC runs, so it is measured; the simulator then only adds what the instance faults do
+/// to either copy.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Replicated {
     /// Instance processes it ran (2N); used as it is for any setup.

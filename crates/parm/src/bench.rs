@@ -3,10 +3,10 @@
 //!
 //! Each scenario file (see `parm_bench::scenario`) names the load, the setups and the faults.
 //! Every (scenario, mode, rate) runs `trials` times with seeds `seed, seed+1, ...`, in rounds
-//! (trial t of every mode, then trial t+1); result rows average the trials' percentiles. Outputs in `--out` (in both JSON files, what belongs to
-//! scenarios not run this time is kept): `tail-runs.json` (every run), `tail.json` (one row
-//! per scenario x mode x k x rate), `tail.md` (the table of `tail.json`) and
-//! `tail-SCENARIO.svg` (percentile plots).
+//! (trial t of every mode, then trial t+1); result rows average the trials' percentiles.
+//! Outputs in `--out` (in both JSON files, what belongs to scenarios not run this time is
+//! kept): `tail-runs.json` (every run), `tail.json` (one row per scenario x mode x k x rate),
+//! `tail.md` (the table of `tail.json`) and `tail-SCENARIO.svg` (percentile plots).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -44,8 +44,9 @@ pub struct SimulateArgs {
     /// (`parm_bench::sim::Base::on_instances`).
     #[arg(long, default_value_t = BUSY_INSTANCES)]
     pub busy_instances: usize,
-    /// Also calibrate replication on its own fault-free run after each (2N instances, two
-    /// copies of every query; `parm_bench::sim::Replicated`).
+    /// Follow each calibration run by one in replication mode (2N instances, two copies of
+    /// every query, no instance faults), which the simulator's replication setup runs on
+    /// (`parm_bench::sim::Replicated`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub replication_calibration: bool,
     /// Queries of the calibration run (no instance faults, `none` mode, 12 instances; the
