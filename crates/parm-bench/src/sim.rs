@@ -198,8 +198,7 @@ impl Replicated {
 
     /// The RPC pair at quantile `u` of the faster one (ms).
     fn pair(&self, u: f64) -> (f64, f64) {
-        let n = self.pairs.len();
-        self.pairs[((u.clamp(0.0, 1.0) * (n - 1) as f64).round() as usize).min(n - 1)]
+        at_rank(&self.pairs, u)
     }
 
     /// A replicated query at quantile `u`: its overhead outside the RPCs and its two RPC
@@ -208,6 +207,12 @@ impl Replicated {
         let (a, b) = self.pair(u);
         ((self.end_to_end.at(u) - a.min(b)).max(0.0), (a, b))
     }
+}
+
+/// The element of `sorted` (non-empty) nearest to rank `u` in [0, 1].
+fn at_rank<T: Copy>(sorted: &[T], u: f64) -> T {
+    let n = sorted.len();
+    sorted[((u.clamp(0.0, 1.0) * (n - 1) as f64).round() as usize).min(n - 1)]
 }
 
 /// Instance processes of a calibration run (`none` mode), as the committed scenarios' N.
@@ -303,8 +308,7 @@ impl Base {
 
     /// The second of two RPCs sent at once, the first being at quantile `u` (ms).
     fn partner(&self, u: f64) -> f64 {
-        let n = self.partner.len();
-        self.partner[((u.clamp(0.0, 1.0) * (n - 1) as f64).round() as usize).min(n - 1)]
+        at_rank(&self.partner, u)
     }
 
     /// A query's overhead outside its instance RPC (ms) at quantile `u`: `E(u) - R(u)`, >= 0.
@@ -506,7 +510,6 @@ pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
         None => arrivals(spec, |u| (base.overhead(u), base.rpc.at(u)), timeline, &mut rng),
     };
     let mut timers = Timers { late: &base.timer_late, rng: StdRng::seed_from_u64(seed ^ 4) };
-    let (deployed, parity) = spec.mode.instances(spec.instances);
     let duration = arrivals.last().map_or(0.0, |a| a.sent) + 10_000.0;
     let pool = |count: usize, faults: &[Fault], seed: u64| {
         let mut r = StdRng::seed_from_u64(seed);

@@ -79,8 +79,10 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     for host in std::iter::once(Vec::new()).chain(scenarios.iter().map(|s| host_faults(&s.faults))) {
         if !bases.iter().any(|(h, _)| *h == host) {
             let base = calibrate(&a, &host)?;
+            if let Some(path) = &a.calibration {
+                store_calibration(path, &host, base.clone())?;
+            }
             bases.push((host, base));
-            save_calibrations(&a, &bases)?;
         }
     }
     bases.sort_by_key(|(h, _)| h.len());
@@ -111,18 +113,18 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
 /// The calibrations in `--calibration`, if given and present: (host faults, base) pairs.
 fn load_calibrations(a: &SimulateArgs) -> anyhow::Result<Vec<(Vec<Fault>, Base)>> {
     match &a.calibration {
-        Some(f) if f.exists() => {
-            let saved: Vec<Calibration> = serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)?;
-            Ok(saved.into_iter().map(|c| (c.host_faults, c.base)).collect())
-        }
-        _ => Ok(Vec::new()),
+        Some(f) => Ok(read_calibrations(f)?.into_iter().map(|c| (c.host_faults, c.base)).collect()),
+        None => Ok(Vec::new()),
     }
 }
 
-fn save_calibrations(a: &SimulateArgs, bases: &[(Vec<Fault>, Base)]) -> anyhow::Result<()> {
-    let Some(f) = &a.calibration else { return Ok(()) };
-    let saved: Vec<Calibration> = bases.iter().map(|(h, b)| Calibration { host_faults: h.clone(), base: b.clone() }).collect();
-    write_new(f, &serde_json::to_string(&saved)?)
+/// The calibrations stored in `path`; none if it does not exist.
+fn read_calibrations(path: &std::path::Path) -> anyhow::Result<Vec<Calibration>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// One saved calibration: the host faults it ran under and what it measured.
@@ -394,7 +396,7 @@ impl Calibrator {
                 continue;
             }
             let probe = Probe { rate_qps: c.probe_rate, seed: 98 + 2 * run };
-            let spec = RunSpec { mode, instances, ..calibration_spec(c, &self.host, queries.len(), 99 + 2 * run) };
+            let spec = calibration_spec(c, &self.host, (mode, instances), queries.len(), 99 + 2 * run);
             let instances = mode.instances(instances).0;
             let (r, p) = run_probed(exe, models, &spec, queries, Some(probe)).await?;
             anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
@@ -435,11 +437,7 @@ impl Calibrator {
 /// Stores `base` as the calibration for the host faults `host` in `path` (created if missing),
 /// replacing the one measured before for the same host faults and keeping the others.
 pub fn store_calibration(path: &std::path::Path, host: &[Fault], base: Base) -> anyhow::Result<()> {
-    let mut saved: Vec<Calibration> = match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
+    let mut saved = read_calibrations(path)?;
     saved.retain(|c| c.host_faults != host);
     saved.push(Calibration { host_faults: host.to_vec(), base });
     write_new(path, &serde_json::to_string(&saved)?)
@@ -460,11 +458,11 @@ impl Runs {
     }
 }
 
-/// One calibration run: `none` on 12 instances, `queries` queries, no instance faults.
-fn calibration_spec(c: &CalibrationSettings, host: &[Fault], queries: usize, seed: u64) -> RunSpec {
+/// One calibration run: `mode` on N = `instances`, `queries` queries, no instance faults.
+fn calibration_spec(c: &CalibrationSettings, host: &[Fault], (mode, instances): (Mode, usize), queries: usize, seed: u64) -> RunSpec {
     RunSpec {
-        mode: Mode::None,
-        instances: CALIBRATION_INSTANCES,
+        mode,
+        instances,
         rate_qps: c.rate_qps,
         seed,
         warmup: 300.min(queries / 2),
