@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use parm_codes::{AdditionEncoder, Decoder, Encoder, SubtractionDecoder};
-use parm_serve::backend::{LinearBackend, ModelSpec};
-use parm_serve::client::InstanceClient;
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::redundancy::Redundancy;
-use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::instance::backend::{LinearBackend};
+use parm_serve::oip::ModelSpec;
+use parm_serve::upstream::client::InstanceClient;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 
 const DIM: usize = 784;
 const CLASSES: usize = 10;
@@ -65,18 +65,9 @@ fn main() {
         let parity = worker("parity").await;
         let spec = ModelSpec::fp32("m", vec![DIM as i64], vec![CLASSES as i64]);
         let cfg = FrontendConfig {
-            spec,
-            deployed: deployed.iter().map(|w| w.addr.to_string()).collect(),
-            deployed_model: "deployed".into(),
             parity: vec![parity.addr.to_string()],
             parity_model: "parity".into(),
-            encoder: Arc::new(AdditionEncoder::new(2).unwrap()),
-            group_timeout: Duration::from_millis(5),
-            straggler: Default::default(),
-            instance_timeout: Duration::from_secs(5),
-            decode_grace: Duration::from_millis(2),
-            redundancy: Redundancy::None,
-            dispatch: Default::default(),
+            ..FrontendConfig::new(spec, deployed.iter().map(|w| w.addr.to_string()).collect())
         };
         let frontend = Frontend::start(cfg).unwrap();
         frontend.warm_up().await;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use parm_codes::encoder_by_name;
-use parm_serve::backend::ModelSpec;
-use parm_serve::client::InstanceClient;
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::redundancy::Redundancy;
+use parm_serve::oip::ModelSpec;
+use parm_serve::upstream::client::InstanceClient;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::upstream::redundancy::Redundancy;
 use serde::Serialize;
 
 use crate::chaos::{Chaos, Target};
@@ -50,7 +50,7 @@ pub struct RunSpec {
     /// at Scale's choice).
     pub hedge_percentile: f64,
     /// Straggler threshold and parity dispatch (parm modes).
-    pub straggler: parm_serve::straggler::StragglerPolicy,
+    pub straggler: parm_serve::coded::policy::StragglerPolicy,
     /// Name clients use for the model.
     pub model_name: String,
     pub progress: bool,
@@ -149,8 +149,6 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
     };
     let parity_addrs = if matches!(spec.mode, Mode::Parm { .. }) { addrs(&parity_name(k)) } else { Vec::new() };
     let cfg = FrontendConfig {
-        spec: model.clone(),
-        deployed: addrs(DEPLOYED),
         deployed_model: DEPLOYED.into(),
         parity: parity_addrs,
         parity_model: parity_name(k),
@@ -160,14 +158,14 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
         decode_grace: spec.decode_grace,
         straggler: spec.straggler.clone(),
         redundancy,
-        dispatch: Default::default(),
+        ..FrontendConfig::new(model.clone(), addrs(DEPLOYED))
     };
     let frontend = Frontend::start(cfg)?;
     frontend.warm_up().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(parm_serve::http::serve(listener, frontend.clone(), async {
+    let server = tokio::spawn(parm_serve::server::http::serve(listener, frontend.clone(), async {
         let _ = stopped.await;
     }));
     // Machines in start order: deployed instances, then parity instances.

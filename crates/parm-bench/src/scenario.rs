@@ -50,7 +50,7 @@ pub struct Scenario {
     /// Frontend: ms after sending a query before its reconstruction may be released.
     #[serde(default = "default_decode_grace_ms")]
     pub decode_grace_ms: u64,
-    /// Frontend: parity queries only for groups with a straggler (see parm_serve::straggler).
+    /// Frontend: parity queries only for groups with a straggler (see parm_serve::coded::policy).
     #[serde(default)]
     pub lazy_parity: bool,
     /// Frontend: straggler threshold = this x median deployed latency, within
@@ -90,18 +90,18 @@ fn default_hedge_percentile() -> f64 {
 
 impl Scenario {
     /// The frontend's straggler policy for this scenario.
-    pub fn straggler(&self) -> parm_serve::straggler::StragglerPolicy {
-        parm_serve::straggler::StragglerPolicy { lazy_parity: self.lazy_parity, factor: self.straggler_factor, ..Default::default() }
+    pub fn straggler(&self) -> parm_serve::coded::policy::StragglerPolicy {
+        parm_serve::coded::policy::StragglerPolicy { lazy_parity: self.lazy_parity, factor: self.straggler_factor, ..Default::default() }
             .with_min(std::time::Duration::from_micros(self.straggler_min_us))
     }
 }
 
 fn default_straggler_min_us() -> u64 {
-    parm_serve::straggler::StragglerPolicy::default().min.as_micros() as u64
+    parm_serve::coded::policy::StragglerPolicy::default().min.as_micros() as u64
 }
 
 fn default_straggler_factor() -> f64 {
-    parm_serve::straggler::StragglerPolicy::default().factor
+    parm_serve::coded::policy::StragglerPolicy::default().factor
 }
 
 fn default_dataset() -> String {

@@ -26,7 +26,7 @@
 //!   the frontend moved from tokio's timers (whole milliseconds: 0 to 2 ms late, median
 //!   1.06 ms) to async-io's, that is ~0.05 ms; calibrations measured before carry tokio's.
 //! - The frontend's latency windows (straggler median, hedging percentile) see RPC latencies
-//!   (frontend to instance and back), not end-to-end ones, as in `parm_serve::frontend`.
+//!   (frontend to instance and back), not end-to-end ones, as in `parm_serve::coded`.
 //!
 //! Setups:
 //! - `none` / `equal-resources`: one RPC per query.
@@ -35,9 +35,9 @@
 //!   fault-free run in replication mode) a query's overhead and its pair of RPCs come from
 //!   that run instead, because on a shared host the second copy changes more than the race.
 //! - `hedged`: a backup to the next instance after the running percentile of recent hedged-RPC
-//!   latencies (`parm_serve::redundancy::LatencyWindow`, 0.5 ms to 1 s).
+//!   latencies (`parm_serve::upstream::redundancy::LatencyWindow`, 0.5 ms to 1 s).
 //! - `parm`: coding groups of k consecutive queries, with the frontend's straggler policy
-//!   (`parm_serve::straggler`): a group is sealed when full or at `min(group_timeout,
+//!   (`parm_serve::coded::policy`): a group is sealed when full or at `min(group_timeout,
 //!   threshold)` after its first query, the threshold being `factor` x the running median of
 //!   the RPC latencies of originals that answered their query; the parity RPC leaves at the
 //!   seal (eager) or, with lazy parity, once a member has been outstanding for the threshold
@@ -59,8 +59,8 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use parm_serve::redundancy::LatencyWindow;
-use parm_serve::straggler::MEDIAN;
+use parm_serve::upstream::redundancy::LatencyWindow;
+use parm_serve::coded::policy::MEDIAN;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
@@ -340,7 +340,7 @@ pub struct SimSpec {
     /// How long (ms) a reconstruction is held for its original (`--decode-grace-ms`).
     pub decode_grace_ms: f64,
     /// The frontend's straggler policy (threshold and parity dispatch) for `parm` modes.
-    pub straggler: parm_serve::straggler::StragglerPolicy,
+    pub straggler: parm_serve::coded::policy::StragglerPolicy,
     /// Hedged modes: backup after this percentile of recent latencies.
     pub hedge_percentile: f64,
     /// Seed of the arrival schedule (`poisson_schedule`, as the real trial).
@@ -570,7 +570,7 @@ fn hedged(sim: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], percentile:
 }
 
 /// The frontend's latency window as it stands at a given time: RPC latencies enter it when
-/// their answer arrives (completion order), as `parm_serve::frontend` records them.
+/// their answer arrives (completion order), as `parm_serve::coded` records them.
 struct Completions {
     window: LatencyWindow,
     percentile: f64,

@@ -1,4 +1,5 @@
-//! The state of one coding group in the frontend, and ParM's eager decoding rule.
+//! The state of one coding group in the frontend, and ParM's eager decoding rule, for
+//! members that are single queries or blocks of rows.
 
 use crate::{Decoder, SubtractionDecoder};
 
@@ -30,59 +31,93 @@ enum Output {
 }
 
 /// Tracks the k predictions and the parity output of one coding group and decides, event by
-/// event, which queries can be answered.
+/// event, which members can be answered.
 ///
-/// The parity output is either Fp(P) ~= sum of the k predictions (ParM; decoded by
-/// subtraction) or, from a per-query parity model, k blocks each ~= one prediction (decoded by
-/// taking the block; recognised by its length, k times a prediction's).
+/// A member is a block of rows `[b, m]` (b = 1 for a single query): a request carrying a batch
+/// joins as one member, its rows coded row-wise (row i of the parity query encodes row i of
+/// every member, see [`crate::encode_rows`]). A member shorter than the longest, and the slots
+/// of a partly filled group, are padded with all-zero queries whose known output F(0) the
+/// decoder subtracts ([`GroupState::fill_padding`]).
 ///
-/// Rule (ParM SOSP 2019 §4.2, eager decoding): a query is answered as soon as its own
+/// The parity output is, per row, either Fp(P) ~= sum of the k predictions (ParM; decoded by
+/// subtraction) or, from a per-query (collage) parity model, k blocks each ~= one prediction
+/// (decoded by taking the block; recognised by its length, k times a prediction's).
+///
+/// Rule (ParM SOSP 2019 §4.2, eager decoding): a member is answered as soon as its own
 /// prediction arrives, or as soon as the parity output and the other k-1 predictions are in,
-/// whichever is first. A query whose prediction failed is answered `Unavailable` once a
+/// whichever is first. A member whose prediction failed is answered `Unavailable` once a
 /// reconstruction has become impossible (the parity failed, another member failed, or the
-/// group has no parity). Every query is answered exactly once; [`GroupState::is_done`] tells
+/// group has no parity). Every member is answered exactly once; [`GroupState::is_done`] tells
 /// when all are.
 #[derive(Debug, Clone)]
 pub struct GroupState {
     data: Vec<Output>,
+    /// Rows of each member's block.
+    rows: Vec<usize>,
     parity: Option<Output>,
     answered: Vec<bool>,
+    /// F(0), the prediction of one all-zero row, once the group is padded.
+    padding: Option<Vec<f32>>,
 }
 
 impl GroupState {
-    /// A group of `k` queries, protected by one parity output if `has_parity`.
+    /// A group of `k` single-row members, protected by one parity output if `has_parity`.
     pub fn new(k: usize, has_parity: bool) -> Self {
         Self {
             data: vec![Output::Pending; k],
+            rows: vec![1; k],
             parity: has_parity.then_some(Output::Pending),
             answered: vec![false; k],
+            padding: None,
         }
     }
 
-    /// Number of queries in the group.
+    /// Number of members of the group.
     pub fn k(&self) -> usize {
         self.data.len()
     }
 
-    /// True once every query of the group has been answered.
+    /// Sets the rows of `slot`'s block (1 unless set). Call before its output arrives.
+    pub fn set_rows(&mut self, slot: usize, rows: usize) {
+        if let Some(r) = self.rows.get_mut(slot) {
+            *r = rows.max(1);
+        }
+    }
+
+    /// Rows of the group's parity query: the longest block among the first `members`.
+    pub fn parity_rows(&self, members: usize) -> usize {
+        self.rows.iter().take(members).copied().max().unwrap_or(1)
+    }
+
+    /// True if a parity query over the first `members` members needs padding rows (a partly
+    /// filled group, or blocks of different lengths), hence F(0).
+    pub fn needs_padding(&self, members: usize) -> bool {
+        let n = self.parity_rows(members);
+        members < self.data.len() || self.rows.iter().take(members).any(|&r| r < n)
+    }
+
+    /// True once every member of the group has been answered.
     pub fn is_done(&self) -> bool {
         self.answered.iter().all(|a| *a)
     }
 
-    /// True if the query in `slot` has been answered.
+    /// True if the member in `slot` has been answered.
     pub fn is_answered(&self, slot: usize) -> bool {
         self.answered[slot]
     }
 
-    /// Fills slots `members..k` with padding queries whose known output is `output` (e.g. F of
-    /// an all-zero query): they count as available predictions for decoding and need no
-    /// answer. Used for a partly filled group that still gets a parity query. Returns the
-    /// answers this makes possible.
+    /// Pads the group: slots `members..k` become blocks of all-zero queries and every member's
+    /// missing rows all-zero rows, whose known output is `output` (F of one all-zero row,
+    /// `[m]`); they count as available predictions for decoding and need no answer. Used for
+    /// a group that still gets a parity query. Returns the answers this makes possible.
     pub fn fill_padding(&mut self, members: usize, output: &[f32]) -> Vec<Answer> {
+        let n = self.parity_rows(members);
         for j in members..self.data.len() {
-            self.data[j] = Output::Ready(output.to_vec());
+            self.data[j] = Output::Ready(output.repeat(n));
+            self.rows[j] = n;
             self.answered[j] = true;
         }
+        self.padding = Some(output.to_vec());
         let mut answers: Vec<Answer> = self.try_reconstruct().into_iter().collect();
         answers.extend(self.give_up_hopeless());
         answers
@@ -93,14 +128,15 @@ impl GroupState {
     /// prediction can no longer be reconstructed. Returns the answers this settles.
     pub fn close_without_parity(&mut self, members: usize) -> Vec<Answer> {
         self.data.truncate(members);
+        self.rows.truncate(members);
         self.answered.truncate(members);
         self.parity = None;
         self.give_up_hopeless()
     }
 
-    /// Records an output (`Some`) or a definitive failure (`None`) for `slot`, and returns the
-    /// answers this makes possible. Events for a slot that already has a result, or that does
-    /// not exist, are ignored.
+    /// Records an output (`Some`, `[rows, m]` for a member, `[n, ...]` for the parity) or a
+    /// definitive failure (`None`) for `slot`, and returns the answers this makes possible.
+    /// Events for a slot that already has a result, or that does not exist, are ignored.
     pub fn on_output(&mut self, slot: Slot, output: Option<Vec<f32>>) -> Vec<Answer> {
         let cell = match slot {
             Slot::Data(j) => match self.data.get_mut(j) {
@@ -133,29 +169,55 @@ impl GroupState {
 
     fn try_reconstruct(&mut self) -> Option<Answer> {
         let Some(Output::Ready(parity)) = &self.parity else { return None };
-        let outputs: Vec<Option<&[f32]>> = self
-            .data
-            .iter()
-            .map(|o| match o {
-                Output::Ready(v) => Some(v.as_slice()),
-                _ => None,
-            })
-            .collect();
-        // A per-query parity model (k blocks of m values, block j ~= F(X_j); parm's recipe)
-        // is decoded by taking block j; a summed-target one (m values) by subtraction.
-        let m = outputs.iter().flatten().map(|o| o.len()).next();
-        let missing: Vec<usize> = (0..outputs.len()).filter(|&i| outputs[i].is_none()).collect();
-        let (j, output) = match (m, missing.as_slice()) {
-            (Some(m), &[j]) if outputs.len() > 1 && parity.len() == outputs.len() * m => {
-                (j, parity[j * m..(j + 1) * m].to_vec())
-            }
-            _ => SubtractionDecoder.decode(parity, &outputs).ok()?,
-        };
+        let missing: Vec<usize> = (0..self.data.len()).filter(|&j| !matches!(self.data[j], Output::Ready(_))).collect();
+        let &[j] = missing.as_slice() else { return None };
         if self.answered[j] {
             return None;
         }
+        let output = self.decode(parity, j)?;
         self.answered[j] = true;
         Some(Answer::Reconstructed { slot: j, output })
+    }
+
+    /// Member `j`'s block, row by row from the parity output and the other members' rows.
+    fn decode(&self, parity: &[f32], j: usize) -> Option<Vec<f32>> {
+        let k = self.data.len();
+        let n = self.rows.iter().copied().max().unwrap_or(1);
+        let m = (0..k).find_map(|l| match &self.data[l] {
+            Output::Ready(v) => Some(v.len() / self.rows[l]),
+            _ => None,
+        });
+        let m = m.or_else(|| self.padding.as_ref().map(Vec::len))?;
+        let per_row = parity.len() / n;
+        if m == 0 || per_row * n != parity.len() {
+            return None;
+        }
+        let mut block = Vec::with_capacity(self.rows[j] * m);
+        for i in 0..self.rows[j] {
+            let p = &parity[i * per_row..(i + 1) * per_row];
+            // A per-query (collage) parity model: k blocks of m values, block j ~= F(X_j).
+            if k > 1 && per_row == k * m {
+                block.extend_from_slice(&p[j * m..(j + 1) * m]);
+                continue;
+            }
+            let row: Option<Vec<Option<&[f32]>>> = (0..k).map(|l| self.row(l, i, m, l == j)).collect();
+            let (_, r) = SubtractionDecoder.decode(p, &row?).ok()?;
+            block.extend(r);
+        }
+        Some(block)
+    }
+
+    /// Row `i` of member `l` as a decoding input: `Some(None)` for the erased member, the
+    /// padding output past the end of a shorter block, `None` if that is needed but unknown.
+    fn row(&self, l: usize, i: usize, m: usize, erased: bool) -> Option<Option<&[f32]>> {
+        if erased {
+            return Some(None);
+        }
+        match &self.data[l] {
+            Output::Ready(v) if i < self.rows[l] => v.get(i * m..(i + 1) * m).map(Some),
+            Output::Ready(_) => self.padding.as_deref().map(Some),
+            _ => None,
+        }
     }
 
     fn give_up_hopeless(&mut self) -> Vec<Answer> {
@@ -251,5 +313,46 @@ mod tests {
         let mut g = GroupState::new(2, true);
         g.on_output(Slot::Parity, None);
         assert_eq!(g.on_output(Slot::Data(1), None), vec![Answer::Unavailable { slot: 1 }]);
+    }
+
+    #[test]
+    fn blocks_are_decoded_row_by_row() {
+        // Member 0 has 2 rows, member 1 one row (its second row is padding, F(0) = [1]).
+        let mut g = GroupState::new(2, true);
+        g.set_rows(0, 2);
+        assert_eq!(g.parity_rows(2), 2);
+        assert!(g.needs_padding(2));
+        assert!(g.fill_padding(2, &[1.0]).is_empty());
+        g.on_output(Slot::Data(1), Some(vec![3.0]));
+        let a = g.on_output(Slot::Parity, Some(vec![10.0, 20.0]));
+        assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![7.0, 19.0] }]);
+        // The short member is the lost one: only its own row is decoded.
+        let mut g = GroupState::new(2, true);
+        g.set_rows(0, 2);
+        g.fill_padding(2, &[1.0]);
+        g.on_output(Slot::Data(0), Some(vec![4.0, 5.0]));
+        let a = g.on_output(Slot::Parity, Some(vec![10.0, 20.0]));
+        assert_eq!(a, vec![Answer::Reconstructed { slot: 1, output: vec![6.0] }]);
+    }
+
+    #[test]
+    fn equal_blocks_need_no_padding_and_collage_blocks_decode() {
+        let mut g = GroupState::new(2, true);
+        g.set_rows(0, 2);
+        g.set_rows(1, 2);
+        assert!(!g.needs_padding(2));
+        assert!(g.needs_padding(1));
+        g.on_output(Slot::Data(1), Some(vec![1.0, 2.0, 3.0, 4.0]));
+        // Per-query parity rows: [block 0, block 1] per row, m = 2.
+        let a = g.on_output(Slot::Parity, Some(vec![5.0, 6.0, 0.0, 0.0, 7.0, 8.0, 0.0, 0.0]));
+        assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![5.0, 6.0, 7.0, 8.0] }]);
+    }
+
+    #[test]
+    fn a_block_needing_unknown_padding_is_not_decoded() {
+        let mut g = GroupState::new(2, true);
+        g.set_rows(0, 2);
+        g.on_output(Slot::Data(1), Some(vec![3.0]));
+        assert!(g.on_output(Slot::Parity, Some(vec![10.0, 20.0])).is_empty());
     }
 }

@@ -70,6 +70,37 @@ pub trait Decoder: Send + Sync {
     ) -> Result<(usize, Vec<f32>), CodeError>;
 }
 
+/// Row-wise encoding of a coding group whose members are blocks of rows (ParM §3 applied per
+/// row, as a batch is coded in the frontend): `blocks[j]` is member j, `[b_j, row_len]`
+/// row-major. Returns the parity query `[n, row_len]`, n = max b_j, whose row i is
+/// `encoder.encode(row i of every member)`, with an all-zero row where a member has no row i
+/// and all-zero members for slots `blocks.len()..k` (their known output F(0) is then subtracted
+/// by the decoder, see [`GroupState::fill_padding`]).
+///
+/// Errors: [`CodeError::WrongCount`] for no members or more than k, [`CodeError::ShapeMismatch`]
+/// for a block that is not a whole number of rows, and any error of the encoder.
+pub fn encode_rows(encoder: &dyn Encoder, blocks: &[&[f32]], row_len: usize) -> Result<Vec<f32>, CodeError> {
+    let k = encoder.k();
+    if blocks.is_empty() || blocks.len() > k {
+        return Err(CodeError::WrongCount { expected: k, got: blocks.len() });
+    }
+    for (index, b) in blocks.iter().enumerate() {
+        if row_len == 0 || b.is_empty() || b.len() % row_len != 0 {
+            return Err(CodeError::ShapeMismatch { index, expected: row_len, got: b.len() });
+        }
+    }
+    let n = blocks.iter().map(|b| b.len() / row_len).max().unwrap_or(0);
+    let zeros = vec![0.0f32; row_len];
+    let mut parity = Vec::with_capacity(n * row_len);
+    for i in 0..n {
+        let rows: Vec<&[f32]> = (0..k)
+            .map(|j| blocks.get(j).and_then(|b| b.get(i * row_len..(i + 1) * row_len)).unwrap_or(&zeros))
+            .collect();
+        parity.extend(encoder.encode(&rows)?);
+    }
+    Ok(parity)
+}
+
 fn check_same_len<'a>(tensors: impl Iterator<Item = (usize, &'a [f32])>, n: usize) -> Result<(), CodeError> {
     for (index, t) in tensors {
         if t.len() != n {
@@ -107,5 +138,28 @@ pub fn encoder_for_shape(name: &str, k: usize, shape: &[usize]) -> Result<Box<dy
             Ok(Box::new(ConcatenationEncoder::new(k, s)?))
         }
         _ => encoder_by_name(name, k),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_encoded_row_by_row_with_zero_padding() {
+        let enc = AdditionEncoder::new(3).unwrap();
+        // Member 0: 2 rows of 2; member 1: 1 row; slot 2 empty.
+        let p = encode_rows(&enc, &[&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0]], 2).unwrap();
+        assert_eq!(p, vec![11.0, 22.0, 3.0, 4.0]);
+        let one = encode_rows(&enc, &[&[1.0, 2.0], &[3.0, 4.0], &[5.0, 6.0]], 2).unwrap();
+        assert_eq!(one, enc.encode(&[&[1.0, 2.0], &[3.0, 4.0], &[5.0, 6.0]]).unwrap());
+    }
+
+    #[test]
+    fn bad_blocks_are_refused() {
+        let enc = AdditionEncoder::new(2).unwrap();
+        assert!(matches!(encode_rows(&enc, &[], 2), Err(CodeError::WrongCount { .. })));
+        assert!(matches!(encode_rows(&enc, &[&[1.0; 2]; 3], 2), Err(CodeError::WrongCount { .. })));
+        assert!(matches!(encode_rows(&enc, &[&[1.0; 3]], 2), Err(CodeError::ShapeMismatch { index: 0, .. })));
     }
 }

@@ -9,7 +9,7 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use parm_serve::security::ServeOptions;
+use parm_serve::oip::security::ServeOptions;
 use serde_json::{json, Value};
 use support::{cluster, expected, good_body, input, output_of, Cluster, GoodTraffic, IN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -308,9 +308,9 @@ async fn slow_clients_are_cut_off() {
 
 mod grpc {
     use super::*;
-    use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use parm_serve::grpc::model_infer_request::InferInputTensor;
-    use parm_serve::grpc::{self as pb, InferTensorContents};
+    use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
+    use parm_serve::oip::grpc::{self as pb, InferTensorContents};
     use tonic::Code;
 
     fn request(datatype: &str, shape: Vec<i64>, raw: Vec<u8>) -> pb::ModelInferRequest {
@@ -374,7 +374,7 @@ mod grpc {
         assert!(matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument), "{err:?}");
         // The same connection still serves a good request.
         let out = g.model_infer(ok()).await.unwrap().into_inner();
-        assert_eq!(parm_serve::grpc::decode_f32_le(&out.raw_output_contents[0]).unwrap(), expected(&input(1)));
+        assert_eq!(parm_serve::oip::grpc::decode_f32_le(&out.raw_output_contents[0]).unwrap(), expected(&input(1)));
         good.finish(2).await;
     }
 }

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
-use parm_serve::batcher::BatchConfig;
-use parm_serve::client::{InstanceClient, InstanceError};
-use parm_serve::fault::FaultConfig;
-use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::oip::ModelSpec;
+use parm_serve::instance::batcher::BatchConfig;
+use parm_serve::upstream::client::{InstanceClient, InstanceError};
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 
 fn linear() -> Arc<LinearBackend> {
     let spec = ModelSpec::fp32("lin", vec![4], vec![3]);

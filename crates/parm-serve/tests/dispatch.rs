@@ -1,4 +1,4 @@
-//! Adaptive batching towards the instances (parm_serve::dispatch) on the coded path, over real
+//! Adaptive batching towards the instances (parm_serve::upstream::dispatch) on the coded path, over real
 //! gRPC workers serving an exact linear model and its exact parity model: queries that queue
 //! behind a busy instance go together in one batched request, and every query still gets its
 //! own exact answer.
@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parm_serve::backend::InferenceBackend;
-use parm_serve::dispatch::DispatchBatching;
-use parm_serve::fault::FaultConfig;
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::instance::backend::InferenceBackend;
+use parm_serve::upstream::dispatch::DispatchBatching;
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 use support::{expected, linear_config, models, IN};
 
 fn config(workers: &[WorkerHandle], dispatch: DispatchBatching) -> FrontendConfig {
@@ -23,7 +23,7 @@ fn config(workers: &[WorkerHandle], dispatch: DispatchBatching) -> FrontendConfi
         dispatch,
         // These tests want exact answers: with the default 1 ms straggler threshold a fast query
         // on a loaded CI machine is sometimes reconstructed (approximate) instead.
-        straggler: parm_serve::straggler::StragglerPolicy::default().with_min(Duration::from_millis(200)),
+        straggler: parm_serve::coded::policy::StragglerPolicy::default().with_min(Duration::from_millis(200)),
         ..linear_config(workers)
     }
 }

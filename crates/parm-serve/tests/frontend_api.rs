@@ -7,12 +7,12 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_serve::api::{Serving, Shared};
-use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
-use parm_serve::fault::FaultConfig;
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::redundancy::Redundancy;
-use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::server::api::{Serving, Shared};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::oip::ModelSpec;
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 use serde_json::{json, Value};
 
 const IN: usize = 4;
@@ -61,8 +61,6 @@ async fn cluster_delays(delays: [f64; 3]) -> Cluster {
     workers.push(spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, opts(delays[2])).await.unwrap());
     let addr = |w: &WorkerHandle| w.addr.to_string();
     let cfg = FrontendConfig {
-        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
-        deployed: workers[..2].iter().map(addr).collect(),
         deployed_model: "deployed".into(),
         parity: vec![addr(&workers[2])],
         parity_model: "parity".into(),
@@ -71,21 +69,20 @@ async fn cluster_delays(delays: [f64; 3]) -> Cluster {
         // Several tests want exact answers: with the default 1 ms straggler threshold (which
         // caps the decode grace) a fast query on a loaded CI machine can be reconstructed
         // (approximate) instead, as happened once in dispatch.rs.
-        straggler: parm_serve::straggler::StragglerPolicy::default().with_min(Duration::from_millis(200)),
+        straggler: parm_serve::coded::policy::StragglerPolicy::default().with_min(Duration::from_millis(200)),
         instance_timeout: Duration::from_secs(5),
         decode_grace: Duration::from_millis(2),
-        redundancy: Redundancy::None,
-        dispatch: Default::default(),
+        ..FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), workers[..2].iter().map(addr).collect())
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;
     let serving = Serving::start(frontend).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::http::serve_shared(listener, serving.clone(), std::future::pending()));
+    tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::grpc_frontend::serve_grpc(listener, serving.clone(), std::future::pending()));
+    tokio::spawn(parm_serve::server::grpc::serve_grpc(listener, serving.clone(), std::future::pending()));
     Cluster { workers, url, grpc, serving, deployed: f }
 }
 
@@ -120,14 +117,14 @@ async fn split_response(r: reqwest::Response) -> (Value, Vec<u8>) {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    parm_serve::grpc::decode_f32_le(bytes).unwrap()
+    parm_serve::oip::grpc::decode_f32_le(bytes).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_inputs_and_outputs_round_trip_exactly() {
     let c = cluster(0.0).await;
     let x = input(3);
-    let raw = parm_serve::grpc::encode_f32_le(&x);
+    let raw = parm_serve::oip::grpc::encode_f32_le(&x);
     let header = json!({"id": "b1", "inputs": [{"name": "input", "shape": [3, IN], "datatype": "FP32",
         "parameters": {"binary_data_size": raw.len()}}], "outputs": [{"name": "output", "parameters": {"binary_data": true}}]});
     let r = post_binary(&c, &header, &raw).await;
@@ -386,9 +383,9 @@ async fn readiness_follows_the_deployed_instances() {
 
 mod grpc {
     use super::*;
-    use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use parm_serve::grpc::model_infer_request::InferInputTensor;
-    use parm_serve::grpc::{self as pb, InferTensorContents};
+    use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
+    use parm_serve::oip::grpc::{self as pb, InferTensorContents};
     use tonic::Code;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
@@ -426,7 +423,7 @@ mod grpc {
         assert_eq!(cfg.input[0].dims, vec![IN as i64]);
         assert_eq!(cfg.input[0].data_type, pb::DataType::TypeFp32 as i32);
         assert_eq!(cfg.parameters["parm_k"].string_value, "2");
-        let raw = parm_serve::grpc::encode_f32_le(&input(2));
+        let raw = parm_serve::oip::grpc::encode_f32_le(&input(2));
         g.model_infer(request("FP32", vec![2, IN as i64], raw)).await.unwrap();
         let st = g.model_statistics(pb::ModelStatisticsRequest::default()).await.unwrap().into_inner();
         assert_eq!(st.model_stats[0].inference_count, 2);
@@ -444,7 +441,7 @@ mod grpc {
         let c = cluster(0.0).await;
         let mut g = client(&c).await;
         let x = input(3);
-        let r = g.model_infer(request("FP32", vec![3, IN as i64], parm_serve::grpc::encode_f32_le(&x))).await.unwrap().into_inner();
+        let r = g.model_infer(request("FP32", vec![3, IN as i64], parm_serve::oip::grpc::encode_f32_le(&x))).await.unwrap().into_inner();
         assert_eq!(r.id, "g1");
         assert_eq!(r.outputs[0].shape, vec![3, OUT as i64]);
         assert_eq!(f32s(&r.raw_output_contents[0]), expected(&x));
@@ -462,7 +459,7 @@ mod grpc {
     async fn bad_requests_get_tritons_codes() {
         let c = cluster(0.0).await;
         let mut g = client(&c).await;
-        let ok = || request("FP32", vec![1, IN as i64], parm_serve::grpc::encode_f32_le(&input(1)));
+        let ok = || request("FP32", vec![1, IN as i64], parm_serve::oip::grpc::encode_f32_le(&input(1)));
         let mut unknown = ok();
         unknown.model_name = "nope".into();
         let mut short = ok();
@@ -492,7 +489,7 @@ mod grpc {
         // make a 1 us `timeout` parameter or a 40 ms grpc-timeout.
         let c = cluster_delays([300.0; 3]).await;
         let mut g = client(&c).await;
-        let raw = parm_serve::grpc::encode_f32_le(&input(1));
+        let raw = parm_serve::oip::grpc::encode_f32_le(&input(1));
         let mut req = request("FP32", vec![1, IN as i64], raw.clone());
         req.parameters.insert("timeout".into(), pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(1)) });
         let err = g.model_infer(req).await.unwrap_err();

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use parm_serve::api::MAX_BATCH_SIZE;
-use parm_serve::backend::ModelSpec;
+use parm_serve::server::api::MAX_BATCH_SIZE;
+use parm_serve::oip::ModelSpec;
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
@@ -37,12 +37,12 @@ fn http(data: &[u8]) -> Option<Result<Vec<Vec<f32>>, String>> {
         let text = if mode & 2 == 0 { len.to_string() } else { format!("{}{}", len as char, mode >> 2) };
         (Some(text), body)
     };
-    Some(parm_serve::request::parse_http(&spec, header.as_deref().map(str::as_bytes), body).map(|r| r.rows).map_err(|e| e.message))
+    Some(parm_serve::server::request::parse_http(&spec, header.as_deref().map(str::as_bytes), body).map(|r| r.rows).map_err(|e| e.message))
 }
 
 fn grpc(data: &[u8]) -> Result<Vec<Vec<f32>>, String> {
     let spec = ModelSpec::fp32("m", vec![4], vec![3]);
-    parm_serve::request::decode_grpc(&spec, data).map_err(|e| e.message)
+    parm_serve::server::request::decode_grpc(&spec, data).map_err(|e| e.message)
 }
 
 #[test]

@@ -7,16 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parm_serve::admission::Admission;
-use parm_serve::api::{Serving, Shared};
-use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
-use parm_serve::fault::FaultConfig;
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
-use parm_serve::grpc::model_infer_request::InferInputTensor;
-use parm_serve::grpc::{self as pb};
-use parm_serve::redundancy::Redundancy;
-use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::server::admission::Admission;
+use parm_serve::server::api::{Serving, Shared};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::oip::ModelSpec;
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
+use parm_serve::oip::grpc::{self as pb};
+use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 use serde_json::{json, Value};
 
 const IN: usize = 4;
@@ -56,28 +56,24 @@ async fn cluster(delay_ms: f64) -> Cluster {
     workers.push(spawn_worker("127.0.0.1:0", model("parity", 2.0) as Arc<dyn InferenceBackend>, opts()).await.unwrap());
     let addr = |w: &WorkerHandle| w.addr.to_string();
     let cfg = FrontendConfig {
-        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
-        deployed: workers[..2].iter().map(addr).collect(),
         deployed_model: "deployed".into(),
         parity: vec![addr(&workers[2])],
         parity_model: "parity".into(),
         encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
         group_timeout: Duration::from_millis(5),
-        straggler: Default::default(),
         instance_timeout: Duration::from_secs(10),
         decode_grace: Duration::from_millis(2),
-        redundancy: Redundancy::None,
-        dispatch: Default::default(),
+        ..FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), workers[..2].iter().map(addr).collect())
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;
     let serving = Serving::start_with(frontend, Admission::new(LIMIT)).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v2/models/lin/infer", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::http::serve_shared(listener, serving.clone(), std::future::pending()));
+    tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::grpc_frontend::serve_grpc(listener, serving.clone(), std::future::pending()));
+    tokio::spawn(parm_serve::server::grpc::serve_grpc(listener, serving.clone(), std::future::pending()));
     Cluster { _workers: workers, url, grpc, serving }
 }
 

@@ -5,8 +5,8 @@
 
 mod support;
 
-use parm_serve::client::{set_default_auth_token, InstanceClient, InstanceError};
-use parm_serve::security::{AuthToken, ServeOptions};
+use parm_serve::upstream::client::{set_default_auth_token, InstanceClient, InstanceError};
+use parm_serve::oip::security::{AuthToken, ServeOptions};
 use serde_json::Value;
 use support::{cluster, expected, good_body, input, output_of, Cluster, IN};
 
@@ -60,9 +60,9 @@ async fn http_needs_the_token_except_health_probes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_needs_the_token_except_health() {
-    use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use parm_serve::grpc::model_infer_request::InferInputTensor;
-    use parm_serve::grpc::{self as pb};
+    use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
+    use parm_serve::oip::grpc::{self as pb};
     use tonic::Code;
 
     let c = secured().await;
@@ -70,7 +70,7 @@ async fn grpc_needs_the_token_except_health() {
     let req = || pb::ModelInferRequest {
         model_name: "lin".into(),
         inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![1, IN as i64], ..Default::default() }],
-        raw_input_contents: vec![parm_serve::grpc::encode_f32_le(&input(1))],
+        raw_input_contents: vec![parm_serve::oip::grpc::encode_f32_le(&input(1))],
         ..Default::default()
     };
     let err = g.model_infer(req()).await.unwrap_err();
@@ -82,7 +82,7 @@ async fn grpc_needs_the_token_except_health() {
     let mut ok = tonic::Request::new(req());
     ok.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     let out = g.model_infer(ok).await.unwrap().into_inner();
-    assert_eq!(parm_serve::grpc::decode_f32_le(&out.raw_output_contents[0]).unwrap(), expected(&input(1)));
+    assert_eq!(parm_serve::oip::grpc::decode_f32_le(&out.raw_output_contents[0]).unwrap(), expected(&input(1)));
     // grpc.health.v1 stays open for orchestrators' probes.
     let channel = tonic::transport::Endpoint::from_shared(c.grpc.clone()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);

@@ -1,4 +1,4 @@
-//! The straggler policy of the coded path (parm_serve::straggler) over real gRPC workers that
+//! The straggler policy of the coded path (parm_serve::coded::policy) over real gRPC workers that
 //! serve an exact linear model and its exact parity model, so every answer can be checked:
 //! the adaptive group timeout seals a lone query's group at the straggler threshold instead of
 //! the group timeout, and lazy parity sends parity queries only for groups with a straggler.
@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_serve::backend::{InferenceBackend, LinearBackend};
-use parm_serve::fault::FaultConfig;
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::straggler::StragglerPolicy;
-use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::coded::policy::StragglerPolicy;
+use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 use support::{linear_config, models, IN};
 
 /// The slow instance's extra time per request; every answer must come well before it.

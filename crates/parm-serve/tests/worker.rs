@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
-use parm_serve::client::{InstanceClient, InstanceError};
-use parm_serve::fault::FaultConfig;
-use parm_serve::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
-use parm_serve::grpc::model_infer_request::InferInputTensor;
-use parm_serve::grpc::{self as pb, InferTensorContents, decode_f32_le, encode_f32_le};
-use parm_serve::worker::{WorkerHandle, WorkerOptions, spawn_worker};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::oip::ModelSpec;
+use parm_serve::upstream::client::{InstanceClient, InstanceError};
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
+use parm_serve::oip::grpc::{self as pb, InferTensorContents, decode_f32_le, encode_f32_le};
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use parm_nn::Predictor;
-use parm_serve::backend::{InferenceBackend, ModelSpec};
+use parm_serve::instance::backend::{InferenceBackend};
+use parm_serve::oip::ModelSpec;
 
 /// A trained model served by a worker. The mutex makes the model shareable; the worker runs
 /// one request at a time anyway (one compute lane per instance).

@@ -11,11 +11,11 @@ use parm_codes::{encoder_by_name, encoder_for_shape};
 use parm_nn::eval::{self, AccuracyReport};
 use parm_nn::parity::{file_hash, train_parity as run_parity_training, Distill, LrSchedule, ParityConfig, ParityJob};
 use parm_nn::train::{load_model, save_model, train_deployed, TrainConfig};
-use parm_serve::backend::ModelSpec;
-use parm_serve::client::InstanceClient;
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::redundancy::Redundancy;
-use parm_serve::worker::WorkerOptions;
+use parm_serve::oip::ModelSpec;
+use parm_serve::upstream::client::InstanceClient;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::upstream::redundancy::Redundancy;
+use parm_serve::instance::worker::WorkerOptions;
 
 use crate::backend::NnBackend;
 use crate::Paths;
@@ -456,7 +456,7 @@ pub struct WorkerArgs {
     pub max_queue_delay_us: u64,
     /// On SIGTERM / Ctrl-C: stop accepting, let in-flight requests finish for at most this
     /// long (ms), then exit 0.
-    #[arg(long, default_value_t = parm_serve::server::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    #[arg(long, default_value_t = parm_serve::server::listen::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     pub drain_timeout_ms: u64,
     /// Require this bearer token (file holding it) on every call: gRPC metadata
     /// `authorization: Bearer TOKEN`. Default: $PARM_AUTH_TOKEN if set, else no auth.
@@ -474,14 +474,14 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         None => a.model.file_stem().and_then(|s| s.to_str()).context("model path has no file name")?.to_string(),
     };
     let model = match &a.models_dir {
-        Some(dir) => parm_serve::security::confine(dir, &a.model).context("--model")?,
+        Some(dir) => parm_serve::oip::security::confine(dir, &a.model).context("--model")?,
         None => a.model.clone(),
     };
-    let auth = parm_serve::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
+    let auth = parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
     let backend = Arc::new(NnBackend::load(&model, &name)?);
     let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
     anyhow::ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
-    let batching = (a.max_batch > 1).then(|| parm_serve::batcher::BatchConfig {
+    let batching = (a.max_batch > 1).then(|| parm_serve::instance::batcher::BatchConfig {
         max_batch: a.max_batch,
         max_delay: Duration::from_micros(a.max_queue_delay_us),
     });
@@ -490,8 +490,8 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     block_on_drained(2, async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
-        parm_serve::server::drain_within(shutdown_signal(), drain, |stop| {
-            parm_serve::worker::serve_worker_with_auth(listener, backend, opts, auth, stop.wait())
+        parm_serve::server::listen::drain_within(shutdown_signal(), drain, |stop| {
+            parm_serve::instance::worker::serve_worker_with_auth(listener, backend, opts, auth, stop.wait())
         })
         .await
     })
@@ -570,10 +570,10 @@ pub struct ServeArgs {
     pub lazy_parity: bool,
     /// Straggler threshold = this x the median deployed-instance latency, within
     /// `--straggler-min-us`..5 ms; a partly filled group is also sealed after it.
-    #[arg(long, default_value_t = parm_serve::straggler::StragglerPolicy::default().factor)]
+    #[arg(long, default_value_t = parm_serve::coded::policy::StragglerPolicy::default().factor)]
     pub straggler_factor: f64,
     /// The straggler threshold's floor (microseconds); above 5 ms it is also the cap.
-    #[arg(long, default_value_t = parm_serve::straggler::StragglerPolicy::default().min.as_micros() as u64)]
+    #[arg(long, default_value_t = parm_serve::coded::policy::StragglerPolicy::default().min.as_micros() as u64)]
     pub straggler_min_us: u64,
     /// Uncoded baselines for queries without parity: none, replication (2 copies, first
     /// answer wins), hedged (backup after the running p95 latency).
@@ -593,7 +593,7 @@ pub struct ServeArgs {
     pub auth_token_file: Option<PathBuf>,
     /// Largest HTTP request body after decompression, and largest gRPC request (bytes); more
     /// gets 413 / RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = parm_serve::security::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = parm_serve::oip::security::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// HTTP clients must send a request's headers within this (ms), else they are disconnected.
     #[arg(long, default_value_t = 30_000)]
@@ -602,12 +602,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30_000)]
     pub body_read_timeout_ms: u64,
     /// Most queries in flight at the frontend (HTTP and gRPC together); past it requests get
-    /// 503 + Retry-After / UNAVAILABLE at once (admission control, see parm_serve::admission).
-    #[arg(long, default_value_t = parm_serve::admission::DEFAULT_MAX_INFLIGHT)]
+    /// 503 + Retry-After / UNAVAILABLE at once (admission control, see parm_serve::server::admission).
+    #[arg(long, default_value_t = parm_serve::server::admission::DEFAULT_MAX_INFLIGHT)]
     pub max_inflight: usize,
     /// On SIGTERM / Ctrl-C: stop accepting, let in-flight requests finish for at most this
     /// long (ms), then exit 0.
-    #[arg(long, default_value_t = parm_serve::server::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    #[arg(long, default_value_t = parm_serve::server::listen::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     pub drain_timeout_ms: u64,
     /// Coding over batches: a request of B > 1 rows goes to one deployed instance as one
     /// batched request, and k such requests share one batched parity request (row i encodes
@@ -628,7 +628,7 @@ pub struct ServeArgs {
     pub dispatch_max_batch: usize,
     /// Requests outstanding per instance before queries wait and batch (with
     /// `--dispatch-max-batch` > 1).
-    #[arg(long, default_value_t = parm_serve::dispatch::DispatchBatching::default().max_in_flight)]
+    #[arg(long, default_value_t = parm_serve::upstream::dispatch::DispatchBatching::default().max_in_flight)]
     pub dispatch_max_in_flight: usize,
     /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
     /// the matching flags.
@@ -636,13 +636,13 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-/// `a` with the settings of its `--config` file applied (see `parm_serve::config`).
+/// `a` with the settings of its `--config` file applied (see `parm_serve::server::config`).
 ///
 /// Errors: the file's (unreadable, not TOML, unknown key, bad value), or no deployed
 /// instance given anywhere.
 fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     let Some(path) = a.config.clone() else { return Ok(a) };
-    let f = parm_serve::config::ServeFile::load(&path)?;
+    let f = parm_serve::server::config::ServeFile::load(&path)?;
     let (s, m, d) = (f.server, f.model, f.deadlines);
     fn set<T>(dst: &mut T, v: Option<T>) {
         if let Some(v) = v {
@@ -688,14 +688,12 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
     let remote = client.model_metadata(&a.deployed_model, Duration::from_secs(5)).await?;
     let spec = ModelSpec { name: a.model_name.clone().unwrap_or_else(|| a.deployed_model.clone()), ..remote };
     Ok(FrontendConfig {
-        spec,
-        deployed: a.deployed.clone(),
         deployed_model: a.deployed_model.clone(),
         parity: a.parity.clone(),
         parity_model: a.parity_model.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder)),
         encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
         group_timeout: Duration::from_millis(a.group_timeout_ms),
-        straggler: parm_serve::straggler::StragglerPolicy { lazy_parity: a.lazy_parity, factor: a.straggler_factor, ..Default::default() }
+        straggler: parm_serve::coded::policy::StragglerPolicy { lazy_parity: a.lazy_parity, factor: a.straggler_factor, ..Default::default() }
             .with_min(Duration::from_micros(a.straggler_min_us)),
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
         decode_grace: Duration::from_millis(a.decode_grace_ms),
@@ -705,10 +703,12 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
             "hedged" => Redundancy::hedged_p95(),
             other => bail!("--redundancy {other}: expected none, replication or hedged"),
         },
-        dispatch: parm_serve::dispatch::DispatchBatching {
+        dispatch: parm_serve::upstream::dispatch::DispatchBatching {
             max_batch: a.dispatch_max_batch,
             max_in_flight: a.dispatch_max_in_flight,
         },
+        batch_coding: a.batch_coding,
+        ..FrontendConfig::new(spec, a.deployed.clone())
     })
 }
 
@@ -718,26 +718,21 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let a = with_config(a)?;
-    let options = parm_serve::security::ServeOptions {
-        auth: parm_serve::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
+    let options = parm_serve::oip::security::ServeOptions {
+        auth: parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
         max_body_bytes: a.max_body_bytes,
         header_read_timeout: Duration::from_millis(a.header_read_timeout_ms),
         body_read_timeout: Duration::from_millis(a.body_read_timeout_ms),
     };
     // The instance clients the frontend makes send the same token.
-    parm_serve::client::set_default_auth_token(options.auth.clone());
+    parm_serve::upstream::client::set_default_auth_token(options.auth.clone());
     anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
     let drain = Duration::from_millis(a.drain_timeout_ms);
     block_on_drained(a.runtime_threads, async move {
         let frontend = Frontend::start(frontend_config(&a).await?)?;
         frontend.warm_up().await;
-        let admission = parm_serve::admission::Admission::new(a.max_inflight);
-        let serving = parm_serve::api::Serving::start_with_options(frontend, admission, options).await?;
-        if a.batch_coding {
-            let coder = parm_serve::batch_coding::BatchCoder::start(serving.frontend.config())?;
-            coder.warm_up().await;
-            let _ = serving.batch_coding.set(coder);
-        }
+        let admission = parm_serve::server::admission::Admission::new(a.max_inflight);
+        let serving = parm_serve::server::api::Serving::start_with_options(frontend, admission, options).await?;
         let http = bind(&a.listen).await?;
         println!("listening on {}", http.local_addr()?);
         let grpc = match a.grpc_listen.as_str() {
@@ -753,7 +748,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 println!("{what} listening on {}", l.local_addr()?);
             }
         }
-        let listeners = parm_serve::server::Listeners { http, grpc, metrics };
-        parm_serve::server::serve_all_draining(serving, listeners, shutdown_signal(), drain).await
+        let listeners = parm_serve::server::listen::Listeners { http, grpc, metrics };
+        parm_serve::server::listen::serve_all_draining(serving, listeners, shutdown_signal(), drain).await
     })
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parm_serve::api::{Serving, Shared};
-use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
-use parm_serve::frontend::{Frontend, FrontendConfig};
-use parm_serve::redundancy::Redundancy;
-use parm_serve::security::{AuthToken, ServeOptions};
-use parm_serve::worker::{spawn_worker_with_auth, WorkerHandle, WorkerOptions};
+use parm_serve::server::api::{Serving, Shared};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::oip::ModelSpec;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::oip::security::{AuthToken, ServeOptions};
+use parm_serve::instance::worker::{spawn_worker_with_auth, WorkerHandle, WorkerOptions};
 use serde_json::{json, Value};
 
 pub const IN: usize = 4;
@@ -59,23 +59,14 @@ pub struct Cluster {
 pub fn linear_config(workers: &[WorkerHandle]) -> FrontendConfig {
     let addr = |w: &WorkerHandle| w.addr.to_string();
     FrontendConfig {
-        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
-        deployed: workers[..2].iter().map(addr).collect(),
-        deployed_model: "deployed".into(),
         parity: vec![addr(&workers[2])],
         parity_model: "parity".into(),
-        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
-        group_timeout: Duration::from_millis(5),
-        instance_timeout: Duration::from_secs(5),
-        decode_grace: Duration::from_millis(2),
-        redundancy: Redundancy::None,
-        dispatch: Default::default(),
-        straggler: Default::default(),
+        ..FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), workers[..2].iter().map(addr).collect())
     }
 }
 
 /// Starts the cluster; the workers require `worker_token` (the frontend's instance clients
-/// must then carry it: see `parm_serve::client::set_default_auth_token`).
+/// must then carry it: see `parm_serve::upstream::client::set_default_auth_token`).
 pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> Cluster {
     let (f, fp) = models();
     let mut workers = Vec::new();
@@ -87,10 +78,10 @@ pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> 
     let serving = Serving::start_with_options(frontend, Default::default(), options).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(parm_serve::http::serve_shared(listener, serving.clone(), std::future::pending()));
+    tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::grpc_frontend::serve_grpc(listener, serving.clone(), std::future::pending()));
+    tokio::spawn(parm_serve::server::grpc::serve_grpc(listener, serving.clone(), std::future::pending()));
     Cluster { workers, url: format!("http://{http_addr}"), http_addr, grpc, serving }
 }
 

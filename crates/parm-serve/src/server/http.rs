@@ -6,19 +6,19 @@
 //! `GET /v2/models/{name}[/versions/{v}]/config` (Triton's model configuration),
 //! `GET /v2/models[/{name}[/versions/{v}]]/stats` (Triton's statistics),
 //! `POST /v2/models/{name}[/versions/{v}]/infer`, and `GET /metrics` (Prometheus).
-//! Errors are `{"error": "..."}` with Triton's status mapping (see [`crate::api`]).
+//! Errors are `{"error": "..."}` with Triton's status mapping (see [`crate::server::api`]).
 //!
 //! Inference requests may use the **binary tensor data extension**: the JSON header is the
 //! first `Inference-Header-Content-Length` bytes of the body, followed by the raw tensors in
 //! input order, each announced by its `parameters.binary_data_size` (bytes, little-endian,
 //! row-major). Outputs are returned binary when the request asks for it
 //! (`outputs[i].parameters.binary_data`, or request-level `parameters.binary_data_output`).
-//! Every numeric input datatype is converted to the model's FP32 (see [`crate::tensor`]).
+//! Every numeric input datatype is converted to the model's FP32 (see [`crate::oip::tensor`]).
 //! Request bodies may be gzip- or deflate-compressed (`Content-Encoding`). The request-level
 //! parameter `timeout` (microseconds) is a deadline over the whole request: 504 when it passes.
 //!
 //! A request may carry a batch: input shape `[B, ...input_shape]` (or any shape whose element
-//! count is a multiple of the query size), at most [`crate::api::MAX_BATCH_SIZE`] queries. Each
+//! count is a multiple of the query size), at most [`crate::server::api::MAX_BATCH_SIZE`] queries. Each
 //! row joins a coding group on its own. The response's `parameters` say whether any row was
 //! reconstructed (`parm_reconstructed`), and, per row, `parm_reconstructed_rows`,
 //! `parm_coding_groups`, `parm_group_positions`.
@@ -34,15 +34,16 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::decompression::RequestDecompressionLayer;
 
-use crate::api::{ApiError, Serving, Shared};
-use crate::frontend::{Frontend, Prediction};
+use crate::server::api::{Serving, Shared};
+use crate::server::error::ApiError;
+use crate::coded::{Frontend, Prediction};
 
 /// Header carrying the length of the JSON part of a binary-extension body (bytes).
 pub const HEADER_LEN: &str = "inference-header-content-length";
 
 /// Default largest request body, after decompression (bytes); set per server with
-/// [`crate::security::ServeOptions::max_body_bytes`].
-pub const MAX_BODY_BYTES: usize = crate::security::DEFAULT_MAX_BODY_BYTES;
+/// [`crate::oip::security::ServeOptions::max_body_bytes`].
+pub const MAX_BODY_BYTES: usize = crate::oip::security::DEFAULT_MAX_BODY_BYTES;
 
 /// Extensions advertised in server metadata.
 pub const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "statistics", "model_configuration", "schedule_policy"];
@@ -71,7 +72,7 @@ pub fn router(serving: Shared) -> Router {
         .with_state(serving)
 }
 
-/// Bearer-token check (when a token is configured, see [`crate::security`]): everything but
+/// Bearer-token check (when a token is configured, see [`crate::oip::security`]): everything but
 /// the health probes `/v2/health/live` and `/v2/health/ready` needs `Authorization: Bearer
 /// TOKEN`, else 401 with `WWW-Authenticate: Bearer`. Runs before the body is read.
 async fn require_auth(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
@@ -86,7 +87,7 @@ async fn require_auth(State(s): State<Shared>, req: axum::extract::Request, next
 }
 
 /// Admission control before the body is read: while the frontend is full (or shutting down),
-/// an inference request is answered 503 + `Retry-After` at once (see [`crate::admission`]).
+/// an inference request is answered 503 + `Retry-After` at once (see [`crate::server::admission`]).
 async fn shed_when_full(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if req.method() == axum::http::Method::POST && req.uri().path().ends_with("/infer") && s.admission.is_full() {
         let accepted = s.accept();
@@ -115,8 +116,8 @@ impl From<ApiError> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let retry = (self.0.kind == crate::api::ErrorKind::Overloaded)
-            .then(|| [(header::RETRY_AFTER, crate::admission::retry_after_secs(crate::admission::DEFAULT_RETRY_AFTER).to_string())]);
+        let retry = (self.0.kind == crate::server::error::ErrorKind::Overloaded)
+            .then(|| [(header::RETRY_AFTER, crate::server::admission::retry_after_secs(crate::server::admission::DEFAULT_RETRY_AFTER).to_string())]);
         (code, retry, Json(json!({"error": self.0.message}))).into_response()
     }
 }
@@ -195,7 +196,7 @@ async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body
     };
     let parsed = check(&s, &p)
         .map_err(|e| e.0)
-        .and_then(|_| crate::request::parse_http(s.frontend.spec(), headers.get(HEADER_LEN).map(|v| v.as_bytes()), &body));
+        .and_then(|_| crate::server::request::parse_http(s.frontend.spec(), headers.get(HEADER_LEN).map(|v| v.as_bytes()), &body));
     let req = match parsed {
         Ok(req) => req,
         Err(e) => return HttpError(accepted.reject(e)).into_response(),
@@ -210,7 +211,7 @@ async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body
 /// `Content-Length` announcing more, and for a compressed body inflating past it: a gzip bomb
 /// stops there), within `body_read_timeout` (else 408); a body that cannot be read or
 /// decompressed gets 400.
-async fn read_body(o: &crate::security::ServeOptions, headers: &HeaderMap, body: Body) -> Result<Bytes, (StatusCode, ApiError)> {
+async fn read_body(o: &crate::oip::security::ServeOptions, headers: &HeaderMap, body: Body) -> Result<Bytes, (StatusCode, ApiError)> {
     use http_body_util::BodyExt;
     let limit = o.max_body_bytes;
     let too_big = || (StatusCode::PAYLOAD_TOO_LARGE, ApiError::bad(format!("request body exceeds the limit of {limit} bytes")));
@@ -275,7 +276,7 @@ fn respond(s: &Serving, id: Option<String>, binary: bool, preds: &[Prediction]) 
     }
     let mut body = serde_json::to_vec(&resp).expect("JSON serialises");
     let header_len = body.len();
-    body.extend(crate::grpc::encode_f32_le(&data));
+    body.extend(crate::oip::grpc::encode_f32_le(&data));
     let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static(HEADER_LEN), header_len.to_string())];
     (headers, Body::from(body)).into_response()
 }
@@ -313,7 +314,7 @@ pub async fn serve_shared(
 /// it (or of opening the connection) is disconnected, so stalled or trickling clients cannot
 /// hold connections open forever (hyper's `header_read_timeout`, which `axum::serve` leaves
 /// without a timer, i.e. off). Bodies are bounded in time by the handlers (see
-/// [`crate::security::ServeOptions::body_read_timeout`]).
+/// [`crate::oip::security::ServeOptions::body_read_timeout`]).
 ///
 /// Errors: the listener fails.
 pub async fn serve_router(

@@ -16,7 +16,7 @@
 //!
 //! The instance interface uses the same scheme: a worker started with a token rejects calls
 //! without it (`UNAUTHENTICATED`), and the frontend's instance clients send the process-wide
-//! token set by [`crate::client::set_default_auth_token`].
+//! token set by [`crate::upstream::client::set_default_auth_token`].
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use crate::redundancy::LatencyWindow;
+use crate::upstream::redundancy::LatencyWindow;
 
 /// The straggler policy of the coded path (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
@@ -41,8 +41,29 @@ impl Default for StragglerPolicy {
     }
 }
 
-/// The percentile the latency window tracks for the threshold.
-pub const MEDIAN: f64 = 50.0;
+pub use crate::upstream::pool::MEDIAN;
+
+/// How long a coding group takes members: the group timeout, or the straggler threshold if
+/// shorter (its first member may be a straggler, and would wait for group-mates otherwise).
+/// Generic so that the simulator (ms as `f64`) applies the same rule as the frontend.
+pub fn seal_after<T: PartialOrd>(group_timeout: T, threshold: T) -> T {
+    if threshold < group_timeout { threshold } else { group_timeout }
+}
+
+/// How long a reconstruction is held back after its original was sent, so that an original
+/// about to arrive wins: the decode grace, capped at the straggler threshold (a query judged
+/// a straggler does not then wait for its original; with precise timers, a 2 ms grace held
+/// every eager reconstruction past the ~1 ms threshold plus the parity RPC: one-slow p99
+/// 2.6 ms eager vs 2.1 ms lazy, BENCHMARKS.md).
+pub fn decode_grace<T: PartialOrd>(grace: T, threshold: T) -> T {
+    seal_after(grace, threshold)
+}
+
+/// With lazy parity, how long after a query was sent its group's parity query is wanted
+/// (the straggler threshold); `None` with ParM's eager parity (sent at the seal).
+pub fn parity_due_after<T>(lazy_parity: bool, threshold: T) -> Option<T> {
+    lazy_parity.then_some(threshold)
+}
 
 impl StragglerPolicy {
     /// The current straggler threshold; `max` until latencies have been recorded.

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::api::{ApiError, ErrorKind};
+use crate::server::error::{ApiError, ErrorKind};
 
 /// Default most queries in flight at the frontend (`parm serve --max-inflight`).
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;

@@ -17,13 +17,14 @@
 //! one process) is refreshed from them at scrape time, except the answer-latency histogram,
 //! which is recorded as answers are served.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
-use crate::frontend::Stats;
+use crate::coded::Stats;
+use crate::upstream::health::InstanceGauge;
 
 /// Why a request failed (Triton's `reason` label values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,14 +64,6 @@ impl StatDuration {
     pub fn get(&self) -> (u64, u64) {
         (self.count.load(Ordering::Relaxed), self.ns.load(Ordering::Relaxed))
     }
-}
-
-/// Per-instance health as last probed (see [`crate::health`]).
-#[derive(Debug)]
-pub struct InstanceGauge {
-    pub role: &'static str,
-    pub addr: String,
-    pub up: AtomicBool,
 }
 
 /// Request statistics of one served model.
@@ -139,7 +132,7 @@ pub struct Prometheus {
 const LATENCY_BUCKETS: [f64; 14] = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 10.0];
 
 /// `# HELP` text of every metric.
-const HELP: [(&str, &str); 17] = [
+const HELP: [(&str, &str); 18] = [
     ("nv_inference_request_success", "Number of successful inference requests"),
     ("nv_inference_request_failure", "Number of failed inference requests, by reason (REJECTED, CANCELED, BACKEND)"),
     ("nv_inference_count", "Number of inferences (queries, batch rows) answered"),
@@ -148,11 +141,12 @@ const HELP: [(&str, &str); 17] = [
     ("nv_inference_queue_duration_us", "Cumulative time from accept to dispatch into coding groups (us)"),
     ("nv_inference_compute_infer_duration_us", "Cumulative time from dispatch to the last answer (us)"),
     ("nv_inference_pending_request_count", "Requests accepted and not yet answered"),
-    ("parm_queries_total", "Queries sent into coding groups"),
+    ("parm_queries_total", "Units (queries, or batches coded as one block) sent into coding groups"),
+    ("parm_query_rows_total", "Queries (rows) in the units sent into coding groups"),
     ("parm_parity_queries_total", "Parity queries sent to parity instances"),
     ("parm_reconstructions_total", "Queries answered with a reconstruction by the decoder"),
     ("parm_unavailable_total", "Queries neither predicted nor reconstructable"),
-    ("parm_padded_groups_total", "Partly filled coding groups closed on the group timeout and zero-padded"),
+    ("parm_padded_groups_total", "Coding groups whose parity query was zero-padded (partly filled, or blocks of different lengths)"),
     ("parm_unprotected_groups_total", "Coding groups closed without a parity query"),
     ("parm_backup_requests_total", "Extra copies sent by replication and hedging"),
     ("parm_answer_latency_seconds", "Latency of each answered query from dispatch, by source (original or reconstructed)"),
@@ -209,6 +203,7 @@ impl Prometheus {
         self.counter("nv_inference_compute_infer_duration_us", &[], us(&req.compute_infer));
         self.gauge("nv_inference_pending_request_count", &[], l(&req.pending) as f64);
         self.counter("parm_queries_total", &[], l(&coded.queries));
+        self.counter("parm_query_rows_total", &[], l(&coded.rows));
         self.counter("parm_parity_queries_total", &[], l(&coded.parity_queries));
         self.counter("parm_reconstructions_total", &[], l(&coded.reconstructed));
         self.counter("parm_unavailable_total", &[], l(&coded.unavailable));

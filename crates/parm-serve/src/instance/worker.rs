@@ -27,16 +27,17 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::backend::{InferenceBackend, ModelSpec};
-use crate::fault::{FaultConfig, FaultInjector};
-use crate::security::AuthToken;
-use crate::grpc::grpc_inference_service_server::{
+use crate::instance::backend::{InferenceBackend};
+use crate::oip::ModelSpec;
+use crate::instance::fault::{FaultConfig, FaultInjector};
+use crate::oip::security::AuthToken;
+use crate::oip::grpc::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
-use crate::grpc::model_infer_request::InferInputTensor;
-use crate::grpc::model_infer_response::InferOutputTensor;
-use crate::grpc::model_metadata_response::TensorMetadata;
-use crate::grpc::{
+use crate::oip::grpc::model_infer_request::InferInputTensor;
+use crate::oip::grpc::model_infer_response::InferOutputTensor;
+use crate::oip::grpc::model_metadata_response::TensorMetadata;
+use crate::oip::grpc::{
     self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le,
     encode_f32_le,
 };
@@ -53,7 +54,7 @@ pub struct WorkerOptions {
     /// arriving when the queue is full gets `RESOURCE_EXHAUSTED`. Default 1024.
     pub max_queue: usize,
     /// Dynamic batching of queued requests (default: none, one request per execution).
-    pub batching: Option<crate::batcher::BatchConfig>,
+    pub batching: Option<crate::instance::batcher::BatchConfig>,
 }
 
 impl Default for WorkerOptions {
@@ -81,7 +82,7 @@ pub async fn serve_worker(
 }
 
 /// [`serve_worker`] requiring `auth` (when set) on every call: gRPC metadata
-/// `authorization: Bearer TOKEN`, else `UNAUTHENTICATED` (see [`crate::security`]).
+/// `authorization: Bearer TOKEN`, else `UNAUTHENTICATED` (see [`crate::oip::security`]).
 ///
 /// # Errors
 /// As [`serve_worker`].
@@ -98,7 +99,7 @@ pub async fn serve_worker_with_auth(
     let service = GrpcInferenceServiceServer::new(WorkerService::new(backend, opts))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let service = InterceptedService::new(service, crate::security::grpc_auth(auth));
+    let service = InterceptedService::new(service, crate::oip::security::grpc_auth(auth));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         // Bigger HTTP/2 windows than h2's 64 KiB default: a batched image tensor should not
@@ -108,7 +109,7 @@ pub async fn serve_worker_with_auth(
         // The frontend cancels queued requests by design (a reconstructed query's original, a
         // parity query nobody needs): h2's rapid-reset guard (20 by default) would answer a
         // burst of those with GOAWAY and fail every request on the connection.
-        .http2_max_pending_accept_reset_streams(Some(crate::grpc::MAX_PENDING_ACCEPT_RESETS))
+        .http2_max_pending_accept_reset_streams(Some(crate::oip::grpc::MAX_PENDING_ACCEPT_RESETS))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -184,7 +185,7 @@ struct WorkerService {
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
     faults: Arc<FaultInjector>,
-    batcher: Option<crate::batcher::Batcher>,
+    batcher: Option<crate::instance::batcher::Batcher>,
 }
 
 impl WorkerService {
@@ -192,7 +193,7 @@ impl WorkerService {
     fn new(backend: Arc<dyn InferenceBackend>, opts: WorkerOptions) -> Self {
         let faults = Arc::new(FaultInjector::new(opts.faults));
         let batcher = opts.batching.map(|cfg| {
-            crate::batcher::Batcher::start(Arc::clone(&backend), Arc::clone(&faults), cfg, opts.max_queue)
+            crate::instance::batcher::Batcher::start(Arc::clone(&backend), Arc::clone(&faults), cfg, opts.max_queue)
         });
         WorkerService {
             backend,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{InstanceClient, InstanceError};
+use crate::upstream::{Instance, InstanceError};
 
 /// How far the frontend batches queries to one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,9 @@ impl DispatchBatching {
 type Reply = oneshot::Sender<Result<Vec<f32>, InstanceError>>;
 
 struct Pending {
+    /// A block of `rows` rows.
     input: Arc<[f32]>,
+    rows: usize,
     reply: Reply,
 }
 
@@ -66,22 +68,23 @@ pub struct Coalescer {
 impl Coalescer {
     /// Starts the dispatcher task (on the current tokio runtime). `timeout` bounds each
     /// batched request.
-    pub fn start(client: InstanceClient, model: String, cfg: DispatchBatching, timeout: Duration) -> Self {
+    pub fn start(client: Arc<dyn Instance>, model: String, cfg: DispatchBatching, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let addr: Arc<str> = client.addr().into();
         tokio::spawn(run(client, model, cfg, timeout, rx));
         Self { tx, addr }
     }
 
-    /// One query, `input` of `query_len` values (the instance sees it as a row of a
-    /// `[b, query_len]` request); returns its output row.
+    /// One block of rows, `input` of `shape` `[b, ...]` (the instance sees its rows as rows of
+    /// a larger `[B, ...]` request); returns its `b` output rows.
     ///
     /// Errors: the batch's error (every query of a failed batch gets it), or
     /// [`InstanceError::Timeout`] after `timeout` (queueing included).
-    pub async fn infer(&self, input: Arc<[f32]>, timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+    pub async fn infer(&self, input: Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
         let (reply, rx) = oneshot::channel();
         let gone = || InstanceError::Unavailable { addr: self.addr.to_string(), message: "dispatcher stopped".into() };
-        self.tx.send(Pending { input, reply }).map_err(|_| gone())?;
+        let rows = shape.first().map_or(1, |&b| b.max(1) as usize);
+        self.tx.send(Pending { input, rows, reply }).map_err(|_| gone())?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(gone()),
@@ -90,7 +93,7 @@ impl Coalescer {
     }
 }
 
-async fn run(client: InstanceClient, model: String, cfg: DispatchBatching, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(client: Arc<dyn Instance>, model: String, cfg: DispatchBatching, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
@@ -107,32 +110,52 @@ async fn run(client: InstanceClient, model: String, cfg: DispatchBatching, timeo
         }
         queue.retain(|p| !p.reply.is_closed());
         while in_flight.len() < cfg.max_in_flight && !queue.is_empty() {
-            let n = queue.len().min(cfg.max_batch);
-            let batch: Vec<Pending> = queue.drain(..n).collect();
-            in_flight.push(send_batch(&client, &model, batch, timeout));
+            let batch = take_batch(&mut queue, cfg.max_batch);
+            in_flight.push(send_batch(&*client, &model, batch, timeout));
         }
     }
 }
 
-/// Sends `batch` as one `[b, n]` request and answers each query with its row.
-async fn send_batch(client: &InstanceClient, model: &str, batch: Vec<Pending>, timeout: Duration) {
-    let n = batch[0].input.len();
-    if batch.iter().any(|p| p.input.len() != n) {
+/// The queued blocks at the front whose rows add up to at most `max_rows` (at least one block).
+fn take_batch(queue: &mut VecDeque<Pending>, max_rows: usize) -> Vec<Pending> {
+    let mut rows = 0;
+    let n = queue
+        .iter()
+        .take_while(|p| {
+            rows += p.rows;
+            rows <= max_rows
+        })
+        .count();
+    queue.drain(..n.max(1)).collect()
+}
+
+/// Sends `batch` as one `[B, n]` request (B the rows of all its blocks) and answers each
+/// block with its rows.
+async fn send_batch(client: &dyn Instance, model: &str, batch: Vec<Pending>, timeout: Duration) {
+    let rows: usize = batch.iter().map(|p| p.rows).sum();
+    let n = batch[0].input.len() / batch[0].rows;
+    if batch.iter().any(|p| p.input.len() != p.rows * n) {
         // Queries of one model all have the same length; anything else is a caller's bug.
         for p in batch {
-            let message = format!("queries of different lengths in one batch ({n} vs {})", p.input.len());
+            let message = format!("queries of different lengths in one batch ({n} vs {} / {})", p.input.len(), p.rows);
             let _ = p.reply.send(Err(InstanceError::InvalidArgument { addr: client.addr().into(), message }));
         }
         return;
     }
-    let rows = batch.len();
     let input: Vec<f32> = batch.iter().flat_map(|p| p.input.iter().copied()).collect();
     let result = client.infer(model, &input, &[rows as i64, n as i64], timeout).await;
+    let result = result.and_then(|out| match out.len() % rows == 0 && !out.is_empty() {
+        true => Ok(out),
+        false => Err(InstanceError::BadResponse { addr: client.addr().into(), message: format!("{} output values for {rows} rows", out.len()) }),
+    });
     match result {
         Ok(out) => {
-            let m = out.len() / rows; // infer checked: a positive multiple of rows
-            for (p, row) in batch.into_iter().zip(out.chunks_exact(m)) {
-                let _ = p.reply.send(Ok(row.to_vec()));
+            let m = out.len() / rows;
+            let mut at = 0;
+            for p in batch {
+                let end = at + p.rows * m;
+                let _ = p.reply.send(Ok(out[at..end].to_vec()));
+                at = end;
             }
         }
         Err(e) => {

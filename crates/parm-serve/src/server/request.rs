@@ -1,6 +1,6 @@
 //! Parsing and validation of Open Inference Protocol inference requests into per-query FP32
 //! rows, for both client interfaces: HTTP bodies (JSON, or JSON header + binary tensors, see
-//! [`crate::http`]) and gRPC `ModelInferRequest`s (see [`crate::grpc_frontend`]).
+//! [`crate::server::http`]) and gRPC `ModelInferRequest`s (see [`crate::server::grpc`]).
 //!
 //! These functions are pure (they need only the served model's [`ModelSpec`]), so the fuzz
 //! targets in `fuzz/` drive exactly the code the servers run. Every failure is an
@@ -13,10 +13,11 @@
 
 use serde_json::Value;
 
-use crate::api::{timeout_param, ApiError, MAX_BATCH_SIZE};
-use crate::backend::ModelSpec;
-use crate::grpc::{self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor};
-use crate::tensor::{decode_binary, json_number_to_f32, DataType};
+use crate::server::api::{timeout_param, MAX_BATCH_SIZE};
+use crate::server::error::ApiError;
+use crate::oip::ModelSpec;
+use crate::oip::grpc::{self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor};
+use crate::oip::tensor::{decode_binary, json_number_to_f32, DataType};
 
 /// A validated HTTP inference request.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +197,7 @@ pub fn rows(spec: &ModelSpec, input: &str, shape: &[usize], values: Vec<f32>) ->
 }
 
 /// Validates a gRPC request's single input tensor and decodes it to FP32 rows (raw or typed
-/// contents; every numeric datatype is converted, see [`crate::tensor`]).
+/// contents; every numeric datatype is converted, see [`crate::oip::tensor`]).
 ///
 /// Errors: invalid argument, for any malformed or inconsistent request.
 pub fn grpc_rows(spec: &ModelSpec, req: &pb::ModelInferRequest) -> Result<Vec<Vec<f32>>, ApiError> {
@@ -312,7 +313,7 @@ mod tests {
         assert!(decode_grpc(&spec(), &[0xff, 0xff, 0xff]).is_err());
         let req = pb::ModelInferRequest {
             inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![1, 4], ..Default::default() }],
-            raw_input_contents: vec![crate::grpc::encode_f32_le(&[1.0, 2.0, 3.0, 4.0])],
+            raw_input_contents: vec![crate::oip::grpc::encode_f32_le(&[1.0, 2.0, 3.0, 4.0])],
             ..Default::default()
         };
         let bytes = prost::Message::encode_to_vec(&req);

@@ -2,7 +2,7 @@
 //! worker, or any Triton / MLServer / OpenVINO Model Server instance.
 //!
 //! A call that times out is dropped, which resets its HTTP/2 stream; a parm worker then removes
-//! it from its queue if it has not started yet (see [`crate::worker`]). No `grpc-timeout` header
+//! it from its queue if it has not started yet (see [`crate::instance::worker`]). No `grpc-timeout` header
 //! is sent, so the timeout is enforced here only and always reported as [`InstanceError::Timeout`].
 
 use std::collections::HashMap;
@@ -14,12 +14,12 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::backend::ModelSpec;
-use crate::security::AuthToken;
-use crate::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
-use crate::grpc::model_infer_request::InferInputTensor;
-use crate::grpc::model_metadata_response::TensorMetadata;
-use crate::grpc::{
+use crate::oip::ModelSpec;
+use crate::oip::security::AuthToken;
+use crate::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::oip::grpc::model_infer_request::InferInputTensor;
+use crate::oip::grpc::model_metadata_response::TensorMetadata;
+use crate::oip::grpc::{
     self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le,
     encode_f32_le,
 };
@@ -33,7 +33,7 @@ pub const READY_POLL: Duration = Duration::from_millis(50);
 static DEFAULT_TOKEN: std::sync::RwLock<Option<AuthToken>> = std::sync::RwLock::new(None);
 
 /// Sets the bearer token that [`InstanceClient`]s created from now on send to their instance
-/// (gRPC metadata `authorization: Bearer TOKEN`, see [`crate::security`]); `None` sends none.
+/// (gRPC metadata `authorization: Bearer TOKEN`, see [`crate::oip::security`]); `None` sends none.
 /// Process-wide, so that every client the frontend makes (for its coding groups and health
 /// probes) carries it; `parm serve --auth-token-file` sets it.
 pub fn set_default_auth_token(token: Option<AuthToken>) {
@@ -126,7 +126,7 @@ pub struct InstanceClient {
     /// Model name -> input tensor name, learned from ModelMetadata (Triton checks input names).
     input_names: Arc<Mutex<HashMap<String, String>>>,
     /// Outcomes of `infer` calls: whether the instance is in rotation.
-    breaker: Arc<crate::health::Breaker>,
+    breaker: Arc<crate::upstream::health::Breaker>,
     /// Bearer token sent with every call, if any.
     token: Option<AuthToken>,
 }
@@ -166,7 +166,7 @@ impl InstanceClient {
             // queries nobody needs). h2 remembers only 10 cancelled streams by default; the
             // answer to a forgotten one draws a library reset, and after 1024 of those h2
             // closes the connection (GOAWAY), failing every call on it.
-            .http2_max_concurrent_reset_streams(crate::grpc::MAX_PENDING_ACCEPT_RESETS);
+            .http2_max_concurrent_reset_streams(crate::oip::grpc::MAX_PENDING_ACCEPT_RESETS);
         let grpc = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -189,7 +189,7 @@ impl InstanceClient {
     /// `message` as a request carrying the bearer token, if any.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        crate::security::authorize(&mut req, self.token.as_ref());
+        crate::oip::security::authorize(&mut req, self.token.as_ref());
         req
     }
 
@@ -225,7 +225,7 @@ impl InstanceClient {
     }
 
     /// False while the instance is out of rotation after repeated connection failures or
-    /// timeouts of [`Self::infer`] (see [`crate::health::Breaker`]); clones share the state.
+    /// timeouts of [`Self::infer`] (see [`crate::upstream::health::Breaker`]); clones share the state.
     pub fn usable(&self) -> bool {
         self.breaker.usable()
     }

@@ -4,12 +4,19 @@
 //! recovered one is noticed within seconds. Readiness (`/v2/health/ready`, gRPC `ServerReady`,
 //! `grpc.health.v1`) is true while at least one deployed instance answered its last probe.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::InstanceClient;
-use crate::metrics::InstanceGauge;
+use crate::upstream::client::InstanceClient;
+
+/// Per-instance health as last probed.
+#[derive(Debug)]
+pub struct InstanceGauge {
+    pub role: &'static str,
+    pub addr: String,
+    pub up: AtomicBool,
+}
 
 /// Probe period of an instance that answered its last probe.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);

@@ -1,10 +1,10 @@
 //! Runs the frontend's interfaces together: OIP HTTP (with `/metrics`), OIP gRPC with
 //! `grpc.health.v1`, and optionally a separate Prometheus port, all over one
-//! [`crate::api::Serving`], until one shared shutdown signal.
+//! [`crate::server::api::Serving`], until one shared shutdown signal.
 //!
 //! # Graceful shutdown
 //! When the shutdown signal resolves (SIGTERM or Ctrl-C in `parm serve`):
-//! 1. admission closes ([`crate::admission::Admission::close`]): readiness turns false and any
+//! 1. admission closes ([`crate::server::admission::Admission::close`]): readiness turns false and any
 //!    request that still reaches the frontend (on a kept-alive connection) gets 503 +
 //!    `Retry-After`, "shutting down";
 //! 2. the listeners stop accepting connections; idle connections are closed, HTTP/2 ones get
@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::Shared;
+use crate::server::api::Shared;
 
 /// Default drain deadline after the shutdown signal (`--drain-timeout-ms`).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,15 +119,15 @@ pub async fn serve_all_draining(
             })
         };
         let mut tasks = tokio::task::JoinSet::new();
-        let http = crate::http::serve_shared(listeners.http, serving.clone(), stop.wait());
+        let http = crate::server::http::serve_shared(listeners.http, serving.clone(), stop.wait());
         tasks.spawn(async move { Ok::<_, anyhow::Error>(http.await?) });
         if let Some(l) = listeners.grpc {
-            tasks.spawn(crate::grpc_frontend::serve_grpc(l, serving.clone(), stop.wait()));
+            tasks.spawn(crate::server::grpc::serve_grpc(l, serving.clone(), stop.wait()));
         }
         if let Some(l) = listeners.metrics {
-            let app = crate::http::metrics_router(serving.clone());
+            let app = crate::server::http::metrics_router(serving.clone());
             // Same accept loop as the HTTP port: slow or silent clients are cut off.
-            let fut = crate::http::serve_router(l, app, serving.options.header_read_timeout, stop.wait());
+            let fut = crate::server::http::serve_router(l, app, serving.options.header_read_timeout, stop.wait());
             tasks.spawn(async move { Ok(fut.await?) });
         }
         let mut result = Ok(());

@@ -27,8 +27,8 @@
 //! lazy_parity = false            # parity queries only for groups with a straggler
 //! straggler_factor = 2.0         # straggler threshold = factor x median instance latency
 //! straggler_min_us = 1000        # ... but at least this
-//! batch_coding = false           # true: a batch request is coded as one (crate::batch_coding)
-//! dispatch_max_batch = 1         # > 1: batch queued queries per instance (crate::dispatch)
+//! batch_coding = false           # true: a batch request is coded as one block (crate::coded)
+//! dispatch_max_batch = 1         # > 1: batch queued queries per instance (crate::upstream::dispatch)
 //! dispatch_max_in_flight = 4     # requests outstanding per instance before queries batch
 //!
 //! [deadlines]                    # milliseconds
@@ -61,13 +61,13 @@ pub struct ServerSection {
     pub http: Option<String>,
     pub grpc: Option<String>,
     pub metrics: Option<String>,
-    /// Most queries in flight at the frontend (see [`crate::admission`]).
+    /// Most queries in flight at the frontend (see [`crate::server::admission`]).
     pub max_inflight: Option<usize>,
-    /// Longest drain of in-flight requests after SIGTERM (ms, see [`crate::server`]).
+    /// Longest drain of in-flight requests after SIGTERM (ms, see [`crate::server::listen`]).
     pub drain_timeout_ms: Option<u64>,
     /// Threads of the frontend's async runtime (0: current-thread).
     pub runtime_threads: Option<usize>,
-    /// File holding the bearer token clients must send (see [`crate::security`]).
+    /// File holding the bearer token clients must send (see [`crate::oip::security`]).
     pub auth_token_file: Option<std::path::PathBuf>,
     /// Largest request body after decompression (bytes).
     pub max_body_bytes: Option<usize>,
@@ -89,15 +89,15 @@ pub struct ModelSection {
     pub k: Option<usize>,
     pub encoder: Option<String>,
     pub redundancy: Option<String>,
-    /// Parity queries only for coding groups with a straggler (see [`crate::straggler`]).
+    /// Parity queries only for coding groups with a straggler (see [`crate::coded::policy`]).
     pub lazy_parity: Option<bool>,
     /// Straggler threshold = this x the median deployed-instance latency.
     pub straggler_factor: Option<f64>,
     /// Floor of the straggler threshold (us).
     pub straggler_min_us: Option<u64>,
-    /// Code a batch request as one (`parm serve --batch-coding`, see [`crate::batch_coding`]).
+    /// Code a batch request as one (`parm serve --batch-coding`, see [`crate::coded::Frontend::predict_block`]).
     pub batch_coding: Option<bool>,
-    /// Most queries per request to an instance (see [`crate::dispatch`]).
+    /// Most queries per request to an instance (see [`crate::upstream::dispatch`]).
     pub dispatch_max_batch: Option<usize>,
     /// Requests outstanding per instance before queries wait and batch.
     pub dispatch_max_in_flight: Option<usize>,
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../../../examples/parm.toml");
+        let text = include_str!("../../../../examples/parm.toml");
         let f = ServeFile::parse(text).unwrap();
         assert_eq!(f.model.k, Some(2));
         assert_eq!(f.model.deployed.as_ref().map(Vec::len), Some(2));

@@ -3,11 +3,11 @@
 //! one port (Triton's default 8001).
 //!
 //! Inference takes one input tensor of any numeric datatype (converted to the model's FP32,
-//! see [`crate::tensor`]) in `raw_input_contents` or the typed `contents`, and answers with the
+//! see [`crate::oip::tensor`]) in `raw_input_contents` or the typed `contents`, and answers with the
 //! FP32 output in `raw_output_contents` (as Triton does), plus the parameter
 //! `parm_reconstructed`. Deadlines: the request parameter `timeout` (int64, microseconds, as
 //! Triton's clients send it) and the `grpc-timeout` header; the earlier one wins and expiry gives
-//! `DEADLINE_EXCEEDED`, never a late answer. Errors use Triton's codes (see [`crate::api`]).
+//! `DEADLINE_EXCEEDED`, never a late answer. Errors use Triton's codes (see [`crate::server::api`]).
 //!
 //! Health: `grpc.health.v1` reports SERVING for `""` and `inference.GRPCInferenceService`
 //! while at least one deployed instance is healthy, NOT_SERVING otherwise (refreshed every
@@ -20,18 +20,19 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::api::{ApiError, Shared};
-use crate::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
-use crate::grpc::infer_parameter::ParameterChoice;
-use crate::grpc::model_infer_response::InferOutputTensor;
-use crate::grpc::model_metadata_response::TensorMetadata;
-use crate::grpc::{self as pb, encode_f32_le, InferParameter, MAX_MESSAGE_BYTES};
-use crate::http::EXTENSIONS;
+use crate::server::api::Shared;
+use crate::server::error::ApiError;
+use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::oip::grpc::infer_parameter::ParameterChoice;
+use crate::oip::grpc::model_infer_response::InferOutputTensor;
+use crate::oip::grpc::model_metadata_response::TensorMetadata;
+use crate::oip::grpc::{self as pb, encode_f32_le, InferParameter, MAX_MESSAGE_BYTES};
+use crate::server::http::EXTENSIONS;
 
 /// How often `grpc.health.v1` statuses are refreshed from instance health.
 pub const HEALTH_REFRESH: Duration = Duration::from_millis(500);
 
-/// The gRPC service over a shared [`crate::api::Serving`].
+/// The gRPC service over a shared [`crate::server::api::Serving`].
 pub struct FrontendService {
     serving: Shared,
 }
@@ -47,7 +48,7 @@ pub async fn serve_grpc(
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let refresher = tokio::spawn(refresh_health(reporter, serving.clone()));
-    let auth = crate::security::grpc_auth(serving.options.auth.clone());
+    let auth = crate::oip::security::grpc_auth(serving.options.auth.clone());
     let max_request = serving.options.max_body_bytes;
     let service = GrpcInferenceServiceServer::new(FrontendService { serving })
         .max_decoding_message_size(max_request)
@@ -119,7 +120,7 @@ fn param_bool(b: bool) -> InferParameter {
 }
 
 impl FrontendService {
-    fn infer_response(&self, id: String, preds: &[crate::frontend::Prediction]) -> pb::ModelInferResponse {
+    fn infer_response(&self, id: String, preds: &[crate::coded::Prediction]) -> pb::ModelInferResponse {
         let spec = self.serving.frontend.spec();
         let data: Vec<f32> = preds.iter().flat_map(|p| p.output.iter().copied()).collect();
         let shape = std::iter::once(preds.len() as i64).chain(spec.output_shape.iter().copied()).collect();
@@ -181,8 +182,8 @@ impl GrpcInferenceService for FrontendService {
         let req = req.into_inner();
         let parsed = s
             .check_model(&req.model_name, Some(&req.model_version))
-            .and_then(|_| crate::request::grpc_check_outputs(s.frontend.spec(), &req))
-            .and_then(|_| Ok((deadline(&req.parameters, header)?, crate::request::grpc_rows(s.frontend.spec(), &req)?)));
+            .and_then(|_| crate::server::request::grpc_check_outputs(s.frontend.spec(), &req))
+            .and_then(|_| Ok((deadline(&req.parameters, header)?, crate::server::request::grpc_rows(s.frontend.spec(), &req)?)));
         let (timeout, rows) = match parsed {
             Ok(p) => p,
             Err(e) => return Err(status(accepted.reject(e))),
@@ -207,7 +208,7 @@ impl GrpcInferenceService for FrontendService {
 }
 
 impl FrontendService {
-    /// The protobuf form of [`crate::api::Serving::config_json`].
+    /// The protobuf form of [`crate::server::api::Serving::config_json`].
     fn model_config_pb(&self) -> pb::ModelConfig {
         let s = self.serving.frontend.spec();
         let json = self.serving.config_json();
@@ -223,7 +224,7 @@ impl FrontendService {
             name: s.name.clone(),
             platform: s.platform.clone(),
             backend: "parm".into(),
-            max_batch_size: crate::api::MAX_BATCH_SIZE as i32,
+            max_batch_size: crate::server::api::MAX_BATCH_SIZE as i32,
             input: vec![pb::ModelInput {
                 name: s.input_name.clone(),
                 data_type: pb::DataType::TypeFp32 as i32,
@@ -235,7 +236,7 @@ impl FrontendService {
         }
     }
 
-    /// The protobuf form of [`crate::api::Serving::stats_json`].
+    /// The protobuf form of [`crate::server::api::Serving::stats_json`].
     fn model_stats_pb(&self) -> pb::ModelStatistics {
         let j = &self.serving.stats_json()["model_stats"][0];
         let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);

@@ -3,7 +3,7 @@
 //! `max_batch` rows, waiting at most `max_delay` after the first request for more (Triton's
 //! `dynamic_batching { max_queue_delay_microseconds }`).
 //!
-//! Semantics kept from the unbatched worker (see [`crate::worker`]): one compute lane, FIFO
+//! Semantics kept from the unbatched worker (see [`crate::instance::worker`]): one compute lane, FIFO
 //! order, a bounded queue (`max_queue` requests; beyond that `RESOURCE_EXHAUSTED`), a request
 //! whose client left while it was queued is never computed, a running batch completes even if
 //! its clients leave, and the fault delay applies once per execution.
@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::backend::InferenceBackend;
-use crate::fault::FaultInjector;
+use crate::instance::backend::InferenceBackend;
+use crate::instance::fault::FaultInjector;
 
 /// Dynamic batching settings.
 #[derive(Clone, Debug, PartialEq)]

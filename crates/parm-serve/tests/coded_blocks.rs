@@ -1,6 +1,7 @@
-//! Coding over batches (crate::batch_coding) over 127.0.0.1: a batch goes to a deployed
-//! instance as one batched request, k batches share one batched parity request, and the rows
-//! of a batch whose instance is stalled are answered with reconstructions. Instances are parm
+//! Coding over batches (`batch_coding`: a request's rows coded as one block by the coded path,
+//! `Frontend::predict_block`) over 127.0.0.1: a batch goes to a deployed instance as one
+//! batched request, k batches share one batched parity request, and the rows of a batch whose
+//! instance is stalled are answered with reconstructions. Instances are parm
 //! workers serving exact linear models (F(x) = W x + b, parity Fp(p) = W p + 2 b for k = 2),
 //! so every reconstruction equals the original exactly.
 
@@ -8,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parm_serve::backend::{InferenceBackend, LinearBackend, ModelSpec};
-use parm_serve::batch_coding::BatchCoder;
-use parm_serve::fault::FaultConfig;
-use parm_serve::frontend::FrontendConfig;
-use parm_serve::redundancy::Redundancy;
-use parm_serve::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::oip::ModelSpec;
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::coded::{Frontend, FrontendConfig, FrontendError, Prediction};
+use parm_serve::upstream::redundancy::Redundancy;
+use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 
 const IN: usize = 4;
 const OUT: usize = 3;
@@ -41,8 +42,7 @@ struct Cluster {
     f0: Arc<LinearBackend>,
     f1: Arc<LinearBackend>,
     fp: Arc<LinearBackend>,
-    coder: BatchCoder,
-    cfg: FrontendConfig,
+    frontend: Frontend,
 }
 
 /// Deployed instance 0 stalled, deployed instance 1 and the parity instance healthy; k = 2.
@@ -55,26 +55,34 @@ async fn cluster() -> Cluster {
     }
     let addr = |w: &WorkerHandle| w.addr.to_string();
     let cfg = FrontendConfig {
-        spec: ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]),
-        deployed: workers[..2].iter().map(addr).collect(),
         deployed_model: "deployed".into(),
         parity: vec![addr(&workers[2])],
         parity_model: "parity".into(),
-        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
-        // Long enough that two batches sent together always land in one group.
+        // Long enough that two batches sent together always land in one group (the group is
+        // sealed at the straggler threshold if that is shorter).
         group_timeout: Duration::from_millis(500),
-        straggler: Default::default(),
+        straggler: parm_serve::coded::policy::StragglerPolicy::default().with_min(Duration::from_millis(500)),
         instance_timeout: Duration::from_secs(60),
         decode_grace: Duration::from_millis(2),
         redundancy: Redundancy::None,
-        dispatch: Default::default(),
+        batch_coding: true,
+        ..FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), workers[..2].iter().map(addr).collect())
     };
-    let coder = BatchCoder::start(&cfg).unwrap();
-    coder.warm_up().await; // F(0) from the healthy instance (all are asked at once)
-    Cluster { _workers: workers, f0, f1, fp, coder, cfg }
+    let frontend = Frontend::start(cfg).unwrap();
+    frontend.warm_up().await; // F(0) from the healthy instance (all are asked at once)
+    Cluster { _workers: workers, f0, f1, fp, frontend }
 }
 
-fn assert_rows(got: &[Result<parm_serve::frontend::Prediction, parm_serve::frontend::FrontendError>], input: &[Vec<f32>], reconstructed: bool) {
+/// A batch as one block, answered row by row.
+async fn predict(f: &Frontend, rows: Vec<Vec<f32>>) -> Rows {
+    let n = rows.len();
+    match f.predict_block(rows.concat(), n).await {
+        Ok(p) => p.output.chunks_exact(OUT).map(|r| Ok(Prediction { output: r.to_vec(), ..p.clone() })).collect(),
+        Err(e) => vec![Err(e); n.max(1)],
+    }
+}
+
+fn assert_rows(got: &[Result<Prediction, FrontendError>], input: &[Vec<f32>], reconstructed: bool) {
     assert_eq!(got.len(), input.len());
     for (i, (p, x)) in got.iter().zip(input).enumerate() {
         let p = p.as_ref().unwrap_or_else(|e| panic!("row {i}: {e}"));
@@ -84,7 +92,7 @@ fn assert_rows(got: &[Result<parm_serve::frontend::Prediction, parm_serve::front
     }
 }
 
-type Rows = Vec<Result<parm_serve::frontend::Prediction, parm_serve::frontend::FrontendError>>;
+type Rows = Vec<Result<Prediction, FrontendError>>;
 
 /// Two batches sent together: the one that reached the stalled instance (normally the first
 /// sent; checked either way, since a loaded machine may reorder them) is answered with
@@ -102,11 +110,11 @@ async fn stalled_instance_batch_is_reconstructed_row_by_row() {
     let (a, b) = (rows(4, 0.5), rows(4, -1.0));
     let start = Instant::now();
     // Batch a (normally) joins the group first and goes to instance 0 (stalled), b to instance 1.
-    let ca = c.coder.clone();
+    let fa = c.frontend.clone();
     let a2 = a.clone();
-    let first = tokio::spawn(async move { ca.predict(a2).await });
+    let first = tokio::spawn(async move { predict(&fa, a2).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let got_b = c.coder.predict(b.clone()).await;
+    let got_b = predict(&c.frontend, b.clone()).await;
     let got_a = first.await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(10), "answered while the stall lasts ({:?})", start.elapsed());
     assert_one_reconstructed((&got_a, &a), (&got_b, &b));
@@ -115,14 +123,14 @@ async fn stalled_instance_batch_is_reconstructed_row_by_row() {
     assert_eq!(ga.position + gb.position, 1, "positions 0 and 1");
 
     // One batched request per batch and one batched parity request of 4 rows for both.
-    let s = c.coder.stats();
+    let s = c.frontend.stats();
     assert_eq!(c.f1.calls(), 2, "F(0) at warm-up + batch b as one request"); // F(0) + b
     assert_eq!(c.f0.calls(), 0, "the stalled instance never computed");
     assert_eq!(c.fp.calls(), 1, "one parity request");
-    assert_eq!(s.deployed_requests.load(Ordering::Relaxed), 2);
-    assert_eq!(s.parity_requests.load(Ordering::Relaxed), 1);
+    assert_eq!((s.queries.load(Ordering::Relaxed), s.rows.load(Ordering::Relaxed)), (2, 8));
+    assert_eq!(s.parity_queries.load(Ordering::Relaxed), 1);
     assert_eq!(s.parity_rows.load(Ordering::Relaxed), 4);
-    assert_eq!(s.reconstructed_rows.load(Ordering::Relaxed), 4);
+    assert_eq!(s.reconstructed.load(Ordering::Relaxed), 1, "one block reconstructed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,14 +140,14 @@ async fn batches_of_different_sizes_are_padded_per_row() {
     // are a_i + b_i, rows 2-4 are 0 + b_i; a's rows are Fp(a_i + b_i) - F(b_i) (or, the other
     // way round, b's rows 0-1 Fp(a_i + b_i) - F(a_i) and rows 2-4 Fp(b_i) - F(0)).
     let (a, b) = (rows(2, 2.0), rows(5, -0.25));
-    let ca = c.coder.clone();
+    let fa = c.frontend.clone();
     let a2 = a.clone();
-    let first = tokio::spawn(async move { ca.predict(a2).await });
+    let first = tokio::spawn(async move { predict(&fa, a2).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let got_b = c.coder.predict(b.clone()).await;
+    let got_b = predict(&c.frontend, b.clone()).await;
     let got_a = first.await.unwrap();
     assert_one_reconstructed((&got_a, &a), (&got_b, &b));
-    assert_eq!(c.coder.stats().parity_rows.load(Ordering::Relaxed), 5);
+    assert_eq!(c.frontend.stats().parity_rows.load(Ordering::Relaxed), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,28 +156,28 @@ async fn lone_batch_on_stalled_instance_is_reconstructed_from_padding() {
     // One batch in the group (closed by the group timeout), padded with a zero batch:
     // row i = Fp(a_i) - F(0).
     let a = rows(3, 1.5);
-    let got = c.coder.predict(a.clone()).await;
+    let got = predict(&c.frontend, a.clone()).await;
     assert_rows(&got, &a, true);
     // Then a lone batch on the healthy instance: answered, no parity request needed.
     let b = rows(3, 0.0);
-    let got = c.coder.predict(b.clone()).await;
+    let got = predict(&c.frontend, b.clone()).await;
     assert_rows(&got, &b, false);
-    let s = c.coder.stats();
+    let s = c.frontend.stats();
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.parity_skipped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await; // b's group closes on its timeout
     }
     assert_eq!(s.parity_skipped.load(Ordering::Relaxed), 1);
-    assert_eq!(s.parity_requests.load(Ordering::Relaxed), 1);
+    assert_eq!(s.parity_queries.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_are_rejected() {
     let c = cluster().await;
-    let got = c.coder.predict(vec![vec![0.0; IN], vec![0.0; IN + 1]]).await;
+    let got = predict(&c.frontend, vec![vec![0.0; IN], vec![0.0; IN + 1]]).await;
     assert_eq!(got.len(), 2);
-    assert!(got.iter().all(|r| matches!(r, Err(parm_serve::frontend::FrontendError::InvalidArgument(_)))));
-    assert!(c.coder.predict(Vec::new()).await.iter().all(Result::is_err));
+    assert!(got.iter().all(|r| matches!(r, Err(FrontendError::InvalidArgument(_)))));
+    assert!(predict(&c.frontend, Vec::new()).await.iter().all(Result::is_err));
 }
 
 /// Through `parm serve`'s HTTP interface with batch coding on: two batch requests in one
@@ -177,12 +185,10 @@ async fn bad_rows_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_batch_requests_are_coded_as_batches() {
     let c = cluster().await;
-    let frontend = parm_serve::frontend::Frontend::start(c.cfg.clone()).unwrap();
-    let serving = parm_serve::api::Serving::start(frontend).await.unwrap();
-    assert!(serving.batch_coding.set(c.coder.clone()).is_ok());
+    let serving = parm_serve::server::api::Serving::start(c.frontend.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v2/models/lin/infer", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::http::serve_shared(listener, serving.clone(), std::future::pending()));
+    tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));
     let post = |x: Vec<Vec<f32>>, url: String| async move {
         let body = serde_json::json!({"inputs": [{"name": "input", "shape": [x.len(), IN], "datatype": "FP32", "data": x.concat()}]});
         let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
@@ -201,11 +207,9 @@ async fn http_batch_requests_are_coded_as_batches() {
         let want: Vec<f32> = x.iter().flat_map(|row| expected(row)).collect();
         assert!(data.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-4), "{data:?} vs {want:?}");
     }
-    assert_eq!(c.coder.stats().batches.load(Ordering::Relaxed), 2);
     assert_eq!(c.fp.calls(), 1, "one parity request for both batches");
     let metrics = serving.render_metrics();
-    for line in ["parm_batch_coded_batches_total 2", "parm_batch_coded_rows_total 6", "parm_batch_parity_requests_total 1",
-                 "parm_batch_parity_rows_total 3", "parm_batch_reconstructed_rows_total 3"] {
+    for line in ["parm_queries_total 2", "parm_query_rows_total 6", "parm_parity_queries_total 1", "parm_reconstructions_total 1"] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
 }

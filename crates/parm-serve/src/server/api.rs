@@ -12,82 +12,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::frontend::{Frontend, FrontendError, Prediction};
-use crate::health::Health;
-use crate::metrics::{FailReason, Prometheus, RequestStats};
+use crate::coded::{Frontend, FrontendError, Prediction};
+use crate::upstream::health::Health;
+use crate::server::error::{ApiError, ErrorKind};
+use crate::server::metrics::{FailReason, Prometheus, RequestStats};
 
 /// Most queries (rows) one request may carry.
 pub const MAX_BATCH_SIZE: usize = 1024;
 
-/// Why a request failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    DeadlineExceeded,
-    Internal,
-    /// Shed by admission control (see [`crate::admission`]): 503 / UNAVAILABLE with a
-    /// retry-after hint.
-    Overloaded,
-}
-
-/// A client-facing error: kind and message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
-    }
-
-    /// An invalid-argument error.
-    pub fn bad(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::InvalidArgument, message)
-    }
-
-    /// HTTP status code (Triton's mapping).
-    pub fn http_status(&self) -> u16 {
-        match self.kind {
-            ErrorKind::InvalidArgument => 400,
-            ErrorKind::NotFound => 404,
-            ErrorKind::Unavailable | ErrorKind::Overloaded => 503,
-            ErrorKind::DeadlineExceeded => 504,
-            ErrorKind::Internal => 500,
-        }
-    }
-
-    /// The gRPC status.
-    pub fn grpc_status(&self) -> tonic::Status {
-        let code = match self.kind {
-            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
-            ErrorKind::NotFound => tonic::Code::NotFound,
-            ErrorKind::Unavailable | ErrorKind::Overloaded => tonic::Code::Unavailable,
-            ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
-            ErrorKind::Internal => tonic::Code::Internal,
-        };
-        let mut status = tonic::Status::new(code, self.message.clone());
-        if self.kind == ErrorKind::Overloaded {
-            let secs = crate::admission::retry_after_secs(crate::admission::DEFAULT_RETRY_AFTER);
-            let md = status.metadata_mut();
-            md.insert("retry-after", secs.into());
-            md.insert("grpc-retry-pushback-ms", (secs * 1000).into());
-        }
-        status
-    }
-
-    fn fail_reason(&self) -> FailReason {
-        match self.kind {
-            ErrorKind::InvalidArgument | ErrorKind::NotFound => FailReason::Rejected,
-            ErrorKind::DeadlineExceeded => FailReason::Canceled,
-            ErrorKind::Unavailable | ErrorKind::Internal => FailReason::Backend,
-            ErrorKind::Overloaded => FailReason::Rejected,
-        }
-    }
-}
 
 /// The frontend with its statistics and instance health, shared by both interfaces.
 pub struct Serving {
@@ -95,13 +27,10 @@ pub struct Serving {
     pub stats: RequestStats,
     pub prometheus: Prometheus,
     pub health: Health,
-    /// The bound on queries in flight (see [`crate::admission`]).
-    pub admission: crate::admission::Admission,
-    /// Authentication and request limits of the client interfaces (see [`crate::security`]).
-    pub options: crate::security::ServeOptions,
-    /// Coding over batches (`parm serve --batch-coding`): once set, a request of more than
-    /// one row is coded as one batch (see [`crate::batch_coding`]) instead of row by row.
-    pub batch_coding: std::sync::OnceLock<crate::batch_coding::BatchCoder>,
+    /// The bound on queries in flight (see [`crate::server::admission`]).
+    pub admission: crate::server::admission::Admission,
+    /// Authentication and request limits of the client interfaces (see [`crate::oip::security`]).
+    pub options: crate::oip::security::ServeOptions,
 }
 
 /// Shared handle.
@@ -145,9 +74,9 @@ impl Accepted<'_> {
         let dispatched = Instant::now();
         let n = rows.len();
         let calls = async {
-            match s.batch_coding.get() {
-                Some(coder) if n > 1 => timed_batch(s, coder, rows).await,
-                _ => futures::future::join_all(rows.into_iter().map(|r| timed_predict(s, r))).await,
+            match s.frontend.config().batch_coding && n > 1 {
+                true => timed_block(s, rows).await,
+                false => futures::future::join_all(rows.into_iter().map(|r| timed_predict(s, r))).await,
             }
         };
         // tokio's timers tick in whole milliseconds, so the deadline is also checked exactly
@@ -180,22 +109,29 @@ async fn timed_predict(s: &Serving, row: Vec<f32>) -> Result<Prediction, Fronten
     Ok(p)
 }
 
-/// A batch coded as one (see [`crate::batch_coding`]), with the per-row answer metrics.
-async fn timed_batch(s: &Serving, coder: &crate::batch_coding::BatchCoder, rows: Vec<Vec<f32>>) -> Vec<Result<Prediction, FrontendError>> {
+/// A request's rows coded as one block (`--batch-coding`, see [`Frontend::predict_block`]),
+/// answered row by row, with the per-row answer metrics.
+async fn timed_block(s: &Serving, rows: Vec<Vec<f32>>) -> Vec<Result<Prediction, FrontendError>> {
     let start = Instant::now();
-    let results = coder.predict(rows).await;
-    for p in results.iter().flatten() {
-        let source = if p.reconstructed { "reconstructed" } else { "original" };
-        s.prometheus.answer_latency(source, start.elapsed());
-    }
-    results
+    let n = rows.len();
+    let block = match s.frontend.predict_block(rows.concat(), n).await {
+        Ok(p) => p,
+        Err(e) => return vec![Err(e); n],
+    };
+    let source = if block.reconstructed { "reconstructed" } else { "original" };
+    let m = block.output.len() / n;
+    block
+        .output
+        .chunks_exact(m.max(1))
+        .map(|row| {
+            s.prometheus.answer_latency(source, start.elapsed());
+            Ok(Prediction { output: row.to_vec(), ..block.clone() })
+        })
+        .collect()
 }
 
 fn collect(results: Vec<Result<Prediction, FrontendError>>) -> Result<Vec<Prediction>, ApiError> {
-    results.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| match e {
-        FrontendError::InvalidArgument(m) => ApiError::bad(m),
-        FrontendError::Unavailable(m) => ApiError::new(ErrorKind::Unavailable, m),
-    })
+    results.into_iter().collect::<Result<Vec<_>, _>>().map_err(ApiError::from)
 }
 
 impl Serving {
@@ -203,23 +139,23 @@ impl Serving {
     ///
     /// Errors: an instance address that cannot be parsed.
     pub async fn start(frontend: Frontend) -> anyhow::Result<Shared> {
-        Self::start_with(frontend, crate::admission::Admission::default()).await
+        Self::start_with(frontend, crate::server::admission::Admission::default()).await
     }
 
-    /// [`Self::start`] with an admission limit (see [`crate::admission`]).
+    /// [`Self::start`] with an admission limit (see [`crate::server::admission`]).
     ///
     /// Errors: an instance address that cannot be parsed.
-    pub async fn start_with(frontend: Frontend, admission: crate::admission::Admission) -> anyhow::Result<Shared> {
-        Self::start_with_options(frontend, admission, crate::security::ServeOptions::default()).await
+    pub async fn start_with(frontend: Frontend, admission: crate::server::admission::Admission) -> anyhow::Result<Shared> {
+        Self::start_with_options(frontend, admission, crate::oip::security::ServeOptions::default()).await
     }
 
-    /// [`Self::start_with`] with authentication and request limits (see [`crate::security`]).
+    /// [`Self::start_with`] with authentication and request limits (see [`crate::oip::security`]).
     ///
     /// Errors: an instance address that cannot be parsed.
     pub async fn start_with_options(
         frontend: Frontend,
-        admission: crate::admission::Admission,
-        options: crate::security::ServeOptions,
+        admission: crate::server::admission::Admission,
+        options: crate::oip::security::ServeOptions,
     ) -> anyhow::Result<Shared> {
         let cfg = frontend.config();
         let mut instances: Vec<(&'static str, String, String)> =
@@ -228,7 +164,7 @@ impl Serving {
         let health = Health::start(&instances).await?;
         let spec = frontend.spec();
         let prometheus = Prometheus::new(&spec.name, &spec.version);
-        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission, options, batch_coding: Default::default() }))
+        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission, options }))
     }
 
     /// Starts timing one inference request.
@@ -259,7 +195,7 @@ impl Serving {
     /// Errors: element count not matching the shape, not a whole number (>= 1) of queries,
     /// more than [`MAX_BATCH_SIZE`] queries, or a value that is not finite.
     pub fn rows(&self, input: &str, shape: &[usize], values: Vec<f32>) -> Result<Vec<Vec<f32>>, ApiError> {
-        crate::request::rows(self.frontend.spec(), input, shape, values)
+        crate::server::request::rows(self.frontend.spec(), input, shape, values)
     }
 
     /// Triton's model configuration (JSON form of `model_config.proto`'s `ModelConfig`).
@@ -286,7 +222,7 @@ impl Serving {
         let s = self.frontend.spec();
         let st = &self.stats;
         let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let d = |d: &crate::metrics::StatDuration| {
+        let d = |d: &crate::server::metrics::StatDuration| {
             let (count, ns) = d.get();
             json!({"count": count, "ns": ns})
         };
@@ -316,20 +252,6 @@ impl Serving {
             a.limit(),
             a.shed()
         ));
-        if let Some(b) = self.batch_coding.get() {
-            let b = b.stats();
-            for (name, help, v) in [
-                ("parm_batch_coded_batches_total", "Batch requests coded as one (--batch-coding)", &b.batches),
-                ("parm_batch_coded_rows_total", "Queries in batch requests coded as one", &b.rows),
-                ("parm_batch_deployed_requests_total", "Batched requests sent to deployed instances", &b.deployed_requests),
-                ("parm_batch_parity_requests_total", "Batched parity requests sent to parity instances", &b.parity_requests),
-                ("parm_batch_parity_rows_total", "Rows of batched parity requests", &b.parity_rows),
-                ("parm_batch_reconstructed_rows_total", "Queries of coded batches answered with a reconstruction", &b.reconstructed_rows),
-            ] {
-                let v = v.load(std::sync::atomic::Ordering::Relaxed);
-                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
-            }
-        }
         text
     }
 }

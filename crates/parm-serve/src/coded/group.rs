@@ -1,0 +1,357 @@
+//! One coding group: members join, the group is sealed (full, or on its seal time), padded
+//! if needed, encoded into its parity query, and decoded as outputs arrive.
+//!
+//! A member is one unit of coding: a single query `[1, d]` or a request's batch coded as one
+//! block `[b, d]`. Each member runs its own instance call in its caller's task
+//! ([`Member::run`]); the parity query runs in a task of the group's ([`run_parity`]). The
+//! decoding rules are [`parm_codes::GroupState`]'s; the timing rules are
+//! [`crate::coded::policy`]'s.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use parm_codes::{encode_rows, Answer, GroupState, Slot};
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::coded::{policy, FrontendError, Prediction, Shared};
+use crate::timer;
+use crate::upstream::InstanceError;
+
+/// One coding group, shared by its members' tasks and its parity task.
+pub(crate) struct Group {
+    pub(crate) id: u64,
+    /// The straggler threshold when the group was opened (see [`crate::coded::policy`]).
+    threshold: Duration,
+    /// The group takes members until this instant; then it is sealed, padded if needed.
+    pub(crate) seal_at: Instant,
+    inner: Mutex<GroupInner>,
+}
+
+struct GroupInner {
+    state: GroupState,
+    /// Each member's block of rows, `[b_j, d]`.
+    inputs: Vec<Arc<[f32]>>,
+    /// Where a member's answer goes when another task settles it (a reconstruction, or
+    /// unavailable); taken when sent.
+    notify: Vec<Option<oneshot::Sender<Answer>>>,
+    sealed: bool,
+    /// Lazy parity: the parity query is wanted (a straggler or a failure) but the group is not
+    /// sealed yet.
+    parity_wanted: bool,
+    /// The parity task, once started.
+    parity: Option<AbortHandle>,
+}
+
+impl Group {
+    pub(crate) fn open(shared: &Shared, k: usize) -> Arc<Self> {
+        // Read once per group: it sets how long the group stays open for members and, with
+        // lazy parity, when its parity query goes.
+        let threshold = shared.cfg.straggler.threshold(&shared.deployed.medians);
+        Arc::new(Group {
+            id: shared.next_group.fetch_add(1, Ordering::Relaxed),
+            threshold,
+            seal_at: Instant::now() + policy::seal_after(shared.cfg.group_timeout, threshold),
+            inner: Mutex::new(GroupInner {
+                state: GroupState::new(k, true),
+                inputs: Vec::with_capacity(k),
+                notify: Vec::with_capacity(k),
+                sealed: false,
+                parity_wanted: false,
+                parity: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GroupInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a member of `rows` rows; returns its slot and where its answer will be sent.
+    fn add(&self, input: Arc<[f32]>, rows: usize) -> (usize, oneshot::Receiver<Answer>) {
+        let (tx, rx) = oneshot::channel();
+        let mut g = self.lock();
+        let slot = g.inputs.len();
+        g.state.set_rows(slot, rows);
+        g.inputs.push(input);
+        g.notify.push(Some(tx));
+        (slot, rx)
+    }
+}
+
+impl GroupInner {
+    /// Sends `answers` to their members, except `me`'s, which is returned; stops a parity
+    /// query nobody needs any more once every member is answered.
+    fn deliver(&mut self, answers: Vec<Answer>, me: Option<usize>) -> Option<Answer> {
+        let mut mine = None;
+        for answer in answers {
+            let slot = answer_slot(&answer);
+            if Some(slot) == me {
+                mine = Some(answer);
+            } else if let Some(tx) = self.notify.get_mut(slot).and_then(Option::take) {
+                let _ = tx.send(answer);
+            }
+        }
+        if self.sealed && self.state.is_done() {
+            if let Some(task) = &self.parity {
+                task.abort(); // frees the parity instance's queue
+            }
+        }
+        mine
+    }
+
+    fn all_answered(&self) -> bool {
+        (0..self.inputs.len()).all(|j| self.state.is_answered(j))
+    }
+
+    /// Closes the group without a parity query; its failed members become unavailable.
+    fn close_unprotected(&mut self) {
+        let answers = self.state.close_without_parity(self.inputs.len());
+        self.deliver(answers, None);
+    }
+}
+
+fn answer_slot(answer: &Answer) -> usize {
+    match answer {
+        Answer::Original { slot, .. } | Answer::Reconstructed { slot, .. } | Answer::Unavailable { slot } => *slot,
+    }
+}
+
+/// Closes the open coding group if it is `group` and seals it.
+fn expire(shared: &Arc<Shared>, group: &Arc<Group>) {
+    let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
+    if open.as_ref().is_some_and(|(g, _)| Arc::ptr_eq(g, group)) {
+        *open = None;
+    }
+    drop(open);
+    seal(shared, group);
+}
+
+/// Stops `group` taking members and sends its parity query (ParM: eager; with lazy parity
+/// only once wanted), unless every member already has its prediction: a parity query would
+/// protect nothing (most partly filled groups at moderate load, where the group timeout
+/// outlives the healthy instances' latency). Idempotent.
+fn seal(shared: &Arc<Shared>, group: &Arc<Group>) {
+    let mut g = group.lock();
+    if g.sealed {
+        return;
+    }
+    g.sealed = true;
+    if g.all_answered() {
+        shared.stats.parity_skipped.fetch_add(1, Ordering::Relaxed);
+        g.close_unprotected();
+        return;
+    }
+    if shared.cfg.straggler.lazy_parity && !g.parity_wanted {
+        return;
+    }
+    start_parity(shared, group, &mut g);
+}
+
+/// Lazy parity: a member straggles or failed, so the group's parity query should go (as soon
+/// as the group is sealed).
+fn want_parity(shared: &Arc<Shared>, group: &Arc<Group>, g: &mut GroupInner) {
+    if g.parity.is_some() {
+        return;
+    }
+    if !g.sealed {
+        g.parity_wanted = true;
+    } else if !g.state.is_done() {
+        start_parity(shared, group, g);
+    }
+}
+
+fn start_parity(shared: &Arc<Shared>, group: &Arc<Group>, g: &mut GroupInner) {
+    let task = shared.runtime.spawn(run_parity(shared.clone(), group.clone()));
+    g.parity = Some(task.abort_handle());
+}
+
+/// The parity task of a sealed group: pads the group where members are missing or shorter
+/// than the longest (with all-zero rows, whose prediction F(0) is then subtracted like any
+/// other available output), encodes row by row ([`parm_codes::encode_rows`]), runs the parity
+/// model and decodes. Without F(0), or if the encoder fails, the group is closed unprotected.
+async fn run_parity(shared: Arc<Shared>, group: Arc<Group>) {
+    let needs_padding = {
+        let g = group.lock();
+        g.state.needs_padding(g.inputs.len())
+    };
+    let zero = if needs_padding { shared.zero_output().await } else { None };
+    let (query, rows) = {
+        let mut g = group.lock();
+        let m = g.inputs.len();
+        if needs_padding {
+            let Some(z) = zero else {
+                shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+                return g.close_unprotected();
+            };
+            shared.stats.padded_groups.fetch_add(1, Ordering::Relaxed);
+            let answers = g.state.fill_padding(m, &z);
+            g.deliver(answers, None);
+        }
+        if g.state.is_done() {
+            return;
+        }
+        let blocks: Vec<&[f32]> = g.inputs.iter().map(|v| &v[..]).collect();
+        match encode_rows(&*shared.cfg.encoder, &blocks, shared.cfg.spec.input_len()) {
+            Ok(p) => (p, g.state.parity_rows(m)),
+            Err(e) => {
+                tracing::warn!("encoder failed: {e}");
+                return g.close_unprotected();
+            }
+        }
+    };
+    shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
+    shared.stats.parity_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    let pool = shared.parity.as_ref().expect("coded frontend");
+    let out = pool.infer(&query.into(), &shared.shape(rows), shared.cfg.instance_timeout).await;
+    if let Err(e) = &out {
+        tracing::debug!("parity query failed: {e}");
+    }
+    let mut g = group.lock();
+    let answers = g.state.on_output(Slot::Parity, out.ok());
+    g.deliver(answers, None);
+}
+
+/// One member's place in a coding group, held by the caller's task. If the caller goes away
+/// before its prediction arrived, the member counts as lost for its group (so group-mates
+/// lose it as a decoding input, exactly as a failed instance).
+pub(crate) struct Member {
+    shared: Arc<Shared>,
+    group: Arc<Group>,
+    slot: usize,
+    rows: usize,
+    reported: bool,
+    /// Why its own instance call failed, for the error if it cannot be reconstructed.
+    failure: Option<InstanceError>,
+}
+
+impl Member {
+    /// Joins the open coding group (opening one if needed, sealing one that is full or past
+    /// its time) with a block of `rows` rows; returns where the group sends this member's
+    /// answer if another task settles it.
+    pub(crate) fn join(shared: &Arc<Shared>, input: Arc<[f32]>, rows: usize) -> (Self, oneshot::Receiver<Answer>) {
+        let k = shared.cfg.encoder.k();
+        let now = Instant::now();
+        let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        let expired = match open.take() {
+            Some((g, _)) if g.seal_at <= now => Some(g),
+            other => {
+                *open = other;
+                None
+            }
+        };
+        let (group, count) = open.get_or_insert_with(|| (Group::open(shared, k), 0));
+        let group = group.clone();
+        let (slot, rx) = group.add(input, rows);
+        *count += 1;
+        let full = *count == k;
+        if full {
+            *open = None;
+        }
+        drop(open);
+        if let Some(old) = expired {
+            seal(shared, &old);
+        }
+        if full {
+            seal(shared, &group);
+        }
+        (Member { shared: shared.clone(), group, slot, rows, reported: false, failure: None }, rx)
+    }
+
+    /// Runs the member on a deployed instance and answers with its prediction, or with the
+    /// reconstruction the group delivers first (ParM §4.2, eager decoding), held back for the
+    /// decode grace so that an original about to arrive wins. Meanwhile seals the group when
+    /// its time is up and, with lazy parity, asks for the parity query once this member has
+    /// been outstanding for the straggler threshold.
+    pub(crate) async fn run(mut self, input: &Arc<[f32]>, mut answer: oneshot::Receiver<Answer>) -> Result<Prediction, FrontendError> {
+        let shared = self.shared.clone();
+        let sent_at = Instant::now();
+        let shape = shared.shape(self.rows);
+        let rpc = shared.deployed.infer(input, &shape, shared.cfg.instance_timeout);
+        tokio::pin!(rpc);
+        let mut rpc_done = false;
+        // The last member seals a full group as it joins; nobody else needs the seal timer then.
+        let mut seal_at = (!self.group.lock().sealed).then_some(self.group.seal_at);
+        let threshold = self.group.threshold;
+        let mut straggler_at = policy::parity_due_after(shared.cfg.straggler.lazy_parity, threshold).map(|d| sent_at + d);
+        let grace = policy::decode_grace(shared.cfg.decode_grace, threshold);
+        loop {
+            tokio::select! {
+                out = &mut rpc, if !rpc_done => {
+                    rpc_done = true;
+                    if let Some(a) = self.report(out) {
+                        return self.finish(a);
+                    }
+                }
+                a = &mut answer => {
+                    let Ok(a) = a else { return Err(FrontendError::Closed) };
+                    if let Answer::Reconstructed { .. } = a {
+                        if !rpc_done {
+                            // Decode grace: the original may still win.
+                            tokio::select! {
+                                out = &mut rpc => if let Some(a) = self.report(out).filter(|a| matches!(a, Answer::Original { .. })) {
+                                    return self.finish(a);
+                                },
+                                _ = timer::sleep_until(sent_at + grace) => {}
+                            }
+                        }
+                    }
+                    self.reported = true; // the answer is settled; a late output changes nothing
+                    return self.finish(a);
+                }
+                _ = timer::sleep_until_opt(seal_at) => {
+                    seal_at = None;
+                    expire(&shared, &self.group);
+                }
+                _ = timer::sleep_until_opt(straggler_at) => {
+                    straggler_at = None;
+                    let mut g = self.group.lock();
+                    want_parity(&shared, &self.group, &mut g);
+                }
+            }
+        }
+    }
+
+    /// Records this member's output (`Err`: its call failed) with the group; returns its
+    /// answer if that settles it (its original, or unavailable). A failure asks for the
+    /// parity query at once (lazy parity).
+    fn report(&mut self, out: Result<Vec<f32>, InstanceError>) -> Option<Answer> {
+        self.reported = true;
+        let out = out.map_err(|e| self.failure = Some(e)).ok();
+        let mine = out.clone().map(|output| Answer::Original { slot: self.slot, output });
+        let failed = out.is_none();
+        let mut g = self.group.lock();
+        let answers = g.state.on_output(Slot::Data(self.slot), out);
+        let settled = g.deliver(answers, Some(self.slot));
+        if failed && g.parity.is_none() && !g.state.is_done() {
+            want_parity(&self.shared, &self.group, &mut g);
+        }
+        // An original that arrived is this member's answer even if a reconstruction was made
+        // meanwhile (it is exact, and in time: the member is still waiting).
+        mine.or(settled.filter(|a| !matches!(a, Answer::Original { .. })))
+    }
+
+    fn finish(&mut self, answer: Answer) -> Result<Prediction, FrontendError> {
+        let (group, position) = (self.group.id, self.slot);
+        match answer {
+            Answer::Original { output, .. } => Ok(Prediction { output, reconstructed: false, group, position }),
+            Answer::Reconstructed { output, .. } => Ok(Prediction { output, reconstructed: true, group, position }),
+            Answer::Unavailable { .. } => Err(FrontendError::NotReconstructed(self.failure.take().unwrap_or_else(lost))),
+        }
+    }
+}
+
+/// The cause recorded when a member is unavailable without a failure of its own call.
+fn lost() -> InstanceError {
+    InstanceError::Unavailable { addr: "frontend".into(), message: "the query's instance call was cancelled".into() }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.report(Err(lost()));
+        }
+    }
+}

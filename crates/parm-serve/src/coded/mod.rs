@@ -1,0 +1,260 @@
+//! ParM's coded path, in the order a query travels:
+//!
+//! 1. [`Frontend::predict`] (one query) or [`Frontend::predict_block`] (a request's batch as one
+//!    block of rows): the unit joins the open coding group ([`group::Member::join`]);
+//! 2. its own deployed-model call runs in the caller's task ([`group::Member::run`], through
+//!    [`crate::upstream::pool::Pool::infer`]);
+//! 3. the group is sealed when it has k members or its seal time passes
+//!    ([`policy::seal_after`]); with ParM's eager parity (or, lazily, once a member straggles,
+//!    [`policy::parity_due_after`]) its parity query goes: padded, encoded row by row, sent to
+//!    a parity-model instance ([`group`]'s `run_parity`);
+//! 4. each output is fed to the group's decoding state ([`parm_codes::GroupState`]): a member
+//!    is answered with its own prediction, or with its reconstruction once the parity output
+//!    and the other k-1 predictions are in, held back for the decode grace
+//!    ([`policy::decode_grace`]);
+//! 5. the answer goes back; a member no one can answer gets an error naming its instance's
+//!    failure. Every accepted query gets exactly one answer.
+//!
+//! Source: ParM (Kosaian et al., SOSP 2019) §4: queries are sent to their instances at once;
+//! when k queries have arrived the encoder builds the parity query; the decoder runs eagerly
+//! as soon as the parity output and k-1 of the k predictions are in, and the queued original
+//! is cancelled. parm adds: a partly filled group is sealed after its seal time and still gets
+//! a parity query, padded with all-zero queries whose output F(0) the decoder subtracts (so
+//! that low load does not leave queries waiting for group-mates); a failed RPC is retried once
+//! on the next instance; a request's batch can be coded as one member (one deployed request
+//! per batch, one parity request per k batches); the group timeout adapts to the deployed
+//! instances' latency and the parity query may wait for a straggler ([`policy`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::oip::ModelSpec;
+use crate::upstream::client::InstanceClient;
+use crate::upstream::pool::Pool;
+use crate::upstream::redundancy::Redundancy;
+use crate::upstream::{Instance, InstanceError};
+
+pub mod config;
+mod group;
+pub mod policy;
+mod stats;
+
+pub use config::FrontendConfig;
+pub use stats::Stats;
+
+use group::{Group, Member};
+
+/// One answered unit (a query, or a block of rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The deployed model's output, `[rows, output_len]` row-major (`[output_len]` for one
+    /// query).
+    pub output: Vec<f32>,
+    /// True if the output was reconstructed by the decoder rather than computed by F.
+    pub reconstructed: bool,
+    /// Id of the coding group and the unit's position in it.
+    pub group: u64,
+    pub position: usize,
+}
+
+/// Why a query got no prediction.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FrontendError {
+    /// The input does not fit the model (wrong length).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Uncoded: the deployed instance failed (every retry or copy included).
+    #[error("prediction unavailable: {0}")]
+    Instance(#[source] InstanceError),
+    /// Coded: the deployed instance failed and the coding group could not reconstruct the
+    /// prediction (its parity or another member failed too).
+    #[error("prediction unavailable: {0}; the coding group could not reconstruct it")]
+    NotReconstructed(#[source] InstanceError),
+    /// The frontend is shutting down.
+    #[error("prediction unavailable: the frontend is shutting down")]
+    Closed,
+}
+
+/// What the coded path's tasks share.
+pub(crate) struct Shared {
+    cfg: FrontendConfig,
+    deployed: Pool,
+    parity: Option<Pool>,
+    stats: Stats,
+    next_group: AtomicU64,
+    /// F(0), the deployed model's output for one all-zero row, fetched once when first needed.
+    zero_output: tokio::sync::OnceCell<Option<Vec<f32>>>,
+    /// The coding group now taking members, and how many it has.
+    open: Mutex<Option<(Arc<Group>, usize)>>,
+    /// Where parity tasks are spawned (also from `Drop`, outside any task).
+    runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    /// F(0), asked of every deployed instance at once the first time (a stalled instance must
+    /// not hold up every padded group).
+    async fn zero_output(&self) -> Option<Vec<f32>> {
+        self.zero_output
+            .get_or_init(|| async {
+                let n = self.cfg.spec.input_len();
+                let out = self.deployed.infer_first(&vec![0.0; n].into(), &self.shape(1), self.cfg.instance_timeout).await;
+                out.map_err(|e| tracing::warn!("could not compute F(0) ({e}); padded coding groups go unprotected")).ok()
+            })
+            .await
+            .clone()
+    }
+
+    /// The OIP shape of a block of `rows` queries.
+    fn shape(&self, rows: usize) -> [i64; 2] {
+        [rows as i64, self.cfg.spec.input_len() as i64]
+    }
+}
+
+/// Handle to a running frontend; cheap to clone.
+#[derive(Clone)]
+pub struct Frontend {
+    shared: Arc<Shared>,
+}
+
+impl Frontend {
+    /// Sets up the instance pools over gRPC (connections open lazily). Must be called inside
+    /// a tokio runtime.
+    ///
+    /// Errors: a setting [`FrontendConfig::validate`] refuses, or an unparsable address.
+    pub fn start(cfg: FrontendConfig) -> anyhow::Result<Self> {
+        let connect = |addrs: &[String]| -> anyhow::Result<Vec<Arc<dyn Instance>>> {
+            addrs.iter().map(|a| Ok(Arc::new(InstanceClient::connect_lazy(a)?) as Arc<dyn Instance>)).collect()
+        };
+        let (deployed, parity) = (connect(&cfg.deployed)?, connect(&cfg.parity)?);
+        Self::with_instances(cfg, deployed, parity)
+    }
+
+    /// [`Self::start`] over given instances (scripted ones in tests); the addresses in `cfg`
+    /// are not used.
+    ///
+    /// Errors: a setting [`FrontendConfig::validate`] refuses (no deployed instances, k = 0,
+    /// bad straggler policy or dispatch batching), or no tokio runtime.
+    pub fn with_instances(cfg: FrontendConfig, deployed: Vec<Arc<dyn Instance>>, parity: Vec<Arc<dyn Instance>>) -> anyhow::Result<Self> {
+        let addrs = |v: &[Arc<dyn Instance>]| v.iter().map(|i| i.addr().to_string()).collect();
+        let cfg = FrontendConfig { deployed: addrs(&deployed), parity: addrs(&parity), ..cfg };
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("Frontend::start needs a tokio runtime"))?;
+        let stats = Stats::default();
+        let (dispatch, timeout) = (cfg.dispatch, cfg.instance_timeout);
+        let deployed = Pool::new(deployed, &cfg.deployed_model, cfg.redundancy.clone(), dispatch, timeout, stats.backups.clone());
+        let parity = (!parity.is_empty())
+            .then(|| Pool::new(parity, &cfg.parity_model, Redundancy::None, dispatch, timeout, Default::default()));
+        let shared = Arc::new(Shared {
+            cfg,
+            deployed,
+            parity,
+            stats,
+            next_group: AtomicU64::new(0),
+            zero_output: Default::default(),
+            open: Mutex::new(None),
+            runtime,
+        });
+        Ok(Self { shared })
+    }
+
+    /// Opens the connections to every instance, looks up their metadata and computes F(0), so
+    /// that the first queries do not pay for it (and lose the race to their reconstruction).
+    /// Failures are only logged: instances that are down are retried per query.
+    pub async fn warm_up(&self) {
+        let timeout = Duration::from_secs(2);
+        let pools = std::iter::once(&self.shared.deployed).chain(self.shared.parity.as_ref());
+        let calls = pools.flat_map(|p| p.instances().iter().map(move |i| i.connect(p.model(), timeout)));
+        for result in futures::future::join_all(calls).await {
+            if let Err(e) = result {
+                tracing::warn!("warm-up: {e}");
+            }
+        }
+        if self.shared.parity.is_some() {
+            self.shared.zero_output().await;
+        }
+    }
+
+    /// The model clients see.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.shared.cfg.spec
+    }
+
+    /// How the frontend was wired (instances, k, timeouts).
+    pub fn config(&self) -> &FrontendConfig {
+        &self.shared.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// True if the frontend runs with parity instances.
+    pub fn is_coded(&self) -> bool {
+        self.shared.parity.is_some()
+    }
+
+    /// True if at least one deployed-model instance reports its model ready.
+    pub async fn ready(&self) -> bool {
+        let pool = &self.shared.deployed;
+        for i in pool.instances() {
+            if i.model_ready(pool.model(), Duration::from_millis(500)).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Predicts one query, `input` of `spec().input_len()` values; returns `[output_len]`.
+    ///
+    /// The query's instance RPC runs in the caller's task (no hand-off to other tasks on the
+    /// common path); dropping the returned future (deadline, disconnect) cancels it, which
+    /// takes it out of the instance's queue, and counts the query as lost for its coding group.
+    ///
+    /// Errors: [`FrontendError::InvalidArgument`] for a wrong input length; otherwise the
+    /// instance's failure when neither it nor the decoder delivered.
+    pub async fn predict(&self, input: Vec<f32>) -> Result<Prediction, FrontendError> {
+        self.predict_block(input, 1).await
+    }
+
+    /// Predicts a block of `rows` queries, `input` of `rows * spec().input_len()` values
+    /// row-major, coded as one member of a coding group; returns `[rows, output_len]`. The
+    /// block goes to one deployed instance as one request and shares its group's parity
+    /// request (row i of the parity query encodes row i of every member). Cancellation and
+    /// errors as [`Self::predict`]; a reconstruction covers every row of the block.
+    pub async fn predict_block(&self, input: Vec<f32>, rows: usize) -> Result<Prediction, FrontendError> {
+        let want = self.spec().input_len();
+        if rows == 0 || input.len() != rows * want {
+            return Err(FrontendError::InvalidArgument(format!("expected {rows} x {want} input values, got {}", input.len())));
+        }
+        let s = &self.shared;
+        s.stats.queries.fetch_add(1, Ordering::Relaxed);
+        s.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        let input: Arc<[f32]> = input.into();
+        let result = match s.parity {
+            Some(_) => {
+                let (member, answer) = Member::join(s, input.clone(), rows);
+                member.run(&input, answer).await
+            }
+            None => self.predict_uncoded(&input, rows).await,
+        };
+        let counters: &[&AtomicU64] = match &result {
+            Ok(p) if p.reconstructed => &[&s.stats.answered, &s.stats.reconstructed],
+            Ok(_) => &[&s.stats.answered],
+            Err(_) => &[&s.stats.unavailable],
+        };
+        for c in counters {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// No parity instances: every unit is a coding group of its own, without protection.
+    async fn predict_uncoded(&self, input: &Arc<[f32]>, rows: usize) -> Result<Prediction, FrontendError> {
+        let s = &self.shared;
+        let group = s.next_group.fetch_add(1, Ordering::Relaxed);
+        s.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+        let output = s.deployed.infer(input, &s.shape(rows), s.cfg.instance_timeout).await.map_err(FrontendError::Instance)?;
+        Ok(Prediction { output, reconstructed: false, group, position: 0 })
+    }
+}

@@ -1,0 +1,29 @@
+//! The one set of counters of the coded path (monotonic), read by metrics and benchmarks.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// Counters of the coded path. A unit is one query or one request's block of rows coded as
+/// one member (`batch_coding`); `rows` counts the queries inside them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Units accepted, and the rows they carried.
+    pub queries: AtomicU64,
+    pub rows: AtomicU64,
+    pub answered: AtomicU64,
+    pub reconstructed: AtomicU64,
+    pub unavailable: AtomicU64,
+    pub parity_queries: AtomicU64,
+    /// Rows of the parity queries sent (one per parity query unless blocks are coded).
+    pub parity_rows: AtomicU64,
+    /// Extra copies sent by replication and hedging (backup requests); shared with the
+    /// deployed pool, which counts them.
+    pub backups: Arc<AtomicU64>,
+    /// Groups sealed after all their members were answered, so no parity query was sent.
+    pub parity_skipped: AtomicU64,
+    /// Groups whose parity query was padded with all-zero rows (partly filled, or blocks of
+    /// different lengths).
+    pub padded_groups: AtomicU64,
+    /// Groups closed without any parity query (no parity instances, or F(0) unknown).
+    pub unprotected_groups: AtomicU64,
+}

@@ -1,0 +1,13 @@
+//! The client-facing frontend server: OIP over HTTP/JSON (and binary tensors) and gRPC,
+//! request parsing and deadlines, admission, limits, metrics, the `parm.toml` file, and the
+//! listeners with graceful drain.
+
+pub mod admission;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod listen;
+pub mod metrics;
+pub mod request;

@@ -1,0 +1,164 @@
+//! One pool per kind of instance (deployed, parity): round-robin over its instances, skipping
+//! those out of rotation, one retry on the next instance after a connection failure, and the
+//! redundancy baselines: replication (ParM SOSP 2019 §2, the 100%-overhead baseline) and
+//! hedged requests (Dean & Barroso, "The Tail at Scale", CACM 2013).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::timer;
+use crate::upstream::dispatch::{Coalescer, DispatchBatching};
+use crate::upstream::redundancy::{timed, LatencyWindow, Redundancy};
+use crate::upstream::{Instance, InstanceError};
+
+/// The percentile the straggler window tracks (see [`crate::coded::policy`]).
+pub const MEDIAN: f64 = 50.0;
+
+/// Instances of one kind and a round-robin cursor over them.
+pub struct Pool {
+    instances: Vec<Arc<dyn Instance>>,
+    /// With dispatch batching: one dispatcher per instance, same order.
+    coalescers: Option<Vec<Coalescer>>,
+    model: String,
+    next: AtomicUsize,
+    redundancy: Redundancy,
+    /// Recent latencies for the hedging delay (its percentile).
+    latencies: LatencyWindow,
+    /// Recent latencies of successful calls without redundancy, for the straggler threshold
+    /// (their median).
+    pub medians: LatencyWindow,
+    /// Extra copies sent by replication and hedging (backup requests).
+    backups: Arc<AtomicU64>,
+}
+
+impl Pool {
+    /// A pool over `instances` serving `model`. With dispatch batching enabled, starts one
+    /// dispatcher task per instance (needs a tokio runtime).
+    /// Backup requests are counted in `backups`.
+    pub fn new(
+        instances: Vec<Arc<dyn Instance>>,
+        model: &str,
+        redundancy: Redundancy,
+        dispatch: DispatchBatching,
+        timeout: Duration,
+        backups: Arc<AtomicU64>,
+    ) -> Self {
+        let coalescers = dispatch
+            .enabled()
+            .then(|| instances.iter().map(|i| Coalescer::start(i.clone(), model.to_string(), dispatch, timeout)).collect());
+        Self {
+            instances,
+            coalescers,
+            model: model.to_string(),
+            next: AtomicUsize::new(0),
+            redundancy,
+            latencies: Default::default(),
+            medians: Default::default(),
+            backups,
+        }
+    }
+
+    /// The instances, in rotation order.
+    pub fn instances(&self) -> &[Arc<dyn Instance>] {
+        &self.instances
+    }
+
+    /// The model name the instances serve.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Runs one block `input` of `shape` `[b, ...]` as the pool's [`Redundancy`] says; returns
+    /// `[b, output_len]`.
+    ///
+    /// Errors: the last instance error when every attempt failed.
+    pub async fn infer(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        match &self.redundancy {
+            Redundancy::None => {
+                let (out, took) = timed(self.infer_with_retry(first, input, shape, timeout)).await;
+                if out.is_ok() {
+                    self.medians.record(took, MEDIAN);
+                }
+                out
+            }
+            Redundancy::Replication { copies } => {
+                let n = (*copies).clamp(1, self.instances.len());
+                self.backups.fetch_add(n as u64 - 1, Ordering::Relaxed);
+                let calls = (0..n).map(|i| Box::pin(self.call(first + i, input, shape, timeout)));
+                futures::future::select_ok(calls).await.map(|(out, _)| out)
+            }
+            Redundancy::Hedged { percentile, min_delay, max_delay } => {
+                let delay = self.latencies.hedge_delay(*min_delay, *max_delay);
+                let (out, took) = timed(self.hedged(first, input, shape, timeout, delay)).await;
+                if out.is_ok() {
+                    self.latencies.record(took, *percentile);
+                }
+                out
+            }
+        }
+    }
+
+    /// Runs `input` on every instance at once; the first answer wins and the other calls are
+    /// cancelled. For a rare call that must not wait on a slow instance (F(0) for padding).
+    ///
+    /// Errors: the last instance error when every call failed.
+    pub async fn infer_first(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+        let calls = self.instances.iter().map(|i| i.infer(&self.model, input, shape, timeout));
+        futures::future::select_ok(calls).await.map(|(out, _)| out)
+    }
+
+    /// Runs on instance `index` (mod n), or, if it is out of rotation (see
+    /// [`crate::upstream::health::Breaker`]), on the next one in rotation (the original if none is).
+    async fn call(&self, index: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+        let n = self.instances.len();
+        let i = (0..n).map(|j| (index + j) % n).find(|&i| self.instances[i].usable()).unwrap_or(index % n);
+        match &self.coalescers {
+            Some(c) => c[i].infer(input.clone(), shape, timeout).await,
+            None => self.instances[i].infer(&self.model, input, shape, timeout).await,
+        }
+    }
+
+    /// One instance; on a connection failure, once more on the next one.
+    async fn infer_with_retry(&self, first: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+        let mut result = self.call(first, input, shape, timeout).await;
+        if let Err(e) = &result {
+            if e.is_retryable() && self.instances.len() > 1 {
+                tracing::debug!("retrying after: {e}");
+                result = self.call(first + 1, input, shape, timeout).await;
+            }
+        }
+        result
+    }
+
+    /// The primary; after `delay` without an answer (or at once if it failed), a backup on the
+    /// next instance; the first answer wins.
+    async fn hedged(&self, first: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration, delay: Duration) -> Result<Vec<f32>, InstanceError> {
+        let primary = self.call(first, input, shape, timeout);
+        tokio::pin!(primary);
+        let failed = tokio::select! {
+            r = &mut primary => match r {
+                Ok(out) => return Ok(out),
+                Err(e) => Some(e),
+            },
+            _ = timer::sleep(delay) => None,
+        };
+        if self.instances.len() < 2 {
+            return match failed {
+                Some(e) => Err(e),
+                None => primary.await,
+            };
+        }
+        self.backups.fetch_add(1, Ordering::Relaxed);
+        let backup = self.call(first + 1, input, shape, timeout);
+        if failed.is_some() {
+            return backup.await;
+        }
+        type Call<'a> = Pin<Box<dyn Future<Output = Result<Vec<f32>, InstanceError>> + Send + 'a>>;
+        let calls: [Call<'_>; 2] = [Box::pin(primary), Box::pin(backup)];
+        futures::future::select_ok(calls).await.map(|(out, _)| out)
+    }
+}
