@@ -16,6 +16,7 @@
 //!   queries per second) are reported, as Triton's `perf_analyzer` does.
 //!
 //! Run several trials (different seeds) and report their spread; one run is one trial.
+//! [`bootstrap::percentile_ci`] gives percentiles pooled over trials a confidence interval.
 //!
 //! ```no_run
 //! # async fn demo(queries: Vec<parm_bench::Query>) -> anyhow::Result<()> {
@@ -35,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bootstrap;
 pub mod chaos;
 pub mod cluster;
 pub mod harness;

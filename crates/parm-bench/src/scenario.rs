@@ -3,8 +3,8 @@
 //! ```toml
 //! name = "one-slow"
 //! dataset = "fashion-mnist"
-//! queries = 5000          # test queries per run
-//! warmup = 300            # first queries not timed
+//! queries = 10300         # test queries per run, warm-up included
+//! warmup = 300            # first queries not timed (10,000 timed: p99.9 rests on 10)
 //! rates = [150.0]         # offered loads, queries/s (open-loop Poisson)
 //! trials = 2              # runs per (mode, rate), different seeds
 //! instances = 12          # N deployed-model instances
@@ -24,6 +24,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+
+/// Timed queries (after warm-up) a trial needs for its p99.9 to rest on 10 queries: of N
+/// timed queries, N / 1,000 lie above the p99.9. The committed scenarios time at least this
+/// many (`committed_scenarios_time_enough_queries_for_p99_9`); `parm bench` warns below it.
+pub const MIN_TIMED_QUERIES: usize = 10_000;
 
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -395,5 +400,19 @@ mod tests {
         assert!((0..6).all(|t| base.trial_faults(hedged, t)[0] == slow), "no parity instances: symmetric");
         let bad = Scenario { trials: 4, ..base };
         assert!(bad.validate().is_err(), "4 trials cannot give k=2's roles their 2:1 share");
+    }
+
+    #[test]
+    fn committed_scenarios_load_and_time_enough_queries_for_p99_9() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/scenarios");
+        let mut files: Vec<std::path::PathBuf> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+        files.sort();
+        assert!(files.len() >= 9, "{} scenario files in {}", files.len(), dir.display());
+        for f in files {
+            let s = Scenario::load(&f).unwrap();
+            assert!(s.queries - s.warmup >= MIN_TIMED_QUERIES, "{}: {} timed queries per trial", f.display(), s.queries - s.warmup);
+            assert!(s.warmup > 0, "{}: warm-up kept", f.display());
+        }
     }
 }

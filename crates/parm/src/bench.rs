@@ -3,7 +3,9 @@
 //!
 //! Each scenario file (see `parm_bench::scenario`) names the load, the setups and the faults.
 //! Every (scenario, mode, rate) runs `trials` times with seeds `seed, seed+1, ...`, in rounds
-//! (trial t of every mode, then trial t+1); result rows average the trials' percentiles.
+//! (trial t of every mode, then trial t+1); result rows average the trials' percentiles and
+//! give p50, p99 and p99.9 a 95% confidence interval (a bootstrap over trials and their
+//! queries, `parm_bench::bootstrap`).
 //! Outputs in `--out` (in both JSON files, what belongs to scenarios not run this time is
 //! kept): `tail-runs.json` (every run), `tail.json` (one row per scenario x mode x k x rate),
 //! `tail.md` (the table of `tail.json`) and `tail-SCENARIO.svg` (percentile plots).
@@ -13,9 +15,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use parm_bench::bootstrap::{percentile_ci, Bootstrap};
 use parm_bench::harness::{run_once, RunResult, RunSpec};
 use parm_bench::plot::{percentile_plot, Line};
-use parm_bench::scenario::{worker_fault, Mode, Scenario};
+use parm_bench::scenario::{worker_fault, Mode, Scenario, MIN_TIMED_QUERIES};
 use parm_bench::Query;
 
 use crate::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
@@ -55,7 +58,13 @@ pub struct BenchArgs {
     pub calibration: Option<PathBuf>,
 }
 
-/// One row of `tail.json`.
+/// One row of `tail.json`: one (scenario, mode, k, rate), its trials pooled.
+///
+/// The `pN_ms` fields average the trials' own percentiles (ms). The `pN_ci` fields are 95%
+/// confidence intervals `[lo, hi]` (ms) of the percentile of all trials' timed queries pooled,
+/// from [`percentile_ci`] (Efron's bootstrap, 1,000 replicates, seed 0, drawing trials and
+/// then queries within each trial with replacement); they are absent in rows written before
+/// they existed, and when no timed query was answered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TailRow {
     pub scenario: String,
@@ -66,6 +75,15 @@ pub struct TailRow {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub p99_9_ms: f64,
+    /// 95% bootstrap interval of p50, `[lo, hi]` ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ci: Option<[f64; 2]>,
+    /// 95% bootstrap interval of p99, `[lo, hi]` ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ci: Option<[f64; 2]>,
+    /// 95% bootstrap interval of p99.9, `[lo, hi]` ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_9_ci: Option<[f64; 2]>,
     pub max_ms: f64,
     pub extra_resources: f64,
     pub extra_requests: f64,
@@ -87,6 +105,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             s.rates = a.rates.clone();
         }
         anyhow::ensure!(s.queries > s.warmup, "{}: queries must exceed warmup", s.name);
+        let timed = s.queries - s.warmup;
+        if timed < MIN_TIMED_QUERIES {
+            eprintln!(
+                "{}: {timed} timed queries per trial: p99.9 rests on {:.1} of them ({MIN_TIMED_QUERIES} give 10)",
+                s.name,
+                timed as f64 / 1000.0
+            );
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let exe = std::env::current_exe().context("locating the parm binary")?;
@@ -186,6 +212,9 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             p90_ms: l.p90,
             p99_ms: l.p99,
             p99_9_ms: l.p99_9,
+            p50_ci: None,
+            p99_ci: None,
+            p99_9_ci: None,
             max_ms: l.max,
             extra_resources: r.extra_resources,
             extra_requests: r.extra_requests,
@@ -201,7 +230,28 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             None => rows.push(row),
         }
     }
+    for row in &mut rows {
+        add_intervals(row, runs);
+    }
     rows
+}
+
+/// The percentiles `tail.json` gives an interval: p50, p99, p99.9 (fractions).
+const CI_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
+
+/// Sets `row`'s intervals from the per-query latencies of its trials in `runs`
+/// (`RunReport::latency_trace_ms`, in memory only); leaves them unset, with a warning, when no
+/// trial has a timed answered query.
+fn add_intervals(row: &mut TailRow, runs: &[(String, RunResult)]) {
+    let trials: Vec<Vec<f64>> = runs
+        .iter()
+        .filter(|(s, r)| *s == row.scenario && r.mode == row.mode && r.k == row.k && r.rate_qps == row.rate_qps)
+        .map(|(_, r)| r.report.latency_trace_ms.iter().map(|&(_, ms)| ms).collect())
+        .collect();
+    match percentile_ci(&trials, &CI_QUANTILES, &Bootstrap::default()) {
+        Ok(ci) => [row.p50_ci, row.p99_ci, row.p99_9_ci] = [Some(ci[0]), Some(ci[1]), Some(ci[2])],
+        Err(e) => eprintln!("{} / {} k={} / {} qps: no confidence intervals: {e:#}", row.scenario, row.mode, row.k, row.rate_qps),
+    }
 }
 
 fn merge(acc: &mut TailRow, r: &TailRow) {
@@ -255,18 +305,103 @@ fn write_outputs(out: &Path, scenarios: &[Scenario], runs: &[(String, RunResult)
     Ok(())
 }
 
-/// The table of result rows, in markdown.
+/// A percentile (ms) and its 95% interval if known: `2.08 [1.90-2.40]`, or `2.08`.
+fn with_ci(ms: f64, ci: Option<[f64; 2]>) -> String {
+    match ci {
+        Some([lo, hi]) => format!("{ms:.2} [{lo:.2}-{hi:.2}]"),
+        None => format!("{ms:.2}"),
+    }
+}
+
+/// The table of result rows, in markdown. Percentiles average the trials', followed by the
+/// 95% bootstrap interval of the pooled percentile in brackets where the row has one.
 pub fn markdown(rows: &[TailRow]) -> String {
     let mut s = String::from(
-        "| scenario | mode | k | qps | p50 ms | p99 ms | p99.9 ms | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
+        "| scenario | mode | k | qps | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
-            r.scenario, r.mode, r.k, r.rate_qps, r.p50_ms, r.p99_ms, r.p99_9_ms, r.p99_9_ms - r.p50_ms,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
+            r.scenario, r.mode, r.k, r.rate_qps, with_ci(r.p50_ms, r.p50_ci), with_ci(r.p99_ms, r.p99_ci), with_ci(r.p99_9_ms, r.p99_9_ci), r.p99_9_ms - r.p50_ms,
             100.0 * r.extra_resources, 100.0 * r.extra_requests, r.answered, r.requests, r.reconstructed, r.accuracy
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parm_bench::{Percentiles, RunReport};
+
+    /// A run of `mode` whose timed queries took `latencies` ms.
+    fn run(mode: &str, latencies: &[f64]) -> RunResult {
+        let mut sorted = latencies.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let p = |q| if sorted.is_empty() { 0.0 } else { parm_bench::bootstrap::percentile(&sorted, q) };
+        RunResult {
+            mode: mode.into(),
+            k: 2,
+            rate_qps: 200.0,
+            seed: 1,
+            extra_resources: 0.5,
+            extra_requests: 0.0,
+            report: RunReport {
+                requests: latencies.len(),
+                answered: latencies.len(),
+                reconstructed: 0,
+                errors: 0,
+                correct: 0,
+                accuracy: f64::NAN,
+                latency_ms: Percentiles { p50: p(0.5), p90: p(0.9), p99: p(0.99), p99_9: p(0.999), max: p(1.0), mean: 0.0 },
+                throughput_qps: 200.0,
+                wall_s: 1.0,
+                error_samples: Vec::new(),
+                latency_quantiles_ms: Vec::new(),
+                latency_trace_ms: latencies.iter().enumerate().map(|(i, &l)| (i as f64 * 5.0, l)).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn rows_get_intervals_from_their_own_trials() {
+        // hedged: two trials, 1..=2000 us and 1001..=3000 us; parm: one trial of 5 ms.
+        let a: Vec<f64> = (1..=2000).map(|i| i as f64 / 1000.0).collect();
+        let b: Vec<f64> = a.iter().map(|x| x + 1.0).collect();
+        let runs = vec![("s".to_string(), run("hedged", &a)), ("s".to_string(), run("parm", &[5.0; 10])), ("s".to_string(), run("hedged", &b))];
+        let rows = aggregate(&runs);
+        assert_eq!(rows.len(), 2);
+        let hedged = &rows[0];
+        assert_eq!(hedged.trials, 2);
+        let [lo, hi] = hedged.p50_ci.unwrap();
+        // Trial medians 1.0 and 2.0 ms: drawing trials puts both in the interval.
+        assert!(lo <= 1.05 && hi >= 1.95 && lo <= hedged.p50_ms && hedged.p50_ms <= hi, "[{lo}, {hi}] vs {}", hedged.p50_ms);
+        let [lo, hi] = hedged.p99_9_ci.unwrap();
+        assert!(lo <= hi && hi <= 3.0 && lo >= 1.9, "[{lo}, {hi}]");
+        assert_eq!(rows[1].p99_ci, Some([5.0, 5.0]), "parm's interval from parm's run only");
+        let md = markdown(&rows);
+        assert!(md.contains("| p50 ms [95% CI] |"), "{md}");
+        assert!(md.contains("| 5.00 [5.00-5.00] | 5.00 [5.00-5.00] | 5.00 [5.00-5.00] |"), "{md}");
+        let json = serde_json::to_value(&rows[1]).unwrap();
+        assert_eq!(json["p99_9_ci"], serde_json::json!([5.0, 5.0]));
+        assert_eq!(json["p99_9_ms"], serde_json::json!(5.0), "old fields kept");
+    }
+
+    #[test]
+    fn rows_without_intervals_still_read_and_print() {
+        // A row of a tail.json written before the intervals.
+        let old = r#"{"scenario":"crash","mode":"none","k":1,"rate_qps":200.0,"p50_ms":0.863,"p90_ms":0.994,
+            "p99_ms":1.7575,"p99_9_ms":2.693,"max_ms":5.527,"extra_resources":0.0,"extra_requests":0.0,
+            "answered":8000,"requests":8000,"reconstructed":0,"errors":0,"accuracy":0.88675,"trials":2}"#;
+        let row: TailRow = serde_json::from_str(old).unwrap();
+        assert_eq!((row.p50_ci, row.p99_ci, row.p99_9_ci), (None, None, None));
+        assert!(serde_json::to_value(&row).unwrap().get("p99_ci").is_none(), "no null intervals written");
+        assert!(markdown(&[row]).contains("| 0.86 | 1.76 | 2.69 | 1.83 |"));
+        // A row whose trials answered nothing timed: no interval, no panic.
+        let mut empty = run("none", &[]);
+        empty.report.latency_trace_ms.clear();
+        let rows = aggregate(&[("s".to_string(), empty)]);
+        assert_eq!(rows[0].p99_9_ci, None);
+    }
 }
