@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use parm_serve::upstream::redundancy::LatencyWindow;
-use parm_serve::coded::policy::MEDIAN;
+use parm_serve::coded::policy::{self, MEDIAN};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
@@ -610,13 +610,12 @@ fn coded(sim: &mut Pool, parity: &mut Pool, timers: &mut Timers, arrivals: &[Arr
     let (mut q, mut group) = (0, 0);
     while q < arrivals.len() {
         let threshold = spec.straggler.threshold(window.at(arrivals[q].at_frontend)).as_secs_f64() * 1e3;
-        let (end, sealed) = members(arrivals, q, k, timers.fires(arrivals[q].at_frontend + spec.group_timeout_ms.min(threshold)));
+        let (end, sealed) = members(arrivals, q, k, timers.fires(arrivals[q].at_frontend + policy::seal_after(spec.group_timeout_ms, threshold)));
         let fp = parity_answer(parity, timers, &arrivals[q..end], &own[q..end], (sealed, threshold), spec, group);
         for j in q..end {
             let others = (q..end).filter(|&i| i != j).map(|i| own[i]).fold(fp, f64::max);
             let t = arrivals[j].at_frontend;
-            // The frontend caps the grace at the straggler threshold.
-            let grace = spec.decode_grace_ms.min(threshold);
+            let grace = policy::decode_grace(spec.decode_grace_ms, threshold);
             let held_until = timers.fires(t + grace);
             let reconstructed = if others >= t + grace { others } else { held_until };
             if own[j] <= reconstructed {
@@ -648,7 +647,13 @@ fn members(arrivals: &[Arrival], first: usize, k: usize, deadline: f64) -> (usiz
 /// `(sealed, threshold)`: when the group was sealed and its straggler threshold (ms).
 fn parity_answer(parity: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], own: &[f64], (sealed, threshold): (f64, f64), spec: &SimSpec, group: usize) -> f64 {
     let lazy = spec.straggler.lazy_parity;
-    let due: Vec<f64> = arrivals.iter().map(|a| if lazy { sealed.max(timers.fires(a.at_frontend + threshold)) } else { sealed }).collect();
+    let due: Vec<f64> = arrivals
+        .iter()
+        .map(|a| match policy::parity_due_after(lazy, threshold) {
+            Some(after) => sealed.max(timers.fires(a.at_frontend + after)),
+            None => sealed,
+        })
+        .collect();
     let at = due.iter().zip(own).filter(|(d, o)| *o > *d).map(|(d, _)| *d).fold(f64::INFINITY, f64::min);
     if at.is_finite() {
         parity.request_fresh(group, at)

@@ -187,8 +187,9 @@ impl GroupState {
             Output::Ready(v) => Some(v.len() / self.rows[l]),
             _ => None,
         });
-        let m = m.or_else(|| self.padding.as_ref().map(Vec::len))?;
         let per_row = parity.len() / n;
+        // No other prediction to measure a row by (k = 1): a summed-target parity row is one.
+        let m = m.or_else(|| self.padding.as_ref().map(Vec::len)).unwrap_or(per_row);
         if m == 0 || per_row * n != parity.len() {
             return None;
         }

@@ -159,7 +159,8 @@ mod tests {
     fn bad_blocks_are_refused() {
         let enc = AdditionEncoder::new(2).unwrap();
         assert!(matches!(encode_rows(&enc, &[], 2), Err(CodeError::WrongCount { .. })));
-        assert!(matches!(encode_rows(&enc, &[&[1.0; 2]; 3], 2), Err(CodeError::WrongCount { .. })));
+        let row: &[f32] = &[1.0; 2];
+        assert!(matches!(encode_rows(&enc, &[row; 3], 2), Err(CodeError::WrongCount { .. })));
         assert!(matches!(encode_rows(&enc, &[&[1.0; 3]], 2), Err(CodeError::ShapeMismatch { index: 0, .. })));
     }
 }

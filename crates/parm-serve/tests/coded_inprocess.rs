@@ -120,9 +120,13 @@ async fn a_block_on_a_stalled_instance_is_reconstructed_row_by_row() {
 }
 
 #[tokio::test]
-async fn wrong_parity_outputs_never_replace_an_original() {
-    let (d0, d1, parity) = (instance("d0", FAST), instance("d1", FAST), instance("parity", Script::Wrong));
-    let f = Frontend::with_instances(config(), dyns(&[&d0, &d1]), dyns(&[&parity])).unwrap();
+async fn the_decode_grace_lets_an_original_beat_a_wrong_parity_output() {
+    // The parity instance answers at once with wrong numbers; the originals take 5 ms. Held
+    // back for the 100 ms decode grace, no reconstruction beats its original.
+    let healthy = Script::Healthy { ms: 5 };
+    let (d0, d1, parity) = (instance("d0", healthy), instance("d1", healthy), instance("parity", Script::Wrong));
+    let cfg = FrontendConfig { decode_grace: Duration::from_millis(100), ..config() };
+    let f = Frontend::with_instances(cfg, dyns(&[&d0, &d1]), dyns(&[&parity])).unwrap();
     for i in 0..6 {
         let p = f.predict(query(i)).await.unwrap();
         assert!(!p.reconstructed);
