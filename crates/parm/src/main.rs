@@ -4,11 +4,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backend;
-mod bench;
-mod commands;
-mod demo;
+mod cmd;
 mod models;
-mod simulate;
 mod report;
 
 use std::path::PathBuf;
@@ -47,21 +44,21 @@ enum Command {
     /// Fetch and unpack a dataset into the data directory.
     Data(Paths),
     /// Train the deployed model (ParM's MLP 784-200-100-10).
-    Train(commands::TrainArgs),
+    Train(cmd::TrainArgs),
     /// Train a parity model for coding groups of k queries.
-    TrainParity(commands::TrainParityArgs),
+    TrainParity(cmd::TrainParityArgs),
     /// Available, degraded-mode and overall accuracy of a deployed + parity model pair.
-    Eval(commands::EvalArgs),
+    Eval(cmd::EvalArgs),
     /// Serve one model (deployed or parity) as a model instance over OIP gRPC.
-    Worker(commands::WorkerArgs),
+    Worker(cmd::WorkerArgs),
     /// The frontend: OIP HTTP for clients, coding groups over the instances.
-    Serve(commands::ServeArgs),
+    Serve(cmd::ServeArgs),
     /// The whole coded path end to end on Fashion-MNIST with one slowed instance.
-    Demo(demo::DemoArgs),
+    Demo(cmd::demo::DemoArgs),
     /// Tail latency under injected faults: parm against none, Equal-Resources, replication, hedging.
-    Bench(bench::BenchArgs),
+    Bench(cmd::bench::BenchArgs),
     /// Discrete-event simulation calibrated on this machine, validated against `bench`, projected to 1000 instances.
-    Simulate(simulate::SimulateArgs),
+    Simulate(cmd::simulate::SimulateArgs),
 }
 
 fn main() {
@@ -73,15 +70,15 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Data(p) => commands::data(&p),
-        Command::Train(a) => commands::train(&a),
-        Command::TrainParity(a) => commands::train_parity(&a),
-        Command::Eval(a) => commands::eval(&a),
-        Command::Worker(a) => commands::worker(a),
-        Command::Serve(a) => commands::serve(a),
-        Command::Demo(a) => demo::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Simulate(a) => simulate::run(a),
+        Command::Data(p) => cmd::data(&p),
+        Command::Train(a) => cmd::train(&a),
+        Command::TrainParity(a) => cmd::train_parity(&a),
+        Command::Eval(a) => cmd::eval(&a),
+        Command::Worker(a) => cmd::worker(a),
+        Command::Serve(a) => cmd::serve(a),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Simulate(a) => cmd::simulate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use parm_bench::harness::Models;
 
-use crate::commands::{parity_name, parity_training};
+use crate::cmd::{parity_name, parity_training};
 use crate::Paths;
 
 /// Training budgets used when a model is missing.

@@ -17,7 +17,7 @@ use parm_nn::parity::ParityConfig;
 use parm_nn::train::{save_model, train_deployed, TrainConfig};
 use serde::Serialize;
 
-use crate::commands::{parity_training_with, recipe_config};
+use crate::cmd::{parity_training_with, recipe_config};
 use crate::Paths;
 
 /// Encoder of parm's own recipe (chosen by measurement, see BENCHMARKS.md).

@@ -1,4 +1,8 @@
-//! The CLI commands other than `demo`.
+//! The CLI commands.
+
+pub mod bench;
+pub mod demo;
+pub mod simulate;
 
 use std::path::PathBuf;
 use std::sync::Arc;

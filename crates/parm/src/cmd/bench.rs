@@ -18,10 +18,10 @@ use parm_bench::plot::{percentile_plot, Line};
 use parm_bench::scenario::{worker_fault, Mode, Scenario};
 use parm_bench::Query;
 
-use crate::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
+use crate::cmd::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::write_new;
+use crate::cmd::write_new;
 use crate::models::{ensure_models, Budget};
 use crate::Paths;
 
