@@ -18,12 +18,11 @@ use parm_bench::plot::{percentile_plot, Line};
 use parm_bench::scenario::{worker_fault, Mode, Scenario};
 use parm_bench::Query;
 
-use crate::cmd::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
+use super::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::write_new;
+use super::{write_new, Paths};
 use crate::models::{ensure_models, Budget};
-use crate::Paths;
 
 #[derive(Args)]
 pub struct BenchArgs {
