@@ -3,15 +3,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod backend;
-mod bench;
-mod commands;
-mod demo;
+mod cmd;
 mod models;
-mod simulate;
-mod report;
-
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -22,46 +15,26 @@ struct Cli {
     command: Command,
 }
 
-/// Paths shared by the commands that touch data and models.
-#[derive(clap::Args, Clone, Debug)]
-pub struct Paths {
-    /// Dataset: fashion-mnist or mnist.
-    #[arg(long, default_value = "fashion-mnist")]
-    pub dataset: String,
-    /// Where datasets are prepared.
-    #[arg(long, default_value = "data")]
-    pub data_dir: PathBuf,
-    /// Where models are written; each dataset gets a subdirectory.
-    #[arg(long, default_value = "models")]
-    pub models_dir: PathBuf,
-}
-
-impl Paths {
-    pub fn model_dir(&self) -> PathBuf {
-        self.models_dir.join(&self.dataset)
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Fetch and unpack a dataset into the data directory.
-    Data(Paths),
+    Data(cmd::Paths),
     /// Train the deployed model (ParM's MLP 784-200-100-10).
-    Train(commands::TrainArgs),
+    Train(cmd::train::TrainArgs),
     /// Train a parity model for coding groups of k queries.
-    TrainParity(commands::TrainParityArgs),
+    TrainParity(cmd::train_parity::TrainParityArgs),
     /// Available, degraded-mode and overall accuracy of a deployed + parity model pair.
-    Eval(commands::EvalArgs),
+    Eval(cmd::eval::EvalArgs),
     /// Serve one model (deployed or parity) as a model instance over OIP gRPC.
-    Worker(commands::WorkerArgs),
+    Worker(cmd::worker::WorkerArgs),
     /// The frontend: OIP HTTP for clients, coding groups over the instances.
-    Serve(commands::ServeArgs),
+    Serve(cmd::serve::ServeArgs),
     /// The whole coded path end to end on Fashion-MNIST with one slowed instance.
-    Demo(demo::DemoArgs),
+    Demo(cmd::demo::DemoArgs),
     /// Tail latency under injected faults: parm against none, Equal-Resources, replication, hedging.
-    Bench(bench::BenchArgs),
+    Bench(cmd::bench::BenchArgs),
     /// Discrete-event simulation calibrated on this machine, validated against `bench`, projected to 1000 instances.
-    Simulate(simulate::SimulateArgs),
+    Simulate(cmd::simulate::SimulateArgs),
 }
 
 fn main() {
@@ -73,15 +46,15 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Data(p) => commands::data(&p),
-        Command::Train(a) => commands::train(&a),
-        Command::TrainParity(a) => commands::train_parity(&a),
-        Command::Eval(a) => commands::eval(&a),
-        Command::Worker(a) => commands::worker(a),
-        Command::Serve(a) => commands::serve(a),
-        Command::Demo(a) => demo::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Simulate(a) => simulate::run(a),
+        Command::Data(p) => cmd::data::run(&p),
+        Command::Train(a) => cmd::train::run(&a),
+        Command::TrainParity(a) => cmd::train_parity::run(&a),
+        Command::Eval(a) => cmd::eval::run(&a),
+        Command::Worker(a) => cmd::worker::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Simulate(a) => cmd::simulate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

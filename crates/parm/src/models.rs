@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use parm_bench::harness::Models;
 
-use crate::commands::{parity_name, parity_training};
-use crate::Paths;
+use crate::cmd::train_parity::parity_training;
+use crate::cmd::{parity_name, Paths};
 
 /// Training budgets used when a model is missing.
 pub struct Budget {

@@ -21,12 +21,11 @@ use parm_bench::plot::{percentile_plot, Line};
 use parm_bench::scenario::{worker_fault, Mode, Scenario, MIN_TIMED_QUERIES};
 use parm_bench::Query;
 
-use crate::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
+use super::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::write_new;
+use super::{write_new, Paths};
 use crate::models::{ensure_models, Budget};
-use crate::Paths;
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -25,9 +25,9 @@ use parm_bench::scenario::Mode;
 use parm_bench::{format_table, Query, RunReport};
 use serde_json::json;
 
-use crate::commands::{accuracy_report, write_new};
+use super::eval::accuracy_report;
+use super::{write_new, Paths};
 use crate::models::{ensure_models, Budget};
-use crate::Paths;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -63,10 +63,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// A partly filled coding group gets its (zero-padded) parity query after this many ms.
-    #[arg(long, default_value_t = crate::commands::DEFAULT_GROUP_TIMEOUT_MS)]
+    #[arg(long, default_value_t = super::DEFAULT_GROUP_TIMEOUT_MS)]
     pub group_timeout_ms: u64,
     /// A reconstruction is released no earlier than this many ms after its query was sent.
-    #[arg(long, default_value_t = crate::commands::DEFAULT_DECODE_GRACE_MS)]
+    #[arg(long, default_value_t = super::DEFAULT_DECODE_GRACE_MS)]
     pub decode_grace_ms: u64,
 }
 

@@ -13,10 +13,9 @@ use parm_bench::sim::{simulate, Base, Busy, Empirical, Replicated, SimSpec, CALI
 use parm_bench::Percentiles;
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{test_queries, TailRow};
-use crate::commands::write_new;
+use super::bench::{test_queries, TailRow};
+use super::{write_new, Paths};
 use crate::models::{ensure_models, Budget};
-use crate::Paths;
 
 #[derive(Args)]
 pub struct SimulateArgs {
@@ -73,7 +72,7 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.busy_instances == 0 || a.busy_instances > CALIBRATION_INSTANCES, "--busy-instances must exceed the calibration's {CALIBRATION_INSTANCES} (or be 0)");
     let rows: Vec<TailRow> = serde_json::from_str(&std::fs::read_to_string(&a.tail).with_context(|| format!("reading {}", a.tail.display()))?)?;
     let trials: Vec<TrialRun> = serde_json::from_str(&std::fs::read_to_string(&a.runs).with_context(|| format!("reading {}", a.runs.display()))?)?;
-    let files = if a.scenarios.is_empty() { crate::bench::default_scenarios()? } else { a.scenarios.clone() };
+    let files = if a.scenarios.is_empty() { super::bench::default_scenarios()? } else { a.scenarios.clone() };
     let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut bases = load_calibrations(&a)?;
     for host in std::iter::once(Vec::new()).chain(scenarios.iter().map(|s| host_faults(&s.faults))) {

@@ -17,8 +17,8 @@ use parm_nn::parity::ParityConfig;
 use parm_nn::train::{save_model, train_deployed, TrainConfig};
 use serde::Serialize;
 
-use crate::commands::{parity_training_with, recipe_config};
-use crate::Paths;
+use crate::cmd::train_parity::{parity_training_with, recipe_config};
+use crate::cmd::Paths;
 
 /// Encoder of parm's own recipe (chosen by measurement, see BENCHMARKS.md).
 pub const OWN_ENCODER: &str = "concatenation";

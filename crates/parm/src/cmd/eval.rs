@@ -1,0 +1,153 @@
+//! `parm eval`: available, degraded-mode and overall accuracy of a deployed + parity model
+//! pair, and the full quality report (`--report`).
+
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use burn::tensor::Device;
+use clap::Args;
+use parm_codes::encoder_for_shape;
+use parm_nn::eval::{self, AccuracyReport};
+use parm_nn::train::load_model;
+
+use super::{parity_name, write_new, Paths};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    #[arg(long, default_value = "addition")]
+    pub encoder: String,
+    /// Deployed model weights (default: MODELS_DIR/DATASET/deployed.bpk).
+    #[arg(long)]
+    pub deployed: Option<PathBuf>,
+    /// Parity model weights (default: MODELS_DIR/DATASET/parity-k{K}-{ENCODER}.bpk).
+    #[arg(long)]
+    pub parity: Option<PathBuf>,
+    /// Seed of the test coding groups.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Parity models of the r-parity Vandermonde code, in parity order (trained with
+    /// `--encoder linear-rR-pL`): prints A_d with 1..=r unavailable predictions per group.
+    #[arg(long, value_delimiter = ',')]
+    pub linear_parities: Vec<PathBuf>,
+    /// Write the full quality report (every dataset x k x code, training what is missing) to
+    /// DIR: accuracy.json, accuracy.md, accuracy.svg.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Report: datasets.
+    #[arg(long, value_delimiter = ',', default_value = "fashion-mnist,mnist")]
+    pub datasets: Vec<String>,
+    /// Report: deployed architectures (mlp, lenet5).
+    #[arg(long, value_delimiter = ',', default_value = "mlp,lenet5")]
+    pub models: Vec<String>,
+    /// Report: epochs of a LeNet-5 it trains.
+    #[arg(long, default_value_t = 5)]
+    pub lenet_epochs: usize,
+    /// Report: coding-group sizes.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,8,10,12")]
+    pub ks: Vec<usize>,
+    /// Report: optimizer steps of each parity model it trains (rounded up to whole epochs).
+    #[arg(long, default_value_t = 6000)]
+    pub steps: usize,
+    /// Report: ... and at least this many epochs.
+    #[arg(long, default_value_t = 8)]
+    pub min_epochs: usize,
+    /// Report: epochs of a deployed model it trains.
+    #[arg(long, default_value_t = 20)]
+    pub deployed_epochs: usize,
+}
+
+pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
+    if !a.linear_parities.is_empty() {
+        let dir = a.paths.model_dir();
+        let deployed = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+        let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
+        let device = Device::flex();
+        let (f, _) = parm_nn::train::load_net(&deployed, &device)?;
+        let models: Vec<_> = a.linear_parities.iter().map(|p| load_model(p, &device).map(|m| m.0)).collect::<Result<_, _>>()?;
+        let refs: Vec<&dyn parm_nn::Classifier> = models.iter().map(|m| m as &dyn parm_nn::Classifier).collect();
+        let code = parm_codes::LinearCode::vandermonde(a.k, models.len())?;
+        let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
+        println!("available accuracy A_a {:.4}", eval::accuracy(&logits, &ds.test.labels, ds.classes));
+        for e in 1..=models.len().min(a.k) {
+            let acc = eval::linear_degraded_accuracy(&logits, &refs, &ds.test, &code, e, ds.classes, a.seed, &device);
+            println!("k {} r {}: A_d with {e} unavailable per group {:.4}", a.k, models.len(), acc);
+        }
+        return Ok(());
+    }
+    if let Some(dir) = &a.report {
+        let opts = report::ReportOptions {
+            datasets: a.datasets.clone(),
+            models: a.models.clone(),
+            lenet_epochs: a.lenet_epochs,
+            ks: a.ks.clone(),
+            steps: a.steps,
+            min_epochs: a.min_epochs,
+            deployed_epochs: a.deployed_epochs,
+            berrut_s: vec![1, 2, 3],
+            approxifer: true,
+            seed: a.seed,
+        };
+        let rows = report::run(&a.paths, dir, &opts)?;
+        print!("{}", report::markdown(&rows));
+        return Ok(());
+    }
+    let dir = a.paths.model_dir();
+    let deployed = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+    let parity = a.parity.clone().unwrap_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))));
+    let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
+    let report = accuracy_report(&ds, &deployed, &parity, &a.encoder, a.k, a.seed)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        write_new(path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+/// A_a, A_d (every single-erasure pattern of every test coding group), the default baseline
+/// and A_o at f_u = 1%, 5%, 10% (ParM §5.2).
+pub fn accuracy_report(
+    ds: &parm_data::Dataset,
+    deployed: &std::path::Path,
+    parity: &std::path::Path,
+    encoder: &str,
+    k: usize,
+    seed: u64,
+) -> anyhow::Result<AccuracyReport> {
+    let device = Device::flex();
+    let (f, fmeta) = parm_nn::train::load_net(deployed, &device)?;
+    let (fp, pmeta) = parm_nn::train::load_net(parity, &device)?;
+    if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
+        bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);
+    }
+    let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
+    let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
+    let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
+    let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, &device);
+    let zero_logits = eval::logits(&f, &vec![0.0; ds.test.dim()], 1, ds.test.dim(), &device);
+    let degraded_partial = (1..k)
+        .map(|m| {
+            let z = Some(zero_logits.as_slice());
+            (m, eval::padded_degraded_accuracy(&logits, z, &fp, &ds.test, enc.as_ref(), m, ds.classes, seed, &device))
+        })
+        .collect();
+    Ok(AccuracyReport {
+        dataset: ds.name.clone(),
+        model: fmeta.arch,
+        k,
+        encoder: encoder.to_string(),
+        available,
+        degraded,
+        degraded_partial,
+        default: eval::default_accuracy(&ds.test.labels, ds.classes),
+        overall: [0.01, 0.05, 0.10].iter().map(|&f| (f, eval::overall_accuracy(available, degraded, f))).collect(),
+    })
+}

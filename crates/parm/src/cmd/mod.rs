@@ -1,0 +1,90 @@
+//! The CLI subcommands, one module each, and what several of them share.
+
+pub mod bench;
+pub mod data;
+pub mod demo;
+pub mod eval;
+pub mod serve;
+pub mod simulate;
+pub mod train;
+pub mod train_parity;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Paths shared by the commands that touch data and models.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Paths {
+    /// Dataset: fashion-mnist or mnist.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Where datasets are prepared.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Where models are written; each dataset gets a subdirectory.
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn model_dir(&self) -> PathBuf {
+        self.models_dir.join(&self.dataset)
+    }
+}
+
+/// How long a coding group waits for more members before its parity query is sent, padded
+/// with zero queries (ms). Short, so low load does not delay reconstructions.
+pub const DEFAULT_GROUP_TIMEOUT_MS: u64 = 5;
+
+/// How long after sending a query its reconstruction may be released (ms): a healthy instance
+/// answers within this, and its exact prediction then beats the approximate reconstruction.
+pub const DEFAULT_DECODE_GRACE_MS: u64 = 2;
+
+/// Default file stem of a parity model.
+pub fn parity_name(k: usize, encoder: &str) -> String {
+    format!("parity-k{k}-{encoder}")
+}
+
+/// Writes `text` to `path`, creating parent directories. Overwrites: used only for report
+/// files the user named on the command line.
+pub fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A tokio runtime with `threads` worker threads; 0: a current-thread runtime (everything on
+/// the calling thread).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = match threads {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    Ok(b.enable_all().build()?)
+}
+
+/// Runs a server to its end on a fresh runtime, then gives background work (a model
+/// execution still running after the drain deadline) at most 1 s before the process exits.
+fn block_on_drained<T>(threads: usize, f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let rt = runtime(threads)?;
+    let result = rt.block_on(f);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

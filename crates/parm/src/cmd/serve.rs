@@ -1,0 +1,240 @@
+//! `parm serve`: the frontend (OIP HTTP and gRPC for clients, coding groups over the
+//! instances).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use parm_codes::encoder_by_name;
+use parm_serve::oip::ModelSpec;
+use parm_serve::upstream::client::InstanceClient;
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::upstream::redundancy::Redundancy;
+
+use super::{block_on_drained, parity_name, shutdown_signal, DEFAULT_DECODE_GRACE_MS, DEFAULT_GROUP_TIMEOUT_MS};
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Deployed-model instances, comma-separated host:port.
+    #[arg(long, value_delimiter = ',', required_unless_present = "config")]
+    pub deployed: Vec<String>,
+    /// Parity-model instances, comma-separated (none: no redundancy).
+    #[arg(long, value_delimiter = ',')]
+    pub parity: Vec<String>,
+    /// Queries per coding group.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    #[arg(long, default_value = "addition")]
+    pub encoder: String,
+    /// Address for OIP HTTP clients. The first line printed on stdout is `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Model name clients use (default: the deployed model's name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Model name on the deployed instances.
+    #[arg(long, default_value = "deployed")]
+    pub deployed_model: String,
+    /// Model name on the parity instances (default: parity-k{K}-{ENCODER}).
+    #[arg(long)]
+    pub parity_model: Option<String>,
+    /// A partly filled coding group gets its (zero-padded) parity query after this many ms.
+    #[arg(long, default_value_t = DEFAULT_GROUP_TIMEOUT_MS)]
+    pub group_timeout_ms: u64,
+    /// An instance RPC counts as failed after this many ms.
+    #[arg(long, default_value_t = 5000)]
+    pub instance_timeout_ms: u64,
+    /// A reconstruction is released no earlier than this many ms after its query was sent
+    /// (0: answer with the first of original and reconstruction, as ParM does).
+    #[arg(long, default_value_t = DEFAULT_DECODE_GRACE_MS)]
+    pub decode_grace_ms: u64,
+    /// Send a coding group's parity query only once one of its queries is a straggler
+    /// (outstanding longer than the straggler threshold) instead of when the group fills.
+    #[arg(long)]
+    pub lazy_parity: bool,
+    /// Straggler threshold = this x the median deployed-instance latency, within
+    /// `--straggler-min-us`..5 ms; a partly filled group is also sealed after it.
+    #[arg(long, default_value_t = parm_serve::coded::policy::StragglerPolicy::default().factor)]
+    pub straggler_factor: f64,
+    /// The straggler threshold's floor (microseconds); above 5 ms it is also the cap.
+    #[arg(long, default_value_t = parm_serve::coded::policy::StragglerPolicy::default().min.as_micros() as u64)]
+    pub straggler_min_us: u64,
+    /// Uncoded baselines for queries without parity: none, replication (2 copies, first
+    /// answer wins), hedged (backup after the running p95 latency).
+    #[arg(long, default_value = "none")]
+    pub redundancy: String,
+    /// Address for OIP gRPC clients (`inference.GRPCInferenceService` and
+    /// `grpc.health.v1.Health`); "off" disables it.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub grpc_listen: String,
+    /// Also serve Prometheus `/metrics` on this address (it is always on the HTTP port too).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Require this bearer token (file holding it) from clients (HTTP `Authorization: Bearer
+    /// TOKEN`, gRPC metadata `authorization`), and send it to the instances. Default:
+    /// $PARM_AUTH_TOKEN if set, else no auth. Health probes stay open.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Largest HTTP request body after decompression, and largest gRPC request (bytes); more
+    /// gets 413 / RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = parm_serve::oip::security::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// HTTP clients must send a request's headers within this (ms), else they are disconnected.
+    #[arg(long, default_value_t = 30_000)]
+    pub header_read_timeout_ms: u64,
+    /// HTTP clients must send a request's body within this of its headers (ms), else 408.
+    #[arg(long, default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+    /// Most queries in flight at the frontend (HTTP and gRPC together); past it requests get
+    /// 503 + Retry-After / UNAVAILABLE at once (admission control, see parm_serve::server::admission).
+    #[arg(long, default_value_t = parm_serve::server::admission::DEFAULT_MAX_INFLIGHT)]
+    pub max_inflight: usize,
+    /// On SIGTERM / Ctrl-C: stop accepting, let in-flight requests finish for at most this
+    /// long (ms), then exit 0.
+    #[arg(long, default_value_t = parm_serve::server::listen::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    pub drain_timeout_ms: u64,
+    /// Coding over batches: a request of B > 1 rows goes to one deployed instance as one
+    /// batched request, and k such requests share one batched parity request (row i encodes
+    /// row i of each). Without it, each row of a batch joins a coding group on its own.
+    #[arg(long)]
+    pub batch_coding: bool,
+    /// Threads of the frontend's async runtime; 0 (the default): one current-thread runtime,
+    /// everything on one thread, which measured best on a 2-core machine shared with the
+    /// instances (BENCHMARKS.md, "Efficiency": 19k vs 16k queries/s with dispatch batching,
+    /// level without): every extra thread adds wake-ups between threads per query. More
+    /// threads help only where the frontend has cores of its own.
+    #[arg(long, default_value_t = 0)]
+    pub runtime_threads: usize,
+    /// Adaptive batching towards the instances (Clipper §4.3): queries to one instance that
+    /// queue while `--dispatch-max-in-flight` requests to it are outstanding go together, up to
+    /// this many per request. 1: every query its own request.
+    #[arg(long, default_value_t = 1)]
+    pub dispatch_max_batch: usize,
+    /// Requests outstanding per instance before queries wait and batch (with
+    /// `--dispatch-max-batch` > 1).
+    #[arg(long, default_value_t = parm_serve::upstream::dispatch::DispatchBatching::default().max_in_flight)]
+    pub dispatch_max_in_flight: usize,
+    /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
+    /// the matching flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `a` with the settings of its `--config` file applied (see `parm_serve::server::config`).
+///
+/// Errors: the file's (unreadable, not TOML, unknown key, bad value), or no deployed
+/// instance given anywhere.
+fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
+    let Some(path) = a.config.clone() else { return Ok(a) };
+    let f = parm_serve::server::config::ServeFile::load(&path)?;
+    let (s, m, d) = (f.server, f.model, f.deadlines);
+    fn set<T>(dst: &mut T, v: Option<T>) {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    }
+    set(&mut a.listen, s.http);
+    set(&mut a.max_inflight, s.max_inflight);
+    set(&mut a.drain_timeout_ms, s.drain_timeout_ms);
+    set(&mut a.runtime_threads, s.runtime_threads);
+    a.auth_token_file = s.auth_token_file.or(a.auth_token_file);
+    set(&mut a.max_body_bytes, s.max_body_bytes);
+    set(&mut a.header_read_timeout_ms, s.header_read_timeout_ms);
+    set(&mut a.body_read_timeout_ms, s.body_read_timeout_ms);
+    set(&mut a.grpc_listen, s.grpc);
+    a.metrics_listen = s.metrics.or(a.metrics_listen);
+    a.model_name = m.name.or(a.model_name);
+    set(&mut a.deployed_model, m.deployed_model);
+    a.parity_model = m.parity_model.or(a.parity_model);
+    set(&mut a.deployed, m.deployed);
+    set(&mut a.parity, m.parity);
+    set(&mut a.k, m.k);
+    set(&mut a.encoder, m.encoder);
+    set(&mut a.redundancy, m.redundancy);
+    set(&mut a.lazy_parity, m.lazy_parity);
+    set(&mut a.batch_coding, m.batch_coding);
+    set(&mut a.dispatch_max_batch, m.dispatch_max_batch);
+    set(&mut a.dispatch_max_in_flight, m.dispatch_max_in_flight);
+    set(&mut a.straggler_factor, m.straggler_factor);
+    set(&mut a.straggler_min_us, m.straggler_min_us);
+    set(&mut a.group_timeout_ms, d.group_timeout_ms);
+    set(&mut a.decode_grace_ms, d.decode_grace_ms);
+    set(&mut a.instance_timeout_ms, d.instance_timeout_ms);
+    anyhow::ensure!(!a.deployed.is_empty(), "no deployed instances: give --deployed or model.deployed in {}", path.display());
+    Ok(a)
+}
+
+/// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
+/// the model's input and output shapes.
+pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
+    let client = InstanceClient::connect_lazy(&a.deployed[0])?;
+    client.wait_ready(&a.deployed_model, Duration::from_secs(30)).await?;
+    let remote = client.model_metadata(&a.deployed_model, Duration::from_secs(5)).await?;
+    let spec = ModelSpec { name: a.model_name.clone().unwrap_or_else(|| a.deployed_model.clone()), ..remote };
+    Ok(FrontendConfig {
+        deployed_model: a.deployed_model.clone(),
+        parity: a.parity.clone(),
+        parity_model: a.parity_model.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder)),
+        encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
+        group_timeout: Duration::from_millis(a.group_timeout_ms),
+        straggler: parm_serve::coded::policy::StragglerPolicy { lazy_parity: a.lazy_parity, factor: a.straggler_factor, ..Default::default() }
+            .with_min(Duration::from_micros(a.straggler_min_us)),
+        instance_timeout: Duration::from_millis(a.instance_timeout_ms),
+        decode_grace: Duration::from_millis(a.decode_grace_ms),
+        redundancy: match a.redundancy.as_str() {
+            "none" => Redundancy::None,
+            "replication" => Redundancy::Replication { copies: 2 },
+            "hedged" => Redundancy::hedged_p95(),
+            other => bail!("--redundancy {other}: expected none, replication or hedged"),
+        },
+        dispatch: parm_serve::upstream::dispatch::DispatchBatching {
+            max_batch: a.dispatch_max_batch,
+            max_in_flight: a.dispatch_max_in_flight,
+        },
+        batch_coding: a.batch_coding,
+        ..FrontendConfig::new(spec, a.deployed.clone())
+    })
+}
+
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let a = with_config(a)?;
+    let options = parm_serve::oip::security::ServeOptions {
+        auth: parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
+        max_body_bytes: a.max_body_bytes,
+        header_read_timeout: Duration::from_millis(a.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(a.body_read_timeout_ms),
+    };
+    // The instance clients the frontend makes send the same token.
+    parm_serve::upstream::client::set_default_auth_token(options.auth.clone());
+    anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
+    let drain = Duration::from_millis(a.drain_timeout_ms);
+    block_on_drained(a.runtime_threads, async move {
+        let frontend = Frontend::start(frontend_config(&a).await?)?;
+        frontend.warm_up().await;
+        let admission = parm_serve::server::admission::Admission::new(a.max_inflight);
+        let serving = parm_serve::server::api::Serving::start_with_options(frontend, admission, options).await?;
+        let http = bind(&a.listen).await?;
+        println!("listening on {}", http.local_addr()?);
+        let grpc = match a.grpc_listen.as_str() {
+            "off" => None,
+            addr => Some(bind(addr).await?),
+        };
+        let metrics = match &a.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        for (what, l) in [("grpc", &grpc), ("metrics", &metrics)] {
+            if let Some(l) = l {
+                println!("{what} listening on {}", l.local_addr()?);
+            }
+        }
+        let listeners = parm_serve::server::listen::Listeners { http, grpc, metrics };
+        parm_serve::server::listen::serve_all_draining(serving, listeners, shutdown_signal(), drain).await
+    })
+}

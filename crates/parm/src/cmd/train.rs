@@ -1,0 +1,70 @@
+//! `parm train`: train the deployed model.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use parm_nn::train::{save_model, train_deployed, TrainConfig};
+
+use super::Paths;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// File stem of the result in the model directory.
+    #[arg(long, default_value = "deployed")]
+    pub name: String,
+    /// Overwrite an existing model of that name.
+    #[arg(long)]
+    pub force: bool,
+    /// Architecture: mlp (ParM's 784-200-100-10), lenet5, or resnet18 (CIFAR variant).
+    #[arg(long, default_value = "mlp")]
+    pub arch: String,
+    /// resnet18: channels of the first stage (64 in ResNet-18; small for tiny-scale runs).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+}
+
+pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
+    let dir = a.paths.model_dir();
+    let (weights, _) = parm_nn::meta::model_paths(&dir, &a.name);
+    if weights.exists() && !a.force {
+        bail!("{} exists; pass --force to overwrite it or --name to train another", weights.display());
+    }
+    let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
+    let cfg = TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, seed: a.seed, ..Default::default() };
+    let side = (ds.rows == ds.cols).then_some(ds.rows).context("square images needed for a CNN")?;
+    let channels = ds.dim() / (side * side);
+    let meta = match a.arch.as_str() {
+        "mlp" => {
+            let (model, meta) = train_deployed(&ds, &cfg)?;
+            save_model(&model, &meta, &dir, &a.name)?;
+            meta
+        }
+        "lenet5" | "resnet18" => {
+            let net = if a.arch == "lenet5" {
+                parm_nn::NetConfig::LeNet { channels, side, classes: ds.classes }
+            } else {
+                parm_nn::NetConfig::ResNet18 { channels, side, classes: ds.classes, width: a.width }
+            };
+            let (model, meta) = parm_nn::train::train_deployed_net(&ds, &cfg, &net)?;
+            parm_nn::train::save_net(&model, &meta, &dir, &a.name)?;
+            meta
+        }
+        other => bail!("unknown --arch {other} (known: mlp, lenet5, resnet18)"),
+    };
+    println!(
+        "trained {} on {}: test accuracy {:.2}% in {:.1} s ({} steps, {:.0} steps/s) -> {}",
+        meta.arch, meta.dataset, 100.0 * meta.test_accuracy.unwrap_or(0.0), meta.train_seconds, meta.steps,
+        meta.steps as f64 / meta.train_seconds.max(1e-9), weights.display()
+    );
+    Ok(())
+}

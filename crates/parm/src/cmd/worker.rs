@@ -1,0 +1,82 @@
+//! `parm worker`: serve one model (deployed or parity) as a model instance over OIP gRPC.
+
+mod backend;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use parm_serve::instance::worker::WorkerOptions;
+
+use self::backend::NnBackend;
+use super::{block_on_drained, shutdown_signal};
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Weights file (.bpk) with its .json metadata beside it.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Name to serve the model under (default: the file stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to listen on; port 0 picks a free port. The first line printed on stdout is
+    /// `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: String,
+    /// Injected slowdown, e.g. `delay_ms=20,prob=1.0,seed=7`: with probability `prob` each
+    /// request holds the instance's compute lane `delay_ms` longer.
+    #[arg(long, default_value = "")]
+    pub fault: String,
+    /// Requests that may wait for the compute lane; more are rejected (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+    /// Dynamic batching: most queries per model execution (1: no batching).
+    #[arg(long, default_value_t = 1)]
+    pub max_batch: usize,
+    /// Dynamic batching: longest wait for more requests after the first (microseconds).
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+    /// On SIGTERM / Ctrl-C: stop accepting, let in-flight requests finish for at most this
+    /// long (ms), then exit 0.
+    #[arg(long, default_value_t = parm_serve::server::listen::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    pub drain_timeout_ms: u64,
+    /// Require this bearer token (file holding it) on every call: gRPC metadata
+    /// `authorization: Bearer TOKEN`. Default: $PARM_AUTH_TOKEN if set, else no auth.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Only load models from inside this directory: `--model` is taken relative to it and may
+    /// not leave it (`..`, absolute paths elsewhere, symbolic links pointing out).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+}
+
+pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => a.model.file_stem().and_then(|s| s.to_str()).context("model path has no file name")?.to_string(),
+    };
+    let model = match &a.models_dir {
+        Some(dir) => parm_serve::oip::security::confine(dir, &a.model).context("--model")?,
+        None => a.model.clone(),
+    };
+    let auth = parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
+    let backend = Arc::new(NnBackend::load(&model, &name)?);
+    let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
+    anyhow::ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+    let batching = (a.max_batch > 1).then(|| parm_serve::instance::batcher::BatchConfig {
+        max_batch: a.max_batch,
+        max_delay: Duration::from_micros(a.max_queue_delay_us),
+    });
+    let opts = WorkerOptions { faults, max_queue: a.max_queue, batching };
+    let drain = Duration::from_millis(a.drain_timeout_ms);
+    block_on_drained(2, async move {
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        println!("listening on {}", listener.local_addr()?);
+        parm_serve::server::listen::drain_within(shutdown_signal(), drain, |stop| {
+            parm_serve::instance::worker::serve_worker_with_auth(listener, backend, opts, auth, stop.wait())
+        })
+        .await
+    })
+}
