@@ -6,7 +6,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cmd;
 mod models;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "parm", version, about = "Prediction serving with learned erasure-coded resilience (ParM)")]
@@ -44,14 +45,18 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |sub: &str, id: &str| {
+        matches.subcommand_matches(sub).is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+    };
     let result = match cli.command {
         Command::Data(p) => cmd::data::run(&p),
         Command::Train(a) => cmd::train::run(&a),
         Command::TrainParity(a) => cmd::train_parity::run(&a),
         Command::Eval(a) => cmd::eval::run(&a),
         Command::Worker(a) => cmd::worker::run(a),
-        Command::Serve(a) => cmd::serve::run(a),
+        Command::Serve(a) => cmd::serve::run(a, |id| given("serve", id)),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),

@@ -1,6 +1,7 @@
 //! `parm serve --config parm.toml`: the frontend's settings in one file (example:
-//! `examples/parm.toml` in the repository). Every key is optional; a key that is present
-//! replaces the command-line value, an unknown key is an error (so typos do not pass silently).
+//! `examples/parm.toml` in the repository). Every key is optional; an unknown key is an error
+//! (so typos do not pass silently). Precedence, highest first ([`Precedence`]): a flag given
+//! on the command line, then the file, then the built-in default.
 //!
 //! ```toml
 //! [server]
@@ -112,6 +113,24 @@ pub struct DeadlineSection {
     pub instance_timeout_ms: Option<u64>,
 }
 
+/// The precedence of `parm serve`'s settings, as users expect it: a flag given on the command
+/// line beats the config file, which beats the built-in default (the flag's default value).
+pub struct Precedence<F: Fn(&str) -> bool> {
+    /// True if the flag with this id (the clap argument id, e.g. `"group_timeout_ms"`) was
+    /// given on the command line.
+    pub flag_given: F,
+}
+
+impl<F: Fn(&str) -> bool> Precedence<F> {
+    /// Settles one setting: `value` holds the flag's value (its default when it was not
+    /// given), `file` the config file's; the file's replaces it only if the flag was not given.
+    pub fn apply<T>(&self, flag: &str, value: &mut T, file: Option<T>) {
+        if let Some(v) = file.filter(|_| !(self.flag_given)(flag)) {
+            *value = v;
+        }
+    }
+}
+
 impl ServeFile {
     /// Reads and parses `path`.
     ///
@@ -146,6 +165,16 @@ mod tests {
         assert_eq!(f.server.grpc.as_deref(), Some("127.0.0.1:8001"));
         assert_eq!(f.deadlines.group_timeout_ms, Some(5));
         assert_eq!((f.server.max_inflight, f.server.drain_timeout_ms), (Some(1024), Some(5000)));
+    }
+
+    #[test]
+    fn a_given_flag_beats_the_file_which_beats_the_default() {
+        let p = Precedence { flag_given: |id: &str| id == "k" };
+        let (mut k, mut timeout, mut grace) = (3, 5, 2);
+        p.apply("k", &mut k, Some(2)); // given on the command line: stays
+        p.apply("group_timeout_ms", &mut timeout, Some(9)); // not given: the file's
+        p.apply("decode_grace_ms", &mut grace, None); // neither: the default
+        assert_eq!((k, timeout, grace), (3, 9, 2));
     }
 
     #[test]

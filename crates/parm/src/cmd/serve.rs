@@ -116,52 +116,50 @@ pub struct ServeArgs {
     /// `--dispatch-max-batch` > 1).
     #[arg(long, default_value_t = parm_serve::upstream::dispatch::DispatchBatching::default().max_in_flight)]
     pub dispatch_max_in_flight: usize,
-    /// Settings file (TOML; example: examples/parm.toml). Keys present in the file replace
-    /// the matching flags.
+    /// Settings file (TOML; example: examples/parm.toml). A flag given on the command line
+    /// beats the file's key, which beats the flag's default.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
 
-/// `a` with the settings of its `--config` file applied (see `parm_serve::server::config`).
+/// `a` with the settings of its `--config` file applied under the precedence flag given on
+/// the command line > file > default (`parm_serve::server::config::Precedence`); `flag_given`
+/// tells which flags were given.
 ///
 /// Errors: the file's (unreadable, not TOML, unknown key, bad value), or no deployed
 /// instance given anywhere.
-fn with_config(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
+fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<ServeArgs> {
     let Some(path) = a.config.clone() else { return Ok(a) };
     let f = parm_serve::server::config::ServeFile::load(&path)?;
     let (s, m, d) = (f.server, f.model, f.deadlines);
-    fn set<T>(dst: &mut T, v: Option<T>) {
-        if let Some(v) = v {
-            *dst = v;
-        }
-    }
-    set(&mut a.listen, s.http);
-    set(&mut a.max_inflight, s.max_inflight);
-    set(&mut a.drain_timeout_ms, s.drain_timeout_ms);
-    set(&mut a.runtime_threads, s.runtime_threads);
-    a.auth_token_file = s.auth_token_file.or(a.auth_token_file);
-    set(&mut a.max_body_bytes, s.max_body_bytes);
-    set(&mut a.header_read_timeout_ms, s.header_read_timeout_ms);
-    set(&mut a.body_read_timeout_ms, s.body_read_timeout_ms);
-    set(&mut a.grpc_listen, s.grpc);
-    a.metrics_listen = s.metrics.or(a.metrics_listen);
-    a.model_name = m.name.or(a.model_name);
-    set(&mut a.deployed_model, m.deployed_model);
-    a.parity_model = m.parity_model.or(a.parity_model);
-    set(&mut a.deployed, m.deployed);
-    set(&mut a.parity, m.parity);
-    set(&mut a.k, m.k);
-    set(&mut a.encoder, m.encoder);
-    set(&mut a.redundancy, m.redundancy);
-    set(&mut a.lazy_parity, m.lazy_parity);
-    set(&mut a.batch_coding, m.batch_coding);
-    set(&mut a.dispatch_max_batch, m.dispatch_max_batch);
-    set(&mut a.dispatch_max_in_flight, m.dispatch_max_in_flight);
-    set(&mut a.straggler_factor, m.straggler_factor);
-    set(&mut a.straggler_min_us, m.straggler_min_us);
-    set(&mut a.group_timeout_ms, d.group_timeout_ms);
-    set(&mut a.decode_grace_ms, d.decode_grace_ms);
-    set(&mut a.instance_timeout_ms, d.instance_timeout_ms);
+    let p = parm_serve::server::config::Precedence { flag_given };
+    p.apply("listen", &mut a.listen, s.http);
+    p.apply("max_inflight", &mut a.max_inflight, s.max_inflight);
+    p.apply("drain_timeout_ms", &mut a.drain_timeout_ms, s.drain_timeout_ms);
+    p.apply("runtime_threads", &mut a.runtime_threads, s.runtime_threads);
+    p.apply("auth_token_file", &mut a.auth_token_file, s.auth_token_file.map(Some));
+    p.apply("max_body_bytes", &mut a.max_body_bytes, s.max_body_bytes);
+    p.apply("header_read_timeout_ms", &mut a.header_read_timeout_ms, s.header_read_timeout_ms);
+    p.apply("body_read_timeout_ms", &mut a.body_read_timeout_ms, s.body_read_timeout_ms);
+    p.apply("grpc_listen", &mut a.grpc_listen, s.grpc);
+    p.apply("metrics_listen", &mut a.metrics_listen, s.metrics.map(Some));
+    p.apply("model_name", &mut a.model_name, m.name.map(Some));
+    p.apply("deployed_model", &mut a.deployed_model, m.deployed_model);
+    p.apply("parity_model", &mut a.parity_model, m.parity_model.map(Some));
+    p.apply("deployed", &mut a.deployed, m.deployed);
+    p.apply("parity", &mut a.parity, m.parity);
+    p.apply("k", &mut a.k, m.k);
+    p.apply("encoder", &mut a.encoder, m.encoder);
+    p.apply("redundancy", &mut a.redundancy, m.redundancy);
+    p.apply("lazy_parity", &mut a.lazy_parity, m.lazy_parity);
+    p.apply("batch_coding", &mut a.batch_coding, m.batch_coding);
+    p.apply("dispatch_max_batch", &mut a.dispatch_max_batch, m.dispatch_max_batch);
+    p.apply("dispatch_max_in_flight", &mut a.dispatch_max_in_flight, m.dispatch_max_in_flight);
+    p.apply("straggler_factor", &mut a.straggler_factor, m.straggler_factor);
+    p.apply("straggler_min_us", &mut a.straggler_min_us, m.straggler_min_us);
+    p.apply("group_timeout_ms", &mut a.group_timeout_ms, d.group_timeout_ms);
+    p.apply("decode_grace_ms", &mut a.decode_grace_ms, d.decode_grace_ms);
+    p.apply("instance_timeout_ms", &mut a.instance_timeout_ms, d.instance_timeout_ms);
     anyhow::ensure!(!a.deployed.is_empty(), "no deployed instances: give --deployed or model.deployed in {}", path.display());
     Ok(a)
 }
@@ -202,8 +200,10 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
 }
 
-pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let a = with_config(a)?;
+/// `parm serve`; `flag_given` tells which flags were given on the command line (they beat
+/// the `--config` file).
+pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let a = with_config(a, flag_given)?;
     let options = parm_serve::oip::security::ServeOptions {
         auth: parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
         max_body_bytes: a.max_body_bytes,
@@ -237,4 +237,42 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let listeners = parm_serve::server::listen::Listeners { http, grpc, metrics };
         parm_serve::server::listen::serve_all_draining(serving, listeners, shutdown_signal(), drain).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Parses `args` as `parm serve` does and applies the config file.
+    fn settle(args: &[&str]) -> ServeArgs {
+        let m = Cli::command().try_get_matches_from(std::iter::once("serve").chain(args.iter().copied())).unwrap();
+        let a = Cli::from_arg_matches(&m).unwrap().serve;
+        with_config(a, |id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)).unwrap()
+    }
+
+    #[test]
+    fn command_line_beats_config_file_beats_default() {
+        let dir = std::env::temp_dir().join(format!("parm-serve-precedence-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("parm.toml");
+        std::fs::write(&file, "[model]\ndeployed = [\"10.0.0.1:9000\"]\nk = 3\n[deadlines]\ngroup_timeout_ms = 9\n").unwrap();
+        let path = file.to_str().unwrap();
+        let a = settle(&["--config", path, "--k", "4"]);
+        assert_eq!(a.k, 4, "the flag given beats the file");
+        assert_eq!(a.group_timeout_ms, 9, "the file beats the default");
+        assert_eq!(a.decode_grace_ms, crate::cmd::DEFAULT_DECODE_GRACE_MS, "neither: the default");
+        assert_eq!(a.deployed, vec!["10.0.0.1:9000".to_string()]);
+        // A flag given with its default value still beats the file.
+        assert_eq!(settle(&["--config", path, "--k", "2"]).k, 2);
+        assert_eq!(settle(&["--config", path]).k, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
