@@ -6,9 +6,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     const PROTO: &str = "proto/grpc_predict_v2.proto";
     println!("cargo:rerun-if-changed={PROTO}");
     let fds = protox::compile([PROTO], ["proto"])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

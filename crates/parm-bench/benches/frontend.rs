@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use parm_codes::{AdditionEncoder, Decoder, Encoder, SubtractionDecoder};
-use parm_serve::instance::backend::{LinearBackend};
+use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::instance::backend::LinearBackend;
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::client::InstanceClient;
-use parm_serve::coded::{Frontend, FrontendConfig};
-use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 
 const DIM: usize = 784;
 const CLASSES: usize = 10;

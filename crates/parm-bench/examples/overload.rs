@@ -19,12 +19,12 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use parm_bench::cluster::{start_instances, InstanceSpec};
+use anyhow::{Context, bail};
+use parm_bench::cluster::{InstanceSpec, start_instances};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 struct Args {
@@ -37,7 +37,14 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { parm: "target/release/parm".into(), model: "models/fashion-mnist/deployed.bpk".into(), max_inflight: 1024, delay_ms: 5.0, burst_s: 5.0, factor: 10.0 };
+    let mut a = Args {
+        parm: "target/release/parm".into(),
+        model: "models/fashion-mnist/deployed.bpk".into(),
+        max_inflight: 1024,
+        delay_ms: 5.0,
+        burst_s: 5.0,
+        factor: 10.0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -93,7 +100,14 @@ fn body(i: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": data}]})).unwrap()
 }
 
-async fn closed_loop(client: &reqwest::Client, url: &str, bodies: &[Vec<u8>], clients: usize, until: Instant, max: u64) -> (Tally, Vec<Duration>) {
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    bodies: &[Vec<u8>],
+    clients: usize,
+    until: Instant,
+    max: u64,
+) -> (Tally, Vec<Duration>) {
     let t = Arc::new(Tally::default());
     let sent = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..clients)
@@ -144,7 +158,8 @@ async fn main() -> anyhow::Result<()> {
         .spawn()?;
     let pid = serve.id().context("parm serve pid")?;
     let mut lines = BufReader::new(serve.stdout.take().context("stdout")?).lines();
-    let addr = lines.next_line().await?.context("parm serve exited")?.strip_prefix("listening on ").context("first line")?.trim().to_string();
+    let addr =
+        lines.next_line().await?.context("parm serve exited")?.strip_prefix("listening on ").context("first line")?.trim().to_string();
     let url = format!("http://{addr}/v2/models/deployed/infer");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(usize::MAX).build()?;
     let bodies: Vec<Vec<u8>> = (0..64).map(body).collect();
@@ -155,7 +170,13 @@ async fn main() -> anyhow::Result<()> {
     let (t, _) = closed_loop(&client, &url, &bodies, 64, Instant::now() + Duration::from_secs_f64(cap_s), u64::MAX).await;
     let capacity = t.ok.load(Ordering::Relaxed) as f64 / cap_s;
     let (_, hwm_cap) = rss_kib(pid).unwrap();
-    println!("frontend RSS idle {} KiB; capacity {:.0} queries/s (64 closed-loop clients, {} shed); VmHWM after {} KiB", rss0, capacity, t.shed.load(Ordering::Relaxed), hwm_cap);
+    println!(
+        "frontend RSS idle {} KiB; capacity {:.0} queries/s (64 closed-loop clients, {} shed); VmHWM after {} KiB",
+        rss0,
+        capacity,
+        t.shed.load(Ordering::Relaxed),
+        hwm_cap
+    );
 
     // 2. The burst.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5"); // resets VmHWM
@@ -193,14 +214,25 @@ async fn main() -> anyhow::Result<()> {
     let (ok, shed, other) = (tally.ok.load(Ordering::Relaxed), tally.shed.load(Ordering::Relaxed), tally.other.load(Ordering::Relaxed));
     println!(
         "burst: {n} requests offered at {rate:.0}/s ({:.0}x capacity; sent in {send_s:.1} s, all answered in {burst_s:.1} s): served {ok}, shed 503+Retry-After {shed}, other {other}; served p50 {:.0} ms p99 {:.0} ms",
-        a.factor, pct(&mut lat, 0.5), pct(&mut lat, 0.99)
+        a.factor,
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
     );
-    println!("frontend peak RSS during the burst: VmHWM {} KiB ({:.1} MiB), sampled VmRSS max {} KiB", hwm, hwm as f64 / 1024.0, peak_rss.load(Ordering::Relaxed));
+    println!(
+        "frontend peak RSS during the burst: VmHWM {} KiB ({:.1} MiB), sampled VmRSS max {} KiB",
+        hwm,
+        hwm as f64 / 1024.0,
+        peak_rss.load(Ordering::Relaxed)
+    );
 
     // 3. After the burst.
     let (t, mut lat) = closed_loop(&client, &url, &bodies, 16, Instant::now() + Duration::from_secs(60), 500).await;
     let (ok, shed, other) = (t.ok.load(Ordering::Relaxed), t.shed.load(Ordering::Relaxed), t.other.load(Ordering::Relaxed));
-    println!("after the burst: 500 requests (16 closed-loop clients): served {ok}, shed {shed}, other {other}; p50 {:.1} ms p99 {:.1} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    println!(
+        "after the burst: 500 requests (16 closed-loop clients): served {ok}, shed {shed}, other {other}; p50 {:.1} ms p99 {:.1} ms",
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
     let _ = serve.kill().await;
     if ok != 500 {
         bail!("service did not return to normal after the burst");

@@ -25,9 +25,9 @@
 //! spans roughly from one trial's percentile to the other's.
 
 use anyhow::{bail, ensure};
+use rand::SeedableRng;
 use rand::distr::{Distribution, Uniform};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 
 /// Settings of [`percentile_ci`].
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -2,14 +2,14 @@
 //! crashes (SIGKILL) with restart, CPU contention and loopback network contention.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::cluster::{start_instance, Instance, InstanceSpec};
+use crate::cluster::{Instance, InstanceSpec, start_instance};
 use crate::scenario::Fault;
 
 /// Background faults of one run; [`Chaos::stop`] ends them and undoes what they did

@@ -3,22 +3,22 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use parm_codes::encoder_by_name;
+use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::client::InstanceClient;
-use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::upstream::redundancy::Redundancy;
 use serde::Serialize;
 
 use crate::chaos::{Chaos, Target};
-use crate::cluster::{start_instances, Instance, InstanceSpec};
+use crate::cluster::{Instance, InstanceSpec, start_instances};
 use crate::scenario::{Fault, Mode};
-use crate::{run_open_loop, LoadSpec, Query, RunReport};
+use crate::{LoadSpec, Query, RunReport, run_open_loop};
 
 /// Name deployed-model instances serve under.
 pub const DEPLOYED: &str = "deployed";
@@ -106,7 +106,13 @@ pub struct ProbeData {
 }
 
 /// [`run_once`], plus what `probe` measured meanwhile (empty without a probe).
-pub async fn run_probed(exe: &Path, models: &Models, spec: &RunSpec, queries: &[Query], probe: Option<Probe>) -> anyhow::Result<(RunResult, ProbeData)> {
+pub async fn run_probed(
+    exe: &Path,
+    models: &Models,
+    spec: &RunSpec,
+    queries: &[Query],
+    probe: Option<Probe>,
+) -> anyhow::Result<(RunResult, ProbeData)> {
     let (deployed, parity) = spec.mode.instances(spec.instances);
     let k = spec.mode.k();
     let mut specs: Vec<InstanceSpec> = (0..deployed)
@@ -134,7 +140,13 @@ pub async fn run_probed(exe: &Path, models: &Models, spec: &RunSpec, queries: &[
     result
 }
 
-async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Query], probe: Option<Probe>) -> anyhow::Result<(RunResult, ProbeData)> {
+async fn drive(
+    exe: &Path,
+    spec: &RunSpec,
+    instances: &[Instance],
+    queries: &[Query],
+    probe: Option<Probe>,
+) -> anyhow::Result<(RunResult, ProbeData)> {
     let k = spec.mode.k();
     let addrs = |want: &str| instances.iter().filter(|i| i.spec.name == want).map(|i| i.addr.clone()).collect::<Vec<_>>();
     for i in instances {
@@ -169,10 +181,7 @@ async fn drive(exe: &Path, spec: &RunSpec, instances: &[Instance], queries: &[Qu
         let _ = stopped.await;
     }));
     // Machines in start order: deployed instances, then parity instances.
-    let targets: Vec<Target> = instances
-        .iter()
-        .map(|i| Target { pid: i.pid(), addr: i.addr.clone(), spec: i.spec.clone() })
-        .collect();
+    let targets: Vec<Target> = instances.iter().map(|i| Target { pid: i.pid(), addr: i.addr.clone(), spec: i.spec.clone() }).collect();
     let chaos = Chaos::start(&spec.faults, &targets, exe.to_path_buf());
     let load = LoadSpec {
         base_url,

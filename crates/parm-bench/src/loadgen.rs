@@ -76,10 +76,7 @@ pub struct LoadSpec {
 /// due at offset 0 and query `i` at the sum of the first `i` gaps, so the offsets are
 /// non-decreasing and `offsets[n-1] / (n-1)` is about `1 / rate_qps`.
 pub fn poisson_schedule(n: usize, rate_qps: f64, seed: u64) -> anyhow::Result<Vec<Duration>> {
-    ensure!(
-        rate_qps.is_finite() && rate_qps > 0.0,
-        "rate_qps must be positive and finite, got {rate_qps}"
-    );
+    ensure!(rate_qps.is_finite() && rate_qps > 0.0, "rate_qps must be positive and finite, got {rate_qps}");
     let exp = Exp::new(rate_qps).context("exponential distribution")?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t = 0.0f64;
@@ -131,11 +128,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
     if n == 0 {
         bail!("no queries to send");
     }
-    ensure!(
-        spec.warmup < n,
-        "warmup ({}) must be smaller than the number of queries ({n})",
-        spec.warmup
-    );
+    ensure!(spec.warmup < n, "warmup ({}) must be smaller than the number of queries ({n})", spec.warmup);
     let schedule = poisson_schedule(n, spec.rate_qps, spec.seed)?;
     let client = reqwest::Client::builder()
         .http1_only()
@@ -145,19 +138,12 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
         .no_proxy()
         .build()
         .context("building the HTTP client")?;
-    let url: Arc<str> = format!(
-        "{}/v2/models/{}/infer",
-        spec.base_url.trim_end_matches('/'),
-        spec.model
-    )
-    .into();
+    let url: Arc<str> = format!("{}/v2/models/{}/infer", spec.base_url.trim_end_matches('/'), spec.model).into();
     let input_name: Arc<str> = spec.input_name.as_str().into();
 
     let pb = if spec.progress {
         let pb = ProgressBar::new(n as u64);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}) {msg}",
-        ) {
+        if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}) {msg}") {
             pb.set_style(style);
         }
         pb
@@ -178,18 +164,12 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
             // counts in its latency (measured from the intended time).
             parm_serve::timer::sleep_until(intended).await;
             max_lag = max_lag.max(Instant::now().saturating_duration_since(intended));
-            let (client, url, input_name, tx) =
-                (client.clone(), url.clone(), input_name.clone(), tx.clone());
+            let (client, url, input_name, tx) = (client.clone(), url.clone(), input_name.clone(), tx.clone());
             let (input, shape) = (q.input.clone(), q.shape.clone());
             tokio::spawn(async move {
                 let result = infer_one(&client, &url, &input_name, i, &input, &shape).await;
                 // The receiver only goes away if the run itself was dropped.
-                let _ = tx.send(Outcome {
-                    index: i,
-                    intended,
-                    done: result.0,
-                    result: result.1,
-                });
+                let _ = tx.send(Outcome { index: i, intended, done: result.0, result: result.1 });
             });
         }
         max_lag
@@ -215,8 +195,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
                     if measured {
                         acc.measured_answered += 1;
                         let us = o.done.saturating_duration_since(o.intended).as_micros();
-                        hist.record(u64::try_from(us).unwrap_or(u64::MAX))
-                            .expect("auto-resizing histogram");
+                        hist.record(u64::try_from(us).unwrap_or(u64::MAX)).expect("auto-resizing histogram");
                         let sent = o.intended.saturating_duration_since(start).as_secs_f64() * 1e3;
                         acc.trace.push((sent, us as f64 / 1e3));
                     }
@@ -242,9 +221,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
         let missing = n - acc.received;
         acc.errors += missing;
         if acc.error_samples.len() < MAX_ERROR_SAMPLES {
-            acc.error_samples.push(format!(
-                "{missing} request task(s) ended without an outcome"
-            ));
+            acc.error_samples.push(format!("{missing} request task(s) ended without an outcome"));
         }
     }
     if max_lag > Duration::from_millis(50) {
@@ -257,19 +234,9 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
         tracing::debug!(max_lag_ms = max_lag.as_secs_f64() * 1e3, "dispatch lag");
     }
 
-    let wall_s = acc.last_done.map_or(0.0, |d| {
-        d.saturating_duration_since(measured_start).as_secs_f64()
-    });
-    let throughput_qps = if wall_s > 0.0 {
-        acc.measured_answered as f64 / wall_s
-    } else {
-        0.0
-    };
-    let accuracy = if acc.labelled > 0 {
-        acc.correct as f64 / acc.labelled as f64
-    } else {
-        f64::NAN
-    };
+    let wall_s = acc.last_done.map_or(0.0, |d| d.saturating_duration_since(measured_start).as_secs_f64());
+    let throughput_qps = if wall_s > 0.0 { acc.measured_answered as f64 / wall_s } else { 0.0 };
+    let accuracy = if acc.labelled > 0 { acc.correct as f64 / acc.labelled as f64 } else { f64::NAN };
     Ok(RunReport {
         requests: n,
         answered: acc.answered,
@@ -346,34 +313,18 @@ async fn infer_one(
     let id = index.to_string();
     let body = match serde_json::to_vec(&InferRequest {
         id: &id,
-        inputs: [InferInput {
-            name: input_name,
-            shape,
-            datatype: "FP32",
-            data: input,
-        }],
+        inputs: [InferInput { name: input_name, shape, datatype: "FP32", data: input }],
     }) {
         Ok(b) => b,
         Err(e) => {
-            return (
-                Instant::now(),
-                Err(format!("query {index}: encoding request: {e}")),
-            );
+            return (Instant::now(), Err(format!("query {index}: encoding request: {e}")));
         }
     };
-    let sent = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await;
+    let sent = client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await;
     let resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            return (
-                Instant::now(),
-                Err(format!("query {index}: {}", describe(&e))),
-            );
+            return (Instant::now(), Err(format!("query {index}: {}", describe(&e))));
         }
     };
     let status = resp.status();
@@ -382,13 +333,7 @@ async fn infer_one(
     let bytes = match bytes {
         Ok(b) => b,
         Err(e) => {
-            return (
-                done,
-                Err(format!(
-                    "query {index}: HTTP {status}, reading body: {}",
-                    describe(&e)
-                )),
-            );
+            return (done, Err(format!("query {index}: HTTP {status}, reading body: {}", describe(&e))));
         }
     };
     if status != reqwest::StatusCode::OK {
@@ -396,26 +341,19 @@ async fn infer_one(
         let text: String = text.chars().take(MAX_ERROR_BODY_CHARS).collect();
         return (done, Err(format!("query {index}: HTTP {status}: {text}")));
     }
-    (
-        done,
-        parse_answer(&bytes, &id).map_err(|e| format!("query {index}: {e}")),
-    )
+    (done, parse_answer(&bytes, &id).map_err(|e| format!("query {index}: {e}")))
 }
 
 /// Parses an Open Inference Protocol response and checks that it answers request `id`.
 fn parse_answer(bytes: &[u8], id: &str) -> Result<Answer, String> {
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("unparsable response: {e}"))?;
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("unparsable response: {e}"))?;
     match v.get("id") {
         Some(Value::String(got)) if got == id => {}
         Some(got) => return Err(format!("id mismatch: sent \"{id}\", response has {got}")),
         None => return Err(format!("id mismatch: sent \"{id}\", response has no id")),
     }
-    let data = v
-        .get("outputs")
-        .and_then(|o| o.get(0))
-        .and_then(|o| o.get("data"))
-        .ok_or_else(|| "response has no outputs[0].data".to_string())?;
+    let data =
+        v.get("outputs").and_then(|o| o.get(0)).and_then(|o| o.get("data")).ok_or_else(|| "response has no outputs[0].data".to_string())?;
     let mut best: Option<(usize, f64)> = None;
     let mut k = 0usize;
     let mut bad = false;
@@ -434,15 +372,8 @@ fn parse_answer(bytes: &[u8], id: &str) -> Result<Answer, String> {
         return Err("outputs[0].data holds a non-number".into());
     }
     let (predicted, _) = best.ok_or_else(|| "outputs[0].data is empty".to_string())?;
-    let reconstructed = v
-        .get("parameters")
-        .and_then(|p| p.get("parm_reconstructed"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    Ok(Answer {
-        predicted,
-        reconstructed,
-    })
+    let reconstructed = v.get("parameters").and_then(|p| p.get("parm_reconstructed")).and_then(Value::as_bool).unwrap_or(false);
+    Ok(Answer { predicted, reconstructed })
 }
 
 /// Calls `f` on every leaf of a flat or nested JSON array in row-major order: `Some(x)` for a
@@ -458,11 +389,7 @@ fn visit_numbers(v: &Value, f: &mut impl FnMut(Option<f64>)) {
 
 /// A reqwest error with its source chain, and "timed out" spelled out.
 fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
-        format!("timed out: {e}")
-    } else {
-        e.to_string()
-    };
+    let mut s = if e.is_timeout() { format!("timed out: {e}") } else { e.to_string() };
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
         s.push_str(": ");
@@ -489,16 +416,8 @@ mod tests {
         let a = parse_answer(br#"{"id":"1","outputs":[{"data":[2,2,1]}]}"#, "1").unwrap();
         assert_eq!(a.predicted, 0, "first maximum on ties");
         assert!(!a.reconstructed);
-        assert!(
-            parse_answer(br#"{"id":"2","outputs":[{"data":[1]}]}"#, "1")
-                .unwrap_err()
-                .contains("id mismatch")
-        );
-        assert!(
-            parse_answer(br#"{"outputs":[{"data":[1]}]}"#, "1")
-                .unwrap_err()
-                .contains("no id")
-        );
+        assert!(parse_answer(br#"{"id":"2","outputs":[{"data":[1]}]}"#, "1").unwrap_err().contains("id mismatch"));
+        assert!(parse_answer(br#"{"outputs":[{"data":[1]}]}"#, "1").unwrap_err().contains("no id"));
         assert!(parse_answer(br#"{"id":"1","outputs":[]}"#, "1").is_err());
         assert!(parse_answer(br#"{"id":"1","outputs":[{"data":[]}]}"#, "1").is_err());
         assert!(parse_answer(br#"{"id":"1","outputs":[{"data":["a"]}]}"#, "1").is_err());

@@ -75,14 +75,7 @@ pub struct RunReport {
 /// Returns all zeros for an empty histogram.
 pub fn percentiles(hist: &Histogram<u64>) -> Percentiles {
     if hist.is_empty() {
-        return Percentiles {
-            p50: 0.0,
-            p90: 0.0,
-            p99: 0.0,
-            p99_9: 0.0,
-            max: 0.0,
-            mean: 0.0,
-        };
+        return Percentiles { p50: 0.0, p90: 0.0, p99: 0.0, p99_9: 0.0, max: 0.0, mean: 0.0 };
     }
     let ms = |us: u64| us as f64 / 1000.0;
     Percentiles {
@@ -99,27 +92,13 @@ pub fn percentiles(hist: &Histogram<u64>) -> Percentiles {
 /// `mode, requests, answered, reconstructed, errors, accuracy, p50, p99, p99.9` (latencies in
 /// ms, accuracy as a fraction with 4 decimals, `n/a` when undefined). Ends with a newline.
 pub fn format_table(rows: &[(String, RunReport)]) -> String {
-    let header: Vec<String> = [
-        "mode",
-        "requests",
-        "answered",
-        "reconstructed",
-        "errors",
-        "accuracy",
-        "p50_ms",
-        "p99_ms",
-        "p99.9_ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let header: Vec<String> = ["mode", "requests", "answered", "reconstructed", "errors", "accuracy", "p50_ms", "p99_ms", "p99.9_ms"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut table = vec![header];
     for (mode, r) in rows {
-        let accuracy = if r.accuracy.is_finite() {
-            format!("{:.4}", r.accuracy)
-        } else {
-            "n/a".into()
-        };
+        let accuracy = if r.accuracy.is_finite() { format!("{:.4}", r.accuracy) } else { "n/a".into() };
         table.push(vec![
             mode.clone(),
             r.requests.to_string(),
@@ -133,15 +112,7 @@ pub fn format_table(rows: &[(String, RunReport)]) -> String {
         ]);
     }
     let ncols = table[0].len();
-    let widths: Vec<usize> = (0..ncols)
-        .map(|c| {
-            table
-                .iter()
-                .map(|row| row[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> = (0..ncols).map(|c| table.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &table {
         let cells: Vec<String> = row
@@ -149,11 +120,7 @@ pub fn format_table(rows: &[(String, RunReport)]) -> String {
             .enumerate()
             .map(|(c, cell)| {
                 // Mode left-aligned, numbers right-aligned.
-                if c == 0 {
-                    format!("{cell:<w$}", w = widths[c])
-                } else {
-                    format!("{cell:>w$}", w = widths[c])
-                }
+                if c == 0 { format!("{cell:<w$}", w = widths[c]) } else { format!("{cell:>w$}", w = widths[c]) }
             })
             .collect();
         out.push_str(cells.join("  ").trim_end());
@@ -192,14 +159,7 @@ mod tests {
             errors: 10,
             correct: 980,
             accuracy: 980.0 / 990.0,
-            latency_ms: Percentiles {
-                p50: 1.5,
-                p90: 2.0,
-                p99: 10.25,
-                p99_9: 50.0,
-                max: 60.0,
-                mean: 2.0,
-            },
+            latency_ms: Percentiles { p50: 1.5, p90: 2.0, p99: 10.25, p99_9: 50.0, max: 60.0, mean: 2.0 },
             throughput_qps: 99.0,
             wall_s: 10.0,
             error_samples: vec![],

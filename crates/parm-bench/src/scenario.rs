@@ -22,7 +22,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde::Deserialize;
 
 /// Timed queries (after warm-up) a trial needs for its p99.9 to rest on 10 queries: of N
@@ -248,7 +248,7 @@ impl Scenario {
         anyhow::ensure!(self.instances >= 2 && self.trials >= 1, "need instances >= 2 and trials >= 1");
         for m in &self.modes {
             let mode = Mode::parse(m)?;
-            anyhow::ensure!(self.instances % mode.k() == 0, "mode {m}: instances ({}) must be a multiple of k", self.instances);
+            anyhow::ensure!(self.instances.is_multiple_of(mode.k()), "mode {m}: instances ({}) must be a multiple of k", self.instances);
         }
         for f in &self.faults {
             let instance = f.instance().unwrap_or(0);
@@ -259,7 +259,7 @@ impl Scenario {
                 let mode = Mode::parse(m)?;
                 let (_, parity) = mode.instances(self.instances);
                 anyhow::ensure!(
-                    parity == 0 || self.trials % (mode.k() + 1) == 0,
+                    parity == 0 || self.trials.is_multiple_of(mode.k() + 1),
                     "faults_on = \"any-machine\": mode {m} needs trials a multiple of k+1 = {} (each role its share of trials), got {}",
                     mode.k() + 1,
                     self.trials
@@ -288,7 +288,10 @@ impl Fault {
     /// The instance an instance fault names (None for host faults).
     pub fn instance(&self) -> Option<usize> {
         match self {
-            Fault::Delay { instance, .. } | Fault::Episodes { instance, .. } | Fault::Stall { instance, .. } | Fault::Crash { instance, .. } => Some(*instance),
+            Fault::Delay { instance, .. }
+            | Fault::Episodes { instance, .. }
+            | Fault::Stall { instance, .. }
+            | Fault::Crash { instance, .. } => Some(*instance),
             Fault::CpuBurn { .. } | Fault::Network { .. } => None,
         }
     }
@@ -297,7 +300,10 @@ impl Fault {
     pub fn on(&self, i: usize) -> Fault {
         let mut f = self.clone();
         match &mut f {
-            Fault::Delay { instance, .. } | Fault::Episodes { instance, .. } | Fault::Stall { instance, .. } | Fault::Crash { instance, .. } => *instance = i,
+            Fault::Delay { instance, .. }
+            | Fault::Episodes { instance, .. }
+            | Fault::Stall { instance, .. }
+            | Fault::Crash { instance, .. } => *instance = i,
             Fault::CpuBurn { .. } | Fault::Network { .. } => {}
         }
         f

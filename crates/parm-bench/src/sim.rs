@@ -59,14 +59,14 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use parm_serve::upstream::redundancy::LatencyWindow;
 use parm_serve::coded::policy::{self, MEDIAN};
+use parm_serve::upstream::redundancy::LatencyWindow;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
 
 use crate::scenario::{Fault, Mode};
-use crate::{percentiles, Percentiles};
+use crate::{Percentiles, percentiles};
 
 /// The frontend's timers: each fires a measured lateness after its deadline.
 struct Timers<'a> {
@@ -287,7 +287,8 @@ impl Base {
         let rpc = self.rpc.toward(&busy.rpc, w);
         // A replica's partner RPC slows down as much as the RPC at its rank.
         let n = self.partner.len().max(2) - 1;
-        let partner = self.partner.iter().enumerate().map(|(i, p)| p + rpc.at(i as f64 / n as f64) - self.rpc.at(i as f64 / n as f64)).collect();
+        let partner =
+            self.partner.iter().enumerate().map(|(i, p)| p + rpc.at(i as f64 / n as f64) - self.rpc.at(i as f64 / n as f64)).collect();
         std::borrow::Cow::Owned(Base { end_to_end: self.end_to_end.toward(&busy.end_to_end, w), rpc, partner, ..self.clone() })
     }
 
@@ -506,7 +507,15 @@ pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
     // Replication with its own calibration: overhead and both RPCs from that run.
     let own = base.replicated.as_ref().filter(|_| spec.mode == Mode::Replication);
     let (arrivals, ranks) = match own {
-        Some(rep) => arrivals(spec, |u| { let (o, (a, _)) = rep.split(u); (o, a) }, timeline, &mut rng),
+        Some(rep) => arrivals(
+            spec,
+            |u| {
+                let (o, (a, _)) = rep.split(u);
+                (o, a)
+            },
+            timeline,
+            &mut rng,
+        ),
         None => arrivals(spec, |u| (base.overhead(u), base.rpc.at(u)), timeline, &mut rng),
     };
     let mut timers = Timers { late: &base.timer_late, rng: StdRng::seed_from_u64(seed ^ 4) };
@@ -610,7 +619,8 @@ fn coded(sim: &mut Pool, parity: &mut Pool, timers: &mut Timers, arrivals: &[Arr
     let (mut q, mut group) = (0, 0);
     while q < arrivals.len() {
         let threshold = spec.straggler.threshold(window.at(arrivals[q].at_frontend)).as_secs_f64() * 1e3;
-        let (end, sealed) = members(arrivals, q, k, timers.fires(arrivals[q].at_frontend + policy::seal_after(spec.group_timeout_ms, threshold)));
+        let (end, sealed) =
+            members(arrivals, q, k, timers.fires(arrivals[q].at_frontend + policy::seal_after(spec.group_timeout_ms, threshold)));
         let fp = parity_answer(parity, timers, &arrivals[q..end], &own[q..end], (sealed, threshold), spec, group);
         for j in q..end {
             let others = (q..end).filter(|&i| i != j).map(|i| own[i]).fold(fp, f64::max);
@@ -645,7 +655,15 @@ fn members(arrivals: &[Arrival], first: usize, k: usize, deadline: f64) -> (usiz
 /// Eager: at the seal if a member is still out. Lazy: once the first member still out has been
 /// outstanding for the threshold (tokio timer).
 /// `(sealed, threshold)`: when the group was sealed and its straggler threshold (ms).
-fn parity_answer(parity: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], own: &[f64], (sealed, threshold): (f64, f64), spec: &SimSpec, group: usize) -> f64 {
+fn parity_answer(
+    parity: &mut Pool,
+    timers: &mut Timers,
+    arrivals: &[Arrival],
+    own: &[f64],
+    (sealed, threshold): (f64, f64),
+    spec: &SimSpec,
+    group: usize,
+) -> f64 {
     let lazy = spec.straggler.lazy_parity;
     let due: Vec<f64> = arrivals
         .iter()
@@ -655,11 +673,7 @@ fn parity_answer(parity: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], o
         })
         .collect();
     let at = due.iter().zip(own).filter(|(d, o)| *o > *d).map(|(d, _)| *d).fold(f64::INFINITY, f64::min);
-    if at.is_finite() {
-        parity.request_fresh(group, at)
-    } else {
-        f64::INFINITY
-    }
+    if at.is_finite() { parity.request_fresh(group, at) } else { f64::INFINITY }
 }
 
 #[cfg(test)]
@@ -674,7 +688,21 @@ mod tests {
     }
 
     fn spec(mode: Mode, faults: Vec<Fault>) -> SimSpec {
-        SimSpec { mode, instances: 4, rate_qps: 100.0, queries: 20_000, warmup: 100, faults, compute_ms: 0.1, group_timeout_ms: 5.0, decode_grace_ms: 2.0, straggler: Default::default(), hedge_percentile: 95.0, seed: 1, draw: 0 }
+        SimSpec {
+            mode,
+            instances: 4,
+            rate_qps: 100.0,
+            queries: 20_000,
+            warmup: 100,
+            faults,
+            compute_ms: 0.1,
+            group_timeout_ms: 5.0,
+            decode_grace_ms: 2.0,
+            straggler: Default::default(),
+            hedge_percentile: 95.0,
+            seed: 1,
+            draw: 0,
+        }
     }
 
     #[test]

@@ -23,15 +23,7 @@ struct Reply {
 }
 
 fn logits(class: usize) -> Vec<f32> {
-    (0..10)
-        .map(|k| {
-            if k == class {
-                1.0
-            } else {
-                0.1 * k as f32 / 10.0
-            }
-        })
-        .collect()
+    (0..10).map(|k| if k == class { 1.0 } else { 0.1 * k as f32 / 10.0 }).collect()
 }
 
 fn answer(id: &str, class: usize, reconstructed: bool) -> Value {
@@ -47,34 +39,27 @@ fn answer(id: &str, class: usize, reconstructed: bool) -> Value {
 fn serve(handler: Handler) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
             let lock = Arc::new(tokio::sync::Mutex::new(()));
             let app = Router::new()
                 .route(
                     "/v2/models/{model}/infer",
-                    post(
-                        |State((h, lock)): State<(Handler, Arc<tokio::sync::Mutex<()>>)>,
-                         Json(req): Json<Value>| async move {
-                            let id: usize = req["id"].as_str().unwrap().parse().unwrap();
-                            assert_eq!(req["inputs"][0]["name"], "x");
-                            assert_eq!(req["inputs"][0]["datatype"], "FP32");
-                            assert_eq!(req["inputs"][0]["shape"], json!([1, 4]));
-                            let x = req["inputs"][0]["data"][0].as_f64().unwrap() as f32;
-                            let r = h(id, x);
-                            if r.serialise {
-                                let _g = lock.lock().await;
-                                tokio::time::sleep(r.delay).await;
-                            } else if !r.delay.is_zero() {
-                                tokio::time::sleep(r.delay).await;
-                            }
-                            (r.status, Json(r.body))
-                        },
-                    ),
+                    post(|State((h, lock)): State<(Handler, Arc<tokio::sync::Mutex<()>>)>, Json(req): Json<Value>| async move {
+                        let id: usize = req["id"].as_str().unwrap().parse().unwrap();
+                        assert_eq!(req["inputs"][0]["name"], "x");
+                        assert_eq!(req["inputs"][0]["datatype"], "FP32");
+                        assert_eq!(req["inputs"][0]["shape"], json!([1, 4]));
+                        let x = req["inputs"][0]["data"][0].as_f64().unwrap() as f32;
+                        let r = h(id, x);
+                        if r.serialise {
+                            let _g = lock.lock().await;
+                            tokio::time::sleep(r.delay).await;
+                        } else if !r.delay.is_zero() {
+                            tokio::time::sleep(r.delay).await;
+                        }
+                        (r.status, Json(r.body))
+                    }),
                 )
                 .with_state((handler, lock));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -105,11 +90,7 @@ fn queries(n: usize) -> Vec<Query> {
         .map(|i| {
             let label = i % 10;
             let predicted = if i % 50 == 1 { (label + 1) % 10 } else { label };
-            Query {
-                input: vec![predicted as f32, 0.5, -1.0, 2.0],
-                shape: vec![1, 4],
-                label: (i % 25 != 2).then_some(label),
-            }
+            Query { input: vec![predicted as f32, 0.5, -1.0, 2.0], shape: vec![1, 4], label: (i % 25 != 2).then_some(label) }
         })
         .collect()
 }
@@ -127,28 +108,20 @@ async fn counts_accuracy_and_tail_latency() {
             };
         }
         Reply {
-            delay: if id % 20 == 5 {
-                Duration::from_millis(50)
-            } else {
-                Duration::ZERO
-            },
+            delay: if id % 20 == 5 { Duration::from_millis(50) } else { Duration::ZERO },
             status: StatusCode::OK,
             body: answer(&id.to_string(), x as usize, id % 3 == 0),
             serialise: false,
         }
     }));
     let n = 300;
-    let r = run_open_loop(&spec(url, 1000.0, 20), &queries(n))
-        .await
-        .unwrap();
+    let r = run_open_loop(&spec(url, 1000.0, 20), &queries(n)).await.unwrap();
 
     let ok = |i: &usize| i % 10 != 7;
     let errors = (0..n).filter(|i| !ok(i)).count();
     let reconstructed = (0..n).filter(|i| ok(i) && i % 3 == 0).count();
     let labelled = (0..n).filter(|i| ok(i) && i % 25 != 2).count();
-    let correct = (0..n)
-        .filter(|i| ok(i) && i % 25 != 2 && i % 50 != 1)
-        .count();
+    let correct = (0..n).filter(|i| ok(i) && i % 25 != 2 && i % 50 != 1).count();
     assert_eq!(r.requests, n);
     assert_eq!(r.errors, errors, "{r:?}");
     assert_eq!(r.answered, n - errors);
@@ -158,13 +131,7 @@ async fn counts_accuracy_and_tail_latency() {
     assert!(r.accuracy < 1.0);
 
     assert_eq!(r.error_samples.len(), 5);
-    assert!(
-        r.error_samples
-            .iter()
-            .all(|m| m.contains("500") && m.contains("boom")),
-        "{:?}",
-        r.error_samples
-    );
+    assert!(r.error_samples.iter().all(|m| m.contains("500") && m.contains("boom")), "{:?}", r.error_samples);
 
     // 5 % of queries are 50 ms late: they own the tail but not the median.
     let l = &r.latency_ms;
@@ -175,10 +142,7 @@ async fn counts_accuracy_and_tail_latency() {
 
     // ~280 measured queries at ~1000 qps, 90 % answered: ~0.3 s and ~800 qps.
     assert!(r.wall_s > 0.15 && r.wall_s < 1.5, "{r:?}");
-    assert!(
-        r.throughput_qps > 300.0 && r.throughput_qps < 1500.0,
-        "{r:?}"
-    );
+    assert!(r.throughput_qps > 300.0 && r.throughput_qps < 1500.0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,9 +156,7 @@ async fn server_queueing_shows_in_latency() {
         serialise: true,
     }));
     let n = 30;
-    let r = run_open_loop(&spec(url, 2000.0, 0), &queries(n))
-        .await
-        .unwrap();
+    let r = run_open_loop(&spec(url, 2000.0, 0), &queries(n)).await.unwrap();
     assert_eq!(r.answered, n, "{r:?}");
     let l = &r.latency_ms;
     assert!(l.max >= 250.0, "{l:?}");
@@ -217,9 +179,7 @@ async fn latency_is_measured_from_intended_send_time() {
     // Runs at the run's first await, after its start time has been taken.
     tokio::spawn(async { std::thread::sleep(Duration::from_millis(200)) });
     let n = 20;
-    let r = run_open_loop(&spec(url, 1000.0, 0), &queries(n))
-        .await
-        .unwrap();
+    let r = run_open_loop(&spec(url, 1000.0, 0), &queries(n)).await.unwrap();
     assert_eq!(r.answered, n, "{r:?}");
     assert!(r.latency_ms.p50 >= 150.0, "{:?}", r.latency_ms);
     assert!(r.latency_ms.max >= 180.0, "{:?}", r.latency_ms);
@@ -234,16 +194,7 @@ async fn wrong_ids_bad_bodies_and_timeouts_are_errors() {
             3 => json!({"model_name": "m", "id": id.to_string(), "outputs": []}),
             _ => answer(&id.to_string(), x as usize, true),
         };
-        Reply {
-            delay: if id == 2 {
-                Duration::from_secs(2)
-            } else {
-                Duration::ZERO
-            },
-            status: StatusCode::OK,
-            body,
-            serialise: false,
-        }
+        Reply { delay: if id == 2 { Duration::from_secs(2) } else { Duration::ZERO }, status: StatusCode::OK, body, serialise: false }
     }));
     let n = 12;
     let mut s = spec(url, 200.0, 2);
@@ -256,21 +207,14 @@ async fn wrong_ids_bad_bodies_and_timeouts_are_errors() {
     assert!(all.contains("id mismatch"), "{all}");
     assert!(all.contains("outputs"), "{all}");
     // The timeout finishes last, so it may not be among the first 5 messages: check via count.
-    assert!(
-        r.latency_ms.max < 300.0,
-        "errors must not be recorded: {:?}",
-        r.latency_ms
-    );
+    assert!(r.latency_ms.max < 300.0, "errors must not be recorded: {:?}", r.latency_ms);
 }
 
 #[tokio::test]
 async fn rejects_bad_specs() {
     let s = spec("http://127.0.0.1:9".into(), 10.0, 5);
     assert!(run_open_loop(&s, &[]).await.is_err());
-    assert!(
-        run_open_loop(&s, &queries(5)).await.is_err(),
-        "warmup must be < queries"
-    );
+    assert!(run_open_loop(&s, &queries(5)).await.is_err(), "warmup must be < queries");
     let mut bad = spec("http://127.0.0.1:9".into(), 0.0, 0);
     assert!(run_open_loop(&bad, &queries(5)).await.is_err());
     bad.rate_qps = f64::NAN;
@@ -280,17 +224,8 @@ async fn rejects_bad_specs() {
 #[tokio::test]
 async fn connection_refused_is_an_error_not_a_failure() {
     // Bind and drop a listener to get a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let r = run_open_loop(
-        &spec(format!("http://127.0.0.1:{port}"), 500.0, 0),
-        &queries(5),
-    )
-    .await
-    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let r = run_open_loop(&spec(format!("http://127.0.0.1:{port}"), 500.0, 0), &queries(5)).await.unwrap();
     assert_eq!(r.errors, 5);
     assert_eq!(r.answered, 0);
     assert!(r.accuracy.is_nan());

@@ -1,4 +1,4 @@
-use crate::{check_same_len, CodeError, Decoder, Encoder};
+use crate::{CodeError, Decoder, Encoder, check_same_len};
 
 /// The addition encoder: P = X1 + ... + Xk, element-wise.
 ///
@@ -52,11 +52,7 @@ impl Encoder for AdditionEncoder {
 pub struct SubtractionDecoder;
 
 impl Decoder for SubtractionDecoder {
-    fn decode(
-        &self,
-        parity_output: &[f32],
-        outputs: &[Option<&[f32]>],
-    ) -> Result<(usize, Vec<f32>), CodeError> {
+    fn decode(&self, parity_output: &[f32], outputs: &[Option<&[f32]>]) -> Result<(usize, Vec<f32>), CodeError> {
         subtract_weighted(parity_output, outputs, |_| 1.0)
     }
 }

@@ -1,6 +1,6 @@
 //! A training-free systematic code: Berrut rational interpolation (ApproxIFER) made systematic.
 
-use crate::{check_same_len, CodeError};
+use crate::{CodeError, check_same_len};
 
 /// Systematic Berrut code for k queries and S extra ("blended") queries.
 ///
@@ -38,11 +38,9 @@ impl BerrutCode {
             return Err(CodeError::ZeroK);
         }
         let n = k + s;
-        let mut points: Vec<f64> =
-            (0..n).map(|i| ((2 * i + 1) as f64 * std::f64::consts::PI / (2 * n) as f64).cos()).collect();
+        let mut points: Vec<f64> = (0..n).map(|i| ((2 * i + 1) as f64 * std::f64::consts::PI / (2 * n) as f64).cos()).collect();
         points.reverse();
-        let blend_idx: Vec<usize> =
-            (0..s).map(|t| (((t as f64 + 0.5) * n as f64 / s as f64) - 0.5).round() as usize).collect();
+        let blend_idx: Vec<usize> = (0..s).map(|t| (((t as f64 + 0.5) * n as f64 / s as f64) - 0.5).round() as usize).collect();
         let data_idx = (0..n).filter(|i| !blend_idx.contains(i)).collect();
         Ok(Self { k, s, points, data_idx, blend_idx })
     }
@@ -88,11 +86,7 @@ impl BerrutCode {
     ///
     /// Errors: [`CodeError::TooManyErasures`] if more than S of the k + S outputs are
     /// unavailable; [`CodeError::WrongCount`], [`CodeError::ShapeMismatch`].
-    pub fn decode(
-        &self,
-        outputs: &[Option<&[f32]>],
-        blended_outputs: &[Option<&[f32]>],
-    ) -> Result<Vec<(usize, Vec<f32>)>, CodeError> {
+    pub fn decode(&self, outputs: &[Option<&[f32]>], blended_outputs: &[Option<&[f32]>]) -> Result<Vec<(usize, Vec<f32>)>, CodeError> {
         if outputs.len() != self.k {
             return Err(CodeError::WrongCount { expected: self.k, got: outputs.len() });
         }
@@ -146,8 +140,7 @@ pub fn berrut_weights(nodes: &[f64], z: f64) -> Vec<f64> {
         w[i] = 1.0;
         return w;
     }
-    let raw: Vec<f64> =
-        nodes.iter().enumerate().map(|(i, &x)| if i % 2 == 0 { 1.0 } else { -1.0 } / (z - x)).collect();
+    let raw: Vec<f64> = nodes.iter().enumerate().map(|(i, &x)| if i % 2 == 0 { 1.0 } else { -1.0 } / (z - x)).collect();
     let sum: f64 = raw.iter().sum();
     raw.into_iter().map(|v| v / sum).collect()
 }
@@ -241,8 +234,7 @@ impl ApproxiferCode {
         let pi = std::f64::consts::PI;
         let mut alphas: Vec<f64> = (0..k).map(|j| ((2 * j + 1) as f64 * pi / (2 * k) as f64).cos()).collect();
         alphas.reverse();
-        let mut betas: Vec<f64> =
-            (0..n).map(|i| if n == 1 { 0.0 } else { (i as f64 * pi / (n - 1) as f64).cos() }).collect();
+        let mut betas: Vec<f64> = (0..n).map(|i| if n == 1 { 0.0 } else { (i as f64 * pi / (n - 1) as f64).cos() }).collect();
         betas.reverse();
         Ok(Self { k, s, alphas, betas })
     }
@@ -280,8 +272,7 @@ impl ApproxiferCode {
         if outputs.len() != self.n() {
             return Err(CodeError::WrongCount { expected: self.n(), got: outputs.len() });
         }
-        let avail: Vec<(f64, &[f32])> =
-            outputs.iter().zip(&self.betas).filter_map(|(o, &b)| o.map(|o| (b, o))).collect();
+        let avail: Vec<(f64, &[f32])> = outputs.iter().zip(&self.betas).filter_map(|(o, &b)| o.map(|o| (b, o))).collect();
         if avail.len() + self.s < self.n() || avail.is_empty() {
             return Err(CodeError::TooManyErasures { erasures: self.n() - avail.len(), parities: self.s });
         }

@@ -1,4 +1,4 @@
-use crate::{check_same_len, CodeError, Encoder};
+use crate::{CodeError, Encoder, check_same_len};
 
 /// Shape of one image query: `channels x rows x cols`, channel-first, row-major (a query of
 /// `channels * rows * cols` values).
@@ -46,10 +46,10 @@ impl ImageShape {
         if let Some(s) = side(n) {
             return Some(Self::new(1, s, s));
         }
-        if n % 3 == 0 {
-            if let Some(s) = side(n / 3) {
-                return Some(Self::new(3, s, s));
-            }
+        if n.is_multiple_of(3)
+            && let Some(s) = side(n / 3)
+        {
+            return Some(Self::new(3, s, s));
         }
         None
     }
@@ -108,7 +108,10 @@ impl ConcatenationEncoder {
         }
         let (gr, gc) = concat_grid(k);
         if shape.rows < gr || shape.cols < gc || shape.channels == 0 {
-            return Err(CodeError::BadShape(format!("{}x{}x{} image too small for a {gr}x{gc} grid", shape.channels, shape.rows, shape.cols)));
+            return Err(CodeError::BadShape(format!(
+                "{}x{}x{} image too small for a {gr}x{gc} grid",
+                shape.channels, shape.rows, shape.cols
+            )));
         }
         Ok(Self { k, shape: Some(shape) })
     }

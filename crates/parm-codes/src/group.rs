@@ -156,11 +156,11 @@ impl GroupState {
             None => Output::Failed,
         };
         let mut answers = Vec::new();
-        if let Slot::Data(j) = slot {
-            if let (Output::Ready(o), false) = (&self.data[j], self.answered[j]) {
-                self.answered[j] = true;
-                answers.push(Answer::Original { slot: j, output: o.clone() });
-            }
+        if let Slot::Data(j) = slot
+            && let (Output::Ready(o), false) = (&self.data[j], self.answered[j])
+        {
+            self.answered[j] = true;
+            answers.push(Answer::Original { slot: j, output: o.clone() });
         }
         answers.extend(self.try_reconstruct());
         answers.extend(self.give_up_hopeless());

@@ -14,8 +14,8 @@ mod group;
 mod linear;
 
 pub use addition::{AdditionEncoder, SubtractionDecoder};
-pub use berrut::{berrut_weights, ApproxiferCode, BerrutCode};
-pub use concatenation::{area_weights, concat_cells, concat_grid, ConcatenationEncoder, ImageShape};
+pub use berrut::{ApproxiferCode, BerrutCode, berrut_weights};
+pub use concatenation::{ConcatenationEncoder, ImageShape, area_weights, concat_cells, concat_grid};
 pub use group::{Answer, GroupState, Slot};
 pub use linear::{LinearCode, LinearEncoder, WeightedSubtractionDecoder};
 
@@ -63,11 +63,7 @@ pub trait Decoder: Send + Sync {
     /// `parity_output`: Fp(P), length m. `outputs`: the k deployed-model predictions of the
     /// group, exactly one `None` (the unavailable one), the rest of length m.
     /// Returns the index of the unavailable prediction and its reconstruction (length m).
-    fn decode(
-        &self,
-        parity_output: &[f32],
-        outputs: &[Option<&[f32]>],
-    ) -> Result<(usize, Vec<f32>), CodeError>;
+    fn decode(&self, parity_output: &[f32], outputs: &[Option<&[f32]>]) -> Result<(usize, Vec<f32>), CodeError>;
 }
 
 /// Row-wise encoding of a coding group whose members are blocks of rows (ParM §3 applied per
@@ -93,9 +89,8 @@ pub fn encode_rows(encoder: &dyn Encoder, blocks: &[&[f32]], row_len: usize) -> 
     let zeros = vec![0.0f32; row_len];
     let mut parity = Vec::with_capacity(n * row_len);
     for i in 0..n {
-        let rows: Vec<&[f32]> = (0..k)
-            .map(|j| blocks.get(j).and_then(|b| b.get(i * row_len..(i + 1) * row_len)).unwrap_or(&zeros))
-            .collect();
+        let rows: Vec<&[f32]> =
+            (0..k).map(|j| blocks.get(j).and_then(|b| b.get(i * row_len..(i + 1) * row_len)).unwrap_or(&zeros)).collect();
         parity.extend(encoder.encode(&rows)?);
     }
     Ok(parity)

@@ -21,9 +21,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let d = parm_data::load_dataset(&name, &data_dir)?;
     println!("{}: {}x{} classes {}", d.name, d.rows, d.cols, d.classes);
     println!("train {} / val {} / test {}", d.train.n, d.val.n, d.test.n);
-    println!(
-        "first 10 test labels: {:?}",
-        &d.test.labels[..10.min(d.test.n)]
-    );
+    println!("first 10 test labels: {:?}", &d.test.labels[..10.min(d.test.n)]);
     Ok(())
 }

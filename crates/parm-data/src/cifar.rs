@@ -26,7 +26,7 @@ pub const CIFAR_CLASSES: usize = 10;
 /// Errors: [`DataError::Shape`] if the length is not a multiple of 3,073 bytes or a label is
 /// not below 10.
 pub fn parse_cifar10_bin(bytes: &[u8], origin: &str) -> Result<Split, DataError> {
-    if bytes.len() % CIFAR_RECORD != 0 {
+    if !bytes.len().is_multiple_of(CIFAR_RECORD) {
         return Err(DataError::Shape {
             origin: origin.into(),
             msg: format!("{} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records", bytes.len()),

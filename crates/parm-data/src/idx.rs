@@ -37,15 +37,8 @@ impl IdxArray {
     /// Panics if `dims` is empty or longer than [`MAX_DIMS`], a size exceeds `u32::MAX`, or
     /// `data.len()` differs from the product of `dims`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        assert!(
-            (1..=MAX_DIMS).contains(&self.dims.len()),
-            "IDX needs 1..=4 dims"
-        );
-        assert_eq!(
-            self.dims.iter().product::<usize>(),
-            self.data.len(),
-            "data length"
-        );
+        assert!((1..=MAX_DIMS).contains(&self.dims.len()), "IDX needs 1..=4 dims");
+        assert_eq!(self.dims.iter().product::<usize>(), self.data.len(), "data length");
         let mut out = vec![0, 0, TYPE_U8, self.dims.len() as u8];
         for &d in &self.dims {
             out.extend_from_slice(&u32::try_from(d).expect("dim fits u32").to_be_bytes());
@@ -82,12 +75,7 @@ pub fn load_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>), DataEr
     let arr = read_idx(path)?;
     match arr.dims[..] {
         [n, rows, cols] => Ok((n, rows, cols, arr.data)),
-        _ => Err(wrong_dims(
-            path,
-            "an image file",
-            "3 (n, rows, cols)",
-            &arr.dims,
-        )),
+        _ => Err(wrong_dims(path, "an image file", "3 (n, rows, cols)", &arr.dims)),
     }
 }
 
@@ -105,18 +93,12 @@ pub fn load_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 fn wrong_dims(path: &Path, role: &str, want: &str, dims: &[usize]) -> DataError {
     DataError::Shape {
         origin: path.display().to_string(),
-        msg: format!(
-            "expected {want} dims for {role}, found {} dims {dims:?}",
-            dims.len()
-        ),
+        msg: format!("expected {want} dims for {role}, found {} dims {dims:?}", dims.len()),
     }
 }
 
 fn parse_from(bytes: &[u8], origin: &str) -> Result<IdxArray, DataError> {
-    let err = |msg: String| DataError::Idx {
-        origin: origin.to_string(),
-        msg,
-    };
+    let err = |msg: String| DataError::Idx { origin: origin.to_string(), msg };
     let raw = gunzip_if_needed(bytes).map_err(err)?;
     parse_raw(&raw).map_err(err)
 }
@@ -167,31 +149,21 @@ fn type_name(code: u8) -> Option<&'static str> {
 
 fn check_magic(b: &[u8]) -> Result<usize, String> {
     if b.len() < 4 {
-        return Err(format!(
-            "only {} bytes, too short for the 4-byte magic number",
-            b.len()
-        ));
+        return Err(format!("only {} bytes, too short for the 4-byte magic number", b.len()));
     }
     if b[0] != 0 || b[1] != 0 {
-        return Err(format!(
-            "bad magic number {:02x} {:02x} {:02x} {:02x}: first two bytes must be zero",
-            b[0], b[1], b[2], b[3]
-        ));
+        return Err(format!("bad magic number {:02x} {:02x} {:02x} {:02x}: first two bytes must be zero", b[0], b[1], b[2], b[3]));
     }
     match (b[2], type_name(b[2])) {
         (TYPE_U8, _) => {}
         (t, Some(name)) => {
-            return Err(format!(
-                "unsupported element type 0x{t:02X} ({name}); only 0x08 (unsigned byte) is supported"
-            ));
+            return Err(format!("unsupported element type 0x{t:02X} ({name}); only 0x08 (unsigned byte) is supported"));
         }
         (t, None) => return Err(format!("unknown element type code 0x{t:02X}")),
     }
     let nd = usize::from(b[3]);
     if !(1..=MAX_DIMS).contains(&nd) {
-        return Err(format!(
-            "number of dimensions is {nd}, must be 1..={MAX_DIMS}"
-        ));
+        return Err(format!("number of dimensions is {nd}, must be 1..={MAX_DIMS}"));
     }
     Ok(nd)
 }
@@ -200,15 +172,9 @@ fn parse_raw(b: &[u8]) -> Result<IdxArray, String> {
     let nd = check_magic(b)?;
     let header = 4 + 4 * nd;
     if b.len() < header {
-        return Err(format!(
-            "truncated header: {} bytes, need {header} for {nd} dims",
-            b.len()
-        ));
+        return Err(format!("truncated header: {} bytes, need {header} for {nd} dims", b.len()));
     }
-    let dims: Vec<usize> = b[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> = b[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     if let Some(i) = dims.iter().position(|&d| d == 0) {
         return Err(format!("dimension {i} has size zero (dims {dims:?})"));
     }
@@ -218,18 +184,8 @@ fn parse_raw(b: &[u8]) -> Result<IdxArray, String> {
         .and_then(|p| p.checked_add(header))
         .ok_or_else(|| format!("dims {dims:?} overflow the addressable size"))?;
     if b.len() != expected {
-        let what = if b.len() < expected {
-            "truncated"
-        } else {
-            "trailing bytes"
-        };
-        return Err(format!(
-            "{what}: dims {dims:?} need exactly {expected} bytes, found {}",
-            b.len()
-        ));
+        let what = if b.len() < expected { "truncated" } else { "trailing bytes" };
+        return Err(format!("{what}: dims {dims:?} need exactly {expected} bytes, found {}", b.len()));
     }
-    Ok(IdxArray {
-        dims,
-        data: b[header..].to_vec(),
-    })
+    Ok(IdxArray { dims, data: b[header..].to_vec() })
 }

@@ -12,10 +12,7 @@ pub mod prepare;
 use std::path::{Path, PathBuf};
 
 pub use idx::{IdxArray, load_images, load_labels, parse_idx, read_idx};
-pub use prepare::{
-    DATASET_NAMES, load_dataset, load_fashion_mnist, load_mnist, prepare_fashion_mnist,
-    prepare_mnist,
-};
+pub use prepare::{DATASET_NAMES, load_dataset, load_fashion_mnist, load_mnist, prepare_fashion_mnist, prepare_mnist};
 
 /// Every error this crate returns. Messages name the file involved where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +34,7 @@ pub enum DataError {
     Shape { origin: String, msg: String },
     /// Image and label counts differ.
     #[error("{images} images but {labels} labels ({origin})")]
-    CountMismatch {
-        images: usize,
-        labels: usize,
-        origin: String,
-    },
+    CountMismatch { images: usize, labels: usize, origin: String },
     /// A JSON data file could not be parsed.
     #[error("{path}: invalid JSON: {source}", path = .path.display())]
     Json {
@@ -59,11 +52,7 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        DataError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        DataError::Io { op, path: path.to_path_buf(), source }
     }
 }
 
@@ -109,26 +98,13 @@ impl Split {
     ///
     /// Errors: [`DataError::CountMismatch`] if `pixels.len() != labels.len() * dim`
     /// (`origin` names the source in the message).
-    pub fn from_bytes(
-        pixels: &[u8],
-        dim: usize,
-        labels: Vec<u8>,
-        origin: &str,
-    ) -> Result<Split, DataError> {
+    pub fn from_bytes(pixels: &[u8], dim: usize, labels: Vec<u8>, origin: &str) -> Result<Split, DataError> {
         let n_images = pixels.len().checked_div(dim).unwrap_or(0);
         if dim == 0 || !pixels.len().is_multiple_of(dim) || n_images != labels.len() {
-            return Err(DataError::CountMismatch {
-                images: n_images,
-                labels: labels.len(),
-                origin: origin.to_string(),
-            });
+            return Err(DataError::CountMismatch { images: n_images, labels: labels.len(), origin: origin.to_string() });
         }
         let images = pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
-        Ok(Split {
-            images,
-            labels,
-            n: n_images,
-        })
+        Ok(Split { images, labels, n: n_images })
     }
 
     /// Pixels per image (`images.len() / n`; 0 for an empty split).
@@ -146,11 +122,7 @@ impl Split {
     /// A new split holding images `range` of this one, in order. Panics if out of range.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Split {
         let d = self.dim();
-        Split {
-            images: self.images[range.start * d..range.end * d].to_vec(),
-            labels: self.labels[range.clone()].to_vec(),
-            n: range.len(),
-        }
+        Split { images: self.images[range.start * d..range.end * d].to_vec(), labels: self.labels[range.clone()].to_vec(), n: range.len() }
     }
 
     /// A new split holding the images at `indices`, in that order. Panics if out of range.
@@ -160,11 +132,7 @@ impl Split {
             images.extend_from_slice(self.image(i));
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
-        Split {
-            images,
-            labels,
-            n: indices.len(),
-        }
+        Split { images, labels, n: indices.len() }
     }
 }
 
@@ -182,11 +150,6 @@ pub fn load_idx_pair(images: &Path, labels: &Path) -> Result<(usize, usize, Spli
             origin: format!("{} vs {}", images.display(), labels.display()),
         });
     }
-    let split = Split::from_bytes(
-        &pixels,
-        rows * cols,
-        labels_v,
-        &images.display().to_string(),
-    )?;
+    let split = Split::from_bytes(&pixels, rows * cols, labels_v, &images.display().to_string())?;
     Ok((rows, cols, split))
 }

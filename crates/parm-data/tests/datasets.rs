@@ -2,21 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use parm_data::{
-    DataError, load_dataset, load_fashion_mnist, load_mnist, prepare::FASHION_SYSTEM_DIR,
-};
+use parm_data::{DataError, load_dataset, load_fashion_mnist, load_mnist, prepare::FASHION_SYSTEM_DIR};
 
 /// The workspace's (gitignored) data directory, or `PARM_DATA_DIR`.
 fn workspace_data() -> PathBuf {
-    std::env::var_os("PARM_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"))
+    std::env::var_os("PARM_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"))
 }
 
 fn has_fashion_files(dir: &Path) -> bool {
-    parm_data::prepare::FASHION_FILES
-        .iter()
-        .all(|b| dir.join(format!("{b}.gz")).is_file() || dir.join(b).is_file())
+    parm_data::prepare::FASHION_FILES.iter().all(|b| dir.join(format!("{b}.gz")).is_file() || dir.join(b).is_file())
 }
 
 #[test]
@@ -28,17 +22,11 @@ fn fashion_mnist_if_available() {
     } else if has_fashion_files(Path::new(FASHION_SYSTEM_DIR)) {
         tmp.path().to_path_buf() // copies from the system dir, not apt-get
     } else {
-        eprintln!(
-            "SKIPPED: no Fashion-MNIST in {} or {FASHION_SYSTEM_DIR}",
-            ws.display()
-        );
+        eprintln!("SKIPPED: no Fashion-MNIST in {} or {FASHION_SYSTEM_DIR}", ws.display());
         return;
     };
     let d = load_fashion_mnist(&data_dir).unwrap();
-    assert_eq!(
-        (d.name.as_str(), d.rows, d.cols, d.classes),
-        ("fashion-mnist", 28, 28, 10)
-    );
+    assert_eq!((d.name.as_str(), d.rows, d.cols, d.classes), ("fashion-mnist", 28, 28, 10));
     assert_eq!((d.train.n, d.val.n, d.test.n), (55_000, 5_000, 10_000));
     assert_eq!(d.train.images.len(), 55_000 * 784);
     assert_eq!(d.test.image(0).len(), 784);
@@ -60,23 +48,12 @@ fn mnist_if_available() {
         return;
     }
     let d = load_mnist(&ws).unwrap();
-    assert_eq!(
-        (d.name.as_str(), d.rows, d.cols, d.classes),
-        ("mnist", 28, 28, 10)
-    );
+    assert_eq!((d.name.as_str(), d.rows, d.cols, d.classes), ("mnist", 28, 28, 10));
     assert_eq!((d.train.n, d.val.n, d.test.n), (8_000, 1_000, 1_000));
     let again = load_mnist(&ws).unwrap();
-    assert_eq!(
-        d.test.labels, again.test.labels,
-        "split must be deterministic"
-    );
+    assert_eq!(d.test.labels, again.test.labels, "split must be deterministic");
     // Every pixel is a multiple of 1/255.
-    assert!(
-        d.val
-            .images
-            .iter()
-            .all(|&v| ((v * 255.0).round() - v * 255.0).abs() < 1e-3)
-    );
+    assert!(d.val.images.iter().all(|&v| ((v * 255.0).round() - v * 255.0).abs() < 1e-3));
 }
 
 #[test]

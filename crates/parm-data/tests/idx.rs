@@ -3,15 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use parm_data::{
-    DataError, IdxArray, load_idx_pair, load_images, load_labels, parse_idx, read_idx,
-};
+use parm_data::{DataError, IdxArray, load_idx_pair, load_images, load_labels, parse_idx, read_idx};
 
 fn sample() -> IdxArray {
-    IdxArray {
-        dims: vec![3, 2, 4],
-        data: (0..24u8).map(|i| i * 10).collect(),
-    }
+    IdxArray { dims: vec![3, 2, 4], data: (0..24u8).map(|i| i * 10).collect() }
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -54,10 +49,7 @@ fn round_trip_plain_and_gzip() {
 
 #[test]
 fn one_dim_labels() {
-    let labels = IdxArray {
-        dims: vec![5],
-        data: vec![9, 0, 3, 3, 1],
-    };
+    let labels = IdxArray { dims: vec![5], data: vec![9, 0, 3, 3, 1] };
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "l.gz", &gzip(&labels.to_bytes()));
     assert_eq!(load_labels(&p).unwrap(), vec![9, 0, 3, 3, 1]);
@@ -128,10 +120,7 @@ fn missing_file_names_path() {
 #[test]
 fn wrong_ndims_for_images_and_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let labels = IdxArray {
-        dims: vec![3],
-        data: vec![1, 2, 3],
-    };
+    let labels = IdxArray { dims: vec![3], data: vec![1, 2, 3] };
     let p1 = write(dir.path(), "labels", &labels.to_bytes());
     let e = load_images(&p1).unwrap_err();
     assert!(matches!(e, DataError::Shape { .. }), "{e:?}");
@@ -144,28 +133,12 @@ fn wrong_ndims_for_images_and_labels() {
 fn pair_count_mismatch_and_scaling() {
     let dir = tempfile::tempdir().unwrap();
     let img = write(dir.path(), "img.gz", &gzip(&sample().to_bytes()));
-    let two = IdxArray {
-        dims: vec![2],
-        data: vec![1, 2],
-    };
+    let two = IdxArray { dims: vec![2], data: vec![1, 2] };
     let bad = write(dir.path(), "lab2", &two.to_bytes());
     let e = load_idx_pair(&img, &bad).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DataError::CountMismatch {
-                images: 3,
-                labels: 2,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, DataError::CountMismatch { images: 3, labels: 2, .. }), "{e:?}");
 
-    let three = IdxArray {
-        dims: vec![3],
-        data: vec![4, 5, 6],
-    };
+    let three = IdxArray { dims: vec![3], data: vec![4, 5, 6] };
     let ok = write(dir.path(), "lab3", &three.to_bytes());
     let (rows, cols, s) = load_idx_pair(&img, &ok).unwrap();
     assert_eq!((rows, cols, s.n, s.dim()), (2, 4, 3, 8));

@@ -30,9 +30,7 @@ pub struct CellMlp {
 
 /// The largest cell of the concatenation grid for k queries: `(rows, cols)`.
 pub fn max_cell(k: usize, rows: usize, cols: usize) -> (usize, usize) {
-    parm_codes::concat_cells(k, rows, cols)
-        .iter()
-        .fold((0, 0), |(h, w), &(_, ch, _, cw)| (h.max(ch), w.max(cw)))
+    parm_codes::concat_cells(k, rows, cols).iter().fold((0, 0), |(h, w), &(_, ch, _, cw)| (h.max(ch), w.max(cw)))
 }
 
 /// The MLP applied to each cell: input `channels x max cell`, the given hidden layers, and
@@ -45,16 +43,7 @@ pub fn cell_mlp_config(k: usize, channels: usize, rows: usize, cols: usize, hidd
 impl CellMlp {
     /// `classes`: logits per query (the model outputs `k * classes`).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        k: usize,
-        channels: usize,
-        rows: usize,
-        cols: usize,
-        hidden: &[usize],
-        classes: usize,
-        init: Init,
-        device: &Device,
-    ) -> Self {
+    pub fn new(k: usize, channels: usize, rows: usize, cols: usize, hidden: &[usize], classes: usize, init: Init, device: &Device) -> Self {
         let mlp = cell_mlp_config(k, channels, rows, cols, hidden, classes).init(init, device);
         Self { mlp, k, channels, rows, cols }
     }
@@ -69,11 +58,7 @@ impl CellMlp {
             for ch in 0..self.channels {
                 for r in 0..mh {
                     for c in 0..mw {
-                        idx.push(if r < h && c < w {
-                            (ch * self.rows * self.cols + (r0 + r) * self.cols + c0 + c) as i64
-                        } else {
-                            pad
-                        });
+                        idx.push(if r < h && c < w { (ch * self.rows * self.cols + (r0 + r) * self.cols + c0 + c) as i64 } else { pad });
                     }
                 }
             }

@@ -177,6 +177,9 @@ impl Classifier for ResNet18 {
 }
 
 /// Every architecture parm trains, behind one type; `ModelMeta::arch` says which.
+// A model is built once per process; boxing the larger variants would only complicate
+// burn's `Module` derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Net {
     Mlp(Mlp),
@@ -215,13 +218,28 @@ impl Net {
 pub enum NetConfig {
     Mlp(MlpConfig),
     /// `lenet5-CxSxS-N`.
-    LeNet { channels: usize, side: usize, classes: usize },
+    LeNet {
+        channels: usize,
+        side: usize,
+        classes: usize,
+    },
     /// `resnet18-wW-CxSxS-N`.
-    ResNet18 { channels: usize, side: usize, classes: usize, width: usize },
+    ResNet18 {
+        channels: usize,
+        side: usize,
+        classes: usize,
+        width: usize,
+    },
     /// `cellmlp-kK-CxHxW-H1-..-N`: the cell-wise parity model ([`crate::cells::CellMlp`]) for
     /// k queries of `C x H x W`; `mlp` is the whole model's interface (input C*H*W, the shared
     /// MLP's hidden layers, `k x classes` outputs), as stored in the metadata.
-    CellMlp { k: usize, channels: usize, rows: usize, cols: usize, mlp: MlpConfig },
+    CellMlp {
+        k: usize,
+        channels: usize,
+        rows: usize,
+        cols: usize,
+        mlp: MlpConfig,
+    },
 }
 
 impl NetConfig {
@@ -268,7 +286,7 @@ impl NetConfig {
                 let v: Vec<usize> = shape.split('x').map(|p| p.parse().ok()).collect::<Option<_>>()?;
                 let [channels, rows, cols] = v.as_slice() else { return None };
                 let cfg = NetConfig::CellMlp { k, channels: *channels, rows: *rows, cols: *cols, mlp: mlp.clone() };
-                (k > 0 && mlp.classes % k == 0 && mlp.input == channels * rows * cols && cfg.name() == arch).then_some(cfg)
+                (k > 0 && mlp.classes.is_multiple_of(k) && mlp.input == channels * rows * cols && cfg.name() == arch).then_some(cfg)
             }
             _ => None,
         }

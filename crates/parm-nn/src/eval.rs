@@ -3,12 +3,12 @@
 use burn::tensor::Device;
 use parm_codes::{ApproxiferCode, BerrutCode, Decoder, Encoder, LinearCode, WeightedSubtractionDecoder};
 use parm_data::Split;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::{argmax, tensor2, to_vec, Classifier};
+use crate::{Classifier, argmax, tensor2, to_vec};
 
 /// Rows per forward pass in evaluation.
 const EVAL_BATCH: usize = 1000;
@@ -26,11 +26,7 @@ pub fn logits(model: &(impl Classifier + ?Sized), inputs: &[f32], n: usize, dim:
 
 /// Top-1 accuracy (fraction) of flattened `[n, classes]` logits against `labels`.
 pub fn accuracy(logits: &[f32], labels: &[u8], classes: usize) -> f64 {
-    let correct = logits
-        .chunks(classes)
-        .zip(labels)
-        .filter(|(l, y)| argmax(l) == Some(**y as usize))
-        .count();
+    let correct = logits.chunks(classes).zip(labels).filter(|(l, y)| argmax(l) == Some(**y as usize)).count();
     correct as f64 / labels.len().max(1) as f64
 }
 
@@ -95,11 +91,8 @@ pub fn padded_degraded_accuracy(
                 correct += (argmax(rec) == Some(split.labels[g[lost]] as usize)) as usize;
                 continue;
             }
-            let mut outputs: Vec<Option<&[f32]>> = g
-                .iter()
-                .enumerate()
-                .map(|(j, &i)| (j != lost).then(|| &deployed_logits[i * classes..(i + 1) * classes]))
-                .collect();
+            let mut outputs: Vec<Option<&[f32]>> =
+                g.iter().enumerate().map(|(j, &i)| (j != lost).then(|| &deployed_logits[i * classes..(i + 1) * classes])).collect();
             outputs.resize(k, zero_logits);
             let (_, rec) = decoder.decode(fp, &outputs).expect("one erasure");
             correct += (argmax(&rec) == Some(split.labels[g[lost]] as usize)) as usize;
@@ -146,8 +139,7 @@ pub fn berrut_degraded_accuracy(
         } else {
             patterns.choose_multiple(&mut rng, max_patterns).collect()
         };
-        let b: Vec<Option<&[f32]>> =
-            (0..s).map(|t| Some(&blended_out[(gi * s + t) * classes..(gi * s + t + 1) * classes])).collect();
+        let b: Vec<Option<&[f32]>> = (0..s).map(|t| Some(&blended_out[(gi * s + t) * classes..(gi * s + t + 1) * classes])).collect();
         for lost in chosen {
             let outputs: Vec<Option<&[f32]>> = g
                 .iter()
@@ -193,9 +185,8 @@ pub fn approxifer_accuracy(
     for (gi, g) in groups.iter().enumerate() {
         let chosen: Vec<&Vec<usize>> = patterns.choose_multiple(&mut rng, 16).collect();
         for lost in chosen {
-            let outputs: Vec<Option<&[f32]>> = (0..n)
-                .map(|i| (!lost.contains(&i)).then(|| &out[(gi * n + i) * classes..(gi * n + i + 1) * classes]))
-                .collect();
+            let outputs: Vec<Option<&[f32]>> =
+                (0..n).map(|i| (!lost.contains(&i)).then(|| &out[(gi * n + i) * classes..(gi * n + i + 1) * classes])).collect();
             for (j, rec) in code.decode(&outputs).expect("S erasures").iter().enumerate() {
                 correct += (argmax(rec) == Some(split.labels[g[j]] as usize)) as usize;
                 total += 1;
@@ -305,10 +296,7 @@ pub struct AccuracyReport {
 impl AccuracyReport {
     /// A plain-text table of the report.
     pub fn table(&self) -> String {
-        let mut s = format!(
-            "dataset {}  model {}  k {}  encoder {}\n",
-            self.dataset, self.model, self.k, self.encoder
-        );
+        let mut s = format!("dataset {}  model {}  k {}  encoder {}\n", self.dataset, self.model, self.k, self.encoder);
         s += &format!("{:<34}{:>8.2}%\n", "available accuracy A_a", 100.0 * self.available);
         s += &format!("{:<34}{:>8.2}%\n", "degraded-mode accuracy A_d", 100.0 * self.degraded);
         for (m, a) in &self.degraded_partial {

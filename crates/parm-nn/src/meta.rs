@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, MlpConfig, NnError};
+use crate::{MlpConfig, NnError, io_err};
 
 /// Deployed model F, or parity model Fp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

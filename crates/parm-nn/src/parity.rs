@@ -18,15 +18,15 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 use parm_codes::Encoder;
 use parm_data::{Dataset, Split};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{degraded_accuracy, logits};
 use crate::mlp::Init;
 use crate::train::{progress_bar, save_net};
-use crate::{io_err, tensor2, Classifier, MlpConfig, ModelKind, ModelMeta, Net, NetConfig, NnError};
+use crate::{Classifier, MlpConfig, ModelKind, ModelMeta, Net, NetConfig, NnError, io_err, tensor2};
 
 /// Seed of the validation coding groups, fixed so checkpoints are comparable.
 const VAL_GROUP_SEED: u64 = 7;
@@ -200,10 +200,11 @@ pub fn cached_logits(
     device: &Device,
 ) -> Result<Vec<f32>, NnError> {
     let path = cache_dir.join(format!("logits-{deployed_hash:016x}-{split_name}.f32"));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if bytes.len() % 4 == 0 && bytes.len() / 4 % split.n.max(1) == 0 {
-            return Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect());
-        }
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() % 4 == 0
+        && bytes.len() / 4 % split.n.max(1) == 0
+    {
+        return Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect());
     }
     let out = logits(deployed, &split.images, split.n, split.dim(), device);
     let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -254,13 +255,7 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
     let mut model = net_cfg.init(cfg.init, &device);
     let mut aug_rng = StdRng::seed_from_u64(cfg.seed ^ 0xA5A5 ^ ((state_epochs_hint(&ckpt_dir) as u64) << 20));
     let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay))).init();
-    let mut state = CheckpointState {
-        epochs_done: 0,
-        steps: 0,
-        best_val: -1.0,
-        train_seconds: 0.0,
-        deployed_hash: job.deployed_hash,
-    };
+    let mut state = CheckpointState { epochs_done: 0, steps: 0, best_val: -1.0, train_seconds: 0.0, deployed_hash: job.deployed_hash };
     if let Some((m, o, s)) = load_checkpoint(&ckpt_dir, model.clone(), optim.clone(), job.deployed_hash)? {
         eprintln!("resuming {} from epoch {} (best validation A_d {:.4})", job.name, s.epochs_done, s.best_val);
         (model, optim, state) = (m, o, s);
@@ -284,8 +279,7 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
             };
             let (x, y) = parity_batch(&groups_now, split, targets, classes, job.encoder, cfg.per_query);
             let out = model.forward(tensor2(x, batch.len(), dim, &device));
-            let mut loss =
-                MseLoss::new().forward(out.clone(), tensor2(y.clone(), batch.len(), out_width, &device), Reduction::Mean);
+            let mut loss = MseLoss::new().forward(out.clone(), tensor2(y.clone(), batch.len(), out_width, &device), Reduction::Mean);
             if let Some(d) = cfg.distill {
                 let kd = if cfg.per_query {
                     per_query_distill_loss(out, &groups_now, targets, classes, d, &device)
@@ -328,7 +322,7 @@ fn parity_net(deployed: &ModelMeta, cfg: &ParityConfig, k: usize, ds: &Dataset) 
         return Ok(NetConfig::Mlp(mlp));
     }
     let plane = ds.rows * ds.cols;
-    if !cfg.per_query || plane == 0 || mlp.input % plane != 0 {
+    if !cfg.per_query || plane == 0 || !mlp.input.is_multiple_of(plane) {
         return Err(NnError::Invalid(format!(
             "a cell-wise parity model needs a per-query parity model and image queries ({} values, {}x{} images)",
             mlp.input, ds.rows, ds.cols
@@ -409,14 +403,7 @@ fn soft_targets(groups: &[&[usize]], logits: &[f32], classes: usize, t: f32) -> 
 
 /// The distillation term for a per-query parity model: KL of softmax(F(X_j) / T) and
 /// softmax(block j / T), times T^2.
-fn per_query_distill_loss(
-    out: Tensor<2>,
-    groups: &[&[usize]],
-    logits: &[f32],
-    classes: usize,
-    d: Distill,
-    device: &Device,
-) -> Tensor<1> {
+fn per_query_distill_loss(out: Tensor<2>, groups: &[&[usize]], logits: &[f32], classes: usize, d: Distill, device: &Device) -> Tensor<1> {
     let rows = groups.len() * groups.first().map_or(0, |g| g.len());
     let soft = soft_targets(groups, logits, classes, d.temperature);
     let logq = log_softmax(out.reshape([rows, classes]).div_scalar(d.temperature), 1);
@@ -516,12 +503,7 @@ fn ckpt_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join("model.bpk"), dir.join("optimizer.bpk"), dir.join("state.json"))
 }
 
-fn save_checkpoint(
-    dir: &Path,
-    model: &Net,
-    optim: &burn::optim::ModuleOptimizer,
-    state: &CheckpointState,
-) -> Result<(), NnError> {
+fn save_checkpoint(dir: &Path, model: &Net, optim: &burn::optim::ModuleOptimizer, state: &CheckpointState) -> Result<(), NnError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let (m, o, s) = ckpt_paths(dir);
     let werr = |p: &Path, e: &dyn std::fmt::Display| NnError::Weights { path: p.display().to_string(), message: e.to_string() };
@@ -537,16 +519,10 @@ fn save_checkpoint(
 
 type Resumed = (Net, burn::optim::ModuleOptimizer, CheckpointState);
 
-fn load_checkpoint(
-    dir: &Path,
-    model: Net,
-    optim: burn::optim::ModuleOptimizer,
-    deployed_hash: u64,
-) -> Result<Option<Resumed>, NnError> {
+fn load_checkpoint(dir: &Path, model: Net, optim: burn::optim::ModuleOptimizer, deployed_hash: u64) -> Result<Option<Resumed>, NnError> {
     let (m, o, s) = ckpt_paths(dir);
     let Ok(text) = std::fs::read_to_string(&s) else { return Ok(None) };
-    let state: CheckpointState = serde_json::from_str(&text)
-        .map_err(|source| NnError::Meta { path: s.display().to_string(), source })?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|source| NnError::Meta { path: s.display().to_string(), source })?;
     if state.deployed_hash != deployed_hash {
         return Err(NnError::Invalid(format!(
             "checkpoint {} was trained against another deployed model; remove it to start over",

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::tensor::Device;
 
 use crate::train::load_net;
-use crate::{tensor2, to_vec, ModelMeta, Net, NnError};
+use crate::{ModelMeta, Net, NnError, tensor2, to_vec};
 
 /// A model on the plain flex device with its metadata.
 #[derive(Debug)]
@@ -48,11 +48,7 @@ impl Predictor {
     pub fn infer(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, NnError> {
         let dim = self.input_len();
         if batch == 0 || input.len() != batch * dim {
-            return Err(NnError::Invalid(format!(
-                "expected {batch} x {dim} = {} input values, got {}",
-                batch * dim,
-                input.len()
-            )));
+            return Err(NnError::Invalid(format!("expected {batch} x {dim} = {} input values, got {}", batch * dim, input.len())));
         }
         Ok(to_vec(self.model.forward(tensor2(input.to_vec(), batch, dim, &self.device))))
     }

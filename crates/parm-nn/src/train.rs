@@ -10,13 +10,13 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use parm_data::Dataset;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use crate::eval::{accuracy, logits};
 use crate::mlp::Init;
-use crate::{labels1, meta, tensor2, Mlp, MlpConfig, ModelKind, ModelMeta, Net, NetConfig, NnError};
+use crate::{Mlp, MlpConfig, ModelKind, ModelMeta, Net, NetConfig, NnError, labels1, meta, tensor2};
 
 /// Hyper-parameters of deployed-model training.
 #[derive(Debug, Clone)]
@@ -69,10 +69,7 @@ pub fn train_deployed(ds: &Dataset, cfg: &TrainConfig) -> Result<(Mlp, ModelMeta
 pub fn save_model(model: &Mlp, meta: &ModelMeta, dir: &Path, name: &str) -> Result<(), NnError> {
     std::fs::create_dir_all(dir).map_err(crate::io_err(dir))?;
     let (weights, json) = meta::model_paths(dir, name);
-    model
-        .clone()
-        .save_file(&weights)
-        .map_err(|e| NnError::Weights { path: weights.display().to_string(), message: e.to_string() })?;
+    model.clone().save_file(&weights).map_err(|e| NnError::Weights { path: weights.display().to_string(), message: e.to_string() })?;
     meta.save(&json)
 }
 
@@ -83,7 +80,9 @@ pub fn save_model(model: &Mlp, meta: &ModelMeta, dir: &Path, name: &str) -> Resu
 pub fn load_model(weights: &Path, device: &Device) -> Result<(Mlp, ModelMeta), NnError> {
     match load_net(weights, device)? {
         (Net::Mlp(model), meta) => Ok((model, meta)),
-        (_, meta) => Err(NnError::Weights { path: weights.display().to_string(), message: format!("architecture {} is not an MLP", meta.arch) }),
+        (_, meta) => {
+            Err(NnError::Weights { path: weights.display().to_string(), message: format!("architecture {} is not an MLP", meta.arch) })
+        }
     }
 }
 
@@ -96,14 +95,16 @@ pub fn train_deployed_net(ds: &Dataset, cfg: &TrainConfig, net: &NetConfig) -> R
     if net.input() != dim || net.classes() != ds.classes {
         return Err(NnError::Invalid(format!(
             "{} takes {} values and {} classes; {} has {dim} and {}",
-            net.name(), net.input(), net.classes(), ds.name, ds.classes
+            net.name(),
+            net.input(),
+            net.classes(),
+            ds.name,
+            ds.classes
         )));
     }
     let device = Device::flex().autodiff();
     let mut model = net.init(Init::Default, &device);
-    let mut optim = AdamConfig::new()
-        .with_weight_decay((cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay)))
-        .init();
+    let mut optim = AdamConfig::new().with_weight_decay((cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay))).init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..ds.train.n).collect();

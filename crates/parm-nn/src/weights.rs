@@ -20,7 +20,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::mlp::Init;
-use crate::{ModelMeta, MlpConfig, Net, NetConfig, NnError};
+use crate::{MlpConfig, ModelMeta, Net, NetConfig, NnError};
 
 /// Largest number of parameters a model may have (2^28 FP32 values: 1 GiB).
 pub const MAX_PARAMS: u64 = 1 << 28;
@@ -49,12 +49,16 @@ pub fn check_config(meta: &ModelMeta, origin: &str) -> Result<NetConfig, NnError
     let widths_ok = m.input >= 1 && m.classes >= 1 && m.hidden.iter().all(|&h| h >= 1);
     let bounded = m.input <= MAX_WIDTH && m.classes <= MAX_WIDTH && m.hidden.iter().all(|&h| h <= MAX_WIDTH);
     if !widths_ok || !bounded || m.hidden.len() > MAX_LAYERS {
-        return Err(invalid(origin, format!(
-            "metadata describes layer sizes {} -> {:?} -> {} (each must be 1..={MAX_WIDTH}, at most {MAX_LAYERS} hidden layers)",
-            m.input, m.hidden, m.classes
-        )));
+        return Err(invalid(
+            origin,
+            format!(
+                "metadata describes layer sizes {} -> {:?} -> {} (each must be 1..={MAX_WIDTH}, at most {MAX_LAYERS} hidden layers)",
+                m.input, m.hidden, m.classes
+            ),
+        ));
     }
-    let cfg = NetConfig::parse(&meta.arch, m).ok_or_else(|| invalid(origin, format!("unknown or inconsistent architecture {:?}", meta.arch)))?;
+    let cfg =
+        NetConfig::parse(&meta.arch, m).ok_or_else(|| invalid(origin, format!("unknown or inconsistent architecture {:?}", meta.arch)))?;
     let params = match &cfg {
         NetConfig::Mlp(c) => mlp_params(c),
         // The shared MLP of a cell-wise model is smaller than the whole interface's MLP.
@@ -86,12 +90,15 @@ pub fn load_net_bytes(meta: &ModelMeta, bytes: Vec<u8>, device: &Device, origin:
         Net::CellMlp(m) => m.num_params(),
     } as u64;
     if (bytes.len() as u64) < params.saturating_mul(4) {
-        return Err(invalid(origin, format!(
-            "file has {} bytes, but architecture {} has {params} FP32 parameters ({} bytes): truncated or not this model's weights",
-            bytes.len(),
-            meta.arch,
-            params * 4
-        )));
+        return Err(invalid(
+            origin,
+            format!(
+                "file has {} bytes, but architecture {} has {params} FP32 parameters ({} bytes): truncated or not this model's weights",
+                bytes.len(),
+                meta.arch,
+                params * 4
+            ),
+        ));
     }
     let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| invalid(origin, format!("not a valid burnpack file: {e}")))?

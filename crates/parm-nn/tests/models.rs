@@ -2,10 +2,10 @@
 //! trains against a CNN; ResNet-18 reads its data through the CIFAR-10 binary loader.
 
 use parm_codes::ConcatenationEncoder;
-use parm_data::cifar::{load_cifar10, CIFAR_DIM, CIFAR_RECORD};
+use parm_data::cifar::{CIFAR_DIM, CIFAR_RECORD, load_cifar10};
 use parm_data::{Dataset, Split};
-use parm_nn::parity::{train_parity, ParityConfig, ParityJob};
-use parm_nn::train::{load_net, save_net, train_deployed_net, TrainConfig};
+use parm_nn::parity::{ParityConfig, ParityJob, train_parity};
+use parm_nn::train::{TrainConfig, load_net, save_net, train_deployed_net};
 use parm_nn::{NetConfig, Predictor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,15 +52,8 @@ fn lenet_trains_saves_loads_and_gets_a_parity_model() {
     // A per-query parity model (parm's recipe) against the CNN.
     let (f, fmeta) = load_net(&dir.path().join("deployed.bpk"), &burn::tensor::Device::flex()).unwrap();
     let enc = ConcatenationEncoder::inferred(2).unwrap();
-    let job = ParityJob {
-        ds: &ds,
-        deployed: &f,
-        deployed_meta: &fmeta,
-        deployed_hash: 1,
-        encoder: &enc,
-        out_dir: dir.path(),
-        name: "parity",
-    };
+    let job =
+        ParityJob { ds: &ds, deployed: &f, deployed_meta: &fmeta, deployed_hash: 1, encoder: &enc, out_dir: dir.path(), name: "parity" };
     let pcfg = ParityConfig { progress: false, cells: false, hidden: Some(vec![400, 200]), ..ParityConfig::parm_own_recipe(2, 2) };
     let pmeta = train_parity(&job, &pcfg).unwrap();
     assert_eq!(pmeta.mlp.classes, 20);

@@ -4,7 +4,7 @@ use burn::tensor::Device;
 use parm_codes::AdditionEncoder;
 use parm_data::{Dataset, Split};
 use parm_nn::mlp::Init;
-use parm_nn::parity::{train_parity, ParityConfig, ParityJob};
+use parm_nn::parity::{ParityConfig, ParityJob, train_parity};
 use parm_nn::{MlpConfig, ModelKind, ModelMeta};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

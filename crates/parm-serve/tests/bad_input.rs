@@ -10,8 +10,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use parm_serve::oip::security::ServeOptions;
-use serde_json::{json, Value};
-use support::{cluster, expected, good_body, input, output_of, Cluster, GoodTraffic, IN};
+use serde_json::{Value, json};
+use support::{Cluster, GoodTraffic, IN, cluster, expected, good_body, input, output_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -213,7 +213,8 @@ async fn huge_bodies_and_gzip_bombs_get_413() {
     let good = GoodTraffic::start(&c.url, None);
     let client = reqwest::Client::new();
     // Announced by Content-Length: refused before the body is read.
-    let head = format!("POST /v2/models/lin/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 64 << 20);
+    let head =
+        format!("POST /v2/models/lin/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 64 << 20);
     assert_eq!(raw_request(&c.http_addr, head, Vec::new(), 1).await, Some(413));
     // Chunked, no length announced: cut off once past the limit.
     let mut chunked = Vec::new();
@@ -248,7 +249,13 @@ async fn huge_bodies_and_gzip_bombs_get_413() {
     assert!(msg.contains("limit"), "{msg}");
     assert!(t.elapsed() < Duration::from_secs(20), "the bomb took {:?}", t.elapsed());
     // A corrupt gzip stream: 400.
-    let r = client.post(infer_url(&c)).header("Content-Encoding", "gzip").body(b"\x1f\x8b\x08\x00garbage-not-deflate".to_vec()).send().await.unwrap();
+    let r = client
+        .post(infer_url(&c))
+        .header("Content-Encoding", "gzip")
+        .body(b"\x1f\x8b\x08\x00garbage-not-deflate".to_vec())
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 400, "corrupt gzip").await;
     // A body just under the limit is read (and then judged on its content).
     let mut fits = serde_json::to_vec(&good_body(1)).unwrap();
@@ -335,7 +342,13 @@ mod grpc {
         };
         let typed = |shape: Vec<i64>, c: InferTensorContents| pb::ModelInferRequest {
             model_name: "lin".into(),
-            inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape, contents: Some(c), ..Default::default() }],
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape,
+                contents: Some(c),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let cases: Vec<(&str, pb::ModelInferRequest, Code)> = vec![
@@ -355,13 +368,38 @@ mod grpc {
             ("two raw entries", with(&|r| r.raw_input_contents.push(vec![0; 16])), Code::InvalidArgument),
             ("NaN", request("FP32", vec![1, IN as i64], f32_bytes(&[0.0, f32::NAN, 0.0, 0.0])), Code::InvalidArgument),
             ("infinity", request("FP32", vec![1, IN as i64], f32_bytes(&[f32::INFINITY, 0.0, 0.0, 0.0])), Code::InvalidArgument),
-            ("typed contents too short", typed(vec![1, IN as i64], InferTensorContents { fp32_contents: vec![1.0; 3], ..Default::default() }), Code::InvalidArgument),
-            ("typed contents NaN", typed(vec![1, IN as i64], InferTensorContents { fp32_contents: vec![1.0, f32::NAN, 0.0, 0.0], ..Default::default() }), Code::InvalidArgument),
-            ("typed contents of another type", typed(vec![1, IN as i64], InferTensorContents { int_contents: vec![1; 4], ..Default::default() }), Code::InvalidArgument),
-            ("unknown output", with(&|r| r.outputs.push(pb::model_infer_request::InferRequestedOutputTensor { name: "nope".into(), ..Default::default() })), Code::InvalidArgument),
-            ("bad timeout parameter", with(&|r| {
-                r.parameters.insert("timeout".into(), pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(-1)) });
-            }), Code::InvalidArgument),
+            (
+                "typed contents too short",
+                typed(vec![1, IN as i64], InferTensorContents { fp32_contents: vec![1.0; 3], ..Default::default() }),
+                Code::InvalidArgument,
+            ),
+            (
+                "typed contents NaN",
+                typed(vec![1, IN as i64], InferTensorContents { fp32_contents: vec![1.0, f32::NAN, 0.0, 0.0], ..Default::default() }),
+                Code::InvalidArgument,
+            ),
+            (
+                "typed contents of another type",
+                typed(vec![1, IN as i64], InferTensorContents { int_contents: vec![1; 4], ..Default::default() }),
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown output",
+                with(&|r| {
+                    r.outputs.push(pb::model_infer_request::InferRequestedOutputTensor { name: "nope".into(), ..Default::default() })
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "bad timeout parameter",
+                with(&|r| {
+                    r.parameters.insert(
+                        "timeout".into(),
+                        pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(-1)) },
+                    );
+                }),
+                Code::InvalidArgument,
+            ),
         ];
         for (what, req, code) in cases {
             let err = g.model_infer(req).await.expect_err(what);

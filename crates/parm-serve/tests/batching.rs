@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
-use parm_serve::oip::ModelSpec;
 use parm_serve::instance::batcher::BatchConfig;
-use parm_serve::upstream::client::{InstanceClient, InstanceError};
 use parm_serve::instance::fault::FaultConfig;
-use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
+use parm_serve::oip::ModelSpec;
+use parm_serve::upstream::client::{InstanceClient, InstanceError};
 
 fn linear() -> Arc<LinearBackend> {
     let spec = ModelSpec::fp32("lin", vec![4], vec![3]);

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
-use parm_serve::oip::ModelSpec;
-use parm_serve::instance::fault::FaultConfig;
 use parm_serve::coded::{Frontend, FrontendConfig, FrontendError, Prediction};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
+use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::redundancy::Redundancy;
-use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
 
 const IN: usize = 4;
 const OUT: usize = 3;
@@ -212,8 +212,12 @@ async fn http_batch_requests_are_coded_as_batches() {
     }
     assert_eq!(c.fp.calls(), 1, "one parity request for both batches");
     let metrics = serving.render_metrics();
-    for line in ["parm_queries_total{model=\"lin\",version=\"1\"} 2", "parm_query_rows_total{model=\"lin\",version=\"1\"} 6",
-                 "parm_parity_queries_total{model=\"lin\",version=\"1\"} 1", "parm_reconstructions_total{model=\"lin\",version=\"1\"} 1"] {
+    for line in [
+        "parm_queries_total{model=\"lin\",version=\"1\"} 2",
+        "parm_query_rows_total{model=\"lin\",version=\"1\"} 6",
+        "parm_parity_queries_total{model=\"lin\",version=\"1\"} 1",
+        "parm_reconstructions_total{model=\"lin\",version=\"1\"} 1",
+    ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
 }

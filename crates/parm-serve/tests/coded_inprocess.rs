@@ -3,8 +3,8 @@
 //! fast. The deployed model is F(x) = 2x and the parity model Fp(p) = 2p, both exact, so a
 //! reconstruction equals the original exactly for the addition code.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -42,7 +42,13 @@ impl Instance for Scripted {
         &self.name
     }
 
-    fn infer<'a>(&'a self, _model: &'a str, input: &'a [f32], _shape: &'a [i64], timeout: Duration) -> BoxFuture<'a, Result<Vec<f32>, InstanceError>> {
+    fn infer<'a>(
+        &'a self,
+        _model: &'a str,
+        input: &'a [f32],
+        _shape: &'a [i64],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Vec<f32>, InstanceError>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             match self.script {
@@ -205,6 +211,11 @@ async fn replication_sends_every_query_twice_and_takes_the_first_answer() {
     assert_eq!(f.stats().backups.load(Ordering::Relaxed), 4);
     // One copy failing is no failure.
     let down = instance("down", Script::Down);
-    let f = Frontend::with_instances(FrontendConfig { redundancy: Redundancy::Replication { copies: 2 }, ..config() }, dyns(&[&down, &fast]), vec![]).unwrap();
+    let f = Frontend::with_instances(
+        FrontendConfig { redundancy: Redundancy::Replication { copies: 2 }, ..config() },
+        dyns(&[&down, &fast]),
+        vec![],
+    )
+    .unwrap();
     assert!(f.predict(query(0)).await.is_ok());
 }

@@ -5,16 +5,16 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use parm_serve::instance::backend::InferenceBackend;
-use parm_serve::upstream::dispatch::DispatchBatching;
-use parm_serve::instance::fault::FaultConfig;
 use parm_serve::coded::{Frontend, FrontendConfig};
-use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
-use support::{expected, linear_config, models, IN};
+use parm_serve::instance::backend::InferenceBackend;
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
+use parm_serve::upstream::dispatch::DispatchBatching;
+use support::{IN, expected, linear_config, models};
 
 fn config(workers: &[WorkerHandle], dispatch: DispatchBatching) -> FrontendConfig {
     FrontendConfig {

@@ -7,13 +7,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_serve::server::api::{Serving, Shared};
-use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
-use parm_serve::oip::ModelSpec;
-use parm_serve::instance::fault::FaultConfig;
 use parm_serve::coded::{Frontend, FrontendConfig};
-use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
-use serde_json::{json, Value};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
+use parm_serve::oip::ModelSpec;
+use parm_serve::server::api::{Serving, Shared};
+use serde_json::{Value, json};
 
 const IN: usize = 4;
 const OUT: usize = 3;
@@ -181,13 +181,47 @@ async fn errors_follow_tritons_mapping() {
         (infer.clone(), b"[1, 2]".to_vec(), None, 400),
         (format!("{}/v2/models/nope/infer", c.url), serde_json::to_vec(&json!({"inputs": [ok_input]})).unwrap(), None, 404),
         (format!("{}/v2/models/lin/versions/7/infer", c.url), serde_json::to_vec(&json!({"inputs": [ok_input]})).unwrap(), None, 404),
-        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "BOOL", "data": [true, false, true, true]}]})).unwrap(), None, 400),
-        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]})).unwrap(), None, 400),
-        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP99", "data": input(1)}]})).unwrap(), None, 400),
-        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})).unwrap(), None, 400),
+        (
+            infer.clone(),
+            serde_json::to_vec(
+                &json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "BOOL", "data": [true, false, true, true]}]}),
+            )
+            .unwrap(),
+            None,
+            400,
+        ),
+        (
+            infer.clone(),
+            serde_json::to_vec(
+                &json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}),
+            )
+            .unwrap(),
+            None,
+            400,
+        ),
+        (
+            infer.clone(),
+            serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP99", "data": input(1)}]})).unwrap(),
+            None,
+            400,
+        ),
+        (
+            infer.clone(),
+            serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})).unwrap(),
+            None,
+            400,
+        ),
         (infer.clone(), serde_json::to_vec(&json!({"inputs": [ok_input], "outputs": [{"name": "nope"}]})).unwrap(), None, 400),
         (infer.clone(), serde_json::to_vec(&json!({"inputs": [ok_input], "parameters": {"timeout": "soon"}})).unwrap(), None, 400),
-        (infer.clone(), serde_json::to_vec(&json!({"inputs": [{"name": "input", "shape": [2000, IN], "datatype": "FP32", "data": vec![0.0; 2000 * IN]}]})).unwrap(), None, 400),
+        (
+            infer.clone(),
+            serde_json::to_vec(
+                &json!({"inputs": [{"name": "input", "shape": [2000, IN], "datatype": "FP32", "data": vec![0.0; 2000 * IN]}]}),
+            )
+            .unwrap(),
+            None,
+            400,
+        ),
     ];
     for (url, body, _, want) in cases {
         let r = client.post(&url).body(body.clone()).send().await.unwrap();
@@ -387,8 +421,8 @@ mod grpc {
     use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
     use parm_serve::oip::grpc::{self as pb, InferTensorContents};
     use tonic::Code;
-    use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
 
     async fn client(c: &Cluster) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
         GrpcInferenceServiceClient::connect(c.grpc.clone()).await.unwrap()
@@ -491,7 +525,8 @@ mod grpc {
         let mut g = client(&c).await;
         let raw = parm_serve::oip::grpc::encode_f32_le(&input(1));
         let mut req = request("FP32", vec![1, IN as i64], raw.clone());
-        req.parameters.insert("timeout".into(), pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(1)) });
+        req.parameters
+            .insert("timeout".into(), pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(1)) });
         let err = g.model_infer(req).await.unwrap_err();
         assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
         // The header alone (set by hand, so that only the server enforces it).

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use parm_serve::server::api::MAX_BATCH_SIZE;
 use parm_serve::oip::ModelSpec;
+use parm_serve::server::api::MAX_BATCH_SIZE;
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();

@@ -7,17 +7,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parm_serve::server::admission::Admission;
-use parm_serve::server::api::{Serving, Shared};
-use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
-use parm_serve::oip::ModelSpec;
-use parm_serve::instance::fault::FaultConfig;
 use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
+use parm_serve::oip::ModelSpec;
 use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
 use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
 use parm_serve::oip::grpc::{self as pb};
-use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
-use serde_json::{json, Value};
+use parm_serve::server::admission::Admission;
+use parm_serve::server::api::{Serving, Shared};
+use serde_json::{Value, json};
 
 const IN: usize = 4;
 const OUT: usize = 3;

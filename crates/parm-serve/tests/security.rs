@@ -5,10 +5,10 @@
 
 mod support;
 
-use parm_serve::upstream::client::{set_default_auth_token, InstanceClient, InstanceError};
 use parm_serve::oip::security::{AuthToken, ServeOptions};
+use parm_serve::upstream::client::{InstanceClient, InstanceError, set_default_auth_token};
 use serde_json::Value;
-use support::{cluster, expected, good_body, input, output_of, Cluster, IN};
+use support::{Cluster, IN, cluster, expected, good_body, input, output_of};
 
 const TOKEN: &str = "test-token-0123456789";
 
@@ -46,7 +46,9 @@ async fn http_needs_the_token_except_health_probes() {
     for path in ["/v2/health/live", "/v2/health/ready"] {
         assert_eq!(http.get(format!("{}{path}", c.url)).send().await.unwrap().status(), 200, "{path}");
     }
-    for path in ["/v2", "/v2/models/lin", "/v2/models/lin/ready", "/v2/models/lin/config", "/v2/models/lin/stats", "/metrics", "/v2/nothing"] {
+    for path in
+        ["/v2", "/v2/models/lin", "/v2/models/lin/ready", "/v2/models/lin/config", "/v2/models/lin/stats", "/metrics", "/v2/nothing"]
+    {
         assert_eq!(http.get(format!("{}{path}", c.url)).send().await.unwrap().status(), 401, "{path}");
         let r = http.get(format!("{}{path}", c.url)).bearer_auth(TOKEN).send().await.unwrap();
         assert_ne!(r.status(), 401, "{path}");
@@ -105,7 +107,8 @@ async fn workers_need_the_token() {
     let out = client.infer("deployed", &x, &[1, IN as i64], std::time::Duration::from_secs(5)).await.unwrap();
     assert_eq!(out, expected(&x));
     // The frontend's own instance clients carry the process-wide token: served end to end.
-    let r = reqwest::Client::new().post(format!("{}/v2/models/lin/infer", c.url)).bearer_auth(TOKEN).json(&good_body(3)).send().await.unwrap();
+    let r =
+        reqwest::Client::new().post(format!("{}/v2/models/lin/infer", c.url)).bearer_auth(TOKEN).json(&good_body(3)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(output_of(&r.json().await.unwrap()), expected(&input(3)));
 }

@@ -5,16 +5,16 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use parm_serve::coded::policy::StragglerPolicy;
+use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
 use parm_serve::instance::fault::FaultConfig;
-use parm_serve::coded::{Frontend, FrontendConfig};
-use parm_serve::coded::policy::StragglerPolicy;
-use parm_serve::instance::worker::{spawn_worker, WorkerHandle, WorkerOptions};
-use support::{linear_config, models, IN};
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
+use support::{IN, linear_config, models};
 
 /// The slow instance's extra time per request; every answer must come well before it.
 const SLOW_MS: f64 = 600.0;

@@ -40,16 +40,12 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let given = |sub: &str, id: &str| {
-        matches.subcommand_matches(sub).is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
-    };
+    let given = |sub: &str, id: &str| matches.subcommand_matches(sub).is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
     let result = match cli.command {
         Command::Data(p) => cmd::data::run(&p),
         Command::Train(a) => cmd::train::run(&a),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use parm_bench::harness::Models;
 
 use crate::cmd::train_parity::parity_training;
-use crate::cmd::{parity_name, Paths};
+use crate::cmd::{Paths, parity_name};
 
 /// Training budgets used when a model is missing.
 pub struct Budget {

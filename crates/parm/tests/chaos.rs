@@ -27,13 +27,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_bench::chaos::{chaos_schedule, run_chaos, ChaosTarget};
-use parm_bench::cluster::{start_instances, InstanceSpec};
+use parm_bench::chaos::{ChaosTarget, chaos_schedule, run_chaos};
+use parm_bench::cluster::{InstanceSpec, start_instances};
 use parm_bench::proxy::Proxy;
 use parm_nn::{ModelKind, Predictor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use support::*;
 
 const DEPLOYED_N: usize = 3;
@@ -138,9 +138,12 @@ fn check(records: &[Record], inputs: &[Vec<f32>], f: &Predictor, fp: &Predictor)
                 let p = &body["parameters"];
                 let group = p["parm_coding_groups"][0].as_u64();
                 let reconstructed = p["parm_reconstructed_rows"][0].as_bool();
-                let output: Option<Vec<f32>> = body["outputs"][0]["data"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect());
+                let output: Option<Vec<f32>> =
+                    body["outputs"][0]["data"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect());
                 match (body["id"] == json!(r.query.to_string()), group, reconstructed, output) {
-                    (true, Some(group), Some(reconstructed), Some(output)) => answers.push(Answer { query: r.query, group, reconstructed, output }),
+                    (true, Some(group), Some(reconstructed), Some(output)) => {
+                        answers.push(Answer { query: r.query, group, reconstructed, output })
+                    }
                     _ => {
                         c.wrong += 1;
                         problems.push(format!("query {}: malformed or misaddressed answer {body}", r.query));
@@ -202,12 +205,12 @@ fn check(records: &[Record], inputs: &[Vec<f32>], f: &Predictor, fp: &Predictor)
 async fn wait_all_up(client: &reqwest::Client, base: &str, within: Duration) -> bool {
     let until = Instant::now() + within;
     while Instant::now() < until {
-        if let Ok(r) = client.get(format!("{base}/metrics")).send().await {
-            if let Ok(text) = r.text().await {
-                let ups: Vec<&str> = text.lines().filter(|l| l.starts_with("parm_instance_up{")).collect();
-                if ups.len() == DEPLOYED_N + PARITY_N && ups.iter().all(|l| l.trim_end().ends_with(" 1")) {
-                    return true;
-                }
+        if let Ok(r) = client.get(format!("{base}/metrics")).send().await
+            && let Ok(text) = r.text().await
+        {
+            let ups: Vec<&str> = text.lines().filter(|l| l.starts_with("parm_instance_up{")).collect();
+            if ups.len() == DEPLOYED_N + PARITY_N && ups.iter().all(|l| l.trim_end().ends_with(" 1")) {
+                return true;
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -229,11 +232,23 @@ fn chaos_every_request_answered_once_correctly_and_service_recovers() {
     let n = chaos_queries + RECOVERY;
     let mut rng = StdRng::seed_from_u64(seed);
     let inputs: Arc<Vec<Vec<f32>>> = Arc::new((0..n).map(|_| (0..784).map(|_| rng.random::<f32>()).collect()).collect());
-    let schedule = chaos_schedule(seed, DEPLOYED_N + PARITY_N, WINDOW, Duration::from_millis(400)..Duration::from_millis(1600), Duration::from_millis(500)..Duration::from_millis(3000), 2);
+    let schedule = chaos_schedule(
+        seed,
+        DEPLOYED_N + PARITY_N,
+        WINDOW,
+        Duration::from_millis(400)..Duration::from_millis(1600),
+        Duration::from_millis(500)..Duration::from_millis(3000),
+        2,
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (chaos_records, recovery_records, counts, all_up) = rt.block_on(async {
-        let spec = |path: &std::path::Path, name: &str| InstanceSpec { model: path.to_path_buf(), name: name.into(), fault: String::new(), listen: None };
+        let spec = |path: &std::path::Path, name: &str| InstanceSpec {
+            model: path.to_path_buf(),
+            name: name.into(),
+            fault: String::new(),
+            listen: None,
+        };
         let mut specs: Vec<_> = (0..DEPLOYED_N).map(|_| spec(&deployed_path, DEPLOYED)).collect();
         specs.extend((0..PARITY_N).map(|_| spec(&parity_path, PARITY)));
         let instances = start_instances(exe(), specs).await.expect("start workers");
@@ -242,15 +257,32 @@ fn chaos_every_request_answered_once_correctly_and_service_recovers() {
             let proxy = Proxy::start(&i.addr).await.expect("start proxy");
             targets.push(tokio::sync::Mutex::new(ChaosTarget { instance: i, proxy }));
         }
-        let addrs = |r: std::ops::Range<usize>| r.map(|i| targets[i].try_lock().unwrap().proxy.addr().to_string()).collect::<Vec<_>>().join(",");
+        let addrs =
+            |r: std::ops::Range<usize>| r.map(|i| targets[i].try_lock().unwrap().proxy.addr().to_string()).collect::<Vec<_>>().join(",");
         let (deployed, parity) = (addrs(0..DEPLOYED_N), addrs(DEPLOYED_N..DEPLOYED_N + PARITY_N));
         let frontend = start_serve(&[
-            "--deployed", &deployed, "--parity", &parity, "--k", "2", "--encoder", "addition",
-            "--deployed-model", DEPLOYED, "--parity-model", PARITY,
-            "--instance-timeout-ms", "800", "--group-timeout-ms", "20", "--decode-grace-ms", "150",
+            "--deployed",
+            &deployed,
+            "--parity",
+            &parity,
+            "--k",
+            "2",
+            "--encoder",
+            "addition",
+            "--deployed-model",
+            DEPLOYED,
+            "--parity-model",
+            PARITY,
+            "--instance-timeout-ms",
+            "800",
+            "--group-timeout-ms",
+            "20",
+            "--decode-grace-ms",
+            "150",
             // The grace is capped at the straggler threshold: a 150 ms threshold keeps it 150 ms,
             // so a healthy original slowed by a loaded machine still wins after recovery.
-            "--straggler-min-us", "150000",
+            "--straggler-min-us",
+            "150000",
         ])
         .await;
         let base = format!("http://{}", frontend.addr);
@@ -281,16 +313,38 @@ fn chaos_every_request_answered_once_correctly_and_service_recovers() {
     let answered = c.exact + c.reconstructed;
     println!(
         "chaos (seed {seed}): {} faults over {} s: kills {}, stalls {}, blackholes {}, resets {} (failed restarts {})",
-        schedule.len(), WINDOW.as_secs(), counts.kills, counts.stalls, counts.blackholes, counts.resets, counts.failed_restarts
+        schedule.len(),
+        WINDOW.as_secs(),
+        counts.kills,
+        counts.stalls,
+        counts.blackholes,
+        counts.resets,
+        counts.failed_restarts
     );
     println!(
         "chaos phase: requests {} answered {} (exact {}, reconstructed {}) errors {} (503 {}, 504 {}) hung {} wrong {} lost {}; max latency {:.0} ms",
-        c.requests, answered, c.exact, c.reconstructed, c.unavailable_503 + c.deadline_504, c.unavailable_503, c.deadline_504,
-        c.hung, c.wrong, c.lost, c.max_latency.as_secs_f64() * 1e3
+        c.requests,
+        answered,
+        c.exact,
+        c.reconstructed,
+        c.unavailable_503 + c.deadline_504,
+        c.unavailable_503,
+        c.deadline_504,
+        c.hung,
+        c.wrong,
+        c.lost,
+        c.max_latency.as_secs_f64() * 1e3
     );
     println!(
         "recovery phase: requests {} exact {} reconstructed {} errors {} hung {} wrong {} lost {}; all instances up: {all_up}; test wall {:.1} s",
-        r.requests, r.exact, r.reconstructed, r.unavailable_503 + r.deadline_504, r.hung, r.wrong, r.lost, started.elapsed().as_secs_f64()
+        r.requests,
+        r.exact,
+        r.reconstructed,
+        r.unavailable_503 + r.deadline_504,
+        r.hung,
+        r.wrong,
+        r.lost,
+        started.elapsed().as_secs_f64()
     );
     for p in problems.iter().chain(&recovery_problems) {
         println!("  problem: {p}");

@@ -16,12 +16,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_bench::cluster::{start_instance, Instance, InstanceSpec};
+use parm_bench::cluster::{Instance, InstanceSpec, start_instance};
 use parm_nn::{ModelKind, Predictor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
-use support::{exe, start_serve, write_model, Served, DEPLOYED, PARITY};
+use serde_json::{Value, json};
+use support::{DEPLOYED, PARITY, Served, exe, start_serve, write_model};
 
 const MODEL: &str = "mnist-mlp";
 const QUERIES: usize = 120;
@@ -38,11 +38,24 @@ async fn start_frontend(deployed: &[&Instance], parity: &Instance) -> Served {
     let deployed: Vec<&str> = deployed.iter().map(|i| i.addr.as_str()).collect();
     let deployed = deployed.join(",");
     start_serve(&[
-        "--deployed", &deployed,
-        "--parity", &parity.addr,
-        "--k", "2", "--encoder", "addition",
-        "--model-name", MODEL, "--deployed-model", DEPLOYED, "--parity-model", PARITY,
-        "--group-timeout-ms", "50", "--instance-timeout-ms", "2000",
+        "--deployed",
+        &deployed,
+        "--parity",
+        &parity.addr,
+        "--k",
+        "2",
+        "--encoder",
+        "addition",
+        "--model-name",
+        MODEL,
+        "--deployed-model",
+        DEPLOYED,
+        "--parity-model",
+        PARITY,
+        "--group-timeout-ms",
+        "50",
+        "--instance-timeout-ms",
+        "2000",
     ])
     .await
 }
@@ -132,8 +145,7 @@ fn coded_path_end_to_end() {
     let parity_path = write_model(dir.path(), PARITY, ModelKind::Parity);
 
     let mut rng = StdRng::seed_from_u64(7);
-    let inputs: Arc<Vec<Vec<f32>>> =
-        Arc::new((0..QUERIES).map(|_| (0..784).map(|_| rng.random::<f32>()).collect()).collect());
+    let inputs: Arc<Vec<Vec<f32>>> = Arc::new((0..QUERIES).map(|_| (0..784).map(|_| rng.random::<f32>()).collect()).collect());
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let outcomes = rt.block_on(run_cluster(&deployed_path, &parity_path, inputs.clone()));
@@ -262,4 +274,3 @@ fn coded_path_end_to_end() {
         QUERIES - KILL_AFTER
     );
 }
-

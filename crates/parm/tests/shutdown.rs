@@ -11,7 +11,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parm_bench::cluster::{start_instance, Instance, InstanceSpec};
+use parm_bench::cluster::{Instance, InstanceSpec, start_instance};
 use parm_nn::{ModelKind, Predictor};
 use support::*;
 
@@ -81,7 +81,7 @@ fn serve_sigterm_drains_in_flight_requests_and_exits_0() {
             assert!(close(&output(&body), &f.infer(&xs[i], 1).unwrap()), "request {i}: wrong answer {body}");
         }
         match late {
-            Err(_) => {}                         // listener closed: connection refused
+            Err(_) => {}                                                     // listener closed: connection refused
             Ok((503, body)) => assert!(body["error"].is_string(), "{body}"), // kept-alive, shed
             Ok(other) => panic!("a request after SIGTERM was served: {other:?}"),
         }
@@ -101,7 +101,8 @@ fn serve_drain_deadline_bounds_shutdown() {
     let model = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
     runtime().block_on(async {
         let w = worker(&model, 30_000).await;
-        let mut served = start_serve(&["--deployed", &w.addr, "--k", "1", "--drain-timeout-ms", "1000", "--instance-timeout-ms", "60000"]).await;
+        let mut served =
+            start_serve(&["--deployed", &w.addr, "--k", "1", "--drain-timeout-ms", "1000", "--instance-timeout-ms", "60000"]).await;
         let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         let stuck = send(&client, &served.addr, 0, &inputs(1)[0]);
         tokio::time::sleep(Duration::from_millis(400)).await;

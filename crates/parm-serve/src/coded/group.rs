@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use parm_codes::{encode_rows, Answer, GroupState, Slot};
+use parm_codes::{Answer, GroupState, Slot, encode_rows};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::coded::{policy, FrontendError, Prediction, Shared};
+use crate::coded::{FrontendError, Prediction, Shared, policy};
 use crate::timer;
 use crate::upstream::InstanceError;
 
@@ -94,10 +94,11 @@ impl GroupInner {
                 let _ = tx.send(answer);
             }
         }
-        if self.sealed && self.state.is_done() {
-            if let Some(task) = &self.parity {
-                task.abort(); // frees the parity instance's queue
-            }
+        if self.sealed
+            && self.state.is_done()
+            && let Some(task) = &self.parity
+        {
+            task.abort(); // frees the parity instance's queue
         }
         mine
     }
@@ -287,8 +288,8 @@ impl Member {
                 }
                 a = &mut answer => {
                     let Ok(a) = a else { return Err(FrontendError::Closed) };
-                    if let Answer::Reconstructed { .. } = a {
-                        if !rpc_done {
+                    if let Answer::Reconstructed { .. } = a
+                        && !rpc_done {
                             // Decode grace: the original may still win.
                             tokio::select! {
                                 out = &mut rpc => if let Some(a) = self.report(out).filter(|a| matches!(a, Answer::Original { .. })) {
@@ -297,7 +298,6 @@ impl Member {
                                 _ = timer::sleep_until(sent_at + grace) => {}
                             }
                         }
-                    }
                     self.reported = true; // the answer is settled; a late output changes nothing
                     return self.finish(a);
                 }

@@ -143,8 +143,8 @@ impl Frontend {
         let stats = Stats::default();
         let (dispatch, timeout) = (cfg.dispatch, cfg.instance_timeout);
         let deployed = Pool::new(deployed, &cfg.deployed_model, cfg.redundancy.clone(), dispatch, timeout, stats.backups.clone());
-        let parity = (!parity.is_empty())
-            .then(|| Pool::new(parity, &cfg.parity_model, Redundancy::None, dispatch, timeout, Default::default()));
+        let parity =
+            (!parity.is_empty()).then(|| Pool::new(parity, &cfg.parity_model, Redundancy::None, dispatch, timeout, Default::default()));
         let shared = Arc::new(Shared {
             cfg,
             deployed,

@@ -1,7 +1,7 @@
 //! The one set of counters of the coded path (monotonic), read by metrics and benchmarks.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// Counters of the coded path. A unit is one query or one request's block of rows coded as
 /// one member (`batch_coding`); `rows` counts the queries inside them.

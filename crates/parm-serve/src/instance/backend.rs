@@ -39,22 +39,9 @@ impl LinearBackend {
     pub fn new(spec: ModelSpec, weights: Vec<f32>, bias: Vec<f32>) -> anyhow::Result<Self> {
         spec.validate()?;
         let (n_in, n_out) = (spec.input_len(), spec.output_len());
-        ensure!(
-            weights.len() == n_in * n_out,
-            "weights: {} values, want {n_out}x{n_in}",
-            weights.len()
-        );
-        ensure!(
-            bias.len() == n_out,
-            "bias: {} values, want {n_out}",
-            bias.len()
-        );
-        Ok(LinearBackend {
-            spec,
-            weights,
-            bias,
-            calls: AtomicUsize::new(0),
-        })
+        ensure!(weights.len() == n_in * n_out, "weights: {} values, want {n_out}x{n_in}", weights.len());
+        ensure!(bias.len() == n_out, "bias: {} values, want {n_out}", bias.len());
+        Ok(LinearBackend { spec, weights, bias, calls: AtomicUsize::new(0) })
     }
 
     /// Number of `infer` calls so far (calls, not queries).
@@ -65,11 +52,7 @@ impl LinearBackend {
     /// The exact output for `input` (same maths as `infer`, without counting a call).
     pub fn forward(&self, input: &[f32], batch: usize) -> anyhow::Result<Vec<f32>> {
         let (n_in, n_out) = (self.spec.input_len(), self.spec.output_len());
-        ensure!(
-            input.len() == batch * n_in,
-            "input: {} values, want {batch}x{n_in}",
-            input.len()
-        );
+        ensure!(input.len() == batch * n_in, "input: {} values, want {batch}x{n_in}", input.len());
         let mut out = Vec::with_capacity(batch * n_out);
         for x in input.chunks_exact(n_in) {
             for (row, b) in self.weights.chunks_exact(n_in).zip(&self.bias) {
@@ -111,13 +94,6 @@ mod tests {
         assert_eq!((spec.input_len(), spec.output_len()), (784, 10));
         assert!(spec.validate().is_ok());
         assert!(ModelSpec::fp32("m", vec![0], vec![10]).validate().is_err());
-        assert!(
-            ModelSpec {
-                datatype: "FP16".into(),
-                ..spec
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(ModelSpec { datatype: "FP16".into(), ..spec }.validate().is_err());
     }
 }

@@ -8,8 +8,8 @@
 //! whose client left while it was queued is never computed, a running batch completes even if
 //! its clients leave, and the fault delay applies once per execution.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};

@@ -32,22 +32,13 @@ pub struct FaultConfig {
 impl Default for FaultConfig {
     /// No delay (`delay_ms = 0`), `delay_prob = 1.0`, `seed = 0`.
     fn default() -> Self {
-        FaultConfig {
-            delay_ms: 0.0,
-            delay_prob: 1.0,
-            seed: 0,
-            episode_every_s: 0.0,
-            episode_len_s: 0.0,
-            episode_delay_ms: 0.0,
-        }
+        FaultConfig { delay_ms: 0.0, delay_prob: 1.0, seed: 0, episode_every_s: 0.0, episode_len_s: 0.0, episode_delay_ms: 0.0 }
     }
 }
 
 /// Why a fault string was rejected; the message names the offending part.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error(
-    "invalid fault spec {spec:?}: {reason} (expected e.g. \"delay_ms=20,prob=0.5,seed=7\" or \"none\")"
-)]
+#[error("invalid fault spec {spec:?}: {reason} (expected e.g. \"delay_ms=20,prob=0.5,seed=7\" or \"none\")")]
 pub struct FaultParseError {
     /// The whole string given.
     pub spec: String,
@@ -68,16 +59,11 @@ impl FaultConfig {
 
     fn validate(&self) -> Result<(), String> {
         if !(self.delay_ms.is_finite() && self.delay_ms >= 0.0) {
-            return Err(format!(
-                "delay_ms must be a finite number >= 0, got {}",
-                self.delay_ms
-            ));
+            return Err(format!("delay_ms must be a finite number >= 0, got {}", self.delay_ms));
         }
-        for (name, v) in [
-            ("episode_every_s", self.episode_every_s),
-            ("episode_len_s", self.episode_len_s),
-            ("episode_delay_ms", self.episode_delay_ms),
-        ] {
+        for (name, v) in
+            [("episode_every_s", self.episode_every_s), ("episode_len_s", self.episode_len_s), ("episode_delay_ms", self.episode_delay_ms)]
+        {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("{name} must be a finite number >= 0, got {v}"));
             }
@@ -96,19 +82,14 @@ impl FromStr for FaultConfig {
     /// (f64 in [0, 1]), `seed` (u64). Missing keys keep their defaults; `""` and `"none"`
     /// give the default (no delay).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: String| FaultParseError {
-            spec: s.to_owned(),
-            reason,
-        };
+        let err = |reason: String| FaultParseError { spec: s.to_owned(), reason };
         let mut cfg = FaultConfig::default();
         let trimmed = s.trim();
         if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("none") {
             return Ok(cfg);
         }
         for part in trimmed.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = part
-                .split_once('=')
-                .ok_or_else(|| err(format!("{part:?} is not key=value")))?;
+            let (key, value) = part.split_once('=').ok_or_else(|| err(format!("{part:?} is not key=value")))?;
             let (key, value) = (key.trim(), value.trim());
             let bad = |e: &dyn fmt::Display| err(format!("{key}={value:?}: {e}"));
             match key {
@@ -136,12 +117,7 @@ impl fmt::Display for FaultConfig {
         write!(
             f,
             "delay_ms={},prob={},seed={},episode_every_s={},episode_len_s={},episode_delay_ms={}",
-            self.delay_ms,
-            self.delay_prob,
-            self.seed,
-            self.episode_every_s,
-            self.episode_len_s,
-            self.episode_delay_ms
+            self.delay_ms, self.delay_prob, self.seed, self.episode_every_s, self.episode_len_s, self.episode_delay_ms
         )
     }
 }
@@ -160,16 +136,11 @@ impl FaultInjector {
     /// Starts the seeded stream of coin flips.
     pub fn new(config: FaultConfig) -> Self {
         let state = Mutex::new(config.seed);
-        let injector = FaultInjector {
-            config,
-            state,
-            started: std::time::Instant::now(),
-            episode: Mutex::new((f64::INFINITY, f64::INFINITY)),
-        };
+        let injector =
+            FaultInjector { config, state, started: std::time::Instant::now(), episode: Mutex::new((f64::INFINITY, f64::INFINITY)) };
         if injector.config.has_episodes() {
             let start = injector.exponential(injector.config.episode_every_s);
-            *injector.episode.lock().unwrap_or_else(|p| p.into_inner()) =
-                (start, start + injector.config.episode_len_s);
+            *injector.episode.lock().unwrap_or_else(|p| p.into_inner()) = (start, start + injector.config.episode_len_s);
         }
         injector
     }
@@ -227,20 +198,9 @@ mod tests {
     #[test]
     fn parses_and_round_trips() {
         let cfg = FaultConfig::from_str("delay_ms=20, prob=0.25,seed=7").unwrap();
-        assert_eq!(
-            cfg,
-            FaultConfig {
-                delay_ms: 20.0,
-                delay_prob: 0.25,
-                seed: 7,
-                ..FaultConfig::default()
-            }
-        );
+        assert_eq!(cfg, FaultConfig { delay_ms: 20.0, delay_prob: 0.25, seed: 7, ..FaultConfig::default() });
         assert_eq!(cfg.to_string().parse::<FaultConfig>().unwrap(), cfg);
-        assert_eq!(
-            "none".parse::<FaultConfig>().unwrap(),
-            FaultConfig::default()
-        );
+        assert_eq!("none".parse::<FaultConfig>().unwrap(), FaultConfig::default());
         assert_eq!("".parse::<FaultConfig>().unwrap(), FaultConfig::default());
         assert_eq!("delay_ms=5".parse::<FaultConfig>().unwrap().delay_prob, 1.0);
     }
@@ -278,30 +238,17 @@ mod tests {
 
     #[test]
     fn seeded_draws_are_reproducible_and_match_prob() {
-        let cfg = FaultConfig {
-            delay_ms: 10.0,
-            delay_prob: 0.3,
-            seed: 42,
-            ..FaultConfig::default()
-        };
+        let cfg = FaultConfig { delay_ms: 10.0, delay_prob: 0.3, seed: 42, ..FaultConfig::default() };
         let draws = |c: &FaultConfig| {
             let inj = FaultInjector::new(c.clone());
-            (0..10_000)
-                .map(|_| inj.next_delay().is_some())
-                .collect::<Vec<_>>()
+            (0..10_000).map(|_| inj.next_delay().is_some()).collect::<Vec<_>>()
         };
         let a = draws(&cfg);
         assert_eq!(a, draws(&cfg));
         let frac = a.iter().filter(|&&d| d).count() as f64 / a.len() as f64;
         assert!((frac - 0.3).abs() < 0.03, "fraction delayed {frac}");
-        let always = FaultInjector::new(FaultConfig {
-            delay_prob: 1.0,
-            ..cfg.clone()
-        });
+        let always = FaultInjector::new(FaultConfig { delay_prob: 1.0, ..cfg.clone() });
         assert_eq!(always.next_delay(), Some(Duration::from_millis(10)));
-        assert_eq!(
-            FaultInjector::new(FaultConfig::default()).next_delay(),
-            None
-        );
+        assert_eq!(FaultInjector::new(FaultConfig::default()).next_delay(), None);
     }
 }

@@ -27,20 +27,15 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::instance::backend::{InferenceBackend};
-use crate::oip::ModelSpec;
+use crate::instance::backend::InferenceBackend;
 use crate::instance::fault::{FaultConfig, FaultInjector};
-use crate::oip::security::AuthToken;
-use crate::oip::grpc::grpc_inference_service_server::{
-    GrpcInferenceService, GrpcInferenceServiceServer,
-};
+use crate::oip::ModelSpec;
+use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::oip::grpc::model_infer_request::InferInputTensor;
 use crate::oip::grpc::model_infer_response::InferOutputTensor;
 use crate::oip::grpc::model_metadata_response::TensorMetadata;
-use crate::oip::grpc::{
-    self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le,
-    encode_f32_le,
-};
+use crate::oip::grpc::{self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le, encode_f32_le};
+use crate::oip::security::AuthToken;
 
 /// Server name reported by `ServerMetadata`.
 pub const SERVER_NAME: &str = "parm-worker";
@@ -59,11 +54,7 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions {
-            faults: FaultConfig::default(),
-            max_queue: 1024,
-            batching: None,
-        }
+        WorkerOptions { faults: FaultConfig::default(), max_queue: 1024, batching: None }
     }
 }
 
@@ -146,11 +137,7 @@ impl Drop for WorkerHandle {
 ///
 /// # Errors
 /// The bind failure or an invalid spec (checked before returning).
-pub async fn spawn_worker(
-    addr: &str,
-    backend: Arc<dyn InferenceBackend>,
-    opts: WorkerOptions,
-) -> anyhow::Result<WorkerHandle> {
+pub async fn spawn_worker(addr: &str, backend: Arc<dyn InferenceBackend>, opts: WorkerOptions) -> anyhow::Result<WorkerHandle> {
     spawn_worker_with_auth(addr, backend, opts, None).await
 }
 
@@ -172,11 +159,7 @@ pub async fn spawn_worker_with_auth(
         let _ = stopped.await;
     };
     let task = tokio::spawn(serve_worker_with_auth(listener, backend, opts, auth, shutdown));
-    Ok(WorkerHandle {
-        addr,
-        stop: Some(stop),
-        task,
-    })
+    Ok(WorkerHandle { addr, stop: Some(stop), task })
 }
 
 struct WorkerService {
@@ -192,9 +175,9 @@ impl WorkerService {
     /// Must run inside a tokio runtime when batching is on (it starts the batching task).
     fn new(backend: Arc<dyn InferenceBackend>, opts: WorkerOptions) -> Self {
         let faults = Arc::new(FaultInjector::new(opts.faults));
-        let batcher = opts.batching.map(|cfg| {
-            crate::instance::batcher::Batcher::start(Arc::clone(&backend), Arc::clone(&faults), cfg, opts.max_queue)
-        });
+        let batcher = opts
+            .batching
+            .map(|cfg| crate::instance::batcher::Batcher::start(Arc::clone(&backend), Arc::clone(&faults), cfg, opts.max_queue));
         WorkerService {
             backend,
             lane: Arc::new(Semaphore::new(1)),
@@ -214,16 +197,10 @@ impl WorkerService {
     fn check_model(&self, name: &str, version: &str) -> Result<(), Status> {
         let spec = self.spec();
         if name != spec.name {
-            return Err(Status::not_found(format!(
-                "model {name:?} not served here (this worker serves {:?})",
-                spec.name
-            )));
+            return Err(Status::not_found(format!("model {name:?} not served here (this worker serves {:?})", spec.name)));
         }
         if !(version.is_empty() || version == spec.version || version == "1") {
-            return Err(Status::not_found(format!(
-                "model {name:?} has no version {version:?} (served: {:?})",
-                spec.version
-            )));
+            return Err(Status::not_found(format!("model {name:?} has no version {version:?} (served: {:?})", spec.version)));
         }
         Ok(())
     }
@@ -233,9 +210,8 @@ impl WorkerService {
         if let Ok(permit) = self.lane.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let slot = QueueSlot::take(&self.waiting, self.max_queue).ok_or_else(|| {
-            Status::resource_exhausted(format!("worker queue full ({} waiting)", self.max_queue))
-        })?;
+        let slot = QueueSlot::take(&self.waiting, self.max_queue)
+            .ok_or_else(|| Status::resource_exhausted(format!("worker queue full ({} waiting)", self.max_queue)))?;
         let permit = self.lane.clone().acquire_owned().await;
         slot.leave();
         permit.map_err(|_| Status::internal("compute lane closed"))
@@ -276,10 +252,7 @@ struct QueueSlot {
 impl QueueSlot {
     fn take(waiting: &Arc<AtomicUsize>, max_queue: usize) -> Option<Self> {
         let before = waiting.fetch_add(1, Ordering::SeqCst);
-        let slot = QueueSlot {
-            waiting: Arc::clone(waiting),
-            served: false,
-        };
+        let slot = QueueSlot { waiting: Arc::clone(waiting), served: false };
         (before < max_queue).then_some(slot) // on None, dropping `slot` undoes the add
     }
 
@@ -308,22 +281,13 @@ struct ParsedInput {
 fn parse_input(spec: &ModelSpec, req: &mut pb::ModelInferRequest) -> Result<ParsedInput, Status> {
     let bad = |msg: String| Err(Status::invalid_argument(msg));
     let [tensor] = req.inputs.as_slice() else {
-        return bad(format!(
-            "expected exactly 1 input tensor, got {}",
-            req.inputs.len()
-        ));
+        return bad(format!("expected exactly 1 input tensor, got {}", req.inputs.len()));
     };
     if tensor.datatype != "FP32" {
-        return bad(format!(
-            "input {:?}: datatype {:?}, expected FP32",
-            tensor.name, tensor.datatype
-        ));
+        return bad(format!("input {:?}: datatype {:?}, expected FP32", tensor.name, tensor.datatype));
     }
-    let batch = batch_of(spec, &tensor.shape)
-        .map_err(|m| Status::invalid_argument(format!("input {:?}: {m}", tensor.name)))?;
-    let want = batch
-        .checked_mul(spec.input_len())
-        .ok_or_else(|| Status::invalid_argument("input too large"))?;
+    let batch = batch_of(spec, &tensor.shape).map_err(|m| Status::invalid_argument(format!("input {:?}: {m}", tensor.name)))?;
+    let want = batch.checked_mul(spec.input_len()).ok_or_else(|| Status::invalid_argument("input too large"))?;
     let data = tensor_data(tensor, &mut req.raw_input_contents, want)
         .map_err(|m| Status::invalid_argument(format!("input {:?}: {m}", tensor.name)))?;
     Ok(ParsedInput { data, batch })
@@ -338,9 +302,7 @@ fn batch_of(spec: &ModelSpec, shape: &[i64]) -> Result<usize, String> {
     if b < 1 || per_query.iter().any(|&d| d < 0) {
         return Err(format!("shape {shape:?}: batch must be >= 1 and dims >= 0"));
     }
-    let n = per_query
-        .iter()
-        .try_fold(1i64, |acc, &d| acc.checked_mul(d));
+    let n = per_query.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d));
     if n != i64::try_from(spec.input_len()).ok() {
         return Err(format!(
             "shape {shape:?} does not hold queries of shape {:?} ({} values each) after the batch dim",
@@ -352,78 +314,45 @@ fn batch_of(spec: &ModelSpec, shape: &[i64]) -> Result<usize, String> {
 }
 
 /// Takes the tensor's f32 values: raw bytes (little-endian) if present, else `fp32_contents`.
-fn tensor_data(
-    tensor: &InferInputTensor,
-    raw: &mut [Vec<u8>],
-    want: usize,
-) -> Result<Vec<f32>, String> {
-    let typed = tensor
-        .contents
-        .as_ref()
-        .map_or(0, |c| c.fp32_contents.len());
+fn tensor_data(tensor: &InferInputTensor, raw: &mut [Vec<u8>], want: usize) -> Result<Vec<f32>, String> {
+    let typed = tensor.contents.as_ref().map_or(0, |c| c.fp32_contents.len());
     match (raw.len(), typed) {
-        (0, n) if n == want => Ok(tensor
-            .contents
-            .as_ref()
-            .map(|c| c.fp32_contents.clone())
-            .unwrap_or_default()),
+        (0, n) if n == want => Ok(tensor.contents.as_ref().map(|c| c.fp32_contents.clone()).unwrap_or_default()),
         (0, n) => Err(format!("fp32_contents has {n} values, shape needs {want}")),
         (1, 0) => {
             let bytes = std::mem::take(&mut raw[0]);
             if bytes.len() != want.saturating_mul(4) {
-                return Err(format!(
-                    "raw_input_contents has {} bytes, shape needs {} (FP32)",
-                    bytes.len(),
-                    want.saturating_mul(4)
-                ));
+                return Err(format!("raw_input_contents has {} bytes, shape needs {} (FP32)", bytes.len(), want.saturating_mul(4)));
             }
             decode_f32_le(&bytes).ok_or_else(|| "raw bytes not a multiple of 4".into())
         }
         (1, _) => Err("both raw_input_contents and contents given; use one".into()),
-        (n, _) => Err(format!(
-            "raw_input_contents has {n} entries for 1 input tensor"
-        )),
+        (n, _) => Err(format!("raw_input_contents has {n} entries for 1 input tensor")),
     }
 }
 
 fn tensor_meta(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
     let shape = std::iter::once(-1).chain(shape.iter().copied()).collect();
-    TensorMetadata {
-        name: name.to_owned(),
-        datatype: datatype.to_owned(),
-        shape,
-    }
+    TensorMetadata { name: name.to_owned(), datatype: datatype.to_owned(), shape }
 }
 
 #[tonic::async_trait]
 impl GrpcInferenceService for WorkerService {
-    async fn server_live(
-        &self,
-        _: Request<pb::ServerLiveRequest>,
-    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
         Ok(Response::new(pb::ServerLiveResponse { live: true }))
     }
 
-    async fn server_ready(
-        &self,
-        _: Request<pb::ServerReadyRequest>,
-    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
         Ok(Response::new(pb::ServerReadyResponse { ready: true }))
     }
 
-    async fn model_ready(
-        &self,
-        req: Request<pb::ModelReadyRequest>,
-    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+    async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let req = req.into_inner();
         self.check_model(&req.name, &req.version)?;
         Ok(Response::new(pb::ModelReadyResponse { ready: true }))
     }
 
-    async fn server_metadata(
-        &self,
-        _: Request<pb::ServerMetadataRequest>,
-    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Result<Response<pb::ServerMetadataResponse>, Status> {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: SERVER_NAME.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -431,10 +360,7 @@ impl GrpcInferenceService for WorkerService {
         }))
     }
 
-    async fn model_metadata(
-        &self,
-        req: Request<pb::ModelMetadataRequest>,
-    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+    async fn model_metadata(&self, req: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let req = req.into_inner();
         self.check_model(&req.name, &req.version)?;
         let s = self.spec();
@@ -447,10 +373,7 @@ impl GrpcInferenceService for WorkerService {
         }))
     }
 
-    async fn model_infer(
-        &self,
-        req: Request<pb::ModelInferRequest>,
-    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+    async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
         let mut req = req.into_inner();
         self.check_model(&req.model_name, &req.model_version)?;
         let input = parse_input(self.spec(), &mut req)?; // validated before it can take a queue slot
@@ -460,23 +383,11 @@ impl GrpcInferenceService for WorkerService {
         };
         let s = self.spec();
         if out.len() != input.batch * s.output_len() {
-            let msg = format!(
-                "model returned {} values for batch {} x {}",
-                out.len(),
-                input.batch,
-                s.output_len()
-            );
+            let msg = format!("model returned {} values for batch {} x {}", out.len(), input.batch, s.output_len());
             return Err(Status::internal(msg));
         }
-        let shape = std::iter::once(input.batch as i64)
-            .chain(s.output_shape.iter().copied())
-            .collect();
-        let output = InferOutputTensor {
-            name: s.output_name.clone(),
-            datatype: "FP32".to_owned(),
-            shape,
-            ..Default::default()
-        };
+        let shape = std::iter::once(input.batch as i64).chain(s.output_shape.iter().copied()).collect();
+        let output = InferOutputTensor { name: s.output_name.clone(), datatype: "FP32".to_owned(), shape, ..Default::default() };
         Ok(Response::new(pb::ModelInferResponse {
             model_name: s.name.clone(),
             model_version: s.version.clone(),
@@ -488,18 +399,12 @@ impl GrpcInferenceService for WorkerService {
     }
 
     /// Triton's extension; a worker has no model configuration to report (the frontend does).
-    async fn model_config(
-        &self,
-        _: Request<pb::ModelConfigRequest>,
-    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+    async fn model_config(&self, _: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
         Err(Status::unimplemented("ModelConfig is served by the parm frontend, not by workers"))
     }
 
     /// Triton's extension; workers keep no statistics (the frontend does).
-    async fn model_statistics(
-        &self,
-        _: Request<pb::ModelStatisticsRequest>,
-    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+    async fn model_statistics(&self, _: Request<pb::ModelStatisticsRequest>) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         Err(Status::unimplemented("ModelStatistics is served by the parm frontend, not by workers"))
     }
 }
@@ -514,15 +419,7 @@ mod tests {
         assert_eq!(batch_of(&spec, &[3, 784]), Ok(3));
         assert_eq!(batch_of(&spec, &[2, 28, 28]), Ok(2));
         assert_eq!(batch_of(&spec, &[1, 1, 28, 28]), Ok(1));
-        for bad in [
-            &[][..],
-            &[784],
-            &[0, 784],
-            &[-1, 784],
-            &[1, 783],
-            &[1, -28, -28],
-            &[1, i64::MAX, 4],
-        ] {
+        for bad in [&[][..], &[784], &[0, 784], &[-1, 784], &[1, 783], &[1, -28, -28], &[1, i64::MAX, 4]] {
             assert!(batch_of(&spec, bad).is_err(), "{bad:?}");
         }
     }

@@ -36,9 +36,5 @@ pub fn decode_f32_le(bytes: &[u8]) -> Option<Vec<f32>> {
         return None;
     }
     let chunks = bytes.chunks_exact(4);
-    Some(
-        chunks
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
+    Some(chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }

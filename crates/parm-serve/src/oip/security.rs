@@ -118,9 +118,9 @@ pub struct GrpcAuth(Option<AuthToken>);
 impl tonic::service::Interceptor for GrpcAuth {
     fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         match &self.0 {
-            Some(t) if !t.check_header(req.metadata().get("authorization").map(|v| v.as_bytes())) => Err(
-                tonic::Status::unauthenticated("missing or invalid bearer token (send metadata authorization: Bearer TOKEN)"),
-            ),
+            Some(t) if !t.check_header(req.metadata().get("authorization").map(|v| v.as_bytes())) => {
+                Err(tonic::Status::unauthenticated("missing or invalid bearer token (send metadata authorization: Bearer TOKEN)"))
+            }
             _ => Ok(req),
         }
     }

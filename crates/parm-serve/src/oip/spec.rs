@@ -58,11 +58,7 @@ impl ModelSpec {
     /// Empty name, datatype other than FP32, or a shape that is empty or has a dim < 1.
     pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(!self.name.is_empty(), "model name is empty");
-        ensure!(
-            self.datatype == "FP32",
-            "datatype {:?} unsupported (FP32 only)",
-            self.datatype
-        );
+        ensure!(self.datatype == "FP32", "datatype {:?} unsupported (FP32 only)", self.datatype);
         for (what, shape) in [("input", &self.input_shape), ("output", &self.output_shape)] {
             if shape.is_empty() || shape.iter().any(|&d| d < 1) {
                 bail!("{what} shape {shape:?} must be non-empty with every dim >= 1");
@@ -73,8 +69,5 @@ impl ModelSpec {
 }
 
 fn shape_len(shape: &[i64]) -> usize {
-    shape
-        .iter()
-        .map(|&d| usize::try_from(d).unwrap_or(0))
-        .product()
+    shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).product()
 }

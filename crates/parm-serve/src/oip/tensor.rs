@@ -45,9 +45,11 @@ impl DataType {
             "FP32" => Self::F32,
             "FP64" => Self::F64,
             "BYTES" => Self::Bytes,
-            other => return Err(format!(
-                "unknown datatype '{other}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)"
-            )),
+            other => {
+                return Err(format!(
+                    "unknown datatype '{other}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)"
+                ));
+            }
         })
     }
 
@@ -87,10 +89,7 @@ pub fn decode_binary(dtype: DataType, bytes: &[u8], count: usize, input: &str) -
     dtype.check_numeric(input)?;
     let size = dtype.size().expect("numeric datatypes have a size");
     if Some(bytes.len()) != count.checked_mul(size) {
-        return Err(format!(
-            "input '{input}': {} bytes of binary data, the shape needs {count} elements x {size} bytes",
-            bytes.len()
-        ));
+        return Err(format!("input '{input}': {} bytes of binary data, the shape needs {count} elements x {size} bytes", bytes.len()));
     }
     Ok(bytes.chunks_exact(size).map(|c| element_to_f32(dtype, c)).collect())
 }

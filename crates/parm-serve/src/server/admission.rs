@@ -102,10 +102,9 @@ impl Admission {
         let mut cur = self.in_flight.load(Ordering::Relaxed);
         loop {
             if cur + cost > self.limit {
-                return Err(self.reject(&format!(
-                    "overloaded: {cur} queries in flight, limit {} (request of {queries}); retry later",
-                    self.limit
-                )));
+                return Err(
+                    self.reject(&format!("overloaded: {cur} queries in flight, limit {} (request of {queries}); retry later", self.limit))
+                );
             }
             match self.in_flight.compare_exchange_weak(cur, cur + cost, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
@@ -119,7 +118,11 @@ impl Admission {
     /// Counts one request shed before it reached [`Self::try_acquire`] (e.g. before its body
     /// was read) and returns its error.
     pub fn shed_now(&self) -> ApiError {
-        let why = if self.is_closed() { "the frontend is shutting down".to_string() } else { format!("overloaded: limit of {} queries in flight reached; retry later", self.limit) };
+        let why = if self.is_closed() {
+            "the frontend is shutting down".to_string()
+        } else {
+            format!("overloaded: limit of {} queries in flight reached; retry later", self.limit)
+        };
         self.reject(&why)
     }
 

@@ -9,17 +9,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::coded::{Frontend, FrontendError, Prediction};
-use crate::upstream::health::Health;
 use crate::server::error::{ApiError, ErrorKind};
 use crate::server::metrics::{FailReason, Prometheus, RequestStats};
+use crate::upstream::health::Health;
 
 /// Most queries (rows) one request may carry.
 pub const MAX_BATCH_SIZE: usize = 1024;
-
 
 /// The frontend with its statistics and instance health, shared by both interfaces.
 pub struct Serving {

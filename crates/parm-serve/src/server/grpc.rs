@@ -20,13 +20,13 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::server::api::Shared;
-use crate::server::error::ApiError;
 use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::oip::grpc::infer_parameter::ParameterChoice;
 use crate::oip::grpc::model_infer_response::InferOutputTensor;
 use crate::oip::grpc::model_metadata_response::TensorMetadata;
-use crate::oip::grpc::{self as pb, encode_f32_le, InferParameter, MAX_MESSAGE_BYTES};
+use crate::oip::grpc::{self as pb, InferParameter, MAX_MESSAGE_BYTES, encode_f32_le};
+use crate::server::api::Shared;
+use crate::server::error::ApiError;
 use crate::server::http::EXTENSIONS;
 
 /// How often `grpc.health.v1` statuses are refreshed from instance health.
@@ -55,11 +55,8 @@ pub async fn serve_grpc(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(service, auth);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+    let result =
+        tonic::transport::Server::builder().add_service(health).add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await;
     refresher.abort();
     Ok(result?)
 }
@@ -216,7 +213,9 @@ impl FrontendService {
             .as_object()
             .map(|o| {
                 o.iter()
-                    .map(|(k, v)| (k.clone(), pb::ModelParameter { string_value: v["string_value"].as_str().unwrap_or_default().to_string() }))
+                    .map(|(k, v)| {
+                        (k.clone(), pb::ModelParameter { string_value: v["string_value"].as_str().unwrap_or_default().to_string() })
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -231,7 +230,11 @@ impl FrontendService {
                 format: pb::model_input::Format::None as i32,
                 dims: s.input_shape.clone(),
             }],
-            output: vec![pb::ModelOutput { name: s.output_name.clone(), data_type: pb::DataType::TypeFp32 as i32, dims: s.output_shape.clone() }],
+            output: vec![pb::ModelOutput {
+                name: s.output_name.clone(),
+                data_type: pb::DataType::TypeFp32 as i32,
+                dims: s.output_shape.clone(),
+            }],
             parameters,
         }
     }
@@ -240,7 +243,8 @@ impl FrontendService {
     fn model_stats_pb(&self) -> pb::ModelStatistics {
         let j = &self.serving.stats_json()["model_stats"][0];
         let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        let d = |k: &str| Some(pb::StatisticDuration { count: u(&j["inference_stats"][k]["count"]), ns: u(&j["inference_stats"][k]["ns"]) });
+        let d =
+            |k: &str| Some(pb::StatisticDuration { count: u(&j["inference_stats"][k]["count"]), ns: u(&j["inference_stats"][k]["ns"]) });
         pb::ModelStatistics {
             name: j["name"].as_str().unwrap_or_default().into(),
             version: j["version"].as_str().unwrap_or_default().into(),

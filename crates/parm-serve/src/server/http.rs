@@ -27,16 +27,16 @@ use std::collections::HashMap;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tower_http::decompression::RequestDecompressionLayer;
 
+use crate::coded::{Frontend, Prediction};
 use crate::server::api::{Serving, Shared};
 use crate::server::error::ApiError;
-use crate::coded::{Frontend, Prediction};
 
 /// Header carrying the length of the JSON part of a binary-extension body (bytes).
 pub const HEADER_LEN: &str = "inference-header-content-length";
@@ -116,8 +116,9 @@ impl From<ApiError> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let retry = (self.0.kind == crate::server::error::ErrorKind::Overloaded)
-            .then(|| [(header::RETRY_AFTER, crate::server::admission::retry_after_secs(crate::server::admission::DEFAULT_RETRY_AFTER).to_string())]);
+        let retry = (self.0.kind == crate::server::error::ErrorKind::Overloaded).then(|| {
+            [(header::RETRY_AFTER, crate::server::admission::retry_after_secs(crate::server::admission::DEFAULT_RETRY_AFTER).to_string())]
+        });
         (code, retry, Json(json!({"error": self.0.message}))).into_response()
     }
 }
@@ -277,7 +278,10 @@ fn respond(s: &Serving, id: Option<String>, binary: bool, preds: &[Prediction]) 
     let mut body = serde_json::to_vec(&resp).expect("JSON serialises");
     let header_len = body.len();
     body.extend(crate::oip::grpc::encode_f32_le(&data));
-    let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static(HEADER_LEN), header_len.to_string())];
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::HeaderName::from_static(HEADER_LEN), header_len.to_string()),
+    ];
     (headers, Body::from(body)).into_response()
 }
 

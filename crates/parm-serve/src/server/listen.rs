@@ -90,11 +90,7 @@ where
 /// [`serve_all_draining`] with the [`DEFAULT_DRAIN_TIMEOUT`].
 ///
 /// Errors: the first interface that fails (the others are then stopped too).
-pub async fn serve_all(
-    serving: Shared,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn serve_all(serving: Shared, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     serve_all_draining(serving, listeners, shutdown, DEFAULT_DRAIN_TIMEOUT).await
 }
 

@@ -158,10 +158,7 @@ const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(
 impl Prometheus {
     /// A registry for `model` / `version`.
     pub fn new(model: &str, version: &str) -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&LATENCY_BUCKETS)
-            .expect("non-empty buckets")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS).expect("non-empty buckets").build_recorder();
         for (name, help) in HELP {
             recorder.describe_counter(name.into(), None, help.into()); // HELP lines, any kind
         }
@@ -193,7 +190,11 @@ impl Prometheus {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let us = |d: &StatDuration| d.get().1 / 1000;
         self.counter("nv_inference_request_success", &[], l(&req.success.count));
-        for (reason, c) in [(FailReason::Rejected, &req.fail_rejected), (FailReason::Canceled, &req.fail_canceled), (FailReason::Backend, &req.fail_backend)] {
+        for (reason, c) in [
+            (FailReason::Rejected, &req.fail_rejected),
+            (FailReason::Canceled, &req.fail_canceled),
+            (FailReason::Backend, &req.fail_backend),
+        ] {
             self.counter("nv_inference_request_failure", &[("reason", reason.label().into())], l(c));
         }
         self.counter("nv_inference_count", &[], l(&req.inference_count));

@@ -13,11 +13,11 @@
 
 use serde_json::Value;
 
-use crate::server::api::{timeout_param, MAX_BATCH_SIZE};
-use crate::server::error::ApiError;
 use crate::oip::ModelSpec;
 use crate::oip::grpc::{self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor};
-use crate::oip::tensor::{decode_binary, json_number_to_f32, DataType};
+use crate::oip::tensor::{DataType, decode_binary, json_number_to_f32};
+use crate::server::api::{MAX_BATCH_SIZE, timeout_param};
+use crate::server::error::ApiError;
 
 /// A validated HTTP inference request.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +122,9 @@ fn http_input(spec: &ModelSpec, req: &Value, binary: &[u8]) -> Result<Vec<Vec<f3
     let count = shape_count(spec, name, &shape)?;
     let values = match input.get("parameters").and_then(|p| p.get("binary_data_size")) {
         Some(size) => binary_values(name, dtype, size, binary, count)?,
-        None if !binary.is_empty() => return Err(ApiError::bad(format!("binary data follows the JSON header but input '{name}' has no 'binary_data_size'"))),
+        None if !binary.is_empty() => {
+            return Err(ApiError::bad(format!("binary data follows the JSON header but input '{name}' has no 'binary_data_size'")));
+        }
         None => json_values(name, dtype, input.get("data"), count)?,
     };
     rows(spec, name, &shape, values)
@@ -132,7 +134,10 @@ fn http_input(spec: &ModelSpec, req: &Value, binary: &[u8]) -> Result<Vec<Vec<f3
 /// number (>= 1) of queries, at most [`MAX_BATCH_SIZE`] of them. Checking first keeps a small
 /// request from announcing a huge tensor and making the server allocate for it.
 fn shape_count(spec: &ModelSpec, input: &str, shape: &[usize]) -> Result<usize, ApiError> {
-    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| ApiError::bad(format!("input '{input}': shape {shape:?} overflows")))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| ApiError::bad(format!("input '{input}': shape {shape:?} overflows")))?;
     let per_query = spec.input_len().max(1);
     if count == 0 || count % per_query != 0 {
         return Err(ApiError::bad(format!(
@@ -141,13 +146,19 @@ fn shape_count(spec: &ModelSpec, input: &str, shape: &[usize]) -> Result<usize, 
         )));
     }
     if count / per_query > MAX_BATCH_SIZE {
-        return Err(ApiError::bad(format!("input '{input}': batch of {} queries exceeds max_batch_size {MAX_BATCH_SIZE}", count / per_query)));
+        return Err(ApiError::bad(format!(
+            "input '{input}': batch of {} queries exceeds max_batch_size {MAX_BATCH_SIZE}",
+            count / per_query
+        )));
     }
     Ok(count)
 }
 
 fn binary_values(name: &str, dtype: DataType, size: &Value, binary: &[u8], count: usize) -> Result<Vec<f32>, ApiError> {
-    let size = size.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| ApiError::bad(format!("input '{name}': 'binary_data_size' must be a non-negative integer")))?;
+    let size = size
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| ApiError::bad(format!("input '{name}': 'binary_data_size' must be a non-negative integer")))?;
     if size != binary.len() {
         return Err(ApiError::bad(format!("input '{name}': binary_data_size {size} but {} bytes follow the JSON header", binary.len())));
     }
@@ -268,7 +279,8 @@ pub fn grpc_timeout_param(req: &pb::ModelInferRequest) -> Result<Option<std::tim
 ///
 /// Errors: invalid argument for bytes that are not a `ModelInferRequest` or a bad request.
 pub fn decode_grpc(spec: &ModelSpec, bytes: &[u8]) -> Result<Vec<Vec<f32>>, ApiError> {
-    let req = <pb::ModelInferRequest as prost::Message>::decode(bytes).map_err(|e| ApiError::bad(format!("not a ModelInferRequest: {e}")))?;
+    let req =
+        <pb::ModelInferRequest as prost::Message>::decode(bytes).map_err(|e| ApiError::bad(format!("not a ModelInferRequest: {e}")))?;
     grpc_check_outputs(spec, &req)?;
     grpc_timeout_param(&req)?;
     grpc_rows(spec, &req)

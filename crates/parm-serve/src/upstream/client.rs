@@ -15,14 +15,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::oip::ModelSpec;
-use crate::oip::security::AuthToken;
 use crate::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::oip::grpc::model_infer_request::InferInputTensor;
 use crate::oip::grpc::model_metadata_response::TensorMetadata;
-use crate::oip::grpc::{
-    self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le,
-    encode_f32_le,
-};
+use crate::oip::grpc::{self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le, encode_f32_le};
+use crate::oip::security::AuthToken;
 
 /// How long a (re)connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,20 +60,13 @@ pub enum InstanceError {
     BadResponse { addr: String, message: String },
     /// Any other gRPC status (e.g. `INTERNAL` when the model itself failed).
     #[error("instance {addr}: {code:?}: {message}")]
-    Other {
-        addr: String,
-        code: Code,
-        message: String,
-    },
+    Other { addr: String, code: Code, message: String },
 }
 
 impl InstanceError {
     /// True when another instance (or a later try) may succeed: Unavailable, Timeout, Overloaded.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Unavailable { .. } | Self::Timeout { .. } | Self::Overloaded { .. }
-        )
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. } | Self::Overloaded { .. })
     }
 
     /// The instance address the error came from.
@@ -98,21 +88,12 @@ impl InstanceError {
             Code::Unavailable | Code::Cancelled => Self::Unavailable { addr, message },
             // tonic reports a connection that broke mid-call (the instance died) as UNKNOWN
             // with the transport error as source; inference is idempotent, so it is retryable.
-            Code::Unknown if status.source().is_some() || message.contains("transport error") => {
-                Self::Unavailable { addr, message }
-            }
-            Code::DeadlineExceeded => Self::Timeout {
-                addr,
-                timeout: Duration::ZERO,
-            },
+            Code::Unknown if status.source().is_some() || message.contains("transport error") => Self::Unavailable { addr, message },
+            Code::DeadlineExceeded => Self::Timeout { addr, timeout: Duration::ZERO },
             Code::InvalidArgument => Self::InvalidArgument { addr, message },
             Code::NotFound => Self::NotFound { addr, message },
             Code::ResourceExhausted => Self::Overloaded { addr, message },
-            code => Self::Other {
-                addr,
-                code,
-                message,
-            },
+            code => Self::Other { addr, code, message },
         }
     }
 }
@@ -133,9 +114,7 @@ pub struct InstanceClient {
 
 impl std::fmt::Debug for InstanceClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceClient")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("InstanceClient").field("addr", &self.addr).finish()
     }
 }
 
@@ -148,14 +127,8 @@ impl InstanceClient {
     /// An address that is not a valid URI, or no Tokio runtime on this thread (tonic spawns the
     /// connection's task here).
     pub fn connect_lazy(addr: &str) -> anyhow::Result<Self> {
-        tokio::runtime::Handle::try_current().map_err(|_| {
-            anyhow::anyhow!("InstanceClient::connect_lazy({addr}) needs a Tokio runtime")
-        })?;
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
+        tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("InstanceClient::connect_lazy({addr}) needs a Tokio runtime"))?;
+        let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
         let endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| anyhow::anyhow!("bad instance address {addr:?}: {e}"))?
             .tcp_nodelay(true)
@@ -208,13 +181,7 @@ impl InstanceClient {
     /// the instance's status mapped to a variant; [`InstanceError::Timeout`] after `timeout`;
     /// [`InstanceError::BadResponse`] when the output is missing, not FP32, or its length is
     /// not a positive multiple of batch.
-    pub async fn infer(
-        &self,
-        model: &str,
-        input: &[f32],
-        shape: &[i64],
-        timeout: Duration,
-    ) -> Result<Vec<f32>, InstanceError> {
+    pub async fn infer(&self, model: &str, input: &[f32], shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
         let result = self.infer_once(model, input, shape, timeout).await;
         match &result {
             Ok(_) => self.breaker.success(),
@@ -230,46 +197,28 @@ impl InstanceClient {
         self.breaker.usable()
     }
 
-    async fn infer_once(
-        &self,
-        model: &str,
-        input: &[f32],
-        shape: &[i64],
-        timeout: Duration,
-    ) -> Result<Vec<f32>, InstanceError> {
+    async fn infer_once(&self, model: &str, input: &[f32], shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
         let batch = self.check_shape(input, shape)?;
         let deadline = Instant::now() + timeout;
         let input_name = self.input_name(model, deadline, timeout).await?;
         let request = pb::ModelInferRequest {
             model_name: model.to_owned(),
-            inputs: vec![InferInputTensor {
-                name: input_name,
-                datatype: "FP32".into(),
-                shape: shape.to_vec(),
-                ..Default::default()
-            }],
+            inputs: vec![InferInputTensor { name: input_name, datatype: "FP32".into(), shape: shape.to_vec(), ..Default::default() }],
             raw_input_contents: vec![encode_f32_le(input)],
             ..Default::default()
         };
         let mut grpc = self.grpc.clone();
-        let response = self
-            .within(deadline, timeout, grpc.model_infer(self.request(request)))
-            .await?;
+        let response = self.within(deadline, timeout, grpc.model_infer(self.request(request))).await?;
         let values = output_values(response).map_err(|m| self.bad_response(m))?;
         if values.is_empty() || values.len() % batch != 0 {
-            return Err(
-                self.bad_response(format!("{} output values for batch {batch}", values.len()))
-            );
+            return Err(self.bad_response(format!("{} output values for batch {batch}", values.len())));
         }
         Ok(values)
     }
 
     /// Whether the instance says `model` is ready; false on any error or after `timeout`.
     pub async fn model_ready(&self, model: &str, timeout: Duration) -> bool {
-        let request = pb::ModelReadyRequest {
-            name: model.to_owned(),
-            version: String::new(),
-        };
+        let request = pb::ModelReadyRequest { name: model.to_owned(), version: String::new() };
         let mut grpc = self.grpc.clone();
         let call = self.within(Instant::now() + timeout, timeout, grpc.model_ready(self.request(request)));
         call.await.is_ok_and(|r| r.ready)
@@ -282,13 +231,8 @@ impl InstanceClient {
     /// The instance's status mapped to a variant, [`InstanceError::Timeout`], or
     /// [`InstanceError::BadResponse`] unless the model has exactly one input and one output,
     /// each with a batch dim.
-    pub async fn model_metadata(
-        &self,
-        model: &str,
-        timeout: Duration,
-    ) -> Result<ModelSpec, InstanceError> {
-        self.fetch_metadata(model, Instant::now() + timeout, timeout)
-            .await
+    pub async fn model_metadata(&self, model: &str, timeout: Duration) -> Result<ModelSpec, InstanceError> {
+        self.fetch_metadata(model, Instant::now() + timeout, timeout).await
     }
 
     /// Polls [`Self::model_ready`] every [`READY_POLL`] until it is true or `total` has passed.
@@ -299,60 +243,31 @@ impl InstanceClient {
         let deadline = Instant::now() + total;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if self
-                .model_ready(model, left.min(Duration::from_secs(1)))
-                .await
-            {
+            if self.model_ready(model, left.min(Duration::from_secs(1))).await {
                 return Ok(());
             }
             if Instant::now() + READY_POLL >= deadline {
-                return Err(InstanceError::Timeout {
-                    addr: self.addr.to_string(),
-                    timeout: total,
-                });
+                return Err(InstanceError::Timeout { addr: self.addr.to_string(), timeout: total });
             }
             tokio::time::sleep(READY_POLL).await;
         }
     }
 
-    async fn fetch_metadata(
-        &self,
-        model: &str,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<ModelSpec, InstanceError> {
-        let request = pb::ModelMetadataRequest {
-            name: model.to_owned(),
-            version: String::new(),
-        };
+    async fn fetch_metadata(&self, model: &str, deadline: Instant, timeout: Duration) -> Result<ModelSpec, InstanceError> {
+        let request = pb::ModelMetadataRequest { name: model.to_owned(), version: String::new() };
         let mut grpc = self.grpc.clone();
-        let response = self
-            .within(deadline, timeout, grpc.model_metadata(self.request(request)))
-            .await?;
+        let response = self.within(deadline, timeout, grpc.model_metadata(self.request(request))).await?;
         let spec = spec_from_metadata(response).map_err(|m| self.bad_response(m))?;
         let mut names = self.input_names.lock().unwrap_or_else(|p| p.into_inner());
         names.insert(model.to_owned(), spec.input_name.clone());
         Ok(spec)
     }
 
-    async fn input_name(
-        &self,
-        model: &str,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<String, InstanceError> {
-        let cached = self
-            .input_names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(model)
-            .cloned();
+    async fn input_name(&self, model: &str, deadline: Instant, timeout: Duration) -> Result<String, InstanceError> {
+        let cached = self.input_names.lock().unwrap_or_else(|p| p.into_inner()).get(model).cloned();
         match cached {
             Some(name) => Ok(name),
-            None => Ok(self
-                .fetch_metadata(model, deadline, timeout)
-                .await?
-                .input_name),
+            None => Ok(self.fetch_metadata(model, deadline, timeout).await?.input_name),
         }
     }
 
@@ -369,35 +284,24 @@ impl InstanceClient {
                 InstanceError::Timeout { addr, .. } => InstanceError::Timeout { addr, timeout },
                 other => other,
             }),
-            Err(_) => Err(InstanceError::Timeout {
-                addr: self.addr.to_string(),
-                timeout,
-            }),
+            Err(_) => Err(InstanceError::Timeout { addr: self.addr.to_string(), timeout }),
         }
     }
 
     fn check_shape(&self, input: &[f32], shape: &[i64]) -> Result<usize, InstanceError> {
         let dims: Option<Vec<usize>> = shape.iter().map(|&d| usize::try_from(d).ok()).collect();
-        let n = dims
-            .as_deref()
-            .and_then(|d| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x)));
+        let n = dims.as_deref().and_then(|d| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x)));
         match (dims.as_deref(), n) {
             (Some([batch, ..]), Some(n)) if *batch > 0 && n == input.len() => Ok(*batch),
             _ => Err(InstanceError::InvalidArgument {
                 addr: self.addr.to_string(),
-                message: format!(
-                    "shape {shape:?} does not match {} input values (need [batch >= 1, ...])",
-                    input.len()
-                ),
+                message: format!("shape {shape:?} does not match {} input values (need [batch >= 1, ...])", input.len()),
             }),
         }
     }
 
     fn bad_response(&self, message: String) -> InstanceError {
-        InstanceError::BadResponse {
-            addr: self.addr.to_string(),
-            message,
-        }
+        InstanceError::BadResponse { addr: self.addr.to_string(), message }
     }
 }
 
@@ -405,38 +309,22 @@ impl InstanceClient {
 fn output_values(response: pb::ModelInferResponse) -> Result<Vec<f32>, String> {
     let output = response.outputs.first().ok_or("no output tensor")?;
     if output.datatype != "FP32" {
-        return Err(format!(
-            "output {:?} has datatype {:?}, expected FP32",
-            output.name, output.datatype
-        ));
+        return Err(format!("output {:?} has datatype {:?}, expected FP32", output.name, output.datatype));
     }
     match response.raw_output_contents.first() {
-        Some(raw) => decode_f32_le(raw)
-            .ok_or_else(|| format!("raw output of {} bytes is not FP32", raw.len())),
-        None => Ok(output
-            .contents
-            .as_ref()
-            .map(|c| c.fp32_contents.clone())
-            .unwrap_or_default()),
+        Some(raw) => decode_f32_le(raw).ok_or_else(|| format!("raw output of {} bytes is not FP32", raw.len())),
+        None => Ok(output.contents.as_ref().map(|c| c.fp32_contents.clone()).unwrap_or_default()),
     }
 }
 
 fn spec_from_metadata(m: pb::ModelMetadataResponse) -> Result<ModelSpec, String> {
-    let one =
-        |what: &str, tensors: &[TensorMetadata]| -> Result<(String, Vec<i64>, String), String> {
-            let [t] = tensors else {
-                return Err(format!(
-                    "model {:?} has {} {what}s; parm serves exactly 1",
-                    m.name,
-                    tensors.len()
-                ));
-            };
-            let (_batch, per_query) = t
-                .shape
-                .split_first()
-                .ok_or(format!("{what} {:?} has no batch dim", t.name))?;
-            Ok((t.name.clone(), per_query.to_vec(), t.datatype.clone()))
+    let one = |what: &str, tensors: &[TensorMetadata]| -> Result<(String, Vec<i64>, String), String> {
+        let [t] = tensors else {
+            return Err(format!("model {:?} has {} {what}s; parm serves exactly 1", m.name, tensors.len()));
         };
+        let (_batch, per_query) = t.shape.split_first().ok_or(format!("{what} {:?} has no batch dim", t.name))?;
+        Ok((t.name.clone(), per_query.to_vec(), t.datatype.clone()))
+    };
     let (input_name, input_shape, datatype) = one("input", &m.inputs)?;
     let (output_name, output_shape, _) = one("output", &m.outputs)?;
     Ok(ModelSpec {

@@ -146,7 +146,9 @@ async fn send_batch(client: &dyn Instance, model: &str, batch: Vec<Pending>, tim
     let result = client.infer(model, &input, &[rows as i64, n as i64], timeout).await;
     let result = result.and_then(|out| match out.len() % rows == 0 && !out.is_empty() {
         true => Ok(out),
-        false => Err(InstanceError::BadResponse { addr: client.addr().into(), message: format!("{} output values for {rows} rows", out.len()) }),
+        false => {
+            Err(InstanceError::BadResponse { addr: client.addr().into(), message: format!("{} output values for {rows} rows", out.len()) })
+        }
     });
     match result {
         Ok(out) => {

@@ -4,8 +4,8 @@
 //! recovered one is noticed within seconds. Readiness (`/v2/health/ready`, gRPC `ServerReady`,
 //! `grpc.health.v1`) is true while at least one deployed instance answered its last probe.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::upstream::client::InstanceClient;
@@ -39,10 +39,8 @@ impl Health {
     /// `instances`: (role `"deployed"` or `"parity"`, address, model name on the instance).
     /// Errors: an address that cannot be parsed.
     pub async fn start(instances: &[(&'static str, String, String)]) -> anyhow::Result<Self> {
-        let gauges: Vec<InstanceGauge> = instances
-            .iter()
-            .map(|(role, addr, _)| InstanceGauge { role, addr: addr.clone(), up: false.into() })
-            .collect();
+        let gauges: Vec<InstanceGauge> =
+            instances.iter().map(|(role, addr, _)| InstanceGauge { role, addr: addr.clone(), up: false.into() }).collect();
         let gauges = Arc::new(gauges);
         let clients = instances
             .iter()

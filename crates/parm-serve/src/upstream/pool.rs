@@ -5,13 +5,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::timer;
 use crate::upstream::dispatch::{Coalescer, DispatchBatching};
-use crate::upstream::redundancy::{timed, LatencyWindow, Redundancy};
+use crate::upstream::redundancy::{LatencyWindow, Redundancy, timed};
 use crate::upstream::{Instance, InstanceError};
 
 /// The percentile the straggler window tracks (see [`crate::coded::policy`]).
@@ -123,20 +123,34 @@ impl Pool {
     }
 
     /// One instance; on a connection failure, once more on the next one.
-    async fn infer_with_retry(&self, first: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+    async fn infer_with_retry(
+        &self,
+        first: usize,
+        input: &Arc<[f32]>,
+        shape: &[i64],
+        timeout: Duration,
+    ) -> Result<Vec<f32>, InstanceError> {
         let mut result = self.call(first, input, shape, timeout).await;
-        if let Err(e) = &result {
-            if e.is_retryable() && self.instances.len() > 1 {
-                tracing::debug!("retrying after: {e}");
-                result = self.call(first + 1, input, shape, timeout).await;
-            }
+        if let Err(e) = &result
+            && e.is_retryable()
+            && self.instances.len() > 1
+        {
+            tracing::debug!("retrying after: {e}");
+            result = self.call(first + 1, input, shape, timeout).await;
         }
         result
     }
 
     /// The primary; after `delay` without an answer (or at once if it failed), a backup on the
     /// next instance; the first answer wins.
-    async fn hedged(&self, first: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration, delay: Duration) -> Result<Vec<f32>, InstanceError> {
+    async fn hedged(
+        &self,
+        first: usize,
+        input: &Arc<[f32]>,
+        shape: &[i64],
+        timeout: Duration,
+        delay: Duration,
+    ) -> Result<Vec<f32>, InstanceError> {
         let primary = self.call(first, input, shape, timeout);
         tokio::pin!(primary);
         let failed = tokio::select! {

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parm_serve::server::api::{Serving, Shared};
-use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
-use parm_serve::oip::ModelSpec;
 use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker_with_auth};
+use parm_serve::oip::ModelSpec;
 use parm_serve::oip::security::{AuthToken, ServeOptions};
-use parm_serve::instance::worker::{spawn_worker_with_auth, WorkerHandle, WorkerOptions};
-use serde_json::{json, Value};
+use parm_serve::server::api::{Serving, Shared};
+use serde_json::{Value, json};
 
 pub const IN: usize = 4;
 pub const OUT: usize = 3;

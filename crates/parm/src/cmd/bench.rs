@@ -15,17 +15,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parm_bench::bootstrap::{percentile_ci, Bootstrap};
-use parm_bench::harness::{run_once, RunResult, RunSpec};
-use parm_bench::plot::{percentile_plot, Line};
-use parm_bench::scenario::{worker_fault, Mode, Scenario, MIN_TIMED_QUERIES};
 use parm_bench::Query;
+use parm_bench::bootstrap::{Bootstrap, percentile_ci};
+use parm_bench::harness::{RunResult, RunSpec, run_once};
+use parm_bench::plot::{Line, percentile_plot};
+use parm_bench::scenario::{MIN_TIMED_QUERIES, Mode, Scenario, worker_fault};
 
-use super::simulate::{host_faults, store_calibration, CalibrationSettings, Calibrator};
+use super::simulate::{CalibrationSettings, Calibrator, host_faults, store_calibration};
 use serde::{Deserialize, Serialize};
 
-use super::{write_new, Paths};
-use crate::models::{ensure_models, Budget};
+use super::{Paths, write_new};
+use crate::models::{Budget, ensure_models};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -119,14 +119,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     for s in &scenarios {
         let paths = Paths { dataset: s.dataset.clone(), ..a.paths.clone() };
         let modes = s.modes.iter().map(|m| Mode::parse(m)).collect::<anyhow::Result<Vec<_>>>()?;
-        let ks: Vec<usize> = modes.iter().filter_map(|m| matches!(m, Mode::Parm { .. }).then(|| m.k())).collect();
+        let ks: Vec<usize> = modes.iter().filter(|&m| matches!(m, Mode::Parm { .. })).map(|m| m.k()).collect();
         let budget = Budget { deployed_epochs: 20, parity_epochs: a.parity_epochs, seed: 1 };
         let models = ensure_models(&paths, &ks, &budget)?;
         let queries = test_queries(&paths, s.queries)?;
         // Host faults move this host's base latency most between runs minutes apart: their
         // simulator calibration is measured here, a round before each round of trials.
         let host = host_faults(&s.faults);
-        let mut calibrator = a.calibration.as_ref().filter(|_| !host.is_empty()).map(|_| Calibrator::new(CalibrationSettings::defaults(&s.dataset), &host));
+        let mut calibrator =
+            a.calibration.as_ref().filter(|_| !host.is_empty()).map(|_| Calibrator::new(CalibrationSettings::defaults(&s.dataset), &host));
         // Rounds: trial t of every setup, then trial t+1, so that the host's drift over
         // minutes (5-20% in p50 on this machine) falls on every setup alike.
         for &rate in &s.rates {
@@ -136,7 +137,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 }
                 for (mode, name) in modes.iter().zip(&s.modes) {
                     let spec = run_spec(s, *mode, rate, trial as u64);
-                    let r = rt.block_on(run_once(&exe, &models, &spec, &queries)).with_context(|| format!("{} / {name} / {rate} qps", s.name))?;
+                    let r = rt
+                        .block_on(run_once(&exe, &models, &spec, &queries))
+                        .with_context(|| format!("{} / {name} / {rate} qps", s.name))?;
                     let l = &r.report.latency_ms;
                     eprintln!(
                         "{:<16} {:<20} {:>6.0} qps trial {}: p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms, {} answered, {} errors, {} reconstructed",
@@ -272,7 +275,11 @@ fn merge(acc: &mut TailRow, r: &TailRow) {
 
 /// Writes `fresh` to the JSON list at `path` in place of the entries `replaced` picks (the
 /// scenarios run this time), keeping the others; returns the whole list.
-fn merge_json<T: serde::Serialize + serde::de::DeserializeOwned>(path: &Path, fresh: Vec<T>, replaced: impl Fn(&T) -> bool) -> anyhow::Result<Vec<T>> {
+fn merge_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    fresh: Vec<T>,
+    replaced: impl Fn(&T) -> bool,
+) -> anyhow::Result<Vec<T>> {
     let mut all: Vec<T> = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     all.retain(|x| !replaced(x));
     all.extend(fresh);
@@ -322,8 +329,20 @@ pub fn markdown(rows: &[TailRow]) -> String {
     for r in rows {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
-            r.scenario, r.mode, r.k, r.rate_qps, with_ci(r.p50_ms, r.p50_ci), with_ci(r.p99_ms, r.p99_ci), with_ci(r.p99_9_ms, r.p99_9_ci), r.p99_9_ms - r.p50_ms,
-            100.0 * r.extra_resources, 100.0 * r.extra_requests, r.answered, r.requests, r.reconstructed, r.accuracy
+            r.scenario,
+            r.mode,
+            r.k,
+            r.rate_qps,
+            with_ci(r.p50_ms, r.p50_ci),
+            with_ci(r.p99_ms, r.p99_ci),
+            with_ci(r.p99_9_ms, r.p99_9_ci),
+            r.p99_9_ms - r.p50_ms,
+            100.0 * r.extra_resources,
+            100.0 * r.extra_requests,
+            r.answered,
+            r.requests,
+            r.reconstructed,
+            r.accuracy
         );
     }
     s
@@ -368,7 +387,8 @@ mod tests {
         // hedged: two trials, 1..=2000 us and 1001..=3000 us; parm: one trial of 5 ms.
         let a: Vec<f64> = (1..=2000).map(|i| i as f64 / 1000.0).collect();
         let b: Vec<f64> = a.iter().map(|x| x + 1.0).collect();
-        let runs = vec![("s".to_string(), run("hedged", &a)), ("s".to_string(), run("parm", &[5.0; 10])), ("s".to_string(), run("hedged", &b))];
+        let runs =
+            vec![("s".to_string(), run("hedged", &a)), ("s".to_string(), run("parm", &[5.0; 10])), ("s".to_string(), run("hedged", &b))];
         let rows = aggregate(&runs);
         assert_eq!(rows.len(), 2);
         let hedged = &rows[0];

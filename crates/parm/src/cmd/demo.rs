@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parm_bench::harness::{run_once, RunSpec};
+use parm_bench::harness::{RunSpec, run_once};
 use parm_bench::scenario::Mode;
-use parm_bench::{format_table, Query, RunReport};
+use parm_bench::{Query, RunReport, format_table};
 use serde_json::json;
 
 use super::eval::accuracy_report;
-use super::{write_new, Paths};
-use crate::models::{ensure_models, Budget};
+use super::{Paths, write_new};
+use crate::models::{Budget, ensure_models};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -71,7 +71,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.k >= 2 && a.instances >= a.k && a.instances % a.k == 0, "--instances must be a multiple of --k >= 2");
+    anyhow::ensure!(a.k >= 2 && a.instances >= a.k && a.instances.is_multiple_of(a.k), "--instances must be a multiple of --k >= 2");
     anyhow::ensure!(a.rate > 0.0 && a.rate.is_finite(), "--rate must be positive");
     let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
     let budget = Budget { deployed_epochs: a.deployed_epochs, parity_epochs: a.parity_epochs, seed: a.seed };
@@ -130,7 +130,9 @@ fn print_verdict(rows: &[(String, RunReport)]) {
         let gap = |r: &RunReport| r.latency_ms.p99_9 - r.latency_ms.p50;
         println!(
             "parm vs equal-resources: p99.9 {:.1} ms vs {:.1} ms; (p99.9 - p50) gap {:.1}x smaller; median {:+.1}%",
-            p.latency_ms.p99_9, er.latency_ms.p99_9, gap(er) / gap(p).max(1e-9),
+            p.latency_ms.p99_9,
+            er.latency_ms.p99_9,
+            gap(er) / gap(p).max(1e-9),
             100.0 * (p.latency_ms.p50 / er.latency_ms.p50.max(1e-9) - 1.0)
         );
     }

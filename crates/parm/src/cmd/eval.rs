@@ -12,7 +12,7 @@ use parm_codes::encoder_for_shape;
 use parm_nn::eval::{self, AccuracyReport};
 use parm_nn::train::load_model;
 
-use super::{parity_name, write_new, Paths};
+use super::{Paths, parity_name, write_new};
 
 #[derive(Args)]
 pub struct EvalArgs {

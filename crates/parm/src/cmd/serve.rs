@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::Args;
 use parm_codes::encoder_by_name;
+use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::client::InstanceClient;
-use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::upstream::redundancy::Redundancy;
 
-use super::{block_on_drained, parity_name, shutdown_signal, DEFAULT_DECODE_GRACE_MS, DEFAULT_GROUP_TIMEOUT_MS};
+use super::{DEFAULT_DECODE_GRACE_MS, DEFAULT_GROUP_TIMEOUT_MS, block_on_drained, parity_name, shutdown_signal};
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
@@ -177,8 +177,12 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
         parity_model: a.parity_model.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder)),
         encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
         group_timeout: Duration::from_millis(a.group_timeout_ms),
-        straggler: parm_serve::coded::policy::StragglerPolicy { lazy_parity: a.lazy_parity, factor: a.straggler_factor, ..Default::default() }
-            .with_min(Duration::from_micros(a.straggler_min_us)),
+        straggler: parm_serve::coded::policy::StragglerPolicy {
+            lazy_parity: a.lazy_parity,
+            factor: a.straggler_factor,
+            ..Default::default()
+        }
+        .with_min(Duration::from_micros(a.straggler_min_us)),
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
         decode_grace: Duration::from_millis(a.decode_grace_ms),
         redundancy: match a.redundancy.as_str() {

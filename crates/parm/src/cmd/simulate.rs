@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parm_bench::harness::{run_probed, Probe, ProbeData, RunSpec};
-use parm_bench::scenario::{Fault, Mode, Scenario};
-use parm_bench::sim::{simulate, Base, Busy, Empirical, Replicated, SimSpec, CALIBRATION_INSTANCES};
 use parm_bench::Percentiles;
+use parm_bench::harness::{Probe, ProbeData, RunSpec, run_probed};
+use parm_bench::scenario::{Fault, Mode, Scenario};
+use parm_bench::sim::{Base, Busy, CALIBRATION_INSTANCES, Empirical, Replicated, SimSpec, simulate};
 use serde::{Deserialize, Serialize};
 
-use super::bench::{test_queries, TailRow};
-use super::{write_new, Paths};
-use crate::models::{ensure_models, Budget};
+use super::bench::{TailRow, test_queries};
+use super::{Paths, write_new};
+use crate::models::{Budget, ensure_models};
 
 #[derive(Args)]
 pub struct SimulateArgs {
@@ -69,9 +69,14 @@ pub struct SimulateArgs {
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     // Checked before any calibration runs (minutes) rather than after them.
-    anyhow::ensure!(a.busy_instances == 0 || a.busy_instances > CALIBRATION_INSTANCES, "--busy-instances must exceed the calibration's {CALIBRATION_INSTANCES} (or be 0)");
-    let rows: Vec<TailRow> = serde_json::from_str(&std::fs::read_to_string(&a.tail).with_context(|| format!("reading {}", a.tail.display()))?)?;
-    let trials: Vec<TrialRun> = serde_json::from_str(&std::fs::read_to_string(&a.runs).with_context(|| format!("reading {}", a.runs.display()))?)?;
+    anyhow::ensure!(
+        a.busy_instances == 0 || a.busy_instances > CALIBRATION_INSTANCES,
+        "--busy-instances must exceed the calibration's {CALIBRATION_INSTANCES} (or be 0)"
+    );
+    let rows: Vec<TailRow> =
+        serde_json::from_str(&std::fs::read_to_string(&a.tail).with_context(|| format!("reading {}", a.tail.display()))?)?;
+    let trials: Vec<TrialRun> =
+        serde_json::from_str(&std::fs::read_to_string(&a.runs).with_context(|| format!("reading {}", a.runs.display()))?)?;
     let files = if a.scenarios.is_empty() { super::bench::default_scenarios()? } else { a.scenarios.clone() };
     let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut bases = load_calibrations(&a)?;
@@ -215,9 +220,22 @@ impl Check {
         let (r, p) = (&self.row, &self.sim);
         format!(
             "| {} | {} | {} | {} | {:.2} | {:.2} | {:+.0}% | {:.2} ({}) | {:.2} | {:+.0}% | {} |\n",
-            r.scenario, r.mode, r.k, r.rate_qps, r.p50_ms, p.p50, 100.0 * Self::err(p.p50, r.p50_ms),
-            r.p99_ms, Self::trials(&self.p99s), p.p99, 100.0 * Self::err(p.p99, r.p99_ms),
-            if self.noisy() { format!("yes ({:.0}%)", 100.0 * Self::spread(&self.p50s).max(Self::spread(&self.p99s))) } else { "no".into() }
+            r.scenario,
+            r.mode,
+            r.k,
+            r.rate_qps,
+            r.p50_ms,
+            p.p50,
+            100.0 * Self::err(p.p50, r.p50_ms),
+            r.p99_ms,
+            Self::trials(&self.p99s),
+            p.p99,
+            100.0 * Self::err(p.p99, r.p99_ms),
+            if self.noisy() {
+                format!("yes ({:.0}%)", 100.0 * Self::spread(&self.p50s).max(Self::spread(&self.p99s)))
+            } else {
+                "no".into()
+            }
         )
     }
 
@@ -230,28 +248,55 @@ impl Check {
 }
 
 fn validation_md(checks: &[Check]) -> String {
-    let mut md = String::from("\n### Validation against the loopback cluster\n\n| scenario | mode | k | qps | real p50 | sim p50 | err | real p99 (trials) | sim p99 | err | trials differ > 10% |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "\n### Validation against the loopback cluster\n\n| scenario | mode | k | qps | real p50 | sim p50 | err | real p99 (trials) | sim p99 | err | trials differ > 10% |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
     md.extend(checks.iter().map(Check::md));
     let count = |f: &dyn Fn(&Check) -> bool, quiet: bool| checks.iter().filter(|c| !quiet || !c.noisy()).filter(|c| f(c)).count();
     let quiet = checks.iter().filter(|c| !c.noisy()).count();
     md += &format!(
         "\nWithin 10%: p50 {} of {}, p99 {} of {}, both {} of {}. Rows whose two real trials agree within 10% (p50 and p99): p50 {} of {q}, p99 {} of {q}, both {} of {q}.\n",
-        count(&Check::p50_ok, false), checks.len(), count(&Check::p99_ok, false), checks.len(),
-        count(&|c| c.p50_ok() && c.p99_ok(), false), checks.len(),
-        count(&Check::p50_ok, true), count(&Check::p99_ok, true), count(&|c| c.p50_ok() && c.p99_ok(), true), q = quiet
+        count(&Check::p50_ok, false),
+        checks.len(),
+        count(&Check::p99_ok, false),
+        checks.len(),
+        count(&|c| c.p50_ok() && c.p99_ok(), false),
+        checks.len(),
+        count(&Check::p50_ok, true),
+        count(&Check::p99_ok, true),
+        count(&|c| c.p50_ok() && c.p99_ok(), true),
+        q = quiet
     );
     md
 }
 
 fn calibration_md(bases: &[(Vec<Fault>, Base)]) -> String {
-    let mut md = String::from("### Calibration (measured, no instance faults)\n\n| host faults | instances | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "### Calibration (measured, no instance faults)\n\n| host faults | instances | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|---|\n",
+    );
     for (host, b) in bases {
         let name = if host.is_empty() { "none".to_string() } else { host.iter().map(fault_name).collect::<Vec<_>>().join(" + ") };
         let (e, r, t) = (&b.end_to_end, &b.rpc, &b.timer_late);
-        md += &format!("| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n", b.instances, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99));
+        md += &format!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            b.instances,
+            e.at(0.5),
+            e.at(0.99),
+            r.at(0.5),
+            r.at(0.99),
+            t.at(0.5),
+            t.at(0.99)
+        );
         if let Some(busy) = &b.busy {
             let (e, r) = (&busy.end_to_end, &busy.rpc);
-            md += &format!("| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | | |\n", busy.instances, e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99));
+            md += &format!(
+                "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | | |\n",
+                busy.instances,
+                e.at(0.5),
+                e.at(0.99),
+                r.at(0.5),
+                r.at(0.99)
+            );
         }
         if let Some(rep) = &b.replicated {
             let e = &rep.end_to_end;
@@ -302,7 +347,15 @@ fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArg
 
 fn summary(b: &Base) -> String {
     let (e, r, t) = (&b.end_to_end, &b.rpc, &b.timer_late);
-    format!("end-to-end p50 {:.2} p99 {:.2} ms, RPC p50 {:.2} p99 {:.2} ms, timer late p50 {:.2} p99 {:.2} ms", e.at(0.5), e.at(0.99), r.at(0.5), r.at(0.99), t.at(0.5), t.at(0.99))
+    format!(
+        "end-to-end p50 {:.2} p99 {:.2} ms, RPC p50 {:.2} p99 {:.2} ms, timer late p50 {:.2} p99 {:.2} ms",
+        e.at(0.5),
+        e.at(0.99),
+        r.at(0.5),
+        r.at(0.99),
+        t.at(0.5),
+        t.at(0.99)
+    )
 }
 
 /// Independent sets of random draws simulated per real trial (same arrival schedule), averaged:
@@ -313,10 +366,18 @@ const DRAWS: u64 = 10;
 /// The simulation of every trial of a row (seeds `seed, seed+1, ...` as `parm bench` runs
 /// them, [`DRAWS`] draws each), percentiles averaged as `tail.json` averages the trials.
 fn simulate_trials(s: &Scenario, spec: &SimSpec, base: &Base, trials: usize) -> Percentiles {
-    let each = |t: u64| (0..DRAWS).map(move |draw| SimSpec { seed: spec.seed + t, draw, faults: s.trial_faults(spec.mode, t), ..spec.clone() });
+    let each =
+        |t: u64| (0..DRAWS).map(move |draw| SimSpec { seed: spec.seed + t, draw, faults: s.trial_faults(spec.mode, t), ..spec.clone() });
     let runs: Vec<Percentiles> = (0..trials.max(1) as u64).flat_map(each).map(|s| simulate(&s, base)).collect();
     let mean = |f: fn(&Percentiles) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
-    Percentiles { p50: mean(|p| p.p50), p90: mean(|p| p.p90), p99: mean(|p| p.p99), p99_9: mean(|p| p.p99_9), max: mean(|p| p.max), mean: mean(|p| p.mean) }
+    Percentiles {
+        p50: mean(|p| p.p50),
+        p90: mean(|p| p.p90),
+        p99: mean(|p| p.p99),
+        p99_9: mean(|p| p.p99_9),
+        max: mean(|p| p.max),
+        mean: mean(|p| p.mean),
+    }
 }
 
 /// `--calibrate-runs` rounds of [`Calibrator`] one after the other, for the host faults `host`.
@@ -353,13 +414,25 @@ pub struct CalibrationSettings {
 impl CalibrationSettings {
     /// `parm simulate`'s defaults, for the model `model_name`.
     pub fn defaults(model_name: &str) -> Self {
-        Self { probe_rate: PROBE_RATE, busy_instances: BUSY_INSTANCES, replication: true, rate_qps: CALIBRATE_RATE, model_name: model_name.to_string() }
+        Self {
+            probe_rate: PROBE_RATE,
+            busy_instances: BUSY_INSTANCES,
+            replication: true,
+            rate_qps: CALIBRATE_RATE,
+            model_name: model_name.to_string(),
+        }
     }
 }
 
 impl SimulateArgs {
     fn settings(&self) -> CalibrationSettings {
-        CalibrationSettings { probe_rate: self.probe_rate, busy_instances: self.busy_instances, replication: self.replication_calibration, rate_qps: self.calibrate_rate, model_name: self.paths.dataset.clone() }
+        CalibrationSettings {
+            probe_rate: self.probe_rate,
+            busy_instances: self.busy_instances,
+            replication: self.replication_calibration,
+            rate_qps: self.calibrate_rate,
+            model_name: self.paths.dataset.clone(),
+        }
     }
 }
 
@@ -386,10 +459,19 @@ impl Calibrator {
     }
 
     /// One round on `queries` (the first 300, at most half, not timed).
-    pub async fn round(&mut self, exe: &std::path::Path, models: &parm_bench::harness::Models, queries: &[parm_bench::Query]) -> anyhow::Result<()> {
+    pub async fn round(
+        &mut self,
+        exe: &std::path::Path,
+        models: &parm_bench::harness::Models,
+        queries: &[parm_bench::Query],
+    ) -> anyhow::Result<()> {
         let (run, c) = (self.rounds, &self.settings);
         let replication = if c.replication { CALIBRATION_INSTANCES } else { 0 };
-        let each = [(&mut self.quiet, Mode::None, CALIBRATION_INSTANCES), (&mut self.busy, Mode::None, c.busy_instances), (&mut self.replicated, Mode::Replication, replication)];
+        let each = [
+            (&mut self.quiet, Mode::None, CALIBRATION_INSTANCES),
+            (&mut self.busy, Mode::None, c.busy_instances),
+            (&mut self.replicated, Mode::Replication, replication),
+        ];
         for (runs, mode, instances) in each {
             if instances == 0 {
                 continue;
@@ -399,7 +481,13 @@ impl Calibrator {
             let instances = mode.instances(instances).0;
             let (r, p) = run_probed(exe, models, &spec, queries, Some(probe)).await?;
             anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
-            println!("calibration run {run} ({} host faults, {} on {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms", self.host.len(), mode.family(), r.report.latency_ms.p50, r.report.latency_ms.p99);
+            println!(
+                "calibration run {run} ({} host faults, {} on {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms",
+                self.host.len(),
+                mode.family(),
+                r.report.latency_ms.p50,
+                r.report.latency_ms.p99
+            );
             runs.e2e.push(r.report.latency_quantiles_ms);
             runs.traces.push(r.report.latency_trace_ms);
             runs.probed.pairs.extend(p.pairs);
@@ -413,15 +501,27 @@ impl Calibrator {
     pub fn base(&self) -> anyhow::Result<Base> {
         let (host, quiet) = (&self.host, &self.quiet);
         anyhow::ensure!(!quiet.e2e.is_empty(), "no calibration run");
-        let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late).context("calibration: too few probes answered")?;
+        let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late)
+            .context("calibration: too few probes answered")?;
         if !self.busy.e2e.is_empty() {
-            let b = Base::measured(self.busy.end_to_end(), &self.busy.probed.pairs, &self.busy.probed.timer_late).context("busy calibration: too few probes answered")?;
+            let b = Base::measured(self.busy.end_to_end(), &self.busy.probed.pairs, &self.busy.probed.timer_late)
+                .context("busy calibration: too few probes answered")?;
             println!("busy calibration ({} host faults): {}", host.len(), summary(&b));
             base.busy = Some(Busy { instances: self.settings.busy_instances, end_to_end: b.end_to_end, rpc: b.rpc });
         }
         if !self.replicated.e2e.is_empty() {
-            let r = Replicated::measured(Mode::Replication.instances(CALIBRATION_INSTANCES).0, self.replicated.end_to_end(), &self.replicated.probed.pairs).context("replication calibration: no probe pairs answered")?;
-            println!("replication calibration ({} host faults): end-to-end p50 {:.2} p99 {:.2} ms", host.len(), r.end_to_end.at(0.5), r.end_to_end.at(0.99));
+            let r = Replicated::measured(
+                Mode::Replication.instances(CALIBRATION_INSTANCES).0,
+                self.replicated.end_to_end(),
+                &self.replicated.probed.pairs,
+            )
+            .context("replication calibration: no probe pairs answered")?;
+            println!(
+                "replication calibration ({} host faults): end-to-end p50 {:.2} p99 {:.2} ms",
+                host.len(),
+                r.end_to_end.at(0.5),
+                r.end_to_end.at(0.99)
+            );
             base.replicated = Some(r);
         }
         if !host.is_empty() {
@@ -453,7 +553,9 @@ struct Runs {
 impl Runs {
     /// The runs' end-to-end latency distributions, averaged quantile by quantile.
     fn end_to_end(&self) -> Empirical {
-        Empirical { quantiles: (0..self.e2e[0].len()).map(|i| self.e2e.iter().map(|q| q[i]).sum::<f64>() / self.e2e.len() as f64).collect() }
+        Empirical {
+            quantiles: (0..self.e2e[0].len()).map(|i| self.e2e.iter().map(|q| q[i]).sum::<f64>() / self.e2e.len() as f64).collect(),
+        }
     }
 }
 
@@ -480,14 +582,17 @@ fn calibration_spec(c: &CalibrationSettings, host: &[Fault], (mode, instances): 
 /// clusters at the same load per instance, under background contention modelled as random
 /// slowdown episodes on every machine, parity and extra instances included (each +20 ms for 1 s, every 20 s on average).
 fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>) -> String {
-    let mut md = String::from("\n### Projections\n\n| instances N | qps | mode | k | p50 | p99 | p99.9 | (p99.9-p50) |\n|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "\n### Projections\n\n| instances N | qps | mode | k | p50 | p99 | p99.9 | (p99.9-p50) |\n|---|---|---|---|---|---|---|---|\n",
+    );
     let modes = [Mode::EqualResources { k: 2 }, Mode::Hedged { k: 2 }, Mode::Parm { k: 2 }, Mode::Parm { k: 3 }, Mode::Parm { k: 4 }];
     for (n, rates) in [(12usize, vec![150.0, 270.0, 390.0]), (100, vec![1250.0]), (1000, vec![12_500.0])] {
         for &rate in &rates {
             for mode in modes {
                 // Every machine of the setup, parity and extra instances included.
                 let (d, p) = mode.instances(n);
-                let faults: Vec<Fault> = (0..d + p).map(|i| Fault::Episodes { instance: i, every_s: 20.0, len_s: 1.0, delay_ms: 20.0 }).collect();
+                let faults: Vec<Fault> =
+                    (0..d + p).map(|i| Fault::Episodes { instance: i, every_s: 20.0, len_s: 1.0, delay_ms: 20.0 }).collect();
                 let spec = SimSpec {
                     mode,
                     instances: n,
@@ -506,7 +611,12 @@ fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>)
                 let p = simulate(&spec, base);
                 md += &format!(
                     "| {n} | {rate} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
-                    mode.family(), mode.k(), p.p50, p.p99, p.p99_9, p.p99_9 - p.p50
+                    mode.family(),
+                    mode.k(),
+                    p.p50,
+                    p.p99,
+                    p.p99_9,
+                    p.p99_9 - p.p50
                 );
                 json.push(serde_json::json!({"kind": "projection", "instances": n, "rate_qps": rate, "mode": mode.family(), "k": mode.k(), "sim": p}));
             }

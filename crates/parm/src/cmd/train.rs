@@ -1,8 +1,8 @@
 //! `parm train`: train the deployed model.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::Args;
-use parm_nn::train::{save_model, train_deployed, TrainConfig};
+use parm_nn::train::{TrainConfig, save_model, train_deployed};
 
 use super::Paths;
 
@@ -63,8 +63,13 @@ pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
     };
     println!(
         "trained {} on {}: test accuracy {:.2}% in {:.1} s ({} steps, {:.0} steps/s) -> {}",
-        meta.arch, meta.dataset, 100.0 * meta.test_accuracy.unwrap_or(0.0), meta.train_seconds, meta.steps,
-        meta.steps as f64 / meta.train_seconds.max(1e-9), weights.display()
+        meta.arch,
+        meta.dataset,
+        100.0 * meta.test_accuracy.unwrap_or(0.0),
+        meta.train_seconds,
+        meta.steps,
+        meta.steps as f64 / meta.train_seconds.max(1e-9),
+        weights.display()
     );
     Ok(())
 }

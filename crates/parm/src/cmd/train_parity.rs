@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use burn::tensor::Device;
 use clap::Args;
 use parm_codes::encoder_for_shape;
-use parm_nn::parity::{file_hash, train_parity as run_parity_training, Distill, LrSchedule, ParityConfig, ParityJob};
+use parm_nn::parity::{Distill, LrSchedule, ParityConfig, ParityJob, file_hash, train_parity as run_parity_training};
 
-use super::{parity_name, Paths};
+use super::{Paths, parity_name};
 
 #[derive(Args)]
 pub struct TrainParityArgs {
@@ -123,8 +123,12 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
     let meta = parity_training_with(&a.paths, &deployed_path, a.k, &a.encoder, &cfg, &name)?;
     println!(
         "parity model {name}: validation degraded-mode accuracy {:.2}% after {} epochs ({} steps, {:.1} s, {:.0} steps/s) -> {}",
-        100.0 * meta.val_degraded_accuracy.unwrap_or(0.0), meta.epochs, meta.steps, meta.train_seconds,
-        meta.steps as f64 / meta.train_seconds.max(1e-9), dir.join(format!("{name}.bpk")).display()
+        100.0 * meta.val_degraded_accuracy.unwrap_or(0.0),
+        meta.epochs,
+        meta.steps,
+        meta.train_seconds,
+        meta.steps as f64 / meta.train_seconds.max(1e-9),
+        dir.join(format!("{name}.bpk")).display()
     );
     Ok(())
 }
@@ -177,7 +181,7 @@ pub fn parity_training_with(
     let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
     let encoder = linear_encoder(encoder, k)?.map_or_else(|| encoder_for_shape(encoder, k, &[ds.rows, ds.cols]), Ok)?;
     let (deployed, deployed_meta) = parm_nn::train::load_net(deployed_path, &Device::flex())
-        .with_context(|| format!("loading the deployed model (train it first with `parm train`)"))?;
+        .with_context(|| "loading the deployed model (train it first with `parm train`)".to_string())?;
     let job = ParityJob {
         ds: &ds,
         deployed: &deployed,

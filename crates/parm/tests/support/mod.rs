@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use parm_nn::mlp::Init;
 use parm_nn::train::save_model;
 use parm_nn::{MlpConfig, ModelKind, ModelMeta};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

@@ -11,14 +11,14 @@ use std::path::Path;
 
 use anyhow::Context;
 use burn::tensor::Device;
-use parm_codes::{encoder_for_shape, BerrutCode};
+use parm_codes::{BerrutCode, encoder_for_shape};
 use parm_nn::eval;
 use parm_nn::parity::ParityConfig;
-use parm_nn::train::{save_model, train_deployed, TrainConfig};
+use parm_nn::train::{TrainConfig, save_model, train_deployed};
 use serde::Serialize;
 
-use crate::cmd::train_parity::{parity_training_with, recipe_config};
 use crate::cmd::Paths;
+use crate::cmd::train_parity::{parity_training_with, recipe_config};
 
 /// Encoder of parm's own recipe (chosen by measurement, see BENCHMARKS.md).
 pub const OWN_ENCODER: &str = "concatenation";
@@ -81,107 +81,113 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
         let ds = parm_data::load_dataset(dataset, &paths.data_dir)?;
         let mdir = paths.model_dir();
         for arch in &opts.models {
-        let (deployed_name, prefix) = match arch.as_str() {
-            "mlp" => ("deployed".to_string(), String::new()),
-            other => (format!("deployed-{other}"), format!("{other}-")),
-        };
-        let deployed_path = mdir.join(format!("{deployed_name}.bpk"));
-        if !deployed_path.exists() {
-            if arch == "mlp" {
-                eprintln!("report: training the deployed model for {dataset} ({} epochs)", opts.deployed_epochs);
-                let cfg = TrainConfig { epochs: opts.deployed_epochs, seed: opts.seed, progress: false, ..Default::default() };
-                let (m, meta) = train_deployed(&ds, &cfg)?;
-                save_model(&m, &meta, &mdir, &deployed_name)?;
-            } else if arch == "lenet5" {
-                eprintln!("report: training LeNet-5 for {dataset} ({} epochs)", opts.lenet_epochs);
-                let cfg = TrainConfig { epochs: opts.lenet_epochs, seed: opts.seed, progress: false, ..Default::default() };
-                let net = parm_nn::NetConfig::LeNet { channels: 1, side: ds.rows, classes: ds.classes };
-                let (m, meta) = parm_nn::train::train_deployed_net(&ds, &cfg, &net)?;
-                eprintln!("report: LeNet-5 {dataset}: {:.1} s, {:.0} steps/s", meta.train_seconds, meta.steps as f64 / meta.train_seconds.max(1e-9));
-                parm_nn::train::save_net(&m, &meta, &mdir, &deployed_name)?;
-            } else {
-                anyhow::bail!("report: unknown model {arch} (known: mlp, lenet5)");
-            }
-        }
-        let (f, fmeta) = parm_nn::train::load_net(&deployed_path, &device)?;
-        let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
-        let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
-        eprintln!("report: {dataset}: {} A_a {:.4}", fmeta.arch, available);
-        for &k in &opts.ks {
-            for (recipe, encoder) in [("parm-paper", "addition"), ("parm", OWN_ENCODER)] {
-                let base = recipe_config(recipe, k, 1)?;
-                let steps_per_epoch = (ds.train.n / k).div_ceil(base.groups_per_step);
-                let epochs = opts.steps.div_ceil(steps_per_epoch).max(opts.min_epochs);
-                let cfg: ParityConfig = ParityConfig { progress: false, seed: opts.seed, epochs, ..base };
-                // The cell-wise parity model gets its own name (an older dense one of the same
-                // recipe is not resumed into it).
-                let cells = if cfg.cells { "-cells" } else { "" };
-                let name = format!("report-{prefix}{recipe}-k{k}-{encoder}{cells}");
-                let meta = parity_training_with(&paths, &deployed_path, k, encoder, &cfg, &name)?;
-                let (fp, _) = parm_nn::train::load_net(&mdir.join(format!("{name}.bpk")), &device)?;
-                let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
-                let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, opts.seed, &device);
-                eprintln!(
-                    "report: {dataset} k={k} {recipe} {encoder}: A_d {degraded:.4} ({} epochs, {:.1} s, {:.0} steps/s)",
-                    meta.epochs, meta.train_seconds, meta.steps as f64 / meta.train_seconds.max(1e-9)
-                );
-                rows.push(Row {
-                    dataset: dataset.clone(),
-                    model: fmeta.arch.clone(),
-                    code: format!("parity-{encoder}"),
-                    recipe: recipe.into(),
-                    k,
-                    s: 1,
-                    available,
-                    degraded,
-                    overall_f5: eval::overall_accuracy(available, degraded, 0.05),
-                    degraded_one: degraded,
-                    train: Some((meta.train_seconds, meta.steps, meta.epochs)),
-                });
-            }
-            for &s in &opts.berrut_s {
-                let code = BerrutCode::new(k, s)?;
-                let e = s.min(k);
-                let degraded = eval::berrut_degraded_accuracy(&logits, &f, &ds.test, &code, e, ds.classes, opts.seed, &device);
-                let degraded_one = if e == 1 {
-                    degraded
+            let (deployed_name, prefix) = match arch.as_str() {
+                "mlp" => ("deployed".to_string(), String::new()),
+                other => (format!("deployed-{other}"), format!("{other}-")),
+            };
+            let deployed_path = mdir.join(format!("{deployed_name}.bpk"));
+            if !deployed_path.exists() {
+                if arch == "mlp" {
+                    eprintln!("report: training the deployed model for {dataset} ({} epochs)", opts.deployed_epochs);
+                    let cfg = TrainConfig { epochs: opts.deployed_epochs, seed: opts.seed, progress: false, ..Default::default() };
+                    let (m, meta) = train_deployed(&ds, &cfg)?;
+                    save_model(&m, &meta, &mdir, &deployed_name)?;
+                } else if arch == "lenet5" {
+                    eprintln!("report: training LeNet-5 for {dataset} ({} epochs)", opts.lenet_epochs);
+                    let cfg = TrainConfig { epochs: opts.lenet_epochs, seed: opts.seed, progress: false, ..Default::default() };
+                    let net = parm_nn::NetConfig::LeNet { channels: 1, side: ds.rows, classes: ds.classes };
+                    let (m, meta) = parm_nn::train::train_deployed_net(&ds, &cfg, &net)?;
+                    eprintln!(
+                        "report: LeNet-5 {dataset}: {:.1} s, {:.0} steps/s",
+                        meta.train_seconds,
+                        meta.steps as f64 / meta.train_seconds.max(1e-9)
+                    );
+                    parm_nn::train::save_net(&m, &meta, &mdir, &deployed_name)?;
                 } else {
-                    eval::berrut_degraded_accuracy(&logits, &f, &ds.test, &code, 1, ds.classes, opts.seed, &device)
-                };
-                eprintln!("report: {dataset} k={k} berrut S={s}: A_d {degraded:.4} ({e} lost), {degraded_one:.4} (1 lost)");
-                if opts.approxifer {
-                    let code = parm_codes::ApproxiferCode::new(k, s)?;
-                    let acc = eval::approxifer_accuracy(&f, &ds.test, &code, s, ds.classes, opts.seed, &device);
-                    eprintln!("report: {dataset} k={k} approxifer (non-systematic) S={s}: accuracy {acc:.4}");
+                    anyhow::bail!("report: unknown model {arch} (known: mlp, lenet5)");
+                }
+            }
+            let (f, fmeta) = parm_nn::train::load_net(&deployed_path, &device)?;
+            let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
+            let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
+            eprintln!("report: {dataset}: {} A_a {:.4}", fmeta.arch, available);
+            for &k in &opts.ks {
+                for (recipe, encoder) in [("parm-paper", "addition"), ("parm", OWN_ENCODER)] {
+                    let base = recipe_config(recipe, k, 1)?;
+                    let steps_per_epoch = (ds.train.n / k).div_ceil(base.groups_per_step);
+                    let epochs = opts.steps.div_ceil(steps_per_epoch).max(opts.min_epochs);
+                    let cfg: ParityConfig = ParityConfig { progress: false, seed: opts.seed, epochs, ..base };
+                    // The cell-wise parity model gets its own name (an older dense one of the same
+                    // recipe is not resumed into it).
+                    let cells = if cfg.cells { "-cells" } else { "" };
+                    let name = format!("report-{prefix}{recipe}-k{k}-{encoder}{cells}");
+                    let meta = parity_training_with(&paths, &deployed_path, k, encoder, &cfg, &name)?;
+                    let (fp, _) = parm_nn::train::load_net(&mdir.join(format!("{name}.bpk")), &device)?;
+                    let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
+                    let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, opts.seed, &device);
+                    eprintln!(
+                        "report: {dataset} k={k} {recipe} {encoder}: A_d {degraded:.4} ({} epochs, {:.1} s, {:.0} steps/s)",
+                        meta.epochs,
+                        meta.train_seconds,
+                        meta.steps as f64 / meta.train_seconds.max(1e-9)
+                    );
                     rows.push(Row {
                         dataset: dataset.clone(),
                         model: fmeta.arch.clone(),
-                        code: "approxifer-nonsystematic".into(),
+                        code: format!("parity-{encoder}"),
+                        recipe: recipe.into(),
+                        k,
+                        s: 1,
+                        available,
+                        degraded,
+                        overall_f5: eval::overall_accuracy(available, degraded, 0.05),
+                        degraded_one: degraded,
+                        train: Some((meta.train_seconds, meta.steps, meta.epochs)),
+                    });
+                }
+                for &s in &opts.berrut_s {
+                    let code = BerrutCode::new(k, s)?;
+                    let e = s.min(k);
+                    let degraded = eval::berrut_degraded_accuracy(&logits, &f, &ds.test, &code, e, ds.classes, opts.seed, &device);
+                    let degraded_one = if e == 1 {
+                        degraded
+                    } else {
+                        eval::berrut_degraded_accuracy(&logits, &f, &ds.test, &code, 1, ds.classes, opts.seed, &device)
+                    };
+                    eprintln!("report: {dataset} k={k} berrut S={s}: A_d {degraded:.4} ({e} lost), {degraded_one:.4} (1 lost)");
+                    if opts.approxifer {
+                        let code = parm_codes::ApproxiferCode::new(k, s)?;
+                        let acc = eval::approxifer_accuracy(&f, &ds.test, &code, s, ds.classes, opts.seed, &device);
+                        eprintln!("report: {dataset} k={k} approxifer (non-systematic) S={s}: accuracy {acc:.4}");
+                        rows.push(Row {
+                            dataset: dataset.clone(),
+                            model: fmeta.arch.clone(),
+                            code: "approxifer-nonsystematic".into(),
+                            recipe: "none".into(),
+                            k,
+                            s,
+                            available: acc,
+                            degraded: acc,
+                            overall_f5: acc,
+                            degraded_one: acc,
+                            train: None,
+                        });
+                    }
+                    rows.push(Row {
+                        dataset: dataset.clone(),
+                        model: fmeta.arch.clone(),
+                        code: "berrut".into(),
                         recipe: "none".into(),
                         k,
                         s,
-                        available: acc,
-                        degraded: acc,
-                        overall_f5: acc,
-                        degraded_one: acc,
+                        available,
+                        degraded,
+                        overall_f5: eval::overall_accuracy(available, degraded, 0.05),
+                        degraded_one,
                         train: None,
                     });
                 }
-                rows.push(Row {
-                    dataset: dataset.clone(),
-                    model: fmeta.arch.clone(),
-                    code: "berrut".into(),
-                    recipe: "none".into(),
-                    k,
-                    s,
-                    available,
-                    degraded,
-                    overall_f5: eval::overall_accuracy(available, degraded, 0.05),
-                    degraded_one,
-                    train: None,
-                });
             }
-        }
         }
     }
     std::fs::write(dir.join("accuracy.json"), serde_json::to_string_pretty(&rows)? + "\n")?;
@@ -206,7 +212,20 @@ pub fn markdown(rows: &[Row]) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |",
-            r.dataset, r.model, r.code, r.recipe, r.k, r.s, r.available, r.degraded, r.degraded_one, o(0.01), o(0.05), o(0.10), ts, sps
+            r.dataset,
+            r.model,
+            r.code,
+            r.recipe,
+            r.k,
+            r.s,
+            r.available,
+            r.degraded,
+            r.degraded_one,
+            o(0.01),
+            o(0.05),
+            o(0.10),
+            ts,
+            sps
         );
     }
     s
@@ -257,7 +276,15 @@ fn tables(rows: &[Row], keep: impl Fn(&Row) -> bool, value: impl Fn(&Row) -> f64
             }
         }
         // Parity codes first, then Berrut, then ApproxIFER (each in the order met).
-        labels.sort_by_key(|l| if l.starts_with("Berrut") { 1 } else if l.starts_with("ApproxIFER") { 2 } else { 0 });
+        labels.sort_by_key(|l| {
+            if l.starts_with("Berrut") {
+                1
+            } else if l.starts_with("ApproxIFER") {
+                2
+            } else {
+                0
+            }
+        });
         for l in labels {
             let _ = write!(s, "| {l} |");
             for k in &ks {
@@ -320,7 +347,12 @@ pub fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
                 .label(label)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], c.stroke_width(2)));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()?;
     }
     root.present()?;
     Ok(())

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use parm_nn::Predictor;
-use parm_serve::instance::backend::{InferenceBackend};
+use parm_serve::instance::backend::InferenceBackend;
 use parm_serve::oip::ModelSpec;
 
 /// A trained model served by a worker. The mutex makes the model shareable; the worker runs
