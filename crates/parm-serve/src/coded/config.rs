@@ -7,7 +7,7 @@ use parm_codes::{AdditionEncoder, Encoder};
 
 use crate::coded::policy::StragglerPolicy;
 use crate::oip::ModelSpec;
-use crate::upstream::dispatch::DispatchBatching;
+use crate::upstream::dispatch::{BadDispatch, DispatchBatching};
 use crate::upstream::redundancy::Redundancy;
 
 /// A partly filled coding group is sealed after this long at most (ms; `--group-timeout-ms`).
@@ -16,6 +16,21 @@ pub const DEFAULT_GROUP_TIMEOUT: Duration = Duration::from_millis(5);
 pub const DEFAULT_DECODE_GRACE: Duration = Duration::from_millis(2);
 /// An instance RPC counts as failed after this long (`--instance-timeout-ms`).
 pub const DEFAULT_INSTANCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`FrontendConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("at least one deployed-model instance is needed")]
+    NoDeployedInstances,
+    #[error("k must be at least 1")]
+    ZeroK,
+    #[error("straggler factor must be a positive number, got {0}")]
+    StragglerFactor(f64),
+    #[error("straggler min ({min:?}) exceeds max ({max:?})")]
+    StragglerBounds { min: Duration, max: Duration },
+    #[error(transparent)]
+    Dispatch(#[from] BadDispatch),
+}
 
 /// How the frontend is wired. Build it with [`FrontendConfig::new`] and change what differs
 /// from the defaults with struct update syntax.
@@ -80,14 +95,14 @@ impl FrontendConfig {
     /// Checks the settings that do not depend on the instances.
     ///
     /// Errors: no deployed instances, k = 0, a bad straggler policy or dispatch batching.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.deployed.is_empty() {
-            return Err("at least one deployed-model instance is needed".into());
+            return Err(ConfigError::NoDeployedInstances);
         }
         if self.encoder.k() < 1 {
-            return Err("k must be at least 1".into());
+            return Err(ConfigError::ZeroK);
         }
         self.straggler.validate()?;
-        self.dispatch.validate()
+        Ok(self.dispatch.validate()?)
     }
 }

@@ -40,7 +40,7 @@ mod group;
 pub mod policy;
 mod stats;
 
-pub use config::FrontendConfig;
+pub use config::{ConfigError, FrontendConfig};
 pub use stats::Stats;
 
 use group::{Group, Member};
@@ -138,7 +138,7 @@ impl Frontend {
     pub fn with_instances(cfg: FrontendConfig, deployed: Vec<Arc<dyn Instance>>, parity: Vec<Arc<dyn Instance>>) -> anyhow::Result<Self> {
         let addrs = |v: &[Arc<dyn Instance>]| v.iter().map(|i| i.addr().to_string()).collect();
         let cfg = FrontendConfig { deployed: addrs(&deployed), parity: addrs(&parity), ..cfg };
-        cfg.validate().map_err(anyhow::Error::msg)?;
+        cfg.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("Frontend::start needs a tokio runtime"))?;
         let stats = Stats::default();
         let (dispatch, timeout) = (cfg.dispatch, cfg.instance_timeout);

@@ -20,6 +20,7 @@
 
 use std::time::Duration;
 
+use crate::coded::config::ConfigError;
 use crate::upstream::redundancy::LatencyWindow;
 
 /// The straggler policy of the coded path (see the module docs).
@@ -81,12 +82,14 @@ impl StragglerPolicy {
     }
 
     /// Checks the settings: `factor` finite and positive, `min <= max`.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// Errors: [`ConfigError::StragglerFactor`], [`ConfigError::StragglerBounds`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.factor.is_finite() && self.factor > 0.0) {
-            return Err(format!("straggler factor must be a positive number, got {}", self.factor));
+            return Err(ConfigError::StragglerFactor(self.factor));
         }
         if self.min > self.max {
-            return Err(format!("straggler min ({:?}) exceeds max ({:?})", self.min, self.max));
+            return Err(ConfigError::StragglerBounds { min: self.min, max: self.max });
         }
         Ok(())
     }

@@ -41,13 +41,18 @@ impl DispatchBatching {
     }
 
     /// Errors: `max_batch` or `max_in_flight` zero.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadDispatch> {
         if self.max_batch == 0 || self.max_in_flight == 0 {
-            return Err(format!("dispatch batching needs max_batch >= 1 and max_in_flight >= 1, got {self:?}"));
+            return Err(BadDispatch(*self));
         }
         Ok(())
     }
 }
+
+/// Dispatch batching settings that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("dispatch batching needs max_batch >= 1 and max_in_flight >= 1, got {0:?}")]
+pub struct BadDispatch(pub DispatchBatching);
 
 type Reply = oneshot::Sender<Result<Vec<f32>, InstanceError>>;
 
