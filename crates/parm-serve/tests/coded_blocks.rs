@@ -94,6 +94,16 @@ fn assert_rows(got: &[Result<Prediction, FrontendError>], input: &[Vec<f32>], re
 
 type Rows = Vec<Result<Prediction, FrontendError>>;
 
+/// Batch `a`, then 20 ms later batch `b` (so that `a` normally goes to instance 0); both
+/// answers.
+async fn two_batches(f: &Frontend, a: &[Vec<f32>], b: &[Vec<f32>]) -> (Rows, Rows) {
+    let (fa, a) = (f.clone(), a.to_vec());
+    let first = tokio::spawn(async move { predict(&fa, a).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let got_b = predict(f, b.to_vec()).await;
+    (first.await.unwrap(), got_b)
+}
+
 /// Two batches sent together: the one that reached the stalled instance (normally the first
 /// sent; checked either way, since a loaded machine may reorder them) is answered with
 /// reconstructions, the other with originals; every row equals F(row).
@@ -110,12 +120,7 @@ async fn stalled_instance_batch_is_reconstructed_row_by_row() {
     let (a, b) = (rows(4, 0.5), rows(4, -1.0));
     let start = Instant::now();
     // Batch a (normally) joins the group first and goes to instance 0 (stalled), b to instance 1.
-    let fa = c.frontend.clone();
-    let a2 = a.clone();
-    let first = tokio::spawn(async move { predict(&fa, a2).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let got_b = predict(&c.frontend, b.clone()).await;
-    let got_a = first.await.unwrap();
+    let (got_a, got_b) = two_batches(&c.frontend, &a, &b).await;
     assert!(start.elapsed() < Duration::from_secs(10), "answered while the stall lasts ({:?})", start.elapsed());
     assert_one_reconstructed((&got_a, &a), (&got_b, &b));
     let (ga, gb) = (got_a[0].as_ref().unwrap(), got_b[0].as_ref().unwrap());
@@ -140,12 +145,7 @@ async fn batches_of_different_sizes_are_padded_per_row() {
     // are a_i + b_i, rows 2-4 are 0 + b_i; a's rows are Fp(a_i + b_i) - F(b_i) (or, the other
     // way round, b's rows 0-1 Fp(a_i + b_i) - F(a_i) and rows 2-4 Fp(b_i) - F(0)).
     let (a, b) = (rows(2, 2.0), rows(5, -0.25));
-    let fa = c.frontend.clone();
-    let a2 = a.clone();
-    let first = tokio::spawn(async move { predict(&fa, a2).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let got_b = predict(&c.frontend, b.clone()).await;
-    let got_a = first.await.unwrap();
+    let (got_a, got_b) = two_batches(&c.frontend, &a, &b).await;
     assert_one_reconstructed((&got_a, &a), (&got_b, &b));
     assert_eq!(c.frontend.stats().parity_rows.load(Ordering::Relaxed), 5);
 }
