@@ -188,7 +188,7 @@ async fn bad_rows_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_batch_requests_are_coded_as_batches() {
     let c = cluster().await;
-    let serving = parm_serve::server::api::Serving::start(c.frontend.clone()).await.unwrap();
+    let serving = parm_serve::server::api::Serving::start(c.frontend.clone(), Default::default()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v2/models/lin/infer", listener.local_addr().unwrap());
     tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));

@@ -16,7 +16,7 @@ use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceCl
 use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
 use parm_serve::oip::grpc::{self as pb};
 use parm_serve::server::admission::Admission;
-use parm_serve::server::api::{Serving, Shared};
+use parm_serve::server::api::{Serving, ServingOptions, Shared};
 use serde_json::{Value, json};
 
 const IN: usize = 4;
@@ -67,7 +67,7 @@ async fn cluster(delay_ms: f64) -> Cluster {
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;
-    let serving = Serving::start_with(frontend, Admission::new(LIMIT)).await.unwrap();
+    let serving = Serving::start(frontend, ServingOptions { admission: Admission::new(LIMIT), ..Default::default() }).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v2/models/lin/infer", listener.local_addr().unwrap());
     tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));

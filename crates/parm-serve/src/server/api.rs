@@ -35,6 +35,15 @@ pub struct Serving {
 /// Shared handle.
 pub type Shared = Arc<Serving>;
 
+/// How the client-facing server runs a frontend.
+#[derive(Default)]
+pub struct ServingOptions {
+    /// The bound on queries in flight (see [`crate::server::admission`]).
+    pub admission: crate::server::admission::Admission,
+    /// Authentication and request limits (see [`crate::oip::security`]).
+    pub limits: crate::oip::security::ServeOptions,
+}
+
 /// One accepted inference request, from accept time on.
 pub struct Accepted<'a> {
     serving: &'a Serving,
@@ -134,28 +143,12 @@ fn collect(results: Vec<Result<Prediction, FrontendError>>) -> Result<Vec<Predic
 }
 
 impl Serving {
-    /// Wraps a started frontend; probes its instances (see [`Health`]).
+    /// Wraps a started frontend with `options` (admission limit, authentication, request
+    /// limits; `Default::default()` for the defaults); probes its instances (see [`Health`]).
     ///
     /// Errors: an instance address that cannot be parsed.
-    pub async fn start(frontend: Frontend) -> anyhow::Result<Shared> {
-        Self::start_with(frontend, crate::server::admission::Admission::default()).await
-    }
-
-    /// [`Self::start`] with an admission limit (see [`crate::server::admission`]).
-    ///
-    /// Errors: an instance address that cannot be parsed.
-    pub async fn start_with(frontend: Frontend, admission: crate::server::admission::Admission) -> anyhow::Result<Shared> {
-        Self::start_with_options(frontend, admission, crate::oip::security::ServeOptions::default()).await
-    }
-
-    /// [`Self::start_with`] with authentication and request limits (see [`crate::oip::security`]).
-    ///
-    /// Errors: an instance address that cannot be parsed.
-    pub async fn start_with_options(
-        frontend: Frontend,
-        admission: crate::server::admission::Admission,
-        options: crate::oip::security::ServeOptions,
-    ) -> anyhow::Result<Shared> {
+    pub async fn start(frontend: Frontend, options: ServingOptions) -> anyhow::Result<Shared> {
+        let ServingOptions { admission, limits: options } = options;
         let cfg = frontend.config();
         let mut instances: Vec<(&'static str, String, String)> =
             cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();

@@ -294,7 +294,7 @@ pub async fn serve(
     frontend: Frontend,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let serving = Serving::start(frontend).await?;
+    let serving = Serving::start(frontend, Default::default()).await?;
     serve_shared(listener, serving, shutdown).await?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
 use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker_with_auth};
 use parm_serve::oip::ModelSpec;
 use parm_serve::oip::security::{AuthToken, ServeOptions};
-use parm_serve::server::api::{Serving, Shared};
+use parm_serve::server::api::{Serving, ServingOptions, Shared};
 use serde_json::{Value, json};
 
 pub const IN: usize = 4;
@@ -75,7 +75,7 @@ pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> 
     }
     let frontend = Frontend::start(linear_config(&workers)).unwrap();
     frontend.warm_up().await;
-    let serving = Serving::start_with_options(frontend, Default::default(), options).await.unwrap();
+    let serving = Serving::start(frontend, ServingOptions { limits: options, ..Default::default() }).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));

@@ -222,7 +222,9 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
         let frontend = Frontend::start(frontend_config(&a).await?)?;
         frontend.warm_up().await;
         let admission = parm_serve::server::admission::Admission::new(a.max_inflight);
-        let serving = parm_serve::server::api::Serving::start_with_options(frontend, admission, options).await?;
+        let serving =
+            parm_serve::server::api::Serving::start(frontend, parm_serve::server::api::ServingOptions { admission, limits: options })
+                .await?;
         let http = bind(&a.listen).await?;
         println!("listening on {}", http.local_addr()?);
         let grpc = match a.grpc_listen.as_str() {
