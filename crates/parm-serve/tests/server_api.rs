@@ -61,17 +61,12 @@ async fn cluster_delays(delays: [f64; 3]) -> Cluster {
     workers.push(spawn_worker("127.0.0.1:0", fp as Arc<dyn InferenceBackend>, opts(delays[2])).await.unwrap());
     let addr = |w: &WorkerHandle| w.addr.to_string();
     let cfg = FrontendConfig {
-        deployed_model: "deployed".into(),
         parity: vec![addr(&workers[2])],
         parity_model: "parity".into(),
-        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
-        group_timeout: Duration::from_millis(5),
         // Several tests want exact answers: with the default 1 ms straggler threshold (which
         // caps the decode grace) a fast query on a loaded CI machine can be reconstructed
-        // (approximate) instead, as happened once in dispatch.rs.
+        // (approximate) instead, as happened once in upstream_dispatch.rs.
         straggler: parm_serve::coded::policy::StragglerPolicy::default().with_min(Duration::from_millis(200)),
-        instance_timeout: Duration::from_secs(5),
-        decode_grace: Duration::from_millis(2),
         ..FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), workers[..2].iter().map(addr).collect())
     };
     let frontend = Frontend::start(cfg).unwrap();

@@ -56,13 +56,9 @@ async fn cluster(delay_ms: f64) -> Cluster {
     workers.push(spawn_worker("127.0.0.1:0", model("parity", 2.0) as Arc<dyn InferenceBackend>, opts()).await.unwrap());
     let addr = |w: &WorkerHandle| w.addr.to_string();
     let cfg = FrontendConfig {
-        deployed_model: "deployed".into(),
         parity: vec![addr(&workers[2])],
         parity_model: "parity".into(),
-        encoder: Arc::from(parm_codes::encoder_by_name("addition", 2).unwrap()),
-        group_timeout: Duration::from_millis(5),
         instance_timeout: Duration::from_secs(10),
-        decode_grace: Duration::from_millis(2),
         ..FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), workers[..2].iter().map(addr).collect())
     };
     let frontend = Frontend::start(cfg).unwrap();
