@@ -8,6 +8,7 @@
 
 pub mod cells;
 pub mod cnn;
+pub mod deployed;
 pub mod eval;
 pub mod meta;
 pub mod mlp;
@@ -17,6 +18,7 @@ pub mod train;
 pub mod weights;
 
 pub use cnn::{Classifier, Net, NetConfig};
+pub use deployed::DeployedModel;
 pub use meta::{ModelKind, ModelMeta};
 pub use mlp::{Mlp, MlpConfig};
 pub use predictor::Predictor;

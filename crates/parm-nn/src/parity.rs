@@ -23,10 +23,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{degraded_accuracy, logits};
+use crate::deployed::{DeployedModel, cached_outputs, outputs_of};
+use crate::eval::degraded_accuracy;
 use crate::mlp::Init;
 use crate::train::{progress_bar, save_net};
-use crate::{Classifier, MlpConfig, ModelKind, ModelMeta, Net, NetConfig, NnError, io_err, tensor2};
+use crate::{MlpConfig, ModelKind, ModelMeta, Net, NetConfig, NnError, io_err, tensor2};
 
 /// Seed of the validation coding groups, fixed so checkpoints are comparable.
 const VAL_GROUP_SEED: u64 = 7;
@@ -188,31 +189,6 @@ struct CheckpointState {
     deployed_hash: u64,
 }
 
-/// The deployed model's logits on `split`, cached in `cache_dir` under a name derived from the
-/// deployed weights' content hash, so that every parity model trained against the same F
-/// reuses them. Returns `[n, classes]` flattened.
-pub fn cached_logits(
-    deployed: &(impl Classifier + ?Sized),
-    deployed_hash: u64,
-    split: &Split,
-    split_name: &str,
-    cache_dir: &Path,
-    device: &Device,
-) -> Result<Vec<f32>, NnError> {
-    let path = cache_dir.join(format!("logits-{deployed_hash:016x}-{split_name}.f32"));
-    if let Ok(bytes) = std::fs::read(&path)
-        && bytes.len() % 4 == 0
-        && bytes.len() / 4 % split.n.max(1) == 0
-    {
-        return Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect());
-    }
-    let out = logits(deployed, &split.images, split.n, split.dim(), device);
-    let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
-    std::fs::write(&path, bytes).map_err(io_err(&path))?;
-    Ok(out)
-}
-
 /// A content hash of a weights file (identifies the deployed model for caches and resumes).
 pub fn file_hash(path: &Path) -> Result<u64, NnError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
@@ -225,7 +201,7 @@ pub fn file_hash(path: &Path) -> Result<u64, NnError> {
 pub struct ParityJob<'a> {
     pub ds: &'a Dataset,
     /// The deployed model F (any architecture; the parity model is an MLP).
-    pub deployed: &'a dyn Classifier,
+    pub deployed: &'a dyn DeployedModel,
     pub deployed_meta: &'a ModelMeta,
     pub deployed_hash: u64,
     pub encoder: &'a dyn Encoder,
@@ -245,8 +221,8 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
     let plain = Device::flex();
     let device = plain.clone().autodiff();
     let cache = job.out_dir.join("cache");
-    let train_logits = cached_logits(job.deployed, job.deployed_hash, &ds.train, "train", &cache, &plain)?;
-    let val_logits = cached_logits(job.deployed, job.deployed_hash, &ds.val, "val", &cache, &plain)?;
+    let train_logits = cached_outputs(job.deployed, job.deployed_hash, &ds.train, "train", &cache)?;
+    let val_logits = cached_outputs(job.deployed, job.deployed_hash, &ds.val, "val", &cache)?;
 
     let ckpt_dir = job.out_dir.join(format!("{}.ckpt", job.name));
     let weights = job.encoder.weights();
@@ -272,7 +248,10 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         for batch in order.chunks_exact(k).collect::<Vec<_>>().chunks(cfg.groups_per_step) {
-            let aug = cfg.augment.map(|a| augmented_split(batch, &ds.train, ds.rows, ds.cols, a, job.deployed, &plain, &mut aug_rng));
+            let aug = match cfg.augment {
+                Some(a) => Some(augmented_split(batch, &ds.train, ds.rows, ds.cols, a, job.deployed, &mut aug_rng)?),
+                None => None,
+            };
             let (split, groups_now, targets): (&Split, Vec<&[usize]>, &[f32]) = match &aug {
                 Some((sp, members, fl)) => (sp, members.iter().map(|g| g.as_slice()).collect(), fl),
                 None => (&ds.train, batch.to_vec(), &train_logits),
@@ -341,17 +320,15 @@ fn state_epochs_hint(ckpt_dir: &Path) -> usize {
 
 /// Augmented copies of the queries of `groups` as a small split (`groups.len() * k` images,
 /// numbered group by group), the groups renumbered into it, and F's logits on it.
-#[allow(clippy::too_many_arguments)]
 fn augmented_split(
     groups: &[&[usize]],
     split: &Split,
     rows: usize,
     cols: usize,
     a: Augment,
-    deployed: &dyn Classifier,
-    device: &Device,
+    deployed: &dyn DeployedModel,
     rng: &mut StdRng,
-) -> (Split, Vec<Vec<usize>>, Vec<f32>) {
+) -> Result<(Split, Vec<Vec<usize>>, Vec<f32>), NnError> {
     let dim = split.dim();
     let mut images = Vec::with_capacity(groups.len() * groups.first().map_or(0, |g| g.len()) * dim);
     let mut labels = Vec::new();
@@ -366,8 +343,8 @@ fn augmented_split(
         members.push(local);
     }
     let n = labels.len();
-    let fl = logits(deployed, &images, n, dim, device);
-    (Split { images, labels, n }, members, fl)
+    let fl = outputs_of(deployed, &images, n, dim)?;
+    Ok((Split { images, labels, n }, members, fl))
 }
 
 /// The MLP parity model's layers for `cfg`: the deployed model's, or wider.
