@@ -94,6 +94,9 @@ pub struct ParityConfig {
     /// ParM: false. True (with `per_query` and the concatenation encoder): the parity model is
     /// [`crate::cells::CellMlp`], one MLP (of `hidden` layers) shared by the k cells.
     pub cells: bool,
+    /// ParM: false (an MLP). True: a small CNN, LeNet-5 ([`crate::cnn::LeNet`]) on the parity
+    /// query's `[C, S, S]`, for image queries whose side S is a multiple of 4 and at least 12.
+    pub cnn: bool,
     /// ParM: none. Random shifts / flips of the training queries, with the targets F(X_j)
     /// recomputed on the augmented queries (not cached).
     pub augment: Option<Augment>,
@@ -153,6 +156,7 @@ impl ParityConfig {
             per_query: false,
             init: Init::Normal001,
             cells: false,
+            cnn: false,
             augment: None,
         }
     }
@@ -297,10 +301,20 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
 /// the cell-wise MLP with the same hidden layers and interface.
 fn parity_net(deployed: &ModelMeta, cfg: &ParityConfig, k: usize, ds: &Dataset) -> Result<NetConfig, NnError> {
     let mlp = parity_mlp(deployed, cfg, k);
+    let plane = ds.rows * ds.cols;
+    if cfg.cnn {
+        let channels = mlp.input.checked_div(plane).unwrap_or(0);
+        if cfg.cells || ds.rows != ds.cols || ds.rows < 12 || !ds.rows.is_multiple_of(4) || channels * plane != mlp.input {
+            return Err(NnError::Invalid(format!(
+                "a CNN parity model needs square image queries with a side that is a multiple of 4 and at least 12, not {} values of {}x{} (use --parity-arch mlp)",
+                mlp.input, ds.rows, ds.cols
+            )));
+        }
+        return Ok(NetConfig::LeNet { channels, side: ds.rows, classes: mlp.classes });
+    }
     if !cfg.cells {
         return Ok(NetConfig::Mlp(mlp));
     }
-    let plane = ds.rows * ds.cols;
     if !cfg.per_query || plane == 0 || !mlp.input.is_multiple_of(plane) {
         return Err(NnError::Invalid(format!(
             "a cell-wise parity model needs a per-query parity model and image queries ({} values, {}x{} images)",

@@ -77,7 +77,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let budget = Budget { deployed_epochs: a.deployed_epochs, parity_epochs: a.parity_epochs, seed: a.seed };
     let models = ensure_models(&a.paths, &[a.k], &budget)?;
     let (deployed, parity) = (models.deployed.clone(), models.parity[&a.k].clone());
-    let acc = accuracy_report(&ds, &deployed, &parity, "addition", a.k, a.seed)?;
+    let f = crate::deployed::Deployed::open(&crate::deployed::Source::Parm(deployed.clone()))?;
+    let acc = accuracy_report(&ds, &f, &parity, "addition", a.k, a.seed)?;
     println!("\n{}", acc.table());
 
     let n = a.queries.min(ds.test.n);

@@ -10,7 +10,10 @@ use burn::tensor::Device;
 use clap::Args;
 use parm_codes::encoder_for_shape;
 use parm_nn::eval::{self, AccuracyReport};
+use parm_nn::deployed::outputs_of;
 use parm_nn::train::load_model;
+
+use crate::deployed::{Deployed, Source};
 
 use super::{Paths, parity_name, write_new};
 
@@ -22,9 +25,13 @@ pub struct EvalArgs {
     pub k: usize,
     #[arg(long, default_value = "addition")]
     pub encoder: String,
-    /// Deployed model weights (default: MODELS_DIR/DATASET/deployed.bpk).
+    /// The deployed model F: a parm model (.bpk), an ONNX file (.onnx), or a model on any OIP
+    /// server (grpc://HOST:PORT/MODEL, http://HOST:PORT/MODEL). Default:
+    /// MODELS_DIR/DATASET/deployed.bpk.
     #[arg(long)]
-    pub deployed: Option<PathBuf>,
+    pub deployed: Option<String>,
+    #[command(flatten)]
+    pub data: crate::userdata::DataArgs,
     /// Parity model weights (default: MODELS_DIR/DATASET/parity-k{K}-{ENCODER}.bpk).
     #[arg(long)]
     pub parity: Option<PathBuf>,
@@ -68,7 +75,7 @@ pub struct EvalArgs {
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     if !a.linear_parities.is_empty() {
         let dir = a.paths.model_dir();
-        let deployed = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+        let deployed = a.deployed.clone().map_or_else(|| dir.join("deployed.bpk"), PathBuf::from);
         let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
         let device = Device::flex();
         let (f, _) = parm_nn::train::load_net(&deployed, &device)?;
@@ -101,10 +108,19 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = a.paths.model_dir();
-    let deployed = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+    let deployed = match &a.deployed {
+        Some(s) => Source::parse(s)?,
+        None => Source::Parm(dir.join("deployed.bpk")),
+    };
     let parity = a.parity.clone().unwrap_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))));
-    let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
-    let report = accuracy_report(&ds, &deployed, &parity, &a.encoder, a.k, a.seed)?;
+    let f = Deployed::open(&deployed)?;
+    let mut ds = match a.data.load()? {
+        Some(ds) => ds,
+        None => parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?,
+    };
+    let cache = parity.parent().unwrap_or(std::path::Path::new(".")).join("cache");
+    crate::userdata::fit_to(&mut ds, &f, &cache)?;
+    let report = accuracy_report(&ds, &f, &parity, &a.encoder, a.k, a.seed)?;
     print!("{}", report.table());
     if let Some(path) = &a.json {
         write_new(path, &serde_json::to_string_pretty(&report)?)?;
@@ -114,25 +130,18 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
 
 /// A_a, A_d (every single-erasure pattern of every test coding group), the default baseline
 /// and A_o at f_u = 1%, 5%, 10% (ParM §5.2).
-pub fn accuracy_report(
-    ds: &parm_data::Dataset,
-    deployed: &std::path::Path,
-    parity: &std::path::Path,
-    encoder: &str,
-    k: usize,
-    seed: u64,
-) -> anyhow::Result<AccuracyReport> {
+pub fn accuracy_report(ds: &parm_data::Dataset, f: &Deployed, parity: &std::path::Path, encoder: &str, k: usize, seed: u64) -> anyhow::Result<AccuracyReport> {
     let device = Device::flex();
-    let (f, fmeta) = parm_nn::train::load_net(deployed, &device)?;
     let (fp, pmeta) = parm_nn::train::load_net(parity, &device)?;
     if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
         bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);
     }
-    let enc = encoder_for_shape(encoder, k, &[ds.rows, ds.cols])?;
-    let logits = eval::logits(&f, &ds.test.images, ds.test.n, ds.test.dim(), &device);
+    let enc = encoder_for_shape(encoder, k, &ds.input_shape)?;
+    let dim = ds.test.dim();
+    let logits = outputs_of(f.model.as_ref(), &ds.test.images, ds.test.n, dim)?;
     let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
     let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, &device);
-    let zero_logits = eval::logits(&f, &vec![0.0; ds.test.dim()], 1, ds.test.dim(), &device);
+    let zero_logits = outputs_of(f.model.as_ref(), &vec![0.0; dim], 1, dim)?;
     let degraded_partial = (1..k)
         .map(|m| {
             let z = Some(zero_logits.as_slice());
@@ -141,7 +150,7 @@ pub fn accuracy_report(
         .collect();
     Ok(AccuracyReport {
         dataset: ds.name.clone(),
-        model: fmeta.arch,
+        model: f.meta.arch.clone(),
         k,
         encoder: encoder.to_string(),
         available,

@@ -1,13 +1,14 @@
 //! `parm train-parity`: train a parity model for coding groups of k queries, and the
 //! parity-training helpers the other commands use.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use burn::tensor::Device;
 use clap::Args;
 use parm_codes::encoder_for_shape;
-use parm_nn::parity::{Distill, LrSchedule, ParityConfig, ParityJob, file_hash, train_parity as run_parity_training};
+use parm_nn::parity::{Distill, LrSchedule, ParityConfig, ParityJob, train_parity as run_parity_training};
+
+use crate::deployed::{Deployed, Source};
 
 use super::{Paths, parity_name};
 
@@ -63,11 +64,24 @@ pub struct TrainParityArgs {
     /// Augmentation: random left-right flips (with recomputed targets).
     #[arg(long)]
     pub hflip: bool,
+    /// Parity model architecture: mlp (ParM's; any query), cnn (LeNet-5; square images with a
+    /// side that is a multiple of 4), cells (parm's cell-wise model; the `parm` recipe's).
+    /// Default: the recipe's.
+    #[arg(long)]
+    pub parity_arch: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Deployed model weights (default: MODELS_DIR/DATASET/deployed.bpk).
+    /// The deployed model F: a parm model (.bpk), an ONNX file (.onnx), or a model on any OIP
+    /// server (grpc://HOST:PORT/MODEL, http://HOST:PORT/MODEL). Default:
+    /// MODELS_DIR/DATASET/deployed.bpk.
     #[arg(long)]
-    pub deployed: Option<PathBuf>,
+    pub deployed: Option<String>,
+    #[command(flatten)]
+    pub data: crate::userdata::DataArgs,
+    /// Where to write the parity model: PATH.bpk with PATH.json beside it (default:
+    /// MODELS_DIR/DATASET/NAME.bpk; with --data, DATASET is the data's file or folder name).
+    #[arg(long, conflicts_with = "name")]
+    pub out: Option<PathBuf>,
     /// File stem of the result (default: parity-k{K}-{ENCODER}).
     #[arg(long)]
     pub name: Option<String>,
@@ -77,9 +91,19 @@ pub struct TrainParityArgs {
 }
 
 pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
-    let dir = a.paths.model_dir();
-    let name = a.name.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder));
-    let deployed_path = a.deployed.clone().unwrap_or_else(|| dir.join("deployed.bpk"));
+    let user_ds = a.data.load()?;
+    let data_dir = match &user_ds {
+        Some(ds) => a.paths.models_dir.join(&ds.name),
+        None => a.paths.model_dir(),
+    };
+    let (dir, name) = match &a.out {
+        Some(out) => out_target(out)?,
+        None => (data_dir.clone(), a.name.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder))),
+    };
+    let deployed = match &a.deployed {
+        Some(s) => Source::parse(s)?,
+        None => Source::Parm(a.paths.model_dir().join("deployed.bpk")),
+    };
     if a.force {
         let (w, j) = parm_nn::meta::model_paths(&dir, &name);
         for p in [w, j] {
@@ -116,11 +140,31 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
         cfg.init = parm_nn::mlp::Init::Default;
     }
     cfg.cells |= a.cells;
+    match a.parity_arch.as_deref() {
+        None => {}
+        Some("mlp") => (cfg.cells, cfg.cnn) = (false, false),
+        Some("cnn") => (cfg.cells, cfg.cnn) = (false, true),
+        Some("cells") => (cfg.cells, cfg.cnn, cfg.per_query) = (true, false, true),
+        Some(other) => bail!("--parity-arch: mlp, cnn or cells, not {other}"),
+    }
     if a.augment_shift.is_some() || a.hflip {
         let shift = a.augment_shift.unwrap_or(0);
         cfg.augment = (shift > 0 || a.hflip).then_some(parm_nn::parity::Augment { shift, hflip: a.hflip });
     }
-    let meta = parity_training_with(&a.paths, &deployed_path, a.k, &a.encoder, &cfg, &name)?;
+    let f = Deployed::open(&deployed).context("opening the deployed model (for parm's own, train it first with `parm train`)")?;
+    let (ds, hash) = match user_ds {
+        Some(mut ds) => {
+            crate::userdata::fit_to(&mut ds, &f, &dir.join("cache"))?;
+            let hash = crate::userdata::data_hash(f.hash, &ds);
+            (ds, hash)
+        }
+        None => {
+            let mut ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
+            crate::userdata::fit_to(&mut ds, &f, &dir.join("cache"))?;
+            (ds, f.hash)
+        }
+    };
+    let meta = train(&f, &ds, hash, a.k, &a.encoder, &cfg, &dir, &name)?;
     println!(
         "parity model {name}: validation degraded-mode accuracy {:.2}% after {} epochs ({} steps, {:.1} s, {:.0} steps/s) -> {}",
         100.0 * meta.val_degraded_accuracy.unwrap_or(0.0),
@@ -155,10 +199,11 @@ pub fn recipe_config(name: &str, k: usize, epochs: usize) -> anyhow::Result<Pari
     }
 }
 
-/// Trains (or resumes, or finds finished) the parity model `name` against `deployed_path`.
+/// Trains (or resumes, or finds finished) the parity model `name` against the parm model at
+/// `deployed_path` on the built-in data set of `paths`, ParM's recipe.
 pub fn parity_training(
     paths: &Paths,
-    deployed_path: &std::path::Path,
+    deployed_path: &Path,
     k: usize,
     encoder: &str,
     epochs: usize,
@@ -172,24 +217,50 @@ pub fn parity_training(
 /// As [`parity_training`] with a full training configuration.
 pub fn parity_training_with(
     paths: &Paths,
-    deployed_path: &std::path::Path,
+    deployed_path: &Path,
     k: usize,
     encoder: &str,
     cfg: &ParityConfig,
     name: &str,
 ) -> anyhow::Result<parm_nn::ModelMeta> {
     let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
-    let encoder = linear_encoder(encoder, k)?.map_or_else(|| encoder_for_shape(encoder, k, &[ds.rows, ds.cols]), Ok)?;
-    let (deployed, deployed_meta) = parm_nn::train::load_net(deployed_path, &Device::flex())
-        .with_context(|| "loading the deployed model (train it first with `parm train`)".to_string())?;
+    let f = Deployed::open(&Source::Parm(deployed_path.to_path_buf()))
+        .context("loading the deployed model (train it first with `parm train`)")?;
+    train(&f, &ds, f.hash, k, encoder, cfg, &paths.model_dir(), name)
+}
+
+/// Trains the parity model `dir/name.bpk` for F on `ds`; `hash` identifies F and the data for
+/// the output cache and for resuming.
+#[allow(clippy::too_many_arguments)]
+fn train(
+    f: &Deployed,
+    ds: &parm_data::Dataset,
+    hash: u64,
+    k: usize,
+    encoder: &str,
+    cfg: &ParityConfig,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<parm_nn::ModelMeta> {
+    let encoder = linear_encoder(encoder, k)?.map_or_else(|| encoder_for_shape(encoder, k, &ds.input_shape), Ok)?;
     let job = ParityJob {
-        ds: &ds,
-        deployed: &deployed,
-        deployed_meta: &deployed_meta,
-        deployed_hash: file_hash(deployed_path)?,
+        ds,
+        deployed: f.model.as_ref(),
+        deployed_meta: &f.meta,
+        deployed_hash: hash,
         encoder: encoder.as_ref(),
-        out_dir: &paths.model_dir(),
+        out_dir: dir,
         name,
     };
     Ok(run_parity_training(&job, cfg)?)
+}
+
+/// `--out PATH[.bpk]` as (directory, file stem).
+fn out_target(out: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let stem = out.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()).context("--out needs a file name")?;
+    if out.extension().is_some_and(|e| e != "bpk") {
+        bail!("--out {}: the parity model is written as PATH.bpk with PATH.json beside it", out.display());
+    }
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok((dir.to_path_buf(), stem.to_string()))
 }
