@@ -54,12 +54,13 @@ pub(crate) fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 /// Reads the inputs of an `.npz` archive (the first of [`NPZ_INPUT_NAMES`] present, else its
 /// only array) and its labels (the first of [`NPZ_LABEL_NAMES`] present, if any).
 ///
-/// Errors: [`DataError::Io`] for an unreadable archive, [`DataError::NpzArrays`] when no array
-/// qualifies as inputs, and those of the `.npy` readers.
+/// Errors: [`DataError::Io`] for an unreadable archive, [`DataError::NpzArrays`] (names sorted)
+/// when no array qualifies as inputs, and those of the `.npy` readers.
 pub(crate) fn read_npz(path: &Path) -> Result<(RawArray, Option<Vec<u8>>), DataError> {
     let io = |e| DataError::io("reading", path, e);
     let mut npz = npyz::npz::NpzArchive::open(path).map_err(io)?;
-    let names: Vec<String> = npz.array_names().map(String::from).collect();
+    let mut names: Vec<String> = npz.array_names().map(String::from).collect();
+    names.sort();
     let input = NPZ_INPUT_NAMES.iter().map(|s| s.to_string()).find(|n| names.contains(n));
     let Some(input) = input.or_else(|| (names.len() == 1).then(|| names[0].clone())) else {
         return Err(DataError::NpzArrays { path: path.to_path_buf(), found: names });
