@@ -1,18 +1,24 @@
 //! Datasets for parm: an IDX reader (MNIST / Fashion-MNIST file format), the data-fetching step,
-//! and an in-memory [`Dataset`] with train / validation / test [`Split`]s of images scaled to
-//! `[0, 1]`.
+//! the user's own data, and an in-memory [`Dataset`] with train / validation / test [`Split`]s.
 //!
 //! Entry points: [`load_dataset`] (by name), [`load_fashion_mnist`], [`load_mnist`],
-//! [`prepare_fashion_mnist`], [`prepare_mnist`], and the IDX functions in [`idx`].
+//! [`prepare_fashion_mnist`], [`prepare_mnist`], the IDX functions in [`idx`], CIFAR-10 in
+//! [`cifar`], and the user's own data ([`user`]): [`load_user_data`] reads `.npy` / `.npz` /
+//! IDX files or a folder of PNG / JPEG images, applies one [`Preprocess`] transform (the same
+//! one serving applies to queries) and splits with a fixed seed.
 
 pub mod cifar;
 pub mod idx;
 pub mod prepare;
+pub mod user;
 
 use std::path::{Path, PathBuf};
 
 pub use idx::{IdxArray, load_images, load_labels, parse_idx, read_idx};
 pub use prepare::{DATASET_NAMES, load_dataset, load_fashion_mnist, load_mnist, prepare_fashion_mnist, prepare_mnist};
+pub use user::{
+    InputFormat, InputKind, Layout, MIN_ITEMS, Preprocess, SplitIndices, UserData, detect_format, load_user_data, split_indices,
+};
 
 /// Every error this crate returns. Messages name the file involved where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,49 @@ pub enum DataError {
     /// [`load_dataset`] was given a name it does not know.
     #[error("unknown dataset {name:?}; valid names: {}", DATASET_NAMES.join(", "))]
     UnknownDataset { name: String },
+    /// An input or label array of a dtype that is not supported (`expected` lists those that are).
+    #[error("{origin}: unsupported dtype {dtype}; expected {expected}")]
+    Dtype { origin: String, dtype: String, expected: &'static str },
+    /// The inputs hold no item.
+    #[error("{origin}: no data (0 items)")]
+    Empty { origin: String },
+    /// Too few items to split into train / validation / test.
+    #[error("{origin}: {n} items; at least {min} are needed to split into train / validation / test")]
+    TooFew { origin: String, n: usize, min: usize },
+    /// Images of different sizes without a resize (sizes are `[H, W]` in pixels).
+    #[error(
+        "{path}: image is {}x{} (HxW) but {first} is {}x{}; images must share a size unless preprocessing resizes them",
+        size[0], size[1], first_size[0], first_size[1], path = .path.display(), first = .first.display()
+    )]
+    ImageSize { path: PathBuf, size: [usize; 2], first: PathBuf, first_size: [usize; 2] },
+    /// An entry of an image folder that is not a PNG / JPEG file where one is expected.
+    #[error("{path}: {why}; an image folder holds .png / .jpg / .jpeg files, or class folders of them", path = .path.display())]
+    NotAnImage { path: PathBuf, why: &'static str },
+    /// An image file that could not be decoded.
+    #[error("{path}: cannot decode image: {msg}", path = .path.display())]
+    Image { path: PathBuf, msg: String },
+    /// A label outside `0..=255` (labels are bytes).
+    #[error("{origin}: label {value} at index {index} is outside 0..=255")]
+    Label { origin: String, index: usize, value: i128 },
+    /// An `.npz` archive without a recognisable input array.
+    #[error(
+        "{path}: no input array; expected one named {} (or a single array), found {found:?}",
+        user::NPZ_INPUT_NAMES.join(" / "), path = .path.display()
+    )]
+    NpzArrays { path: PathBuf, found: Vec<String> },
+    /// An input path whose kind is not recognised.
+    #[error(
+        "{path}: unknown input format; expected a .npy or .npz file, an IDX file (.idx or *-idx3-ubyte, optionally .gz) \
+         or a folder of PNG / JPEG images",
+        path = .path.display()
+    )]
+    UnknownFormat { path: PathBuf },
+    /// [`Preprocess::apply`] could not transform a query (`origin`: the item, or `<query>`).
+    #[error("{origin}: preprocessing: {msg}")]
+    Preprocess { origin: String, msg: String },
+    /// Invalid settings for the user's data (e.g. split fractions).
+    #[error("invalid data settings: {msg}")]
+    Config { msg: String },
 }
 
 impl DataError {
@@ -56,36 +105,49 @@ impl DataError {
     }
 }
 
-/// A labelled image dataset split into train, validation and test sets.
+/// A dataset split into train, validation and test sets.
 ///
-/// Images are single-channel, `rows x cols` pixels, row-major; `classes` labels `0..classes`.
+/// Each item (query) is `input_shape` values, row-major; `classes` labels `0..classes`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    /// Dataset name as accepted by [`load_dataset`] (e.g. `"fashion-mnist"`).
+    /// Dataset name: as accepted by [`load_dataset`] (e.g. `"fashion-mnist"`), or the file stem
+    /// / folder name of the user's data.
     pub name: String,
-    /// Image height in pixels.
+    /// Image height in pixels; 1 for feature vectors.
     pub rows: usize,
-    /// Image width in pixels.
+    /// Image width in pixels; `d` for feature vectors.
     pub cols: usize,
-    /// Number of classes; every label is `< classes`.
+    /// Shape of one query without the batch dimension, in the layout the model takes:
+    /// `[1, 28, 28]` for the built-in MNIST-like sets, `[3, 32, 32]` for CIFAR-10, `[C, H, W]`
+    /// (or `[H, W, C]` with [`Layout::Nhwc`]) for the user's images, `[d]` for feature vectors.
+    pub input_shape: Vec<usize>,
+    /// Number of classes; every label is `< classes`. 0 for user data without labels (the
+    /// caller sets it, e.g. from the model's output width).
     pub classes: usize,
+    /// Whether the labels are real. `true` for the built-in sets; `false` for user data without
+    /// labels, whose labels are all 0 placeholders: downstream code substitutes the deployed
+    /// model's predictions and reports agreement with it, not accuracy.
+    pub has_labels: bool,
+    /// The transform that produced the inputs from raw data (scale resolved), which serving
+    /// must apply to raw queries too; `None` for the built-in sets (already scaled to `[0, 1]`).
+    pub preprocess: Option<Preprocess>,
     pub train: Split,
     pub val: Split,
     pub test: Split,
 }
 
 impl Dataset {
-    /// Pixels per image, `rows * cols`.
+    /// Values per query: the product of `input_shape` (`C * H * W`, or `d`).
     pub fn dim(&self) -> usize {
-        self.rows * self.cols
+        self.input_shape.iter().product()
     }
 }
 
-/// One set of `n` labelled images.
+/// One set of `n` labelled items (images or feature vectors).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Split {
-    /// `n * dim` pixel intensities, image after image, each image row-major; raw byte values
-    /// divided by 255, so in `[0, 1]`.
+    /// `n * dim` values, item after item, each row-major. For the built-in sets raw byte
+    /// values divided by 255, so in `[0, 1]`; for user data, preprocessed values.
     pub images: Vec<f32>,
     /// `n` class labels.
     pub labels: Vec<u8>,

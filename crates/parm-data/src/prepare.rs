@@ -237,7 +237,7 @@ fn append_digit_file(all: &mut Split, path: &Path, digit: u8) -> Result<(), Data
 }
 
 /// A permutation of `0..n`: Fisher-Yates with SplitMix64 (Steele et al. 2014) seeded by `seed`.
-fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
     let mut next = move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -264,7 +264,18 @@ fn build_dataset(name: &str, rows: usize, cols: usize, [train, val, test]: [Spli
             return Err(DataError::Shape { origin: origin.to_string(), msg });
         }
     }
-    Ok(Dataset { name: name.to_string(), rows, cols, classes: CLASSES, train, val, test })
+    Ok(Dataset {
+        name: name.to_string(),
+        rows,
+        cols,
+        input_shape: vec![1, rows, cols],
+        classes: CLASSES,
+        has_labels: true,
+        preprocess: None,
+        train,
+        val,
+        test,
+    })
 }
 
 /// Runs a command, returning a readable error (exit status and stderr tail) on failure.

@@ -27,6 +27,7 @@ fn fashion_mnist_if_available() {
     };
     let d = load_fashion_mnist(&data_dir).unwrap();
     assert_eq!((d.name.as_str(), d.rows, d.cols, d.classes), ("fashion-mnist", 28, 28, 10));
+    assert_eq!((d.input_shape.clone(), d.dim(), d.has_labels, d.preprocess.clone()), (vec![1, 28, 28], 784, true, None));
     assert_eq!((d.train.n, d.val.n, d.test.n), (55_000, 5_000, 10_000));
     assert_eq!(d.train.images.len(), 55_000 * 784);
     assert_eq!(d.test.image(0).len(), 784);
@@ -49,6 +50,7 @@ fn mnist_if_available() {
     }
     let d = load_mnist(&ws).unwrap();
     assert_eq!((d.name.as_str(), d.rows, d.cols, d.classes), ("mnist", 28, 28, 10));
+    assert_eq!((d.input_shape.clone(), d.dim(), d.has_labels, d.preprocess.clone()), (vec![1, 28, 28], 784, true, None));
     assert_eq!((d.train.n, d.val.n, d.test.n), (8_000, 1_000, 1_000));
     let again = load_mnist(&ws).unwrap();
     assert_eq!(d.test.labels, again.test.labels, "split must be deterministic");

@@ -30,7 +30,10 @@ fn lenet_trains_saves_loads_and_gets_a_parity_model() {
         name: "synthetic".into(),
         rows: 28,
         cols: 28,
+        input_shape: vec![1, 28, 28],
         classes: 10,
+        has_labels: true,
+        preprocess: None,
         train: split(512, 784, &mut rng),
         val: split(64, 784, &mut rng),
         test: split(128, 784, &mut rng),
@@ -88,7 +91,18 @@ fn resnet18_trains_at_tiny_scale_on_cifar_binary_files() {
     write("data_batch_1.bin", 96, &mut rng);
     write("test_batch.bin", 32, &mut rng);
     let c = load_cifar10(dir.path(), 16).unwrap();
-    let ds = Dataset { name: "cifar10-tiny".into(), rows: 32, cols: 32, classes: 10, train: c.train, val: c.val, test: c.test };
+    let ds = Dataset {
+        name: "cifar10-tiny".into(),
+        rows: 32,
+        cols: 32,
+        input_shape: vec![3, 32, 32],
+        classes: 10,
+        has_labels: true,
+        preprocess: None,
+        train: c.train,
+        val: c.val,
+        test: c.test,
+    };
     let net = NetConfig::ResNet18 { channels: 3, side: 32, classes: 10, width: 4 };
     let cfg = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..Default::default() };
     let (model, meta) = train_deployed_net(&ds, &cfg, &net).unwrap();
