@@ -47,8 +47,9 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.input_len = self.layers[0][0].shape[0]
-        want_in = int(np.prod(config["input"][0]["dims"]))
-        want_out = int(np.prod(config["output"][0]["dims"]))
+        # The last dim is the features (leading ones may be -1 or 1 in a config without batching).
+        want_in = int(config["input"][0]["dims"][-1])
+        want_out = int(config["output"][0]["dims"][-1])
         have_out = self.layers[-1][0].shape[1]
         if (want_in, want_out) != (self.input_len, have_out):
             raise ValueError(f"config dims {want_in} -> {want_out} do not match weights {self.input_len} -> {have_out}")
