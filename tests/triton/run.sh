@@ -8,9 +8,10 @@
 # then checks metadata, that answers through parm equal Triton's own, measures latency
 # (Triton directly vs through parm) and makes triton 1 a straggler (its `mlp` sleeps SLOW_MS
 # per request, via a delay file) to check every query is still answered fast, late ones with
-# parameters.parm_reconstructed. Then train_parity_step (skipped until `parm train-parity`
-# has --data) trains a parity model against Triton itself. Every process it started is
-# killed on exit; exits non-zero on the first failure.
+# parameters.parm_reconstructed, then stops it (SIGSTOP) for 20 queries. Then
+# train_parity_step (skipped until `parm train-parity` has --data) trains a parity model
+# against Triton itself. Every process it started is killed on exit; exits non-zero on the
+# first failure.
 #
 # Usage: [PARM=path/to/parm] [PARM_NO_BUILD=1] [PARM_MODELS_DIR=DIR] [PARM_DATA_DIR=DIR]
 #        [SLOW_MS=1000] [QUERIES=100] [TRITON_PARITY=triton] tests/triton/run.sh
@@ -61,6 +62,7 @@ echo 0 > "$work/t1.delay"
 triton_repo "$work/repo1" "$work/mlp.npz" --slow-ms "$SLOW_MS" --delay-file "$work/t1.delay"
 triton_start t0 "$work/repo0"
 triton_start t1 "$work/repo1"
+t1_pid=${pids[-1]}
 triton_wait_ready t0
 triton_wait_ready t1
 for t in t0 t1; do
@@ -79,6 +81,7 @@ check_frontend() {
   local status=0
   env TRITON0_HTTP="${TRITON_HTTP[t0]}" TRITON0_GRPC="${TRITON_GRPC[t0]}" \
     TRITON1_HTTP="${TRITON_HTTP[t1]}" TRITON1_GRPC="${TRITON_GRPC[t1]}" TRITON1_DELAY_FILE="$work/t1.delay" \
+    TRITON1_PID="$t1_pid" \
     PARM_HTTP_URL="$url" REFERENCE_GRPC="$reference" PARITY_IS_MODEL="$is_model" \
     FASHION_MNIST_TEST="$fmnist_test" LATENCY_JSON="$root/target/triton-latency-$name.json" \
     "$py" "$root/tests/triton/test_triton.py" || status=$?

@@ -3,6 +3,7 @@ sets the environment:
 
   TRITON0_HTTP, TRITON0_GRPC, TRITON1_HTTP, TRITON1_GRPC   the two tritonservers (host:port)
   TRITON1_DELAY_FILE   writing N there makes triton 1's `mlp` sleep N ms per request
+  TRITON1_PID          triton 1's process (stopped and continued; optional)
   PARM_HTTP_URL        the parm frontend (model `mlp`, deployed = the two tritons, k = 2)
   REFERENCE_GRPC       a parm worker serving the same weights as model `deployed` (empty: skip)
   PARITY_IS_MODEL      1 when the parity instance runs a parity model trained for these
@@ -17,6 +18,7 @@ import gzip
 import http.client
 import json
 import os
+import signal
 import threading
 import time
 
@@ -206,6 +208,25 @@ def main():
     print(f"reconstructions: top-1 agreement with Triton's own prediction {agree:.2f} ({len(rec)} reconstructed)")
     if ENV.get("PARITY_IS_MODEL") == "1":
         check(agree >= 0.3, f"reconstructions carry the prediction (top-1 agreement {agree:.2f} >= 0.3; chance 0.1)")
+
+    # 6. Triton 1 stalls (SIGSTOP: connections open, nothing answered): still every query
+    #    answered, without waiting for it.
+    if ENV.get("TRITON1_PID"):
+        pid = int(ENV["TRITON1_PID"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            c, stalled = Http(front), []
+            for i in range(20):
+                t = time.perf_counter()
+                status, out, params = c.infer(MODEL, x[i:i + 1])
+                stalled.append((status, rows_reconstructed(params, 1)[0] if status == 200 else False, time.perf_counter() - t))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        lat = percentiles([r[2] for r in stalled])
+        table["parm_http_json_with_stalled_instance"] = lat
+        check(all(r[0] == 200 for r in stalled) and lat["max_ms"] < 1000,
+              f"triton 1 stopped (SIGSTOP): all 20 queries answered, max {lat['max_ms']} ms, "
+              f"{sum(r[1] for r in stalled)} reconstructed")
     if ENV.get("LATENCY_JSON"):
         with open(ENV["LATENCY_JSON"], "w") as f:
             json.dump(table, f, indent=1)
