@@ -164,6 +164,9 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     esac
   done
   source "$triton_root/scripts/lib/procs.sh"
+  # Ctrl-C / SIGTERM: exit through procs.sh's EXIT trap, which kills the server and waits
+  # for it (about 2 s); a second signal meanwhile is ignored.
+  trap 'trap "" INT TERM; exit 0' INT TERM
   triton_venv
   triton_prepare
   if [ -z "$npz" ]; then
@@ -175,6 +178,5 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   triton_wait_ready t0
   echo "triton http ${TRITON_HTTP[t0]} grpc ${TRITON_GRPC[t0]} metrics ${TRITON_METRICS[t0]} repo $work/repo"
   echo "triton ready after ${TRITON_READY_S[t0]} s; log $work/t0.err; Ctrl-C stops it" >&2
-  trap 'exit 0' INT TERM
   wait "${pids[0]}"
 fi
