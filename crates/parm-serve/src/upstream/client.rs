@@ -322,7 +322,17 @@ fn spec_from_metadata(m: pb::ModelMetadataResponse) -> Result<ModelSpec, String>
         let [t] = tensors else {
             return Err(format!("model {:?} has {} {what}s; parm serves exactly 1", m.name, tensors.len()));
         };
-        let (_batch, per_query) = t.shape.split_first().ok_or(format!("{what} {:?} has no batch dim", t.name))?;
+        let (batch, per_query) = t.shape.split_first().ok_or(format!("{what} {:?} has no batch dim", t.name))?;
+        // A Triton model with max_batch_size 0 reports its dims without a batch dim ([784]);
+        // taking 784 for the batch dim would fail every request ("Expected [784], got [1,1]").
+        // parm sends [rows, ...]: the first dim must be variable (-1), or 1 for single rows.
+        if *batch != -1 && *batch != 1 {
+            return Err(format!(
+                "{what} {:?} of model {:?} has shape {:?}: its first dim is not a batch dim (-1); \
+                 a Triton model needs max_batch_size > 0",
+                t.name, m.name, t.shape
+            ));
+        }
         Ok((t.name.clone(), per_query.to_vec(), t.datatype.clone()))
     };
     let (input_name, input_shape, datatype) = one("input", &m.inputs)?;
@@ -337,4 +347,36 @@ fn spec_from_metadata(m: pb::ModelMetadataResponse) -> Result<ModelSpec, String>
         output_shape,
         datatype,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(input: &[i64], output: &[i64]) -> pb::ModelMetadataResponse {
+        let t = |name: &str, shape: &[i64]| TensorMetadata { name: name.into(), datatype: "FP32".into(), shape: shape.to_vec() };
+        pb::ModelMetadataResponse {
+            name: "mlp".into(),
+            versions: vec!["1".into()],
+            platform: "python".into(),
+            inputs: vec![t("input", input)],
+            outputs: vec![t("output", output)],
+        }
+    }
+
+    #[test]
+    fn metadata_with_a_batch_dim_gives_the_per_query_shapes() {
+        let spec = spec_from_metadata(metadata(&[-1, 784], &[-1, 10])).unwrap();
+        assert_eq!((spec.input_name.as_str(), &spec.input_shape[..], &spec.output_shape[..]), ("input", &[784][..], &[10][..]));
+        // Triton, max_batch_size 0 with dims [1, 784]: single rows still fit.
+        assert_eq!(spec_from_metadata(metadata(&[1, 784], &[1, 10])).unwrap().input_shape, vec![784]);
+    }
+
+    #[test]
+    fn metadata_without_a_batch_dim_is_refused() {
+        // Triton, max_batch_size 0 with dims [784]: no batch dim to put rows in.
+        let e = spec_from_metadata(metadata(&[784], &[10])).unwrap_err();
+        assert!(e.contains("not a batch dim") && e.contains("max_batch_size"), "{e}");
+        assert!(spec_from_metadata(metadata(&[-1, 784], &[10])).is_err());
+    }
 }
