@@ -41,7 +41,7 @@ impl DataArgs {
             Some(p) => read_preprocess(p)?,
             None => Preprocess::default(),
         };
-        let spec = UserData { inputs: inputs.clone(), labels: self.labels.clone(), preprocess, seed: self.split_seed, ..UserData::default() };
+        let spec = UserData { labels: self.labels.clone(), preprocess, seed: self.split_seed, ..UserData::new(inputs.clone()) };
         Ok(Some(parm_data::load_user_data(&spec)?))
     }
 }
