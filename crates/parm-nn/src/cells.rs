@@ -48,9 +48,24 @@ impl CellMlp {
         Self { mlp, k, channels, rows, cols }
     }
 
+    /// The MLP applied to every cell.
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    /// Values per parity query: `C * H * W`.
+    pub fn input_len(&self) -> usize {
+        self.channels * self.rows * self.cols
+    }
+
+    /// Queries per parity query (cells in the grid).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// For each cell j (in order) and each value of the padded cell, the index of the input
     /// value it reads; `C*H*W` (one past the input) for padding.
-    fn gather_index(&self) -> Vec<i64> {
+    pub(crate) fn gather_index(&self) -> Vec<i64> {
         let (mh, mw) = max_cell(self.k, self.rows, self.cols);
         let pad = (self.channels * self.rows * self.cols) as i64;
         let mut idx = Vec::with_capacity(self.k * self.channels * mh * mw);

@@ -10,10 +10,13 @@ pub mod cells;
 pub mod cnn;
 pub mod deployed;
 pub mod eval;
+pub mod export;
 pub mod meta;
 pub mod mlp;
+pub mod onnx;
 pub mod parity;
 pub mod predictor;
+pub mod testing;
 pub mod train;
 pub mod weights;
 
@@ -21,6 +24,7 @@ pub use cnn::{Classifier, Net, NetConfig};
 pub use deployed::DeployedModel;
 pub use meta::{ModelKind, ModelMeta};
 pub use mlp::{Mlp, MlpConfig};
+pub use onnx::OnnxModel;
 pub use predictor::Predictor;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -36,6 +40,9 @@ pub enum NnError {
     Meta { path: String, source: serde_json::Error },
     #[error("{path}: cannot load weights: {message}")]
     Weights { path: String, message: String },
+    /// An ONNX file that cannot be served ([`onnx::OnnxModel::load`]), or a run that failed.
+    #[error("{path}: {message}")]
+    Onnx { path: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }

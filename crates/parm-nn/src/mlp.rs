@@ -65,6 +65,12 @@ impl MlpConfig {
 }
 
 impl Mlp {
+    /// The linear layers, input first; ReLU sits between consecutive layers. Each layer's
+    /// weight is `[in, out]` and its bias `[out]`.
+    pub fn layers(&self) -> &[Linear] {
+        &self.layers
+    }
+
     /// `x`: `[batch, input]` -> logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let last = self.layers.len() - 1;
