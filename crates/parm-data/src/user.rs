@@ -128,11 +128,7 @@ pub struct SplitIndices {
 /// Errors: [`DataError::Config`] for a fraction outside `[0, 1)`, or fractions that leave no
 /// training item.
 pub fn split_indices(n: usize, val_fraction: f64, test_fraction: f64, seed: u64) -> Result<SplitIndices, DataError> {
-    for (what, f) in [("val_fraction", val_fraction), ("test_fraction", test_fraction)] {
-        if !(0.0..1.0).contains(&f) {
-            return Err(DataError::Config { msg: format!("{what} {f} is outside [0, 1)") });
-        }
-    }
+    check_fractions(val_fraction, test_fraction)?;
     let count = |f: f64| if f > 0.0 { ((n as f64 * f).round() as usize).max(1) } else { 0 };
     let (n_val, n_test) = (count(val_fraction), count(test_fraction));
     if n_val + n_test >= n {
@@ -148,6 +144,15 @@ pub fn split_indices(n: usize, val_fraction: f64, test_fraction: f64, seed: u64)
     let (test, rest) = perm.split_at(n_test);
     let (val, train) = rest.split_at(n_val);
     Ok(SplitIndices { train: sorted(train), val: sorted(val), test: sorted(test) })
+}
+
+fn check_fractions(val_fraction: f64, test_fraction: f64) -> Result<(), DataError> {
+    for (what, f) in [("val_fraction", val_fraction), ("test_fraction", test_fraction)] {
+        if !(0.0..1.0).contains(&f) {
+            return Err(DataError::Config { msg: format!("{what} {f} is outside [0, 1)") });
+        }
+    }
+    Ok(())
 }
 
 /// Loads the user's data as a [`Dataset`]: reads the inputs (and labels), applies
@@ -167,26 +172,15 @@ pub fn split_indices(n: usize, val_fraction: f64, test_fraction: f64, seed: u64)
 /// below [`MIN_ITEMS`]; [`DataError::CountMismatch`] when labels and inputs differ in number;
 /// [`DataError::Config`] for bad fractions.
 pub fn load_user_data(u: &UserData) -> Result<Dataset, DataError> {
-    let format = detect_format(&u.inputs)?;
-    let loaded = read_and_preprocess(u, format)?;
-    let origin = u.inputs.display().to_string();
+    check_fractions(u.val_fraction, u.test_fraction)?;
+    let loaded = read_and_preprocess(u, detect_format(&u.inputs)?)?;
     let n = loaded.n;
     if n < MIN_ITEMS {
-        return Err(DataError::TooFew { origin, n, min: MIN_ITEMS });
+        return Err(DataError::TooFew { origin: u.inputs.display().to_string(), n, min: MIN_ITEMS });
     }
-    let labels = match &u.labels {
-        Some(path) => Some((read_label_file(path)?, None)),
-        None => loaded.labels,
-    };
-    if let Some((l, _)) = &labels
-        && l.len() != n
-    {
-        let origin = format!("{} vs {origin}", u.labels.as_deref().unwrap_or(&u.inputs).display());
-        return Err(DataError::CountMismatch { images: n, labels: l.len(), origin });
-    }
+    let (labels, classes) = labels_and_classes(u, loaded.labels, n)?;
     let has_labels = labels.is_some();
-    let classes = labels.as_ref().map_or(0, |(l, c)| c.unwrap_or_else(|| l.iter().max().map_or(0, |&m| usize::from(m) + 1)));
-    let all = Split { images: loaded.values, labels: labels.map_or_else(|| vec![0; n], |(l, _)| l), n };
+    let all = Split { images: loaded.values, labels: labels.unwrap_or_else(|| vec![0; n]), n };
     let idx = split_indices(n, u.val_fraction, u.test_fraction, u.seed)?;
     let (rows, cols) = rows_cols(&loaded.shape, loaded.preprocess.layout);
     Ok(Dataset {
@@ -201,6 +195,22 @@ pub fn load_user_data(u: &UserData) -> Result<Dataset, DataError> {
         val: all.select(&idx.val),
         test: all.select(&idx.test),
     })
+}
+
+/// The labels (from `u.labels` if set, else those `found` with the inputs) and the class
+/// count (`found`'s, else largest label + 1); `(None, 0)` without labels.
+fn labels_and_classes(u: &UserData, found: Option<(Vec<u8>, Option<usize>)>, n: usize) -> Result<(Option<Vec<u8>>, usize), DataError> {
+    let (labels, classes) = match (&u.labels, found) {
+        (Some(path), _) => (read_label_file(path)?, None),
+        (None, Some(found)) => found,
+        (None, None) => return Ok((None, 0)),
+    };
+    if labels.len() != n {
+        let origin = format!("{} vs {}", u.labels.as_deref().unwrap_or(&u.inputs).display(), u.inputs.display());
+        return Err(DataError::CountMismatch { images: n, labels: labels.len(), origin });
+    }
+    let classes = classes.unwrap_or_else(|| labels.iter().max().map_or(0, |&m| usize::from(m) + 1));
+    Ok((Some(labels), classes))
 }
 
 /// Every item preprocessed, back to back.

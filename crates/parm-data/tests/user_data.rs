@@ -314,6 +314,9 @@ fn errors_name_the_file_and_what_was_expected() {
     assert!(msg(&UserData::new(d.join("data.csv"))).contains("data.csv: unknown input format"));
     assert!(matches!(load_err(&UserData::new(d.join("missing.npy"))), DataError::Io { .. }));
     assert!(msg(&UserData { test_fraction: 1.0, ..UserData::new(&x) }).contains("test_fraction 1 is outside [0, 1)"));
+    // Settings are checked before any file is read.
+    let e = load_err(&UserData { val_fraction: -0.1, ..UserData::new(d.join("missing.npy")) });
+    assert!(matches!(e, DataError::Config { .. }), "{e}");
     assert!(msg(&UserData { val_fraction: 0.5, test_fraction: 0.5, ..UserData::new(&x) }).contains("leave none of 10 for training"));
     let pre = Preprocess { resize: Some([2, 2]), ..Preprocess::default() };
     let m = msg(&UserData { preprocess: pre, ..UserData::new(&x) });
