@@ -50,9 +50,10 @@ impl Source {
     pub fn parse(s: &str) -> anyhow::Result<Source> {
         for (prefix, protocol) in [("grpc://", Protocol::Grpc), ("http://", Protocol::Http)] {
             if let Some(rest) = s.strip_prefix(prefix) {
-                let (addr, model) = rest.split_once('/').filter(|(a, m)| !a.is_empty() && !m.is_empty() && !m.contains('/')).with_context(
-                    || format!("--deployed {s}: a remote model is {prefix}HOST:PORT/MODEL (one model name after the address)"),
-                )?;
+                let (addr, model) =
+                    rest.split_once('/').filter(|(a, m)| !a.is_empty() && !m.is_empty() && !m.contains('/')).with_context(|| {
+                        format!("--deployed {s}: a remote model is {prefix}HOST:PORT/MODEL (one model name after the address)")
+                    })?;
                 return Ok(Source::Remote { protocol, addr: addr.to_string(), model: model.to_string() });
             }
         }
@@ -60,7 +61,9 @@ impl Source {
         match path.extension().and_then(|e| e.to_str()) {
             Some("onnx") => Ok(Source::Onnx(path)),
             Some("bpk") => Ok(Source::Parm(path)),
-            _ => bail!("--deployed {s}: expected a parm model (.bpk), an ONNX file (.onnx), or grpc://HOST:PORT/MODEL / http://HOST:PORT/MODEL"),
+            _ => bail!(
+                "--deployed {s}: expected a parm model (.bpk), an ONNX file (.onnx), or grpc://HOST:PORT/MODEL / http://HOST:PORT/MODEL"
+            ),
         }
     }
 }
@@ -172,7 +175,14 @@ impl RemoteModel {
             Protocol::Grpc => Transport::Grpc(rt.block_on(async { InstanceClient::connect_lazy(addr) })?),
             Protocol::Http => Transport::Http(reqwest::Client::builder().timeout(REMOTE_TIMEOUT).build()?),
         };
-        let mut remote = RemoteModel { rt, transport, addr: addr.to_string(), model: model.to_string(), spec: ModelSpec::fp32(model, vec![1], vec![1]), max_batch: 1 };
+        let mut remote = RemoteModel {
+            rt,
+            transport,
+            addr: addr.to_string(),
+            model: model.to_string(),
+            spec: ModelSpec::fp32(model, vec![1], vec![1]),
+            max_batch: 1,
+        };
         remote.spec = remote.metadata().with_context(|| format!("reading the metadata of {}", remote.url()))?;
         remote.spec.validate().with_context(|| format!("{} cannot be protected", remote.url()))?;
         remote.max_batch = (REMOTE_BYTES / (4 * remote.spec.input_len().max(1))).clamp(1, REMOTE_BATCH);
@@ -194,7 +204,8 @@ impl RemoteModel {
             Transport::Grpc(c) => Ok(self.rt.block_on(c.model_metadata(&self.model, wait))?),
             Transport::Http(c) => {
                 let url = format!("http://{}/v2/models/{}", self.addr, self.model);
-                let body: serde_json::Value = self.rt.block_on(async { c.get(&url).timeout(wait).send().await?.error_for_status()?.json().await })?;
+                let body: serde_json::Value =
+                    self.rt.block_on(async { c.get(&url).timeout(wait).send().await?.error_for_status()?.json().await })?;
                 spec_from_json(&self.model, &body)
             }
         }
@@ -208,9 +219,11 @@ impl RemoteModel {
             "outputs": [{"name": self.spec.output_name}],
         });
         let url = format!("http://{}/v2/models/{}/infer", self.addr, self.model);
-        let body: serde_json::Value = self.rt.block_on(async { client.post(&url).json(&request).send().await?.error_for_status()?.json().await })?;
+        let body: serde_json::Value =
+            self.rt.block_on(async { client.post(&url).json(&request).send().await?.error_for_status()?.json().await })?;
         let outputs = body["outputs"].as_array().context("answer without \"outputs\"")?;
-        let out = outputs.iter().find(|o| o["name"] == self.spec.output_name.as_str()).or(outputs.first()).context("answer with no output")?;
+        let out =
+            outputs.iter().find(|o| o["name"] == self.spec.output_name.as_str()).or(outputs.first()).context("answer with no output")?;
         let data = out["data"].as_array().context("output without \"data\"")?;
         data.iter().map(|v| v.as_f64().map(|x| x as f32).context("a non-numeric output value")).collect()
     }
@@ -224,12 +237,23 @@ fn spec_from_json(model: &str, body: &serde_json::Value) -> anyhow::Result<Model
         let t = &list[0];
         let shape: Vec<i64> = t["shape"].as_array().context("tensor without shape")?.iter().filter_map(|d| d.as_i64()).collect();
         ensure!(shape.len() >= 2 && shape[0] < 0, "{key} shape {shape:?} has no variable batch dimension");
-        Ok((t["name"].as_str().unwrap_or_default().to_string(), shape[1..].to_vec(), t["datatype"].as_str().unwrap_or_default().to_string()))
+        Ok((
+            t["name"].as_str().unwrap_or_default().to_string(),
+            shape[1..].to_vec(),
+            t["datatype"].as_str().unwrap_or_default().to_string(),
+        ))
     };
     let (input_name, input_shape, in_type) = tensor("inputs")?;
     let (output_name, output_shape, out_type) = tensor("outputs")?;
     ensure!(in_type == "FP32" && out_type == "FP32", "datatypes {in_type} -> {out_type}; parm protects FP32 models");
-    Ok(ModelSpec { input_name, input_shape, output_name, output_shape, version: body["versions"][0].as_str().unwrap_or("1").to_string(), ..ModelSpec::fp32(model, vec![], vec![]) })
+    Ok(ModelSpec {
+        input_name,
+        input_shape,
+        output_name,
+        output_shape,
+        version: body["versions"][0].as_str().unwrap_or("1").to_string(),
+        ..ModelSpec::fp32(model, vec![], vec![])
+    })
 }
 
 impl DeployedModel for RemoteModel {

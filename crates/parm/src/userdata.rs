@@ -64,7 +64,12 @@ pub fn read_preprocess(path: &Path) -> anyhow::Result<Preprocess> {
 pub fn fit_to(ds: &mut Dataset, f: &Deployed, cache: &Path) -> anyhow::Result<()> {
     let want: usize = f.input_shape.iter().product();
     if ds.train.dim() != want {
-        bail!("the data's queries have {} values ({:?}) but the deployed model takes {want} ({:?})", ds.train.dim(), ds.input_shape, f.input_shape);
+        bail!(
+            "the data's queries have {} values ({:?}) but the deployed model takes {want} ({:?})",
+            ds.train.dim(),
+            ds.input_shape,
+            f.input_shape
+        );
     }
     if ds.has_labels && ds.classes > f.outputs {
         bail!("the data has labels up to {} but the deployed model has {} outputs", ds.classes - 1, f.outputs);

@@ -9,8 +9,8 @@ use anyhow::bail;
 use burn::tensor::Device;
 use clap::Args;
 use parm_codes::encoder_for_shape;
-use parm_nn::eval::{self, AccuracyReport};
 use parm_nn::deployed::outputs_of;
+use parm_nn::eval::{self, AccuracyReport};
 use parm_nn::train::load_model;
 
 use crate::deployed::{Deployed, Source};
@@ -130,7 +130,14 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
 
 /// A_a, A_d (every single-erasure pattern of every test coding group), the default baseline
 /// and A_o at f_u = 1%, 5%, 10% (ParM §5.2).
-pub fn accuracy_report(ds: &parm_data::Dataset, f: &Deployed, parity: &std::path::Path, encoder: &str, k: usize, seed: u64) -> anyhow::Result<AccuracyReport> {
+pub fn accuracy_report(
+    ds: &parm_data::Dataset,
+    f: &Deployed,
+    parity: &std::path::Path,
+    encoder: &str,
+    k: usize,
+    seed: u64,
+) -> anyhow::Result<AccuracyReport> {
     let device = Device::flex();
     let (fp, pmeta) = parm_nn::train::load_net(parity, &device)?;
     if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {

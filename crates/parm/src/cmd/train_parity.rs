@@ -23,8 +23,10 @@ pub struct TrainParityArgs {
     #[arg(long, default_value = "addition")]
     pub encoder: String,
     /// Total epochs (ParM trains 500); an interrupted run resumes from its last checkpoint.
-    #[arg(long, default_value_t = 20)]
-    pub epochs: usize,
+    /// Default: enough for about 7,500 optimizer steps, at least 20 (20 on Fashion-MNIST; a
+    /// small data set of the user's gets more passes).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Base recipe: `parm-paper` (ParM's published one) or `parm` (parm's own: cosine
     /// schedule, distillation, wider parity model); the flags below override single items.
     #[arg(long, default_value = "parm-paper")]
@@ -111,7 +113,7 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_dir_all(dir.join(format!("{name}.ckpt")));
     }
-    let mut cfg = recipe_config(&a.recipe, a.k, a.epochs)?;
+    let mut cfg = recipe_config(&a.recipe, a.k, a.epochs.unwrap_or(20))?;
     cfg.seed = a.seed;
     if let Some(s) = &a.schedule {
         cfg.schedule = match s.as_str() {
@@ -164,6 +166,9 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
             (ds, f.hash)
         }
     };
+    if a.epochs.is_none() {
+        cfg.epochs = default_epochs(ds.train.n, a.k, cfg.groups_per_step);
+    }
     let meta = train(&f, &ds, hash, a.k, &a.encoder, &cfg, &dir, &name)?;
     println!(
         "parity model {name}: validation degraded-mode accuracy {:.2}% after {} epochs ({} steps, {:.1} s, {:.0} steps/s) -> {}",
@@ -255,6 +260,13 @@ fn train(
     Ok(run_parity_training(&job, cfg)?)
 }
 
+/// Epochs for about 7,500 optimizer steps of `groups_per_step` coding groups of k of the `n`
+/// training queries, at least 20.
+fn default_epochs(n: usize, k: usize, groups_per_step: usize) -> usize {
+    let steps_per_epoch = (n / k.max(1)).div_ceil(groups_per_step.max(1)).max(1);
+    7500usize.div_ceil(steps_per_epoch).max(20)
+}
+
 /// `--out PATH[.bpk]` as (directory, file stem).
 fn out_target(out: &Path) -> anyhow::Result<(PathBuf, String)> {
     let stem = out.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()).context("--out needs a file name")?;
@@ -263,4 +275,25 @@ fn out_target(out: &Path) -> anyhow::Result<(PathBuf, String)> {
     }
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     Ok((dir.to_path_buf(), stem.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_epochs_aim_at_a_step_budget() {
+        // Fashion-MNIST's 50,000 training images, k = 2, 64 groups per step: 391 steps per epoch.
+        assert_eq!(default_epochs(50_000, 2, 64), 20);
+        // 1,437 rows of tabular data: 12 steps per epoch.
+        assert_eq!(default_epochs(1_437, 2, 64), 625);
+        assert_eq!(default_epochs(0, 2, 64), 7500);
+    }
+
+    #[test]
+    fn out_is_a_bpk_path() {
+        assert_eq!(out_target(Path::new("m/parity")).unwrap(), (PathBuf::from("m"), "parity".to_string()));
+        assert_eq!(out_target(Path::new("parity.bpk")).unwrap(), (PathBuf::from("."), "parity".to_string()));
+        assert!(out_target(Path::new("m/parity.onnx")).is_err());
+    }
 }
