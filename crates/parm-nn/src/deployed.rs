@@ -52,14 +52,16 @@ impl<T: Classifier> DeployedModel for T {
 /// the rows asked are [`NnError::Invalid`].
 pub fn outputs_of(model: &dyn DeployedModel, inputs: &[f32], n: usize, dim: usize) -> Result<Vec<f32>, NnError> {
     let mut out = Vec::new();
-    let step = model.max_batch().max(1);
-    for start in (0..n).step_by(step) {
-        let rows = step.min(n - start);
+    let mut start = 0;
+    while start < n {
+        // Read each time: a remote model may lower it after a refused batch.
+        let rows = model.max_batch().max(1).min(n - start);
         let y = model.outputs(&inputs[start * dim..(start + rows) * dim], rows)?;
         if y.is_empty() || !y.len().is_multiple_of(rows) {
             return Err(NnError::Invalid(format!("the deployed model returned {} values for {rows} queries", y.len())));
         }
         out.extend(y);
+        start += rows;
     }
     Ok(out)
 }

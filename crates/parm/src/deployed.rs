@@ -8,6 +8,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -155,7 +156,9 @@ pub struct RemoteModel {
     addr: String,
     model: String,
     spec: ModelSpec,
-    max_batch: usize,
+    /// Rows per call: starts at what fits [`REMOTE_BYTES`], halved whenever the server refuses
+    /// a batch (Triton refuses more than its `max_batch_size`, which OIP metadata does not say).
+    max_batch: AtomicUsize,
 }
 
 enum Transport {
@@ -181,11 +184,11 @@ impl RemoteModel {
             addr: addr.to_string(),
             model: model.to_string(),
             spec: ModelSpec::fp32(model, vec![1], vec![1]),
-            max_batch: 1,
+            max_batch: AtomicUsize::new(1),
         };
         remote.spec = remote.metadata().with_context(|| format!("reading the metadata of {}", remote.url()))?;
         remote.spec.validate().with_context(|| format!("{} cannot be protected", remote.url()))?;
-        remote.max_batch = (REMOTE_BYTES / (4 * remote.spec.input_len().max(1))).clamp(1, REMOTE_BATCH);
+        remote.max_batch = AtomicUsize::new((REMOTE_BYTES / (4 * remote.spec.input_len().max(1))).clamp(1, REMOTE_BATCH));
         Ok(remote)
     }
 
@@ -219,8 +222,14 @@ impl RemoteModel {
             "outputs": [{"name": self.spec.output_name}],
         });
         let url = format!("http://{}/v2/models/{}/infer", self.addr, self.model);
-        let body: serde_json::Value =
-            self.rt.block_on(async { client.post(&url).json(&request).send().await?.error_for_status()?.json().await })?;
+        let (status, body) = self.rt.block_on(async {
+            let response = client.post(&url).json(&request).send().await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.json::<serde_json::Value>().await.unwrap_or_default()))
+        })?;
+        if !status.is_success() {
+            bail!("{status}: {}", body["error"].as_str().unwrap_or("no error message"));
+        }
         let outputs = body["outputs"].as_array().context("answer without \"outputs\"")?;
         let out =
             outputs.iter().find(|o| o["name"] == self.spec.output_name.as_str()).or(outputs.first()).context("answer with no output")?;
@@ -256,8 +265,8 @@ fn spec_from_json(model: &str, body: &serde_json::Value) -> anyhow::Result<Model
     })
 }
 
-impl DeployedModel for RemoteModel {
-    fn outputs(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, NnError> {
+impl RemoteModel {
+    fn call(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, NnError> {
         let err = |e: &dyn std::fmt::Display| NnError::Invalid(format!("{}: {e}", self.url()));
         let out = match &self.transport {
             Transport::Grpc(c) => {
@@ -272,9 +281,28 @@ impl DeployedModel for RemoteModel {
         }
         Ok(out)
     }
+}
+
+impl DeployedModel for RemoteModel {
+    /// One call; if the server refuses a batch of several rows, the batch is halved (for this
+    /// and later calls) and sent again in parts.
+    fn outputs(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, NnError> {
+        match self.call(input, batch) {
+            Err(e) if batch > 1 => {
+                let half = batch.div_ceil(2);
+                eprintln!("{e}; trying batches of {half}");
+                self.max_batch.fetch_min(half, Ordering::Relaxed);
+                let dim = input.len() / batch;
+                let mut out = self.outputs(&input[..half * dim], half)?;
+                out.extend(self.outputs(&input[half * dim..], batch - half)?);
+                Ok(out)
+            }
+            result => result,
+        }
+    }
 
     fn max_batch(&self) -> usize {
-        self.max_batch
+        self.max_batch.load(Ordering::Relaxed)
     }
 }
 
