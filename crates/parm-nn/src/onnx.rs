@@ -113,7 +113,7 @@ impl OnnxModel {
     }
 
     /// Values in one query's answer: the product of [`OnnxModel::output_shape`].
-    pub fn output_width(&self) -> usize {
+    pub fn output_len(&self) -> usize {
         self.output_shape.iter().product()
     }
 
@@ -123,7 +123,7 @@ impl OnnxModel {
     }
 
     /// Runs `batch` queries: `input` is `[batch, input_len]` row-major f32, the result
-    /// `[batch, output_width]` row-major f32.
+    /// `[batch, output_len]` row-major f32.
     ///
     /// # Errors
     /// [`NnError::Invalid`] for input of the wrong length or `batch == 0`; [`NnError::Onnx`]
@@ -141,7 +141,7 @@ impl OnnxModel {
 
     /// Rows `b` at a time; the last group is padded with zero rows.
     fn run_padded(&self, input: &[f32], batch: usize, b: usize) -> Result<Vec<f32>, NnError> {
-        let (d, w) = (self.input_len(), self.output_width());
+        let (d, w) = (self.input_len(), self.output_len());
         let mut out = Vec::with_capacity(batch * w);
         for rows in input.chunks(b * d) {
             let mut group = rows.to_vec();
@@ -159,7 +159,7 @@ impl OnnxModel {
         let y = self.plan.run(tvec!(x.into())).map_err(runtime)?;
         let y = y[0].to_plain_array_view::<f32>().map_err(runtime)?;
         let out: Vec<f32> = y.iter().copied().collect();
-        if out.len() != rows * self.output_width() {
+        if out.len() != rows * self.output_len() {
             return Err(NnError::Invalid(format!("the model returned {} values for {rows} queries", out.len())));
         }
         Ok(out)
