@@ -80,6 +80,7 @@ impl OnnxModel {
         let proto = onnx.proto_model_for_path(path).map_err(|e| err(format!("not a readable ONNX model: {e:#}")))?;
         let graph = proto.graph.as_ref().ok_or_else(|| err("the file holds no graph".into()))?;
         check_external_data(graph).map_err(err)?;
+        check_operators(&onnx, graph).map_err(err)?;
         let input = single_input(graph).map_err(err)?;
         let output_name = choose_output(graph, output).map_err(err)?;
         let dir = path.parent().and_then(|d| d.to_str());
@@ -269,6 +270,18 @@ fn choose_output(graph: &GraphProto, wanted: Option<&str>) -> Result<String, Str
     Ok(found.name.clone())
 }
 
+/// Refuses a top-level node whose operator tract does not implement, naming both (operators
+/// inside subgraphs are checked by tract's analysis, with its own message).
+fn check_operators(onnx: &tract_onnx::Onnx, graph: &GraphProto) -> Result<(), String> {
+    match graph.node.iter().find(|n| !onnx.op_register.0.contains_key(&n.op_type)) {
+        Some(n) => {
+            let domain = if n.domain.is_empty() { "ai.onnx".to_string() } else { n.domain.clone() };
+            Err(format!("node {:?} uses operator {} (domain {domain}), which tract does not implement", n.name, n.op_type))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Refuses initializers stored in external files outside the model's folder.
 fn check_external_data(graph: &GraphProto) -> Result<(), String> {
     for t in &graph.initializer {
@@ -332,7 +345,7 @@ fn plan_for(
 mod tests {
     use prost::Message;
     use tract_onnx::pb::tensor_shape_proto::Dimension;
-    use tract_onnx::pb::{NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto, type_proto};
+    use tract_onnx::pb::{NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, type_proto};
 
     use super::*;
     use crate::testing::{onnx_fixtures, read_npy};
@@ -359,14 +372,26 @@ mod tests {
 
     /// A graph of one node `op(inputs) -> y`, written to a temporary file.
     fn one_node(dir: &Path, op: &str, inputs: Vec<ValueInfoProto>, output: ValueInfoProto) -> std::path::PathBuf {
+        with_initializers(dir, op, inputs, output, vec![])
+    }
+
+    /// [`one_node`], the node also reading `initializers` (after the inputs).
+    fn with_initializers(
+        dir: &Path,
+        op: &str,
+        inputs: Vec<ValueInfoProto>,
+        output: ValueInfoProto,
+        initializer: Vec<TensorProto>,
+    ) -> std::path::PathBuf {
         let node = NodeProto {
             name: "the_node".into(),
             op_type: op.into(),
-            input: inputs.iter().map(|i| i.name.clone()).collect(),
+            input: inputs.iter().map(|i| i.name.clone()).chain(initializer.iter().map(|t| t.name.clone())).collect(),
             output: vec![output.name.clone()],
             ..Default::default()
         };
-        let graph = GraphProto { name: "g".into(), node: vec![node], input: inputs, output: vec![output], ..Default::default() };
+        let graph =
+            GraphProto { name: "g".into(), node: vec![node], input: inputs, output: vec![output], initializer, ..Default::default() };
         let model = ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
@@ -387,8 +412,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = one_node(dir.path(), "NoSuchOp", vec![value("x", FLOAT, &[-1, 4])], value("y", FLOAT, &[-1, 4]));
         let e = load_err(&path);
-        assert!(e.contains("NoSuchOp") && e.contains("the_node"), "{e}");
+        assert!(e.contains("node \"the_node\" uses operator NoSuchOp (domain ai.onnx), which tract does not implement"), "{e}");
         assert!(e.starts_with(&path.display().to_string()), "{e}");
+    }
+
+    /// A known operator on shapes that do not fit (Gemm of [N, 4] by [3, 2]) fails at load,
+    /// naming the node.
+    #[test]
+    fn shapes_that_do_not_fit_fail_at_load_naming_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = TensorProto { name: "w".into(), dims: vec![3, 2], data_type: FLOAT, float_data: vec![0.0; 6], ..Default::default() };
+        let path = with_initializers(dir.path(), "Gemm", vec![value("x", FLOAT, &[-1, 4])], value("y", FLOAT, &[-1, 2]), vec![w]);
+        let e = load_err(&path);
+        assert!(e.contains("the_node"), "{e}");
     }
 
     #[test]
@@ -417,6 +453,33 @@ mod tests {
         assert!(m.infer(&x[..8], 3).is_err());
         let named = OnnxModel::load(&path, Some("x")).expect_err("x is not an output").to_string();
         assert!(named.contains("no output \"x\"; outputs: y: FLOAT [2, 3]"), "{named}");
+    }
+
+    fn int64s(name: &str, v: &[i64]) -> TensorProto {
+        TensorProto { name: name.into(), dims: vec![v.len() as i64], data_type: 7, int64_data: v.to_vec(), ..Default::default() }
+    }
+
+    /// A graph that only holds for one row (a Reshape to a constant `[1, 4]`) cannot run with
+    /// a symbolic batch; it is served one row at a time.
+    #[test]
+    fn a_graph_tract_cannot_batch_runs_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y) = (value("x", FLOAT, &[-1, 4]), value("y", FLOAT, &[1, 4]));
+        let path = with_initializers(dir.path(), "Reshape", vec![x], y, vec![int64s("shape", &[1, 4])]);
+        let m = OnnxModel::load(&path, None).unwrap();
+        assert_eq!(m.batch_axis(), BatchAxis::Fixed(1));
+        let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        assert_eq!(m.infer(&x, 3).unwrap(), x);
+    }
+
+    #[test]
+    fn external_data_outside_the_models_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shape = int64s("shape", &[]);
+        shape.external_data = vec![StringStringEntryProto { key: "location".into(), value: "../../etc/passwd".into() }];
+        let path = with_initializers(dir.path(), "Reshape", vec![value("x", FLOAT, &[-1, 4])], value("y", FLOAT, &[-1, 4]), vec![shape]);
+        let e = load_err(&path);
+        assert!(e.contains("outside the model's folder"), "{e}");
     }
 
     fn close(got: &[f32], want: &[f32], tol: f32) {
