@@ -45,6 +45,8 @@ pub enum BatchAxis {
 /// A loaded, optimised ONNX graph; `Send + Sync`, and [`OnnxModel::infer`] takes `&self`, so
 /// one model serves concurrent callers (each run has its own state).
 pub struct OnnxModel {
+    /// The file, for error messages.
+    path: String,
     plan: Arc<TypedRunnableModel>,
     batch_axis: BatchAxis,
     input_name: String,
@@ -56,7 +58,8 @@ pub struct OnnxModel {
 /// The graph's one float32 input, as declared in the file.
 struct GraphInput {
     name: String,
-    /// `None`: symbolic, with the `dim_param` name when it has one.
+    /// `Ok(b)`: fixed to b rows; `Err(name)`: symbolic, with its `dim_param` name if it has
+    /// one that is a plain identifier.
     batch: Result<usize, Option<String>>,
     shape: Vec<usize>,
 }
@@ -85,7 +88,15 @@ impl OnnxModel {
         let output_name = choose_output(graph, output).map_err(err)?;
         let dir = path.parent().and_then(|d| d.to_str());
         let (plan, batch_axis, output_shape) = build(&onnx, &proto, dir, &input, &output_name).map_err(err)?;
-        Ok(OnnxModel { plan, batch_axis, input_name: input.name, input_shape: input.shape, output_name, output_shape })
+        Ok(OnnxModel {
+            path: path.display().to_string(),
+            plan,
+            batch_axis,
+            input_name: input.name,
+            input_shape: input.shape,
+            output_name,
+            output_shape,
+        })
     }
 
     /// Name of the graph input queries are fed to.
@@ -154,7 +165,7 @@ impl OnnxModel {
 
     /// One run of the plan on `rows` rows.
     fn run(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, NnError> {
-        let runtime = |e: TractError| NnError::Onnx { path: "(loaded model)".into(), message: format!("run failed: {e:#}") };
+        let runtime = |e: TractError| NnError::Onnx { path: self.path.clone(), message: format!("run failed: {e:#}") };
         let shape: Vec<usize> = std::iter::once(rows).chain(self.input_shape.iter().copied()).collect();
         let x = Tensor::from_shape(&shape, input).map_err(runtime)?;
         let y = self.plan.run(tvec!(x.into())).map_err(runtime)?;
@@ -170,6 +181,7 @@ impl OnnxModel {
 impl fmt::Debug for OnnxModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxModel")
+            .field("path", &self.path)
             .field("input", &(&self.input_name, &self.input_shape))
             .field("output", &(&self.output_name, &self.output_shape))
             .field("batch_axis", &self.batch_axis)
