@@ -259,7 +259,7 @@ mod tests {
         assert!(e.contains("exists"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
         write_onnx(&net, &[], &path, true).unwrap();
-        assert_eq!(OnnxModel::load(&path, None).unwrap().output_width(), 2);
+        assert_eq!(OnnxModel::load(&path, None).unwrap().output_len(), 2);
     }
 
     #[test]

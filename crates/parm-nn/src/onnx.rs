@@ -45,6 +45,8 @@ pub enum BatchAxis {
 /// A loaded, optimised ONNX graph; `Send + Sync`, and [`OnnxModel::infer`] takes `&self`, so
 /// one model serves concurrent callers (each run has its own state).
 pub struct OnnxModel {
+    /// The file, for error messages.
+    path: String,
     plan: Arc<TypedRunnableModel>,
     batch_axis: BatchAxis,
     input_name: String,
@@ -56,7 +58,8 @@ pub struct OnnxModel {
 /// The graph's one float32 input, as declared in the file.
 struct GraphInput {
     name: String,
-    /// `None`: symbolic, with the `dim_param` name when it has one.
+    /// `Ok(b)`: fixed to b rows; `Err(name)`: symbolic, with its `dim_param` name if it has
+    /// one that is a plain identifier.
     batch: Result<usize, Option<String>>,
     shape: Vec<usize>,
 }
@@ -80,11 +83,20 @@ impl OnnxModel {
         let proto = onnx.proto_model_for_path(path).map_err(|e| err(format!("not a readable ONNX model: {e:#}")))?;
         let graph = proto.graph.as_ref().ok_or_else(|| err("the file holds no graph".into()))?;
         check_external_data(graph).map_err(err)?;
+        check_operators(&onnx, graph).map_err(err)?;
         let input = single_input(graph).map_err(err)?;
         let output_name = choose_output(graph, output).map_err(err)?;
         let dir = path.parent().and_then(|d| d.to_str());
         let (plan, batch_axis, output_shape) = build(&onnx, &proto, dir, &input, &output_name).map_err(err)?;
-        Ok(OnnxModel { plan, batch_axis, input_name: input.name, input_shape: input.shape, output_name, output_shape })
+        Ok(OnnxModel {
+            path: path.display().to_string(),
+            plan,
+            batch_axis,
+            input_name: input.name,
+            input_shape: input.shape,
+            output_name,
+            output_shape,
+        })
     }
 
     /// Name of the graph input queries are fed to.
@@ -113,7 +125,7 @@ impl OnnxModel {
     }
 
     /// Values in one query's answer: the product of [`OnnxModel::output_shape`].
-    pub fn output_width(&self) -> usize {
+    pub fn output_len(&self) -> usize {
         self.output_shape.iter().product()
     }
 
@@ -123,7 +135,7 @@ impl OnnxModel {
     }
 
     /// Runs `batch` queries: `input` is `[batch, input_len]` row-major f32, the result
-    /// `[batch, output_width]` row-major f32.
+    /// `[batch, output_len]` row-major f32.
     ///
     /// # Errors
     /// [`NnError::Invalid`] for input of the wrong length or `batch == 0`; [`NnError::Onnx`]
@@ -141,7 +153,7 @@ impl OnnxModel {
 
     /// Rows `b` at a time; the last group is padded with zero rows.
     fn run_padded(&self, input: &[f32], batch: usize, b: usize) -> Result<Vec<f32>, NnError> {
-        let (d, w) = (self.input_len(), self.output_width());
+        let (d, w) = (self.input_len(), self.output_len());
         let mut out = Vec::with_capacity(batch * w);
         for rows in input.chunks(b * d) {
             let mut group = rows.to_vec();
@@ -153,13 +165,13 @@ impl OnnxModel {
 
     /// One run of the plan on `rows` rows.
     fn run(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, NnError> {
-        let runtime = |e: TractError| NnError::Onnx { path: "(loaded model)".into(), message: format!("run failed: {e:#}") };
+        let runtime = |e: TractError| NnError::Onnx { path: self.path.clone(), message: format!("run failed: {e:#}") };
         let shape: Vec<usize> = std::iter::once(rows).chain(self.input_shape.iter().copied()).collect();
         let x = Tensor::from_shape(&shape, input).map_err(runtime)?;
         let y = self.plan.run(tvec!(x.into())).map_err(runtime)?;
         let y = y[0].to_plain_array_view::<f32>().map_err(runtime)?;
         let out: Vec<f32> = y.iter().copied().collect();
-        if out.len() != rows * self.output_width() {
+        if out.len() != rows * self.output_len() {
             return Err(NnError::Invalid(format!("the model returned {} values for {rows} queries", out.len())));
         }
         Ok(out)
@@ -169,6 +181,7 @@ impl OnnxModel {
 impl fmt::Debug for OnnxModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxModel")
+            .field("path", &self.path)
             .field("input", &(&self.input_name, &self.input_shape))
             .field("output", &(&self.output_name, &self.output_shape))
             .field("batch_axis", &self.batch_axis)
@@ -269,6 +282,18 @@ fn choose_output(graph: &GraphProto, wanted: Option<&str>) -> Result<String, Str
     Ok(found.name.clone())
 }
 
+/// Refuses a top-level node whose operator tract does not implement, naming both (operators
+/// inside subgraphs are checked by tract's analysis, with its own message).
+fn check_operators(onnx: &tract_onnx::Onnx, graph: &GraphProto) -> Result<(), String> {
+    match graph.node.iter().find(|n| !onnx.op_register.0.contains_key(&n.op_type)) {
+        Some(n) => {
+            let domain = if n.domain.is_empty() { "ai.onnx".to_string() } else { n.domain.clone() };
+            Err(format!("node {:?} uses operator {} (domain {domain}), which tract does not implement", n.name, n.op_type))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Refuses initializers stored in external files outside the model's folder.
 fn check_external_data(graph: &GraphProto) -> Result<(), String> {
     for t in &graph.initializer {
@@ -332,7 +357,7 @@ fn plan_for(
 mod tests {
     use prost::Message;
     use tract_onnx::pb::tensor_shape_proto::Dimension;
-    use tract_onnx::pb::{NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto, type_proto};
+    use tract_onnx::pb::{NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, type_proto};
 
     use super::*;
     use crate::testing::{onnx_fixtures, read_npy};
@@ -359,14 +384,26 @@ mod tests {
 
     /// A graph of one node `op(inputs) -> y`, written to a temporary file.
     fn one_node(dir: &Path, op: &str, inputs: Vec<ValueInfoProto>, output: ValueInfoProto) -> std::path::PathBuf {
+        with_initializers(dir, op, inputs, output, vec![])
+    }
+
+    /// [`one_node`], the node also reading `initializers` (after the inputs).
+    fn with_initializers(
+        dir: &Path,
+        op: &str,
+        inputs: Vec<ValueInfoProto>,
+        output: ValueInfoProto,
+        initializer: Vec<TensorProto>,
+    ) -> std::path::PathBuf {
         let node = NodeProto {
             name: "the_node".into(),
             op_type: op.into(),
-            input: inputs.iter().map(|i| i.name.clone()).collect(),
+            input: inputs.iter().map(|i| i.name.clone()).chain(initializer.iter().map(|t| t.name.clone())).collect(),
             output: vec![output.name.clone()],
             ..Default::default()
         };
-        let graph = GraphProto { name: "g".into(), node: vec![node], input: inputs, output: vec![output], ..Default::default() };
+        let graph =
+            GraphProto { name: "g".into(), node: vec![node], input: inputs, output: vec![output], initializer, ..Default::default() };
         let model = ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
@@ -387,8 +424,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = one_node(dir.path(), "NoSuchOp", vec![value("x", FLOAT, &[-1, 4])], value("y", FLOAT, &[-1, 4]));
         let e = load_err(&path);
-        assert!(e.contains("NoSuchOp") && e.contains("the_node"), "{e}");
+        assert!(e.contains("node \"the_node\" uses operator NoSuchOp (domain ai.onnx), which tract does not implement"), "{e}");
         assert!(e.starts_with(&path.display().to_string()), "{e}");
+    }
+
+    /// A known operator on shapes that do not fit (Gemm of [N, 4] by [3, 2]) fails at load,
+    /// naming the node.
+    #[test]
+    fn shapes_that_do_not_fit_fail_at_load_naming_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = TensorProto { name: "w".into(), dims: vec![3, 2], data_type: FLOAT, float_data: vec![0.0; 6], ..Default::default() };
+        let path = with_initializers(dir.path(), "Gemm", vec![value("x", FLOAT, &[-1, 4])], value("y", FLOAT, &[-1, 2]), vec![w]);
+        let e = load_err(&path);
+        assert!(e.contains("the_node"), "{e}");
     }
 
     #[test]
@@ -417,6 +465,33 @@ mod tests {
         assert!(m.infer(&x[..8], 3).is_err());
         let named = OnnxModel::load(&path, Some("x")).expect_err("x is not an output").to_string();
         assert!(named.contains("no output \"x\"; outputs: y: FLOAT [2, 3]"), "{named}");
+    }
+
+    fn int64s(name: &str, v: &[i64]) -> TensorProto {
+        TensorProto { name: name.into(), dims: vec![v.len() as i64], data_type: 7, int64_data: v.to_vec(), ..Default::default() }
+    }
+
+    /// A graph that only holds for one row (a Reshape to a constant `[1, 4]`) cannot run with
+    /// a symbolic batch; it is served one row at a time.
+    #[test]
+    fn a_graph_tract_cannot_batch_runs_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y) = (value("x", FLOAT, &[-1, 4]), value("y", FLOAT, &[1, 4]));
+        let path = with_initializers(dir.path(), "Reshape", vec![x], y, vec![int64s("shape", &[1, 4])]);
+        let m = OnnxModel::load(&path, None).unwrap();
+        assert_eq!(m.batch_axis(), BatchAxis::Fixed(1));
+        let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        assert_eq!(m.infer(&x, 3).unwrap(), x);
+    }
+
+    #[test]
+    fn external_data_outside_the_models_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shape = int64s("shape", &[]);
+        shape.external_data = vec![StringStringEntryProto { key: "location".into(), value: "../../etc/passwd".into() }];
+        let path = with_initializers(dir.path(), "Reshape", vec![value("x", FLOAT, &[-1, 4])], value("y", FLOAT, &[-1, 4]), vec![shape]);
+        let e = load_err(&path);
+        assert!(e.contains("outside the model's folder"), "{e}");
     }
 
     fn close(got: &[f32], want: &[f32], tol: f32) {

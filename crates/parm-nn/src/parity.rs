@@ -332,6 +332,9 @@ fn state_epochs_hint(ckpt_dir: &Path) -> usize {
         .map_or(0, |s| s.epochs_done)
 }
 
+/// What [`augmented_split`] returns: the split, its groups, and F's logits on it.
+type AugmentedSplit = (Split, Vec<Vec<usize>>, Vec<f32>);
+
 /// Augmented copies of the queries of `groups` as a small split (`groups.len() * k` images,
 /// numbered group by group), the groups renumbered into it, and F's logits on it.
 fn augmented_split(
@@ -342,7 +345,7 @@ fn augmented_split(
     a: Augment,
     deployed: &dyn DeployedModel,
     rng: &mut StdRng,
-) -> Result<(Split, Vec<Vec<usize>>, Vec<f32>), NnError> {
+) -> Result<AugmentedSplit, NnError> {
     let dim = split.dim();
     let mut images = Vec::with_capacity(groups.len() * groups.first().map_or(0, |g| g.len()) * dim);
     let mut labels = Vec::new();

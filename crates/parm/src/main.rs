@@ -28,6 +28,8 @@ enum Command {
     TrainParity(cmd::train_parity::TrainParityArgs),
     /// Available, degraded-mode and overall accuracy of a deployed + parity model pair.
     Eval(cmd::eval::EvalArgs),
+    /// Write a parm model (MLP, cell-wise MLP) as an ONNX file.
+    Export(cmd::export::ExportArgs),
     /// Serve one model (deployed or parity) as a model instance over OIP gRPC.
     Worker(cmd::worker::WorkerArgs),
     /// The frontend: OIP HTTP for clients, coding groups over the instances.
@@ -53,6 +55,7 @@ fn main() {
         Command::Train(a) => cmd::train::run(&a),
         Command::TrainParity(a) => cmd::train_parity::run(&a),
         Command::Eval(a) => cmd::eval::run(&a),
+        Command::Export(a) => cmd::export::run(&a),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Serve(a) => cmd::serve::run(a, |id| given("serve", id)),
         Command::Demo(a) => cmd::demo::run(a),

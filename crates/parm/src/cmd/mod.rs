@@ -4,6 +4,7 @@ pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod serve;
 pub mod simulate;
 pub mod train;

@@ -10,14 +10,22 @@ use anyhow::Context;
 use clap::Args;
 use parm_serve::instance::worker::WorkerOptions;
 
-use self::backend::NnBackend;
+use parm_serve::instance::backend::InferenceBackend;
+
+use self::backend::{NnBackend, OnnxBackend};
 use super::{block_on_drained, shutdown_signal};
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// Weights file (.bpk) with its .json metadata beside it.
+    /// The model: a parm weights file (.bpk, with its .json metadata beside it), or an ONNX
+    /// file (.onnx: one float32 input [batch, ...], run in process by tract; OIP platform
+    /// "onnx", with the graph's input and output names and per-query shapes).
     #[arg(long)]
     pub model: PathBuf,
+    /// ONNX only: the graph output to serve (default: the first float32 output of rank 2,
+    /// e.g. skl2onnx's `probabilities`, not its int64 `label`).
+    #[arg(long)]
+    pub output: Option<String>,
     /// Name to serve the model under (default: the file stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -52,6 +60,13 @@ pub struct WorkerArgs {
     pub models_dir: Option<PathBuf>,
 }
 
+/// The backend for `model`, chosen by its extension: `.onnx` or a parm model.
+fn load_backend(model: &std::path::Path, name: &str, output: Option<&str>) -> anyhow::Result<Arc<dyn InferenceBackend>> {
+    let onnx = model.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    anyhow::ensure!(onnx || output.is_none(), "--output applies to ONNX models (.onnx) only");
+    Ok(if onnx { Arc::new(OnnxBackend::load(model, name, output)?) } else { Arc::new(NnBackend::load(model, name)?) })
+}
+
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let name = match &a.name {
         Some(n) => n.clone(),
@@ -62,7 +77,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         None => a.model.clone(),
     };
     let auth = parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
-    let backend = Arc::new(NnBackend::load(&model, &name)?);
+    let backend = load_backend(&model, &name, a.output.as_deref())?;
     let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
     anyhow::ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     let batching = (a.max_batch > 1).then(|| parm_serve::instance::batcher::BatchConfig {

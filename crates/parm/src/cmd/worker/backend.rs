@@ -1,9 +1,10 @@
-//! parm-nn models as parm-serve backends.
+//! parm-nn models as parm-serve backends: parm's own models (`.bpk`) and ONNX files.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use parm_nn::Predictor;
+use parm_nn::onnx::BatchAxis;
+use parm_nn::{OnnxModel, Predictor};
 use parm_serve::instance::backend::InferenceBackend;
 use parm_serve::oip::ModelSpec;
 
@@ -38,5 +39,45 @@ impl InferenceBackend for NnBackend {
     fn infer(&self, input: &[f32], batch: usize) -> anyhow::Result<Vec<f32>> {
         let p = self.predictor.lock().map_err(|_| anyhow::anyhow!("model poisoned by an earlier panic"))?;
         Ok(p.infer(input, batch)?)
+    }
+}
+
+/// OIP platform of ONNX models. Triton says `onnxruntime_onnx` for its onnxruntime backend;
+/// parm runs them with tract, so it names the format only.
+pub const ONNX_PLATFORM: &str = "onnx";
+
+/// An ONNX file run in process by tract ([`OnnxModel`]). The model is `Sync` and every call
+/// has its own state, so no lock is needed.
+pub struct OnnxBackend {
+    model: OnnxModel,
+    spec: ModelSpec,
+}
+
+impl OnnxBackend {
+    /// Loads `path`, serving the graph output `output` (default: the first float32 output of
+    /// rank 2) under `name`; metadata carries the graph's own tensor names and per-query shapes.
+    pub fn load(path: &Path, name: &str, output: Option<&str>) -> anyhow::Result<Self> {
+        let model = OnnxModel::load(path, output)?;
+        if let BatchAxis::Fixed(b) = model.batch_axis() {
+            tracing::warn!("{}: the graph's batch axis is fixed to {b}: queries run {b} at a time", path.display());
+        }
+        let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<i64>>();
+        let spec = ModelSpec {
+            platform: ONNX_PLATFORM.into(),
+            input_name: model.input_name().into(),
+            output_name: model.output_name().into(),
+            ..ModelSpec::fp32(name, dims(model.input_shape()), dims(model.output_shape()))
+        };
+        Ok(Self { model, spec })
+    }
+}
+
+impl InferenceBackend for OnnxBackend {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn infer(&self, input: &[f32], batch: usize) -> anyhow::Result<Vec<f32>> {
+        Ok(self.model.infer(input, batch)?)
     }
 }
