@@ -102,7 +102,7 @@ impl Deployed {
             }
             Source::Onnx(path) => {
                 let onnx = parm_nn::onnx::OnnxModel::load(path, None).with_context(|| format!("loading {}", path.display()))?;
-                let (input_shape, outputs) = (onnx.input_shape().to_vec(), onnx.output_width());
+                let (input_shape, outputs) = (onnx.input_shape().to_vec(), onnx.output_len());
                 let meta = foreign_meta(&format!("onnx:{}", file_name(path)), &input_shape, outputs);
                 Ok(Deployed { model: Box::new(onnx), meta, hash: parm_nn::parity::file_hash(path)?, input_shape, outputs })
             }
