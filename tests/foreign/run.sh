@@ -8,20 +8,20 @@
 # Fixtures come from tests/onnx/fixtures.sh (a venv in target/onnx-venv). Every process it
 # started is killed on exit. Exit status non-zero on any failure.
 #
-# Usage: tests/foreign/run.sh   (builds parm with `cargo build --release`)
+# Usage: [PARM=path/to/parm] tests/foreign/run.sh   (default: builds parm with `cargo build --release`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-parm=$root/target/release/parm
+parm=${PARM:-$root/target/release/parm}
 fx=$root/target/onnx-fixtures
 source "$root/scripts/lib/procs.sh"
 
-cargo build --release --quiet
+[ -n "${PARM:-}" ] || cargo build --release --quiet
 tests/onnx/fixtures.sh "$fx" >/dev/null
 py=$root/target/onnx-venv/bin/python
 data=(--data "$fx/digits_x.npy" --labels "$fx/digits_y.npy")
 
-"$parm" train-parity --deployed "$fx/sklearn.onnx" "${data[@]}" --k 2 --epochs 40 --out "$work/parity"
+"$parm" train-parity --deployed "$fx/sklearn.onnx" "${data[@]}" --k 2 --distill 1 --hidden 256,128 --out "$work/parity"
 "$parm" eval --deployed "$fx/sklearn.onnx" --parity "$work/parity.bpk" "${data[@]}" --k 2 --json "$work/eval.json"
 
 start d0 "$parm" worker --model "$fx/sklearn.onnx" --name digits --listen 127.0.0.1:0
