@@ -264,6 +264,14 @@ async fn repository_index_and_readiness_cover_every_model() {
     assert_eq!(index(Some(json!({}))).await, all);
     let r = client.post(format!("{}/v2/repository/index", c.url)).body("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
+    // gRPC's RepositoryIndex says the same.
+    let mut grpc = GrpcInferenceServiceClient::connect(c.grpc.clone()).await.unwrap();
+    let got = grpc.repository_index(pb::RepositoryIndexRequest::default()).await.unwrap().into_inner().models;
+    let got: Vec<Value> = got.iter().map(|m| json!({"name": m.name, "version": m.version, "state": m.state, "reason": m.reason})).collect();
+    assert_eq!(Value::Array(got), all);
+    let ready = pb::RepositoryIndexRequest { ready: true, ..Default::default() };
+    let got = grpc.repository_index(ready).await.unwrap().into_inner().models;
+    assert_eq!(got.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["small", "wide"]);
 
     // The server is ready only when every model is; each model answers for itself.
     let (status, v) = get(format!("{}/v2/health/ready", c.url)).await;

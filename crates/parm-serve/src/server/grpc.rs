@@ -11,7 +11,8 @@
 //!
 //! Model calls (`ModelInfer`, `ModelMetadata`, `ModelReady`, `ModelConfig`,
 //! `ModelStatistics`) go to the model their `model_name` / `name` names, NOT_FOUND for an
-//! unknown one; `ModelStatistics` without a name answers for every model.
+//! unknown one; `ModelStatistics` without a name answers for every model. `RepositoryIndex`
+//! (Triton's) lists every model and its state, as `POST /v2/repository/index` does.
 //!
 //! Health: `grpc.health.v1` reports SERVING for `""` and `inference.GRPCInferenceService`
 //! while every model has a healthy deployed instance, NOT_SERVING otherwise (refreshed every
@@ -210,6 +211,20 @@ impl GrpcInferenceService for FrontendService {
         };
         let model_stats = stats["model_stats"].as_array().map(|a| a.iter().map(Self::model_stats_pb).collect()).unwrap_or_default();
         Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(&self, req: Request<pb::RepositoryIndexRequest>) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let index = self.serving.index_json(req.into_inner().ready);
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let entry = |m: &serde_json::Value| pb::repository_index_response::ModelIndex {
+            name: s(&m["name"]),
+            version: s(&m["version"]),
+            state: s(&m["state"]),
+            reason: s(&m["reason"]),
+        };
+        Ok(Response::new(pb::RepositoryIndexResponse {
+            models: index.as_array().map(|a| a.iter().map(entry).collect()).unwrap_or_default(),
+        }))
     }
 }
 
