@@ -407,6 +407,11 @@ impl GrpcInferenceService for WorkerService {
     async fn model_statistics(&self, _: Request<pb::ModelStatisticsRequest>) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         Err(Status::unimplemented("ModelStatistics is served by the parm frontend, not by workers"))
     }
+
+    /// Triton's extension; a worker serves one model (see ModelMetadata), the frontend a repository.
+    async fn repository_index(&self, _: Request<pb::RepositoryIndexRequest>) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        Err(Status::unimplemented("RepositoryIndex is served by the parm frontend, not by workers"))
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
-//! What the HTTP and gRPC client interfaces share: the served model's checks, one inference
-//! call with its deadline and statistics, Triton's model config and statistics documents, and
-//! the error kinds with their HTTP and gRPC codes.
+//! What the HTTP and gRPC client interfaces share: the served models by name (the model
+//! repository at run time, [`Serving`]), one inference call with its deadline and statistics,
+//! Triton's repository index, model config and statistics documents, and the error kinds with
+//! their HTTP and gRPC codes.
 //!
 //! Error mapping (Triton): invalid argument -> 400 / INVALID_ARGUMENT, unknown model -> 404 /
 //! NOT_FOUND, no prediction -> 503 / UNAVAILABLE, deadline expired -> 504 / DEADLINE_EXCEEDED,
 //! internal -> 500 / INTERNAL.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +22,26 @@ use crate::upstream::health::Health;
 /// Most queries (rows) one request may carry.
 pub const MAX_BATCH_SIZE: usize = 1024;
 
-/// The frontend with its statistics and instance health, shared by both interfaces.
-pub struct Serving {
+/// One served model: its frontend (own coding groups, coded-path statistics and instance
+/// pools), its request statistics, its metrics labels and its instances' health.
+pub struct ServedModel {
     pub frontend: Frontend,
     pub stats: RequestStats,
+    /// This model's view of the server's Prometheus registry (labels `model`, `version`).
     pub prometheus: Prometheus,
     pub health: Health,
-    /// The bound on queries in flight (see [`crate::server::admission`]).
+    /// The model config's `[preprocess]` table, kept as opaque data: shown in model metadata
+    /// and configuration, not applied.
+    pub preprocess: Option<toml::Table>,
+}
+
+/// The models behind the client interfaces, with the server-wide admission bound and limits;
+/// shared by both interfaces. Serving one model (`parm serve --deployed ...`) is a repository
+/// of one.
+pub struct Serving {
+    /// Every served model by the name clients use (sorted, so listings are stable).
+    models: BTreeMap<String, ServedModel>,
+    /// The bound on queries in flight, over every model (see [`crate::server::admission`]).
     pub admission: crate::server::admission::Admission,
     /// Authentication and request limits of the client interfaces (see [`crate::oip::security`]).
     pub options: crate::oip::security::ServeOptions,
@@ -35,7 +50,7 @@ pub struct Serving {
 /// Shared handle.
 pub type Shared = Arc<Serving>;
 
-/// How the client-facing server runs a frontend.
+/// How the client-facing server runs its frontends.
 #[derive(Default)]
 pub struct ServingOptions {
     /// The bound on queries in flight (see [`crate::server::admission`]).
@@ -44,9 +59,23 @@ pub struct ServingOptions {
     pub limits: crate::oip::security::ServeOptions,
 }
 
+/// A model to serve, as [`Serving::start_models`] takes it.
+pub struct Model {
+    pub frontend: Frontend,
+    /// Opaque `[preprocess]` settings of its config (see [`ServedModel::preprocess`]).
+    pub preprocess: Option<toml::Table>,
+}
+
+impl From<Frontend> for Model {
+    fn from(frontend: Frontend) -> Self {
+        Self { frontend, preprocess: None }
+    }
+}
+
 /// One accepted inference request, from accept time on.
 pub struct Accepted<'a> {
     serving: &'a Serving,
+    model: &'a ServedModel,
     at: Instant,
     done: bool,
 }
@@ -55,7 +84,7 @@ impl Drop for Accepted<'_> {
     /// A request dropped unanswered (client went away) still leaves the pending gauge.
     fn drop(&mut self) {
         if !self.done {
-            self.serving.stats.failed(self.at.elapsed(), FailReason::Canceled);
+            self.model.stats.failed(self.at.elapsed(), FailReason::Canceled);
         }
     }
 }
@@ -64,7 +93,7 @@ impl Accepted<'_> {
     /// Records a failure found before dispatch (bad request) and returns it.
     pub fn reject(mut self, e: ApiError) -> ApiError {
         self.done = true;
-        self.serving.stats.failed(self.at.elapsed(), e.fail_reason());
+        self.model.stats.failed(self.at.elapsed(), e.fail_reason());
         e
     }
 
@@ -74,8 +103,8 @@ impl Accepted<'_> {
     /// deadline passed first (the outstanding queries are then dropped, see
     /// [`Frontend::predict`]).
     pub async fn run(mut self, rows: Vec<Vec<f32>>, timeout: Option<Duration>) -> Result<Vec<Prediction>, ApiError> {
-        let s = self.serving;
-        let _permit = match s.admission.try_acquire(rows.len()) {
+        let s = self.model;
+        let _permit = match self.serving.admission.try_acquire(rows.len()) {
             Ok(p) => p,
             Err(e) => return Err(self.reject(e)),
         };
@@ -109,7 +138,7 @@ impl Accepted<'_> {
     }
 }
 
-async fn timed_predict(s: &Serving, row: Vec<f32>) -> Result<Prediction, FrontendError> {
+async fn timed_predict(s: &ServedModel, row: Vec<f32>) -> Result<Prediction, FrontendError> {
     let start = Instant::now();
     let p = s.frontend.predict(row).await?;
     let source = if p.reconstructed { "reconstructed" } else { "original" };
@@ -119,7 +148,7 @@ async fn timed_predict(s: &Serving, row: Vec<f32>) -> Result<Prediction, Fronten
 
 /// A request's rows coded as one block (`--batch-coding`, see [`Frontend::predict_block`]),
 /// answered row by row, with the per-row answer metrics.
-async fn timed_block(s: &Serving, rows: Vec<Vec<f32>>) -> Vec<Result<Prediction, FrontendError>> {
+async fn timed_block(s: &ServedModel, rows: Vec<Vec<f32>>) -> Vec<Result<Prediction, FrontendError>> {
     let start = Instant::now();
     let n = rows.len();
     let block = match s.frontend.predict_block(rows.concat(), n).await {
@@ -143,45 +172,124 @@ fn collect(results: Vec<Result<Prediction, FrontendError>>) -> Result<Vec<Predic
 }
 
 impl Serving {
-    /// Wraps a started frontend with `options` (admission limit, authentication, request
-    /// limits; `Default::default()` for the defaults); probes its instances (see [`Health`]).
+    /// Serves one started frontend with `options` (admission limit, authentication, request
+    /// limits; `Default::default()` for the defaults): [`Self::start_models`] with one model.
     ///
-    /// Errors: an instance address that cannot be parsed.
+    /// Errors: as [`Self::start_models`].
     pub async fn start(frontend: Frontend, options: ServingOptions) -> anyhow::Result<Shared> {
+        Self::start_models(vec![frontend.into()], options).await
+    }
+
+    /// Serves every model of `models` behind one server, each under its spec's name; probes
+    /// their instances (see [`Health`]). One registry holds every model's metrics.
+    ///
+    /// Errors: no model, two models with the same name, or an unparsable instance address.
+    pub async fn start_models(models: Vec<Model>, options: ServingOptions) -> anyhow::Result<Shared> {
         let ServingOptions { admission, limits: options } = options;
-        let cfg = frontend.config();
-        let mut instances: Vec<(&'static str, String, String)> =
-            cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
-        instances.extend(cfg.parity.iter().map(|a| ("parity", a.clone(), cfg.parity_model.clone())));
-        let health = Health::start(&instances).await?;
-        let spec = frontend.spec();
-        let prometheus = Prometheus::new(&spec.name, &spec.version);
-        Ok(Arc::new(Self { frontend, stats: RequestStats::default(), prometheus, health, admission, options }))
-    }
-
-    /// Starts timing one inference request.
-    pub fn accept(&self) -> Accepted<'_> {
-        self.stats.accepted();
-        Accepted { serving: self, at: Instant::now(), done: false }
-    }
-
-    /// True while at least one deployed instance is healthy and the frontend is not shutting
-    /// down.
-    pub fn ready(&self) -> bool {
-        !self.admission.is_closed() && self.health.ready()
-    }
-
-    /// NOT_FOUND unless `name` is the served model and `version` is empty, absent or its version.
-    pub fn check_model(&self, name: &str, version: Option<&str>) -> Result<(), ApiError> {
-        let spec = self.frontend.spec();
-        let version = version.filter(|v| !v.is_empty());
-        if name != spec.name || version.is_some_and(|v| v != spec.version) {
-            let v = version.map(|v| format!(" version {v}")).unwrap_or_default();
-            return Err(ApiError::new(ErrorKind::NotFound, format!("unknown model '{name}'{v}")));
+        anyhow::ensure!(!models.is_empty(), "no model to serve");
+        let registry = Prometheus::registry();
+        let mut served = BTreeMap::new();
+        for Model { frontend, preprocess } in models {
+            let cfg = frontend.config();
+            let mut instances: Vec<(&'static str, String, String)> =
+                cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
+            instances.extend(cfg.parity.iter().map(|a| ("parity", a.clone(), cfg.parity_model.clone())));
+            let health = Health::start(&instances).await?;
+            let spec = frontend.spec().clone();
+            let prometheus = registry.for_model(&spec.name, &spec.version);
+            let model = ServedModel { frontend, stats: RequestStats::default(), prometheus, health, preprocess };
+            anyhow::ensure!(served.insert(spec.name.clone(), model).is_none(), "two models are named '{}'", spec.name);
         }
-        Ok(())
+        Ok(Arc::new(Self { models: served, admission, options }))
     }
 
+    /// Every served model, by name.
+    pub fn models(&self) -> impl Iterator<Item = &ServedModel> {
+        self.models.values()
+    }
+
+    /// The model clients call `name`, if `version` is empty, absent or its version.
+    ///
+    /// Errors: NOT_FOUND (404) for any other name or version.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Result<&ServedModel, ApiError> {
+        let version = version.filter(|v| !v.is_empty());
+        match self.models.get(name) {
+            Some(m) if version.is_none_or(|v| v == m.frontend.spec().version) => Ok(m),
+            _ => {
+                let v = version.map(|v| format!(" version {v}")).unwrap_or_default();
+                Err(ApiError::new(ErrorKind::NotFound, format!("unknown model '{name}'{v}")))
+            }
+        }
+    }
+
+    /// Starts timing one inference request for `model` (one of [`Self::models`]).
+    pub fn accept<'a>(&'a self, model: &'a ServedModel) -> Accepted<'a> {
+        model.stats.accepted();
+        Accepted { serving: self, model, at: Instant::now(), done: false }
+    }
+
+    /// True while every model is ready (see [`Self::model_ready`]).
+    pub fn ready(&self) -> bool {
+        self.models().all(|m| self.model_ready(m))
+    }
+
+    /// True while at least one of `model`'s deployed instances is healthy and the server is
+    /// not shutting down.
+    pub fn model_ready(&self, model: &ServedModel) -> bool {
+        self.unavailable_reason(model).is_none()
+    }
+
+    /// Why `model` is not ready, if it is not.
+    fn unavailable_reason(&self, model: &ServedModel) -> Option<&'static str> {
+        if self.admission.is_closed() {
+            Some("the server is shutting down")
+        } else if !model.health.ready() {
+            Some("no deployed instance is healthy")
+        } else {
+            None
+        }
+    }
+
+    /// Triton's repository index (`POST /v2/repository/index`): every model with its version
+    /// and state, `READY` or `UNAVAILABLE` with the reason; with `ready_only`, ready models only.
+    pub fn index_json(&self, ready_only: bool) -> Value {
+        let entries = self.models().filter_map(|m| {
+            let reason = self.unavailable_reason(m);
+            let state = if reason.is_none() { "READY" } else { "UNAVAILABLE" };
+            let spec = m.frontend.spec();
+            (!ready_only || reason.is_none())
+                .then(|| json!({"name": spec.name, "version": spec.version, "state": state, "reason": reason.unwrap_or_default()}))
+        });
+        Value::Array(entries.collect())
+    }
+
+    /// Triton's statistics document for every model (`{"model_stats": [...]}`, by name).
+    pub fn stats_json(&self) -> Value {
+        let stats = self.models().flat_map(|m| m.stats_json()["model_stats"].as_array().cloned().unwrap_or_default());
+        json!({"model_stats": stats.collect::<Vec<_>>()})
+    }
+
+    /// Prometheus text format of every metric: every model's, labelled `model` and `version`,
+    /// then the server's admission gauges.
+    pub fn render_metrics(&self) -> String {
+        for m in self.models() {
+            m.prometheus.refresh(&m.stats, m.frontend.stats(), m.health.instances());
+        }
+        let mut text = self.models().next().map(|m| m.prometheus.render()).unwrap_or_default();
+        let a = &self.admission;
+        text.push_str(&format!(
+            "# HELP parm_inflight_queries Queries in flight at the frontend (admission control)\n# TYPE parm_inflight_queries gauge\nparm_inflight_queries {}\n\
+             # HELP parm_inflight_limit Most queries admitted at once (--max-inflight)\n# TYPE parm_inflight_limit gauge\nparm_inflight_limit {}\n\
+             # HELP parm_shed_requests_total Requests shed with 503 / UNAVAILABLE by admission control\n# TYPE parm_shed_requests_total counter\nparm_shed_requests_total {}\n",
+            a.in_flight(),
+            a.limit(),
+            a.shed()
+        ));
+        text
+    }
+}
+
+impl ServedModel {
     /// Splits `values` (shape `shape`) into per-query rows of the model's input length.
     ///
     /// Errors: element count not matching the shape, not a whole number (>= 1) of queries,
@@ -190,22 +298,31 @@ impl Serving {
         crate::server::request::rows(self.frontend.spec(), input, shape, values)
     }
 
+    /// The `[preprocess]` table as JSON, if the model's config has one.
+    pub fn preprocess_json(&self) -> Option<Value> {
+        self.preprocess.as_ref().and_then(|t| serde_json::to_value(t).ok())
+    }
+
     /// Triton's model configuration (JSON form of `model_config.proto`'s `ModelConfig`).
     pub fn config_json(&self) -> Value {
         let s = self.frontend.spec();
         let cfg = self.frontend.config();
         let k = if cfg.parity.is_empty() { 1 } else { cfg.encoder.k() };
         let param = |v: String| json!({"string_value": v});
+        let mut parameters = json!({
+            "parm_k": param(k.to_string()),
+            "parm_deployed_instances": param(cfg.deployed.len().to_string()),
+            "parm_parity_instances": param(cfg.parity.len().to_string()),
+        });
+        if let Some(p) = self.preprocess_json() {
+            parameters["parm_preprocess"] = param(p.to_string());
+        }
         json!({
             "name": s.name, "platform": s.platform, "backend": "parm", "max_batch_size": MAX_BATCH_SIZE,
             "input": [{"name": s.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": s.input_shape}],
             "output": [{"name": s.output_name, "data_type": "TYPE_FP32", "dims": s.output_shape}],
             "instance_group": [{"name": s.name, "kind": "KIND_MODEL", "count": cfg.deployed.len()}],
-            "parameters": {
-                "parm_k": param(k.to_string()),
-                "parm_deployed_instances": param(cfg.deployed.len().to_string()),
-                "parm_parity_instances": param(cfg.parity.len().to_string()),
-            },
+            "parameters": parameters,
         })
     }
 
@@ -230,21 +347,6 @@ impl Serving {
             },
             "batch_stats": [],
         }]})
-    }
-
-    /// Prometheus text format of every metric.
-    pub fn render_metrics(&self) -> String {
-        let mut text = self.prometheus.render(&self.stats, self.frontend.stats(), self.health.instances());
-        let a = &self.admission;
-        text.push_str(&format!(
-            "# HELP parm_inflight_queries Queries in flight at the frontend (admission control)\n# TYPE parm_inflight_queries gauge\nparm_inflight_queries {}\n\
-             # HELP parm_inflight_limit Most queries admitted at once (--max-inflight)\n# TYPE parm_inflight_limit gauge\nparm_inflight_limit {}\n\
-             # HELP parm_shed_requests_total Requests shed with 503 / UNAVAILABLE by admission control\n# TYPE parm_shed_requests_total counter\nparm_shed_requests_total {}\n",
-            a.in_flight(),
-            a.limit(),
-            a.shed()
-        ));
-        text
     }
 }
 

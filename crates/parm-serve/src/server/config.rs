@@ -36,9 +36,15 @@
 //! group_timeout_ms = 5
 //! decode_grace_ms = 2
 //! instance_timeout_ms = 5000
+//!
+//! [preprocess]                   # opaque: shown in model metadata, not applied
 //! ```
+//!
+//! A model repository (`parm serve --model-repository DIR`, [`load_repository`]) holds one
+//! such file per model, `DIR/NAME/config.toml`, with `[model]`, `[deadlines]` and
+//! `[preprocess]` and no `[server]`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -53,6 +59,73 @@ pub struct ServeFile {
     pub model: ModelSection,
     #[serde(default)]
     pub deadlines: DeadlineSection,
+    /// `[preprocess]`: the model's input preprocessing, kept as opaque data (shown in model
+    /// metadata and configuration, not applied).
+    pub preprocess: Option<Preprocess>,
+}
+
+/// The opaque `[preprocess]` table of a model's config.
+pub type Preprocess = toml::Table;
+
+/// One model of a model repository (see [`load_repository`]): folder `DIR/NAME/` holding
+/// `config.toml`.
+#[derive(Debug, PartialEq)]
+pub struct RepositoryModel {
+    /// The folder's name: the name clients use.
+    pub name: String,
+    /// Its `config.toml`.
+    pub path: PathBuf,
+    /// The parsed file: `[model]`, `[deadlines]` and `[preprocess]`.
+    pub file: ServeFile,
+}
+
+/// The file each model folder of a repository holds.
+pub const MODEL_CONFIG: &str = "config.toml";
+
+/// Reads a model repository in Triton's layout (`parm serve --model-repository DIR`): one
+/// folder per model, `DIR/NAME/config.toml`, read as a [`ServeFile`] without `[server]` (the
+/// server's settings are the command line's and `--config`'s). The model is served as NAME;
+/// `model.name`, if given, must be NAME. Folders without `config.toml` (and files) are skipped,
+/// with a log line. Models come sorted by name.
+///
+/// Errors: `dir` cannot be read; a `config.toml` that [`ServeFile::load`] refuses, has a
+/// `[server]` table, names another model or no deployed instances (each naming the file); a
+/// folder name that is not UTF-8; no model at all.
+pub fn load_repository(dir: &Path) -> anyhow::Result<Vec<RepositoryModel>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading the model repository {}", dir.display()))?;
+    let mut folders = entries
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("reading the model repository {}", dir.display()))?;
+    folders.sort();
+    let mut models = Vec::new();
+    for folder in folders.into_iter().filter(|f| f.is_dir()) {
+        let path = folder.join(MODEL_CONFIG);
+        if !path.is_file() {
+            tracing::info!("model repository: skipping {}: no {MODEL_CONFIG}", folder.display());
+            continue;
+        }
+        let name =
+            folder.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: the folder name is not UTF-8", folder.display()))?;
+        let file = ServeFile::load(&path)?;
+        let at = path.display();
+        anyhow::ensure!(
+            file.server == ServerSection::default(),
+            "{at}: [server] belongs in --config or on the command line, not in a model's config"
+        );
+        anyhow::ensure!(
+            file.model.name.as_deref().is_none_or(|n| n == name),
+            "{at}: model.name must be the folder's name '{name}' (or left out)"
+        );
+        anyhow::ensure!(file.model.deployed.is_some(), "{at}: model.deployed is missing (the deployed-model instances)");
+        models.push(RepositoryModel { name: name.to_string(), path, file });
+    }
+    anyhow::ensure!(
+        !models.is_empty(),
+        "no model in the repository {} (each model is a folder NAME holding {MODEL_CONFIG})",
+        dir.display()
+    );
+    Ok(models)
 }
 
 /// `[server]`: listen addresses.

@@ -9,8 +9,13 @@
 //! Triton's clients send it) and the `grpc-timeout` header; the earlier one wins and expiry gives
 //! `DEADLINE_EXCEEDED`, never a late answer. Errors use Triton's codes (see [`crate::server::api`]).
 //!
+//! Model calls (`ModelInfer`, `ModelMetadata`, `ModelReady`, `ModelConfig`,
+//! `ModelStatistics`) go to the model their `model_name` / `name` names, NOT_FOUND for an
+//! unknown one; `ModelStatistics` without a name answers for every model. `RepositoryIndex`
+//! (Triton's) lists every model and its state, as `POST /v2/repository/index` does.
+//!
 //! Health: `grpc.health.v1` reports SERVING for `""` and `inference.GRPCInferenceService`
-//! while at least one deployed instance is healthy, NOT_SERVING otherwise (refreshed every
+//! while every model has a healthy deployed instance, NOT_SERVING otherwise (refreshed every
 //! [`HEALTH_REFRESH`]).
 
 use std::collections::HashMap;
@@ -25,7 +30,7 @@ use crate::oip::grpc::infer_parameter::ParameterChoice;
 use crate::oip::grpc::model_infer_response::InferOutputTensor;
 use crate::oip::grpc::model_metadata_response::TensorMetadata;
 use crate::oip::grpc::{self as pb, InferParameter, MAX_MESSAGE_BYTES, encode_f32_le};
-use crate::server::api::Shared;
+use crate::server::api::{ServedModel, Shared};
 use crate::server::error::ApiError;
 use crate::server::http::EXTENSIONS;
 
@@ -117,8 +122,13 @@ fn param_bool(b: bool) -> InferParameter {
 }
 
 impl FrontendService {
-    fn infer_response(&self, id: String, preds: &[crate::coded::Prediction]) -> pb::ModelInferResponse {
-        let spec = self.serving.frontend.spec();
+    /// The model `name` (and `version`, empty for any), or NOT_FOUND.
+    fn model(&self, name: &str, version: &str) -> Result<&ServedModel, Status> {
+        self.serving.model(name, Some(version)).map_err(status)
+    }
+
+    fn infer_response(m: &ServedModel, id: String, preds: &[crate::coded::Prediction]) -> pb::ModelInferResponse {
+        let spec = m.frontend.spec();
         let data: Vec<f32> = preds.iter().flat_map(|p| p.output.iter().copied()).collect();
         let shape = std::iter::once(preds.len() as i64).chain(spec.output_shape.iter().copied()).collect();
         let output = InferOutputTensor { name: spec.output_name.clone(), datatype: "FP32".into(), shape, ..Default::default() };
@@ -147,8 +157,8 @@ impl GrpcInferenceService for FrontendService {
 
     async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let req = req.into_inner();
-        self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
-        Ok(Response::new(pb::ModelReadyResponse { ready: self.serving.ready() }))
+        let m = self.model(&req.name, &req.version)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready: self.serving.model_ready(m) }))
     }
 
     async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Result<Response<pb::ServerMetadataResponse>, Status> {
@@ -161,8 +171,7 @@ impl GrpcInferenceService for FrontendService {
 
     async fn model_metadata(&self, req: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let req = req.into_inner();
-        self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
-        let s = self.serving.frontend.spec();
+        let s = self.model(&req.name, &req.version)?.frontend.spec();
         Ok(Response::new(pb::ModelMetadataResponse {
             name: s.name.clone(),
             versions: vec![s.version.clone()],
@@ -173,42 +182,57 @@ impl GrpcInferenceService for FrontendService {
     }
 
     async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let s = &self.serving;
-        let accepted = s.accept();
         let header = req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let req = req.into_inner();
-        let parsed = s
-            .check_model(&req.model_name, Some(&req.model_version))
-            .and_then(|_| crate::server::request::grpc_check_outputs(s.frontend.spec(), &req))
-            .and_then(|_| Ok((deadline(&req.parameters, header)?, crate::server::request::grpc_rows(s.frontend.spec(), &req)?)));
+        let m = self.model(&req.model_name, &req.model_version)?;
+        let accepted = self.serving.accept(m);
+        let spec = m.frontend.spec();
+        let parsed = crate::server::request::grpc_check_outputs(spec, &req)
+            .and_then(|_| Ok((deadline(&req.parameters, header)?, crate::server::request::grpc_rows(spec, &req)?)));
         let (timeout, rows) = match parsed {
             Ok(p) => p,
             Err(e) => return Err(status(accepted.reject(e))),
         };
         let preds = accepted.run(rows, timeout).await.map_err(status)?;
-        Ok(Response::new(self.infer_response(req.id, &preds)))
+        Ok(Response::new(Self::infer_response(m, req.id, &preds)))
     }
 
     async fn model_config(&self, req: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let req = req.into_inner();
-        self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
-        Ok(Response::new(pb::ModelConfigResponse { config: Some(self.model_config_pb()) }))
+        let m = self.model(&req.name, &req.version)?;
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(Self::model_config_pb(m)) }))
     }
 
     async fn model_statistics(&self, req: Request<pb::ModelStatisticsRequest>) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let req = req.into_inner();
-        if !req.name.is_empty() {
-            self.serving.check_model(&req.name, Some(&req.version)).map_err(status)?;
-        }
-        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: vec![self.model_stats_pb()] }))
+        let stats = match req.name.is_empty() {
+            true => self.serving.stats_json(),
+            false => self.model(&req.name, &req.version)?.stats_json(),
+        };
+        let model_stats = stats["model_stats"].as_array().map(|a| a.iter().map(Self::model_stats_pb).collect()).unwrap_or_default();
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(&self, req: Request<pb::RepositoryIndexRequest>) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let index = self.serving.index_json(req.into_inner().ready);
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let entry = |m: &serde_json::Value| pb::repository_index_response::ModelIndex {
+            name: s(&m["name"]),
+            version: s(&m["version"]),
+            state: s(&m["state"]),
+            reason: s(&m["reason"]),
+        };
+        Ok(Response::new(pb::RepositoryIndexResponse {
+            models: index.as_array().map(|a| a.iter().map(entry).collect()).unwrap_or_default(),
+        }))
     }
 }
 
 impl FrontendService {
-    /// The protobuf form of [`crate::server::api::Serving::config_json`].
-    fn model_config_pb(&self) -> pb::ModelConfig {
-        let s = self.serving.frontend.spec();
-        let json = self.serving.config_json();
+    /// The protobuf form of [`ServedModel::config_json`].
+    fn model_config_pb(m: &ServedModel) -> pb::ModelConfig {
+        let s = m.frontend.spec();
+        let json = m.config_json();
         let parameters = json["parameters"]
             .as_object()
             .map(|o| {
@@ -239,9 +263,8 @@ impl FrontendService {
         }
     }
 
-    /// The protobuf form of [`crate::server::api::Serving::stats_json`].
-    fn model_stats_pb(&self) -> pb::ModelStatistics {
-        let j = &self.serving.stats_json()["model_stats"][0];
+    /// The protobuf form of one entry of [`ServedModel::stats_json`]'s `model_stats`.
+    fn model_stats_pb(j: &serde_json::Value) -> pb::ModelStatistics {
         let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let d =
             |k: &str| Some(pb::StatisticDuration { count: u(&j["inference_stats"][k]["count"]), ns: u(&j["inference_stats"][k]["ns"]) });

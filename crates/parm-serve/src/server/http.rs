@@ -5,8 +5,11 @@
 //! `GET /v2/models/{name}[/versions/{v}]`, `GET /v2/models/{name}[/versions/{v}]/ready`,
 //! `GET /v2/models/{name}[/versions/{v}]/config` (Triton's model configuration),
 //! `GET /v2/models[/{name}[/versions/{v}]]/stats` (Triton's statistics),
-//! `POST /v2/models/{name}[/versions/{v}]/infer`, and `GET /metrics` (Prometheus).
-//! Errors are `{"error": "..."}` with Triton's status mapping (see [`crate::server::api`]).
+//! `POST /v2/models/{name}[/versions/{v}]/infer`, `POST /v2/repository/index` (Triton's
+//! repository index), and `GET /metrics` (Prometheus). Every model path routes to the model it
+//! names (see [`crate::server::api::Serving`]); an unknown model gets 404. Readiness
+//! (`/v2/health/ready`) is true while every model is ready. Errors are `{"error": "..."}` with
+//! Triton's status mapping (see [`crate::server::api`]).
 //!
 //! Inference requests may use the **binary tensor data extension**: the JSON header is the
 //! first `Inference-Header-Content-Length` bytes of the body, followed by the raw tensors in
@@ -35,7 +38,7 @@ use serde_json::{Value, json};
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::coded::{Frontend, Prediction};
-use crate::server::api::{Serving, Shared};
+use crate::server::api::{ServedModel, Serving, Shared};
 use crate::server::error::ApiError;
 
 /// Header carrying the length of the JSON part of a binary-extension body (bytes).
@@ -65,6 +68,7 @@ pub fn router(serving: Shared) -> Router {
         .route("/v2/models/{name}/versions/{version}/stats", get(model_stats))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/v2/repository/index", post(repository_index))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(serving.clone(), shed_when_full))
         .layer(RequestDecompressionLayer::new())
@@ -90,8 +94,14 @@ async fn require_auth(State(s): State<Shared>, req: axum::extract::Request, next
 /// an inference request is answered 503 + `Retry-After` at once (see [`crate::server::admission`]).
 async fn shed_when_full(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if req.method() == axum::http::Method::POST && req.uri().path().ends_with("/infer") && s.admission.is_full() {
-        let accepted = s.accept();
-        return HttpError(accepted.reject(s.admission.shed_now())).into_response();
+        let shed = s.admission.shed_now();
+        // Counted in the model's statistics when the path names one.
+        let name = req.uri().path().strip_prefix("/v2/models/").and_then(|p| p.split('/').next()).unwrap_or_default();
+        let e = match s.model(name, None) {
+            Ok(m) => s.accept(m).reject(shed),
+            Err(_) => shed,
+        };
+        return HttpError(e).into_response();
     }
     next.run(req).await
 }
@@ -123,11 +133,12 @@ impl IntoResponse for HttpError {
     }
 }
 
-type Model = Path<HashMap<String, String>>;
+type ModelPath = Path<HashMap<String, String>>;
 
-fn check(s: &Serving, p: &HashMap<String, String>) -> Result<(), HttpError> {
+/// The model the path names (`{name}`, `{version}`), or 404.
+fn model<'a>(s: &'a Serving, p: &HashMap<String, String>) -> Result<&'a ServedModel, HttpError> {
     let name = p.get("name").map(String::as_str).unwrap_or_default();
-    Ok(s.check_model(name, p.get("version").map(String::as_str))?)
+    Ok(s.model(name, p.get("version").map(String::as_str))?)
 }
 
 fn ready_code(ready: bool) -> StatusCode {
@@ -143,31 +154,51 @@ async fn server_metadata() -> Json<Value> {
     Json(json!({"name": "parm", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS}))
 }
 
-async fn model_metadata(State(s): State<Shared>, Path(p): Model) -> Result<Json<Value>, HttpError> {
-    check(&s, &p)?;
-    let spec = s.frontend.spec();
+/// Model metadata; `parameters.preprocess` holds the model config's `[preprocess]` table
+/// when it has one.
+async fn model_metadata(State(s): State<Shared>, Path(p): ModelPath) -> Result<Json<Value>, HttpError> {
+    let m = model(&s, &p)?;
+    let spec = m.frontend.spec();
     let with_batch = |shape: &[i64]| std::iter::once(-1).chain(shape.iter().copied()).collect::<Vec<_>>();
-    Ok(Json(json!({
+    let mut meta = json!({
         "name": spec.name, "versions": [spec.version], "platform": spec.platform,
         "inputs": [{"name": spec.input_name, "datatype": spec.datatype, "shape": with_batch(&spec.input_shape)}],
         "outputs": [{"name": spec.output_name, "datatype": spec.datatype, "shape": with_batch(&spec.output_shape)}],
-    })))
+    });
+    if let Some(p) = m.preprocess_json() {
+        meta["parameters"] = json!({"preprocess": p});
+    }
+    Ok(Json(meta))
 }
 
-async fn model_ready(State(s): State<Shared>, Path(p): Model) -> Result<Response, HttpError> {
-    check(&s, &p)?;
-    let ready = s.ready();
+async fn model_ready(State(s): State<Shared>, Path(p): ModelPath) -> Result<Response, HttpError> {
+    let ready = s.model_ready(model(&s, &p)?);
     Ok((ready_code(ready), Json(json!({"name": p["name"], "ready": ready}))).into_response())
 }
 
-async fn model_config(State(s): State<Shared>, Path(p): Model) -> Result<Json<Value>, HttpError> {
-    check(&s, &p)?;
-    Ok(Json(s.config_json()))
+async fn model_config(State(s): State<Shared>, Path(p): ModelPath) -> Result<Json<Value>, HttpError> {
+    Ok(Json(model(&s, &p)?.config_json()))
 }
 
-async fn model_stats(State(s): State<Shared>, Path(p): Model) -> Result<Json<Value>, HttpError> {
-    check(&s, &p)?;
-    Ok(Json(s.stats_json()))
+async fn model_stats(State(s): State<Shared>, Path(p): ModelPath) -> Result<Json<Value>, HttpError> {
+    Ok(Json(model(&s, &p)?.stats_json()))
+}
+
+/// Triton's `POST /v2/repository/index`: `[{"name", "version", "state", "reason"}]` for every
+/// model; a body `{"ready": true}` lists the ready ones only.
+async fn repository_index(State(s): State<Shared>, body: Bytes) -> Result<Json<Value>, HttpError> {
+    let ready_only = match body.iter().all(u8::is_ascii_whitespace) {
+        true => false,
+        false => {
+            let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
+            match v.get("ready") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(ApiError::bad("'ready' must be a boolean").into()),
+            }
+        }
+    };
+    Ok(Json(s.index_json(ready_only)))
 }
 
 async fn all_stats(State(s): State<Shared>) -> Json<Value> {
@@ -178,8 +209,12 @@ async fn metrics(State(s): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.render_metrics()).into_response()
 }
 
-async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body: Body) -> Response {
-    let accepted = s.accept();
+async fn infer(State(s): State<Shared>, Path(p): ModelPath, headers: HeaderMap, body: Body) -> Response {
+    let m = match model(&s, &p) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let accepted = s.accept(m);
     let body = match read_body(&s.options, &headers, body).await {
         Ok(b) => b,
         Err((code, e)) => {
@@ -195,15 +230,12 @@ async fn infer(State(s): State<Shared>, Path(p): Model, headers: HeaderMap, body
             return r;
         }
     };
-    let parsed = check(&s, &p)
-        .map_err(|e| e.0)
-        .and_then(|_| crate::server::request::parse_http(s.frontend.spec(), headers.get(HEADER_LEN).map(|v| v.as_bytes()), &body));
-    let req = match parsed {
+    let req = match crate::server::request::parse_http(m.frontend.spec(), headers.get(HEADER_LEN).map(|v| v.as_bytes()), &body) {
         Ok(req) => req,
         Err(e) => return HttpError(accepted.reject(e)).into_response(),
     };
     match accepted.run(req.rows, req.timeout).await {
-        Ok(preds) => respond(&s, req.id, req.binary_output, &preds),
+        Ok(preds) => respond(m, req.id, req.binary_output, &preds),
         Err(e) => HttpError(e).into_response(),
     }
 }
@@ -247,7 +279,7 @@ async fn read_body(o: &crate::oip::security::ServeOptions, headers: &HeaderMap, 
 }
 
 /// The OIP response: JSON, or JSON header + binary output when asked for.
-fn respond(s: &Serving, id: Option<String>, binary: bool, preds: &[Prediction]) -> Response {
+fn respond(s: &ServedModel, id: Option<String>, binary: bool, preds: &[Prediction]) -> Response {
     let spec = s.frontend.spec();
     let data: Vec<f32> = preds.iter().flat_map(|p| p.output.iter().copied()).collect();
     let mut shape = vec![preds.len() as i64];

@@ -12,11 +12,14 @@
 //! `exec_count` counts model executions requested from instances: one per query, one per
 //! parity query, one per backup copy (replication / hedging).
 //!
-//! The values live in atomics; the Prometheus registry (crate `metrics-exporter-prometheus`, a
-//! registry per frontend rather than a process-global recorder, so several frontends can run in
-//! one process) is refreshed from them at scrape time, except the answer-latency histogram,
-//! which is recorded as answers are served.
+//! Every model behind a server has its own statistics; its metrics carry its `model` and
+//! `version` labels. The values live in atomics; the Prometheus registry (crate
+//! `metrics-exporter-prometheus`, one registry per server, shared by its models, rather than a
+//! process-global recorder, so several servers can run in one process) is refreshed from them
+//! at scrape time, except the answer-latency histogram, which is recorded as answers are
+//! served.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -121,9 +124,11 @@ impl RequestStats {
     }
 }
 
-/// The Prometheus side: a private registry and the model's labels.
+/// The Prometheus side: a private registry shared by every model of one server, and one
+/// model's labels (`model`, `version`). Cheap to clone.
+#[derive(Clone)]
 pub struct Prometheus {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     model: String,
     version: String,
 }
@@ -156,13 +161,19 @@ const HELP: [(&str, &str); 18] = [
 const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 impl Prometheus {
-    /// A registry for `model` / `version`.
-    pub fn new(model: &str, version: &str) -> Self {
+    /// A new registry, with no model labels yet (see [`Self::for_model`]).
+    pub fn registry() -> Self {
         let recorder = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS).expect("non-empty buckets").build_recorder();
         for (name, help) in HELP {
             recorder.describe_counter(name.into(), None, help.into()); // HELP lines, any kind
         }
-        Self { recorder, model: model.to_string(), version: version.to_string() }
+        Self { recorder: Arc::new(recorder), model: String::new(), version: String::new() }
+    }
+
+    /// The same registry, recording under the labels `model` / `version`: several models'
+    /// metrics render as one text, each metric family once.
+    pub fn for_model(&self, model: &str, version: &str) -> Self {
+        Self { recorder: self.recorder.clone(), model: model.to_string(), version: version.to_string() }
     }
 
     fn key(&self, name: &'static str, extra: &[(&'static str, String)]) -> Key {
@@ -185,8 +196,8 @@ impl Prometheus {
         self.recorder.register_histogram(&key, &META).record(latency.as_secs_f64());
     }
 
-    /// Refreshes every counter from `req`, `coded` and `instances` and renders the text format.
-    pub fn render(&self, req: &RequestStats, coded: &Stats, instances: &[InstanceGauge]) -> String {
+    /// Refreshes this model's counters from `req`, `coded` and `instances` (see [`Self::render`]).
+    pub fn refresh(&self, req: &RequestStats, coded: &Stats, instances: &[InstanceGauge]) {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let us = |d: &StatDuration| d.get().1 / 1000;
         self.counter("nv_inference_request_success", &[], l(&req.success.count));
@@ -215,6 +226,10 @@ impl Prometheus {
             let up = if i.up.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
             self.gauge("parm_instance_up", &[("role", i.role.into()), ("instance", i.addr.clone())], up);
         }
+    }
+
+    /// The text format of the whole registry (every model's metrics as last refreshed).
+    pub fn render(&self) -> String {
         self.recorder.handle().render()
     }
 }

@@ -1,8 +1,9 @@
 //! Instance health as the frontend sees it: every deployed and parity instance is probed with
 //! OIP `ModelReady`; a healthy instance every [`PROBE_EVERY`], a failing one with exponential
 //! backoff from [`BACKOFF_MIN`] to [`BACKOFF_MAX`], so a dead instance costs little and a
-//! recovered one is noticed within seconds. Readiness (`/v2/health/ready`, gRPC `ServerReady`,
-//! `grpc.health.v1`) is true while at least one deployed instance answered its last probe.
+//! recovered one is noticed within seconds. A model is ready while at least one of its deployed
+//! instances answered its last probe; the server (`/v2/health/ready`, gRPC `ServerReady`,
+//! `grpc.health.v1`) while every model is (`server::api::Serving::ready`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,6 @@
 //! `parm serve`: the frontend (OIP HTTP and gRPC for clients, coding groups over the
-//! instances).
+//! instances), for one model (`--deployed ...`, `--config`) or a model repository
+//! (`--model-repository DIR`), both served as a map of models by name.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use clap::Args;
 use parm_codes::encoder_by_name;
 use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::oip::ModelSpec;
+use parm_serve::server::api::{Model, Serving, ServingOptions};
+use parm_serve::server::config::{DeadlineSection, ModelSection, Precedence, ServeFile};
 use parm_serve::upstream::client::InstanceClient;
 use parm_serve::upstream::redundancy::Redundancy;
 
@@ -18,7 +21,7 @@ use super::{DEFAULT_DECODE_GRACE_MS, DEFAULT_GROUP_TIMEOUT_MS, block_on_drained,
 #[derive(Args, Clone)]
 pub struct ServeArgs {
     /// Deployed-model instances, comma-separated host:port.
-    #[arg(long, value_delimiter = ',', required_unless_present = "config")]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["config", "model_repository"])]
     pub deployed: Vec<String>,
     /// Parity-model instances, comma-separated (none: no redundancy).
     #[arg(long, value_delimiter = ',')]
@@ -117,9 +120,20 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = parm_serve::upstream::dispatch::DispatchBatching::default().max_in_flight)]
     pub dispatch_max_in_flight: usize,
     /// Settings file (TOML; example: examples/parm.toml). A flag given on the command line
-    /// beats the file's key, which beats the flag's default.
+    /// beats the file's key, which beats the flag's default. With --model-repository it may
+    /// hold [server] only.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Serve several models: one folder per model, DIR/NAME/config.toml (Triton's layout; the
+    /// [model], [deadlines] and [preprocess] tables of --config's format; example:
+    /// examples/model-repository). Each model is served as NAME with its own coding groups,
+    /// statistics and instances. The policy flags given on the command line (timeouts,
+    /// straggler, redundancy, batching) apply to every model, beating its file.
+    #[arg(long, conflicts_with_all = ["deployed", "parity", "k", "encoder", "model_name", "deployed_model", "parity_model"])]
+    pub model_repository: Option<PathBuf>,
+    /// The model config's opaque `[preprocess]` table (from --config or a repository folder).
+    #[arg(skip)]
+    pub preprocess: Option<parm_serve::server::config::Preprocess>,
 }
 
 /// `a` with the settings of its `--config` file applied under the precedence flag given on
@@ -130,9 +144,9 @@ pub struct ServeArgs {
 /// instance given anywhere.
 fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<ServeArgs> {
     let Some(path) = a.config.clone() else { return Ok(a) };
-    let f = parm_serve::server::config::ServeFile::load(&path)?;
-    let (s, m, d) = (f.server, f.model, f.deadlines);
-    let p = parm_serve::server::config::Precedence { flag_given };
+    let f = ServeFile::load(&path)?;
+    let s = f.server;
+    let p = Precedence { flag_given };
     p.apply("listen", &mut a.listen, s.http);
     p.apply("max_inflight", &mut a.max_inflight, s.max_inflight);
     p.apply("drain_timeout_ms", &mut a.drain_timeout_ms, s.drain_timeout_ms);
@@ -143,6 +157,24 @@ fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::R
     p.apply("body_read_timeout_ms", &mut a.body_read_timeout_ms, s.body_read_timeout_ms);
     p.apply("grpc_listen", &mut a.grpc_listen, s.grpc);
     p.apply("metrics_listen", &mut a.metrics_listen, s.metrics.map(Some));
+    let ServeFile { model, deadlines, preprocess, .. } = f;
+    if a.model_repository.is_some() {
+        let server_only = (model, deadlines, &preprocess) == (Default::default(), Default::default(), &None);
+        anyhow::ensure!(
+            server_only,
+            "{}: with --model-repository, models are configured in their folders; this file may hold [server] only",
+            path.display()
+        );
+        return Ok(a);
+    }
+    apply_model(&mut a, model, deadlines, &p);
+    a.preprocess = preprocess;
+    anyhow::ensure!(!a.deployed.is_empty(), "no deployed instances: give --deployed or model.deployed in {}", path.display());
+    Ok(a)
+}
+
+/// `a` with one model's `[model]` and `[deadlines]` settings applied under `p`.
+fn apply_model<F: Fn(&str) -> bool>(a: &mut ServeArgs, m: ModelSection, d: DeadlineSection, p: &Precedence<F>) {
     p.apply("model_name", &mut a.model_name, m.name.map(Some));
     p.apply("deployed_model", &mut a.deployed_model, m.deployed_model);
     p.apply("parity_model", &mut a.parity_model, m.parity_model.map(Some));
@@ -160,8 +192,24 @@ fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::R
     p.apply("group_timeout_ms", &mut a.group_timeout_ms, d.group_timeout_ms);
     p.apply("decode_grace_ms", &mut a.decode_grace_ms, d.decode_grace_ms);
     p.apply("instance_timeout_ms", &mut a.instance_timeout_ms, d.instance_timeout_ms);
-    anyhow::ensure!(!a.deployed.is_empty(), "no deployed instances: give --deployed or model.deployed in {}", path.display());
-    Ok(a)
+}
+
+/// The models to serve, each as the settings of one frontend: with `--model-repository`, one
+/// per folder, named after it, from its `config.toml` under the flags given on the command
+/// line (`flag_given`); else the one model of `a`.
+///
+/// Errors: the repository's (see `parm_serve::server::config::load_repository`).
+fn models(a: &ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<Vec<ServeArgs>> {
+    let Some(dir) = &a.model_repository else { return Ok(vec![a.clone()]) };
+    let p = Precedence { flag_given };
+    let mut models = Vec::new();
+    for m in parm_serve::server::config::load_repository(dir)? {
+        tracing::info!("model repository: serving '{}' from {}", m.name, m.path.display());
+        let mut args = ServeArgs { model_name: Some(m.name), preprocess: m.file.preprocess, ..a.clone() };
+        apply_model(&mut args, m.file.model, m.file.deadlines, &p);
+        models.push(args);
+    }
+    Ok(models)
 }
 
 /// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
@@ -207,7 +255,8 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 /// `parm serve`; `flag_given` tells which flags were given on the command line (they beat
 /// the `--config` file).
 pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-    let a = with_config(a, flag_given)?;
+    let a = with_config(a, &flag_given)?;
+    let models = models(&a, &flag_given)?;
     let options = parm_serve::oip::security::ServeOptions {
         auth: parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
         max_body_bytes: a.max_body_bytes,
@@ -219,12 +268,17 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
     anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
     let drain = Duration::from_millis(a.drain_timeout_ms);
     block_on_drained(a.runtime_threads, async move {
-        let frontend = Frontend::start(frontend_config(&a).await?)?;
-        frontend.warm_up().await;
+        // Each model gets its own frontend: coding groups, statistics, instance pools.
+        let started = models.iter().map(|m| async move {
+            let name = m.model_name.as_deref().unwrap_or(&m.deployed_model);
+            let frontend = Frontend::start(frontend_config(m).await.with_context(|| format!("model '{name}'"))?)?;
+            frontend.warm_up().await;
+            anyhow::Ok(Model { frontend, preprocess: m.preprocess.clone() })
+        });
+        let served = futures::future::try_join_all(started).await?;
         let admission = parm_serve::server::admission::Admission::new(a.max_inflight);
-        let serving =
-            parm_serve::server::api::Serving::start(frontend, parm_serve::server::api::ServingOptions { admission, limits: options })
-                .await?;
+        let options = ServingOptions { admission, limits: options };
+        let serving = Serving::start_models(served, options).await?;
         let http = bind(&a.listen).await?;
         println!("listening on {}", http.local_addr()?);
         let grpc = match a.grpc_listen.as_str() {
@@ -259,9 +313,66 @@ mod tests {
 
     /// Parses `args` as `parm serve` does and applies the config file.
     fn settle(args: &[&str]) -> ServeArgs {
-        let m = Cli::command().try_get_matches_from(std::iter::once("serve").chain(args.iter().copied())).unwrap();
-        let a = Cli::from_arg_matches(&m).unwrap().serve;
-        with_config(a, |id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)).unwrap()
+        settle_models(args).unwrap().0
+    }
+
+    /// Parses `args` as `parm serve` does: the server's settings and every model's.
+    fn settle_models(args: &[&str]) -> anyhow::Result<(ServeArgs, Vec<ServeArgs>)> {
+        let m = Cli::command().try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))?;
+        let a = Cli::from_arg_matches(&m)?.serve;
+        let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        let a = with_config(a, given)?;
+        let models = models(&a, given)?;
+        Ok((a, models))
+    }
+
+    #[test]
+    fn a_model_repository_gives_one_model_per_folder_under_the_flags_given() {
+        let dir = std::env::temp_dir().join(format!("parm-serve-repository-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, text) in [
+            (
+                "b",
+                "[model]\ndeployed = [\"10.0.0.2:9000\"]\nparity = [\"10.0.0.3:9000\"]\nk = 3\n[deadlines]\ngroup_timeout_ms = 9\n[preprocess]\nscale = 2.0\n",
+            ),
+            ("a", "[model]\ndeployed = [\"10.0.0.1:9000\"]\ndecode_grace_ms = 1\n"),
+        ] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("config.toml"), text).unwrap();
+        }
+        let repo = dir.to_str().unwrap();
+        // "a" has a key [model] does not know: the error names the file.
+        let err = format!("{:#}", settle_models(&["--model-repository", repo]).err().unwrap());
+        assert!(err.contains(&dir.join("a").join("config.toml").display().to_string()) && err.contains("decode_grace_ms"), "{err}");
+        std::fs::write(dir.join("a").join("config.toml"), "[model]\ndeployed = [\"10.0.0.1:9000\"]\n").unwrap();
+
+        let (_, models) = settle_models(&["--model-repository", repo, "--group-timeout-ms", "4"]).unwrap();
+        let names: Vec<_> = models.iter().map(|m| m.model_name.clone().unwrap()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let (a, b) = (&models[0], &models[1]);
+        assert_eq!((a.deployed.as_slice(), a.parity.len(), a.k), (&["10.0.0.1:9000".to_string()][..], 0, 2));
+        assert_eq!(
+            (b.deployed.as_slice(), b.parity.as_slice(), b.k),
+            (&["10.0.0.2:9000".to_string()][..], &["10.0.0.3:9000".to_string()][..], 3)
+        );
+        assert_eq!((a.group_timeout_ms, b.group_timeout_ms), (4, 4), "a flag given beats every model's file");
+        assert_eq!(settle_models(&["--model-repository", repo]).unwrap().1[1].group_timeout_ms, 9);
+        assert_eq!(b.preprocess.as_ref().and_then(|p| p["scale"].as_float()), Some(2.0));
+        assert!(a.preprocess.is_none());
+
+        // One model's identity flags do not go with a repository, nor does a [model] in --config.
+        assert!(settle_models(&["--model-repository", repo, "--deployed", "10.0.0.9:9000"]).is_err());
+        let config = dir.join("parm.toml");
+        std::fs::write(&config, "[model]\nk = 2\n").unwrap();
+        let err = settle_models(&["--model-repository", repo, "--config", config.to_str().unwrap()]).err().unwrap().to_string();
+        assert!(err.contains("[server] only"), "{err}");
+        std::fs::write(&config, "[server]\nhttp = \"127.0.0.1:8100\"\n").unwrap();
+        let (server, models) = settle_models(&["--model-repository", repo, "--config", config.to_str().unwrap()]).unwrap();
+        assert_eq!((server.listen.as_str(), models.len()), ("127.0.0.1:8100", 2));
+        // The single-model flags are a repository of one.
+        let (_, one) = settle_models(&["--deployed", "10.0.0.1:9000", "--model-name", "m"]).unwrap();
+        assert_eq!((one.len(), one[0].model_name.as_deref()), (1, Some("m")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
