@@ -92,7 +92,7 @@ async fn cluster(ghost: bool) -> Cluster {
     let (more, wide) = WIDE.start().await;
     workers.extend(more);
     let preprocess: toml::Table = toml::from_str("resize = [28, 28]\nscale = 0.5\n").unwrap();
-    let mut models = vec![Model { frontend: small, preprocess: Some(preprocess) }, wide.into()];
+    let mut models = vec![Model { frontend: small, preprocess: Some(preprocess), transform: None }, wide.into()];
     if ghost {
         let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
         let cfg = FrontendConfig::new(ModelSpec::fp32("ghost", vec![1], vec![1]), vec![down]);

@@ -45,14 +45,16 @@ fn serve_model_repository_routes_each_model_and_names_a_bad_config() {
         assert_eq!(meta["parameters"]["preprocess"], json!({"scale": 0.5}), "{meta}");
         let x: Vec<f32> = (0..784).map(|i| (i % 13) as f32 / 13.0).collect();
         let mut answers = Vec::new();
-        for model in ["coded", "plain"] {
-            let r = client.post(format!("{base}/v2/models/{model}/infer")).json(&infer_body("1", &x)).send().await.unwrap();
+        // "coded" scales its queries by 0.5 ([preprocess]) before coding: sent 2x, it sees x.
+        let x2: Vec<f32> = x.iter().map(|v| 2.0 * v).collect();
+        for (model, sent) in [("coded", &x2), ("plain", &x)] {
+            let r = client.post(format!("{base}/v2/models/{model}/infer")).json(&infer_body("1", sent)).send().await.unwrap();
             assert_eq!(r.status(), 200, "{model}");
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["model_name"], model);
             answers.push(output(&v));
         }
-        // Both models front the same deployed instance: the same original answer (the flags
+        // Both models front the same deployed instance and see the same query: the same answer (the flags
         // given hold a reconstruction back 500 ms, for every model: the original wins).
         assert_eq!(answers[0].len(), 10);
         assert!(close(&answers[0], &answers[1]), "{answers:?}");

@@ -30,10 +30,17 @@ pub struct ServedModel {
     /// This model's view of the server's Prometheus registry (labels `model`, `version`).
     pub prometheus: Prometheus,
     pub health: Health,
-    /// The model config's `[preprocess]` table, kept as opaque data: shown in model metadata
-    /// and configuration, not applied.
+    /// The model config's `[preprocess]` table: shown in model metadata and configuration.
     pub preprocess: Option<toml::Table>,
+    /// Applied to every query before it is coded (see [`Transform`]).
+    pub transform: Option<Transform>,
 }
+
+/// A per-query transform applied to each row of a request before it joins a coding group:
+/// the model's preprocessing (scale, mean, std; the same function `parm train-parity` and
+/// `parm eval` apply to files), so that clients send raw values. `Err(message)` answers the
+/// request with 400. Input and output are one query's values in the model's input shape.
+pub type Transform = Arc<dyn Fn(&[f32]) -> Result<Vec<f32>, String> + Send + Sync>;
 
 /// The models behind the client interfaces, with the server-wide admission bound and limits;
 /// shared by both interfaces. Serving one model (`parm serve --deployed ...`) is a repository
@@ -62,13 +69,15 @@ pub struct ServingOptions {
 /// A model to serve, as [`Serving::start_models`] takes it.
 pub struct Model {
     pub frontend: Frontend,
-    /// Opaque `[preprocess]` settings of its config (see [`ServedModel::preprocess`]).
+    /// `[preprocess]` settings of its config (see [`ServedModel::preprocess`]).
     pub preprocess: Option<toml::Table>,
+    /// See [`ServedModel::transform`].
+    pub transform: Option<Transform>,
 }
 
 impl From<Frontend> for Model {
     fn from(frontend: Frontend) -> Self {
-        Self { frontend, preprocess: None }
+        Self { frontend, preprocess: None, transform: None }
     }
 }
 
@@ -104,6 +113,13 @@ impl Accepted<'_> {
     /// [`Frontend::predict`]).
     pub async fn run(mut self, rows: Vec<Vec<f32>>, timeout: Option<Duration>) -> Result<Vec<Prediction>, ApiError> {
         let s = self.model;
+        let rows = match &s.transform {
+            Some(t) => match rows.iter().map(|r| t(r)).collect::<Result<Vec<_>, _>>() {
+                Ok(rows) => rows,
+                Err(e) => return Err(self.reject(ApiError::bad(format!("preprocessing: {e}")))),
+            },
+            None => rows,
+        };
         let _permit = match self.serving.admission.try_acquire(rows.len()) {
             Ok(p) => p,
             Err(e) => return Err(self.reject(e)),
@@ -189,7 +205,7 @@ impl Serving {
         anyhow::ensure!(!models.is_empty(), "no model to serve");
         let registry = Prometheus::registry();
         let mut served = BTreeMap::new();
-        for Model { frontend, preprocess } in models {
+        for Model { frontend, preprocess, transform } in models {
             let cfg = frontend.config();
             let mut instances: Vec<(&'static str, String, String)> =
                 cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
@@ -197,7 +213,7 @@ impl Serving {
             let health = Health::start(&instances).await?;
             let spec = frontend.spec().clone();
             let prometheus = registry.for_model(&spec.name, &spec.version);
-            let model = ServedModel { frontend, stats: RequestStats::default(), prometheus, health, preprocess };
+            let model = ServedModel { frontend, stats: RequestStats::default(), prometheus, health, preprocess, transform };
             anyhow::ensure!(served.insert(spec.name.clone(), model).is_none(), "two models are named '{}'", spec.name);
         }
         Ok(Arc::new(Self { models: served, admission, options }))

@@ -37,7 +37,7 @@
 //! decode_grace_ms = 2
 //! instance_timeout_ms = 5000
 //!
-//! [preprocess]                   # opaque: shown in model metadata, not applied
+//! [preprocess]                   # scale, mean, std: applied to every query (the CLI turns it into a server::api::Transform)
 //! ```
 //!
 //! A model repository (`parm serve --model-repository DIR`, [`load_repository`]) holds one
@@ -59,12 +59,12 @@ pub struct ServeFile {
     pub model: ModelSection,
     #[serde(default)]
     pub deadlines: DeadlineSection,
-    /// `[preprocess]`: the model's input preprocessing, kept as opaque data (shown in model
-    /// metadata and configuration, not applied).
+    /// `[preprocess]`: the model's input preprocessing, applied to each query by the CLI's transform and shown in model
+    /// metadata and configuration.
     pub preprocess: Option<Preprocess>,
 }
 
-/// The opaque `[preprocess]` table of a model's config.
+/// The `[preprocess]` table (keys of `parm_data::Preprocess`) of a model's config.
 pub type Preprocess = toml::Table;
 
 /// One model of a model repository (see [`load_repository`]): folder `DIR/NAME/` holding

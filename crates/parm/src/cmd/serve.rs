@@ -11,7 +11,7 @@ use clap::Args;
 use parm_codes::encoder_by_name;
 use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::oip::ModelSpec;
-use parm_serve::server::api::{Model, Serving, ServingOptions};
+use parm_serve::server::api::{Model, Serving, ServingOptions, Transform};
 use parm_serve::server::config::{DeadlineSection, ModelSection, Precedence, ServeFile};
 use parm_serve::upstream::client::InstanceClient;
 use parm_serve::upstream::redundancy::Redundancy;
@@ -131,7 +131,7 @@ pub struct ServeArgs {
     /// straggler, redundancy, batching) apply to every model, beating its file.
     #[arg(long, conflicts_with_all = ["deployed", "parity", "k", "encoder", "model_name", "deployed_model", "parity_model"])]
     pub model_repository: Option<PathBuf>,
-    /// The model config's opaque `[preprocess]` table (from --config or a repository folder).
+    /// The model config's `[preprocess]` table (from --config or a repository folder).
     #[arg(skip)]
     pub preprocess: Option<parm_serve::server::config::Preprocess>,
 }
@@ -254,6 +254,25 @@ async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 /// `parm serve`; `flag_given` tells which flags were given on the command line (they beat
 /// the `--config` file).
+/// The `[preprocess]` table as the frontend's per-query [`Transform`] for queries of `shape`:
+/// scale, mean and std by parm_data's `Preprocess`, the code `train-parity` and `eval` run on
+/// files. A missing `scale` is 1 here (clients send values, not files of bytes).
+///
+/// # Errors
+/// Unknown keys, `resize` or an NHWC `layout` (those describe files; queries arrive in the
+/// model's input shape), or settings that do not fit `shape`.
+fn transform(table: &toml::Table, shape: &[i64]) -> anyhow::Result<Transform> {
+    let p: parm_data::Preprocess = toml::Value::Table(table.clone()).try_into().context("[preprocess]")?;
+    anyhow::ensure!(
+        p.resize.is_none() && p.layout == parm_data::Layout::Nchw,
+        "[preprocess]: serving applies scale, mean and std; resize and layout describe files (send queries in the model's input shape)"
+    );
+    let p = parm_data::Preprocess { scale: Some(p.scale.unwrap_or(1.0)), ..p };
+    let shape: Vec<usize> = shape.iter().map(|&d| d.max(1) as usize).collect();
+    p.apply(&vec![0.0; shape.iter().product()], &shape).context("[preprocess] for the model's input shape")?;
+    Ok(Arc::new(move |row: &[f32]| p.apply(row, &shape).map(|(v, _)| v).map_err(|e| e.to_string())))
+}
+
 pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     let a = with_config(a, &flag_given)?;
     let models = models(&a, &flag_given)?;
@@ -273,7 +292,11 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
             let name = m.model_name.as_deref().unwrap_or(&m.deployed_model);
             let frontend = Frontend::start(frontend_config(m).await.with_context(|| format!("model '{name}'"))?)?;
             frontend.warm_up().await;
-            anyhow::Ok(Model { frontend, preprocess: m.preprocess.clone() })
+            let transform = match &m.preprocess {
+                Some(t) => Some(transform(t, &frontend.spec().input_shape).with_context(|| format!("model '{name}'"))?),
+                None => None,
+            };
+            anyhow::Ok(Model { frontend, preprocess: m.preprocess.clone(), transform })
         });
         let served = futures::future::try_join_all(started).await?;
         let admission = parm_serve::server::admission::Admission::new(a.max_inflight);
@@ -304,6 +327,21 @@ mod tests {
     use clap::{CommandFactory, FromArgMatches, Parser};
 
     use super::*;
+
+    #[test]
+    fn preprocess_tables_become_the_same_transform_as_for_files() {
+        let table: toml::Table = toml::from_str("scale = 0.5\nmean = [1.0, 2.0]\nstd = [2.0, 4.0]").unwrap();
+        let t = transform(&table, &[2, 1, 2]).unwrap();
+        // Channel 0: (x * 0.5 - 1) / 2; channel 1: (x * 0.5 - 2) / 4.
+        assert_eq!(t(&[2.0, 4.0, 4.0, 12.0]).unwrap(), vec![0.0, 0.5, 0.0, 1.0]);
+        assert!(t(&[1.0]).is_err());
+        for bad in ["resize = [4, 4]", "layout = \"nhwc\"", "scale = 1.0\ncolour = true", "mean = [1.0, 2.0, 3.0]"] {
+            let table: toml::Table = toml::from_str(bad).unwrap();
+            assert!(transform(&table, &[2, 1, 2]).is_err(), "{bad}");
+        }
+        let none: toml::Table = toml::from_str("").unwrap();
+        assert_eq!(transform(&none, &[3]).unwrap()(&[1.0, 2.0, 3.0]).unwrap(), vec![1.0, 2.0, 3.0]);
+    }
 
     #[derive(Parser)]
     struct Cli {
