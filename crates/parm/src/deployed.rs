@@ -162,7 +162,7 @@ pub struct RemoteModel {
 }
 
 enum Transport {
-    Grpc(InstanceClient),
+    Grpc(Box<InstanceClient>),
     Http(reqwest::Client),
 }
 
@@ -175,7 +175,7 @@ impl RemoteModel {
     pub fn open(protocol: Protocol, addr: &str, model: &str) -> anyhow::Result<RemoteModel> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let transport = match protocol {
-            Protocol::Grpc => Transport::Grpc(rt.block_on(async { InstanceClient::connect_lazy(addr) })?),
+            Protocol::Grpc => Transport::Grpc(Box::new(rt.block_on(async { InstanceClient::connect_lazy(addr) })?)),
             Protocol::Http => Transport::Http(reqwest::Client::builder().timeout(REMOTE_TIMEOUT).build()?),
         };
         let mut remote = RemoteModel {
