@@ -51,6 +51,10 @@ struct Args {
     /// Queries per request (input shape [BATCH, DIM]).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Per-query input shape when the model takes more than one axis, e.g. 1,28,28 (its product
+    /// replaces --dim; sent as [BATCH, ...SHAPE]).
+    #[arg(long, value_delimiter = ',')]
+    shape: Option<Vec<usize>>,
     /// Closed loop: this many requests always outstanding (throughput at saturation).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -72,15 +76,17 @@ struct Args {
 fn parse_args() -> Args {
     let a = Args::parse();
     let positive = |x: f64| x.is_finite() && x > 0.0;
-    let bad = if a.connections == 0 || a.dim == 0 || a.batch == 0 || a.concurrency == Some(0) {
-        Some("--connections, --dim, --batch and --concurrency must be positive")
-    } else if !(positive(a.duration) && a.warmup.is_finite() && a.warmup >= 0.0) {
-        Some("--duration must be positive, --warmup non-negative")
-    } else if a.rate.is_some_and(|r| !positive(r)) {
-        Some("--rate must be positive")
-    } else {
-        None
-    };
+    let bad =
+        if a.connections == 0 || a.dim == 0 || a.batch == 0 || a.concurrency == Some(0) || a.shape.as_ref().is_some_and(|s| s.contains(&0))
+        {
+            Some("--connections, --dim, --shape, --batch and --concurrency must be positive")
+        } else if !(positive(a.duration) && a.warmup.is_finite() && a.warmup >= 0.0) {
+            Some("--duration must be positive, --warmup non-negative")
+        } else if a.rate.is_some_and(|r| !positive(r)) {
+            Some("--rate must be positive")
+        } else {
+            None
+        };
     if let Some(msg) = bad {
         Args::command().error(clap::error::ErrorKind::ValueValidation, msg).exit();
     }
@@ -104,13 +110,15 @@ impl Record {
 
 fn request(a: &Args) -> ModelInferRequest {
     // A fixed image-like query: values in [0, 1); the model's cost does not depend on them.
-    let input: Vec<f32> = (0..a.dim * a.batch).map(|i| ((i * 7919) % 256) as f32 / 256.0).collect();
+    let query: Vec<i64> = a.shape.as_ref().map_or_else(|| vec![a.dim as i64], |s| s.iter().map(|&d| d as i64).collect());
+    let dim = query.iter().product::<i64>() as usize;
+    let input: Vec<f32> = (0..dim * a.batch).map(|i| ((i * 7919) % 256) as f32 / 256.0).collect();
     ModelInferRequest {
         model_name: a.model.clone(),
         inputs: vec![InferInputTensor {
             name: a.input.clone(),
             datatype: "FP32".into(),
-            shape: vec![a.batch as i64, a.dim as i64],
+            shape: [vec![a.batch as i64], query].concat(),
             ..Default::default()
         }],
         raw_input_contents: vec![encode_f32_le(&input)],
