@@ -99,3 +99,29 @@ pub fn data_hash(model_hash: u64, ds: &Dataset) -> u64 {
     }
     h.finish()
 }
+
+/// The encoder `name` for queries of `shape`. A query of one axis is a feature vector, never an
+/// image: image encoders (concatenation) refuse it even when its length is a square (64 =
+/// 8 x 8), which `parm_codes::encoder_for_shape` alone would accept for flat images.
+///
+/// # Errors
+/// An image encoder for vectors; those of `parm_codes::encoder_for_shape`.
+pub fn encoder_for_queries(name: &str, k: usize, shape: &[usize]) -> anyhow::Result<Box<dyn parm_codes::Encoder>> {
+    if name == "concatenation" && shape.len() < 2 {
+        bail!("the concatenation encoder tiles images, and these queries are vectors of shape {shape:?}: use --encoder addition");
+    }
+    Ok(parm_codes::encoder_for_shape(name, k, shape)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_encoders_refuse_vectors() {
+        let e = encoder_for_queries("concatenation", 2, &[64]).err().unwrap().to_string();
+        assert!(e.contains("vectors"), "{e}");
+        assert!(encoder_for_queries("concatenation", 2, &[1, 8, 8]).is_ok());
+        assert!(encoder_for_queries("addition", 2, &[64]).is_ok());
+    }
+}

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use anyhow::bail;
 use burn::tensor::Device;
 use clap::Args;
-use parm_codes::encoder_for_shape;
 use parm_nn::deployed::outputs_of;
 use parm_nn::eval::{self, AccuracyReport};
 use parm_nn::train::load_model;
@@ -143,7 +142,7 @@ pub fn accuracy_report(
     if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
         bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);
     }
-    let enc = encoder_for_shape(encoder, k, &ds.input_shape)?;
+    let enc = crate::userdata::encoder_for_queries(encoder, k, &ds.input_shape)?;
     let dim = ds.test.dim();
     let logits = outputs_of(f.model.as_ref(), &ds.test.images, ds.test.n, dim)?;
     let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use parm_codes::encoder_for_shape;
 use parm_nn::parity::{Distill, LrSchedule, ParityConfig, ParityJob, train_parity as run_parity_training};
 
 use crate::deployed::{Deployed, Source};
@@ -247,7 +246,7 @@ fn train(
     dir: &Path,
     name: &str,
 ) -> anyhow::Result<parm_nn::ModelMeta> {
-    let encoder = linear_encoder(encoder, k)?.map_or_else(|| encoder_for_shape(encoder, k, &ds.input_shape), Ok)?;
+    let encoder = linear_encoder(encoder, k)?.map_or_else(|| crate::userdata::encoder_for_queries(encoder, k, &ds.input_shape), Ok)?;
     let job = ParityJob {
         ds,
         deployed: f.model.as_ref(),

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# BENCHMARKS.md, "Protecting your own model": two foreign models, each F an ONNX file and the
+# user's data .npy files made by bench/foreign/make_models.py (PyTorch CNN on Fashion-MNIST,
+# scikit-learn MLPClassifier on digits):
+#   parity training time and A_a / A_d / A_o (parm train-parity + parm eval, k = 2),
+#   parm worker on the ONNX file: single-query latency (closed loop, 1 outstanding) and
+#   saturation throughput (16 outstanding; and with --max-batch 16), by oip-load over gRPC,
+#   ONNX Runtime (Python, PyPI) on the same file in process (bench/foreign/ort_baseline.py).
+# Results in bench/results/foreign/. Usage: bench/foreign/run.sh MODELS_DIR PYTHON
+#   MODELS_DIR: the output of make_models.py; PYTHON: a python with onnxruntime and numpy.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+fx=$1; py=$2
+parm=$root/target/release/parm; load=$root/target/release/oip-load
+out=$root/bench/results/foreign
+mkdir -p "$out"
+source "$root/scripts/lib/procs.sh"
+
+accuracy() { # NAME MODEL DATA LABELS FLAGS...
+  local name=$1 model=$2 x=$3 y=$4; shift 4
+  local enc=addition; [[ " $* " == *" --encoder concatenation "* ]] && enc=concatenation
+  local t0; t0=$(date +%s.%N)
+  "$parm" train-parity --deployed "$model" --data "$x" --labels "$y" --k 2 --out "$work/$name" "$@" 2>&1 | tail -1
+  local t1; t1=$(date +%s.%N)
+  "$parm" eval --deployed "$model" --parity "$work/$name.bpk" --data "$x" --labels "$y" --k 2 --encoder "$enc" --json "$out/$name-eval.json"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['train_parity_wall_s']=float(sys.argv[2]); d['flags']=sys.argv[3]; json.dump(d, open(sys.argv[1],'w'), indent=1)" \
+    "$out/$name-eval.json" "$(echo "$t1 - $t0" | bc)" "$*"
+}
+
+latency() { # NAME MODEL SHAPE INPUT_NAME
+  local name=$1 model=$2 shape=$3 input=$4
+  for mb in 1 16; do
+    start w "$parm" worker --model "$model" --name m --listen 127.0.0.1:0 --max-batch $mb --max-queue-delay-us 200
+    local w; w=$(addr w "listening on")
+    for c in 1 16; do
+      "$load" --target "$w" --model m --input "$input" --shape "$shape" --concurrency $c --duration 8 --warmup 2 \
+        > "$out/$name-worker-mb$mb-c$c.json"
+    done
+    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  done
+  "$py" bench/foreign/ort_baseline.py "$model" "$x" > "$out/$name-ort.json"
+}
+
+accuracy cnn "$fx/cnn.onnx" "$fx/fmnist_x.npy" "$fx/fmnist_y.npy" --encoder concatenation --recipe parm --epochs 10
+accuracy cnn-parm-paper "$fx/cnn.onnx" "$fx/fmnist_x.npy" "$fx/fmnist_y.npy" --epochs 10
+accuracy digits "$fx/digits.onnx" "$fx/digits_x.npy" "$fx/digits_y.npy" --distill 1 --hidden 256,128
+accuracy digits-parm-paper "$fx/digits.onnx" "$fx/digits_x.npy" "$fx/digits_y.npy"
+x=$fx/fmnist_x.npy latency cnn "$fx/cnn.onnx" 1,28,28 image
+x=$fx/digits_x.npy latency digits "$fx/digits.onnx" 64 X
+echo "results in $out"
