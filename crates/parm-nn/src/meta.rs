@@ -36,6 +36,11 @@ pub struct ModelMeta {
     pub epochs: usize,
     pub steps: u64,
     pub train_seconds: f64,
+    /// The preprocessing of the data the model was trained on (`parm_data::Preprocess` as
+    /// JSON, resolved: its `scale` filled in), so that `parm eval` applies the same; absent
+    /// for parm's built-in data sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<serde_json::Value>,
 }
 
 /// `dir/name.bpk` and `dir/name.json`.

@@ -156,6 +156,7 @@ pub fn train_deployed_net(ds: &Dataset, cfg: &TrainConfig, net: &NetConfig) -> R
         epochs: cfg.epochs,
         steps,
         train_seconds,
+        preprocess: None,
     };
     Ok((model, meta))
 }

@@ -191,6 +191,7 @@ mod tests {
             epochs: 0,
             steps: 0,
             train_seconds: 0.0,
+            preprocess: None,
         }
     }
 

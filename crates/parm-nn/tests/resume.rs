@@ -46,6 +46,7 @@ fn interrupted_parity_training_resumes() {
         epochs: 0,
         steps: 0,
         train_seconds: 0.0,
+        preprocess: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let encoder = AdditionEncoder::new(2).unwrap();

@@ -28,6 +28,7 @@ fn meta(mlp: MlpConfig) -> ModelMeta {
         epochs: 0,
         steps: 0,
         train_seconds: 0.0,
+        preprocess: None,
     }
 }
 

@@ -146,6 +146,7 @@ fn foreign_meta(arch: &str, input_shape: &[usize], outputs: usize) -> ModelMeta 
         epochs: 0,
         steps: 0,
         train_seconds: 0.0,
+        preprocess: None,
     }
 }
 

@@ -36,10 +36,16 @@ impl DataArgs {
     /// # Errors
     /// Unreadable data, labels or preprocessing file (messages name the file).
     pub fn load(&self) -> anyhow::Result<Option<Dataset>> {
+        self.load_or(None)
+    }
+
+    /// As [`DataArgs::load`]; without `--preprocess`, `recorded` (what a parity model's metadata
+    /// says its training data had) or none.
+    pub fn load_or(&self, recorded: Option<Preprocess>) -> anyhow::Result<Option<Dataset>> {
         let Some(inputs) = &self.data else { return Ok(None) };
         let preprocess = match &self.preprocess {
             Some(p) => read_preprocess(p)?,
-            None => Preprocess::default(),
+            None => recorded.unwrap_or_default(),
         };
         let spec = UserData { labels: self.labels.clone(), preprocess, seed: self.split_seed, ..UserData::new(inputs.clone()) };
         Ok(Some(parm_data::load_user_data(&spec)?))

@@ -113,7 +113,11 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     };
     let parity = a.parity.clone().unwrap_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))));
     let f = Deployed::open(&deployed)?;
-    let mut ds = match a.data.load()? {
+    let recorded = parm_nn::ModelMeta::load(&parity.with_extension("json"))
+        .ok()
+        .and_then(|m| m.preprocess)
+        .and_then(|v| serde_json::from_value(v).ok());
+    let mut ds = match a.data.load_or(recorded)? {
         Some(ds) => ds,
         None => parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?,
     };

@@ -152,7 +152,9 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
         let shift = a.augment_shift.unwrap_or(0);
         cfg.augment = (shift > 0 || a.hflip).then_some(parm_nn::parity::Augment { shift, hflip: a.hflip });
     }
-    let f = Deployed::open(&deployed).context("opening the deployed model (for parm's own, train it first with `parm train`)")?;
+    let mut f = Deployed::open(&deployed).context("opening the deployed model (for parm's own, train it first with `parm train`)")?;
+    // Recorded in the parity model's metadata, for `parm eval` and for serving.
+    f.meta.preprocess = user_ds.as_ref().and_then(|ds| ds.preprocess.as_ref()).map(serde_json::to_value).transpose()?;
     let (ds, hash) = match user_ds {
         Some(mut ds) => {
             crate::userdata::fit_to(&mut ds, &f, &dir.join("cache"))?;

@@ -42,6 +42,7 @@ pub fn write_model(dir: &Path, name: &str, kind: ModelKind) -> PathBuf {
         epochs: 0,
         steps: 0,
         train_seconds: 0.0,
+        preprocess: None,
     };
     save_model(&model, &meta, dir, name).expect("save model");
     dir.join(format!("{name}.bpk"))
