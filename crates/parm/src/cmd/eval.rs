@@ -111,7 +111,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         Some(s) => Source::parse(s)?,
         None => Source::Parm(dir.join("deployed.bpk")),
     };
-    let parity = a.parity.clone().unwrap_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))));
+    let parity = a.parity.as_deref().map_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))), super::bpk_path);
     let f = Deployed::open(&deployed)?;
     let recorded = parm_nn::ModelMeta::load(&parity.with_extension("json"))
         .ok()

@@ -49,6 +49,14 @@ pub fn parity_name(k: usize, encoder: &str) -> String {
     format!("parity-k{k}-{encoder}")
 }
 
+/// `path`, or `path.bpk` when `path` has no extension, does not exist, and `path.bpk` does:
+/// `train-parity --out DIR/parity` writes `DIR/parity.bpk`, and `--parity DIR/parity` /
+/// `--model DIR/parity` name it the same way.
+pub fn bpk_path(path: &std::path::Path) -> std::path::PathBuf {
+    let bpk = path.with_extension("bpk");
+    if path.extension().is_none() && !path.exists() && bpk.exists() { bpk } else { path.to_path_buf() }
+}
+
 /// Writes `text` to `path`, creating parent directories. Overwrites: used only for report
 /// files the user named on the command line.
 pub fn write_new(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

@@ -74,7 +74,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     };
     let model = match &a.models_dir {
         Some(dir) => parm_serve::oip::security::confine(dir, &a.model).context("--model")?,
-        None => a.model.clone(),
+        None => super::bpk_path(&a.model),
     };
     let auth = parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
     let backend = load_backend(&model, &name, a.output.as_deref())?;
