@@ -216,7 +216,10 @@ fn models(a: &ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<Ve
 /// the model's input and output shapes.
 pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
     let client = InstanceClient::connect_lazy(&a.deployed[0])?;
-    client.wait_ready(&a.deployed_model, Duration::from_secs(30)).await?;
+    let (model, addr) = (&a.deployed_model, &a.deployed[0]);
+    client.wait_ready(model, Duration::from_secs(30)).await.with_context(|| {
+        format!("model '{model}' on the deployed instance {addr} is not ready (is that the model's name there? --deployed-model names it)")
+    })?;
     let remote = client.model_metadata(&a.deployed_model, Duration::from_secs(5)).await?;
     let spec = ModelSpec { name: a.model_name.clone().unwrap_or_else(|| a.deployed_model.clone()), ..remote };
     Ok(FrontendConfig {
