@@ -123,7 +123,9 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     };
     let cache = parity.parent().unwrap_or(std::path::Path::new(".")).join("cache");
     crate::userdata::fit_to(&mut ds, &f, &cache)?;
-    let report = accuracy_report(&ds, &f, &parity, &a.encoder, a.k, a.seed)?;
+    // Without labels, fit_to has already computed F on the test split into this cache.
+    let cached = (!ds.has_labels).then_some(cache.as_path());
+    let report = accuracy_report(&ds, &f, &parity, &a.encoder, a.k, a.seed, cached)?;
     print!("{}", report.table());
     if let Some(path) = &a.json {
         write_new(path, &serde_json::to_string_pretty(&report)?)?;
@@ -132,7 +134,8 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
 }
 
 /// A_a, A_d (every single-erasure pattern of every test coding group), the default baseline
-/// and A_o at f_u = 1%, 5%, 10% (ParM §5.2).
+/// and A_o at f_u = 1%, 5%, 10% (ParM §5.2). F's test outputs come from `cache` (as
+/// [`crate::userdata::fit_to`] caches them) when given, else are computed.
 pub fn accuracy_report(
     ds: &parm_data::Dataset,
     f: &Deployed,
@@ -140,6 +143,7 @@ pub fn accuracy_report(
     encoder: &str,
     k: usize,
     seed: u64,
+    cache: Option<&std::path::Path>,
 ) -> anyhow::Result<AccuracyReport> {
     let device = Device::flex();
     let (fp, pmeta) = parm_nn::train::load_net(parity, &device)?;
@@ -148,7 +152,10 @@ pub fn accuracy_report(
     }
     let enc = crate::userdata::encoder_for_queries(encoder, k, &ds.input_shape)?;
     let dim = ds.test.dim();
-    let logits = outputs_of(f.model.as_ref(), &ds.test.images, ds.test.n, dim)?;
+    let logits = match cache {
+        Some(dir) => parm_nn::deployed::cached_outputs(f.model.as_ref(), crate::userdata::data_hash(f.hash, ds), &ds.test, "test", dir)?,
+        None => outputs_of(f.model.as_ref(), &ds.test.images, ds.test.n, dim)?,
+    };
     let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
     let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, &device);
     let zero_logits = outputs_of(f.model.as_ref(), &vec![0.0; dim], 1, dim)?;
