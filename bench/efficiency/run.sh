@@ -57,72 +57,10 @@ out=$root/bench/results/efficiency
 source "$root/scripts/lib/procs.sh"
 
 [ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
-if ! "$venv/bin/python" -c "import mlserver, cbor2, numpy" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check mlserver cbor2 numpy 'tritonclient[grpc]'
-fi
 [ -f "$model" ] || { echo "no $model: run 'parm train' (or 'parm demo') first" >&2; exit 1; }
 [ -f "$parity" ] || { echo "no $parity: run 'parm train-parity --k 2' first" >&2; exit 1; }
 
-# free_ports N: N distinct free ports below the kernel's ephemeral range, so that no port-0
-# bind or outgoing connection of the other processes takes one before MLServer (slow to start)
-# binds it.
-free_ports() {
-  python3 - "$1" <<'PY'
-import random, socket, sys
-lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-got, socks = [], []
-while len(got) < int(sys.argv[1]):
-    p = random.randrange(max(1024, lo - 12000), lo)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    socks.append(s); got.append(p)
-print(*got)
-PY
-}
-
-declare -A target
-# mlserver_setup NAME HTTP_PORT GRPC_PORT BATCHING_JSON: an MLServer in $work/NAME serving the
-# model as "deployed" (BATCHING_JSON: extra model-settings.json keys, "" for none); sets
-# target[NAME].
-declare -A mlhttp mlpid
-mlserver_setup() {
-  local name=$1 http=$2 grpc=$3 batching=$4
-  mkdir -p "$work/$name/deployed"
-  cat > "$work/$name/settings.json" <<JSON
-{"host": "127.0.0.1", "http_port": $http, "grpc_port": $grpc, "metrics_endpoint": null,
- "parallel_workers": 0, "debug": false}
-JSON
-  cat > "$work/$name/deployed/model-settings.json" <<JSON
-{"name": "deployed", "implementation": "parm_runtime.ParmMlp",$batching
- "parameters": {"uri": "$model", "version": "1"},
- "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 784]}],
- "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]}
-JSON
-  start "$name" env PYTHONPATH="$root/tests/mlserver" "$venv/bin/mlserver" start "$work/$name"
-  mlhttp[$name]=$http; mlpid[$name]=${pids[-1]}
-  target[$name]="127.0.0.1:$grpc deployed"
-}
-# parm_setup NAME K SERVE_FLAGS...: own deployed worker (and parity worker for K 2) behind a
-# `parm serve`; sets target[NAME].
-declare -A wtarget
-parm_setup() {
-  local name=$1 k=$2; shift 2
-  start "$name-w" "$parm" worker --model "$model" --listen 127.0.0.1:0
-  local w; w=$(addr "$name-w" "listening on")
-  wtarget[$name]=$w
-  local coded=()
-  if [ "$k" = 2 ]; then
-    start "$name-p" "$parm" worker --model "$parity" --listen 127.0.0.1:0
-    coded=(--parity "$(addr "$name-p" "listening on")" --k 2)
-  fi
-  start "$name-fe" "$parm" serve --deployed "$w" "${coded[@]}" "$@" --model-name fashion-mnist \
-    --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0
-  target[$name]="$(addr "$name-fe" "grpc listening on") fashion-mnist"
-}
+source "$root/bench/efficiency/setups.sh"
 
 read -r -a ports <<< "$(free_ports 4)"
 has mlserver && mlserver_setup mlserver "${ports[0]}" "${ports[1]}" ""
@@ -132,17 +70,9 @@ has parm && parm_setup parm 1
 has parm-coded && parm_setup parm-coded 2
 has parm-batched && parm_setup parm-batched 1 --dispatch-max-batch "$batch"
 has parm-coded-batched && parm_setup parm-coded-batched 2 --dispatch-max-batch "$batch"
-has worker && target[worker]="${wtarget[parm]} deployed"
+has worker && target[worker]="${wtarget[parm]}"
 
-for name in "${!mlhttp[@]}"; do
-  for i in $(seq 1801); do
-    curl -sf "http://127.0.0.1:${mlhttp[$name]}/v2/models/deployed/ready" > /dev/null && break
-    if [ "$i" -gt 1800 ] || ! kill -0 "${mlpid[$name]}" 2>/dev/null || grep -q "address already in use" "$work/$name.err"; then
-      echo "$name not ready (exited, could not bind, or 180 s passed); its stderr:" >&2; tail -20 "$work/$name.err" >&2; exit 1
-    fi
-    sleep 0.1
-  done
-done
+mlserver_wait_ready
 
 mkdir -p "$(dirname "$out")"
 : > "$out.jsonl"
@@ -150,8 +80,8 @@ mkdir -p "$(dirname "$out")"
 run() {
   local setup=$1 phase=$2; shift 2
   set -- ${target[$setup]} "$@"
-  local t=$1 m=$2; shift 2
-  local line; line=$("$load" --target "$t" --model "$m" --duration "$secs" "$@")
+  local t=$1 m=$2 i=$3; shift 3
+  local line; line=$("$load" --target "$t" --model "$m" --input "$i" --duration "$secs" "$@")
   local la; la=$(cut -d' ' -f1 /proc/loadavg)
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(setup=sys.argv[2], phase=sys.argv[3], round=int(sys.argv[4]), loadavg_1m=float(sys.argv[5])); print(json.dumps(d))' \
     "$line" "$setup" "$phase" "$round" "$la" | tee -a "$out.jsonl"

@@ -9,8 +9,11 @@
 //!   (no coordinated omission, docs/PROTOCOL.md "Load generation norms").
 //!
 //! The first `--warmup S` seconds are not counted. Prints one JSON line:
-//! `{"target","mode","concurrency"|"rate","batch","seconds","requests","errors","throughput"
-//! (requests/s),"rows_per_s","latency_us": {"p50","p90","p99","p99_9","max"}}`.
+//! `{"target","mode","concurrency"|"rate","batch","seconds","requests","errors","shed",
+//! "throughput" (requests/s),"rows_per_s","latency_us": {"p50","p90","p99","p99_9","max"},
+//! "shed_latency_us": {"p50","p99"}}`. `requests` and `latency_us` count answered requests;
+//! `shed` counts those refused by admission control (UNAVAILABLE with `retry-after` metadata,
+//! parm's fast 503), `errors` every other failure.
 //!
 //! Usage: oip-load --target 127.0.0.1:8001 --model fashion-mnist [--input input] [--dim 784]
 //!        (--concurrency C | --rate R) [--batch 1] [--duration 10] [--warmup 2] [--connections 2]
@@ -97,15 +100,21 @@ fn parse_args() -> Args {
 #[derive(Default)]
 struct Record {
     hist: Option<Histogram<u64>>,
+    /// Requests shed by admission control (UNAVAILABLE with `retry-after`): how fast the
+    /// refusals came.
+    shed: Option<Histogram<u64>>,
     errors: u64,
     first_error: Option<String>,
 }
 
-impl Record {
-    fn add(&mut self, us: u64) {
-        let h = self.hist.get_or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"));
-        h.saturating_record(us.max(1));
-    }
+fn add(h: &mut Option<Histogram<u64>>, us: u64) {
+    let h = h.get_or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"));
+    h.saturating_record(us.max(1));
+}
+
+/// True for a request refused by admission control (parm: 503 / UNAVAILABLE + retry-after).
+fn is_shed(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::Unavailable && e.metadata().contains_key("retry-after")
 }
 
 fn request(a: &Args) -> ModelInferRequest {
@@ -158,8 +167,10 @@ fn main() -> anyhow::Result<()> {
                 let now = Instant::now();
                 if intended >= measure_from && intended < end {
                     let mut r = record.lock().unwrap();
+                    let us = now.duration_since(intended).as_micros() as u64;
                     match out {
-                        Ok(_) => r.add(now.duration_since(intended).as_micros() as u64),
+                        Ok(_) => add(&mut r.hist, us),
+                        Err(e) if is_shed(&e) => add(&mut r.shed, us),
                         Err(e) => {
                             r.errors += 1;
                             r.first_error.get_or_insert_with(|| e.to_string());
@@ -223,12 +234,15 @@ fn main() -> anyhow::Result<()> {
     let r = record.lock().unwrap();
     let hist = r.hist.clone().unwrap_or_else(|| Histogram::new(3).expect("hist"));
     let q = |p: f64| hist.value_at_quantile(p);
+    let shed = r.shed.clone().unwrap_or_else(|| Histogram::new(3).expect("hist"));
     let mut out = serde_json::json!({
         "target": a.target,
         "model": a.model,
         "seconds": a.duration,
         "requests": hist.len(),
         "errors": r.errors,
+        "shed": shed.len(),
+        "shed_latency_us": {"p50": shed.value_at_quantile(0.5), "p99": shed.value_at_quantile(0.99)},
         "batch": a.batch,
         "throughput": hist.len() as f64 / a.duration,
         "rows_per_s": (hist.len() * a.batch as u64) as f64 / a.duration,

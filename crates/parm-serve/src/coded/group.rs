@@ -226,6 +226,8 @@ pub(crate) struct Member {
     reported: bool,
     /// Why its own instance call failed, for the error if it cannot be reconstructed.
     failure: Option<InstanceError>,
+    /// When its own instance call went out ([`Prediction::waited`] counts from here).
+    sent_at: Instant,
 }
 
 impl Member {
@@ -258,7 +260,7 @@ impl Member {
         if full {
             seal(shared, &group);
         }
-        (Member { shared: shared.clone(), group, slot, rows, reported: false, failure: None }, rx)
+        (Member { shared: shared.clone(), group, slot, rows, reported: false, failure: None, sent_at: now }, rx)
     }
 
     /// Runs the member on a deployed instance and answers with its prediction, or with the
@@ -268,7 +270,8 @@ impl Member {
     /// been outstanding for the straggler threshold.
     pub(crate) async fn run(mut self, input: &Arc<[f32]>, mut answer: oneshot::Receiver<Answer>) -> Result<Prediction, FrontendError> {
         let shared = self.shared.clone();
-        let sent_at = Instant::now();
+        self.sent_at = Instant::now();
+        let sent_at = self.sent_at;
         let shape = shared.shape(self.rows);
         let rpc = shared.deployed.infer(input, &shape, shared.cfg.instance_timeout);
         tokio::pin!(rpc);
@@ -334,10 +337,10 @@ impl Member {
     }
 
     fn finish(&mut self, answer: Answer) -> Result<Prediction, FrontendError> {
-        let (group, position) = (self.group.id, self.slot);
+        let (group, position, waited) = (self.group.id, self.slot, self.sent_at.elapsed());
         match answer {
-            Answer::Original { output, .. } => Ok(Prediction { output, reconstructed: false, group, position }),
-            Answer::Reconstructed { output, .. } => Ok(Prediction { output, reconstructed: true, group, position }),
+            Answer::Original { output, .. } => Ok(Prediction { output, reconstructed: false, group, position, waited }),
+            Answer::Reconstructed { output, .. } => Ok(Prediction { output, reconstructed: true, group, position, waited }),
             Answer::Unavailable { .. } => Err(FrontendError::NotReconstructed(self.failure.take().unwrap_or_else(lost))),
         }
     }

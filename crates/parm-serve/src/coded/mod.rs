@@ -56,6 +56,10 @@ pub struct Prediction {
     /// Id of the coding group and the unit's position in it.
     pub group: u64,
     pub position: usize,
+    /// How long the answer was up to the instances: from the unit's deployed-model call going
+    /// out to its output (or the reconstruction that replaced it) coming in. The gRPC client's
+    /// encoding and decoding are inside; the frontend's own work before and after is not.
+    pub waited: Duration,
 }
 
 /// Why a query got no prediction.
@@ -254,7 +258,8 @@ impl Frontend {
         let s = &self.shared;
         let group = s.next_group.fetch_add(1, Ordering::Relaxed);
         s.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+        let sent_at = tokio::time::Instant::now();
         let output = s.deployed.infer(input, &s.shape(rows), s.cfg.instance_timeout).await.map_err(FrontendError::Instance)?;
-        Ok(Prediction { output, reconstructed: false, group, position: 0 })
+        Ok(Prediction { output, reconstructed: false, group, position: 0, waited: sent_at.elapsed() })
     }
 }

@@ -1,21 +1,42 @@
-//! Admission control: the frontend's one bound on work in progress.
+//! Admission control: the frontend's bounds on work in progress.
 //!
 //! Every inference request must hold a [`Permit`] for its queries (rows) while the frontend
-//! works on it. At most [`Admission::limit`] queries are in flight at once, over HTTP and gRPC
-//! together; a request that would pass the limit is **shed** at once with HTTP 503 +
-//! `Retry-After` (gRPC `UNAVAILABLE` with `retry-after` and `grpc-retry-pushback-ms`
-//! metadata) instead of waiting in a queue. Since nothing downstream of admission (coding
-//! groups, instance RPCs, worker queues) holds more than the admitted queries, memory and
-//! queueing delay stay bounded however hard clients push.
+//! works on it. Two bounds decide whether a request is admitted, over HTTP and gRPC together:
 //!
-//! A batch request of B queries costs min(B, limit) permits, so a batch larger than the limit
-//! is still served when the frontend is otherwise idle.
+//! 1. **A count**: at most [`Admission::limit`] queries in flight (`--max-inflight`). This
+//!    bounds memory however hard clients push.
+//! 2. **Queueing delay** (CoDel-style, [`DelayTarget`]): a count alone lets latency grow to
+//!    `limit / throughput` before anything is shed (1,024 queries in flight at 4,000 queries/s
+//!    is 256 ms). So the frontend also watches each request's sojourn (admission to answer).
+//!    Once per interval (100 ms) it takes the *minimum* sojourn of the requests finished in it:
+//!    a minimum above the latency floor by more than the target (5 ms) means a standing queue,
+//!    not a burst (CoDel's test; Nichols & Jacobson, "Controlling Queue Delay", ACM Queue
+//!    2012; applied to RPC queues in Maurer, "Fail at Scale", ACM Queue 2015). The frontend
+//!    then caps queries in flight at what its instances finish within floor + target (Little's
+//!    law: the last interval's completions per second x (floor + target)), so admitted
+//!    queries wait about the target and the rest are shed at once. It stops when the queue is
+//!    gone (minimum sojourn within half the target of the floor) for 10 intervals. The floor
+//!    is the lowest interval minimum of the last 60 s outside shedding: the instances' own
+//!    latency, so a model that takes 20 ms per query is not taken for a queue.
+//!
+//! A request past either bound is **shed** at once with HTTP 503 + `Retry-After` (gRPC
+//! `UNAVAILABLE` with `retry-after` and `grpc-retry-pushback-ms` metadata) instead of waiting
+//! in a queue. Since nothing downstream of admission (coding groups, instance RPCs, worker
+//! queues) holds more than the admitted queries, memory and queueing delay stay bounded.
+//!
+//! A batch request of B queries costs min(B, bound) permits, so a batch larger than the
+//! bound is still served when the frontend is otherwise idle.
 //!
 //! [`Admission::close`] (graceful shutdown) makes every later request fail the same way, with
 //! the message "shutting down", while the admitted ones finish.
+//!
+//! Measured (BENCHMARKS.md, "Overload"): see there for p99 of admitted queries and the
+//! fraction shed at 1.5x and 3x the throughput at the latency objective.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::server::error::{ApiError, ErrorKind};
 
@@ -25,10 +46,90 @@ pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
 /// Default `Retry-After` sent with a shed request.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Counts queries in flight against a fixed limit.
+/// Shedding by queueing delay: the standing queueing delay the frontend tolerates, and how
+/// often it checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelayTarget {
+    /// Queueing delay above the latency floor that counts as a standing queue
+    /// (`--queue-target-ms`, default 5 ms).
+    pub target: Duration,
+    /// How long the minimum sojourn must stay above it (`--queue-interval-ms`, default 100 ms).
+    pub interval: Duration,
+}
+
+impl Default for DelayTarget {
+    fn default() -> Self {
+        Self { target: Duration::from_millis(5), interval: Duration::from_millis(100) }
+    }
+}
+
+/// Intervals the queue must stay gone before shedding stops.
+const CALM_INTERVALS: u32 = 10;
+/// How far back the latency floor looks.
+const FLOOR_WINDOW: Duration = Duration::from_secs(60);
+
+/// One interval's sojourns and the shedding state (see the module docs).
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    min: Option<Duration>,
+    done: u64,
+    /// Interval minima outside shedding, for the floor.
+    minima: VecDeque<(Instant, Duration)>,
+    floor: Option<Duration>,
+    shedding: bool,
+    /// When the queueing delay last reached half the target.
+    last_high: Instant,
+}
+
+impl Window {
+    fn new(now: Instant) -> Self {
+        Self { start: now, min: None, done: 0, minima: VecDeque::new(), floor: None, shedding: false, last_high: now }
+    }
+
+    /// Closes the interval ending `now`; returns the bound on queries in flight for the next
+    /// one (`None`: no delay bound).
+    fn roll(&mut self, now: Instant, t: DelayTarget) -> Option<usize> {
+        let elapsed = now.saturating_duration_since(self.start).max(t.interval);
+        let (min, done) = (self.min.take(), std::mem::take(&mut self.done));
+        self.start = now;
+        let min = min?;
+        let floor = *self.floor.get_or_insert(min);
+        let queue = min.saturating_sub(floor);
+        if queue > t.target {
+            self.shedding = true;
+        }
+        if queue >= t.target / 2 {
+            self.last_high = now;
+        } else if self.shedding && now.duration_since(self.last_high) >= t.interval * CALM_INTERVALS {
+            self.shedding = false;
+        }
+        if !self.shedding {
+            self.update_floor(now, min);
+            return None;
+        }
+        let per_s = done as f64 / elapsed.as_secs_f64();
+        Some(((per_s * (floor + t.target).as_secs_f64()) as usize).max(1))
+    }
+
+    fn update_floor(&mut self, now: Instant, min: Duration) {
+        self.minima.push_back((now, min));
+        while self.minima.front().is_some_and(|&(at, _)| now.duration_since(at) > FLOOR_WINDOW) {
+            self.minima.pop_front();
+        }
+        self.floor = self.minima.iter().map(|&(_, m)| m).min();
+    }
+}
+
+/// Counts queries in flight against the count bound and, with a [`DelayTarget`], the
+/// queueing-delay bound.
 #[derive(Debug)]
 pub struct Admission {
     limit: usize,
+    /// The bound in force: `limit`, or less while shedding by queueing delay.
+    bound: AtomicUsize,
+    delay: Option<DelayTarget>,
+    window: Mutex<Window>,
     in_flight: AtomicUsize,
     closed: AtomicBool,
     shed: AtomicU64,
@@ -42,11 +143,15 @@ impl Default for Admission {
 }
 
 impl Admission {
-    /// At most `limit` queries in flight (a limit of 0 is taken as 1). Shed requests carry
-    /// the hint [`DEFAULT_RETRY_AFTER`].
+    /// At most `limit` queries in flight (a limit of 0 is taken as 1), no queueing-delay
+    /// bound. Shed requests carry the hint [`DEFAULT_RETRY_AFTER`].
     pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
         Self {
-            limit: limit.max(1),
+            limit,
+            bound: AtomicUsize::new(limit),
+            delay: None,
+            window: Mutex::new(Window::new(Instant::now())),
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             shed: AtomicU64::new(0),
@@ -54,9 +159,25 @@ impl Admission {
         }
     }
 
-    /// Most queries in flight.
+    /// Also sheds by queueing delay (see the module docs); `None` keeps the count bound only.
+    pub fn with_delay_target(mut self, delay: Option<DelayTarget>) -> Self {
+        self.delay = delay.filter(|d| !d.target.is_zero() && !d.interval.is_zero());
+        self
+    }
+
+    /// Most queries in flight (`--max-inflight`).
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// The bound in force now: [`Self::limit`], or less while shedding by queueing delay.
+    pub fn bound(&self) -> usize {
+        self.bound.load(Ordering::Relaxed)
+    }
+
+    /// True while the queueing-delay bound is in force.
+    pub fn is_shedding(&self) -> bool {
+        self.bound() < self.limit
     }
 
     /// Queries in flight now.
@@ -69,7 +190,7 @@ impl Admission {
         self.peak.load(Ordering::Relaxed)
     }
 
-    /// Requests shed so far (over the limit, or after [`Self::close`]).
+    /// Requests shed so far (over a bound, or after [`Self::close`]).
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
     }
@@ -77,7 +198,7 @@ impl Admission {
     /// True when no further query would be admitted now (full or closed): lets an interface
     /// shed a request before reading its body.
     pub fn is_full(&self) -> bool {
-        self.closed.load(Ordering::Relaxed) || self.in_flight() >= self.limit
+        self.closed.load(Ordering::Relaxed) || self.in_flight() >= self.bound()
     }
 
     /// True after [`Self::close`].
@@ -92,19 +213,18 @@ impl Admission {
 
     /// Admits `queries` queries (a request's rows), or sheds the request.
     ///
-    /// Errors: [`ErrorKind::Overloaded`] when admitting would pass the limit or the frontend
+    /// Errors: [`ErrorKind::Overloaded`] when admitting would pass a bound or the frontend
     /// is shutting down; the caller answers it at once (503 + `Retry-After` / `UNAVAILABLE`).
     pub fn try_acquire(&self, queries: usize) -> Result<Permit<'_>, ApiError> {
-        let cost = queries.clamp(1, self.limit);
+        let bound = self.bound();
+        let cost = queries.clamp(1, bound);
         if self.closed.load(Ordering::Relaxed) {
             return Err(self.reject("the frontend is shutting down"));
         }
         let mut cur = self.in_flight.load(Ordering::Relaxed);
         loop {
-            if cur + cost > self.limit {
-                return Err(
-                    self.reject(&format!("overloaded: {cur} queries in flight, limit {} (request of {queries}); retry later", self.limit))
-                );
+            if cur + cost > bound {
+                return Err(self.reject(&self.overloaded(cur, queries)));
             }
             match self.in_flight.compare_exchange_weak(cur, cur + cost, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
@@ -112,23 +232,44 @@ impl Admission {
             }
         }
         self.peak.fetch_max(cur + cost, Ordering::Relaxed);
-        Ok(Permit { admission: self, cost })
+        Ok(Permit { admission: self, cost, since: Instant::now() })
+    }
+
+    fn overloaded(&self, in_flight: usize, queries: usize) -> String {
+        match (self.is_shedding(), self.delay) {
+            (true, Some(d)) => format!(
+                "overloaded: queries have waited over {} ms at the frontend for {} ms or more; {in_flight} queries in flight, \
+                 bound {} (request of {queries}); retry later",
+                d.target.as_millis(),
+                d.interval.as_millis(),
+                self.bound()
+            ),
+            _ => format!("overloaded: {in_flight} queries in flight, limit {} (request of {queries}); retry later", self.limit),
+        }
     }
 
     /// Counts one request shed before it reached [`Self::try_acquire`] (e.g. before its body
     /// was read) and returns its error.
     pub fn shed_now(&self) -> ApiError {
-        let why = if self.is_closed() {
-            "the frontend is shutting down".to_string()
-        } else {
-            format!("overloaded: limit of {} queries in flight reached; retry later", self.limit)
-        };
+        let why = if self.is_closed() { "the frontend is shutting down".to_string() } else { self.overloaded(self.in_flight(), 1) };
         self.reject(&why)
     }
 
     fn reject(&self, message: &str) -> ApiError {
         self.shed.fetch_add(1, Ordering::Relaxed);
         ApiError::new(ErrorKind::Overloaded, message)
+    }
+
+    /// Records one request's sojourn (admission to answer), `now` its end.
+    fn finished(&self, sojourn: Duration, now: Instant) {
+        let Some(t) = self.delay else { return };
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_duration_since(w.start) >= t.interval {
+            let bound = w.roll(now, t).map_or(self.limit, |b| b.min(self.limit));
+            self.bound.store(bound, Ordering::Relaxed);
+        }
+        w.min = Some(w.min.map_or(sojourn, |m| m.min(sojourn)));
+        w.done += 1;
     }
 }
 
@@ -137,11 +278,14 @@ impl Admission {
 pub struct Permit<'a> {
     admission: &'a Admission,
     cost: usize,
+    since: Instant,
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.admission.in_flight.fetch_sub(self.cost, Ordering::AcqRel);
+        let now = Instant::now();
+        self.admission.finished(now.duration_since(self.since), now);
     }
 }
 
@@ -191,6 +335,68 @@ mod tests {
         assert!(a.is_full());
         drop(p);
         assert_eq!(a.in_flight(), 0);
+    }
+
+    /// Feeds `per_interval` sojourns of `sojourn` in each of `intervals` 100 ms intervals from
+    /// `*t`, advancing `*t`.
+    fn feed(a: &Admission, t: &mut Instant, intervals: u32, per_interval: u32, sojourn: Duration) {
+        for _ in 0..intervals {
+            for i in 0..per_interval {
+                a.finished(sojourn, *t + Duration::from_millis(100) * i / per_interval);
+            }
+            *t += Duration::from_millis(100);
+        }
+    }
+
+    fn with_delay() -> (Admission, Instant) {
+        let a = Admission::new(1024).with_delay_target(Some(DelayTarget::default()));
+        let t = a.window.lock().unwrap().start;
+        (a, t)
+    }
+
+    #[test]
+    fn a_standing_queue_caps_in_flight_by_littles_law_then_lifts() {
+        let (a, mut t) = with_delay();
+        feed(&a, &mut t, 5, 1000, Duration::from_millis(1)); // floor 1 ms, 10,000 queries/s
+        assert_eq!(a.bound(), 1024);
+        feed(&a, &mut t, 2, 1000, Duration::from_millis(20)); // every query waited 19 ms
+        assert!(a.is_shedding());
+        // 10,000/s x (1 ms floor + 5 ms target) = 60 queries in flight.
+        assert!((58..=62).contains(&a.bound()), "bound {}", a.bound());
+        let held: Vec<_> = (0..a.bound()).map(|_| a.try_acquire(1).unwrap()).collect();
+        let e = a.try_acquire(1).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        assert!(e.message.contains("waited over 5 ms"), "{}", e.message);
+        drop(held);
+        // The queue is gone: shedding holds for 10 calm intervals, then lifts.
+        feed(&a, &mut t, 5, 1000, Duration::from_millis(1));
+        assert!(a.is_shedding());
+        feed(&a, &mut t, 7, 1000, Duration::from_millis(1));
+        assert_eq!(a.bound(), 1024);
+    }
+
+    #[test]
+    fn a_slow_model_is_not_a_queue_and_bursts_are_not_shed() {
+        let (a, mut t) = with_delay();
+        feed(&a, &mut t, 20, 50, Duration::from_millis(20)); // 20 ms per query from the start
+        assert!(!a.is_shedding());
+        // A burst: one interval whose slowest queries waited long, but not its fastest.
+        for i in 0..100u32 {
+            a.finished(Duration::from_millis(20 + u64::from(i)), t + Duration::from_micros(u64::from(i)));
+        }
+        t += Duration::from_millis(100);
+        feed(&a, &mut t, 2, 50, Duration::from_millis(20));
+        assert!(!a.is_shedding());
+    }
+
+    #[test]
+    fn without_a_delay_target_only_the_count_bounds() {
+        let a = Admission::new(8);
+        let mut t = a.window.lock().unwrap().start;
+        feed(&a, &mut t, 3, 100, Duration::from_millis(1));
+        feed(&a, &mut t, 5, 100, Duration::from_millis(500));
+        assert_eq!(a.bound(), 8);
+        assert!(Admission::new(8).with_delay_target(Some(DelayTarget { target: Duration::ZERO, ..Default::default() })).delay.is_none());
     }
 
     #[test]

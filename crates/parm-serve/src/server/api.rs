@@ -106,12 +106,29 @@ impl Accepted<'_> {
         e
     }
 
-    /// Predicts every row, within `timeout` of the accept time if given; records statistics.
+    /// Predicts every row, within `timeout` of the accept time if given, and encodes the
+    /// answers with `respond`; records statistics, and the frontend's own time for the request
+    /// (accept to `respond` done, less the longest [`Prediction::waited`]) in the
+    /// `parm_frontend_time_seconds` histogram.
     ///
     /// Errors: 400 for a bad row count, 503 when a row got no prediction, 504 when the
     /// deadline passed first (the outstanding queries are then dropped, see
     /// [`Frontend::predict`]).
-    pub async fn run(mut self, rows: Vec<Vec<f32>>, timeout: Option<Duration>) -> Result<Vec<Prediction>, ApiError> {
+    pub async fn run<T>(
+        self,
+        rows: Vec<Vec<f32>>,
+        timeout: Option<Duration>,
+        respond: impl FnOnce(&[Prediction]) -> T,
+    ) -> Result<T, ApiError> {
+        let (at, model) = (self.at, self.model);
+        let preds = self.predict(rows, timeout).await?;
+        let out = respond(&preds);
+        let waited = preds.iter().map(|p| p.waited).max().unwrap_or_default();
+        model.prometheus.frontend_time(at.elapsed().saturating_sub(waited));
+        Ok(out)
+    }
+
+    async fn predict(mut self, rows: Vec<Vec<f32>>, timeout: Option<Duration>) -> Result<Vec<Prediction>, ApiError> {
         let s = self.model;
         let rows = match &s.transform {
             Some(t) => match rows.iter().map(|r| t(r)).collect::<Result<Vec<_>, _>>() {
@@ -296,9 +313,11 @@ impl Serving {
         text.push_str(&format!(
             "# HELP parm_inflight_queries Queries in flight at the frontend (admission control)\n# TYPE parm_inflight_queries gauge\nparm_inflight_queries {}\n\
              # HELP parm_inflight_limit Most queries admitted at once (--max-inflight)\n# TYPE parm_inflight_limit gauge\nparm_inflight_limit {}\n\
+             # HELP parm_inflight_bound Most queries admitted at once now: the limit, or less while shedding by queueing delay\n# TYPE parm_inflight_bound gauge\nparm_inflight_bound {}\n\
              # HELP parm_shed_requests_total Requests shed with 503 / UNAVAILABLE by admission control\n# TYPE parm_shed_requests_total counter\nparm_shed_requests_total {}\n",
             a.in_flight(),
             a.limit(),
+            a.bound(),
             a.shed()
         ));
         text

@@ -9,6 +9,7 @@
 //! grpc = "127.0.0.1:8001"        # OIP gRPC + grpc.health.v1 ("off" to disable)
 //! metrics = "127.0.0.1:8002"     # extra Prometheus port (optional)
 //! max_inflight = 1024            # most queries in flight; more get 503 + Retry-After
+//! queue_target_ms = 5            # shed when queries wait this long for 100 ms (0: off)
 //! drain_timeout_ms = 5000        # on SIGTERM: longest wait for in-flight requests
 //! runtime_threads = 0            # async runtime threads (0: one current-thread runtime)
 //! auth_token_file = "/etc/parm/token"  # bearer token clients must send (optional)
@@ -137,6 +138,10 @@ pub struct ServerSection {
     pub metrics: Option<String>,
     /// Most queries in flight at the frontend (see [`crate::server::admission`]).
     pub max_inflight: Option<usize>,
+    /// Queueing delay that starts shedding (ms; 0: off; see [`crate::server::admission`]).
+    pub queue_target_ms: Option<f64>,
+    /// How long the queueing delay must last (ms).
+    pub queue_interval_ms: Option<f64>,
     /// Longest drain of in-flight requests after SIGTERM (ms, see [`crate::server::listen`]).
     pub drain_timeout_ms: Option<u64>,
     /// Threads of the frontend's async runtime (0: current-thread).

@@ -193,8 +193,9 @@ impl GrpcInferenceService for FrontendService {
             Ok(p) => p,
             Err(e) => return Err(status(accepted.reject(e))),
         };
-        let preds = accepted.run(rows, timeout).await.map_err(status)?;
-        Ok(Response::new(Self::infer_response(m, req.id, &preds)))
+        let id = req.id;
+        let response = accepted.run(rows, timeout, |preds| Self::infer_response(m, id, preds)).await.map_err(status)?;
+        Ok(Response::new(response))
     }
 
     async fn model_config(&self, req: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {

@@ -234,8 +234,9 @@ async fn infer(State(s): State<Shared>, Path(p): ModelPath, headers: HeaderMap, 
         Ok(req) => req,
         Err(e) => return HttpError(accepted.reject(e)).into_response(),
     };
-    match accepted.run(req.rows, req.timeout).await {
-        Ok(preds) => respond(m, req.id, req.binary_output, &preds),
+    let (id, binary) = (req.id, req.binary_output);
+    match accepted.run(req.rows, req.timeout, |preds| respond(m, id, binary, preds)).await {
+        Ok(r) => r,
         Err(e) => HttpError(e).into_response(),
     }
 }

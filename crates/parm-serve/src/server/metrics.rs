@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use crate::coded::Stats;
 use crate::upstream::health::InstanceGauge;
@@ -137,7 +137,11 @@ pub struct Prometheus {
 const LATENCY_BUCKETS: [f64; 14] = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 10.0];
 
 /// `# HELP` text of every metric.
-const HELP: [(&str, &str); 18] = [
+/// Buckets of the frontend's own time per request (seconds): 2 us to 10 ms.
+const FRONTEND_TIME_BUCKETS: [f64; 16] =
+    [2e-6, 5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5, 4e-5, 5e-5, 7.5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 1e-2];
+
+const HELP: [(&str, &str); 19] = [
     ("nv_inference_request_success", "Number of successful inference requests"),
     ("nv_inference_request_failure", "Number of failed inference requests, by reason (REJECTED, CANCELED, BACKEND)"),
     ("nv_inference_count", "Number of inferences (queries, batch rows) answered"),
@@ -155,6 +159,10 @@ const HELP: [(&str, &str); 18] = [
     ("parm_unprotected_groups_total", "Coding groups closed without a parity query"),
     ("parm_backup_requests_total", "Extra copies sent by replication and hedging"),
     ("parm_answer_latency_seconds", "Latency of each answered query from dispatch, by source (original or reconstructed)"),
+    (
+        "parm_frontend_time_seconds",
+        "The frontend's own time per answered request: accept to response encoded, less the wait for the instances",
+    ),
     ("parm_instance_up", "1 if the instance answered its last ModelReady probe"),
 ];
 
@@ -163,7 +171,11 @@ const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(
 impl Prometheus {
     /// A new registry, with no model labels yet (see [`Self::for_model`]).
     pub fn registry() -> Self {
-        let recorder = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS).expect("non-empty buckets").build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("parm_frontend_time_seconds".into()), &FRONTEND_TIME_BUCKETS))
+            .expect("non-empty buckets")
+            .build_recorder();
         for (name, help) in HELP {
             recorder.describe_counter(name.into(), None, help.into()); // HELP lines, any kind
         }
@@ -194,6 +206,13 @@ impl Prometheus {
     pub fn answer_latency(&self, source: &'static str, latency: Duration) {
         let key = self.key("parm_answer_latency_seconds", &[("source", source.to_string())]);
         self.recorder.register_histogram(&key, &META).record(latency.as_secs_f64());
+    }
+
+    /// Records the frontend's own time for one answered request (see
+    /// [`crate::server::api::Accepted::run`]).
+    pub fn frontend_time(&self, own: Duration) {
+        let key = self.key("parm_frontend_time_seconds", &[]);
+        self.recorder.register_histogram(&key, &META).record(own.as_secs_f64());
     }
 
     /// Refreshes this model's counters from `req`, `coded` and `instances` (see [`Self::render`]).

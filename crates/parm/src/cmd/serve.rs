@@ -94,6 +94,15 @@ pub struct ServeArgs {
     /// 503 + Retry-After / UNAVAILABLE at once (admission control, see parm_serve::server::admission).
     #[arg(long, default_value_t = parm_serve::server::admission::DEFAULT_MAX_INFLIGHT)]
     pub max_inflight: usize,
+    /// Shedding by queueing delay (CoDel-style, see parm_serve::server::admission): when the
+    /// fastest request of every --queue-interval-ms took more than this (ms) above the
+    /// instances' own latency, queries in flight are capped so that admitted ones wait about
+    /// this long, and the rest get 503 + Retry-After at once. 0: only --max-inflight bounds.
+    #[arg(long, default_value_t = parm_serve::server::admission::DelayTarget::default().target.as_secs_f64() * 1e3)]
+    pub queue_target_ms: f64,
+    /// The interval of --queue-target-ms (ms).
+    #[arg(long, default_value_t = parm_serve::server::admission::DelayTarget::default().interval.as_secs_f64() * 1e3)]
+    pub queue_interval_ms: f64,
     /// On SIGTERM / Ctrl-C: stop accepting, let in-flight requests finish for at most this
     /// long (ms), then exit 0.
     #[arg(long, default_value_t = parm_serve::server::listen::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
@@ -136,6 +145,23 @@ pub struct ServeArgs {
     pub preprocess: Option<parm_serve::server::config::Preprocess>,
 }
 
+/// The queueing-delay bound of `--queue-target-ms` / `--queue-interval-ms` (`None` for a
+/// target of 0).
+///
+/// Errors: a negative or non-finite value, or a zero interval with a target.
+fn delay_target(target_ms: f64, interval_ms: f64) -> anyhow::Result<Option<parm_serve::server::admission::DelayTarget>> {
+    let ms = |v: f64, flag: &str| match v.is_finite() && v >= 0.0 {
+        true => Ok(Duration::from_secs_f64(v / 1e3)),
+        false => Err(anyhow::anyhow!("{flag} must be a non-negative number of milliseconds, got {v}")),
+    };
+    let (target, interval) = (ms(target_ms, "--queue-target-ms")?, ms(interval_ms, "--queue-interval-ms")?);
+    if target.is_zero() {
+        return Ok(None);
+    }
+    anyhow::ensure!(!interval.is_zero(), "--queue-interval-ms must be above 0 when --queue-target-ms is");
+    Ok(Some(parm_serve::server::admission::DelayTarget { target, interval }))
+}
+
 /// `a` with the settings of its `--config` file applied under the precedence flag given on
 /// the command line > file > default (`parm_serve::server::config::Precedence`); `flag_given`
 /// tells which flags were given.
@@ -149,6 +175,8 @@ fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::R
     let p = Precedence { flag_given };
     p.apply("listen", &mut a.listen, s.http);
     p.apply("max_inflight", &mut a.max_inflight, s.max_inflight);
+    p.apply("queue_target_ms", &mut a.queue_target_ms, s.queue_target_ms);
+    p.apply("queue_interval_ms", &mut a.queue_interval_ms, s.queue_interval_ms);
     p.apply("drain_timeout_ms", &mut a.drain_timeout_ms, s.drain_timeout_ms);
     p.apply("runtime_threads", &mut a.runtime_threads, s.runtime_threads);
     p.apply("auth_token_file", &mut a.auth_token_file, s.auth_token_file.map(Some));
@@ -288,6 +316,7 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
     // The instance clients the frontend makes send the same token.
     parm_serve::upstream::client::set_default_auth_token(options.auth.clone());
     anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
+    let delay = delay_target(a.queue_target_ms, a.queue_interval_ms)?;
     let drain = Duration::from_millis(a.drain_timeout_ms);
     block_on_drained(a.runtime_threads, async move {
         // Each model gets its own frontend: coding groups, statistics, instance pools.
@@ -302,7 +331,7 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
             anyhow::Ok(Model { frontend, preprocess: m.preprocess.clone(), transform })
         });
         let served = futures::future::try_join_all(started).await?;
-        let admission = parm_serve::server::admission::Admission::new(a.max_inflight);
+        let admission = parm_serve::server::admission::Admission::new(a.max_inflight).with_delay_target(delay);
         let options = ServingOptions { admission, limits: options };
         let serving = Serving::start_models(served, options).await?;
         let http = bind(&a.listen).await?;
