@@ -133,6 +133,10 @@ async fn http_burst_past_the_limit_is_shed_with_retry_after_then_service_returns
     let metrics = client.get(c.url.replace("/v2/models/lin/infer", "/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(&format!("parm_shed_requests_total {shed}\n")), "{metrics}");
     assert!(metrics.contains(&format!("parm_inflight_limit {LIMIT}\n")));
+    assert!(metrics.contains(&format!("parm_inflight_bound {LIMIT}\n")), "no delay target: the bound is the limit");
+    // The frontend's own time: one sample per answered request.
+    let own = metrics.lines().find(|l| l.starts_with("parm_frontend_time_seconds_count")).expect("parm_frontend_time_seconds");
+    assert_eq!(own.rsplit(' ').next(), Some((served + 10).to_string().as_str()), "{own}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
