@@ -83,8 +83,8 @@ load() {
   local cmd=("$load" --target "$t" --model "$m" --input "$i" --warmup 1 "$@")
   [ -z "$load_cpu" ] || cmd=(taskset -c "$load_cpu" "${cmd[@]}")
   local line; line=$("${cmd[@]}")
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(setup=sys.argv[2], phase=sys.argv[3]); print(json.dumps(d))' \
-    "$line" "$setup" "$phase" | tee -a "$res/slo-trials.jsonl"
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(setup=sys.argv[2], phase=sys.argv[3], loadavg_1m=float(sys.argv[4])); print(json.dumps(d))' \
+    "$line" "$setup" "$phase" "$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$res/slo-trials.jsonl"
 }
 field() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(eval(sys.argv[2], {}, d))' "$1" "$2"; }
 
@@ -135,7 +135,7 @@ for le, c in d:
     prev_le, prev_c = le, c
 PY
 }
-declare -A own
+declare -A own=()
 for s in parm parm-batched parm-coded; do
   [[ " ${setups[*]} " == *" $s "* ]] && [ "${best[$s,5]:-0}" -gt 0 ] || continue
   curl -sf "http://${fe_http[$s]}/metrics" > "$work/m0"
