@@ -4,7 +4,10 @@
 //!
 //! The deployed model is F(x) = 2x, and every parity model Fp_l = F. The linear code is then
 //! exact (Fp_l(sum_j c_lj X_j) = sum_j c_lj F(X_j)); Berrut interpolation is not, and its error
-//! on this linear F is measured.
+//! on this linear F is measured. The last tests run the same over real gRPC workers (an
+//! affine F, the slow instances delayed by the worker's own fault injection).
+
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +16,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use parm_serve::coded::policy::StragglerPolicy;
 use parm_serve::coded::{Code, Frontend, FrontendConfig, ParityInstances, Prediction};
+use parm_serve::instance::backend::{InferenceBackend, LinearBackend};
+use parm_serve::instance::fault::FaultConfig;
+use parm_serve::instance::worker::{WorkerHandle, WorkerOptions, spawn_worker};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::{Instance, InstanceError};
 
@@ -194,4 +200,87 @@ fn codes_that_cannot_work_are_refused() {
     // Berrut needs S >= 1 and its extra instances.
     assert!(Frontend::with_instances(config(2, Code::Berrut { s: 0 }), d(), p()).is_err());
     assert!(Frontend::with_instances(config(2, Code::Berrut { s: 1 }), d(), vec![]).is_err());
+}
+
+/// F(x) = W x + b over loopback gRPC, `[IN] -> [OUT]`; `bias_scale` scales b (a parity model of
+/// the linear code: Fp_l(P_l) = W P_l + (sum_j c_lj) b).
+fn affine(name: &str, bias_scale: f32) -> Arc<dyn InferenceBackend> {
+    let (n_in, n_out) = (support::IN, support::OUT);
+    let w = (0..n_in * n_out).map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.25).collect();
+    let b = (0..n_out).map(|o| bias_scale * (o as f32 - 1.0)).collect();
+    let spec = ModelSpec::fp32(name, vec![n_in as i64], vec![n_out as i64]);
+    Arc::new(LinearBackend::new(spec, w, b).unwrap())
+}
+
+/// Workers serving `backend`, the first `slow` of them 600 ms slower per request.
+async fn workers(backend: &Arc<dyn InferenceBackend>, n: usize, slow: usize) -> Vec<WorkerHandle> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let delay_ms = if i < slow { 600.0 } else { 0.0 };
+        let opts = WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
+        out.push(spawn_worker("127.0.0.1:0", backend.clone(), opts).await.unwrap());
+    }
+    out
+}
+
+fn addrs(w: &[WorkerHandle]) -> Vec<String> {
+    w.iter().map(|w| w.addr.to_string()).collect()
+}
+
+/// Sends 3 queries at once to a loopback frontend over 3 deployed workers (the first two slow)
+/// and returns each answer with its largest error against F, all within 400 ms.
+async fn three_over_loopback(cfg: FrontendConfig) -> (Frontend, Vec<(Prediction, f32)>) {
+    let f = Frontend::start(cfg).unwrap();
+    f.warm_up().await;
+    let q = |i: usize| -> Vec<f32> { (0..support::IN).map(|t| 0.5 + 0.1 * i as f32 - 0.2 * t as f32).collect() };
+    let start = Instant::now();
+    let answers = futures::future::join_all((0..3).map(|i| f.predict(q(i)))).await;
+    assert!(start.elapsed() < Duration::from_millis(400), "not waiting for the slow instances: {:?}", start.elapsed());
+    let model = affine("deployed", 1.0);
+    let checked = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let a = a.expect("answered");
+            let want = model.infer(&q(i), 1).unwrap();
+            let err = a.output.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            (a, err)
+        })
+        .collect();
+    (f, checked)
+}
+
+fn loopback_config(k: usize, code: Code, deployed: Vec<String>, parity: Vec<String>) -> FrontendConfig {
+    let spec = ModelSpec::fp32("lin", vec![support::IN as i64], vec![support::OUT as i64]);
+    FrontendConfig { spec, parity, deployed, instance_timeout: Duration::from_secs(10), ..config(k, code) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_parities_over_grpc_workers_reconstruct_two_slow_members_exactly() {
+    let code = parm_codes::LinearCode::vandermonde(3, 2).unwrap();
+    let bias = |l: usize| (0..3).map(|j| code.coeff(l, j) as f32).sum::<f32>();
+    let deployed = workers(&affine("deployed", 1.0), 3, 2).await;
+    let (p0, p1) = (workers(&affine("parity-p0", bias(0)), 1, 0).await, workers(&affine("parity-p1", bias(1)), 1, 0).await);
+    let further = vec![ParityInstances { instances: addrs(&p1), model: "parity-p1".into() }];
+    let cfg = loopback_config(3, Code::Parities { further }, addrs(&deployed), addrs(&p0));
+    let (f, answers) = three_over_loopback(cfg).await;
+    for (i, (a, err)) in answers.iter().enumerate() {
+        assert_eq!(a.reconstructed, i < 2, "query {i}");
+        assert!(*err < 1e-3, "query {i}: error {err}");
+    }
+    assert_one_answer_each(&f, 3, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berrut_over_grpc_workers_interpolates_two_slow_members() {
+    let deployed = workers(&affine("deployed", 1.0), 3, 2).await;
+    let extra = workers(&affine("deployed", 1.0), 2, 0).await;
+    let cfg = loopback_config(3, Code::Berrut { s: 2 }, addrs(&deployed), addrs(&extra));
+    let (f, answers) = three_over_loopback(cfg).await;
+    for (i, (a, err)) in answers.iter().enumerate() {
+        assert_eq!(a.reconstructed, i < 2, "query {i}");
+        eprintln!("berrut over gRPC, k=3 S=2: query {i} largest error {err:.4}");
+        assert!(*err < if i < 2 { 0.5 } else { 1e-5 }, "query {i}: error {err}");
+    }
+    assert_one_answer_each(&f, 3, 2);
 }
