@@ -1,6 +1,6 @@
 //! A training-free systematic code: Berrut rational interpolation (ApproxIFER) made systematic.
 
-use crate::{CodeError, check_same_len};
+use crate::{CodeError, Encoder, LinearEncoder, check_same_len};
 
 /// Systematic Berrut code for k queries and S extra ("blended") queries.
 ///
@@ -61,23 +61,17 @@ impl BerrutCode {
         if queries.len() != self.k {
             return Err(CodeError::WrongCount { expected: self.k, got: queries.len() });
         }
-        let n = queries[0].len();
-        check_same_len(queries.iter().copied().enumerate(), n)?;
+        (0..self.s).map(|t| self.encoder(t).encode(queries)).collect()
+    }
+
+    /// The encoder of blended query t (`t < S`): `u(b_t) = sum_j w_j X_j` with the Berrut
+    /// weights of the data points at b_t, which sum to 1. The coded path builds each
+    /// redundant query of a group with one such encoder. Panics if `t >= S`.
+    pub fn encoder(&self, t: usize) -> LinearEncoder {
+        assert!(t < self.s, "blended query {t} of a code with S = {}", self.s);
         let nodes: Vec<f64> = self.data_idx.iter().map(|&i| self.points[i]).collect();
-        Ok(self
-            .blend_idx
-            .iter()
-            .map(|&b| {
-                let w = berrut_weights(&nodes, self.points[b]);
-                let mut out = vec![0.0f32; n];
-                for (q, &wj) in queries.iter().zip(&w) {
-                    for (o, &x) in out.iter_mut().zip(q.iter()) {
-                        *o += wj as f32 * x;
-                    }
-                }
-                out
-            })
-            .collect())
+        let weights = berrut_weights(&nodes, self.points[self.blend_idx[t]]).into_iter().map(|w| w as f32).collect();
+        LinearEncoder::new(weights).expect("k >= 1")
     }
 
     /// Estimates every unavailable prediction. `outputs`: the k predictions (`None` where

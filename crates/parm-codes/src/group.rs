@@ -1,15 +1,60 @@
 //! The state of one coding group in the frontend, and ParM's eager decoding rule, for
-//! members that are single queries or blocks of rows.
+//! members that are single queries or blocks of rows, under any of parm's codes.
 
-use crate::{Decoder, SubtractionDecoder};
+use crate::{BerrutCode, CodeError, Decoder, LinearCode, SubtractionDecoder};
 
 /// Which output of a coding group an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
     /// The prediction for the j-th query of the group (0-based).
     Data(usize),
-    /// The parity model's output Fp(P).
+    /// The l-th redundant output (0-based): parity model l's output Fp_l(P_l), or F on the
+    /// l-th Berrut-blended query.
+    Parity(usize),
+}
+
+/// How a coding group's redundant outputs stand in for its unavailable predictions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupCode {
+    /// ParM (SOSP 2019 §3): one parity output, per row either Fp(P) ~= sum_j F(X_j) (decoded by
+    /// subtraction) or k per-query blocks (a collage parity model; decoded by taking block j).
+    /// Tolerates one unavailable prediction.
     Parity,
+    /// The r parity outputs of a [`LinearCode`], Fp_l(P_l) ~= sum_j c[l][j] F(X_j) (ParM §3
+    /// generalised to r parities); any e <= r unavailable predictions are solved for from any
+    /// e parity outputs.
+    Linear(LinearCode),
+    /// The S outputs of the deployed model on the Berrut-blended queries of a [`BerrutCode`]
+    /// (ApproxIFER, arXiv 2109.09868, made systematic); any e <= S unavailable predictions
+    /// are interpolated from the outputs that are in.
+    Berrut(BerrutCode),
+}
+
+impl GroupCode {
+    /// Redundant outputs per group: 1, r or S.
+    pub fn redundancy(&self) -> usize {
+        match self {
+            GroupCode::Parity => 1,
+            GroupCode::Linear(c) => c.r(),
+            GroupCode::Berrut(c) => c.s(),
+        }
+    }
+
+    /// Decodes one row: `redundant` holds the redundant outputs' rows (`None`: not in),
+    /// `data` the members' rows (`None`: erased). Returns `(j, row)` per erased member.
+    ///
+    /// Errors: too many erasures for the outputs that are in, or rows of different lengths.
+    fn decode_row(&self, redundant: &[Option<&[f32]>], data: &[Option<&[f32]>]) -> Result<Vec<(usize, Vec<f32>)>, CodeError> {
+        match self {
+            GroupCode::Parity => match redundant {
+                [Some(p)] if data.iter().any(Option::is_none) => Ok(vec![SubtractionDecoder.decode(p, data)?]),
+                [_] => Ok(Vec::new()),
+                _ => Err(CodeError::WrongCount { expected: 1, got: redundant.len() }),
+            },
+            GroupCode::Linear(code) => code.decode(redundant, data),
+            GroupCode::Berrut(code) => code.decode(data, redundant),
+        }
+    }
 }
 
 /// What the frontend must send back for one query of the group.
@@ -43,30 +88,48 @@ enum Output {
 /// subtraction) or, from a per-query (collage) parity model, k blocks each ~= one prediction
 /// (decoded by taking the block; recognised by its length, k times a prediction's).
 ///
-/// Rule (ParM SOSP 2019 §4.2, eager decoding): a member is answered as soon as its own
-/// prediction arrives, or as soon as the parity output and the other k-1 predictions are in,
-/// whichever is first. A member whose prediction failed is answered `Unavailable` once a
-/// reconstruction has become impossible (the parity failed, another member failed, or the
-/// group has no parity). Every member is answered exactly once; [`GroupState::is_done`] tells
-/// when all are.
+/// With several redundant outputs ([`GroupCode::Linear`], [`GroupCode::Berrut`]) the
+/// outputs of every kind are rows of the same width m as a prediction.
+///
+/// Rule (ParM SOSP 2019 §4.2, eager decoding, generalised to any subset): a member is
+/// answered as soon as its own prediction arrives, or as soon as, with e predictions not in,
+/// at least e redundant outputs are (for ParM's single parity: the parity output and the
+/// other k-1 predictions), whichever is first; every member not in is then decoded at once.
+/// A member whose prediction failed is answered `Unavailable` once a reconstruction has
+/// become impossible (more failed members than redundant outputs that have not failed, or no
+/// redundancy). Every member is answered exactly once; [`GroupState::is_done`] tells when all
+/// are.
 #[derive(Debug, Clone)]
 pub struct GroupState {
     data: Vec<Output>,
     /// Rows of each member's block.
     rows: Vec<usize>,
-    parity: Option<Output>,
+    /// The redundant outputs, `code.redundancy()` of them (none: unprotected).
+    redundant: Vec<Output>,
+    code: GroupCode,
     answered: Vec<bool>,
     /// F(0), the prediction of one all-zero row, once the group is padded.
     padding: Option<Vec<f32>>,
 }
 
 impl GroupState {
-    /// A group of `k` single-row members, protected by one parity output if `has_parity`.
+    /// A group of `k` single-row members, protected by ParM's one parity output if
+    /// `has_parity`.
     pub fn new(k: usize, has_parity: bool) -> Self {
+        let mut g = Self::coded(k, GroupCode::Parity);
+        if !has_parity {
+            g.redundant.clear();
+        }
+        g
+    }
+
+    /// A group of `k` single-row members protected by `code`'s redundant outputs.
+    pub fn coded(k: usize, code: GroupCode) -> Self {
         Self {
             data: vec![Output::Pending; k],
             rows: vec![1; k],
-            parity: has_parity.then_some(Output::Pending),
+            redundant: vec![Output::Pending; code.redundancy()],
+            code,
             answered: vec![false; k],
             padding: None,
         }
@@ -118,7 +181,7 @@ impl GroupState {
             self.answered[j] = true;
         }
         self.padding = Some(output.to_vec());
-        let mut answers: Vec<Answer> = self.try_reconstruct().into_iter().collect();
+        let mut answers = self.try_reconstruct();
         answers.extend(self.give_up_hopeless());
         answers
     }
@@ -130,7 +193,7 @@ impl GroupState {
         self.data.truncate(members);
         self.rows.truncate(members);
         self.answered.truncate(members);
-        self.parity = None;
+        self.redundant.clear();
         self.give_up_hopeless()
     }
 
@@ -143,7 +206,7 @@ impl GroupState {
                 Some(cell) => cell,
                 None => return Vec::new(),
             },
-            Slot::Parity => match &mut self.parity {
+            Slot::Parity(l) => match self.redundant.get_mut(l) {
                 Some(cell) => cell,
                 None => return Vec::new(),
             },
@@ -167,19 +230,30 @@ impl GroupState {
         answers
     }
 
-    fn try_reconstruct(&mut self) -> Option<Answer> {
-        let Some(Output::Ready(parity)) = &self.parity else { return None };
+    /// Decodes every member not in once at least as many redundant outputs are in, and
+    /// answers those not answered yet.
+    fn try_reconstruct(&mut self) -> Vec<Answer> {
         let missing: Vec<usize> = (0..self.data.len()).filter(|&j| !matches!(self.data[j], Output::Ready(_))).collect();
-        let &[j] = missing.as_slice() else { return None };
-        if self.answered[j] {
-            return None;
+        let ready = self.redundant.iter().filter(|o| matches!(o, Output::Ready(_))).count();
+        if ready == 0 || missing.is_empty() || missing.len() > ready || missing.iter().all(|&j| self.answered[j]) {
+            return Vec::new();
         }
-        let output = self.decode(parity, j)?;
-        self.answered[j] = true;
-        Some(Answer::Reconstructed { slot: j, output })
+        let decoded = match (&self.code, &self.redundant[..]) {
+            (GroupCode::Parity, [Output::Ready(parity)]) => self.decode(parity, missing[0]).map(|o| vec![(missing[0], o)]),
+            _ => self.decode_rows(&missing),
+        };
+        let mut answers = Vec::new();
+        for (slot, output) in decoded.unwrap_or_default() {
+            if !self.answered[slot] {
+                self.answered[slot] = true;
+                answers.push(Answer::Reconstructed { slot, output });
+            }
+        }
+        answers
     }
 
-    /// Member `j`'s block, row by row from the parity output and the other members' rows.
+    /// ParM's one parity: member `j`'s block, row by row from the parity output and the other
+    /// members' rows.
     fn decode(&self, parity: &[f32], j: usize) -> Option<Vec<f32>> {
         let k = self.data.len();
         let n = self.rows.iter().copied().max().unwrap_or(1);
@@ -201,35 +275,59 @@ impl GroupState {
                 block.extend_from_slice(&p[j * m..(j + 1) * m]);
                 continue;
             }
-            let row: Option<Vec<Option<&[f32]>>> = (0..k).map(|l| self.row(l, i, m, l == j)).collect();
+            let row: Option<Vec<Option<&[f32]>>> = (0..k).map(|l| if l == j { Some(None) } else { self.row(l, i, m).map(Some) }).collect();
             let (_, r) = SubtractionDecoder.decode(p, &row?).ok()?;
             block.extend(r);
         }
         Some(block)
     }
 
-    /// Row `i` of member `l` as a decoding input: `Some(None)` for the erased member, the
-    /// padding output past the end of a shorter block, `None` if that is needed but unknown.
-    fn row(&self, l: usize, i: usize, m: usize, erased: bool) -> Option<Option<&[f32]>> {
-        if erased {
-            return Some(None);
+    /// Several redundant outputs (rows of width m, like a prediction): the `missing` members'
+    /// blocks, row by row. In row i only the missing members that have a row i are erased;
+    /// a shorter one's row i is padding, known.
+    fn decode_rows(&self, missing: &[usize]) -> Option<Vec<(usize, Vec<f32>)>> {
+        let n = self.rows.iter().copied().max().unwrap_or(1);
+        let ready: Vec<Option<&[f32]>> =
+            self.redundant.iter().map(|o| if let Output::Ready(v) = o { Some(v.as_slice()) } else { None }).collect();
+        let len = ready.iter().flatten().next()?.len();
+        let m = len / n;
+        if m == 0 || m * n != len {
+            return None;
+        }
+        let mut blocks: Vec<Vec<f32>> = missing.iter().map(|&j| Vec::with_capacity(self.rows[j] * m)).collect();
+        for i in 0..n {
+            let erased = |l: usize| missing.contains(&l) && i < self.rows[l];
+            let data: Option<Vec<Option<&[f32]>>> =
+                (0..self.data.len()).map(|l| if erased(l) { Some(None) } else { self.row(l, i, m).map(Some) }).collect();
+            let redundant: Vec<Option<&[f32]>> = ready.iter().map(|o| o.and_then(|v| v.get(i * m..(i + 1) * m))).collect();
+            for (j, row) in self.code.decode_row(&redundant, &data?).ok()? {
+                blocks[missing.iter().position(|&x| x == j)?].extend(row);
+            }
+        }
+        Some(missing.iter().copied().zip(blocks).collect())
+    }
+
+    /// Row `i` of member `l`, known: its own row, or the padding output past the end of a
+    /// shorter block; `None` if that is not in or unknown.
+    fn row(&self, l: usize, i: usize, m: usize) -> Option<&[f32]> {
+        if i >= self.rows[l] {
+            return self.padding.as_deref();
         }
         match &self.data[l] {
-            Output::Ready(v) if i < self.rows[l] => v.get(i * m..(i + 1) * m).map(Some),
-            Output::Ready(_) => self.padding.as_deref().map(Some),
+            Output::Ready(v) => v.get(i * m..(i + 1) * m),
             _ => None,
         }
     }
 
     fn give_up_hopeless(&mut self) -> Vec<Answer> {
         let failed = self.data.iter().filter(|o| **o == Output::Failed).count();
-        let parity_lost = !matches!(self.parity, Some(Output::Pending | Output::Ready(_)));
+        let alive = self.redundant.iter().filter(|o| **o != Output::Failed).count();
         let mut answers = Vec::new();
         for j in 0..self.data.len() {
             if self.answered[j] || self.data[j] != Output::Failed {
                 continue;
             }
-            if parity_lost || failed > 1 {
+            if failed > alive {
                 self.answered[j] = true;
                 answers.push(Answer::Unavailable { slot: j });
             }
@@ -255,7 +353,7 @@ mod tests {
         let mut g = GroupState::new(3, true);
         g.on_output(Slot::Data(0), Some(vec![1.0, 2.0]));
         g.on_output(Slot::Data(2), Some(vec![3.0, 4.0]));
-        let a = g.on_output(Slot::Parity, Some(vec![10.0, 10.0]));
+        let a = g.on_output(Slot::Parity(0), Some(vec![10.0, 10.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 1, output: vec![6.0, 4.0] }]);
         assert!(g.is_done());
         assert!(g.on_output(Slot::Data(1), Some(vec![0.0, 0.0])).is_empty());
@@ -266,7 +364,7 @@ mod tests {
         let mut g = GroupState::new(2, true);
         assert!(g.on_output(Slot::Data(0), None).is_empty());
         g.on_output(Slot::Data(1), Some(vec![1.0]));
-        let a = g.on_output(Slot::Parity, Some(vec![5.0]));
+        let a = g.on_output(Slot::Parity(0), Some(vec![5.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![4.0] }]);
     }
 
@@ -283,7 +381,7 @@ mod tests {
     fn padded_group_reconstructs_its_one_member() {
         let mut g = GroupState::new(2, true);
         assert!(g.fill_padding(1, &[1.0, 1.0]).is_empty());
-        let a = g.on_output(Slot::Parity, Some(vec![3.0, 5.0]));
+        let a = g.on_output(Slot::Parity(0), Some(vec![3.0, 5.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![2.0, 4.0] }]);
         assert!(g.is_done());
     }
@@ -293,7 +391,7 @@ mod tests {
         let mut g = GroupState::new(3, true);
         g.on_output(Slot::Data(0), Some(vec![1.0, 2.0]));
         g.on_output(Slot::Data(2), Some(vec![3.0, 4.0]));
-        let a = g.on_output(Slot::Parity, Some(vec![9.0, 9.0, 5.0, 6.0, 9.0, 9.0]));
+        let a = g.on_output(Slot::Parity(0), Some(vec![9.0, 9.0, 5.0, 6.0, 9.0, 9.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 1, output: vec![5.0, 6.0] }]);
     }
 
@@ -312,7 +410,7 @@ mod tests {
         let mut g = GroupState::new(2, false);
         assert_eq!(g.on_output(Slot::Data(0), None), vec![Answer::Unavailable { slot: 0 }]);
         let mut g = GroupState::new(2, true);
-        g.on_output(Slot::Parity, None);
+        g.on_output(Slot::Parity(0), None);
         assert_eq!(g.on_output(Slot::Data(1), None), vec![Answer::Unavailable { slot: 1 }]);
     }
 
@@ -325,14 +423,14 @@ mod tests {
         assert!(g.needs_padding(2));
         assert!(g.fill_padding(2, &[1.0]).is_empty());
         g.on_output(Slot::Data(1), Some(vec![3.0]));
-        let a = g.on_output(Slot::Parity, Some(vec![10.0, 20.0]));
+        let a = g.on_output(Slot::Parity(0), Some(vec![10.0, 20.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![7.0, 19.0] }]);
         // The short member is the lost one: only its own row is decoded.
         let mut g = GroupState::new(2, true);
         g.set_rows(0, 2);
         g.fill_padding(2, &[1.0]);
         g.on_output(Slot::Data(0), Some(vec![4.0, 5.0]));
-        let a = g.on_output(Slot::Parity, Some(vec![10.0, 20.0]));
+        let a = g.on_output(Slot::Parity(0), Some(vec![10.0, 20.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 1, output: vec![6.0] }]);
     }
 
@@ -345,7 +443,7 @@ mod tests {
         assert!(g.needs_padding(1));
         g.on_output(Slot::Data(1), Some(vec![1.0, 2.0, 3.0, 4.0]));
         // Per-query parity rows: [block 0, block 1] per row, m = 2.
-        let a = g.on_output(Slot::Parity, Some(vec![5.0, 6.0, 0.0, 0.0, 7.0, 8.0, 0.0, 0.0]));
+        let a = g.on_output(Slot::Parity(0), Some(vec![5.0, 6.0, 0.0, 0.0, 7.0, 8.0, 0.0, 0.0]));
         assert_eq!(a, vec![Answer::Reconstructed { slot: 0, output: vec![5.0, 6.0, 7.0, 8.0] }]);
     }
 
@@ -354,6 +452,92 @@ mod tests {
         let mut g = GroupState::new(2, true);
         g.set_rows(0, 2);
         g.on_output(Slot::Data(1), Some(vec![3.0]));
-        assert!(g.on_output(Slot::Parity, Some(vec![10.0, 20.0])).is_empty());
+        assert!(g.on_output(Slot::Parity(0), Some(vec![10.0, 20.0])).is_empty());
+    }
+
+    /// F(x) = 2x on scalar queries, outputs `[1]`; Fp_l = F, so parity outputs are exact.
+    fn twice(x: f32) -> Vec<f32> {
+        vec![2.0 * x]
+    }
+
+    #[test]
+    fn two_parities_decode_two_stragglers_at_once_and_one_eagerly() {
+        let code = LinearCode::vandermonde(3, 2).unwrap();
+        let xs = [1.0f32, -2.0, 0.5];
+        let parity = |l: usize| twice((0..3).map(|j| code.coeff(l, j) as f32 * xs[j]).sum());
+        // Members 0 and 2 stall: both come back once both parities are in.
+        let mut g = GroupState::coded(3, GroupCode::Linear(code.clone()));
+        g.on_output(Slot::Data(1), Some(twice(xs[1])));
+        assert!(g.on_output(Slot::Parity(1), Some(parity(1))).is_empty(), "2 missing, 1 parity in");
+        let a = g.on_output(Slot::Parity(0), Some(parity(0)));
+        let got: Vec<(usize, f32)> = a
+            .iter()
+            .map(|a| match a {
+                Answer::Reconstructed { slot, output } => (*slot, output[0]),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got.len(), 2);
+        for (j, v) in got {
+            assert!((v - 2.0 * xs[j]).abs() < 1e-4, "member {j}: {v}");
+        }
+        assert!(g.is_done());
+        // One straggler: decoded from whichever single parity is in, with the others.
+        let mut g = GroupState::coded(3, GroupCode::Linear(code.clone()));
+        g.on_output(Slot::Data(0), Some(twice(xs[0])));
+        g.on_output(Slot::Data(2), Some(twice(xs[2])));
+        let a = g.on_output(Slot::Parity(1), Some(parity(1)));
+        let [Answer::Reconstructed { slot: 1, output }] = &a[..] else { panic!("{a:?}") };
+        assert!((output[0] - 2.0 * xs[1]).abs() < 1e-4);
+    }
+
+    #[test]
+    fn two_parities_give_up_only_past_two_failures() {
+        let code = LinearCode::vandermonde(3, 2).unwrap();
+        let mut g = GroupState::coded(3, GroupCode::Linear(code.clone()));
+        assert!(g.on_output(Slot::Data(0), None).is_empty());
+        assert!(g.on_output(Slot::Data(1), None).is_empty(), "two failures, two parities pending");
+        assert_eq!(g.on_output(Slot::Parity(0), None), vec![Answer::Unavailable { slot: 0 }, Answer::Unavailable { slot: 1 }]);
+        let mut g = GroupState::coded(3, GroupCode::Linear(code));
+        g.on_output(Slot::Data(0), None);
+        g.on_output(Slot::Data(1), None);
+        assert_eq!(g.on_output(Slot::Data(2), None).len(), 3, "three failures, two parities");
+        assert!(g.is_done());
+    }
+
+    #[test]
+    fn two_parities_decode_blocks_row_by_row_with_padding() {
+        // Member 0: 2 rows; member 1: 1 row (its row 1 is padding, F(0) = [0]); member 2
+        // absent (padding). F = identity, Fp_l = F.
+        let code = LinearCode::vandermonde(3, 2).unwrap();
+        let (x0, x1) = ([1.0f32, 3.0], [2.0f32]);
+        let parity = |l: usize| vec![code.coeff(l, 0) as f32 * x0[0] + code.coeff(l, 1) as f32 * x1[0], code.coeff(l, 0) as f32 * x0[1]];
+        let mut g = GroupState::coded(3, GroupCode::Linear(code.clone()));
+        g.set_rows(0, 2);
+        assert!(g.fill_padding(2, &[0.0]).is_empty());
+        g.on_output(Slot::Parity(0), Some(parity(0)));
+        let a = g.on_output(Slot::Parity(1), Some(parity(1)));
+        assert_eq!(a.len(), 2, "{a:?}");
+        for answer in a {
+            let Answer::Reconstructed { slot, output } = answer else { panic!() };
+            let want: &[f32] = if slot == 0 { &x0 } else { &x1 };
+            assert_eq!(output.len(), want.len());
+            assert!(output.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-4), "{slot}: {output:?}");
+        }
+    }
+
+    #[test]
+    fn berrut_outputs_interpolate_stragglers() {
+        // F constant: Berrut's interpolant reproduces it exactly, from any outputs in.
+        let code = BerrutCode::new(3, 2).unwrap();
+        let mut g = GroupState::coded(3, GroupCode::Berrut(code));
+        g.on_output(Slot::Data(1), Some(vec![4.0, 5.0]));
+        assert!(g.on_output(Slot::Parity(0), Some(vec![4.0, 5.0])).is_empty(), "2 missing, 1 blend in");
+        let a = g.on_output(Slot::Parity(1), Some(vec![4.0, 5.0]));
+        assert_eq!(a.len(), 2);
+        for answer in a {
+            let Answer::Reconstructed { output, .. } = answer else { panic!() };
+            assert!((output[0] - 4.0).abs() < 1e-5 && (output[1] - 5.0).abs() < 1e-5, "{output:?}");
+        }
     }
 }

@@ -43,8 +43,8 @@ proptest! {
         let mut count = vec![0usize; k];
         // Deliver events in a random order, each slot possibly failing; then finish the rest.
         let slots: Vec<(Slot, bool)> = order.iter().map(|&(s, ok)| {
-            (if s % (k + 1) == k { Slot::Parity } else { Slot::Data(s % (k + 1)) }, ok)
-        }).chain((0..k).map(|j| (Slot::Data(j), true))).chain([(Slot::Parity, true)]).collect();
+            (if s % (k + 1) == k { Slot::Parity(0) } else { Slot::Data(s % (k + 1)) }, ok)
+        }).chain((0..k).map(|j| (Slot::Data(j), true))).chain([(Slot::Parity(0), true)]).collect();
         for (slot, ok) in slots {
             for a in g.on_output(slot, ok.then(|| vec![1.0])) {
                 let s = match a { Answer::Original { slot, .. } | Answer::Reconstructed { slot, .. }

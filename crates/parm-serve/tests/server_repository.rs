@@ -331,7 +331,7 @@ fn a_repository_folder_reads_its_models_and_names_a_bad_config() {
     assert_eq!(models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["fashion", "mnist"]);
     assert_eq!(models[0].file.model.k, Some(3));
     assert_eq!(models[0].file.deadlines.group_timeout_ms, Some(9));
-    assert_eq!(models[1].file.model.parity.as_deref(), Some(&["127.0.0.1:9003".to_string()][..]));
+    assert_eq!(models[1].file.model.parity, Some(vec![vec!["127.0.0.1:9003".to_string()]]));
     assert_eq!(models[1].file.preprocess.as_ref().unwrap()["normalize"], toml::Value::Boolean(true));
 
     // Each bad config is an error naming its file and what is wrong.

@@ -30,6 +30,42 @@ pub enum ConfigError {
     StragglerBounds { min: Duration, max: Duration },
     #[error(transparent)]
     Dispatch(#[from] BadDispatch),
+    #[error("{0} parities need the addition encoder (parity 0 of the r-parity linear code is the addition code), got '{1}'")]
+    ParitiesNeedAddition(usize, &'static str),
+    #[error("parity {0} has no instances")]
+    NoParityInstances(usize),
+    #[error("the Berrut code needs S >= 1 extra queries per group and instances of the deployed model to run them")]
+    BerrutWithoutExtra,
+}
+
+/// Which code protects each coding group, and what serves its redundant queries (the
+/// coded path is the same for every code: see [`crate::coded`]).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Code {
+    /// ParM's learned parity model (SOSP 2019 §3): `encoder` builds one parity query per
+    /// group, run by `parity_model` on the `parity` instances; one unavailable prediction of
+    /// a group is decoded.
+    #[default]
+    Parity,
+    /// r = 1 + `further.len()` learned parity models per group, over the Vandermonde
+    /// [`parm_codes::LinearCode`] (ParM §3/§4 generalised to r parities; its parity 0 is the
+    /// addition code, so `encoder` must be addition): parity 0 runs on `parity`
+    /// (`parity_model`), parity l >= 1 on `further[l - 1]`. Any r or fewer unavailable
+    /// predictions of a group are decoded, as soon as as many parity outputs are in.
+    Parities { further: Vec<ParityInstances> },
+    /// The systematic Berrut code ([`parm_codes::BerrutCode`]; ApproxIFER, arXiv 2109.09868,
+    /// made systematic), training-free: the k queries are served exactly by the deployed
+    /// instances, `s` Berrut-blended queries per group run the deployed model on the `parity`
+    /// instances (`parity_model` is not used), and up to `s` unavailable predictions are
+    /// interpolated from the outputs that are in.
+    Berrut { s: usize },
+}
+
+/// The instances of one parity index and the parity model they serve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParityInstances {
+    pub instances: Vec<String>,
+    pub model: String,
 }
 
 /// How the frontend is wired. Build it with [`FrontendConfig::new`] and change what differs
@@ -41,11 +77,16 @@ pub struct FrontendConfig {
     /// Deployed-model instances and the model name they serve.
     pub deployed: Vec<String>,
     pub deployed_model: String,
-    /// Parity-model instances (empty: no redundancy) and the model name they serve.
+    /// Parity-model instances (empty: no redundancy) and the model name they serve: ParM's
+    /// one parity, or parity 0 of several; with the Berrut code, the instances that run the
+    /// deployed model on blended queries (see [`Code`]).
     pub parity: Vec<String>,
     pub parity_model: String,
-    /// Builds the parity query of a coding group; its `k()` is the group size.
+    /// Builds the parity query of a coding group; its `k()` is the group size (the only
+    /// thing used of it with several parities or the Berrut code, see [`Code`]).
     pub encoder: Arc<dyn Encoder>,
+    /// The code (default: ParM's one parity).
+    pub code: Code,
     /// A partly filled coding group is sealed (and padded) after at most this long (ms scale);
     /// sooner when the straggler threshold is shorter.
     pub group_timeout: Duration,
@@ -82,6 +123,7 @@ impl FrontendConfig {
             parity: Vec::new(),
             parity_model: "parity-k2-addition".into(),
             encoder: Arc::new(AdditionEncoder::new(2).expect("k = 2 is valid")),
+            code: Code::Parity,
             group_timeout: DEFAULT_GROUP_TIMEOUT,
             straggler: StragglerPolicy::default(),
             instance_timeout: DEFAULT_INSTANCE_TIMEOUT,
@@ -94,7 +136,9 @@ impl FrontendConfig {
 
     /// Checks the settings that do not depend on the instances.
     ///
-    /// Errors: no deployed instances, k = 0, a bad straggler policy or dispatch batching.
+    /// Errors: no deployed instances, k = 0, a bad straggler policy or dispatch batching,
+    /// several parities without the addition encoder or with a parity that has no
+    /// instances, the Berrut code without extra queries or instances.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.deployed.is_empty() {
             return Err(ConfigError::NoDeployedInstances);
@@ -102,7 +146,39 @@ impl FrontendConfig {
         if self.encoder.k() < 1 {
             return Err(ConfigError::ZeroK);
         }
+        match &self.code {
+            Code::Parity => {}
+            Code::Parities { further } => {
+                let r = further.len() + 1;
+                if self.encoder.name() != "addition" {
+                    return Err(ConfigError::ParitiesNeedAddition(r, self.encoder.name()));
+                }
+                if let Some(l) = self.parity_sets().iter().position(|p| p.instances.is_empty()) {
+                    return Err(ConfigError::NoParityInstances(l));
+                }
+            }
+            Code::Berrut { s } if *s == 0 || self.parity.is_empty() => return Err(ConfigError::BerrutWithoutExtra),
+            Code::Berrut { .. } => {}
+        }
         self.straggler.validate()?;
         Ok(self.dispatch.validate()?)
+    }
+
+    /// The pools of redundant instances, each with the model it runs: parity 0 (or the
+    /// Berrut code's extra instances, running the deployed model), then parities 1..r-1.
+    /// Empty without parity instances.
+    pub fn parity_sets(&self) -> Vec<ParityInstances> {
+        if self.parity.is_empty() && !matches!(self.code, Code::Parities { .. }) {
+            return Vec::new();
+        }
+        let model = match self.code {
+            Code::Berrut { .. } => self.deployed_model.clone(),
+            _ => self.parity_model.clone(),
+        };
+        let mut sets = vec![ParityInstances { instances: self.parity.clone(), model }];
+        if let Code::Parities { further } = &self.code {
+            sets.extend(further.iter().cloned());
+        }
+        sets
     }
 }

@@ -55,7 +55,7 @@ impl Group {
             threshold,
             seal_at: Instant::now() + policy::seal_after(shared.cfg.group_timeout, threshold),
             inner: Mutex::new(GroupInner {
-                state: GroupState::new(k, true),
+                state: GroupState::coded(k, shared.code.clone()),
                 inputs: Vec::with_capacity(k),
                 notify: Vec::with_capacity(k),
                 sealed: false,
@@ -171,48 +171,69 @@ fn start_parity(shared: &Arc<Shared>, group: &Arc<Group>, g: &mut GroupInner) {
 
 /// The parity task of a sealed group: pads the group where members are missing or shorter
 /// than the longest (with all-zero rows, whose prediction F(0) is then subtracted like any
-/// other available output), encodes row by row ([`parm_codes::encode_rows`]), runs the parity
-/// model and decodes. Without F(0), or if the encoder fails, the group is closed unprotected.
+/// other available output), encodes its redundant queries row by row
+/// ([`parm_codes::encode_rows`]; one per parity, or per Berrut-blended query), runs them
+/// all at once and decodes each output as it arrives. Without F(0), or if an encoder fails,
+/// the group is closed unprotected.
 async fn run_parity(shared: Arc<Shared>, group: Arc<Group>) {
+    let Some((queries, rows)) = pad_and_encode(&shared, &group).await else { return };
+    shared.stats.parity_queries.fetch_add(queries.len() as u64, Ordering::Relaxed);
+    shared.stats.parity_rows.fetch_add((rows * queries.len()) as u64, Ordering::Relaxed);
+    let (shape, timeout) = (shared.shape(rows), shared.cfg.instance_timeout);
+    let (shape, s) = (&shape, &*shared);
+    let mut calls: futures::stream::FuturesUnordered<_> = queries
+        .into_iter()
+        .zip(&s.redundant)
+        .enumerate()
+        .map(|(l, (query, r))| {
+            let (pool, query) = (&s.parity[r.pool], Arc::<[f32]>::from(query));
+            async move { (l, pool.infer(&query, shape, timeout).await) }
+        })
+        .collect();
+    while let Some((l, out)) = futures::StreamExt::next(&mut calls).await {
+        if let Err(e) = &out {
+            tracing::debug!("parity query {l} failed: {e}");
+        }
+        let mut g = group.lock();
+        let answers = g.state.on_output(Slot::Parity(l), out.ok());
+        g.deliver(answers, None);
+    }
+}
+
+/// Pads the group (fetching F(0) if needed) and builds its redundant queries; returns them
+/// with their rows, or `None` if the group was settled or closed unprotected meanwhile.
+async fn pad_and_encode(shared: &Shared, group: &Group) -> Option<(Vec<Vec<f32>>, usize)> {
     let needs_padding = {
         let g = group.lock();
         g.state.needs_padding(g.inputs.len())
     };
     let zero = if needs_padding { shared.zero_output().await } else { None };
-    let (query, rows) = {
-        let mut g = group.lock();
-        let m = g.inputs.len();
-        if needs_padding {
-            let Some(z) = zero else {
-                shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
-                return g.close_unprotected();
-            };
-            shared.stats.padded_groups.fetch_add(1, Ordering::Relaxed);
-            let answers = g.state.fill_padding(m, &z);
-            g.deliver(answers, None);
-        }
-        if g.state.is_done() {
-            return;
-        }
-        let blocks: Vec<&[f32]> = g.inputs.iter().map(|v| &v[..]).collect();
-        match encode_rows(&*shared.cfg.encoder, &blocks, shared.cfg.spec.input_len()) {
-            Ok(p) => (p, g.state.parity_rows(m)),
-            Err(e) => {
-                tracing::warn!("encoder failed: {e}");
-                return g.close_unprotected();
-            }
-        }
-    };
-    shared.stats.parity_queries.fetch_add(1, Ordering::Relaxed);
-    shared.stats.parity_rows.fetch_add(rows as u64, Ordering::Relaxed);
-    let pool = shared.parity.as_ref().expect("coded frontend");
-    let out = pool.infer(&query.into(), &shared.shape(rows), shared.cfg.instance_timeout).await;
-    if let Err(e) = &out {
-        tracing::debug!("parity query failed: {e}");
-    }
     let mut g = group.lock();
-    let answers = g.state.on_output(Slot::Parity, out.ok());
-    g.deliver(answers, None);
+    let m = g.inputs.len();
+    if needs_padding {
+        let Some(z) = zero else {
+            shared.stats.unprotected_groups.fetch_add(1, Ordering::Relaxed);
+            g.close_unprotected();
+            return None;
+        };
+        shared.stats.padded_groups.fetch_add(1, Ordering::Relaxed);
+        let answers = g.state.fill_padding(m, &z);
+        g.deliver(answers, None);
+    }
+    if g.state.is_done() {
+        return None;
+    }
+    let blocks: Vec<&[f32]> = g.inputs.iter().map(|v| &v[..]).collect();
+    let encoded: Result<Vec<Vec<f32>>, _> =
+        shared.redundant.iter().map(|r| encode_rows(&*r.encoder, &blocks, shared.cfg.spec.input_len())).collect();
+    match encoded {
+        Ok(queries) => Some((queries, g.state.parity_rows(m))),
+        Err(e) => {
+            tracing::warn!("encoder failed: {e}");
+            g.close_unprotected();
+            None
+        }
+    }
 }
 
 /// One member's place in a coding group, held by the caller's task. If the caller goes away

@@ -6,12 +6,12 @@
 //!    [`crate::upstream::pool::Pool::infer`]);
 //! 3. the group is sealed when it has k members or its seal time passes
 //!    ([`policy::seal_after`]); with ParM's eager parity (or, lazily, once a member straggles,
-//!    [`policy::parity_due_after`]) its parity query goes: padded, encoded row by row, sent to
-//!    a parity-model instance ([`group`]'s `run_parity`);
+//!    [`policy::parity_due_after`]) its redundant queries go: padded, encoded row by row, sent
+//!    to their instances ([`group`]'s `run_parity`);
 //! 4. each output is fed to the group's decoding state ([`parm_codes::GroupState`]): a member
-//!    is answered with its own prediction, or with its reconstruction once the parity output
-//!    and the other k-1 predictions are in, held back for the decode grace
-//!    ([`policy::decode_grace`]);
+//!    is answered with its own prediction, or with its reconstruction once, with e
+//!    predictions not in, e redundant outputs are (ParM: the parity output and the other k-1
+//!    predictions), held back for the decode grace ([`policy::decode_grace`]);
 //! 5. the answer goes back; a member no one can answer gets an error naming its instance's
 //!    failure. Every accepted query gets exactly one answer.
 //!
@@ -24,10 +24,17 @@
 //! on the next instance; a request's batch can be coded as one member (one deployed request
 //! per batch, one parity request per k batches); the group timeout adapts to the deployed
 //! instances' latency and the parity query may wait for a straggler ([`policy`]).
+//!
+//! The code is a choice of encoders, decoder and the model that serves the redundant
+//! queries ([`Code`]), on this one path: ParM's one parity model; r parity models of the
+//! r-parity linear code (any r unavailable predictions of a group decoded); or the
+//! training-free systematic Berrut code (S blended queries run by the deployed model).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use parm_codes::{BerrutCode, Encoder, GroupCode, LinearCode};
 
 use crate::oip::ModelSpec;
 use crate::upstream::client::InstanceClient;
@@ -40,7 +47,7 @@ mod group;
 pub mod policy;
 mod stats;
 
-pub use config::{ConfigError, FrontendConfig};
+pub use config::{Code, ConfigError, FrontendConfig, ParityInstances};
 pub use stats::Stats;
 
 use group::{Group, Member};
@@ -80,11 +87,23 @@ pub enum FrontendError {
     Closed,
 }
 
+/// One redundant query of every coding group: how it is built, and which pool of
+/// [`Shared::parity`] runs it.
+pub(crate) struct Redundant {
+    encoder: Arc<dyn Encoder>,
+    pool: usize,
+}
+
 /// What the coded path's tasks share.
 pub(crate) struct Shared {
     cfg: FrontendConfig,
     deployed: Pool,
-    parity: Option<Pool>,
+    /// The pools of redundant instances ([`FrontendConfig::parity_sets`]); empty: uncoded.
+    parity: Vec<Pool>,
+    /// The redundant queries of a group, in [`parm_codes::Slot::Parity`] order.
+    redundant: Vec<Redundant>,
+    /// How a group's redundant outputs are decoded.
+    code: GroupCode,
     stats: Stats,
     next_group: AtomicU64,
     /// F(0), the deployed model's output for one all-zero row, fetched once when first needed.
@@ -130,8 +149,9 @@ impl Frontend {
         let connect = |addrs: &[String]| -> anyhow::Result<Vec<Arc<dyn Instance>>> {
             addrs.iter().map(|a| Ok(Arc::new(InstanceClient::connect_lazy(a)?) as Arc<dyn Instance>)).collect()
         };
-        let (deployed, parity) = (connect(&cfg.deployed)?, connect(&cfg.parity)?);
-        Self::with_instances(cfg, deployed, parity)
+        let deployed = connect(&cfg.deployed)?;
+        let parity = cfg.parity_sets().iter().map(|p| connect(&p.instances)).collect::<anyhow::Result<_>>()?;
+        Self::with_parity_instances(cfg, deployed, parity)
     }
 
     /// [`Self::start`] over given instances (scripted ones in tests); the addresses in `cfg`
@@ -140,19 +160,40 @@ impl Frontend {
     /// Errors: a setting [`FrontendConfig::validate`] refuses (no deployed instances, k = 0,
     /// bad straggler policy or dispatch batching), or no tokio runtime.
     pub fn with_instances(cfg: FrontendConfig, deployed: Vec<Arc<dyn Instance>>, parity: Vec<Arc<dyn Instance>>) -> anyhow::Result<Self> {
-        let addrs = |v: &[Arc<dyn Instance>]| v.iter().map(|i| i.addr().to_string()).collect();
-        let cfg = FrontendConfig { deployed: addrs(&deployed), parity: addrs(&parity), ..cfg };
+        let parity = if parity.is_empty() { Vec::new() } else { vec![parity] };
+        Self::with_parity_instances(cfg, deployed, parity)
+    }
+
+    /// [`Self::with_instances`] with one list of instances per pool of
+    /// [`FrontendConfig::parity_sets`] (parity 0, then parities 1..r-1; or the Berrut code's
+    /// extra instances); the addresses in `cfg` are not used.
+    ///
+    /// Errors: those of [`Self::with_instances`], and a number of lists that does not match
+    /// the code.
+    pub fn with_parity_instances(
+        cfg: FrontendConfig,
+        deployed: Vec<Arc<dyn Instance>>,
+        parity: Vec<Vec<Arc<dyn Instance>>>,
+    ) -> anyhow::Result<Self> {
+        let cfg = with_addresses(cfg, &deployed, &parity)?;
         cfg.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("Frontend::start needs a tokio runtime"))?;
         let stats = Stats::default();
         let (dispatch, timeout) = (cfg.dispatch, cfg.instance_timeout);
         let deployed = Pool::new(deployed, &cfg.deployed_model, cfg.redundancy.clone(), dispatch, timeout, stats.backups.clone());
-        let parity =
-            (!parity.is_empty()).then(|| Pool::new(parity, &cfg.parity_model, Redundancy::None, dispatch, timeout, Default::default()));
+        let models = cfg.parity_sets().into_iter().map(|p| p.model);
+        let parity: Vec<Pool> = parity
+            .into_iter()
+            .zip(models)
+            .map(|(p, m)| Pool::new(p, &m, Redundancy::None, dispatch, timeout, Default::default()))
+            .collect();
+        let (redundant, code) = if parity.is_empty() { (Vec::new(), GroupCode::Parity) } else { redundant_queries(&cfg)? };
         let shared = Arc::new(Shared {
             cfg,
             deployed,
             parity,
+            redundant,
+            code,
             stats,
             next_group: AtomicU64::new(0),
             zero_output: Default::default(),
@@ -167,14 +208,14 @@ impl Frontend {
     /// Failures are only logged: instances that are down are retried per query.
     pub async fn warm_up(&self) {
         let timeout = Duration::from_secs(2);
-        let pools = std::iter::once(&self.shared.deployed).chain(self.shared.parity.as_ref());
+        let pools = std::iter::once(&self.shared.deployed).chain(&self.shared.parity);
         let calls = pools.flat_map(|p| p.instances().iter().map(move |i| i.connect(p.model(), timeout)));
         for result in futures::future::join_all(calls).await {
             if let Err(e) = result {
                 tracing::warn!("warm-up: {e}");
             }
         }
-        if self.shared.parity.is_some() {
+        if self.is_coded() {
             self.shared.zero_output().await;
         }
     }
@@ -193,9 +234,9 @@ impl Frontend {
         &self.shared.stats
     }
 
-    /// True if the frontend runs with parity instances.
+    /// True if the frontend runs with parity instances (of any code).
     pub fn is_coded(&self) -> bool {
-        self.shared.parity.is_some()
+        !self.shared.redundant.is_empty()
     }
 
     /// True if at least one deployed-model instance reports its model ready.
@@ -235,12 +276,11 @@ impl Frontend {
         s.stats.queries.fetch_add(1, Ordering::Relaxed);
         s.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
         let input: Arc<[f32]> = input.into();
-        let result = match s.parity {
-            Some(_) => {
-                let (member, answer) = Member::join(s, input.clone(), rows);
-                member.run(&input, answer).await
-            }
-            None => self.predict_uncoded(&input, rows).await,
+        let result = if self.is_coded() {
+            let (member, answer) = Member::join(s, input.clone(), rows);
+            member.run(&input, answer).await
+        } else {
+            self.predict_uncoded(&input, rows).await
         };
         let counters: &[&AtomicU64] = match &result {
             Ok(p) if p.reconstructed => &[&s.stats.answered, &s.stats.reconstructed],
@@ -262,4 +302,47 @@ impl Frontend {
         let output = s.deployed.infer(input, &s.shape(rows), s.cfg.instance_timeout).await.map_err(FrontendError::Instance)?;
         Ok(Prediction { output, reconstructed: false, group, position: 0, waited: sent_at.elapsed() })
     }
+}
+
+/// `cfg` with the addresses of the instances given: deployed, parity 0 (or the Berrut code's
+/// extra instances), then parities 1..r-1.
+///
+/// Errors: with r >= 2 parities, a number of lists other than r.
+fn with_addresses(
+    cfg: FrontendConfig,
+    deployed: &[Arc<dyn Instance>],
+    parity: &[Vec<Arc<dyn Instance>>],
+) -> anyhow::Result<FrontendConfig> {
+    let addrs = |v: &[Arc<dyn Instance>]| v.iter().map(|i| i.addr().to_string()).collect::<Vec<String>>();
+    let mut cfg = FrontendConfig { deployed: addrs(deployed), parity: parity.first().map_or_else(Vec::new, |p| addrs(p)), ..cfg };
+    if let Code::Parities { further } = &mut cfg.code {
+        let r = further.len() + 1;
+        anyhow::ensure!(parity.len() == r, "{r} parities, {} lists of parity instances", parity.len());
+        for (f, p) in further.iter_mut().zip(&parity[1..]) {
+            f.instances = addrs(p);
+        }
+    }
+    Ok(cfg)
+}
+
+/// The redundant queries of a coding group under `cfg.code`, each with its encoder and pool,
+/// and how their outputs are decoded: ParM's one parity query by `cfg.encoder`; parity l of
+/// the r-parity linear code on pool l; the Berrut code's S blended queries, all on pool 0.
+///
+/// Errors: a code that cannot be built for k (k or S zero).
+fn redundant_queries(cfg: &FrontendConfig) -> anyhow::Result<(Vec<Redundant>, GroupCode)> {
+    let k = cfg.encoder.k();
+    Ok(match &cfg.code {
+        Code::Parity => (vec![Redundant { encoder: cfg.encoder.clone(), pool: 0 }], GroupCode::Parity),
+        Code::Parities { further } => {
+            let code = LinearCode::vandermonde(k, further.len() + 1)?;
+            let redundant = (0..code.r()).map(|l| Redundant { encoder: Arc::new(code.encoder(l)), pool: l }).collect();
+            (redundant, GroupCode::Linear(code))
+        }
+        Code::Berrut { s } => {
+            let code = BerrutCode::new(k, *s)?;
+            let redundant = (0..*s).map(|t| Redundant { encoder: Arc::new(code.encoder(t)), pool: 0 }).collect();
+            (redundant, GroupCode::Berrut(code))
+        }
+    })
 }

@@ -226,7 +226,9 @@ impl Serving {
             let cfg = frontend.config();
             let mut instances: Vec<(&'static str, String, String)> =
                 cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
-            instances.extend(cfg.parity.iter().map(|a| ("parity", a.clone(), cfg.parity_model.clone())));
+            for set in cfg.parity_sets() {
+                instances.extend(set.instances.iter().map(|a| ("parity", a.clone(), set.model.clone())));
+            }
             let health = Health::start(&instances).await?;
             let spec = frontend.spec().clone();
             let prometheus = registry.for_model(&spec.name, &spec.version);
@@ -347,7 +349,7 @@ impl ServedModel {
         let mut parameters = json!({
             "parm_k": param(k.to_string()),
             "parm_deployed_instances": param(cfg.deployed.len().to_string()),
-            "parm_parity_instances": param(cfg.parity.len().to_string()),
+            "parm_parity_instances": param(cfg.parity_sets().iter().map(|p| p.instances.len()).sum::<usize>().to_string()),
         });
         if let Some(p) = self.preprocess_json() {
             parameters["parm_preprocess"] = param(p.to_string());

@@ -20,11 +20,15 @@
 //! [model]
 //! name = "fashion-mnist"         # what clients call the model
 //! deployed_model = "deployed"    # its name on the deployed instances
-//! parity_model = "parity-k2-addition"
+//! parity_model = "parity-k2-addition"   # with parities = R: one name per parity index
 //! deployed = ["127.0.0.1:9001", "127.0.0.1:9002"]
-//! parity = ["127.0.0.1:9003"]
+//! parity = ["127.0.0.1:9003"]    # with parities = R: one list per parity index, [["a"], ["b"]]
 //! k = 2
 //! encoder = "addition"
+//! code = "parity"                # or "berrut" (training-free; needs no parity model)
+//! parities = 1                   # parity models per coding group (the r-parity linear code)
+//! extra = 1                      # berrut: blended queries per group ...
+//! extra_instances = []           # ... run by the deployed model on these instances
 //! redundancy = "none"            # or replication / hedged (uncoded baselines)
 //! lazy_parity = false            # parity queries only for groups with a straggler
 //! straggler_factor = 2.0         # straggler threshold = factor x median instance latency
@@ -162,9 +166,24 @@ pub struct ServerSection {
 pub struct ModelSection {
     pub name: Option<String>,
     pub deployed_model: Option<String>,
-    pub parity_model: Option<String>,
+    /// The parity model's name on its instances; with `parities` >= 2, one name per parity
+    /// index (`["p0", "p1"]`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub parity_model: Option<Vec<String>>,
     pub deployed: Option<Vec<String>>,
-    pub parity: Option<Vec<String>>,
+    /// Parity-model instances: one list (`["a:1", "a:2"]`), or one list per parity index
+    /// with `parities` >= 2 (`[["a:1"], ["b:1"]]`).
+    #[serde(default, deserialize_with = "lists")]
+    pub parity: Option<Vec<Vec<String>>>,
+    /// Parity models per coding group (`parm serve --parities`, see
+    /// [`crate::coded::Code::Parities`]).
+    pub parities: Option<usize>,
+    /// `"parity"` (learned parity models) or `"berrut"` (see [`crate::coded::Code`]).
+    pub code: Option<String>,
+    /// The Berrut code's blended queries per group (`--extra`).
+    pub extra: Option<usize>,
+    /// Instances of the deployed model that run the Berrut code's blended queries.
+    pub extra_instances: Option<Vec<String>>,
     pub k: Option<usize>,
     pub encoder: Option<String>,
     pub redundancy: Option<String>,
@@ -180,6 +199,35 @@ pub struct ModelSection {
     pub dispatch_max_batch: Option<usize>,
     /// Requests outstanding per instance before queries wait and batch.
     pub dispatch_max_in_flight: Option<usize>,
+}
+
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
+}
+
+/// A list of strings (one list) or a list of lists, as a list of lists.
+fn lists<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Vec<String>>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lists {
+        One(Vec<String>),
+        Many(Vec<Vec<String>>),
+    }
+    Ok(Some(match Lists::deserialize(d)? {
+        Lists::One(v) if v.is_empty() => Vec::new(),
+        Lists::One(v) => vec![v],
+        Lists::Many(v) => v,
+    }))
 }
 
 /// `[deadlines]`, in milliseconds.
@@ -253,6 +301,17 @@ mod tests {
         p.apply("group_timeout_ms", &mut timeout, Some(9)); // not given: the file's
         p.apply("decode_grace_ms", &mut grace, None); // neither: the default
         assert_eq!((k, timeout, grace), (3, 9, 2));
+    }
+
+    #[test]
+    fn parity_lists_and_names_take_either_form() {
+        let f = ServeFile::parse("[model]\nparity = [\"a:1\", \"a:2\"]\nparity_model = \"p\"").unwrap();
+        assert_eq!(f.model.parity, Some(vec![vec!["a:1".to_string(), "a:2".to_string()]]));
+        assert_eq!(f.model.parity_model, Some(vec!["p".to_string()]));
+        let f = ServeFile::parse("[model]\nparities = 2\nparity = [[\"a:1\"], [\"b:1\"]]\nparity_model = [\"p0\", \"p1\"]").unwrap();
+        assert_eq!(f.model.parity, Some(vec![vec!["a:1".to_string()], vec!["b:1".to_string()]]));
+        assert_eq!((f.model.parities, f.model.parity_model.map(|v| v.len())), (Some(2), Some(2)));
+        assert!(ServeFile::parse("[model]\nparity = [[\"a\"], \"b\"]").is_err());
     }
 
     #[test]

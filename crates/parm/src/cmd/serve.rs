@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use parm_codes::encoder_by_name;
-use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::coded::{Code, Frontend, FrontendConfig, ParityInstances};
 use parm_serve::oip::ModelSpec;
 use parm_serve::server::api::{Model, Serving, ServingOptions, Transform};
 use parm_serve::server::config::{DeadlineSection, ModelSection, Precedence, ServeFile};
@@ -23,9 +23,29 @@ pub struct ServeArgs {
     /// Deployed-model instances, comma-separated host:port.
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["config", "model_repository"])]
     pub deployed: Vec<String>,
-    /// Parity-model instances, comma-separated (none: no redundancy).
+    /// Parity-model instances, comma-separated (none: no redundancy). With --parities R,
+    /// give it once per parity index, in order: `--parity A1,A2 --parity B1` (parity 0 on A1
+    /// and A2, parity 1 on B1).
+    #[arg(long, value_parser = instance_list)]
+    pub parity: Vec<Vec<String>>,
+    /// Parity models per coding group (r): any r or fewer unavailable predictions of a group
+    /// are reconstructed. r >= 2 uses the r-parity linear code (parity 0 is the addition
+    /// code; parity L's model is trained with `train-parity --encoder linear-rR-pL`).
+    /// Default 1 (ParM).
+    #[arg(long)]
+    pub parities: Option<usize>,
+    /// The code: parity (learned parity models) or berrut (the systematic Berrut code: no
+    /// parity model, the extra queries run the deployed model on --extra-instances).
+    #[arg(long, default_value = "parity")]
+    pub code: String,
+    /// --code berrut: Berrut-blended queries per coding group, S (up to S unavailable
+    /// predictions of a group are interpolated). Default 1.
+    #[arg(long)]
+    pub extra: Option<usize>,
+    /// --code berrut: instances serving the deployed model (--deployed-model) that run the
+    /// blended queries, comma-separated.
     #[arg(long, value_delimiter = ',')]
-    pub parity: Vec<String>,
+    pub extra_instances: Vec<String>,
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
@@ -40,9 +60,10 @@ pub struct ServeArgs {
     /// Model name on the deployed instances.
     #[arg(long, default_value = "deployed")]
     pub deployed_model: String,
-    /// Model name on the parity instances (default: parity-k{K}-{ENCODER}).
+    /// Model name on the parity instances, once per parity index with --parities (default:
+    /// parity-k{K}-{ENCODER}; with --parities R >= 2, parity-k{K}-linear-rR-pL).
     #[arg(long)]
-    pub parity_model: Option<String>,
+    pub parity_model: Vec<String>,
     /// A partly filled coding group gets its (zero-padded) parity query after this many ms.
     #[arg(long, default_value_t = DEFAULT_GROUP_TIMEOUT_MS)]
     pub group_timeout_ms: u64,
@@ -138,7 +159,7 @@ pub struct ServeArgs {
     /// examples/model-repository). Each model is served as NAME with its own coding groups,
     /// statistics and instances. The policy flags given on the command line (timeouts,
     /// straggler, redundancy, batching) apply to every model, beating its file.
-    #[arg(long, conflicts_with_all = ["deployed", "parity", "k", "encoder", "model_name", "deployed_model", "parity_model"])]
+    #[arg(long, conflicts_with_all = ["deployed", "parity", "k", "encoder", "model_name", "deployed_model", "parity_model", "parities", "code", "extra", "extra_instances"])]
     pub model_repository: Option<PathBuf>,
     /// The model config's `[preprocess]` table (from --config or a repository folder).
     #[arg(skip)]
@@ -160,6 +181,12 @@ fn delay_target(target_ms: f64, interval_ms: f64) -> anyhow::Result<Option<parm_
     }
     anyhow::ensure!(!interval.is_zero(), "--queue-interval-ms must be above 0 when --queue-target-ms is");
     Ok(Some(parm_serve::server::admission::DelayTarget { target, interval }))
+}
+
+/// One `--parity` list: comma-separated instance addresses.
+fn instance_list(s: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    if list.is_empty() { Err("an empty list of instances".into()) } else { Ok(list) }
 }
 
 /// `a` with the settings of its `--config` file applied under the precedence flag given on
@@ -205,9 +232,13 @@ fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::R
 fn apply_model<F: Fn(&str) -> bool>(a: &mut ServeArgs, m: ModelSection, d: DeadlineSection, p: &Precedence<F>) {
     p.apply("model_name", &mut a.model_name, m.name.map(Some));
     p.apply("deployed_model", &mut a.deployed_model, m.deployed_model);
-    p.apply("parity_model", &mut a.parity_model, m.parity_model.map(Some));
+    p.apply("parity_model", &mut a.parity_model, m.parity_model);
     p.apply("deployed", &mut a.deployed, m.deployed);
     p.apply("parity", &mut a.parity, m.parity);
+    p.apply("parities", &mut a.parities, m.parities.map(Some));
+    p.apply("code", &mut a.code, m.code);
+    p.apply("extra", &mut a.extra, m.extra.map(Some));
+    p.apply("extra_instances", &mut a.extra_instances, m.extra_instances);
     p.apply("k", &mut a.k, m.k);
     p.apply("encoder", &mut a.encoder, m.encoder);
     p.apply("redundancy", &mut a.redundancy, m.redundancy);
@@ -240,9 +271,70 @@ fn models(a: &ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<Ve
     Ok(models)
 }
 
+/// What `a`'s code flags ask for: the code, the instances of parity 0 (or the Berrut
+/// code's extra instances) and the model they run.
+///
+/// Errors: flags that do not fit together, each with what to change: a number of --parity
+/// lists or --parity-model names other than --parities, several parities with an encoder
+/// other than addition, parity flags with --code berrut, Berrut flags with --code parity.
+pub fn code_settings(a: &ServeArgs) -> anyhow::Result<(Code, Vec<String>, String)> {
+    match a.code.as_str() {
+        "parity" => parity_settings(a),
+        "berrut" => {
+            anyhow::ensure!(
+                a.parity.is_empty() && a.parity_model.is_empty() && a.parities.is_none(),
+                "--code berrut needs no parity model (its extra queries run the deployed model on --extra-instances): drop --parity, --parity-model and --parities"
+            );
+            anyhow::ensure!(a.encoder == "addition", "--code berrut blends queries itself: drop --encoder {}", a.encoder);
+            let s = a.extra.unwrap_or(1);
+            anyhow::ensure!(s >= 1, "--extra must be at least 1");
+            anyhow::ensure!(
+                !a.extra_instances.is_empty(),
+                "--code berrut needs --extra-instances: instances serving the deployed model '{}' that run the {s} blended queries of each coding group",
+                a.deployed_model
+            );
+            Ok((Code::Berrut { s }, a.extra_instances.clone(), a.deployed_model.clone()))
+        }
+        other => bail!("--code {other}: expected parity or berrut"),
+    }
+}
+
+/// [`code_settings`] for `--code parity`: ParM's one parity, or r >= 2 parities.
+fn parity_settings(a: &ServeArgs) -> anyhow::Result<(Code, Vec<String>, String)> {
+    anyhow::ensure!(
+        a.extra.is_none() && a.extra_instances.is_empty(),
+        "--extra and --extra-instances are for --code berrut; parity models take --parities and --parity"
+    );
+    let r = a.parities.unwrap_or(1);
+    anyhow::ensure!(r >= 1, "--parities must be at least 1");
+    let (lists, n) = (&a.parity, a.parity.len());
+    anyhow::ensure!(
+        n == r || (r == 1 && n == 0),
+        "--parities {r} needs {r} lists of parity instances, one --parity per parity index (e.g. --parity A --parity B), got {n}"
+    );
+    let names = match a.parity_model.len() {
+        0 if r == 1 => vec![parity_name(a.k, &a.encoder)],
+        0 => (0..r).map(|l| parity_name(a.k, &format!("linear-r{r}-p{l}"))).collect(),
+        n if n == r => a.parity_model.clone(),
+        n => bail!("--parities {r} needs {r} --parity-model names, one per parity index, got {n}"),
+    };
+    let first = lists.first().cloned().unwrap_or_default();
+    if r == 1 {
+        return Ok((Code::Parity, first, names[0].clone()));
+    }
+    anyhow::ensure!(
+        a.encoder == "addition",
+        "--parities {r} uses the r-parity linear code, whose parity 0 is the addition code: drop --encoder {}",
+        a.encoder
+    );
+    let further = lists[1..].iter().zip(&names[1..]).map(|(i, m)| ParityInstances { instances: i.clone(), model: m.clone() }).collect();
+    Ok((Code::Parities { further }, first, names[0].clone()))
+}
+
 /// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
 /// the model's input and output shapes.
 pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
+    let (code, parity, parity_model) = code_settings(a)?;
     let client = InstanceClient::connect_lazy(&a.deployed[0])?;
     let (model, addr) = (&a.deployed_model, &a.deployed[0]);
     client.wait_ready(model, Duration::from_secs(30)).await.with_context(|| {
@@ -252,9 +344,10 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
     let spec = ModelSpec { name: a.model_name.clone().unwrap_or_else(|| a.deployed_model.clone()), ..remote };
     Ok(FrontendConfig {
         deployed_model: a.deployed_model.clone(),
-        parity: a.parity.clone(),
-        parity_model: a.parity_model.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder)),
+        parity,
+        parity_model,
         encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
+        code,
         group_timeout: Duration::from_millis(a.group_timeout_ms),
         straggler: parm_serve::coded::policy::StragglerPolicy {
             lazy_parity: a.lazy_parity,
@@ -307,6 +400,10 @@ fn transform(table: &toml::Table, shape: &[i64]) -> anyhow::Result<Transform> {
 pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     let a = with_config(a, &flag_given)?;
     let models = models(&a, &flag_given)?;
+    // Bad code flags are refused before any instance is waited for.
+    for m in &models {
+        code_settings(m).with_context(|| format!("model '{}'", m.model_name.as_deref().unwrap_or(&m.deployed_model)))?;
+    }
     let options = parm_serve::oip::security::ServeOptions {
         auth: parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
         max_body_bytes: a.max_body_bytes,
@@ -423,7 +520,7 @@ mod tests {
         assert_eq!((a.deployed.as_slice(), a.parity.len(), a.k), (&["10.0.0.1:9000".to_string()][..], 0, 2));
         assert_eq!(
             (b.deployed.as_slice(), b.parity.as_slice(), b.k),
-            (&["10.0.0.2:9000".to_string()][..], &["10.0.0.3:9000".to_string()][..], 3)
+            (&["10.0.0.2:9000".to_string()][..], &[vec!["10.0.0.3:9000".to_string()]][..], 3)
         );
         assert_eq!((a.group_timeout_ms, b.group_timeout_ms), (4, 4), "a flag given beats every model's file");
         assert_eq!(settle_models(&["--model-repository", repo]).unwrap().1[1].group_timeout_ms, 9);
@@ -443,6 +540,33 @@ mod tests {
         let (_, one) = settle_models(&["--deployed", "10.0.0.1:9000", "--model-name", "m"]).unwrap();
         assert_eq!((one.len(), one[0].model_name.as_deref()), (1, Some("m")));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn code_flags_that_do_not_fit_are_refused_with_what_to_change() {
+        let d = ["--deployed", "10.0.0.1:9000"];
+        let code = |extra: &[&str]| code_settings(&settle(&[&d[..], extra].concat()));
+        let err = |extra: &[&str]| format!("{:#}", code(extra).unwrap_err());
+        // r parities: one --parity list and one name per parity index.
+        let (c, parity, model) = code(&["--parities", "2", "--parity", "a", "--parity", "b,c"]).unwrap();
+        assert_eq!((parity, model.as_str()), (vec!["a".to_string()], "parity-k2-linear-r2-p0"));
+        let Code::Parities { further } = c else { panic!("{c:?}") };
+        assert_eq!(further, vec![ParityInstances { instances: vec!["b".into(), "c".into()], model: "parity-k2-linear-r2-p1".into() }]);
+        assert!(err(&["--parities", "3", "--parity", "a", "--parity", "b"]).contains("--parities 3 needs 3 lists"));
+        assert!(err(&["--parity", "a", "--parity", "b"]).contains("--parities 1 needs 1 lists"));
+        let e = err(&["--parities", "2", "--parity", "a", "--parity", "b", "--parity-model", "x"]);
+        assert!(e.contains("2 --parity-model names"), "{e}");
+        let e = err(&["--parities", "2", "--parity", "a", "--parity", "b", "--encoder", "concatenation"]);
+        assert!(e.contains("drop --encoder"), "{e}");
+        assert_eq!(code(&["--parity", "a"]).unwrap(), (Code::Parity, vec!["a".to_string()], "parity-k2-addition".to_string()));
+        // The Berrut code: no parity model, its own instances.
+        let (c, extra, model) = code(&["--code", "berrut", "--extra", "2", "--extra-instances", "e1,e2"]).unwrap();
+        assert_eq!((c, extra.len(), model.as_str()), (Code::Berrut { s: 2 }, 2, "deployed"));
+        assert!(err(&["--code", "berrut", "--extra-instances", "e", "--parity", "p"]).contains("needs no parity model"));
+        assert!(err(&["--code", "berrut"]).contains("needs --extra-instances"));
+        assert!(err(&["--code", "berrut", "--extra", "0", "--extra-instances", "e"]).contains("at least 1"));
+        assert!(err(&["--extra", "2"]).contains("for --code berrut"));
+        assert!(err(&["--code", "rs"]).contains("expected parity or berrut"));
     }
 
     #[test]

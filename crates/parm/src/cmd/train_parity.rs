@@ -18,7 +18,9 @@ pub struct TrainParityArgs {
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
-    /// Encoder: addition or concatenation.
+    /// Encoder: addition, concatenation, or linear-rR-pL: parity L (0-based) of the r-parity
+    /// linear code, one model per parity index for `parm serve --parities R` (whose default
+    /// parity model names are parity-k{K}-linear-rR-pL).
     #[arg(long, default_value = "addition")]
     pub encoder: String,
     /// Total epochs (ParM trains 500); an interrupted run resumes from its last checkpoint.
