@@ -73,16 +73,21 @@ prepare() {
   cargo build --release -p parm-bench --bin oip-load
   rm -rf "$bundle"
   mkdir -p "$bundle/bin" "$bundle/data/fashion-mnist" "$bundle/models/fashion-mnist"
-  strip -o "$bundle/bin/parm" "$target/release/parm"
-  strip -o "$bundle/bin/oip-load" "$target/release/oip-load"
+  # Stripped, the cuda build is still about 92 MiB (cubecl's kernels), over the device
+  # machine's 64 MiB carry limit on its own: carried gzipped (about 26 MiB), unpacked by `run`.
+  local b
+  for b in parm oip-load; do
+    strip -o "$bundle/bin/$b" "$target/release/$b"
+    gzip -6 "$bundle/bin/$b"
+  done
   local src=data/fashion-mnist dst=$bundle/data/fashion-mnist
   reduce_idx "$src/train-images-idx3-ubyte.gz" "$dst/train-images-idx3-ubyte.gz" 20000
   reduce_idx "$src/train-labels-idx1-ubyte.gz" "$dst/train-labels-idx1-ubyte.gz" 20000
   reduce_idx "$src/t10k-images-idx3-ubyte.gz" "$dst/t10k-images-idx3-ubyte.gz" 5000
   reduce_idx "$src/t10k-labels-idx1-ubyte.gz" "$dst/t10k-labels-idx1-ubyte.gz" 5000
   local p=("--data-dir" "$bundle/data" "--models-dir" "$bundle/models")
-  "$bundle/bin/parm" train "${p[@]}" --epochs 2
-  "$bundle/bin/parm" train-parity "${p[@]}" --epochs 2 --k 2
+  "$target/release/parm" train "${p[@]}" --epochs 2
+  "$target/release/parm" train-parity "${p[@]}" --epochs 2 --k 2
   rm -rf "$bundle/models/fashion-mnist/cache" "$bundle/models/fashion-mnist/"*.ckpt
   local mib; mib=$(du -sm "$bundle" | cut -f1)
   du -sh "$bundle"/bin/* "$bundle/data" "$bundle/models"
@@ -301,8 +306,8 @@ PY
 
 # settings: the paths and the sizes of DEVICE's run (from the exported DEVICE, out, scratch).
 settings() {
-  parm=$(cd "$bundle/bin" && pwd)/parm
-  oip_load=$(cd "$bundle/bin" && pwd)/oip-load
+  parm=$scratch/bin/parm
+  oip_load=$scratch/bin/oip-load
   data=$bundle/data
   models=$scratch/models/fashion-mnist
   paths=(--data-dir "$data" --models-dir "$scratch/models")
@@ -330,12 +335,18 @@ run() {
   out=${OUT:-gpu-check-out}
   mkdir -p "$out"
   out=$(cd "$out" && pwd)
-  [ -x "$bundle/bin/parm" ] || die "$bundle/bin/parm missing: run \`scripts/gpu-check.sh prepare\` first"
+  [ -f "$bundle/bin/parm.gz" ] || die "$bundle/bin/parm.gz missing: run \`scripts/gpu-check.sh prepare\` first"
   scratch=$(mktemp -d)
   export out scratch
   trap 'kill_workers; rm -rf "$scratch"' EXIT
   # Models are written to (resnet18, parity-speed, caches): work on a copy of the bundle's.
   cp -r "$bundle/models" "$scratch/models"
+  mkdir -p "$scratch/bin"
+  local b
+  for b in parm oip-load; do
+    gzip -dc "$bundle/bin/$b.gz" > "$scratch/bin/$b"
+    chmod +x "$scratch/bin/$b"
+  done
   settings
   [ "$DEVICE" = cpu ] || setup_cuda
   export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
