@@ -147,6 +147,7 @@ setup_cuda() {
 step() {
   local name=$1 limit=$2 fn=$3
   echo "gpu-check: $name ..."
+  rm -f "$out/$name.error.json" # from an earlier run into the same $OUT
   local t0=$SECONDS
   if timeout "$limit" "$self" __step "$fn" "$bundle" > "$out/$name.log" 2>&1; then
     echo "gpu-check: $name done in $((SECONDS - t0)) s"
@@ -226,8 +227,12 @@ step_b() {
 steps_per_s() {
   python3 - "$@" <<'PY'
 import json, sys
-def last(path):
-    return json.loads(open(path).read().strip().splitlines()[-1])
+def last(path):  # a metadata file, or a command's output whose last line is JSON
+    text = open(path).read()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return json.loads(text.strip().splitlines()[-1])
 a, b = last(sys.argv[1]), last(sys.argv[2])
 sa, sb = a.get("steps"), b.get("steps")
 ta, tb = a.get("train_seconds", a.get("seconds")), b.get("train_seconds", b.get("seconds"))
@@ -344,6 +349,7 @@ run() {
   mkdir -p "$scratch/bin"
   local b
   for b in parm oip-load; do
+    [ -f "$bundle/bin/$b.gz" ] || continue # step b says so if oip-load is missing
     gzip -dc "$bundle/bin/$b.gz" > "$scratch/bin/$b"
     chmod +x "$scratch/bin/$b"
   done
