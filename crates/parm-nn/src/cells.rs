@@ -95,6 +95,10 @@ impl Classifier for CellMlp {
         let classes = out.dims()[1];
         out.reshape([b, self.k * classes])
     }
+
+    fn device(&self) -> Device {
+        crate::cnn::module_device(self)
+    }
 }
 
 #[cfg(test)]

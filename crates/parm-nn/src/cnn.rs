@@ -21,11 +21,24 @@ use crate::{Mlp, MlpConfig};
 /// A model that maps flat `[batch, values]` queries to `[batch, classes]` logits.
 pub trait Classifier {
     fn classify(&self, x: Tensor<2>) -> Tensor<2>;
+
+    /// The device the weights live on: inputs to [`Classifier::classify`] must be built there.
+    fn device(&self) -> Device;
+}
+
+/// The device of a module's weights (the first one; parm keeps a model on one device), or
+/// the CPU for a module with no weights.
+pub(crate) fn module_device(module: &impl Module) -> Device {
+    module.devices().into_iter().next().unwrap_or_else(Device::flex)
 }
 
 impl Classifier for Mlp {
     fn classify(&self, x: Tensor<2>) -> Tensor<2> {
         self.forward(x)
+    }
+
+    fn device(&self) -> Device {
+        module_device(self)
     }
 }
 
@@ -75,6 +88,10 @@ impl Classifier for LeNet {
         let h = self.relu.forward(self.fc1.forward(h));
         let h = self.relu.forward(self.fc2.forward(h));
         self.fc3.forward(h)
+    }
+
+    fn device(&self) -> Device {
+        module_device(self)
     }
 }
 
@@ -174,6 +191,10 @@ impl Classifier for ResNet18 {
         let h: Tensor<2> = self.pool.forward(h).flatten(1, 3);
         self.fc.forward(h)
     }
+
+    fn device(&self) -> Device {
+        module_device(self)
+    }
 }
 
 /// Every architecture parm trains, behind one type; `ModelMeta::arch` says which.
@@ -203,6 +224,10 @@ impl Classifier for Net {
             Net::ResNet18(m) => m.classify(x),
             Net::CellMlp(m) => m.classify(x),
         }
+    }
+
+    fn device(&self) -> Device {
+        module_device(self)
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use parm_data::Split;
 
 use crate::train::progress_bar;
@@ -40,7 +39,7 @@ impl<T: Classifier> DeployedModel for T {
             return Err(NnError::Invalid(format!("{} input values do not split into {batch} queries", input.len())));
         }
         let dim = input.len() / batch;
-        Ok(to_vec(self.classify(tensor2(input.to_vec(), batch, dim, &Device::flex()))))
+        Ok(to_vec(self.classify(tensor2(input.to_vec(), batch, dim, &self.device()))))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Model architectures, training of deployed and parity models, and accuracy evaluation.
 //!
-//! Built on burn 0.22 with the pure-Rust flex backend (CPU). Training runs on
-//! `Device::flex().autodiff()`, inference on `Device::flex()`.
+//! Built on burn 0.22 with the pure-Rust flex backend (CPU) and, with the `cuda` feature,
+//! burn's CUDA backend: [`ComputeDevice::open`] gives the device. Training runs on
+//! `device.autodiff()`, inference on `device` (`Device::flex()` unless asked otherwise).
 //!
 //! Sources: the deployed model and the parity-model recipe follow ParM (Kosaian et al.,
 //! SOSP 2019, §3.3 and §5.1) and the public parity-models code (see `shared/docs/PARM.md` §2).
@@ -9,6 +10,7 @@
 pub mod cells;
 pub mod cnn;
 pub mod deployed;
+pub mod device;
 pub mod eval;
 pub mod export;
 pub mod meta;
@@ -22,6 +24,7 @@ pub mod weights;
 
 pub use cnn::{Classifier, Net, NetConfig};
 pub use deployed::DeployedModel;
+pub use device::ComputeDevice;
 pub use meta::{ModelKind, ModelMeta};
 pub use mlp::{Mlp, MlpConfig};
 pub use onnx::OnnxModel;
@@ -43,6 +46,9 @@ pub enum NnError {
     /// An ONNX file that cannot be served ([`onnx::OnnxModel::load`]), or a run that failed.
     #[error("{path}: {message}")]
     Onnx { path: String, message: String },
+    /// A compute device that cannot be used ([`ComputeDevice::open`]).
+    #[error("{device}: {message}")]
+    Device { device: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -100,6 +100,9 @@ pub struct ParityConfig {
     /// ParM: none. Random shifts / flips of the training queries, with the targets F(X_j)
     /// recomputed on the augmented queries (not cached).
     pub augment: Option<Augment>,
+    /// Where to train (plain, without autodiff: training wraps it). Default: the CPU
+    /// (`Device::flex()`); see [`crate::ComputeDevice::open`].
+    pub device: Device,
 }
 
 /// Training-time augmentation of the queries of a coding group. Each query is independently
@@ -158,6 +161,7 @@ impl ParityConfig {
             cells: false,
             cnn: false,
             augment: None,
+            device: Device::flex(),
         }
     }
 
@@ -222,7 +226,7 @@ pub fn train_parity(job: &ParityJob, cfg: &ParityConfig) -> Result<ModelMeta, Nn
     let k = job.encoder.k();
     let classes = ds.classes;
     let dim = ds.train.dim();
-    let plain = Device::flex();
+    let plain = cfg.device.clone();
     let device = plain.clone().autodiff();
     let cache = job.out_dir.join("cache");
     let train_logits = cached_outputs(job.deployed, job.deployed_hash, &ds.train, "train", &cache)?;

@@ -7,7 +7,8 @@ use burn::tensor::Device;
 use crate::train::load_net;
 use crate::{ModelMeta, Net, NnError, tensor2, to_vec};
 
-/// A model on the plain flex device with its metadata.
+/// A model on one device (the CPU unless loaded with [`Predictor::load_on`]) with its
+/// metadata.
 #[derive(Debug)]
 pub struct Predictor {
     model: Net,
@@ -19,14 +20,21 @@ impl Predictor {
     /// Loads `weights` (`.bpk`) and its `.json` metadata, any architecture. Errors as
     /// [`crate::train::load_net`].
     pub fn load(weights: &Path) -> Result<Self, NnError> {
-        let device = Device::flex();
-        let (model, meta) = load_net(weights, &device)?;
-        Ok(Self { model, meta, device })
+        Self::load_on(weights, &Device::flex())
     }
 
-    /// Wraps an already built model (an [`crate::Mlp`] or any [`Net`]).
+    /// Like [`Predictor::load`], onto `device` (from [`crate::ComputeDevice::open`]).
+    pub fn load_on(weights: &Path, device: &Device) -> Result<Self, NnError> {
+        let (model, meta) = load_net(weights, device)?;
+        Ok(Self { model, meta, device: device.clone() })
+    }
+
+    /// Wraps an already built model (an [`crate::Mlp`] or any [`Net`]), on the device its
+    /// weights are on.
     pub fn new(model: impl Into<Net>, meta: ModelMeta) -> Self {
-        Self { model: model.into(), meta, device: Device::flex() }
+        let model = model.into();
+        let device = crate::Classifier::device(&model);
+        Self { model, meta, device }
     }
 
     pub fn meta(&self) -> &ModelMeta {

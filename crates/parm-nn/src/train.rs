@@ -30,11 +30,14 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Where to train (plain, without autodiff: training wraps it); the returned model stays
+    /// there. Default: the CPU (`Device::flex()`); see [`crate::ComputeDevice::open`].
+    pub device: Device,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 10, batch_size: 64, lr: 1e-3, weight_decay: 0.0, seed: 1, progress: true }
+        Self { epochs: 10, batch_size: 64, lr: 1e-3, weight_decay: 0.0, seed: 1, progress: true, device: Device::flex() }
     }
 }
 
@@ -54,7 +57,7 @@ pub(crate) fn progress_bar(total: u64, show: bool, what: &str) -> ProgressBar {
 }
 
 /// Trains ParM's MLP on `ds.train` (Adam, cross-entropy), reports test accuracy, and returns the
-/// model (on the plain flex device, ready for inference) with its metadata.
+/// model (on `cfg.device`, without autodiff, ready for inference) with its metadata.
 ///
 /// Source: ParM SOSP 2019 §5.1 (deployed models); the recipe is the usual one for this MLP.
 pub fn train_deployed(ds: &Dataset, cfg: &TrainConfig) -> Result<(Mlp, ModelMeta), NnError> {
@@ -102,7 +105,8 @@ pub fn train_deployed_net(ds: &Dataset, cfg: &TrainConfig, net: &NetConfig) -> R
             ds.classes
         )));
     }
-    let device = Device::flex().autodiff();
+    let plain = cfg.device.clone();
+    let device = plain.clone().autodiff();
     let mut model = net.init(Init::Default, &device);
     let mut optim = AdamConfig::new().with_weight_decay((cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay))).init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -135,7 +139,6 @@ pub fn train_deployed_net(ds: &Dataset, cfg: &TrainConfig, net: &NetConfig) -> R
     bar.finish_and_clear();
     let train_seconds = start.elapsed().as_secs_f64();
     let model = model.valid();
-    let plain = Device::flex();
     let test_logits = logits(&model, &ds.test.images, ds.test.n, dim, &plain);
     let test_accuracy = accuracy(&test_logits, &ds.test.labels, ds.classes);
     let mlp = match net {

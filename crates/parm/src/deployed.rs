@@ -92,10 +92,16 @@ impl Deployed {
     /// A file that cannot be loaded; a remote model that does not answer its metadata within
     /// 30 s, or has not exactly one FP32 input and output.
     pub fn open(source: &Source) -> anyhow::Result<Deployed> {
+        Self::open_on(source, &burn::tensor::Device::flex())
+    }
+
+    /// Like [`Deployed::open`], a parm model onto `device`; ONNX and remote models run where
+    /// they are (tract on the CPU, the server's own device).
+    pub fn open_on(source: &Source, device: &burn::tensor::Device) -> anyhow::Result<Deployed> {
         match source {
             Source::Parm(path) => {
-                let (net, meta) = parm_nn::train::load_net(path, &burn::tensor::Device::flex())
-                    .with_context(|| format!("loading the deployed model {}", path.display()))?;
+                let (net, meta) =
+                    parm_nn::train::load_net(path, device).with_context(|| format!("loading the deployed model {}", path.display()))?;
                 let input_shape = meta.input_shape.iter().map(|&d| d.max(1) as usize).collect();
                 let outputs = meta.classes;
                 Ok(Deployed { model: Box::new(net), meta, hash: parm_nn::parity::file_hash(path)?, input_shape, outputs })

@@ -30,6 +30,8 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Write a parm model (MLP, cell-wise MLP) as an ONNX file.
     Export(cmd::export::ExportArgs),
+    /// Run a parm model on test images on a chosen device (cpu, cuda): outputs and timing.
+    Infer(cmd::infer::InferArgs),
     /// Serve one model (deployed or parity) as a model instance over OIP gRPC.
     Worker(cmd::worker::WorkerArgs),
     /// The frontend: OIP HTTP for clients, coding groups over the instances.
@@ -56,6 +58,7 @@ fn main() {
         Command::TrainParity(a) => cmd::train_parity::run(&a),
         Command::Eval(a) => cmd::eval::run(&a),
         Command::Export(a) => cmd::export::run(&a),
+        Command::Infer(a) => cmd::infer::run(&a),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Serve(a) => cmd::serve::run(a, |id| given("serve", id)),
         Command::Demo(a) => cmd::demo::run(a),

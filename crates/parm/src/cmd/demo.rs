@@ -78,7 +78,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let models = ensure_models(&a.paths, &[a.k], &budget)?;
     let (deployed, parity) = (models.deployed.clone(), models.parity[&a.k].clone());
     let f = crate::deployed::Deployed::open(&crate::deployed::Source::Parm(deployed.clone()))?;
-    let acc = accuracy_report(&ds, &f, &parity, "addition", a.k, a.seed, None)?;
+    let acc = accuracy_report(&ds, &f, &parity, "addition", a.k, a.seed, None, &burn::tensor::Device::flex())?;
     println!("\n{}", acc.table());
 
     let n = a.queries.min(ds.test.n);

@@ -69,14 +69,22 @@ pub struct EvalArgs {
     /// Report: epochs of a deployed model it trains.
     #[arg(long, default_value_t = 20)]
     pub deployed_epochs: usize,
+    /// Where a parm deployed model (.bpk) and the parity models compute (not with --report,
+    /// which runs on the CPU).
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
+    let choice = a.device.choice()?;
+    if a.report.is_some() && choice != parm_nn::ComputeDevice::Cpu {
+        bail!("--report trains and evaluates on the CPU only; drop --device {choice}");
+    }
+    let device = a.device.open()?;
     if !a.linear_parities.is_empty() {
         let dir = a.paths.model_dir();
         let deployed = a.deployed.clone().map_or_else(|| dir.join("deployed.bpk"), PathBuf::from);
         let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
-        let device = Device::flex();
         let (f, _) = parm_nn::train::load_net(&deployed, &device)?;
         let models: Vec<_> = a.linear_parities.iter().map(|p| load_model(p, &device).map(|m| m.0)).collect::<Result<_, _>>()?;
         let refs: Vec<&dyn parm_nn::Classifier> = models.iter().map(|m| m as &dyn parm_nn::Classifier).collect();
@@ -112,7 +120,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         None => Source::Parm(dir.join("deployed.bpk")),
     };
     let parity = a.parity.as_deref().map_or_else(|| dir.join(format!("{}.bpk", parity_name(a.k, &a.encoder))), super::bpk_path);
-    let f = Deployed::open(&deployed)?;
+    let f = Deployed::open_on(&deployed, &device)?;
     let recorded = parm_nn::ModelMeta::load(&parity.with_extension("json"))
         .ok()
         .and_then(|m| m.preprocess)
@@ -125,7 +133,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     crate::userdata::fit_to(&mut ds, &f, &cache)?;
     // Without labels, fit_to has already computed F on the test split into this cache.
     let cached = (!ds.has_labels).then_some(cache.as_path());
-    let report = accuracy_report(&ds, &f, &parity, &a.encoder, a.k, a.seed, cached)?;
+    let report = accuracy_report(&ds, &f, &parity, &a.encoder, a.k, a.seed, cached, &device)?;
     print!("{}", report.table());
     if let Some(path) = &a.json {
         write_new(path, &serde_json::to_string_pretty(&report)?)?;
@@ -135,7 +143,9 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
 
 /// A_a, A_d (every single-erasure pattern of every test coding group), the default baseline
 /// and A_o at f_u = 1%, 5%, 10% (ParM §5.2). F's test outputs come from `cache` (as
-/// [`crate::userdata::fit_to`] caches them) when given, else are computed.
+/// [`crate::userdata::fit_to`] caches them) when given, else are computed. The parity model
+/// runs on `device`.
+#[allow(clippy::too_many_arguments)]
 pub fn accuracy_report(
     ds: &parm_data::Dataset,
     f: &Deployed,
@@ -144,9 +154,9 @@ pub fn accuracy_report(
     k: usize,
     seed: u64,
     cache: Option<&std::path::Path>,
+    device: &Device,
 ) -> anyhow::Result<AccuracyReport> {
-    let device = Device::flex();
-    let (fp, pmeta) = parm_nn::train::load_net(parity, &device)?;
+    let (fp, pmeta) = parm_nn::train::load_net(parity, device)?;
     if pmeta.k != Some(k) || pmeta.encoder.as_deref() != Some(encoder) {
         bail!("{} is a parity model for k={:?} encoder {:?}, not k={k} {encoder}", parity.display(), pmeta.k, pmeta.encoder);
     }
@@ -157,12 +167,12 @@ pub fn accuracy_report(
         None => outputs_of(f.model.as_ref(), &ds.test.images, ds.test.n, dim)?,
     };
     let available = eval::accuracy(&logits, &ds.test.labels, ds.classes);
-    let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, &device);
+    let degraded = eval::degraded_accuracy(&logits, &fp, &ds.test, enc.as_ref(), ds.classes, seed, device);
     let zero_logits = outputs_of(f.model.as_ref(), &vec![0.0; dim], 1, dim)?;
     let degraded_partial = (1..k)
         .map(|m| {
             let z = Some(zero_logits.as_slice());
-            (m, eval::padded_degraded_accuracy(&logits, z, &fp, &ds.test, enc.as_ref(), m, ds.classes, seed, &device))
+            (m, eval::padded_degraded_accuracy(&logits, z, &fp, &ds.test, enc.as_ref(), m, ds.classes, seed, device))
         })
         .collect();
     Ok(AccuracyReport {

@@ -5,6 +5,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod export;
+pub mod infer;
 pub mod serve;
 pub mod simulate;
 pub mod train;
@@ -33,6 +34,40 @@ pub struct Paths {
 impl Paths {
     pub fn model_dir(&self) -> PathBuf {
         self.models_dir.join(&self.dataset)
+    }
+}
+
+/// `--device`, shared by the commands that run parm's own (burn) models.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArg {
+    /// Where parm's models compute: cpu, cuda (GPU 0) or cuda:N. Default: $PARM_DEVICE if set
+    /// (so that `parm bench` and `parm demo` start their workers on a GPU), else cpu. cuda
+    /// needs a parm built with `--features cuda`, an NVIDIA driver and NVRTC
+    /// (libnvrtc.so.12) at run time; see the README, "GPU". ONNX and remote models are not
+    /// moved: they run where they are.
+    #[arg(long)]
+    pub device: Option<parm_nn::ComputeDevice>,
+}
+
+/// The environment variable that sets `--device` when the flag is not given.
+pub const DEVICE_ENV: &str = "PARM_DEVICE";
+
+impl DeviceArg {
+    /// The device asked for: the flag, else $PARM_DEVICE, else the CPU.
+    ///
+    /// # Errors
+    /// $PARM_DEVICE that does not parse (or names cuda on a build without it).
+    pub fn choice(&self) -> anyhow::Result<parm_nn::ComputeDevice> {
+        match (self.device, std::env::var(DEVICE_ENV)) {
+            (Some(d), _) => Ok(d),
+            (None, Ok(v)) if !v.is_empty() => v.parse().map_err(|e| anyhow::anyhow!("{DEVICE_ENV}={v}: {e}")),
+            _ => Ok(parm_nn::ComputeDevice::Cpu),
+        }
+    }
+
+    /// The burn device, probed (a CUDA device without a usable GPU is an error, not a panic).
+    pub fn open(&self) -> anyhow::Result<burn::tensor::Device> {
+        Ok(self.choice()?.open()?)
     }
 }
 

@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use parm_nn::train::{TrainConfig, save_model, train_deployed};
 
-use super::Paths;
+use super::{DeviceArg, Paths};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -31,6 +31,8 @@ pub struct TrainArgs {
     /// resnet18: channels of the first stage (64 in ResNet-18; small for tiny-scale runs).
     #[arg(long, default_value_t = 64)]
     pub width: usize,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
@@ -39,8 +41,9 @@ pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
     if weights.exists() && !a.force {
         bail!("{} exists; pass --force to overwrite it or --name to train another", weights.display());
     }
+    let device = a.device.open()?;
     let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
-    let cfg = TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, seed: a.seed, ..Default::default() };
+    let cfg = TrainConfig { epochs: a.epochs, batch_size: a.batch_size, lr: a.lr, seed: a.seed, device, ..Default::default() };
     let side = (ds.rows == ds.cols).then_some(ds.rows).context("square images needed for a CNN")?;
     let channels = ds.dim() / (side * side);
     let meta = match a.arch.as_str() {

@@ -91,9 +91,13 @@ pub struct TrainParityArgs {
     /// Delete an existing parity model and checkpoint of that name and start over.
     #[arg(long)]
     pub force: bool,
+    /// Where the parity model trains, and a parm deployed model (.bpk) computes its targets.
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
+    let device = a.device.open()?;
     let user_ds = a.data.load()?;
     let data_dir = match &user_ds {
         Some(ds) => a.paths.models_dir.join(&ds.name),
@@ -116,6 +120,7 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
     }
     let mut cfg = recipe_config(&a.recipe, a.k, a.epochs.unwrap_or(20))?;
     cfg.seed = a.seed;
+    cfg.device = device.clone();
     if let Some(s) = &a.schedule {
         cfg.schedule = match s.as_str() {
             "constant" => LrSchedule::Constant,
@@ -154,7 +159,8 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
         let shift = a.augment_shift.unwrap_or(0);
         cfg.augment = (shift > 0 || a.hflip).then_some(parm_nn::parity::Augment { shift, hflip: a.hflip });
     }
-    let mut f = Deployed::open(&deployed).context("opening the deployed model (for parm's own, train it first with `parm train`)")?;
+    let mut f =
+        Deployed::open_on(&deployed, &device).context("opening the deployed model (for parm's own, train it first with `parm train`)")?;
     // Recorded in the parity model's metadata, for `parm eval` and for serving.
     f.meta.preprocess = user_ds.as_ref().and_then(|ds| ds.preprocess.as_ref()).map(serde_json::to_value).transpose()?;
     let (ds, hash) = match user_ds {

@@ -13,7 +13,7 @@ use parm_serve::instance::worker::WorkerOptions;
 use parm_serve::instance::backend::InferenceBackend;
 
 use self::backend::{NnBackend, OnnxBackend};
-use super::{block_on_drained, shutdown_signal};
+use super::{DeviceArg, block_on_drained, shutdown_signal};
 
 #[derive(Args)]
 pub struct WorkerArgs {
@@ -58,13 +58,26 @@ pub struct WorkerArgs {
     /// not leave it (`..`, absolute paths elsewhere, symbolic links pointing out).
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
+    /// Where a parm model (.bpk) computes; an ONNX model always runs on the CPU (tract).
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
-/// The backend for `model`, chosen by its extension: `.onnx` or a parm model.
-fn load_backend(model: &std::path::Path, name: &str, output: Option<&str>) -> anyhow::Result<Arc<dyn InferenceBackend>> {
+/// The backend for `model`, chosen by its extension: `.onnx` or a parm model (on `device`).
+fn load_backend(
+    model: &std::path::Path,
+    name: &str,
+    output: Option<&str>,
+    device: &DeviceArg,
+) -> anyhow::Result<Arc<dyn InferenceBackend>> {
     let onnx = model.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     anyhow::ensure!(onnx || output.is_none(), "--output applies to ONNX models (.onnx) only");
-    Ok(if onnx { Arc::new(OnnxBackend::load(model, name, output)?) } else { Arc::new(NnBackend::load(model, name)?) })
+    let choice = device.choice()?;
+    anyhow::ensure!(
+        !onnx || choice == parm_nn::ComputeDevice::Cpu,
+        "--device {choice}: ONNX models run on the CPU (tract); only parm models (.bpk) run on a GPU"
+    );
+    Ok(if onnx { Arc::new(OnnxBackend::load(model, name, output)?) } else { Arc::new(NnBackend::load(model, name, &choice.open()?)?) })
 }
 
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
@@ -77,7 +90,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         None => super::bpk_path(&a.model),
     };
     let auth = parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
-    let backend = load_backend(&model, &name, a.output.as_deref())?;
+    let backend = load_backend(&model, &name, a.output.as_deref(), &a.device)?;
     let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
     anyhow::ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     let batching = (a.max_batch > 1).then(|| parm_serve::instance::batcher::BatchConfig {

@@ -16,9 +16,9 @@ pub struct NnBackend {
 }
 
 impl NnBackend {
-    /// Loads `weights` and names the served model `name`.
-    pub fn load(weights: &Path, name: &str) -> anyhow::Result<Self> {
-        let predictor = Predictor::load(weights)?;
+    /// Loads `weights` onto `device` and names the served model `name`.
+    pub fn load(weights: &Path, name: &str, device: &burn::tensor::Device) -> anyhow::Result<Self> {
+        let predictor = Predictor::load_on(weights, device)?;
         let meta = predictor.meta();
         let spec = ModelSpec {
             platform: format!("parm_{}", serde_json::to_value(meta.kind)?.as_str().unwrap_or("model")),
