@@ -36,6 +36,10 @@ pub enum ConfigError {
     NoParityInstances(usize),
     #[error("the Berrut code needs S >= 1 extra queries per group and instances of the deployed model to run them")]
     BerrutWithoutExtra,
+    #[error(transparent)]
+    Instances(#[from] crate::upstream::discovery::DiscoveryError),
+    #[error("the discovery interval must be above 0")]
+    ZeroDiscoveryInterval,
 }
 
 /// Which code protects each coding group, and what serves its redundant queries (the
@@ -74,7 +78,9 @@ pub struct ParityInstances {
 pub struct FrontendConfig {
     /// What clients see: name, input and output shapes.
     pub spec: ModelSpec,
-    /// Deployed-model instances and the model name they serve.
+    /// Deployed-model instances and the model name they serve. Each entry is a
+    /// [`crate::upstream::discovery::Source`]: `host:port`, `dns://NAME:PORT` or `file:PATH`
+    /// (so are the parity instances').
     pub deployed: Vec<String>,
     pub deployed_model: String,
     /// Parity-model instances (empty: no redundancy) and the model name they serve: ParM's
@@ -108,13 +114,17 @@ pub struct FrontendConfig {
     /// deployed request per batch, one parity request per k batches; `--batch-coding`)
     /// instead of row by row.
     pub batch_coding: bool,
+    /// How often instance lists with DNS names or files in them are re-resolved (see
+    /// [`crate::upstream::discovery`]).
+    pub discovery_interval: Duration,
 }
 
 impl FrontendConfig {
     /// Serving `spec` from the `deployed` instances (model name "deployed"), without parity
     /// instances, everything else at its default: addition encoder with k = 2 (parity model
     /// "parity-k2-addition"), group timeout 5 ms, instance timeout 5 s, decode grace 2 ms,
-    /// ParM's eager parity, no redundancy, no dispatch batching, rows coded one by one.
+    /// ParM's eager parity, no redundancy, no dispatch batching, rows coded one by one,
+    /// instance discovery every 2 s.
     pub fn new(spec: ModelSpec, deployed: Vec<String>) -> Self {
         Self {
             spec,
@@ -131,12 +141,14 @@ impl FrontendConfig {
             redundancy: Redundancy::None,
             dispatch: DispatchBatching::default(),
             batch_coding: false,
+            discovery_interval: crate::upstream::discovery::DEFAULT_DISCOVERY_INTERVAL,
         }
     }
 
     /// Checks the settings that do not depend on the instances.
     ///
-    /// Errors: no deployed instances, k = 0, a bad straggler policy or dispatch batching,
+    /// Errors: no deployed instances, an instance entry that is not a discovery source, a
+    /// zero discovery interval, k = 0, a bad straggler policy or dispatch batching,
     /// several parities without the addition encoder or with a parity that has no
     /// instances, the Berrut code without extra queries or instances.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -159,6 +171,12 @@ impl FrontendConfig {
             }
             Code::Berrut { s } if *s == 0 || self.parity.is_empty() => return Err(ConfigError::BerrutWithoutExtra),
             Code::Berrut { .. } => {}
+        }
+        for set in std::iter::once(&self.deployed).chain(self.parity_sets().iter().map(|p| &p.instances)) {
+            crate::upstream::discovery::sources(set)?;
+        }
+        if self.discovery_interval.is_zero() {
+            return Err(ConfigError::ZeroDiscoveryInterval);
         }
         self.straggler.validate()?;
         Ok(self.dispatch.validate()?)

@@ -112,6 +112,9 @@ pub(crate) struct Shared {
     open: Mutex<Option<(Arc<Group>, usize)>>,
     /// Where parity tasks are spawned (also from `Drop`, outside any task).
     runtime: tokio::runtime::Handle,
+    /// With instance discovery: how many pools are watched, and how many of them finished
+    /// their first round.
+    discovered: std::sync::OnceLock<(usize, tokio::sync::watch::Receiver<usize>)>,
 }
 
 impl Shared {
@@ -141,17 +144,27 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    /// Sets up the instance pools over gRPC (connections open lazily). Must be called inside
-    /// a tokio runtime.
+    /// Sets up the instance pools over gRPC (connections open lazily). Instance entries that
+    /// are DNS names or files ([`crate::upstream::discovery`]) start empty and are resolved by
+    /// a background task every `discovery_interval` (first at once; [`Self::warm_up`] waits
+    /// for that). Must be called inside a tokio runtime.
     ///
     /// Errors: a setting [`FrontendConfig::validate`] refuses, or an unparsable address.
     pub fn start(cfg: FrontendConfig) -> anyhow::Result<Self> {
-        let connect = |addrs: &[String]| -> anyhow::Result<Vec<Arc<dyn Instance>>> {
-            addrs.iter().map(|a| Ok(Arc::new(InstanceClient::connect_lazy(a)?) as Arc<dyn Instance>)).collect()
+        cfg.validate()?;
+        let fixed = |entries: &[String]| -> anyhow::Result<Vec<Arc<dyn Instance>>> {
+            let sources = crate::upstream::discovery::sources(entries)?;
+            let addrs = sources.iter().filter_map(|s| match s {
+                crate::upstream::discovery::Source::Addr(a) => Some(a),
+                _ => None,
+            });
+            addrs.map(|a| connect(a)).collect()
         };
-        let deployed = connect(&cfg.deployed)?;
-        let parity = cfg.parity_sets().iter().map(|p| connect(&p.instances)).collect::<anyhow::Result<_>>()?;
-        Self::with_parity_instances(cfg, deployed, parity)
+        let deployed = fixed(&cfg.deployed)?;
+        let parity = cfg.parity_sets().iter().map(|p| fixed(&p.instances)).collect::<anyhow::Result<_>>()?;
+        let frontend = Self::build(cfg, deployed, parity)?;
+        frontend.watch_instances()?;
+        Ok(frontend)
     }
 
     /// [`Self::start`] over given instances (scripted ones in tests); the addresses in `cfg`
@@ -176,6 +189,12 @@ impl Frontend {
         parity: Vec<Vec<Arc<dyn Instance>>>,
     ) -> anyhow::Result<Self> {
         let cfg = with_addresses(cfg, &deployed, &parity)?;
+        Self::build(cfg, deployed, parity)
+    }
+
+    /// The frontend over `deployed` and one list of instances per pool of
+    /// [`FrontendConfig::parity_sets`].
+    fn build(cfg: FrontendConfig, deployed: Vec<Arc<dyn Instance>>, parity: Vec<Vec<Arc<dyn Instance>>>) -> anyhow::Result<Self> {
         cfg.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("Frontend::start needs a tokio runtime"))?;
         let stats = Stats::default();
@@ -199,17 +218,48 @@ impl Frontend {
             zero_output: Default::default(),
             open: Mutex::new(None),
             runtime,
+            discovered: Default::default(),
         });
         Ok(Self { shared })
+    }
+
+    /// The pools with their instance entries: deployed, then [`FrontendConfig::parity_sets`].
+    fn pools_with_entries(&self) -> impl Iterator<Item = (&Pool, Vec<String>)> {
+        let s = &self.shared;
+        let entries = std::iter::once(s.cfg.deployed.clone()).chain(s.cfg.parity_sets().into_iter().map(|p| p.instances));
+        std::iter::once(&s.deployed).chain(&s.parity).zip(entries)
+    }
+
+    /// For every pool whose entries name DNS names or files, a task that re-resolves them
+    /// every `discovery_interval` (first at once) and updates the pool; it ends with the
+    /// frontend. [`Self::warm_up`] waits for the first round.
+    fn watch_instances(&self) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::watch::channel(0usize);
+        let mut watched = 0;
+        for (index, (_, entries)) in self.pools_with_entries().enumerate() {
+            let resolver = crate::upstream::discovery::Resolver::new(crate::upstream::discovery::sources(&entries)?);
+            if resolver.is_dynamic() {
+                watched += 1;
+                let round = tx.clone();
+                tokio::spawn(watch_pool(Arc::downgrade(&self.shared), index, resolver, round));
+            }
+        }
+        let _ = self.shared.discovered.set((watched, rx));
+        Ok(())
     }
 
     /// Opens the connections to every instance, looks up their metadata and computes F(0), so
     /// that the first queries do not pay for it (and lose the race to their reconstruction).
     /// Failures are only logged: instances that are down are retried per query.
     pub async fn warm_up(&self) {
+        if let Some((watched, rx)) = self.shared.discovered.get() {
+            let mut rx = rx.clone();
+            let _ = rx.wait_for(|done| done >= watched).await;
+        }
         let timeout = Duration::from_secs(2);
         let pools = std::iter::once(&self.shared.deployed).chain(&self.shared.parity);
-        let calls = pools.flat_map(|p| p.instances().iter().map(move |i| i.connect(p.model(), timeout)));
+        let all: Vec<(Arc<dyn Instance>, &str)> = pools.flat_map(|p| p.instances().into_iter().map(move |i| (i, p.model()))).collect();
+        let calls = all.iter().map(|(i, model)| i.connect(model, timeout));
         for result in futures::future::join_all(calls).await {
             if let Err(e) = result {
                 tracing::warn!("warm-up: {e}");
@@ -237,6 +287,27 @@ impl Frontend {
     /// True if the frontend runs with parity instances (of any code).
     pub fn is_coded(&self) -> bool {
         !self.shared.redundant.is_empty()
+    }
+
+    /// Every instance now, as `(role, address, model)`: role `"deployed"` or `"parity"` (which
+    /// includes the Berrut code's extra instances).
+    pub fn instances(&self) -> Vec<(&'static str, String, String)> {
+        let s = &self.shared;
+        let pools = std::iter::once(("deployed", &s.deployed)).chain(s.parity.iter().map(|p| ("parity", p)));
+        pools.flat_map(|(role, p)| p.instances().into_iter().map(move |i| (role, i.addr().to_string(), p.model().to_string()))).collect()
+    }
+
+    /// [`Self::instances`] while the frontend runs, `None` once it is dropped: for watchers
+    /// that must not keep it alive.
+    pub fn instances_while_running(&self) -> impl Fn() -> Option<Vec<(&'static str, String, String)>> + Send + Sync + 'static {
+        let weak = Arc::downgrade(&self.shared);
+        move || weak.upgrade().map(|shared| Frontend { shared }.instances())
+    }
+
+    /// True if some of the frontend's instances come from DNS names or files (see
+    /// [`crate::upstream::discovery`]).
+    pub fn is_discovering(&self) -> bool {
+        self.shared.discovered.get().is_some_and(|(watched, _)| *watched > 0)
     }
 
     /// True if at least one deployed-model instance reports its model ready.
@@ -301,6 +372,46 @@ impl Frontend {
         let sent_at = tokio::time::Instant::now();
         let output = s.deployed.infer(input, &s.shape(rows), s.cfg.instance_timeout).await.map_err(FrontendError::Instance)?;
         Ok(Prediction { output, reconstructed: false, group, position: 0, waited: sent_at.elapsed() })
+    }
+}
+
+/// The gRPC client of the instance at `addr` (connected lazily).
+fn connect(addr: &str) -> anyhow::Result<Arc<dyn Instance>> {
+    Ok(Arc::new(InstanceClient::connect_lazy(addr)?))
+}
+
+/// Keeps pool `index` (see [`Frontend::pools_with_entries`]) of a frontend at what `resolver`
+/// finds, every `discovery_interval`, until the frontend is dropped; counts its first round on
+/// `round`.
+async fn watch_pool(
+    shared: std::sync::Weak<Shared>,
+    index: usize,
+    mut resolver: crate::upstream::discovery::Resolver,
+    round: tokio::sync::watch::Sender<usize>,
+) {
+    let mut first = true;
+    loop {
+        let addrs = resolver.refresh().await;
+        let Some(s) = shared.upgrade() else { return };
+        let pool = if index == 0 { &s.deployed } else { &s.parity[index - 1] };
+        let (current, mut instances) = (pool.instances(), Vec::new());
+        for a in &addrs {
+            match current.iter().find(|i| i.addr() == a).cloned().map(Ok).unwrap_or_else(|| connect(a)) {
+                Ok(i) => instances.push(i),
+                Err(e) => tracing::warn!("instance discovery: {e:#}"),
+            }
+        }
+        let (added, removed) = pool.update(instances);
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(model = pool.model(), ?added, ?removed, "instance discovery: instances changed");
+        }
+        if first {
+            round.send_modify(|n| *n += 1);
+            first = false;
+        }
+        let every = s.cfg.discovery_interval;
+        drop(s);
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -8,7 +8,7 @@
 //! internal -> 500 / INTERNAL.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -45,9 +45,17 @@ pub type Transform = Arc<dyn Fn(&[f32]) -> Result<Vec<f32>, String> + Send + Syn
 /// The models behind the client interfaces, with the server-wide admission bound and limits;
 /// shared by both interfaces. Serving one model (`parm serve --deployed ...`) is a repository
 /// of one.
+///
+/// A model may be named before it can be served ([`Self::start_pending`]): until
+/// [`Self::install`] gives it its frontend (once its deployed instances answered), it is
+/// listed as unavailable with what it waits for, its calls get 503 / UNAVAILABLE, and the
+/// server is not ready. So the server listens, and answers health probes, before any instance
+/// does (a Kubernetes frontend that starts before its workers is not restarted in a loop).
 pub struct Serving {
-    /// Every served model by the name clients use (sorted, so listings are stable).
-    models: BTreeMap<String, ServedModel>,
+    /// Every model by the name clients use (sorted, so listings are stable).
+    models: BTreeMap<String, Slot>,
+    /// The Prometheus registry every model's metrics go to.
+    registry: Prometheus,
     /// The bound on queries in flight, over every model (see [`crate::server::admission`]).
     pub admission: crate::server::admission::Admission,
     /// Authentication and request limits of the client interfaces (see [`crate::oip::security`]).
@@ -56,6 +64,12 @@ pub struct Serving {
 
 /// Shared handle.
 pub type Shared = Arc<Serving>;
+
+/// One named model: served once installed, else what it waits for.
+struct Slot {
+    served: OnceLock<ServedModel>,
+    waiting: String,
+}
 
 /// How the client-facing server runs its frontends.
 #[derive(Default)]
@@ -218,38 +232,68 @@ impl Serving {
     ///
     /// Errors: no model, two models with the same name, or an unparsable instance address.
     pub async fn start_models(models: Vec<Model>, options: ServingOptions) -> anyhow::Result<Shared> {
-        let ServingOptions { admission, limits: options } = options;
-        anyhow::ensure!(!models.is_empty(), "no model to serve");
-        let registry = Prometheus::registry();
-        let mut served = BTreeMap::new();
-        for Model { frontend, preprocess, transform } in models {
-            let cfg = frontend.config();
-            let mut instances: Vec<(&'static str, String, String)> =
-                cfg.deployed.iter().map(|a| ("deployed", a.clone(), cfg.deployed_model.clone())).collect();
-            for set in cfg.parity_sets() {
-                instances.extend(set.instances.iter().map(|a| ("parity", a.clone(), set.model.clone())));
-            }
-            let health = Health::start(&instances).await?;
-            let spec = frontend.spec().clone();
-            let prometheus = registry.for_model(&spec.name, &spec.version);
-            let model = ServedModel { frontend, stats: RequestStats::default(), prometheus, health, preprocess, transform };
-            anyhow::ensure!(served.insert(spec.name.clone(), model).is_none(), "two models are named '{}'", spec.name);
+        let names = models.iter().map(|m| (m.frontend.spec().name.clone(), String::new())).collect();
+        let serving = Self::start_pending(names, options)?;
+        for model in models {
+            serving.install(model).await?;
         }
-        Ok(Arc::new(Self { models: served, admission, options }))
+        Ok(serving)
+    }
+
+    /// A server for the models `pending` names, none served yet: each is `(name, what it
+    /// waits for)`, the reason given while it is unavailable. [`Self::install`] serves them.
+    ///
+    /// Errors: no model, or two models with the same name.
+    pub fn start_pending(pending: Vec<(String, String)>, options: ServingOptions) -> anyhow::Result<Shared> {
+        let ServingOptions { admission, limits: options } = options;
+        anyhow::ensure!(!pending.is_empty(), "no model to serve");
+        let mut models = BTreeMap::new();
+        for (name, waiting) in pending {
+            let slot = Slot { served: OnceLock::new(), waiting };
+            anyhow::ensure!(models.insert(name.clone(), slot).is_none(), "two models are named '{name}'");
+        }
+        Ok(Arc::new(Self { models, registry: Prometheus::registry(), admission, options }))
+    }
+
+    /// Serves `model` under its spec's name, one of those [`Self::start_pending`] named, and
+    /// starts probing its instances (see [`Health`]).
+    ///
+    /// Errors: a name not given to [`Self::start_pending`] or already served, or an
+    /// unparsable instance address.
+    pub async fn install(&self, model: Model) -> anyhow::Result<()> {
+        let Model { frontend, preprocess, transform } = model;
+        let spec = frontend.spec().clone();
+        let slot = self.models.get(&spec.name).ok_or_else(|| anyhow::anyhow!("no model '{}' was named to serve", spec.name))?;
+        anyhow::ensure!(slot.served.get().is_none(), "two models are named '{}'", spec.name);
+        let health = Health::start(&frontend.instances()).await?;
+        if frontend.is_discovering() {
+            health.follow(frontend.config().discovery_interval, frontend.instances_while_running());
+        }
+        let prometheus = self.registry.for_model(&spec.name, &spec.version);
+        let model = ServedModel { frontend, stats: RequestStats::default(), prometheus, health, preprocess, transform };
+        slot.served.set(model).map_err(|_| anyhow::anyhow!("two models are named '{}'", spec.name))
+    }
+
+    /// The names of the models not served yet, with what each waits for.
+    pub fn pending(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.models.iter().filter(|(_, s)| s.served.get().is_none()).map(|(n, s)| (n.as_str(), s.waiting.as_str()))
     }
 
     /// Every served model, by name.
     pub fn models(&self) -> impl Iterator<Item = &ServedModel> {
-        self.models.values()
+        self.models.values().filter_map(|s| s.served.get())
     }
 
     /// The model clients call `name`, if `version` is empty, absent or its version.
     ///
-    /// Errors: NOT_FOUND (404) for any other name or version.
+    /// Errors: NOT_FOUND (404) for any other name or version; UNAVAILABLE (503) for a model
+    /// not served yet (see [`Self::start_pending`]).
     pub fn model(&self, name: &str, version: Option<&str>) -> Result<&ServedModel, ApiError> {
         let version = version.filter(|v| !v.is_empty());
-        match self.models.get(name) {
-            Some(m) if version.is_none_or(|v| v == m.frontend.spec().version) => Ok(m),
+        let slot = self.models.get(name);
+        match slot.map(|s| (s.served.get(), s)) {
+            Some((Some(m), _)) if version.is_none_or(|v| v == m.frontend.spec().version) => Ok(m),
+            Some((None, s)) => Err(ApiError::new(ErrorKind::Unavailable, format!("model '{name}' is not ready: {}", s.waiting))),
             _ => {
                 let v = version.map(|v| format!(" version {v}")).unwrap_or_default();
                 Err(ApiError::new(ErrorKind::NotFound, format!("unknown model '{name}'{v}")))
@@ -263,9 +307,9 @@ impl Serving {
         Accepted { serving: self, model, at: Instant::now(), done: false }
     }
 
-    /// True while every model is ready (see [`Self::model_ready`]).
+    /// True while every model is served and ready (see [`Self::model_ready`]).
     pub fn ready(&self) -> bool {
-        self.models().all(|m| self.model_ready(m))
+        self.models.values().all(|s| s.served.get().is_some_and(|m| self.model_ready(m)))
     }
 
     /// True while at least one of `model`'s deployed instances is healthy and the server is
@@ -288,12 +332,14 @@ impl Serving {
     /// Triton's repository index (`POST /v2/repository/index`): every model with its version
     /// and state, `READY` or `UNAVAILABLE` with the reason; with `ready_only`, ready models only.
     pub fn index_json(&self, ready_only: bool) -> Value {
-        let entries = self.models().filter_map(|m| {
-            let reason = self.unavailable_reason(m);
-            let state = if reason.is_none() { "READY" } else { "UNAVAILABLE" };
-            let spec = m.frontend.spec();
-            (!ready_only || reason.is_none())
-                .then(|| json!({"name": spec.name, "version": spec.version, "state": state, "reason": reason.unwrap_or_default()}))
+        let entries = self.models.iter().filter_map(|(name, slot)| {
+            let (version, reason) = match slot.served.get() {
+                Some(m) => (m.frontend.spec().version.as_str(), self.unavailable_reason(m).unwrap_or_default()),
+                None => ("", slot.waiting.as_str()),
+            };
+            let ready = slot.served.get().is_some() && reason.is_empty();
+            let state = if ready { "READY" } else { "UNAVAILABLE" };
+            (!ready_only || ready).then(|| json!({"name": name, "version": version, "state": state, "reason": reason}))
         });
         Value::Array(entries.collect())
     }
@@ -308,9 +354,9 @@ impl Serving {
     /// then the server's admission gauges.
     pub fn render_metrics(&self) -> String {
         for m in self.models() {
-            m.prometheus.refresh(&m.stats, m.frontend.stats(), m.health.instances());
+            m.prometheus.refresh(&m.stats, m.frontend.stats(), &m.health.instances());
         }
-        let mut text = self.models().next().map(|m| m.prometheus.render()).unwrap_or_default();
+        let mut text = self.registry.render();
         let a = &self.admission;
         text.push_str(&format!(
             "# HELP parm_inflight_queries Queries in flight at the frontend (admission control)\n# TYPE parm_inflight_queries gauge\nparm_inflight_queries {}\n\
@@ -345,11 +391,13 @@ impl ServedModel {
         let s = self.frontend.spec();
         let cfg = self.frontend.config();
         let k = if cfg.parity.is_empty() { 1 } else { cfg.encoder.k() };
+        let now = self.frontend.instances();
+        let count = |role: &str| now.iter().filter(|(r, _, _)| *r == role).count();
         let param = |v: String| json!({"string_value": v});
         let mut parameters = json!({
             "parm_k": param(k.to_string()),
-            "parm_deployed_instances": param(cfg.deployed.len().to_string()),
-            "parm_parity_instances": param(cfg.parity_sets().iter().map(|p| p.instances.len()).sum::<usize>().to_string()),
+            "parm_deployed_instances": param(count("deployed").to_string()),
+            "parm_parity_instances": param(count("parity").to_string()),
         });
         if let Some(p) = self.preprocess_json() {
             parameters["parm_preprocess"] = param(p.to_string());
@@ -358,7 +406,7 @@ impl ServedModel {
             "name": s.name, "platform": s.platform, "backend": "parm", "max_batch_size": MAX_BATCH_SIZE,
             "input": [{"name": s.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": s.input_shape}],
             "output": [{"name": s.output_name, "data_type": "TYPE_FP32", "dims": s.output_shape}],
-            "instance_group": [{"name": s.name, "kind": "KIND_MODEL", "count": cfg.deployed.len()}],
+            "instance_group": [{"name": s.name, "kind": "KIND_MODEL", "count": count("deployed")}],
             "parameters": parameters,
         })
     }

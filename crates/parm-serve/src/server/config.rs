@@ -199,6 +199,9 @@ pub struct ModelSection {
     pub dispatch_max_batch: Option<usize>,
     /// Requests outstanding per instance before queries wait and batch.
     pub dispatch_max_in_flight: Option<usize>,
+    /// How often instance entries that are DNS names or files are re-resolved (ms; see
+    /// [`crate::upstream::discovery`]).
+    pub discovery_interval_ms: Option<u64>,
 }
 
 /// A string or a list of strings, as a list.

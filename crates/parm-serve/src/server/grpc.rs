@@ -157,8 +157,13 @@ impl GrpcInferenceService for FrontendService {
 
     async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let req = req.into_inner();
-        let m = self.model(&req.name, &req.version)?;
-        Ok(Response::new(pb::ModelReadyResponse { ready: self.serving.model_ready(m) }))
+        let ready = match self.serving.model(&req.name, Some(&req.version)) {
+            Ok(m) => self.serving.model_ready(m),
+            // A model not served yet is not ready, rather than an error.
+            Err(e) if e.kind == crate::server::error::ErrorKind::Unavailable => false,
+            Err(e) => return Err(status(e)),
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Result<Response<pb::ServerMetadataResponse>, Status> {

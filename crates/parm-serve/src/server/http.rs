@@ -172,7 +172,12 @@ async fn model_metadata(State(s): State<Shared>, Path(p): ModelPath) -> Result<J
 }
 
 async fn model_ready(State(s): State<Shared>, Path(p): ModelPath) -> Result<Response, HttpError> {
-    let ready = s.model_ready(model(&s, &p)?);
+    let ready = match model(&s, &p) {
+        Ok(m) => s.model_ready(m),
+        // A model not served yet is not ready, rather than an error.
+        Err(HttpError(e)) if e.kind == crate::server::error::ErrorKind::Unavailable => false,
+        Err(e) => return Err(e),
+    };
     Ok((ready_code(ready), Json(json!({"name": p["name"], "ready": ready}))).into_response())
 }
 

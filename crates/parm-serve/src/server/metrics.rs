@@ -216,7 +216,7 @@ impl Prometheus {
     }
 
     /// Refreshes this model's counters from `req`, `coded` and `instances` (see [`Self::render`]).
-    pub fn refresh(&self, req: &RequestStats, coded: &Stats, instances: &[InstanceGauge]) {
+    pub fn refresh(&self, req: &RequestStats, coded: &Stats, instances: &[std::sync::Arc<InstanceGauge>]) {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let us = |d: &StatDuration| d.get().1 / 1000;
         self.counter("nv_inference_request_success", &[], l(&req.success.count));

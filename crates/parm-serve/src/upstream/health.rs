@@ -27,61 +27,101 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// Longest wait for one probe answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Health of a frontend's instances; cheap to clone.
+/// Health of a frontend's instances; cheap to clone. The set of instances may change
+/// ([`Self::sync`], as instance discovery finds them).
 #[derive(Clone)]
 pub struct Health {
-    gauges: Arc<Vec<InstanceGauge>>,
+    gauges: Arc<std::sync::Mutex<Vec<Arc<InstanceGauge>>>>,
 }
 
 impl Health {
     /// Probes every instance once (concurrently), then keeps probing in background tasks that
-    /// end when the last clone of the returned handle is dropped.
+    /// end when the last clone of the returned handle is dropped, or the instance leaves
+    /// ([`Self::sync`]).
     ///
     /// `instances`: (role `"deployed"` or `"parity"`, address, model name on the instance).
     /// Errors: an address that cannot be parsed.
     pub async fn start(instances: &[(&'static str, String, String)]) -> anyhow::Result<Self> {
-        let gauges: Vec<InstanceGauge> =
-            instances.iter().map(|(role, addr, _)| InstanceGauge { role, addr: addr.clone(), up: false.into() }).collect();
-        let gauges = Arc::new(gauges);
-        let clients = instances
-            .iter()
-            .map(|(_, addr, model)| Ok((InstanceClient::connect_lazy(addr)?, model.clone())))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let first = clients.iter().map(|(c, m)| c.model_ready(m, PROBE_TIMEOUT));
-        for (i, up) in futures::future::join_all(first).await.into_iter().enumerate() {
-            gauges[i].up.store(up, Ordering::Relaxed);
+        let health = Self { gauges: Default::default() };
+        health.sync(instances).await?;
+        Ok(health)
+    }
+
+    /// Makes `instances` the probed set: instances already probed (same role and address)
+    /// keep their state; new ones are probed once (concurrently) before this returns, then in
+    /// the background; those not in `instances` are no longer probed.
+    ///
+    /// Errors: an address that cannot be parsed (the set is then left unchanged).
+    pub async fn sync(&self, instances: &[(&'static str, String, String)]) -> anyhow::Result<()> {
+        let old = self.instances();
+        let (mut next, mut fresh): (Vec<Arc<InstanceGauge>>, Vec<_>) = (Vec::new(), Vec::new());
+        for (role, addr, model) in instances {
+            let same = |g: &&Arc<InstanceGauge>| g.role == *role && g.addr == *addr;
+            if next.iter().any(|g| same(&g)) {
+                continue;
+            }
+            let gauge = match old.iter().find(same) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = Arc::new(InstanceGauge { role: *role, addr: addr.clone(), up: false.into() });
+                    fresh.push((g.clone(), InstanceClient::connect_lazy(addr)?, model.clone()));
+                    g
+                }
+            };
+            next.push(gauge);
         }
-        for (i, (client, model)) in clients.into_iter().enumerate() {
-            tokio::spawn(probe_loop(Arc::downgrade(&gauges), i, client, model));
+        let first = fresh.iter().map(|(_, c, m)| c.model_ready(m, PROBE_TIMEOUT));
+        for (up, (g, _, _)) in futures::future::join_all(first).await.into_iter().zip(&fresh) {
+            g.up.store(up, Ordering::Relaxed);
         }
-        Ok(Self { gauges })
+        for (gauge, client, model) in fresh {
+            tokio::spawn(probe_loop(Arc::downgrade(&gauge), client, model));
+        }
+        *self.gauges.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// Keeps the probed set at what `instances` gives (see [`Self::sync`]), every `every`,
+    /// until this health handle is dropped or `instances` gives `None`.
+    pub fn follow(&self, every: Duration, instances: impl Fn() -> Option<Vec<(&'static str, String, String)>> + Send + 'static) {
+        let gauges = Arc::downgrade(&self.gauges);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let (Some(gauges), Some(list)) = (gauges.upgrade(), instances()) else { return };
+                if let Err(e) = (Health { gauges }).sync(&list).await {
+                    tracing::warn!("instance health: {e:#}");
+                }
+            }
+        });
     }
 
     /// True while at least one deployed instance answered its last probe.
     pub fn ready(&self) -> bool {
-        self.gauges.iter().any(|g| g.role == "deployed" && g.up.load(Ordering::Relaxed))
+        self.instances().iter().any(|g| g.role == "deployed" && g.up.load(Ordering::Relaxed))
     }
 
     /// Every instance's last probe result.
-    pub fn instances(&self) -> &[InstanceGauge] {
-        &self.gauges
+    pub fn instances(&self) -> Vec<Arc<InstanceGauge>> {
+        self.gauges.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
-async fn probe_loop(gauges: std::sync::Weak<Vec<InstanceGauge>>, i: usize, client: InstanceClient, model: String) {
+/// Probes one instance until its gauge is dropped (the instance left, or the frontend ended).
+async fn probe_loop(gauge: std::sync::Weak<InstanceGauge>, client: InstanceClient, model: String) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let up = match gauges.upgrade() {
-            Some(g) => g[i].up.load(Ordering::Relaxed),
+        let up = match gauge.upgrade() {
+            Some(g) => g.up.load(Ordering::Relaxed),
             None => return,
         };
         tokio::time::sleep(if up { PROBE_EVERY } else { backoff }).await;
         let now_up = client.model_ready(&model, PROBE_TIMEOUT).await;
-        let Some(g) = gauges.upgrade() else { return };
+        let Some(g) = gauge.upgrade() else { return };
         if up != now_up {
-            tracing::warn!(instance = %g[i].addr, role = g[i].role, up = now_up, "instance health changed");
+            tracing::warn!(instance = %g.addr, role = g.role, up = now_up, "instance health changed");
         }
-        g[i].up.store(now_up, Ordering::Relaxed);
+        g.up.store(now_up, Ordering::Relaxed);
         backoff = if now_up { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 pub mod client;
+pub mod discovery;
 pub mod dispatch;
 pub mod health;
 pub mod pool;

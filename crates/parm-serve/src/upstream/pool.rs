@@ -1,12 +1,14 @@
 //! One pool per kind of instance (deployed, parity): round-robin over its instances, skipping
 //! those out of rotation, one retry on the next instance after a connection failure, and the
 //! redundancy baselines: replication (ParM SOSP 2019 §2, the 100%-overhead baseline) and
-//! hedged requests (Dean & Barroso, "The Tail at Scale", CACM 2013).
+//! hedged requests (Dean & Barroso, "The Tail at Scale", CACM 2013). The instances may change
+//! while it serves ([`Pool::update`], from [`crate::upstream::discovery`]): each call takes a
+//! snapshot of them.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::timer;
@@ -17,11 +19,18 @@ use crate::upstream::{Instance, InstanceError};
 /// The percentile the straggler window tracks (see [`crate::coded::policy`]).
 pub const MEDIAN: f64 = 50.0;
 
+/// One instance of a pool, with its dispatcher when dispatch batching is on.
+struct Member {
+    instance: Arc<dyn Instance>,
+    coalescer: Option<Coalescer>,
+}
+
 /// Instances of one kind and a round-robin cursor over them.
 pub struct Pool {
-    instances: Vec<Arc<dyn Instance>>,
-    /// With dispatch batching: one dispatcher per instance, same order.
-    coalescers: Option<Vec<Coalescer>>,
+    /// The instances now in the pool, in rotation order; replaced whole by [`Pool::update`].
+    members: RwLock<Arc<Vec<Arc<Member>>>>,
+    dispatch: DispatchBatching,
+    timeout: Duration,
     model: String,
     next: AtomicUsize,
     redundancy: Redundancy,
@@ -46,24 +55,69 @@ impl Pool {
         timeout: Duration,
         backups: Arc<AtomicU64>,
     ) -> Self {
-        let coalescers = dispatch
-            .enabled()
-            .then(|| instances.iter().map(|i| Coalescer::start(i.clone(), model.to_string(), dispatch, timeout)).collect());
-        Self {
-            instances,
-            coalescers,
+        let pool = Self {
+            members: Default::default(),
+            dispatch,
+            timeout,
             model: model.to_string(),
             next: AtomicUsize::new(0),
             redundancy,
             latencies: Default::default(),
             medians: Default::default(),
             backups,
-        }
+        };
+        pool.update(instances);
+        pool
     }
 
-    /// The instances, in rotation order.
-    pub fn instances(&self) -> &[Arc<dyn Instance>] {
-        &self.instances
+    /// The instances now, in rotation order.
+    pub fn instances(&self) -> Vec<Arc<dyn Instance>> {
+        self.members().iter().map(|m| m.instance.clone()).collect()
+    }
+
+    fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        self.members.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes `instances` the pool's instances, in this order. Those already in the pool (same
+    /// address) stay as they are, with their connection, breaker and dispatcher; the calls
+    /// held by those that left finish. Returns the addresses (added, removed).
+    pub fn update(&self, instances: Vec<Arc<dyn Instance>>) -> (Vec<String>, Vec<String>) {
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let old: std::collections::HashMap<&str, &Arc<Member>> = members.iter().map(|m| (m.instance.addr(), m)).collect();
+        let mut added = Vec::new();
+        let next: Vec<Arc<Member>> = instances
+            .into_iter()
+            .map(|i| match old.get(i.addr()) {
+                Some(m) => Arc::clone(m),
+                None => {
+                    added.push(i.addr().to_string());
+                    let coalescer =
+                        self.dispatch.enabled().then(|| Coalescer::start(i.clone(), self.model.clone(), self.dispatch, self.timeout));
+                    Arc::new(Member { instance: i, coalescer })
+                }
+            })
+            .collect();
+        let kept: std::collections::HashSet<&str> = next.iter().map(|m| m.instance.addr()).collect();
+        let removed = members.iter().map(|m| m.instance.addr()).filter(|a| !kept.contains(a)).map(String::from).collect();
+        *members = Arc::new(next);
+        (added, removed)
+    }
+
+    /// How many instances the pool has now.
+    pub fn len(&self) -> usize {
+        self.members().len()
+    }
+
+    /// True while the pool has no instance (discovery found none).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The error of a call to a pool without instances.
+    fn no_instance(&self) -> InstanceError {
+        let message = format!("no instance of '{}' is known now (instance discovery found none)", self.model);
+        InstanceError::Unavailable { addr: "(none)".into(), message }
     }
 
     /// The model name the instances serve.
@@ -86,7 +140,7 @@ impl Pool {
                 out
             }
             Redundancy::Replication { copies } => {
-                let n = (*copies).clamp(1, self.instances.len());
+                let n = (*copies).clamp(1, self.len().max(1));
                 self.backups.fetch_add(n as u64 - 1, Ordering::Relaxed);
                 let calls = (0..n).map(|i| Box::pin(self.call(first + i, input, shape, timeout)));
                 futures::future::select_ok(calls).await.map(|(out, _)| out)
@@ -107,18 +161,27 @@ impl Pool {
     ///
     /// Errors: the last instance error when every call failed.
     pub async fn infer_first(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
-        let calls = self.instances.iter().map(|i| i.infer(&self.model, input, shape, timeout));
+        let members = self.members();
+        if members.is_empty() {
+            return Err(self.no_instance());
+        }
+        let calls = members.iter().map(|m| m.instance.infer(&self.model, input, shape, timeout));
         futures::future::select_ok(calls).await.map(|(out, _)| out)
     }
 
     /// Runs on instance `index` (mod n), or, if it is out of rotation (see
     /// [`crate::upstream::health::Breaker`]), on the next one in rotation (the original if none is).
     async fn call(&self, index: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
-        let n = self.instances.len();
-        let i = (0..n).map(|j| (index + j) % n).find(|&i| self.instances[i].usable()).unwrap_or(index % n);
-        match &self.coalescers {
-            Some(c) => c[i].infer(input.clone(), shape, timeout).await,
-            None => self.instances[i].infer(&self.model, input, shape, timeout).await,
+        let members = self.members();
+        let n = members.len();
+        if n == 0 {
+            return Err(self.no_instance());
+        }
+        let i = (0..n).map(|j| (index + j) % n).find(|&i| members[i].instance.usable()).unwrap_or(index % n);
+        let m = &members[i];
+        match &m.coalescer {
+            Some(c) => c.infer(input.clone(), shape, timeout).await,
+            None => m.instance.infer(&self.model, input, shape, timeout).await,
         }
     }
 
@@ -133,7 +196,7 @@ impl Pool {
         let mut result = self.call(first, input, shape, timeout).await;
         if let Err(e) = &result
             && e.is_retryable()
-            && self.instances.len() > 1
+            && self.len() > 1
         {
             tracing::debug!("retrying after: {e}");
             result = self.call(first + 1, input, shape, timeout).await;
@@ -160,7 +223,7 @@ impl Pool {
             },
             _ = timer::sleep(delay) => None,
         };
-        if self.instances.len() < 2 {
+        if self.len() < 2 {
             return match failed {
                 Some(e) => Err(e),
                 None => primary.await,

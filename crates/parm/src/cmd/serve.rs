@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use futures::FutureExt;
 use parm_codes::encoder_by_name;
 use parm_serve::coded::{Code, Frontend, FrontendConfig, ParityInstances};
 use parm_serve::oip::ModelSpec;
 use parm_serve::server::api::{Model, Serving, ServingOptions, Transform};
 use parm_serve::server::config::{DeadlineSection, ModelSection, Precedence, ServeFile};
+use parm_serve::upstream::InstanceError;
 use parm_serve::upstream::client::InstanceClient;
 use parm_serve::upstream::redundancy::Redundancy;
 
@@ -20,7 +22,10 @@ use super::{DEFAULT_DECODE_GRACE_MS, DEFAULT_GROUP_TIMEOUT_MS, block_on_drained,
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
-    /// Deployed-model instances, comma-separated host:port.
+    /// Deployed-model instances, comma-separated. Each is host:port, dns://NAME:PORT (every
+    /// address NAME resolves to, re-resolved every --discovery-interval-ms: a Kubernetes
+    /// headless Service) or file:PATH (host:port lines, re-read when the file changes); so
+    /// are the entries of --parity and --extra-instances.
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["config", "model_repository"])]
     pub deployed: Vec<String>,
     /// Parity-model instances, comma-separated (none: no redundancy). With --parities R,
@@ -51,7 +56,9 @@ pub struct ServeArgs {
     pub k: usize,
     #[arg(long, default_value = "addition")]
     pub encoder: String,
-    /// Address for OIP HTTP clients. The first line printed on stdout is `listening on ADDR`.
+    /// Address for OIP HTTP clients. The server listens at once, and its health probes say
+    /// "not ready" until a deployed instance of every model has answered (logged every 10 s
+    /// meanwhile); then the first line printed on stdout is `listening on ADDR`.
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: String,
     /// Model name clients use (default: the deployed model's name).
@@ -161,6 +168,9 @@ pub struct ServeArgs {
     /// straggler, redundancy, batching) apply to every model, beating its file.
     #[arg(long, conflicts_with_all = ["deployed", "parity", "k", "encoder", "model_name", "deployed_model", "parity_model", "parities", "code", "extra", "extra_instances"])]
     pub model_repository: Option<PathBuf>,
+    /// How often instance entries that are DNS names or files are re-resolved (ms).
+    #[arg(long, default_value_t = parm_serve::upstream::discovery::DEFAULT_DISCOVERY_INTERVAL.as_millis() as u64)]
+    pub discovery_interval_ms: u64,
     /// The model config's `[preprocess]` table (from --config or a repository folder).
     #[arg(skip)]
     pub preprocess: Option<parm_serve::server::config::Preprocess>,
@@ -246,6 +256,7 @@ fn apply_model<F: Fn(&str) -> bool>(a: &mut ServeArgs, m: ModelSection, d: Deadl
     p.apply("batch_coding", &mut a.batch_coding, m.batch_coding);
     p.apply("dispatch_max_batch", &mut a.dispatch_max_batch, m.dispatch_max_batch);
     p.apply("dispatch_max_in_flight", &mut a.dispatch_max_in_flight, m.dispatch_max_in_flight);
+    p.apply("discovery_interval_ms", &mut a.discovery_interval_ms, m.discovery_interval_ms);
     p.apply("straggler_factor", &mut a.straggler_factor, m.straggler_factor);
     p.apply("straggler_min_us", &mut a.straggler_min_us, m.straggler_min_us);
     p.apply("group_timeout_ms", &mut a.group_timeout_ms, d.group_timeout_ms);
@@ -331,17 +342,66 @@ fn parity_settings(a: &ServeArgs) -> anyhow::Result<(Code, Vec<String>, String)>
     Ok((Code::Parities { further }, first, names[0].clone()))
 }
 
-/// Builds the frontend config, asking the first deployed instance (waiting up to 30 s) for
-/// the model's input and output shapes.
-pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
+/// The name clients call model `a` by.
+fn served_name(a: &ServeArgs) -> &str {
+    a.model_name.as_deref().unwrap_or(&a.deployed_model)
+}
+
+/// What model `a` waits for before it can be served (the reason it is listed unavailable).
+fn waiting_for(a: &ServeArgs) -> String {
+    format!("waiting for a deployed instance ({}) to serve model '{}'", a.deployed.join(", "), a.deployed_model)
+}
+
+/// How often [`remote_spec`] repeats its log line while no deployed instance answers.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The model's metadata from the first of `a`'s deployed instances that says the model is
+/// ready and answers `ModelMetadata`, asking each in turn (every second) for as long as it
+/// takes; what it waits for is logged at once and every [`WAITING_LOG_EVERY`], with each
+/// instance's last error.
+///
+/// Errors: metadata parm cannot serve (not one FP32 input and output with a batch dimension).
+async fn remote_spec(a: &ServeArgs) -> anyhow::Result<ModelSpec> {
+    let sources = parm_serve::upstream::discovery::sources(&a.deployed)?;
+    let mut resolver = parm_serve::upstream::discovery::Resolver::new(sources);
+    let (model, timeout) = (&a.deployed_model, Duration::from_secs(2));
+    let mut logged: Option<tokio::time::Instant> = None;
+    loop {
+        let mut errors = Vec::new();
+        for addr in resolver.refresh().await {
+            let c = InstanceClient::connect_lazy(&addr)?;
+            let e = match c.model_ready(model, timeout).await {
+                true => match c.model_metadata(model, timeout).await {
+                    Ok(spec) => return Ok(ModelSpec { name: served_name(a).to_string(), ..spec }),
+                    Err(e @ InstanceError::BadResponse { .. }) => return Err(e.into()),
+                    Err(e) => e.to_string(),
+                },
+                false => format!("{addr}: model not ready or no answer"),
+            };
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            errors.push("no instance found".into());
+        }
+        if logged.is_none_or(|t| t.elapsed() >= WAITING_LOG_EVERY) {
+            tracing::warn!(
+                "model '{}' is not ready: {} ({}; is '{model}' the model's name there? --deployed-model names it)",
+                served_name(a),
+                waiting_for(a),
+                errors.join("; ")
+            );
+            logged = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The frontend config of model `a`, whose deployed instances serve `spec`.
+///
+/// Errors: flags that do not fit together (see [`code_settings`]), an unknown encoder or
+/// redundancy.
+pub fn frontend_config(a: &ServeArgs, spec: ModelSpec) -> anyhow::Result<FrontendConfig> {
     let (code, parity, parity_model) = code_settings(a)?;
-    let client = InstanceClient::connect_lazy(&a.deployed[0])?;
-    let (model, addr) = (&a.deployed_model, &a.deployed[0]);
-    client.wait_ready(model, Duration::from_secs(30)).await.with_context(|| {
-        format!("model '{model}' on the deployed instance {addr} is not ready (is that the model's name there? --deployed-model names it)")
-    })?;
-    let remote = client.model_metadata(&a.deployed_model, Duration::from_secs(5)).await?;
-    let spec = ModelSpec { name: a.model_name.clone().unwrap_or_else(|| a.deployed_model.clone()), ..remote };
     Ok(FrontendConfig {
         deployed_model: a.deployed_model.clone(),
         parity,
@@ -368,8 +428,24 @@ pub async fn frontend_config(a: &ServeArgs) -> anyhow::Result<FrontendConfig> {
             max_in_flight: a.dispatch_max_in_flight,
         },
         batch_coding: a.batch_coding,
+        discovery_interval: Duration::from_millis(a.discovery_interval_ms),
         ..FrontendConfig::new(spec, a.deployed.clone())
     })
+}
+
+/// Waits for model `a`'s deployed instances (see [`remote_spec`]), starts its frontend and
+/// serves it on `serving`.
+///
+/// Errors: metadata parm cannot serve, settings that do not fit the model (code flags,
+/// `[preprocess]` for its input shape), or an unparsable address.
+async fn serve_model(serving: &Serving, a: &ServeArgs) -> anyhow::Result<()> {
+    let frontend = Frontend::start(frontend_config(a, remote_spec(a).await?)?)?;
+    frontend.warm_up().await;
+    let transform = match &a.preprocess {
+        Some(t) => Some(transform(t, &frontend.spec().input_shape)?),
+        None => None,
+    };
+    serving.install(Model { frontend, preprocess: a.preprocess.clone(), transform }).await
 }
 
 async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
@@ -400,9 +476,11 @@ fn transform(table: &toml::Table, shape: &[i64]) -> anyhow::Result<Transform> {
 pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     let a = with_config(a, &flag_given)?;
     let models = models(&a, &flag_given)?;
-    // Bad code flags are refused before any instance is waited for.
+    // Bad flags are refused before any instance is waited for.
     for m in &models {
-        code_settings(m).with_context(|| format!("model '{}'", m.model_name.as_deref().unwrap_or(&m.deployed_model)))?;
+        let any_spec = ModelSpec::fp32(served_name(m), vec![1], vec![1]);
+        let checked = frontend_config(m, any_spec).and_then(|c| Ok(c.validate()?));
+        checked.with_context(|| format!("model '{}'", served_name(m)))?;
     }
     let options = parm_serve::oip::security::ServeOptions {
         auth: parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
@@ -416,23 +494,10 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
     let delay = delay_target(a.queue_target_ms, a.queue_interval_ms)?;
     let drain = Duration::from_millis(a.drain_timeout_ms);
     block_on_drained(a.runtime_threads, async move {
-        // Each model gets its own frontend: coding groups, statistics, instance pools.
-        let started = models.iter().map(|m| async move {
-            let name = m.model_name.as_deref().unwrap_or(&m.deployed_model);
-            let frontend = Frontend::start(frontend_config(m).await.with_context(|| format!("model '{name}'"))?)?;
-            frontend.warm_up().await;
-            let transform = match &m.preprocess {
-                Some(t) => Some(transform(t, &frontend.spec().input_shape).with_context(|| format!("model '{name}'"))?),
-                None => None,
-            };
-            anyhow::Ok(Model { frontend, preprocess: m.preprocess.clone(), transform })
-        });
-        let served = futures::future::try_join_all(started).await?;
         let admission = parm_serve::server::admission::Admission::new(a.max_inflight).with_delay_target(delay);
-        let options = ServingOptions { admission, limits: options };
-        let serving = Serving::start_models(served, options).await?;
+        let pending = models.iter().map(|m| (served_name(m).to_string(), waiting_for(m))).collect();
+        let serving = Serving::start_pending(pending, ServingOptions { admission, limits: options })?;
         let http = bind(&a.listen).await?;
-        println!("listening on {}", http.local_addr()?);
         let grpc = match a.grpc_listen.as_str() {
             "off" => None,
             addr => Some(bind(addr).await?),
@@ -441,13 +506,25 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let mut lines = vec![format!("listening on {}", http.local_addr()?)];
         for (what, l) in [("grpc", &grpc), ("metrics", &metrics)] {
             if let Some(l) = l {
-                println!("{what} listening on {}", l.local_addr()?);
+                lines.push(format!("{what} listening on {}", l.local_addr()?));
             }
         }
+        // Listening (health probes answer "not ready") while the models wait for their
+        // instances; stdout says `listening on` once every model is served.
         let listeners = parm_serve::server::listen::Listeners { http, grpc, metrics };
-        parm_serve::server::listen::serve_all_draining(serving, listeners, shutdown_signal(), drain).await
+        let serve = parm_serve::server::listen::serve_all_draining(serving.clone(), listeners, shutdown_signal(), drain);
+        tokio::pin!(serve);
+        // Each model gets its own frontend: coding groups, statistics, instance pools.
+        let started = models.iter().map(|m| serve_model(&serving, m).map(|r| r.with_context(|| format!("model '{}'", served_name(m)))));
+        tokio::select! {
+            r = &mut serve => return r,
+            r = futures::future::try_join_all(started) => r?,
+        };
+        println!("{}", lines.join("\n"));
+        serve.await
     })
 }
 
