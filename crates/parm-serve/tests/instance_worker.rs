@@ -224,3 +224,19 @@ async fn dead_instance_is_unavailable_and_retryable() {
     let err = client.wait_ready(MODEL, Duration::from_millis(200)).await.unwrap_err();
     assert!(matches!(err, InstanceError::Timeout { .. }), "{err}");
 }
+
+/// A worker answers `grpc.health.v1` (Kubernetes' gRPC probes) with SERVING, for the server
+/// and for the inference service.
+#[tokio::test]
+async fn worker_answers_grpc_health_checks() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let (worker, _client) = start(&linear(), WorkerOptions::default()).await;
+    let channel = Channel::from_shared(format!("http://{}", worker.addr)).unwrap().connect().await.unwrap();
+    let mut h = HealthClient::new(channel);
+    for service in ["", "inference.GRPCInferenceService"] {
+        let r = h.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "service '{service}'");
+    }
+}

@@ -92,6 +92,12 @@ pub async fn serve_worker_with_auth(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(service, crate::oip::security::grpc_auth(auth));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // grpc.health.v1 (no token needed), for Kubernetes' gRPC probes: the model is loaded
+    // before the worker listens, so it serves from the start.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in ["", "inference.GRPCInferenceService"] {
+        reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
     tonic::transport::Server::builder()
         // Bigger HTTP/2 windows than h2's 64 KiB default: a batched image tensor should not
         // wait for flow-control round trips.
@@ -101,6 +107,7 @@ pub async fn serve_worker_with_auth(
         // parity query nobody needs): h2's rapid-reset guard (20 by default) would answer a
         // burst of those with GOAWAY and fail every request on the connection.
         .http2_max_pending_accept_reset_streams(Some(crate::oip::grpc::MAX_PENDING_ACCEPT_RESETS))
+        .add_service(health)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
