@@ -23,6 +23,7 @@ async fn start(b: &Arc<LinearBackend>, max_batch: usize, delay_ms: u64, fault_ms
         faults: FaultConfig { delay_ms: fault_ms, ..Default::default() },
         max_queue,
         batching: Some(BatchConfig { max_batch, max_delay: Duration::from_millis(delay_ms) }),
+        ..Default::default()
     };
     let w = spawn_worker("127.0.0.1:0", b.clone() as Arc<dyn InferenceBackend>, opts).await.unwrap();
     let c = InstanceClient::connect_lazy(&w.addr.to_string()).unwrap();

@@ -50,11 +50,13 @@ pub struct WorkerOptions {
     pub max_queue: usize,
     /// Dynamic batching of queued requests (default: none, one request per execution).
     pub batching: Option<crate::instance::batcher::BatchConfig>,
+    /// TLS on the listener, optionally demanding client certificates (default: plain text).
+    pub tls: Option<crate::oip::tls::TlsFiles>,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { faults: FaultConfig::default(), max_queue: 1024, batching: None }
+        WorkerOptions { faults: FaultConfig::default(), max_queue: 1024, batching: None, tls: None }
     }
 }
 
@@ -85,6 +87,10 @@ pub async fn serve_worker_with_auth(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     backend.spec().validate()?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &opts.tls {
+        server = server.tls_config(tls.tonic_server()?)?;
+    }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, model = %backend.spec().name, faults = %opts.faults, "worker serving");
     let service = GrpcInferenceServiceServer::new(WorkerService::new(backend, opts))
@@ -98,7 +104,7 @@ pub async fn serve_worker_with_auth(
     for name in ["", "inference.GRPCInferenceService"] {
         reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     }
-    tonic::transport::Server::builder()
+    server
         // Bigger HTTP/2 windows than h2's 64 KiB default: a batched image tensor should not
         // wait for flow-control round trips.
         .initial_stream_window_size(H2_STREAM_WINDOW)

@@ -6,5 +6,6 @@ pub mod grpc;
 pub mod security;
 mod spec;
 pub mod tensor;
+pub mod tls;
 
 pub use spec::ModelSpec;

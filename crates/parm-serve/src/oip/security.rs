@@ -146,6 +146,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// A client that has not sent the whole body within this of its headers gets 408.
     pub body_read_timeout: Duration,
+    /// TLS on every client-facing listener (HTTP, gRPC, metrics); none: plain text.
+    pub tls: Option<crate::oip::tls::TlsFiles>,
 }
 
 impl Default for ServeOptions {
@@ -155,6 +157,7 @@ impl Default for ServeOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            tls: None,
         }
     }
 }

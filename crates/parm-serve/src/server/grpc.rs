@@ -43,14 +43,18 @@ pub struct FrontendService {
 }
 
 /// Serves `inference.GRPCInferenceService` and `grpc.health.v1.Health` on `listener` until
-/// `shutdown` resolves.
+/// `shutdown` resolves; over TLS when the serving options say so.
 ///
-/// Errors: a transport failure of the server.
+/// Errors: TLS files that cannot be used, or a transport failure of the server.
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     serving: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &serving.options.tls {
+        server = server.tls_config(tls.tonic_server()?)?;
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     let refresher = tokio::spawn(refresh_health(reporter, serving.clone()));
     let auth = crate::oip::security::grpc_auth(serving.options.auth.clone());
@@ -60,8 +64,7 @@ pub async fn serve_grpc(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(service, auth);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result =
-        tonic::transport::Server::builder().add_service(health).add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await;
+    let result = server.add_service(health).add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await;
     refresher.abort();
     Ok(result?)
 }

@@ -346,7 +346,8 @@ pub async fn serve_shared(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let header_read_timeout = serving.options.header_read_timeout;
-    serve_router(listener, router(serving), header_read_timeout, shutdown).await
+    let tls = serving.options.tls.as_ref().map(|t| t.server_config()).transpose().map_err(std::io::Error::other)?;
+    serve_router(listener, router(serving), header_read_timeout, tls, shutdown).await
 }
 
 /// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, TCP_NODELAY) until `shutdown` resolves,
@@ -358,13 +359,18 @@ pub async fn serve_shared(
 /// without a timer, i.e. off). Bodies are bounded in time by the handlers (see
 /// [`crate::oip::security::ServeOptions::body_read_timeout`]).
 ///
+/// With `tls`, every connection is TLS (HTTPS; HTTP/2 by ALPN); the handshake must finish
+/// within `header_read_timeout` too, and a failed one closes the connection.
+///
 /// Errors: the listener fails.
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     app: Router,
     header_read_timeout: std::time::Duration,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -389,7 +395,7 @@ pub async fn serve_router(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             // hyper's header timer starts with the first byte: a connection that sends
             // nothing at all is closed here after the same timeout.
@@ -398,8 +404,15 @@ pub async fn serve_router(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
+            let result = match tls {
+                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
+                Some(acceptor) => match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service)).await,
+                    Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!("connection ended: {e}");
             }
         });

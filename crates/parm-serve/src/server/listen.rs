@@ -123,7 +123,8 @@ pub async fn serve_all_draining(
         if let Some(l) = listeners.metrics {
             let app = crate::server::http::metrics_router(serving.clone());
             // Same accept loop as the HTTP port: slow or silent clients are cut off.
-            let fut = crate::server::http::serve_router(l, app, serving.options.header_read_timeout, stop.wait());
+            let tls = serving.options.tls.as_ref().map(|t| t.server_config()).transpose()?;
+            let fut = crate::server::http::serve_router(l, app, serving.options.header_read_timeout, tls, stop.wait());
             tasks.spawn(async move { Ok(fut.await?) });
         }
         let mut result = Ok(());

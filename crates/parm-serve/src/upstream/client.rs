@@ -37,6 +37,20 @@ pub fn set_default_auth_token(token: Option<AuthToken>) {
     *DEFAULT_TOKEN.write().unwrap_or_else(|p| p.into_inner()) = token;
 }
 
+/// The TLS settings new [`InstanceClient`]s use (see [`set_default_tls`]).
+static DEFAULT_TLS: std::sync::RwLock<Option<tonic::transport::ClientTlsConfig>> = std::sync::RwLock::new(None);
+
+/// Makes [`InstanceClient`]s created from now on reach their instance over TLS (`https`) with
+/// `tls`, or in plain text with `None`. Process-wide like [`set_default_auth_token`];
+/// `parm serve --instance-tls-ca` sets it.
+///
+/// Errors: files that cannot be used (see [`crate::oip::tls::ClientTls::tonic_client`]).
+pub fn set_default_tls(tls: Option<&crate::oip::tls::ClientTls>) -> Result<(), crate::oip::tls::TlsError> {
+    let config = tls.map(|t| t.tonic_client()).transpose()?;
+    *DEFAULT_TLS.write().unwrap_or_else(|p| p.into_inner()) = config;
+    Ok(())
+}
+
 /// Why a call to an instance failed. Every variant names the instance address.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InstanceError {
@@ -119,8 +133,8 @@ impl std::fmt::Debug for InstanceClient {
 }
 
 impl InstanceClient {
-    /// A client for `addr` ("127.0.0.1:9001" or "http://host:port"); nothing is sent until the
-    /// first call. TCP_NODELAY, connect timeout [`CONNECT_TIMEOUT`], messages up to
+    /// A client for `addr` ("127.0.0.1:9001" or "http://host:port"; `https` when
+    /// [`set_default_tls`] set TLS); nothing is sent until the first call. TCP_NODELAY, connect timeout [`CONNECT_TIMEOUT`], messages up to
     /// [`MAX_MESSAGE_BYTES`].
     ///
     /// # Errors
@@ -128,8 +142,10 @@ impl InstanceClient {
     /// connection's task here).
     pub fn connect_lazy(addr: &str) -> anyhow::Result<Self> {
         tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("InstanceClient::connect_lazy({addr}) needs a Tokio runtime"))?;
-        let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let endpoint = Endpoint::from_shared(uri.clone())
+        let tls = DEFAULT_TLS.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri = if addr.contains("://") { addr.to_owned() } else { format!("{scheme}://{addr}") };
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| anyhow::anyhow!("bad instance address {addr:?}: {e}"))?
             .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -140,6 +156,9 @@ impl InstanceClient {
             // answer to a forgotten one draws a library reset, and after 1024 of those h2
             // closes the connection (GOAWAY), failing every call on it.
             .http2_max_concurrent_reset_streams(crate::oip::grpc::MAX_PENDING_ACCEPT_RESETS);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("TLS to instance {addr}: {e}"))?;
+        }
         let grpc = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

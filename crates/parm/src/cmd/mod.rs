@@ -132,3 +132,31 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// TLS on a server's listeners (`parm serve`, `parm worker`): PEM files, see
+/// `parm_serve::oip::tls`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Demand client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long)]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS files, checked (`None` without --tls-cert).
+    ///
+    /// Errors: flags that go together given alone, or files that cannot be used.
+    pub fn files(&self) -> anyhow::Result<Option<parm_serve::oip::tls::TlsFiles>> {
+        let files = parm_serve::oip::tls::TlsFiles::from_flags(self.tls_cert.clone(), self.tls_key.clone(), self.tls_client_ca.clone())?;
+        if let Some(f) = &files {
+            f.server_config()?;
+        }
+        Ok(files)
+    }
+}

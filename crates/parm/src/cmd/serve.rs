@@ -171,6 +171,22 @@ pub struct ServeArgs {
     /// How often instance entries that are DNS names or files are re-resolved (ms).
     #[arg(long, default_value_t = parm_serve::upstream::discovery::DEFAULT_DISCOVERY_INTERVAL.as_millis() as u64)]
     pub discovery_interval_ms: u64,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
+    /// Reach the instances over TLS, trusting this CA (PEM) for their certificates.
+    #[arg(long)]
+    pub instance_tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present to the instances (for workers with
+    /// --tls-client-ca); needs --instance-tls-key.
+    #[arg(long)]
+    pub instance_tls_cert: Option<PathBuf>,
+    /// The private key of --instance-tls-cert (PEM).
+    #[arg(long)]
+    pub instance_tls_key: Option<PathBuf>,
+    /// Check the instances' certificates against this name instead of the host of their
+    /// address (needed when the addresses are IPs, as dns:// entries give).
+    #[arg(long)]
+    pub instance_tls_server_name: Option<String>,
     /// The model config's `[preprocess]` table (from --config or a repository folder).
     #[arg(skip)]
     pub preprocess: Option<parm_serve::server::config::Preprocess>,
@@ -487,9 +503,17 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
         max_body_bytes: a.max_body_bytes,
         header_read_timeout: Duration::from_millis(a.header_read_timeout_ms),
         body_read_timeout: Duration::from_millis(a.body_read_timeout_ms),
+        tls: a.tls.files()?,
     };
-    // The instance clients the frontend makes send the same token.
+    // The instance clients the frontend makes send the same token, over TLS if asked.
     parm_serve::upstream::client::set_default_auth_token(options.auth.clone());
+    let instance_tls = parm_serve::oip::tls::ClientTls::from_flags(
+        a.instance_tls_ca.clone(),
+        a.instance_tls_cert.clone(),
+        a.instance_tls_key.clone(),
+        a.instance_tls_server_name.clone(),
+    )?;
+    parm_serve::upstream::client::set_default_tls(instance_tls.as_ref())?;
     anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
     let delay = delay_target(a.queue_target_ms, a.queue_interval_ms)?;
     let drain = Duration::from_millis(a.drain_timeout_ms);

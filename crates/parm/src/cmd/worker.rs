@@ -61,6 +61,8 @@ pub struct WorkerArgs {
     /// Where a parm model (.bpk) computes; an ONNX model always runs on the CPU (tract).
     #[command(flatten)]
     pub device: super::DeviceArg,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// The backend for `model`, chosen by its extension: `.onnx` or a parm model (on `device`).
@@ -97,7 +99,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         max_batch: a.max_batch,
         max_delay: Duration::from_micros(a.max_queue_delay_us),
     });
-    let opts = WorkerOptions { faults, max_queue: a.max_queue, batching };
+    let opts = WorkerOptions { faults, max_queue: a.max_queue, batching, tls: a.tls.files()? };
     let drain = Duration::from_millis(a.drain_timeout_ms);
     block_on_drained(2, async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
