@@ -57,7 +57,7 @@ async fn instances_join_and_leave_a_watched_file_under_load_without_failed_reque
     frontend.warm_up().await;
     assert!(frontend.is_discovering());
     let deployed = |f: &Frontend| f.instances().into_iter().filter(|i| i.0 == "deployed").map(|i| i.1).collect::<Vec<_>>();
-    assert_eq!(deployed(&frontend), [a0.clone()], "warm_up waits for the first discovery round");
+    assert_eq!(deployed(&frontend), std::slice::from_ref(&a0), "warm_up waits for the first discovery round");
     let serving = Serving::start(frontend.clone(), Default::default()).await.unwrap();
     assert!(serving.ready());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

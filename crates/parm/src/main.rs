@@ -35,7 +35,7 @@ enum Command {
     /// Serve one model (deployed or parity) as a model instance over OIP gRPC.
     Worker(cmd::worker::WorkerArgs),
     /// The frontend: OIP HTTP for clients, coding groups over the instances.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// The whole coded path end to end on Fashion-MNIST with one slowed instance.
     Demo(cmd::demo::DemoArgs),
     /// Tail latency under injected faults: parm against none, Equal-Resources, replication, hedging.
@@ -60,7 +60,7 @@ fn main() {
         Command::Export(a) => cmd::export::run(&a),
         Command::Infer(a) => cmd::infer::run(&a),
         Command::Worker(a) => cmd::worker::run(a),
-        Command::Serve(a) => cmd::serve::run(a, |id| given("serve", id)),
+        Command::Serve(a) => cmd::serve::run(*a, |id| given("serve", id)),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),

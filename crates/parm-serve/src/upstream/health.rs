@@ -63,7 +63,7 @@ impl Health {
             let gauge = match old.iter().find(same) {
                 Some(g) => g.clone(),
                 None => {
-                    let g = Arc::new(InstanceGauge { role: *role, addr: addr.clone(), up: false.into() });
+                    let g = Arc::new(InstanceGauge { role, addr: addr.clone(), up: false.into() });
                     fresh.push((g.clone(), InstanceClient::connect_lazy(addr)?, model.clone()));
                     g
                 }
