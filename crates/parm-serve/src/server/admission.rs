@@ -13,7 +13,8 @@
 //!    not a burst (CoDel's test; Nichols & Jacobson, "Controlling Queue Delay", ACM Queue
 //!    2012; applied to RPC queues in Maurer, "Fail at Scale", ACM Queue 2015). The frontend
 //!    then caps queries in flight at what its instances finish within floor + target (Little's
-//!    law: the last interval's completions per second x (floor + target)), so admitted
+//!    law: the last interval's completions per second x (floor + target), never below
+//!    [`MIN_DELAY_BOUND`]), so admitted
 //!    queries wait about the target and the rest are shed at once. It stops when the queue is
 //!    gone (minimum sojourn within half the target of the floor) for 10 intervals. The floor
 //!    is the lowest interval minimum of the last 60 s outside shedding: the instances' own
@@ -63,6 +64,12 @@ impl Default for DelayTarget {
     }
 }
 
+/// The delay bound never caps queries in flight below this. A handful of queries is not a
+/// standing queue (CoDel does not drop from a queue shorter than one packet); and at low load
+/// the completions per second measure the offered load, not the capacity, so Little's law
+/// alone would cap 4 concurrent clients behind a straggler at 2.
+pub const MIN_DELAY_BOUND: usize = 16;
+
 /// Intervals the queue must stay gone before shedding stops.
 const CALM_INTERVALS: u32 = 10;
 /// How far back the latency floor looks.
@@ -109,7 +116,7 @@ impl Window {
             return None;
         }
         let per_s = done as f64 / elapsed.as_secs_f64();
-        Some(((per_s * (floor + t.target).as_secs_f64()) as usize).max(1))
+        Some(((per_s * (floor + t.target).as_secs_f64()) as usize).max(MIN_DELAY_BOUND))
     }
 
     fn update_floor(&mut self, now: Instant, min: Duration) {
@@ -387,6 +394,17 @@ mod tests {
         t += Duration::from_millis(100);
         feed(&a, &mut t, 2, 50, Duration::from_millis(20));
         assert!(!a.is_shedding());
+    }
+
+    #[test]
+    fn a_few_concurrent_queries_behind_a_straggler_are_not_shed() {
+        let (a, mut t) = with_delay();
+        feed(&a, &mut t, 5, 40, Duration::from_millis(1)); // floor 1 ms, 400 queries/s
+        feed(&a, &mut t, 3, 40, Duration::from_millis(9)); // a straggler: every query 9 ms
+        // Little's law alone: 400/s x 6 ms = 2.4 queries; four clients must still get in.
+        assert_eq!(a.bound(), MIN_DELAY_BOUND);
+        let held: Vec<_> = (0..4).map(|_| a.try_acquire(1).unwrap()).collect();
+        drop(held);
     }
 
     #[test]

@@ -90,11 +90,26 @@ async fn require_auth(State(s): State<Shared>, req: axum::extract::Request, next
     next.run(req).await
 }
 
-/// Admission control before the body is read: while the frontend is full (or shutting down),
-/// an inference request is answered 503 + `Retry-After` at once (see [`crate::server::admission`]).
+/// Largest body [`shed_when_full`] reads before it answers 503 (bytes), and how long it waits
+/// for it.
+const SHED_DRAIN_BYTES: usize = 256 * 1024;
+const SHED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Admission control before the request is parsed: while the frontend is full (or shutting
+/// down), an inference request is answered 503 + `Retry-After` at once (see
+/// [`crate::server::admission`]), after reading a body of at most [`SHED_DRAIN_BYTES`].
 async fn shed_when_full(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if req.method() == axum::http::Method::POST && req.uri().path().ends_with("/infer") && s.admission.is_full() {
         let shed = s.admission.shed_now();
+        // HTTP/1.1 clients (Python's http.client among them) send the body after the headers:
+        // a 503 written before it is read closes the connection under them, and they see a
+        // broken pipe instead of the answer. A small body is read first.
+        let (parts, body) = req.into_parts();
+        let small = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if small.is_some_and(|n| n <= SHED_DRAIN_BYTES) {
+            let _ = tokio::time::timeout(SHED_DRAIN_TIME, axum::body::to_bytes(body, SHED_DRAIN_BYTES)).await;
+        }
+        let req = axum::extract::Request::from_parts(parts, axum::body::Body::empty());
         // Counted in the model's statistics when the path names one.
         let name = req.uri().path().strip_prefix("/v2/models/").and_then(|p| p.split('/').next()).unwrap_or_default();
         let e = match s.model(name, None) {
