@@ -6,7 +6,8 @@
 # frontend on loopback ephemeral ports, then pytest on tests/tritonclient/. Every process it
 # started is killed on exit. Exit status: pytest's (5, "no tests collected", counts as failure).
 #
-# Usage: tests/tritonclient/run.sh [pytest args...]   (builds parm with `cargo build --release`)
+# Usage: tests/tritonclient/run.sh [pytest args...]   (builds parm with `cargo build --release`
+#        unless PARM_NO_BUILD is set)
 #        PARM_MEASURE=1 tests/tritonclient/run.sh -k latency -s   (frontend latency added, p50)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +17,7 @@ venv=$root/target/tritonclient-venv
 models=$root/target/tritonclient-models
 source "$root/scripts/lib/procs.sh"
 
-cargo build --release --quiet
+[ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet
 if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check 'tritonclient[http,grpc]' pytest numpy
