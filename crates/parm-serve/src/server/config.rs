@@ -158,6 +158,17 @@ pub struct ServerSection {
     pub header_read_timeout_ms: Option<u64>,
     /// Time a client has to send a request's body (ms).
     pub body_read_timeout_ms: Option<u64>,
+    /// TLS on the listeners: certificate chain, key, and the CA of client certificates (PEM
+    /// files; see [`crate::oip::tls`]).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// TLS to the instances: their CA, a client certificate and key, the name their
+    /// certificates are checked against.
+    pub instance_tls_ca: Option<std::path::PathBuf>,
+    pub instance_tls_cert: Option<std::path::PathBuf>,
+    pub instance_tls_key: Option<std::path::PathBuf>,
+    pub instance_tls_server_name: Option<String>,
 }
 
 /// `[model]`: the served model, its instances and its code.

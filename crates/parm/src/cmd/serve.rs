@@ -238,6 +238,13 @@ fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::R
     p.apply("body_read_timeout_ms", &mut a.body_read_timeout_ms, s.body_read_timeout_ms);
     p.apply("grpc_listen", &mut a.grpc_listen, s.grpc);
     p.apply("metrics_listen", &mut a.metrics_listen, s.metrics.map(Some));
+    p.apply("tls_cert", &mut a.tls.tls_cert, s.tls_cert.map(Some));
+    p.apply("tls_key", &mut a.tls.tls_key, s.tls_key.map(Some));
+    p.apply("tls_client_ca", &mut a.tls.tls_client_ca, s.tls_client_ca.map(Some));
+    p.apply("instance_tls_ca", &mut a.instance_tls_ca, s.instance_tls_ca.map(Some));
+    p.apply("instance_tls_cert", &mut a.instance_tls_cert, s.instance_tls_cert.map(Some));
+    p.apply("instance_tls_key", &mut a.instance_tls_key, s.instance_tls_key.map(Some));
+    p.apply("instance_tls_server_name", &mut a.instance_tls_server_name, s.instance_tls_server_name.map(Some));
     let ServeFile { model, deadlines, preprocess, .. } = f;
     if a.model_repository.is_some() {
         let server_only = (model, deadlines, &preprocess) == (Default::default(), Default::default(), &None);
@@ -685,6 +692,18 @@ mod tests {
         // A flag given with its default value still beats the file.
         assert_eq!(settle(&["--config", path, "--k", "2"]).k, 2);
         assert_eq!(settle(&["--config", path]).k, 3);
+        // TLS keys of [server], under the same precedence.
+        std::fs::write(
+            &file,
+            "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ninstance_tls_ca = \"ca.pem\"\n[model]\ndeployed = [\"10.0.0.1:9000\"]\n",
+        )
+        .unwrap();
+        let a = settle(&["--config", path, "--tls-key", "other.pem"]);
+        assert_eq!(
+            (a.tls.tls_cert.as_deref(), a.tls.tls_key.as_deref()),
+            (Some(std::path::Path::new("c.pem")), Some(std::path::Path::new("other.pem")))
+        );
+        assert_eq!(a.instance_tls_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
