@@ -110,6 +110,8 @@ pub struct GroupState {
     answered: Vec<bool>,
     /// F(0), the prediction of one all-zero row, once the group is padded.
     padding: Option<Vec<f32>>,
+    /// Members that are real queries (the rest are padding slots).
+    members: usize,
 }
 
 impl GroupState {
@@ -132,6 +134,7 @@ impl GroupState {
             code,
             answered: vec![false; k],
             padding: None,
+            members: k,
         }
     }
 
@@ -181,6 +184,7 @@ impl GroupState {
             self.answered[j] = true;
         }
         self.padding = Some(output.to_vec());
+        self.members = members.min(self.data.len());
         let mut answers = self.try_reconstruct();
         answers.extend(self.give_up_hopeless());
         answers
@@ -228,6 +232,41 @@ impl GroupState {
         answers.extend(self.try_reconstruct());
         answers.extend(self.give_up_hopeless());
         answers
+    }
+
+    /// The group's outputs checked against its code ([`crate::check_rows`]), once every
+    /// prediction and every redundant output is in: the syndrome's size and, with r >= 2, the
+    /// member most likely to be wrong (padding rows and slots are never blamed). `None` while
+    /// an output is missing or failed, for the Berrut code (its redundant outputs are F on
+    /// blended queries, not linear in the predictions), and for a per-query (collage) parity
+    /// output.
+    pub fn check(&self) -> Option<crate::Check> {
+        let coeffs: Vec<Vec<f64>> = match &self.code {
+            GroupCode::Parity => vec![vec![1.0; self.data.len()]],
+            GroupCode::Linear(c) => (0..c.r()).map(|l| (0..c.k()).map(|j| c.coeff(l, j)).collect()).collect(),
+            GroupCode::Berrut(_) => return None,
+        };
+        fn ready(o: &Output) -> Option<&[f32]> {
+            if let Output::Ready(v) = o { Some(v) } else { None }
+        }
+        let redundant: Vec<&[f32]> = self.redundant.iter().map(ready).collect::<Option<_>>()?;
+        let data: Vec<&[f32]> = self.data.iter().map(ready).collect::<Option<_>>()?;
+        let n = self.rows.iter().copied().max().unwrap_or(1);
+        let m = data.iter().zip(&self.rows).find(|(_, r)| **r > 0).map(|(v, r)| v.len() / r)?;
+        if redundant.is_empty() || redundant.iter().any(|p| p.len() != n * m) {
+            return None;
+        }
+        crate::check_rows(
+            &coeffs,
+            n,
+            m,
+            |j, i| self.row(j, i, m),
+            |l, i| {
+                let p: &[f32] = redundant[l];
+                p.get(i * m..(i + 1) * m)
+            },
+            |j, i| j < self.members && i < self.rows[j],
+        )
     }
 
     /// Decodes every member not in once at least as many redundant outputs are in, and
@@ -339,6 +378,33 @@ impl GroupState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_needs_every_output_and_locates_with_two_parities() {
+        let code = LinearCode::vandermonde(3, 2).unwrap();
+        let mut g = GroupState::coded(3, GroupCode::Linear(code.clone()));
+        let ys = [vec![1.0, 0.0], vec![0.0, 2.0], vec![3.0, 1.0]];
+        for (j, y) in ys.iter().enumerate() {
+            g.on_output(Slot::Data(j), Some(if j == 1 { vec![2.0, 0.0] } else { y.clone() }));
+        }
+        let parity = |l: usize| (0..2).map(|t| (0..3).map(|j| code.coeff(l, j) as f32 * ys[j][t]).sum()).collect::<Vec<f32>>();
+        g.on_output(Slot::Parity(0), Some(parity(0)));
+        assert_eq!(g.check(), None, "parity 1 is not in");
+        g.on_output(Slot::Parity(1), Some(parity(1)));
+        let check = g.check().unwrap();
+        assert_eq!(check.located.map(|(j, _)| j), Some(1), "{check:?}");
+        assert!(check.located.unwrap().1 > 0.999, "{check:?}");
+
+        // A padded slot is never blamed, even when its (known) output is off.
+        let mut g = GroupState::coded(3, GroupCode::Linear(code.clone()));
+        g.on_output(Slot::Data(0), Some(ys[0].clone()));
+        g.on_output(Slot::Data(1), Some(ys[1].clone()));
+        g.fill_padding(2, &[0.0, 0.0]);
+        g.on_output(Slot::Parity(0), Some(parity(0)));
+        g.on_output(Slot::Parity(1), Some(parity(1)));
+        assert!(g.check().unwrap().located.is_some_and(|(j, _)| j < 2));
+        assert_eq!(GroupState::coded(2, GroupCode::Berrut(BerrutCode::new(2, 1).unwrap())).check(), None);
+    }
 
     #[test]
     fn originals_are_answered_at_once() {
