@@ -154,7 +154,10 @@ async fn execute(batch: Vec<Item>, backend: &Arc<dyn InferenceBackend>, faults: 
     let b = Arc::clone(backend);
     let out = tokio::task::spawn_blocking(move || b.infer(&input, rows)).await;
     let out = match out {
-        Ok(Ok(out)) if out.len() % rows.max(1) == 0 => Ok(out),
+        Ok(Ok(mut out)) if out.len() % rows.max(1) == 0 => {
+            faults.corrupt(&mut out, rows);
+            Ok(out)
+        }
         Ok(Ok(out)) => Err(Status::internal(format!("model returned {} values for batch {rows}", out.len()))),
         Ok(Err(e)) => Err(Status::internal(format!("model failed: {e:#}"))),
         Err(join) => Err(Status::internal(format!("model panicked: {join}"))),

@@ -1,4 +1,13 @@
-//! Seeded slowdown injection, to turn a worker into a reproducible straggler.
+//! Seeded fault injection, to turn a worker into a reproducible straggler, or into an instance
+//! that returns wrong outputs.
+//!
+//! Wrong outputs (`wrong=PROB`): each row of an output is, with probability PROB, replaced
+//! after the model computed it, as a corrupted model file, a bit flip or a faulty accelerator
+//! would: `wrong_kind=random` (uniform values in the row's own range), `permute` (every class's
+//! score moves to the next class, so the top-1 class changes), `scale` (the row times
+//! `wrong_scale`, default 10: top-1 kept, confidences wrong) or `mixed` (one of the three at
+//! random). These draws come from their own seeded stream, so adding them does not change
+//! which requests are delayed.
 //!
 //! Each request, with probability `delay_prob`, takes `delay_ms` longer *while it holds the
 //! worker's compute lane*: the delay is added to the compute time, not to the network, so a
@@ -27,18 +36,74 @@ pub struct FaultConfig {
     pub episode_len_s: f64,
     /// Extra ms every request takes while an episode lasts (on top of `delay_ms`).
     pub episode_delay_ms: f64,
+    /// Probability in [0, 1] that an output row is replaced by a wrong one.
+    pub wrong_prob: f64,
+    /// How a wrong row is made.
+    pub wrong_kind: WrongKind,
+    /// The factor of [`WrongKind::Scale`].
+    pub wrong_scale: f64,
+}
+
+/// How [`FaultInjector::corrupt`] makes a row wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WrongKind {
+    /// Uniform values between the row's own minimum and maximum.
+    Random,
+    /// Every value moves to the next position (class c's score becomes class c+1's).
+    Permute,
+    /// The row times `wrong_scale`.
+    Scale,
+    /// One of the three, drawn per row.
+    Mixed,
+}
+
+impl FromStr for WrongKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "random" => WrongKind::Random,
+            "permute" => WrongKind::Permute,
+            "scale" => WrongKind::Scale,
+            "mixed" => WrongKind::Mixed,
+            _ => return Err(format!("unknown kind {s:?} (known: random, permute, scale, mixed)")),
+        })
+    }
+}
+
+impl fmt::Display for WrongKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WrongKind::Random => "random",
+            WrongKind::Permute => "permute",
+            WrongKind::Scale => "scale",
+            WrongKind::Mixed => "mixed",
+        })
+    }
 }
 
 impl Default for FaultConfig {
     /// No delay (`delay_ms = 0`), `delay_prob = 1.0`, `seed = 0`.
     fn default() -> Self {
-        FaultConfig { delay_ms: 0.0, delay_prob: 1.0, seed: 0, episode_every_s: 0.0, episode_len_s: 0.0, episode_delay_ms: 0.0 }
+        FaultConfig {
+            delay_ms: 0.0,
+            delay_prob: 1.0,
+            seed: 0,
+            episode_every_s: 0.0,
+            episode_len_s: 0.0,
+            episode_delay_ms: 0.0,
+            wrong_prob: 0.0,
+            wrong_kind: WrongKind::Random,
+            wrong_scale: 10.0,
+        }
     }
 }
 
 /// Why a fault string was rejected; the message names the offending part.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("invalid fault spec {spec:?}: {reason} (expected e.g. \"delay_ms=20,prob=0.5,seed=7\" or \"none\")")]
+#[error(
+    "invalid fault spec {spec:?}: {reason} (expected e.g. \"delay_ms=20,prob=0.5,seed=7\", \"wrong=0.1,wrong_kind=permute\" or \"none\")"
+)]
 pub struct FaultParseError {
     /// The whole string given.
     pub spec: String,
@@ -50,6 +115,11 @@ impl FaultConfig {
     /// Whether this config ever delays anything.
     pub fn is_active(&self) -> bool {
         (self.delay_ms > 0.0 && self.delay_prob > 0.0) || self.has_episodes()
+    }
+
+    /// Whether this config ever makes an output wrong.
+    pub fn corrupts(&self) -> bool {
+        self.wrong_prob > 0.0
     }
 
     /// Whether slowdown episodes are configured.
@@ -70,6 +140,12 @@ impl FaultConfig {
         }
         if !(0.0..=1.0).contains(&self.delay_prob) {
             return Err(format!("prob must be in [0, 1], got {}", self.delay_prob));
+        }
+        if !(0.0..=1.0).contains(&self.wrong_prob) {
+            return Err(format!("wrong must be a probability in [0, 1], got {}", self.wrong_prob));
+        }
+        if !self.wrong_scale.is_finite() {
+            return Err(format!("wrong_scale must be finite, got {}", self.wrong_scale));
         }
         Ok(())
     }
@@ -99,9 +175,12 @@ impl FromStr for FaultConfig {
                 "episode_every_s" => cfg.episode_every_s = value.parse().map_err(|e| bad(&e))?,
                 "episode_len_s" => cfg.episode_len_s = value.parse().map_err(|e| bad(&e))?,
                 "episode_delay_ms" => cfg.episode_delay_ms = value.parse().map_err(|e| bad(&e))?,
+                "wrong" => cfg.wrong_prob = value.parse().map_err(|e| bad(&e))?,
+                "wrong_kind" => cfg.wrong_kind = value.parse().map_err(|e: String| bad(&e))?,
+                "wrong_scale" => cfg.wrong_scale = value.parse().map_err(|e| bad(&e))?,
                 _ => {
                     return Err(err(format!(
-                        "unknown key {key:?} (known: delay_ms, prob, seed, episode_every_s, episode_len_s, episode_delay_ms)"
+                        "unknown key {key:?} (known: delay_ms, prob, seed, episode_every_s, episode_len_s, episode_delay_ms, wrong, wrong_kind, wrong_scale)"
                     )));
                 }
             }
@@ -118,7 +197,11 @@ impl fmt::Display for FaultConfig {
             f,
             "delay_ms={},prob={},seed={},episode_every_s={},episode_len_s={},episode_delay_ms={}",
             self.delay_ms, self.delay_prob, self.seed, self.episode_every_s, self.episode_len_s, self.episode_delay_ms
-        )
+        )?;
+        if self.wrong_prob > 0.0 {
+            write!(f, ",wrong={},wrong_kind={},wrong_scale={}", self.wrong_prob, self.wrong_kind, self.wrong_scale)?;
+        }
+        Ok(())
     }
 }
 
@@ -127,6 +210,8 @@ impl fmt::Display for FaultConfig {
 pub struct FaultInjector {
     config: FaultConfig,
     state: Mutex<u64>,
+    /// The stream of wrong-output draws (separate, so delays stay as they were).
+    wrong_state: Mutex<u64>,
     started: std::time::Instant,
     /// (start, end) of the current or next episode, seconds since `started`.
     episode: Mutex<(f64, f64)>,
@@ -136,8 +221,14 @@ impl FaultInjector {
     /// Starts the seeded stream of coin flips.
     pub fn new(config: FaultConfig) -> Self {
         let state = Mutex::new(config.seed);
-        let injector =
-            FaultInjector { config, state, started: std::time::Instant::now(), episode: Mutex::new((f64::INFINITY, f64::INFINITY)) };
+        let wrong_state = Mutex::new(config.seed ^ 0x5752_4f4e_475f_4f55); // "WRONG_OU"
+        let injector = FaultInjector {
+            config,
+            state,
+            wrong_state,
+            started: std::time::Instant::now(),
+            episode: Mutex::new((f64::INFINITY, f64::INFINITY)),
+        };
         if injector.config.has_episodes() {
             let start = injector.exponential(injector.config.episode_every_s);
             *injector.episode.lock().unwrap_or_else(|p| p.into_inner()) = (start, start + injector.config.episode_len_s);
@@ -180,15 +271,57 @@ impl FaultInjector {
         (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
     }
 
-    fn next_u64(&self) -> u64 {
-        // SplitMix64 (Steele, Lea, Flood 2014): tiny, seedable, good enough for coin flips.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    /// Makes rows of `output` (`[rows, m]`, row-major) wrong as the config says; returns how
+    /// many rows it changed.
+    pub fn corrupt(&self, output: &mut [f32], rows: usize) -> usize {
+        if !self.config.corrupts() || rows == 0 || output.len() % rows != 0 {
+            return 0;
+        }
+        let m = output.len() / rows;
+        let mut changed = 0;
+        for row in output.chunks_mut(m.max(1)) {
+            if self.uniform(&self.wrong_state) >= self.config.wrong_prob {
+                continue;
+            }
+            let kind = match self.config.wrong_kind {
+                WrongKind::Mixed => {
+                    [WrongKind::Random, WrongKind::Permute, WrongKind::Scale][(self.uniform(&self.wrong_state) * 3.0) as usize % 3]
+                }
+                kind => kind,
+            };
+            match kind {
+                WrongKind::Permute => row.rotate_right(1),
+                WrongKind::Scale => row.iter_mut().for_each(|v| *v *= self.config.wrong_scale as f32),
+                _ => {
+                    let (lo, hi) = row.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                    for v in row.iter_mut() {
+                        *v = lo + (hi - lo) * self.uniform(&self.wrong_state) as f32;
+                    }
+                }
+            }
+            changed += 1;
+        }
+        changed
     }
+
+    fn uniform(&self, state: &Mutex<u64>) -> f64 {
+        (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn next_u64(&self) -> u64 {
+        splitmix(&self.state)
+    }
+}
+
+/// The next draw of a SplitMix64 stream (Steele, Lea, Flood 2014): tiny, seedable, good
+/// enough for coin flips.
+fn splitmix(state: &Mutex<u64>) -> u64 {
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -203,6 +336,34 @@ mod tests {
         assert_eq!("none".parse::<FaultConfig>().unwrap(), FaultConfig::default());
         assert_eq!("".parse::<FaultConfig>().unwrap(), FaultConfig::default());
         assert_eq!("delay_ms=5".parse::<FaultConfig>().unwrap().delay_prob, 1.0);
+    }
+
+    #[test]
+    fn wrong_outputs_are_seeded_and_of_their_kind() {
+        let cfg: FaultConfig = "wrong=0.5,wrong_kind=permute,seed=3".parse().unwrap();
+        assert_eq!(cfg.to_string().parse::<FaultConfig>().unwrap(), cfg);
+        assert!(!cfg.is_active() && cfg.corrupts());
+        let row: Vec<f32> = (0..10).map(|c| c as f32).collect();
+        let run = |cfg: &FaultConfig| {
+            let inj = FaultInjector::new(cfg.clone());
+            let mut out = row.repeat(1000);
+            let changed = inj.corrupt(&mut out, 1000);
+            (out, changed)
+        };
+        let (out, changed) = run(&cfg);
+        assert_eq!(run(&cfg).0, out, "same seed, same corruption");
+        assert!((400..600).contains(&changed), "{changed} of 1000 rows");
+        for r in out.chunks(10) {
+            assert!(r == row.as_slice() || (r[0] == 9.0 && r[1] == 0.0), "{r:?}");
+        }
+        assert_eq!(out.chunks(10).filter(|r| *r != row.as_slice()).count(), changed);
+        let scaled = run(&"wrong=1,wrong_kind=scale,wrong_scale=2".parse().unwrap()).0;
+        assert_eq!(&scaled[..10], &row.iter().map(|v| v * 2.0).collect::<Vec<_>>()[..]);
+        let random = run(&"wrong=1,wrong_kind=random".parse().unwrap()).0;
+        assert!(random.iter().all(|v| (0.0..=9.0).contains(v)) && random[..10] != row[..]);
+        assert_eq!(FaultInjector::new(FaultConfig::default()).corrupt(&mut row.clone(), 1), 0);
+        assert!("wrong=2".parse::<FaultConfig>().unwrap_err().to_string().contains("[0, 1]"));
+        assert!("wrong_kind=flip".parse::<FaultConfig>().unwrap_err().to_string().contains("unknown kind"));
     }
 
     #[test]

@@ -235,6 +235,7 @@ impl WorkerService {
         let permit = self.acquire_lane().await?;
         let delay = self.faults.next_delay();
         let backend = Arc::clone(&self.backend);
+        let faults = Arc::clone(&self.faults);
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             let _permit = permit; // released only when the compute is done
@@ -244,6 +245,12 @@ impl WorkerService {
                 crate::timer::sleep(delay).await;
             }
             let result = tokio::task::spawn_blocking(move || backend.infer(&input, batch)).await;
+            let result = result.map(|r| {
+                r.map(|mut out| {
+                    faults.corrupt(&mut out, batch);
+                    out
+                })
+            });
             let _ = tx.send(result); // the caller may be gone; the work still counted
         });
         match rx.await {
