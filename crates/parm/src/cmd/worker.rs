@@ -33,8 +33,9 @@ pub struct WorkerArgs {
     /// `listening on ADDR`.
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: String,
-    /// Injected slowdown, e.g. `delay_ms=20,prob=1.0,seed=7`: with probability `prob` each
-    /// request holds the instance's compute lane `delay_ms` longer.
+    /// Injected faults, e.g. `delay_ms=20,prob=1.0,seed=7`: with probability `prob` each
+    /// request holds the instance's compute lane `delay_ms` longer; `wrong=0.1` replaces each
+    /// output row with probability 0.1 by a wrong one (`wrong_kind=random|permute|scale|mixed`).
     #[arg(long, default_value = "")]
     pub fault: String,
     /// Requests that may wait for the compute lane; more are rejected (RESOURCE_EXHAUSTED).
