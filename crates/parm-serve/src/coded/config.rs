@@ -40,6 +40,8 @@ pub enum ConfigError {
     Instances(#[from] crate::upstream::discovery::DiscoveryError),
     #[error("the discovery interval must be above 0")]
     ZeroDiscoveryInterval,
+    #[error("output checks: {0}")]
+    Checks(String),
 }
 
 /// Which code protects each coding group, and what serves its redundant queries (the
@@ -117,6 +119,10 @@ pub struct FrontendConfig {
     /// How often instance lists with DNS names or files in them are re-resolved (see
     /// [`crate::upstream::discovery`]).
     pub discovery_interval: Duration,
+    /// Check every complete coding group against its code and take instances whose outputs
+    /// keep disagreeing out of rotation ([`crate::coded::check`]; `--check-outputs`). `None`:
+    /// off (the default).
+    pub checks: Option<crate::coded::check::OutputChecks>,
 }
 
 impl FrontendConfig {
@@ -142,6 +148,7 @@ impl FrontendConfig {
             dispatch: DispatchBatching::default(),
             batch_coding: false,
             discovery_interval: crate::upstream::discovery::DEFAULT_DISCOVERY_INTERVAL,
+            checks: None,
         }
     }
 
@@ -177,6 +184,19 @@ impl FrontendConfig {
         }
         if self.discovery_interval.is_zero() {
             return Err(ConfigError::ZeroDiscoveryInterval);
+        }
+        if let Some(checks) = &self.checks {
+            checks.validate().map_err(ConfigError::Checks)?;
+            if self.parity_sets().is_empty() {
+                return Err(ConfigError::Checks(
+                    "they need parity instances (the code's redundancy is what the outputs are checked against)".into(),
+                ));
+            }
+            if matches!(self.code, Code::Berrut { .. }) {
+                return Err(ConfigError::Checks(
+                    "the Berrut code's redundant outputs are not linear in the predictions; use --parities R".into(),
+                ));
+            }
         }
         self.straggler.validate()?;
         Ok(self.dispatch.validate()?)

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::coded::{FrontendError, Prediction, Shared, policy};
 use crate::timer;
 use crate::upstream::InstanceError;
+use crate::upstream::pool::Served;
 
 /// One coding group, shared by its members' tasks and its parity task.
 pub(crate) struct Group {
@@ -43,6 +44,13 @@ struct GroupInner {
     parity_wanted: bool,
     /// The parity task, once started.
     parity: Option<AbortHandle>,
+    /// Output checks are on: every group gets its redundant queries, kept until their outputs
+    /// are in ([`crate::coded::check`]).
+    checking: bool,
+    /// The instance that returned each member's prediction (with output checks).
+    served_by: Vec<Option<String>>,
+    /// The group was checked against its code.
+    checked: bool,
 }
 
 impl Group {
@@ -61,6 +69,9 @@ impl Group {
                 sealed: false,
                 parity_wanted: false,
                 parity: None,
+                checking: shared.checker.is_some(),
+                served_by: Vec::with_capacity(k),
+                checked: false,
             }),
         })
     }
@@ -77,6 +88,7 @@ impl Group {
         g.state.set_rows(slot, rows);
         g.inputs.push(input);
         g.notify.push(Some(tx));
+        g.served_by.push(None);
         (slot, rx)
     }
 }
@@ -96,11 +108,26 @@ impl GroupInner {
         }
         if self.sealed
             && self.state.is_done()
+            && !self.checking
             && let Some(task) = &self.parity
         {
             task.abort(); // frees the parity instance's queue
         }
         mine
+    }
+
+    /// With output checks: once every output is in, checks the group against its code and
+    /// hands the verdict to the checker (which may eject an instance).
+    fn check(&mut self, shared: &Shared, group: u64) {
+        let Some(checker) = &shared.checker else { return };
+        if self.checked {
+            return;
+        }
+        let Some(check) = self.state.check() else { return };
+        self.checked = true;
+        let k = self.state.k();
+        let instances = (0..k).map(|j| self.served_by.get(j).cloned().flatten()).collect();
+        checker.record(group, check, shared.code.redundancy(), instances, &shared.deployed, &shared.stats);
     }
 
     fn all_answered(&self) -> bool {
@@ -140,12 +167,12 @@ fn seal(shared: &Arc<Shared>, group: &Arc<Group>) {
         return;
     }
     g.sealed = true;
-    if g.all_answered() {
+    if g.all_answered() && !g.checking {
         shared.stats.parity_skipped.fetch_add(1, Ordering::Relaxed);
         g.close_unprotected();
         return;
     }
-    if shared.cfg.straggler.lazy_parity && !g.parity_wanted {
+    if shared.cfg.straggler.lazy_parity && !g.parity_wanted && !g.checking {
         return;
     }
     start_parity(shared, group, &mut g);
@@ -197,6 +224,7 @@ async fn run_parity(shared: Arc<Shared>, group: Arc<Group>) {
         let mut g = group.lock();
         let answers = g.state.on_output(Slot::Parity(l), out.ok());
         g.deliver(answers, None);
+        g.check(s, group.id);
     }
 }
 
@@ -220,7 +248,7 @@ async fn pad_and_encode(shared: &Shared, group: &Group) -> Option<(Vec<Vec<f32>>
         let answers = g.state.fill_padding(m, &z);
         g.deliver(answers, None);
     }
-    if g.state.is_done() {
+    if g.state.is_done() && !g.checking {
         return None;
     }
     let blocks: Vec<&[f32]> = g.inputs.iter().map(|v| &v[..]).collect();
@@ -294,7 +322,7 @@ impl Member {
         self.sent_at = Instant::now();
         let sent_at = self.sent_at;
         let shape = shared.shape(self.rows);
-        let rpc = shared.deployed.infer(input, &shape, shared.cfg.instance_timeout);
+        let rpc = shared.deployed.infer_served(input, &shape, shared.cfg.instance_timeout);
         tokio::pin!(rpc);
         let mut rpc_done = false;
         // The last member seals a full group as it joins; nobody else needs the seal timer then.
@@ -340,15 +368,29 @@ impl Member {
 
     /// Records this member's output (`Err`: its call failed) with the group; returns its
     /// answer if that settles it (its original, or unavailable). A failure asks for the
-    /// parity query at once (lazy parity).
-    fn report(&mut self, out: Result<Vec<f32>, InstanceError>) -> Option<Answer> {
+    /// parity query at once (lazy parity). With output checks, an output from an instance
+    /// ejected meanwhile counts as failed, so the code answers for it.
+    fn report(&mut self, out: Result<Served, InstanceError>) -> Option<Answer> {
         self.reported = true;
-        let out = out.map_err(|e| self.failure = Some(e)).ok();
+        let checking = self.shared.checker.is_some();
+        let out = match out {
+            Ok((_, instance)) if checking && self.shared.deployed.is_ejected(instance.addr()) => Err(InstanceError::Unavailable {
+                addr: instance.addr().to_string(),
+                message: "out of rotation: its outputs disagreed with the code".into(),
+            }),
+            other => other,
+        };
+        let served_by = out.as_ref().ok().filter(|_| checking).map(|(_, i)| i.addr().to_string());
+        let out = out.map(|(o, _)| o).map_err(|e| self.failure = Some(e)).ok();
         let mine = out.clone().map(|output| Answer::Original { slot: self.slot, output });
         let failed = out.is_none();
         let mut g = self.group.lock();
+        if served_by.is_some() {
+            g.served_by[self.slot] = served_by;
+        }
         let answers = g.state.on_output(Slot::Data(self.slot), out);
         let settled = g.deliver(answers, Some(self.slot));
+        g.check(&self.shared, self.group.id);
         if failed && g.parity.is_none() && !g.state.is_done() {
             want_parity(&self.shared, &self.group, &mut g);
         }

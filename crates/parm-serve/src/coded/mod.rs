@@ -42,11 +42,13 @@ use crate::upstream::pool::Pool;
 use crate::upstream::redundancy::Redundancy;
 use crate::upstream::{Instance, InstanceError};
 
+pub mod check;
 pub mod config;
 mod group;
 pub mod policy;
 mod stats;
 
+pub use check::{CheckVerdict, OutputChecks};
 pub use config::{Code, ConfigError, FrontendConfig, ParityInstances};
 pub use stats::Stats;
 
@@ -104,6 +106,8 @@ pub(crate) struct Shared {
     redundant: Vec<Redundant>,
     /// How a group's redundant outputs are decoded.
     code: GroupCode,
+    /// Output checks, when on.
+    checker: Option<check::Checker>,
     stats: Stats,
     next_group: AtomicU64,
     /// F(0), the deployed model's output for one all-zero row, fetched once when first needed.
@@ -207,12 +211,14 @@ impl Frontend {
             .map(|(p, m)| Pool::new(p, &m, Redundancy::None, dispatch, timeout, Default::default()))
             .collect();
         let (redundant, code) = if parity.is_empty() { (Vec::new(), GroupCode::Parity) } else { redundant_queries(&cfg)? };
+        let checker = cfg.checks.clone().map(check::Checker::new);
         let shared = Arc::new(Shared {
             cfg,
             deployed,
             parity,
             redundant,
             code,
+            checker,
             stats,
             next_group: AtomicU64::new(0),
             zero_output: Default::default(),
@@ -310,10 +316,24 @@ impl Frontend {
         self.shared.discovered.get().is_some_and(|(watched, _)| *watched > 0)
     }
 
-    /// True if at least one deployed-model instance reports its model ready.
+    /// The verdict on every checked coding group from now on, when output checks are on
+    /// ([`FrontendConfig::checks`]); `None` otherwise. A receiver that falls more than 4,096
+    /// verdicts behind loses the oldest.
+    pub fn subscribe_checks(&self) -> Option<tokio::sync::broadcast::Receiver<CheckVerdict>> {
+        self.shared.checker.as_ref().map(check::Checker::subscribe)
+    }
+
+    /// The deployed instances out of rotation now because their outputs disagreed with the
+    /// code ([`check`]).
+    pub fn ejected(&self) -> Vec<String> {
+        self.shared.deployed.ejected()
+    }
+
+    /// True if at least one deployed-model instance that is not ejected reports its model
+    /// ready.
     pub async fn ready(&self) -> bool {
         let pool = &self.shared.deployed;
-        for i in pool.instances() {
+        for i in pool.instances().into_iter().filter(|i| !pool.is_ejected(i.addr())) {
             if i.model_ready(pool.model(), Duration::from_millis(500)).await {
                 return true;
             }

@@ -26,4 +26,9 @@ pub struct Stats {
     pub padded_groups: AtomicU64,
     /// Groups closed without any parity query (no parity instances, or F(0) unknown).
     pub unprotected_groups: AtomicU64,
+    /// Output checks ([`crate::coded::check`]): groups checked against their code, groups
+    /// flagged, instances ejected.
+    pub checks: AtomicU64,
+    pub flagged: AtomicU64,
+    pub ejections: AtomicU64,
 }

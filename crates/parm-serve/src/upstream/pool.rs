@@ -23,7 +23,20 @@ pub const MEDIAN: f64 = 50.0;
 struct Member {
     instance: Arc<dyn Instance>,
     coalescer: Option<Coalescer>,
+    /// Out of rotation until then (its outputs disagreed with the code, see
+    /// [`crate::coded::check`]).
+    ejected_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+impl Member {
+    fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| std::time::Instant::now() < t)
+    }
+}
+
+/// An instance's output, with the instance that computed it.
+pub type Served = (Vec<f32>, Arc<dyn Instance>);
 
 /// Instances of one kind and a round-robin cursor over them.
 pub struct Pool {
@@ -94,7 +107,7 @@ impl Pool {
                     added.push(i.addr().to_string());
                     let coalescer =
                         self.dispatch.enabled().then(|| Coalescer::start(i.clone(), self.model.clone(), self.dispatch, self.timeout));
-                    Arc::new(Member { instance: i, coalescer })
+                    Arc::new(Member { instance: i, coalescer, ejected_until: Default::default() })
                 }
             })
             .collect();
@@ -102,6 +115,29 @@ impl Pool {
         let removed = members.iter().map(|m| m.instance.addr()).filter(|a| !kept.contains(a)).map(String::from).collect();
         *members = Arc::new(next);
         (added, removed)
+    }
+
+    /// Takes the instance at `addr` out of rotation until `until`; false if it is not in the
+    /// pool or already out.
+    pub fn eject(&self, addr: &str, until: std::time::Instant) -> bool {
+        let members = self.members();
+        let Some(m) = members.iter().find(|m| m.instance.addr() == addr) else { return false };
+        let mut t = m.ejected_until.lock().unwrap_or_else(|p| p.into_inner());
+        if t.is_some_and(|t| std::time::Instant::now() < t) {
+            return false;
+        }
+        *t = Some(until);
+        true
+    }
+
+    /// The addresses of the instances out of rotation now (see [`Self::eject`]).
+    pub fn ejected(&self) -> Vec<String> {
+        self.members().iter().filter(|m| m.is_ejected()).map(|m| m.instance.addr().to_string()).collect()
+    }
+
+    /// True if the instance at `addr` is out of rotation now (see [`Self::eject`]).
+    pub fn is_ejected(&self, addr: &str) -> bool {
+        self.members().iter().any(|m| m.instance.addr() == addr && m.is_ejected())
     }
 
     /// How many instances the pool has now.
@@ -130,6 +166,11 @@ impl Pool {
     ///
     /// Errors: the last instance error when every attempt failed.
     pub async fn infer(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+        self.infer_served(input, shape, timeout).await.map(|(out, _)| out)
+    }
+
+    /// [`Self::infer`], with the instance whose output it is.
+    pub async fn infer_served(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Served, InstanceError> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.redundancy {
             Redundancy::None => {
@@ -169,30 +210,27 @@ impl Pool {
         futures::future::select_ok(calls).await.map(|(out, _)| out)
     }
 
-    /// Runs on instance `index` (mod n), or, if it is out of rotation (see
-    /// [`crate::upstream::health::Breaker`]), on the next one in rotation (the original if none is).
-    async fn call(&self, index: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Vec<f32>, InstanceError> {
+    /// Runs on instance `index` (mod n), or, if it is out of rotation (its breaker is open, see
+    /// [`crate::upstream::health::Breaker`], or it is ejected), on the next one in rotation
+    /// (the original if none is).
+    async fn call(&self, index: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Served, InstanceError> {
         let members = self.members();
         let n = members.len();
         if n == 0 {
             return Err(self.no_instance());
         }
-        let i = (0..n).map(|j| (index + j) % n).find(|&i| members[i].instance.usable()).unwrap_or(index % n);
+        let usable = |m: &Member| m.instance.usable() && !m.is_ejected();
+        let i = (0..n).map(|j| (index + j) % n).find(|&i| usable(&members[i])).unwrap_or(index % n);
         let m = &members[i];
-        match &m.coalescer {
+        let out = match &m.coalescer {
             Some(c) => c.infer(input.clone(), shape, timeout).await,
             None => m.instance.infer(&self.model, input, shape, timeout).await,
-        }
+        };
+        out.map(|o| (o, m.instance.clone()))
     }
 
     /// One instance; on a connection failure, once more on the next one.
-    async fn infer_with_retry(
-        &self,
-        first: usize,
-        input: &Arc<[f32]>,
-        shape: &[i64],
-        timeout: Duration,
-    ) -> Result<Vec<f32>, InstanceError> {
+    async fn infer_with_retry(&self, first: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Served, InstanceError> {
         let mut result = self.call(first, input, shape, timeout).await;
         if let Err(e) = &result
             && e.is_retryable()
@@ -213,7 +251,7 @@ impl Pool {
         shape: &[i64],
         timeout: Duration,
         delay: Duration,
-    ) -> Result<Vec<f32>, InstanceError> {
+    ) -> Result<Served, InstanceError> {
         let primary = self.call(first, input, shape, timeout);
         tokio::pin!(primary);
         let failed = tokio::select! {
@@ -234,7 +272,7 @@ impl Pool {
         if failed.is_some() {
             return backup.await;
         }
-        type Call<'a> = Pin<Box<dyn Future<Output = Result<Vec<f32>, InstanceError>> + Send + 'a>>;
+        type Call<'a> = Pin<Box<dyn Future<Output = Result<Served, InstanceError>> + Send + 'a>>;
         let calls: [Call<'_>; 2] = [Box::pin(primary), Box::pin(backup)];
         futures::future::select_ok(calls).await.map(|(out, _)| out)
     }

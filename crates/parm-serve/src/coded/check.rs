@@ -1,0 +1,197 @@
+//! Wrong outputs caught: each complete coding group is checked against its code, instances
+//! whose outputs keep disagreeing with it leave the rotation.
+//!
+//! The code's redundancy, spent by ParM on missing predictions, also exposes wrong ones. Once
+//! every prediction and redundant output of a group is in, [`parm_codes::GroupState::check`]
+//! gives the syndrome's size (RMS per value) and, with r >= 2 parities, the member whose single
+//! error explains it. Learned parity models are approximate, so the syndrome of a healthy
+//! group is not zero; a group is **flagged** when its score exceeds
+//! [`OutputChecks::threshold`] times the running median score of recent groups (a median, so a
+//! minority of wrong groups does not move the yardstick).
+//!
+//! A flagged group **blames** instances: with r >= 2 the located member's instance alone (when
+//! it explains at least [`OutputChecks::min_share`] of the syndrome), otherwise every member's
+//! instance (r = 1 cannot tell which member is wrong; a wrong instance is in every one of its
+//! flagged groups, a healthy one only in those it shares with a wrong one). Each deployed
+//! instance keeps its last [`OutputChecks::window`] checks; one whose share of blamed checks
+//! reaches [`OutputChecks::eject_rate`] and is at least twice the median share of the others
+//! is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation
+//! with an empty window. Outputs that an ejected instance still returns (calls in flight)
+//! count as failed, so its queries are answered from the code. At most half the deployed
+//! instances are out at once.
+//!
+//! The check needs every output, so with checks on every group gets its redundant queries
+//! (none skipped, none cancelled once the members are answered); a wrong output that arrives
+//! before its group is complete still reaches its client, and only later ones are stopped.
+//!
+//! Source of the idea: Kosaian et al. (ParM, SOSP 2019) leave wrong outputs aside; ApproxIFER
+//! (Soleymani et al., AAAI 2022, arXiv 2109.09868) corrects them with more redundant queries;
+//! here r >= 2 learned parities locate one wrong member per group by syndrome decoding
+//! ([`parm_codes::check_rows`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use parm_codes::Check;
+
+use crate::coded::Stats;
+use crate::upstream::pool::Pool;
+
+/// Settings of output checking (`parm serve --check-outputs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputChecks {
+    /// A group is flagged when its syndrome score exceeds this many times the running median
+    /// score (default 4).
+    pub threshold: f32,
+    /// With r >= 2: the least share of a flagged group's syndrome its located member must
+    /// explain to be blamed alone (default 0.8; otherwise every member is suspected).
+    pub min_share: f32,
+    /// Checks per instance that ejection looks at (default 40).
+    pub window: usize,
+    /// Share of blamed checks in an instance's window that ejects it (default 0.25).
+    pub eject_rate: f64,
+    /// How long an ejected instance stays out of rotation (default 30 s).
+    pub eject_for: Duration,
+}
+
+impl Default for OutputChecks {
+    fn default() -> Self {
+        OutputChecks { threshold: 4.0, min_share: 0.8, window: 40, eject_rate: 0.25, eject_for: Duration::from_secs(30) }
+    }
+}
+
+impl OutputChecks {
+    /// Errors: a threshold or window that would never (or always) flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.threshold.is_finite() && self.threshold > 1.0) {
+            return Err(format!("the check threshold must be above 1 (times the median score), got {}", self.threshold));
+        }
+        if !(0.0..=1.0).contains(&self.min_share) || !(self.eject_rate > 0.0 && self.eject_rate <= 1.0) {
+            return Err(format!("min_share must be in [0, 1] and eject_rate in (0, 1], got {} and {}", self.min_share, self.eject_rate));
+        }
+        if self.window < 4 {
+            return Err(format!("the check window must hold at least 4 checks, got {}", self.window));
+        }
+        Ok(())
+    }
+}
+
+/// One checked group, as [`crate::coded::Frontend::subscribe_checks`] reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckVerdict {
+    /// The coding group ([`crate::coded::Prediction::group`]).
+    pub group: u64,
+    /// The syndrome's RMS per value, and the running median it was compared with.
+    pub score: f32,
+    pub median: f32,
+    /// Score above threshold x median.
+    pub flagged: bool,
+    /// Positions blamed ([`crate::coded::Prediction::position`]); empty unless flagged.
+    pub blamed: Vec<usize>,
+    /// The instance that returned each member's prediction (`None`: padding).
+    pub instances: Vec<Option<String>>,
+}
+
+/// Scores seen before any group can be flagged.
+const WARM_UP: usize = 8;
+/// Recent scores the median is taken over.
+const SCORES: usize = 255;
+
+/// The running state of output checking of one frontend.
+pub(crate) struct Checker {
+    cfg: OutputChecks,
+    state: Mutex<CheckerState>,
+    verdicts: tokio::sync::broadcast::Sender<CheckVerdict>,
+}
+
+#[derive(Default)]
+struct CheckerState {
+    scores: VecDeque<f32>,
+    /// Per deployed instance: its last checks (true: blamed).
+    windows: HashMap<String, VecDeque<bool>>,
+}
+
+impl Checker {
+    pub(crate) fn new(cfg: OutputChecks) -> Self {
+        Checker { cfg, state: Default::default(), verdicts: tokio::sync::broadcast::channel(4096).0 }
+    }
+
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CheckVerdict> {
+        self.verdicts.subscribe()
+    }
+
+    /// Takes the verdict on group `group`, whose members' predictions came from `instances`
+    /// (`None`: padding), and ejects from `pool` an instance that keeps being blamed.
+    pub(crate) fn record(&self, group: u64, check: Check, r: usize, instances: Vec<Option<String>>, pool: &Pool, stats: &Stats) {
+        stats.checks.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let median = median(&st.scores);
+        let flagged = st.scores.len() >= WARM_UP && check.score > self.cfg.threshold * median;
+        if st.scores.len() == SCORES {
+            st.scores.pop_front();
+        }
+        st.scores.push_back(check.score);
+        let blamed: Vec<usize> = match check.located {
+            _ if !flagged => Vec::new(),
+            Some((j, share)) if r >= 2 && share >= self.cfg.min_share => vec![j],
+            _ => (0..instances.len()).filter(|&j| instances[j].is_some()).collect(),
+        };
+        if flagged {
+            stats.flagged.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut suspects = Vec::new();
+        for (j, addr) in instances.iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            let w = st.windows.entry(addr.clone()).or_default();
+            if w.len() == self.cfg.window {
+                w.pop_front();
+            }
+            w.push_back(blamed.contains(&j));
+            if blamed.contains(&j) {
+                suspects.push(addr.clone());
+            }
+        }
+        for addr in suspects {
+            if self.should_eject(&st, &addr, pool) && pool.eject(&addr, Instant::now() + self.cfg.eject_for) {
+                st.windows.remove(&addr);
+                stats.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    instance = %addr,
+                    model = pool.model(),
+                    "instance out of rotation for {:?}: its outputs keep disagreeing with the code",
+                    self.cfg.eject_for
+                );
+            }
+        }
+        drop(st);
+        if self.verdicts.receiver_count() > 0 {
+            let _ = self.verdicts.send(CheckVerdict { group, score: check.score, median, flagged, blamed, instances });
+        }
+    }
+
+    /// An instance is ejected when its window is at least half full, its blamed share reaches
+    /// `eject_rate` and twice the median share of the pool's other instances, and fewer than
+    /// half the pool's instances are out.
+    fn should_eject(&self, st: &CheckerState, addr: &str, pool: &Pool) -> bool {
+        let share = |w: &VecDeque<bool>| w.iter().filter(|b| **b).count() as f64 / w.len().max(1) as f64;
+        let Some(w) = st.windows.get(addr) else { return false };
+        if w.len() < self.cfg.window / 2 || share(w) < self.cfg.eject_rate {
+            return false;
+        }
+        let others: Vec<f32> = st.windows.iter().filter(|(a, _)| a.as_str() != addr).map(|(_, w)| share(w) as f32).collect();
+        let n = pool.len();
+        share(w) >= 2.0 * median(&others.into_iter().collect()) as f64 && (pool.ejected().len() + 1) * 2 <= n
+    }
+}
+
+/// The median of `values` (0 if empty).
+fn median(values: &VecDeque<f32>) -> f32 {
+    let mut v: Vec<f32> = values.iter().copied().collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    *v.select_nth_unstable_by(mid, f32::total_cmp).1
+}
