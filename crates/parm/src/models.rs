@@ -23,15 +23,23 @@ pub fn ensure_models(paths: &Paths, ks: &[usize], budget: &Budget) -> anyhow::Re
     let deployed = ensure_deployed(paths, &dir, budget)?;
     let mut parity = BTreeMap::new();
     for &k in ks {
-        let name = parity_name(k, "addition");
-        let path = dir.join(format!("{name}.bpk"));
-        if !path.exists() || has_unfinished_checkpoint(&dir, &name) {
-            eprintln!("training the k={k} parity model ({} epochs; ParM trains 500)...", budget.parity_epochs);
-            parity_training(paths, &deployed, k, "addition", budget.parity_epochs, budget.seed, &name)?;
-        }
-        parity.insert(k, path);
+        parity.insert(k, ensure_parity(paths, &deployed, k, "addition", budget)?);
     }
     Ok(Models { deployed, parity })
+}
+
+/// The parity model for coding groups of `k` under `encoder` (`addition`, `linear-rR-pL`,
+/// ...) of the deployed model at `deployed`, `MODELS_DIR/DATASET/parity-k{K}-{ENCODER}.bpk`,
+/// trained first if missing; an existing one is reused, never overwritten.
+pub fn ensure_parity(paths: &Paths, deployed: &Path, k: usize, encoder: &str, budget: &Budget) -> anyhow::Result<PathBuf> {
+    let dir = paths.model_dir();
+    let name = parity_name(k, encoder);
+    let path = dir.join(format!("{name}.bpk"));
+    if !path.exists() || has_unfinished_checkpoint(&dir, &name) {
+        eprintln!("training the k={k} {encoder} parity model ({} epochs; ParM trains 500)...", budget.parity_epochs);
+        parity_training(paths, deployed, k, encoder, budget.parity_epochs, budget.seed, &name)?;
+    }
+    Ok(path)
 }
 
 fn ensure_deployed(paths: &Paths, dir: &Path, budget: &Budget) -> anyhow::Result<PathBuf> {

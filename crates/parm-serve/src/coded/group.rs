@@ -321,9 +321,13 @@ impl Member {
         let shared = self.shared.clone();
         self.sent_at = Instant::now();
         let sent_at = self.sent_at;
-        let shape = shared.shape(self.rows);
-        let rpc = shared.deployed.infer_served(input, &shape, shared.cfg.instance_timeout);
-        tokio::pin!(rpc);
+        let rpc = {
+            let (shared, input, shape) = (shared.clone(), input.clone(), shared.shape(self.rows));
+            async move { shared.deployed.infer_served(&input, &shape, shared.cfg.instance_timeout).await }
+        };
+        // Boxed: with output checks, a call still out when a reconstruction answered the
+        // member finishes in a task of its own (see `report_later`).
+        let mut rpc = Box::pin(rpc);
         let mut rpc_done = false;
         // The last member seals a full group as it joins; nobody else needs the seal timer then.
         let mut seal_at = (!self.group.lock().sealed).then_some(self.group.seal_at);
@@ -344,14 +348,22 @@ impl Member {
                         && !rpc_done {
                             // Decode grace: the original may still win.
                             tokio::select! {
-                                out = &mut rpc => if let Some(a) = self.report(out).filter(|a| matches!(a, Answer::Original { .. })) {
-                                    return self.finish(a);
+                                out = &mut rpc => {
+                                    rpc_done = true;
+                                    if let Some(a) = self.report(out).filter(|a| matches!(a, Answer::Original { .. })) {
+                                        return self.finish(a);
+                                    }
                                 },
                                 _ = timer::sleep_until(sent_at + grace) => {}
                             }
                         }
-                    self.reported = true; // the answer is settled; a late output changes nothing
-                    return self.finish(a);
+                    let answer = self.finish(a);
+                    if !rpc_done && shared.checker.is_some() {
+                        self.report_later(rpc);
+                    } else {
+                        self.reported = true; // the answer is settled; a late output changes nothing
+                    }
+                    return answer;
                 }
                 _ = timer::sleep_until_opt(seal_at) => {
                     seal_at = None;
@@ -364,6 +376,17 @@ impl Member {
                 }
             }
         }
+    }
+
+    /// With output checks: the member is answered (by a reconstruction) but its own call is
+    /// still out; it finishes in a task of its own and its output goes to the group's check,
+    /// so that the group's other outputs are still checked.
+    fn report_later(mut self, rpc: std::pin::Pin<Box<impl std::future::Future<Output = Result<Served, InstanceError>> + Send + 'static>>) {
+        let runtime = self.shared.runtime.clone();
+        runtime.spawn(async move {
+            let out = rpc.await;
+            self.report(out);
+        });
     }
 
     /// Records this member's output (`Err`: its call failed) with the group; returns its

@@ -339,7 +339,12 @@ impl Serving {
             };
             let ready = slot.served.get().is_some() && reason.is_empty();
             let state = if ready { "READY" } else { "UNAVAILABLE" };
-            (!ready_only || ready).then(|| json!({"name": name, "version": version, "state": state, "reason": reason}))
+            let mut entry = json!({"name": name, "version": version, "state": state, "reason": reason});
+            // Deployed instances out of rotation for wrong outputs (see crate::coded::check).
+            if let Some(ejected) = slot.served.get().map(|m| m.frontend.ejected()).filter(|e| !e.is_empty()) {
+                entry["ejected_instances"] = json!(ejected);
+            }
+            (!ready_only || ready).then_some(entry)
         });
         Value::Array(entries.collect())
     }
@@ -354,7 +359,7 @@ impl Serving {
     /// then the server's admission gauges.
     pub fn render_metrics(&self) -> String {
         for m in self.models() {
-            m.prometheus.refresh(&m.stats, m.frontend.stats(), &m.health.instances());
+            m.prometheus.refresh(&m.stats, m.frontend.stats(), &m.health.instances(), &m.frontend.ejected());
         }
         let mut text = self.registry.render();
         let a = &self.admission;

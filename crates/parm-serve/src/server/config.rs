@@ -36,6 +36,11 @@
 //! batch_coding = false           # true: a batch request is coded as one block (crate::coded)
 //! dispatch_max_batch = 1         # > 1: batch queued queries per instance (crate::upstream::dispatch)
 //! dispatch_max_in_flight = 4     # requests outstanding per instance before queries batch
+//! check_outputs = false          # check each coding group against its code (crate::coded::check) ...
+//! check_threshold = 4.0          # ... flag a group whose syndrome is this x the running median
+//! check_window = 40              # ... over each instance's last checks,
+//! eject_rate = 0.25              # ... eject one blamed this often
+//! eject_for_s = 30.0             # ... for this long
 //!
 //! [deadlines]                    # milliseconds
 //! group_timeout_ms = 5
@@ -213,6 +218,12 @@ pub struct ModelSection {
     /// How often instance entries that are DNS names or files are re-resolved (ms; see
     /// [`crate::upstream::discovery`]).
     pub discovery_interval_ms: Option<u64>,
+    /// Output checks (`--check-outputs` and its settings; see [`crate::coded::check`]).
+    pub check_outputs: Option<bool>,
+    pub check_threshold: Option<f32>,
+    pub check_window: Option<usize>,
+    pub eject_rate: Option<f64>,
+    pub eject_for_s: Option<f64>,
 }
 
 /// A string or a list of strings, as a list.

@@ -141,7 +141,7 @@ const LATENCY_BUCKETS: [f64; 14] = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2
 const FRONTEND_TIME_BUCKETS: [f64; 16] =
     [2e-6, 5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5, 4e-5, 5e-5, 7.5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 1e-2];
 
-const HELP: [(&str, &str); 19] = [
+const HELP: [(&str, &str); 23] = [
     ("nv_inference_request_success", "Number of successful inference requests"),
     ("nv_inference_request_failure", "Number of failed inference requests, by reason (REJECTED, CANCELED, BACKEND)"),
     ("nv_inference_count", "Number of inferences (queries, batch rows) answered"),
@@ -164,6 +164,10 @@ const HELP: [(&str, &str); 19] = [
         "The frontend's own time per answered request: accept to response encoded, less the wait for the instances",
     ),
     ("parm_instance_up", "1 if the instance answered its last ModelReady probe"),
+    ("parm_output_checks_total", "Coding groups checked against their code (--check-outputs)"),
+    ("parm_flagged_groups_total", "Checked coding groups whose outputs disagreed with the code"),
+    ("parm_ejections_total", "Deployed instances taken out of rotation because their outputs disagreed with the code"),
+    ("parm_instance_ejected", "1 while the deployed instance is out of rotation for wrong outputs"),
 ];
 
 const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -215,8 +219,9 @@ impl Prometheus {
         self.recorder.register_histogram(&key, &META).record(own.as_secs_f64());
     }
 
-    /// Refreshes this model's counters from `req`, `coded` and `instances` (see [`Self::render`]).
-    pub fn refresh(&self, req: &RequestStats, coded: &Stats, instances: &[std::sync::Arc<InstanceGauge>]) {
+    /// Refreshes this model's counters from `req`, `coded` and `instances` (see [`Self::render`]),
+    /// `ejected` the deployed instances out of rotation for wrong outputs.
+    pub fn refresh(&self, req: &RequestStats, coded: &Stats, instances: &[std::sync::Arc<InstanceGauge>], ejected: &[String]) {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let us = |d: &StatDuration| d.get().1 / 1000;
         self.counter("nv_inference_request_success", &[], l(&req.success.count));
@@ -241,9 +246,16 @@ impl Prometheus {
         self.counter("parm_padded_groups_total", &[], l(&coded.padded_groups));
         self.counter("parm_unprotected_groups_total", &[], l(&coded.unprotected_groups));
         self.counter("parm_backup_requests_total", &[], l(&coded.backups));
+        self.counter("parm_output_checks_total", &[], l(&coded.checks));
+        self.counter("parm_flagged_groups_total", &[], l(&coded.flagged));
+        self.counter("parm_ejections_total", &[], l(&coded.ejections));
         for i in instances {
             let up = if i.up.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
             self.gauge("parm_instance_up", &[("role", i.role.into()), ("instance", i.addr.clone())], up);
+            if i.role == "deployed" {
+                let out = if ejected.contains(&i.addr) { 1.0 } else { 0.0 };
+                self.gauge("parm_instance_ejected", &[("instance", i.addr.clone())], out);
+            }
         }
     }
 

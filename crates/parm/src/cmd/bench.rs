@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// Epochs for parity models that must be trained first.
     #[arg(long, default_value_t = 30)]
     pub parity_epochs: usize,
+    /// Instead of the tail scenarios: one deployed instance returns wrong outputs, and the
+    /// frontend's output checks catch them (`OUT/wrong-outputs.json`; `--queries`, default
+    /// 10,000 test images per run).
+    #[arg(long)]
+    pub wrong_outputs: bool,
     /// Simulator calibrations (`parm simulate --calibration`): for each scenario with host
     /// faults (CPU burner, shuffles), one calibration round runs before each round of its
     /// trials under the same host faults, and the pooled calibration replaces the file's
@@ -95,6 +100,9 @@ pub struct TailRow {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.wrong_outputs {
+        return super::bench_wrong_outputs::run(&a.paths, &a.out, a.queries.unwrap_or(10_000), a.parity_epochs);
+    }
     let files = if a.scenarios.is_empty() { default_scenarios()? } else { a.scenarios.clone() };
     let mut scenarios = files.iter().map(|f| Scenario::load(f)).collect::<anyhow::Result<Vec<_>>>()?;
     for s in &mut scenarios {

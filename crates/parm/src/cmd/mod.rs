@@ -1,6 +1,7 @@
 //! The CLI subcommands, one module each, and what several of them share.
 
 pub mod bench;
+pub mod bench_wrong_outputs;
 pub mod data;
 pub mod demo;
 pub mod eval;

@@ -92,6 +92,25 @@ pub struct ServeArgs {
     /// The straggler threshold's floor (microseconds); above 5 ms it is also the cap.
     #[arg(long, default_value_t = parm_serve::coded::policy::StragglerPolicy::default().min.as_micros() as u64)]
     pub straggler_min_us: u64,
+    /// Check each complete coding group against its code and take deployed instances whose
+    /// outputs keep disagreeing with it out of rotation (wrong outputs: a corrupted model, a
+    /// faulty accelerator). Needs parity instances (ParM's parity or --parities R; with
+    /// R >= 2 the wrong member is located); every group then gets its parity queries.
+    #[arg(long)]
+    pub check_outputs: bool,
+    /// Output checks: a group is flagged when its syndrome exceeds this x the running median.
+    #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().threshold)]
+    pub check_threshold: f32,
+    /// Output checks: how many of each instance's last checks decide its ejection.
+    #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().window)]
+    pub check_window: usize,
+    /// Output checks: the share of blamed checks that ejects an instance (it must also be
+    /// at least twice the other instances' median share).
+    #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().eject_rate)]
+    pub eject_rate: f64,
+    /// Output checks: seconds an ejected instance stays out of rotation.
+    #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().eject_for.as_secs_f64())]
+    pub eject_for_s: f64,
     /// Uncoded baselines for queries without parity: none, replication (2 copies, first
     /// answer wins), hedged (backup after the running p95 latency).
     #[arg(long, default_value = "none")]
@@ -282,6 +301,11 @@ fn apply_model<F: Fn(&str) -> bool>(a: &mut ServeArgs, m: ModelSection, d: Deadl
     p.apply("discovery_interval_ms", &mut a.discovery_interval_ms, m.discovery_interval_ms);
     p.apply("straggler_factor", &mut a.straggler_factor, m.straggler_factor);
     p.apply("straggler_min_us", &mut a.straggler_min_us, m.straggler_min_us);
+    p.apply("check_outputs", &mut a.check_outputs, m.check_outputs);
+    p.apply("check_threshold", &mut a.check_threshold, m.check_threshold);
+    p.apply("check_window", &mut a.check_window, m.check_window);
+    p.apply("eject_rate", &mut a.eject_rate, m.eject_rate);
+    p.apply("eject_for_s", &mut a.eject_for_s, m.eject_for_s);
     p.apply("group_timeout_ms", &mut a.group_timeout_ms, d.group_timeout_ms);
     p.apply("decode_grace_ms", &mut a.decode_grace_ms, d.decode_grace_ms);
     p.apply("instance_timeout_ms", &mut a.instance_timeout_ms, d.instance_timeout_ms);
@@ -452,7 +476,22 @@ pub fn frontend_config(a: &ServeArgs, spec: ModelSpec) -> anyhow::Result<Fronten
         },
         batch_coding: a.batch_coding,
         discovery_interval: Duration::from_millis(a.discovery_interval_ms),
+        checks: a.check_outputs.then(|| output_checks(a)).transpose()?,
         ..FrontendConfig::new(spec, a.deployed.clone())
+    })
+}
+
+/// The output-check settings of `a` (`--check-*`, `--eject-*`).
+///
+/// Errors: a negative or non-finite `--eject-for-s`.
+fn output_checks(a: &ServeArgs) -> anyhow::Result<parm_serve::coded::OutputChecks> {
+    anyhow::ensure!(a.eject_for_s.is_finite() && a.eject_for_s >= 0.0, "--eject-for-s must be a number of seconds >= 0, got {}", a.eject_for_s);
+    Ok(parm_serve::coded::OutputChecks {
+        threshold: a.check_threshold,
+        window: a.check_window,
+        eject_rate: a.eject_rate,
+        eject_for: Duration::from_secs_f64(a.eject_for_s),
+        ..Default::default()
     })
 }
 
