@@ -92,3 +92,81 @@ fn berrut_answers_a_slow_instance_s_queries_without_a_parity_model() {
         drop((served, slow, fast, extra));
     });
 }
+
+#[test]
+fn check_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
+    let deployed = ["--deployed", "127.0.0.1:9"];
+    for (args, reason) in [
+        (&["--check-outputs"][..], "need parity instances"),
+        (&["--check-outputs", "--code", "berrut", "--extra-instances", "127.0.0.1:11"][..], "Berrut"),
+        (&["--check-outputs", "--parity", "127.0.0.1:10", "--check-threshold", "0.5"][..], "threshold"),
+        (&["--check-outputs", "--parity", "127.0.0.1:10", "--eject-for-s=-1"][..], "--eject-for-s"),
+    ] {
+        let (status, stderr) = serve_refused(&[&deployed[..], args].concat());
+        assert!(!status.success(), "{args:?}: exit {status}");
+        assert!(stderr.contains(reason), "{args:?}: stderr {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// One of five workers negates and scales every output (`--fault wrong=1`); `parm serve
+/// --check-outputs` finds it from its coding groups, ejects it, says so in /metrics and the
+/// repository index, and from then on every answer it gets from an instance is F's own.
+#[test]
+fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
+    let (net, _) = parm_nn::train::load_net(&model, &burn::tensor::Device::flex()).unwrap();
+    let truth = |x: &[f32]| parm_nn::DeployedModel::outputs(&net, x, 1).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let spec = |name: &str, fault: &str| InstanceSpec { model: model.clone(), name: name.into(), fault: fault.into(), listen: None };
+        let bad = start_instance(exe(), spec(DEPLOYED, "wrong=1,wrong_kind=scale,wrong_scale=-50,seed=1")).await.unwrap();
+        let mut deployed = vec![bad];
+        for _ in 0..4 {
+            deployed.push(start_instance(exe(), spec(DEPLOYED, "")).await.unwrap());
+        }
+        // The parity model is F itself: inexact for a nonlinear F, but far closer than -50 F.
+        let parity = start_instance(exe(), spec(support::PARITY, "")).await.unwrap();
+        let addrs = deployed.iter().map(|w| w.addr.clone()).collect::<Vec<_>>().join(",");
+        let args = ["--deployed", &addrs, "--parity", &parity.addr, "--k", "2", "--check-outputs", "--check-window", "10"];
+        let served = start_serve(&[&args[..], &["--model-name", "m", "--group-timeout-ms", "50"]].concat()).await;
+        let base = format!("http://{}", served.addr);
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let query = |i: usize| -> Vec<f32> { (0..784).map(|t| ((t * 7 + i * 13) % 17) as f32 / 17.0).collect() };
+        let pairs = |from: usize, n: usize| {
+            let (client, url) = (client.clone(), format!("{base}/v2/models/m/infer"));
+            async move {
+                let mut wrong = 0;
+                for pair in from..from + n {
+                    let send = |i: usize| {
+                        let (client, url) = (client.clone(), url.clone());
+                        async move { (i, client.post(&url).json(&infer_body(&i.to_string(), &query(i))).send().await.unwrap()) }
+                    };
+                    let (a, b) = tokio::join!(send(2 * pair), send(2 * pair + 1));
+                    for (i, resp) in [a, b] {
+                        assert_eq!(resp.status(), 200);
+                        let body: Value = resp.json().await.unwrap();
+                        // A reconstruction is approximate (here very: F is untrained and its own
+                        // parity model); an original must be exact.
+                        let original = body["parameters"]["parm_reconstructed"] != true;
+                        wrong += usize::from(original && !support::close(&output(&body), &truth(&query(i))));
+                    }
+                }
+                wrong
+            }
+        };
+        let before = pairs(0, 40).await;
+        assert!(before > 0, "the faulty worker's outputs reached clients before it was found");
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = |name: &str| metrics.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+        assert!(line("parm_ejections_total").ends_with(" 1"), "{}", line("parm_ejections_total"));
+        let ejected = metrics.lines().find(|l| l.starts_with("parm_instance_ejected") && l.contains(&deployed[0].addr)).unwrap();
+        assert!(ejected.ends_with(" 1"), "{ejected}");
+        assert!(line("parm_output_checks_total").split(' ').next_back().unwrap().parse::<f64>().unwrap() >= 20.0);
+        let index: Value = client.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(index[0]["ejected_instances"], serde_json::json!([deployed[0].addr]), "{index}");
+        assert_eq!(pairs(40, 20).await, 0, "every original answer is F's own once the faulty worker is out");
+        drop((served, deployed, parity));
+    });
+}

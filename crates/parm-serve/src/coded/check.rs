@@ -15,8 +15,9 @@
 //! flagged groups, a healthy one only in those it shares with a wrong one). Each deployed
 //! instance keeps its last [`OutputChecks::window`] checks; one whose share of blamed checks
 //! reaches [`OutputChecks::eject_rate`] and is at least twice the median share of the others
-//! is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation
-//! with an empty window. Outputs that an ejected instance still returns (calls in flight)
+//! is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation;
+//! every instance's window starts again then (the suspicion the ejected one cast on its
+//! group-mates goes with it). Outputs that an ejected instance still returns (calls in flight)
 //! count as failed, so its queries are answered from the code. At most half the deployed
 //! instances are out at once.
 //!
@@ -86,6 +87,8 @@ pub struct CheckVerdict {
     /// The syndrome's RMS per value, and the running median it was compared with.
     pub score: f32,
     pub median: f32,
+    /// The group's [`parm_codes::Check`].
+    pub check: Check,
     /// Score above threshold x median.
     pub flagged: bool,
     /// Positions blamed ([`crate::coded::Prediction::position`]); empty unless flagged.
@@ -155,7 +158,9 @@ impl Checker {
         }
         for addr in suspects {
             if self.should_eject(&st, &addr, pool) && pool.eject(&addr, Instant::now() + self.cfg.eject_for) {
-                st.windows.remove(&addr);
+                // Every window starts again: the suspicion the ejected instance cast on its
+                // group-mates (r = 1 blames them all) must not eject them next.
+                st.windows.clear();
                 stats.ejections.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     instance = %addr,
@@ -167,7 +172,7 @@ impl Checker {
         }
         drop(st);
         if self.verdicts.receiver_count() > 0 {
-            let _ = self.verdicts.send(CheckVerdict { group, score: check.score, median, flagged, blamed, instances });
+            let _ = self.verdicts.send(CheckVerdict { group, score: check.score, median, check, flagged, blamed, instances });
         }
     }
 

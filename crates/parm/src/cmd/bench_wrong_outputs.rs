@@ -167,11 +167,13 @@ struct Answer {
 impl Setup<'_> {
     async fn run(&self, setup: &str, run: &str, inputs: &[Vec<f32>], truth: &[Vec<f32>]) -> anyhow::Result<WrongOutputsRow> {
         let r = self.parity.len();
-        let worker = |model: &Path, name: String, fault: &str| InstanceSpec { model: model.to_path_buf(), name, fault: fault.into(), listen: None };
+        let worker =
+            |model: &Path, name: String, fault: &str| InstanceSpec { model: model.to_path_buf(), name, fault: fault.into(), listen: None };
         let mut specs: Vec<InstanceSpec> =
             (0..DEPLOYED).map(|i| worker(self.deployed, "deployed".into(), if i == FAULTY { FAULT } else { "" })).collect();
-        let names: Vec<String> =
-            (0..r).map(|l| if r == 1 { super::parity_name(self.k, "addition") } else { super::parity_name(self.k, &format!("linear-r2-p{l}")) }).collect();
+        let names: Vec<String> = (0..r)
+            .map(|l| if r == 1 { super::parity_name(self.k, "addition") } else { super::parity_name(self.k, &format!("linear-r2-p{l}")) })
+            .collect();
         specs.extend(self.parity.iter().zip(&names).map(|(p, n)| worker(p, n.clone(), "")));
         let workers = start_instances(self.exe, specs).await?;
         let addr = |i: usize| workers[i].addr.clone();
@@ -201,7 +203,15 @@ impl Setup<'_> {
             let st = f.stats();
             let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
             let groups: std::collections::HashSet<u64> = answers.iter().map(|a| a.prediction.group).collect();
-            eprintln!("DEBUG groups {} parity_queries {} padded {} unprotected {} skipped {} checks {}", groups.len(), l(&st.parity_queries), l(&st.padded_groups), l(&st.unprotected_groups), l(&st.parity_skipped), l(&st.checks));
+            eprintln!(
+                "DEBUG groups {} parity_queries {} padded {} unprotected {} skipped {} checks {}",
+                groups.len(),
+                l(&st.parity_queries),
+                l(&st.padded_groups),
+                l(&st.unprotected_groups),
+                l(&st.parity_skipped),
+                l(&st.checks)
+            );
         }
         let mut row = WrongOutputsRow {
             setup: setup.into(),
@@ -236,7 +246,7 @@ impl Setup<'_> {
                     members.push(i);
                 }
             }
-            ratios.push(((v.score / v.median.max(1e-9)) as f64, members));
+            ratios.push(((v.score / v.median.max(1e-9)) as f64, members.clone(), v.check.clone()));
         }
         for (i, a) in answers.iter().enumerate().filter(|(_, a)| !a.prediction.reconstructed) {
             let out = &a.prediction.output;
@@ -262,8 +272,15 @@ impl Setup<'_> {
             !a.reconstructed && a.output.iter().zip(&truth[i]).any(|(x, y)| (x - y).abs() > 1e-3 * (1.0 + y.abs()))
         };
         let (mut bad, mut good): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-        for (ratio, members) in ratios {
-            if members.iter().any(|&i| is_corrupted(i)) { bad.push(ratio) } else { good.push(ratio) }
+        let mut dump = String::new();
+        for (ratio, members, check) in ratios {
+            let bad_member = members.iter().position(|&i| is_corrupted(i));
+            dump += &serde_json::json!({"ratio": ratio, "per_output": check.per_output, "located": check.located, "bad": bad_member, "e": check.syndrome}).to_string();
+            dump.push('\n');
+            if bad_member.is_some() { bad.push(ratio) } else { good.push(ratio) }
+        }
+        if let Ok(path) = std::env::var("PARM_DUMP_VERDICTS") {
+            std::fs::write(format!("{path}-{}-{run}.jsonl", self.k), dump)?;
         }
         row.clean_ratio = [quantile(&mut good, 0.5), quantile(&mut good, 0.99), quantile(&mut good, 0.999)];
         row.corrupted_ratio = [quantile(&mut bad, 0.1), quantile(&mut bad, 0.5)];

@@ -485,7 +485,11 @@ pub fn frontend_config(a: &ServeArgs, spec: ModelSpec) -> anyhow::Result<Fronten
 ///
 /// Errors: a negative or non-finite `--eject-for-s`.
 fn output_checks(a: &ServeArgs) -> anyhow::Result<parm_serve::coded::OutputChecks> {
-    anyhow::ensure!(a.eject_for_s.is_finite() && a.eject_for_s >= 0.0, "--eject-for-s must be a number of seconds >= 0, got {}", a.eject_for_s);
+    anyhow::ensure!(
+        a.eject_for_s.is_finite() && a.eject_for_s >= 0.0,
+        "--eject-for-s must be a number of seconds >= 0, got {}",
+        a.eject_for_s
+    );
     Ok(parm_serve::coded::OutputChecks {
         threshold: a.check_threshold,
         window: a.check_window,
