@@ -14,7 +14,7 @@
 //! instance (r = 1 cannot tell which member is wrong; a wrong instance is in every one of its
 //! flagged groups, a healthy one only in those it shares with a wrong one). Each deployed
 //! instance keeps its last [`OutputChecks::window`] checks; one whose share of blamed checks
-//! reaches [`OutputChecks::eject_rate`] and is at least twice the median share of the others
+//! reaches [`OutputChecks::eject_rate`] and is at least three times the median share of the others
 //! is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation;
 //! every instance's window starts again then (the suspicion the ejected one cast on its
 //! group-mates goes with it). Outputs that an ejected instance still returns (calls in flight)
@@ -49,9 +49,11 @@ pub struct OutputChecks {
     /// With r >= 2: the least share of a flagged group's syndrome its located member must
     /// explain to be blamed alone (default 0.8; otherwise every member is suspected).
     pub min_share: f32,
-    /// Checks per instance that ejection looks at (default 40).
+    /// Checks per instance that ejection looks at (default 100).
     pub window: usize,
-    /// Share of blamed checks in an instance's window that ejects it (default 0.25).
+    /// Share of blamed checks in an instance's window that ejects it, if it is also at
+    /// least three times the median share of the other instances (default 0.1: a healthy
+    /// instance is blamed in well under 1% of its checks, see BENCHMARKS.md).
     pub eject_rate: f64,
     /// How long an ejected instance stays out of rotation (default 30 s).
     pub eject_for: Duration,
@@ -59,7 +61,7 @@ pub struct OutputChecks {
 
 impl Default for OutputChecks {
     fn default() -> Self {
-        OutputChecks { threshold: 4.0, min_share: 0.8, window: 40, eject_rate: 0.25, eject_for: Duration::from_secs(30) }
+        OutputChecks { threshold: 4.0, min_share: 0.8, window: 100, eject_rate: 0.1, eject_for: Duration::from_secs(30) }
     }
 }
 
@@ -177,8 +179,9 @@ impl Checker {
     }
 
     /// An instance is ejected when its window is at least half full, its blamed share reaches
-    /// `eject_rate` and twice the median share of the pool's other instances, and fewer than
-    /// half the pool's instances are out.
+    /// `eject_rate` and three times the median share of the pool's other instances (with
+    /// r = 1 a healthy instance shares the blame of the groups it has in common with a wrong
+    /// one), and fewer than half the pool's instances are out.
     fn should_eject(&self, st: &CheckerState, addr: &str, pool: &Pool) -> bool {
         let share = |w: &VecDeque<bool>| w.iter().filter(|b| **b).count() as f64 / w.len().max(1) as f64;
         let Some(w) = st.windows.get(addr) else { return false };
@@ -187,7 +190,7 @@ impl Checker {
         }
         let others: Vec<f32> = st.windows.iter().filter(|(a, _)| a.as_str() != addr).map(|(_, w)| share(w) as f32).collect();
         let n = pool.len();
-        share(w) >= 2.0 * median(&others.into_iter().collect()) as f64 && (pool.ejected().len() + 1) * 2 <= n
+        share(w) >= 3.0 * median(&others.into_iter().collect()) as f64 && (pool.ejected().len() + 1) * 2 <= n
     }
 }
 

@@ -38,8 +38,8 @@
 //! dispatch_max_in_flight = 4     # requests outstanding per instance before queries batch
 //! check_outputs = false          # check each coding group against its code (crate::coded::check) ...
 //! check_threshold = 4.0          # ... flag a group whose syndrome is this x the running median
-//! check_window = 40              # ... over each instance's last checks,
-//! eject_rate = 0.25              # ... eject one blamed this often
+//! check_window = 100             # ... over each instance's last checks,
+//! eject_rate = 0.1               # ... eject one blamed this often
 //! eject_for_s = 30.0             # ... for this long
 //!
 //! [deadlines]                    # milliseconds

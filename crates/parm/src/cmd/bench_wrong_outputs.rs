@@ -85,6 +85,8 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
     let models = ensure_models(paths, &[2], &budget)?;
     let linear: Vec<PathBuf> =
         (0..2).map(|l| ensure_parity(paths, &models.deployed, 4, &format!("linear-r2-p{l}"), &budget)).collect::<anyhow::Result<_>>()?;
+    let linear2: Vec<PathBuf> =
+        (0..2).map(|l| ensure_parity(paths, &models.deployed, 2, &format!("linear-r2-p{l}"), &budget)).collect::<anyhow::Result<_>>()?;
     let images = super::bench::test_queries(paths, queries)?;
     let deployed = Deployed::open(&Source::Parm(models.deployed.clone()))?;
     let dim = deployed.input_shape.iter().product::<usize>();
@@ -93,7 +95,11 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
     let truth: Vec<Vec<f32>> = truth.chunks(deployed.outputs).map(<[f32]>::to_vec).collect();
     let spec = ModelSpec::fp32(&paths.dataset, vec![dim as i64], vec![deployed.outputs as i64]);
     let inputs: Vec<Vec<f32>> = images.into_iter().map(|q| q.input).collect();
-    let setups = [("parm r=2", 4, vec![linear[0].clone(), linear[1].clone()]), ("parm r=1", 2, vec![models.parity[&2].clone()])];
+    let setups = [
+        ("parm r=2, k=4", 4, vec![linear[0].clone(), linear[1].clone()]),
+        ("parm r=2, k=2", 2, vec![linear2[0].clone(), linear2[1].clone()]),
+        ("parm r=1, k=2", 2, vec![models.parity[&2].clone()]),
+    ];
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let exe = std::env::current_exe().context("locating the parm binary")?;
     let mut rows = Vec::new();
@@ -125,8 +131,8 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
 }
 
 fn write(out: &Path, rows: &[WrongOutputsRow]) -> anyhow::Result<()> {
-    let main = rows.iter().find(|r| r.r == 2 && r.run == "eject").context("no r = 2 run")?;
-    let catch = rows.iter().find(|r| r.r == 2 && r.run == "catch").context("no r = 2 catch run")?;
+    let main = rows.iter().find(|r| r.r == 2 && r.k == 4 && r.run == "eject").context("no r = 2 run")?;
+    let catch = rows.iter().find(|r| r.r == 2 && r.k == 4 && r.run == "catch").context("no r = 2 catch run")?;
     let doc = serde_json::json!({
         "corrupted": catch.corrupted,
         "caught": catch.caught,
@@ -199,20 +205,6 @@ impl Setup<'_> {
         let answers = ask_all(&f, inputs).await?;
         tokio::time::sleep(Duration::from_millis(200)).await; // the last parity outputs
         let ejected_at = *ejected_at.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let st = f.stats();
-            let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            let groups: std::collections::HashSet<u64> = answers.iter().map(|a| a.prediction.group).collect();
-            eprintln!(
-                "DEBUG groups {} parity_queries {} padded {} unprotected {} skipped {} checks {}",
-                groups.len(),
-                l(&st.parity_queries),
-                l(&st.padded_groups),
-                l(&st.unprotected_groups),
-                l(&st.parity_skipped),
-                l(&st.checks)
-            );
-        }
         let mut row = WrongOutputsRow {
             setup: setup.into(),
             k: self.k,
@@ -246,7 +238,7 @@ impl Setup<'_> {
                     members.push(i);
                 }
             }
-            ratios.push(((v.score / v.median.max(1e-9)) as f64, members.clone(), v.check.clone()));
+            ratios.push(((v.score / v.median.max(1e-9)) as f64, members));
         }
         for (i, a) in answers.iter().enumerate().filter(|(_, a)| !a.prediction.reconstructed) {
             let out = &a.prediction.output;
@@ -272,15 +264,12 @@ impl Setup<'_> {
             !a.reconstructed && a.output.iter().zip(&truth[i]).any(|(x, y)| (x - y).abs() > 1e-3 * (1.0 + y.abs()))
         };
         let (mut bad, mut good): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-        let mut dump = String::new();
-        for (ratio, members, check) in ratios {
-            let bad_member = members.iter().position(|&i| is_corrupted(i));
-            dump += &serde_json::json!({"ratio": ratio, "per_output": check.per_output, "located": check.located, "bad": bad_member, "e": check.syndrome}).to_string();
-            dump.push('\n');
-            if bad_member.is_some() { bad.push(ratio) } else { good.push(ratio) }
-        }
-        if let Ok(path) = std::env::var("PARM_DUMP_VERDICTS") {
-            std::fs::write(format!("{path}-{}-{run}.jsonl", self.k), dump)?;
+        for (ratio, members) in ratios {
+            if members.iter().any(|&i| is_corrupted(i)) {
+                bad.push(ratio)
+            } else {
+                good.push(ratio)
+            }
         }
         row.clean_ratio = [quantile(&mut good, 0.5), quantile(&mut good, 0.99), quantile(&mut good, 0.999)];
         row.corrupted_ratio = [quantile(&mut bad, 0.1), quantile(&mut bad, 0.5)];

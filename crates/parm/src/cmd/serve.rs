@@ -105,7 +105,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().window)]
     pub check_window: usize,
     /// Output checks: the share of blamed checks that ejects an instance (it must also be
-    /// at least twice the other instances' median share).
+    /// at least three times the other instances' median share).
     #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().eject_rate)]
     pub eject_rate: f64,
     /// Output checks: seconds an ejected instance stays out of rotation.
