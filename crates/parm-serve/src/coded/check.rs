@@ -52,7 +52,7 @@ pub struct OutputChecks {
     /// Checks per instance that ejection looks at (default 100).
     pub window: usize,
     /// Share of blamed checks in an instance's window that ejects it, if it is also at
-    /// least three times the median share of the other instances (default 0.1: a healthy
+    /// least three times the median share of the other instances (default 0.05: a healthy
     /// instance is blamed in well under 1% of its checks, see BENCHMARKS.md).
     pub eject_rate: f64,
     /// How long an ejected instance stays out of rotation (default 30 s).
@@ -61,7 +61,7 @@ pub struct OutputChecks {
 
 impl Default for OutputChecks {
     fn default() -> Self {
-        OutputChecks { threshold: 4.0, min_share: 0.8, window: 100, eject_rate: 0.1, eject_for: Duration::from_secs(30) }
+        OutputChecks { threshold: 4.0, min_share: 0.8, window: 100, eject_rate: 0.05, eject_for: Duration::from_secs(30) }
     }
 }
 

@@ -39,7 +39,7 @@
 //! check_outputs = false          # check each coding group against its code (crate::coded::check) ...
 //! check_threshold = 4.0          # ... flag a group whose syndrome is this x the running median
 //! check_window = 100             # ... over each instance's last checks,
-//! eject_rate = 0.1               # ... eject one blamed this often
+//! eject_rate = 0.05              # ... eject one blamed this often
 //! eject_for_s = 30.0             # ... for this long
 //!
 //! [deadlines]                    # milliseconds

@@ -11,9 +11,10 @@
 //! here from the same model file: an answer delivered as an original that differs from it is
 //! corrupted.
 //!
-//! Two setups, each run twice: r = 2 parities at k = 4 (the wrong member located), and ParM's
-//! one parity at k = 2 (the group suspected); the *catch* run never ejects (so every
-//! corruption is judged), the *eject* run uses the default settings.
+//! Three setups: r = 2 parities at k = 4 and at k = 2 (the wrong member located), and ParM's
+//! one parity at k = 2 (the group suspected). Each runs three times: *catch* never ejects (so
+//! every corruption is judged), *eject* uses the default settings, *healthy* too but with no
+//! faulty instance (any ejection is a false one).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parm_bench::cluster::{InstanceSpec, start_instances};
-use parm_serve::coded::{Code, Frontend, FrontendConfig, OutputChecks, ParityInstances, Prediction};
+use parm_serve::coded::{CheckVerdict, Code, Frontend, FrontendConfig, OutputChecks, ParityInstances, Prediction};
 use parm_serve::oip::ModelSpec;
 use serde::Serialize;
 
@@ -45,7 +46,8 @@ pub struct WrongOutputsRow {
     pub setup: String,
     pub k: usize,
     pub r: usize,
-    /// `catch` (ejection off) or `eject` (default settings).
+    /// `catch` (ejection off), `eject` (default settings) or `healthy` (default settings, no
+    /// instance faulty: false ejections).
     pub run: String,
     pub queries: usize,
     /// Originals that differ from F's output (all from the faulty instance).
@@ -65,6 +67,8 @@ pub struct WrongOutputsRow {
     pub wrong_answers_after_ejection: usize,
     /// Seconds from the first query to the faulty instance's ejection (`null`: never).
     pub instance_ejected_after_s: Option<f64>,
+    /// Instances ejected in the run (more than 1, or any in a `healthy` run: false ejections).
+    pub ejections: u64,
     /// Queries answered by reconstruction, and groups checked / flagged.
     pub reconstructed: usize,
     pub checks: u64,
@@ -104,12 +108,13 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
     let exe = std::env::current_exe().context("locating the parm binary")?;
     let mut rows = Vec::new();
     for (setup, k, parity) in &setups {
-        for run in ["catch", "eject"] {
+        for run in ["catch", "eject", "healthy"] {
             let checks = if run == "catch" { OutputChecks { eject_rate: 1.0, ..Default::default() } } else { OutputChecks::default() };
-            let s = Setup { exe: &exe, deployed: &models.deployed, parity, k: *k, spec: spec.clone(), checks };
+            let fault = if run == "healthy" { "" } else { FAULT };
+            let s = Setup { exe: &exe, deployed: &models.deployed, parity, k: *k, spec: spec.clone(), checks, fault };
             let row = rt.block_on(s.run(setup, run, &inputs, &truth))?;
             eprintln!(
-                "{setup} {run}: corrupted {} (top-1 changed {}), caught {} ({} of top-1), false alarms {} of {}, wrong answers delivered {} ({} after ejection), ejected after {:?} s; {} checks, {} flagged; score/median clean p50/p99/p99.9 {:?}, corrupted p10/p50 {:?}",
+                "{setup} {run}: corrupted {} (top-1 changed {}), caught {} ({} of top-1), false alarms {} of {}, wrong answers delivered {} ({} after ejection), ejected after {:?} s ({} ejections); {} checks, {} flagged; score/median clean p50/p99/p99.9 {:?}, corrupted p10/p50 {:?}",
                 row.corrupted,
                 row.corrupted_top1,
                 row.caught,
@@ -119,6 +124,7 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
                 row.wrong_answers_delivered,
                 row.wrong_answers_after_ejection,
                 row.instance_ejected_after_s,
+                row.ejections,
                 row.checks,
                 row.flagged,
                 row.clean_ratio,
@@ -132,6 +138,7 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
 
 fn write(out: &Path, rows: &[WrongOutputsRow]) -> anyhow::Result<()> {
     let main = rows.iter().find(|r| r.r == 2 && r.k == 4 && r.run == "eject").context("no r = 2 run")?;
+    let healthy = rows.iter().filter(|r| r.run == "healthy").map(|r| r.ejections).sum::<u64>();
     let catch = rows.iter().find(|r| r.r == 2 && r.k == 4 && r.run == "catch").context("no r = 2 catch run")?;
     let doc = serde_json::json!({
         "corrupted": catch.corrupted,
@@ -143,6 +150,7 @@ fn write(out: &Path, rows: &[WrongOutputsRow]) -> anyhow::Result<()> {
         "wrong_answers_delivered": main.wrong_answers_delivered,
         "wrong_answers_after_ejection": main.wrong_answers_after_ejection,
         "instance_ejected_after_s": main.instance_ejected_after_s,
+        "false_ejections_in_healthy_runs": healthy,
         "fault": FAULT,
         "note": "top level: the r = 2 (k = 4) setup; counts from its catch run (ejection off), delivery and ejection from its eject run (default settings)",
         "runs": rows,
@@ -162,6 +170,8 @@ struct Setup<'a> {
     k: usize,
     spec: ModelSpec,
     checks: OutputChecks,
+    /// The third instance's `--fault` (empty: every instance healthy).
+    fault: &'a str,
 }
 
 /// What each query got, by index.
@@ -176,7 +186,7 @@ impl Setup<'_> {
         let worker =
             |model: &Path, name: String, fault: &str| InstanceSpec { model: model.to_path_buf(), name, fault: fault.into(), listen: None };
         let mut specs: Vec<InstanceSpec> =
-            (0..DEPLOYED).map(|i| worker(self.deployed, "deployed".into(), if i == FAULTY { FAULT } else { "" })).collect();
+            (0..DEPLOYED).map(|i| worker(self.deployed, "deployed".into(), if i == FAULTY { self.fault } else { "" })).collect();
         let names: Vec<String> = (0..r)
             .map(|l| if r == 1 { super::parity_name(self.k, "addition") } else { super::parity_name(self.k, &format!("linear-r2-p{l}")) })
             .collect();
@@ -199,12 +209,15 @@ impl Setup<'_> {
         };
         let f = Frontend::start(cfg)?;
         f.warm_up().await;
-        let mut verdicts = f.subscribe_checks().context("checks are on")?;
+        let verdicts = collect(f.subscribe_checks().context("checks are on")?);
         let start = Instant::now();
-        let ejected_at = watch_ejection(&f);
+        let (ejected_at, watcher) = watch_ejection(&f);
         let answers = ask_all(&f, inputs).await?;
         tokio::time::sleep(Duration::from_millis(200)).await; // the last parity outputs
+        watcher.abort();
         let ejected_at = *ejected_at.lock().unwrap_or_else(|p| p.into_inner());
+        let (verdicts, lost) = std::mem::take(&mut *verdicts.lock().unwrap_or_else(|p| p.into_inner()));
+        anyhow::ensure!(lost == 0, "{lost} check verdicts were not read in time");
         let mut row = WrongOutputsRow {
             setup: setup.into(),
             k: self.k,
@@ -221,6 +234,7 @@ impl Setup<'_> {
             wrong_answers_after_ejection: 0,
             instance_ejected_after_s: ejected_at.map(|t| t.duration_since(start).as_secs_f64()),
             reconstructed: answers.iter().filter(|a| a.prediction.reconstructed).count(),
+            ejections: f.stats().ejections.load(std::sync::atomic::Ordering::Relaxed),
             checks: f.stats().checks.load(std::sync::atomic::Ordering::Relaxed),
             flagged: f.stats().flagged.load(std::sync::atomic::Ordering::Relaxed),
             clean_ratio: [0.0; 3],
@@ -230,7 +244,7 @@ impl Setup<'_> {
             answers.iter().enumerate().map(|(i, a)| ((a.prediction.group, a.prediction.position), i)).collect();
         let mut judged = HashMap::new();
         let mut ratios = Vec::new();
-        while let Ok(v) = verdicts.try_recv() {
+        for v in verdicts {
             let mut members = Vec::new();
             for (position, instance) in v.instances.iter().enumerate() {
                 if let Some(&i) = by_slot.get(&(v.group, position)) {
@@ -265,11 +279,7 @@ impl Setup<'_> {
         };
         let (mut bad, mut good): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         for (ratio, members) in ratios {
-            if members.iter().any(|&i| is_corrupted(i)) {
-                bad.push(ratio)
-            } else {
-                good.push(ratio)
-            }
+            if members.iter().any(|&i| is_corrupted(i)) { bad.push(ratio) } else { good.push(ratio) }
         }
         row.clean_ratio = [quantile(&mut good, 0.5), quantile(&mut good, 0.99), quantile(&mut good, 0.999)];
         row.corrupted_ratio = [quantile(&mut bad, 0.1), quantile(&mut bad, 0.5)];
@@ -279,11 +289,29 @@ impl Setup<'_> {
     }
 }
 
-/// When the first deployed instance was ejected, polled every 5 ms while the frontend runs.
-fn watch_ejection(f: &Frontend) -> Arc<Mutex<Option<Instant>>> {
+/// Every verdict as it comes, and how many were lost (the receiver fell behind).
+fn collect(mut rx: tokio::sync::broadcast::Receiver<CheckVerdict>) -> Arc<Mutex<(Vec<CheckVerdict>, u64)>> {
+    let got = Arc::new(Mutex::new((Vec::new(), 0)));
+    let into = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let v = rx.recv().await;
+            let mut got = into.lock().unwrap_or_else(|p| p.into_inner());
+            match v {
+                Ok(v) => got.0.push(v),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => got.1 += n,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    got
+}
+
+/// When the first deployed instance was ejected, polled every 5 ms until the task is aborted.
+fn watch_ejection(f: &Frontend) -> (Arc<Mutex<Option<Instant>>>, tokio::task::JoinHandle<()>) {
     let at = Arc::new(Mutex::new(None));
     let (f, seen) = (f.clone(), at.clone());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while seen.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
             if !f.ejected().is_empty() {
                 *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -291,7 +319,7 @@ fn watch_ejection(f: &Frontend) -> Arc<Mutex<Option<Instant>>> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    at
+    (at, task)
 }
 
 /// Every input through the frontend, [`CLIENTS`] at a time; answers by input index.
