@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use parm_codes::encoder_by_name;
+use parm_codes::encoder_for_shape;
 use parm_serve::coded::{Frontend, FrontendConfig};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::client::InstanceClient;
@@ -28,6 +28,39 @@ pub const DEPLOYED: &str = "deployed";
 pub struct Models {
     pub deployed: PathBuf,
     pub parity: BTreeMap<usize, PathBuf>,
+    /// What the parity models are: ParM's learned parity models, or collage models.
+    pub code: ParityCode,
+}
+
+/// The code of a run's parity models ([`Models::code`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ParityCode {
+    /// ParM's addition encoder and parity model (SOSP 2019 §3): Fp(X1 + .. + Xk) ~= sum F(Xj),
+    /// decoded by subtraction.
+    #[default]
+    Addition,
+    /// Collage (Narra et al., "Collage Inference", arXiv 1904.12222): the concatenation
+    /// encoder tiles the k queries, downsampled, into one input; a per-query (cell-wise)
+    /// model answers each cell, and a missing prediction is its cell's answer.
+    Collage,
+}
+
+impl ParityCode {
+    /// The name in model files and flags: `addition` or `collage`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParityCode::Addition => "addition",
+            ParityCode::Collage => "collage",
+        }
+    }
+
+    /// The encoder that builds its parity queries (`parm_codes` names).
+    pub fn encoder(self) -> &'static str {
+        match self {
+            ParityCode::Addition => "addition",
+            ParityCode::Collage => "concatenation",
+        }
+    }
 }
 
 /// Everything that defines one run.
@@ -71,9 +104,9 @@ pub struct RunResult {
     pub report: RunReport,
 }
 
-/// Parity model name for k.
-pub fn parity_name(k: usize) -> String {
-    format!("parity-k{k}-addition")
+/// Parity model name for k under `code`: `parity-k{K}-addition` or `parity-k{K}-collage`.
+pub fn parity_name(k: usize, code: ParityCode) -> String {
+    format!("parity-k{k}-{}", code.name())
 }
 
 /// Runs one setup end to end with the `parm` binary at `exe`.
@@ -127,13 +160,13 @@ pub async fn run_probed(
         let path = models.parity.get(&k).with_context(|| format!("no parity model for k={k}"))?;
         specs.extend((0..parity).map(|j| InstanceSpec {
             model: path.clone(),
-            name: parity_name(k),
+            name: parity_name(k, models.code),
             fault: spec.worker_faults.get(deployed + j).cloned().unwrap_or_default(),
             listen: None,
         }));
     }
     let mut instances = start_instances(exe, specs).await?;
-    let result = drive(exe, spec, &instances, queries, probe).await;
+    let result = drive(exe, spec, models.code, &instances, queries, probe).await;
     for i in &mut instances {
         i.kill().await;
     }
@@ -143,6 +176,7 @@ pub async fn run_probed(
 async fn drive(
     exe: &Path,
     spec: &RunSpec,
+    code: ParityCode,
     instances: &[Instance],
     queries: &[Query],
     probe: Option<Probe>,
@@ -159,12 +193,13 @@ async fn drive(
         Mode::Hedged { .. } => Redundancy::hedged_at(spec.hedge_percentile),
         _ => Redundancy::None,
     };
-    let parity_addrs = if matches!(spec.mode, Mode::Parm { .. }) { addrs(&parity_name(k)) } else { Vec::new() };
+    let parity_addrs = if matches!(spec.mode, Mode::Parm { .. }) { addrs(&parity_name(k, code)) } else { Vec::new() };
+    let shape: Vec<usize> = model.input_shape.iter().map(|&d| d.max(1) as usize).collect();
     let cfg = FrontendConfig {
         deployed_model: DEPLOYED.into(),
         parity: parity_addrs,
-        parity_model: parity_name(k),
-        encoder: Arc::from(encoder_by_name("addition", k.max(1))?),
+        parity_model: parity_name(k, code),
+        encoder: Arc::from(encoder_for_shape(code.encoder(), k.max(1), &shape)?),
         group_timeout: spec.group_timeout,
         instance_timeout: Duration::from_secs(5),
         decode_grace: spec.decode_grace,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use parm_bench::harness::Models;
+use parm_bench::harness::{Models, ParityCode};
 
 use crate::cmd::train_parity::parity_training;
 use crate::cmd::{Paths, parity_name};
@@ -19,17 +19,23 @@ pub struct Budget {
 /// every k in `ks`, trained first if missing (a parity run interrupted before its first
 /// checkpoint is resumed). Existing models are reused, never overwritten.
 pub fn ensure_models(paths: &Paths, ks: &[usize], budget: &Budget) -> anyhow::Result<Models> {
+    ensure_models_for(paths, ks, ParityCode::Addition, budget)
+}
+
+/// [`ensure_models`] with parity models of `code`: ParM's addition parity models, or collage
+/// models (`parity-k{K}-collage`, see `parm train-parity --code collage`).
+pub fn ensure_models_for(paths: &Paths, ks: &[usize], code: ParityCode, budget: &Budget) -> anyhow::Result<Models> {
     let dir = paths.model_dir();
     let deployed = ensure_deployed(paths, &dir, budget)?;
     let mut parity = BTreeMap::new();
     for &k in ks {
-        parity.insert(k, ensure_parity(paths, &deployed, k, "addition", budget)?);
+        parity.insert(k, ensure_parity(paths, &deployed, k, code.name(), budget)?);
     }
-    Ok(Models { deployed, parity })
+    Ok(Models { deployed, parity, code })
 }
 
 /// The parity model for coding groups of `k` under `encoder` (`addition`, `linear-rR-pL`,
-/// ...) of the deployed model at `deployed`, `MODELS_DIR/DATASET/parity-k{K}-{ENCODER}.bpk`,
+/// `collage`, ...) of the deployed model at `deployed`, `MODELS_DIR/DATASET/parity-k{K}-{ENCODER}.bpk`,
 /// trained first if missing; an existing one is reused, never overwritten.
 pub fn ensure_parity(paths: &Paths, deployed: &Path, k: usize, encoder: &str, budget: &Budget) -> anyhow::Result<PathBuf> {
     let dir = paths.model_dir();

@@ -43,7 +43,7 @@ fn code_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
         (&["--code", "berrut", "--parity", "127.0.0.1:10", "--extra-instances", "127.0.0.1:11"][..], "needs no parity model"),
         (&["--code", "berrut"][..], "needs --extra-instances"),
         (&["--extra", "2", "--parity", "127.0.0.1:10"][..], "for --code berrut"),
-        (&["--code", "reed-solomon"][..], "expected parity or berrut"),
+        (&["--code", "reed-solomon"][..], "expected parity, collage or berrut"),
     ] {
         let (status, stderr) = serve_refused(&[&deployed[..], args].concat());
         assert!(!status.success(), "{args:?}: exit {status}");
@@ -169,4 +169,78 @@ fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
         assert_eq!(pairs(40, 20).await, 0, "every original answer is F's own once the faulty worker is out");
         drop((served, deployed, parity));
     });
+}
+
+/// `parm serve --code collage`: a slow worker's queries are answered by the collage model's
+/// cell for them (its output for the tiled parity query, block j for member j), exactly.
+#[test]
+fn collage_answers_a_slow_instance_s_queries_from_their_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
+    let collage = support::write_collage_model(dir.path(), "parity-k2-collage", 2);
+    let (net, _) = parm_nn::train::load_net(&collage, &burn::tensor::Device::flex()).unwrap();
+    let encoder = parm_codes::encoder_for_shape("concatenation", 2, &[784]).unwrap();
+    // Block j of the collage model's output on the group [a, b] (or [b, a]).
+    let cell = |first: &[f32], second: &[f32], j: usize| -> Vec<f32> {
+        let p = encoder.encode(&[first, second]).unwrap();
+        parm_nn::DeployedModel::outputs(&net, &p, 1).unwrap()[j * 10..(j + 1) * 10].to_vec()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let spec = |path: &std::path::Path, name: &str, fault: &str| InstanceSpec {
+            model: path.to_path_buf(),
+            name: name.into(),
+            fault: fault.into(),
+            listen: None,
+        };
+        let slow = start_instance(exe(), spec(&model, DEPLOYED, "delay_ms=1000,prob=1,seed=1")).await.unwrap();
+        let fast = start_instance(exe(), spec(&model, DEPLOYED, "")).await.unwrap();
+        let parity = start_instance(exe(), spec(&collage, "parity-k2-collage", "")).await.unwrap();
+        let deployed = format!("{},{}", slow.addr, fast.addr);
+        let args = ["--deployed", &deployed, "--k", "2", "--code", "collage", "--parity", &parity.addr];
+        let served = start_serve(&[&args[..], &["--model-name", "m", "--group-timeout-ms", "50"]].concat()).await;
+        let url = format!("http://{}/v2/models/m/infer", served.addr);
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let query = |i: usize| -> Vec<f32> { (0..784).map(|t| ((t * 7 + i * 13) % 17) as f32 / 17.0).collect() };
+        let mut reconstructed = 0;
+        for pair in 0..4 {
+            let start = Instant::now();
+            let send = |i: usize| {
+                let (client, url) = (client.clone(), url.clone());
+                async move { client.post(&url).json(&infer_body(&i.to_string(), &query(i))).send().await.unwrap() }
+            };
+            let (a, b) = (2 * pair, 2 * pair + 1);
+            let (ra, rb) = tokio::join!(send(a), send(b));
+            assert!(start.elapsed() < Duration::from_millis(800), "pair {pair}: waited for the slow instance");
+            for (me, other, resp) in [(a, b, ra), (b, a, rb)] {
+                assert_eq!(resp.status(), 200);
+                let body: Value = resp.json().await.unwrap();
+                if body["parameters"]["parm_reconstructed"] == true {
+                    reconstructed += 1;
+                    let got = output(&body);
+                    let (x, y) = (query(me), query(other));
+                    assert!(
+                        support::close(&got, &cell(&x, &y, 0)) || support::close(&got, &cell(&y, &x, 1)),
+                        "pair {pair}: query {me}'s answer is not its collage cell: {got:?}"
+                    );
+                }
+            }
+        }
+        assert!(reconstructed >= 4, "every slow query answered from its cell: {reconstructed}");
+        drop((served, slow, fast, parity));
+    });
+}
+
+#[test]
+fn collage_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
+    let deployed = ["--deployed", "127.0.0.1:9"];
+    for (args, reason) in [
+        (&["--code", "collage", "--parities", "2", "--parity", "127.0.0.1:10", "--parity", "127.0.0.1:11"][..], "one collage model"),
+        (&["--code", "collage", "--encoder", "linear-r2-p0", "--parity", "127.0.0.1:10"][..], "tiles the queries itself"),
+        (&["--code", "collage", "--parity", "127.0.0.1:10", "--check-outputs"][..], "not checked"),
+    ] {
+        let (status, stderr) = serve_refused(&[&deployed[..], args].concat());
+        assert!(!status.success(), "{args:?}: exit {status}");
+        assert!(stderr.contains(reason), "{args:?}: stderr {stderr}");
+    }
 }

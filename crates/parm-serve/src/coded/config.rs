@@ -192,6 +192,11 @@ impl FrontendConfig {
                     "they need parity instances (the code's redundancy is what the outputs are checked against)".into(),
                 ));
             }
+            if self.encoder.name() == "concatenation" {
+                return Err(ConfigError::Checks(
+                    "a collage (concatenation) parity model answers each query from its own cell; its outputs are not checked".into(),
+                ));
+            }
             if matches!(self.code, Code::Berrut { .. }) {
                 return Err(ConfigError::Checks(
                     "the Berrut code's redundant outputs are not linear in the predictions; use --parities R".into(),

@@ -1,8 +1,8 @@
 //! `parm demo`: the whole coded path end to end on real data.
 //!
 //! 1. Prepares Fashion-MNIST if missing.
-//! 2. Trains the deployed MLP and a k = 2 addition parity model on a short budget, or reuses
-//!    the ones already in the model directory.
+//! 2. Trains the deployed MLP and a k = 2 addition parity model (`--code collage`: a collage
+//!    model) on a short budget, or reuses the ones already in the model directory.
 //! 3. Reports available / degraded-mode / default accuracy on the test set.
 //! 4. Runs three setups on a local loopback cluster (each instance its own `parm worker`
 //!    process), at the same offered load, with one deployed instance slowed down:
@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parm_bench::harness::{RunSpec, run_once};
+use parm_bench::harness::{ParityCode, RunSpec, run_once};
 use parm_bench::scenario::Mode;
 use parm_bench::{Query, RunReport, format_table};
 use serde_json::json;
 
 use super::eval::accuracy_report;
 use super::{Paths, write_new};
-use crate::models::{Budget, ensure_models};
+use crate::models::{Budget, ensure_models_for};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -39,6 +39,11 @@ pub struct DemoArgs {
     /// Queries per coding group.
     #[arg(long, default_value_t = 2)]
     pub k: usize,
+    /// The redundancy of the `parm` setup: `parity` (ParM's learned parity model, the
+    /// addition code) or `collage` (the k queries tiled into one input for a model that
+    /// classifies every cell; Narra et al., arXiv 1904.12222).
+    #[arg(long, default_value = "parity")]
+    pub code: String,
     /// Deployed-model instances N (parm adds N/k parity instances, Equal-Resources N/k more deployed).
     #[arg(long, default_value_t = 4)]
     pub instances: usize,
@@ -75,10 +80,15 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.rate > 0.0 && a.rate.is_finite(), "--rate must be positive");
     let ds = parm_data::load_dataset(&a.paths.dataset, &a.paths.data_dir)?;
     let budget = Budget { deployed_epochs: a.deployed_epochs, parity_epochs: a.parity_epochs, seed: a.seed };
-    let models = ensure_models(&a.paths, &[a.k], &budget)?;
+    let code = match a.code.as_str() {
+        "parity" => ParityCode::Addition,
+        "collage" => ParityCode::Collage,
+        other => anyhow::bail!("--code {other}: expected parity or collage"),
+    };
+    let models = ensure_models_for(&a.paths, &[a.k], code, &budget)?;
     let (deployed, parity) = (models.deployed.clone(), models.parity[&a.k].clone());
     let f = crate::deployed::Deployed::open(&crate::deployed::Source::Parm(deployed.clone()))?;
-    let acc = accuracy_report(&ds, &f, &parity, "addition", a.k, a.seed, None, &burn::tensor::Device::flex())?;
+    let acc = accuracy_report(&ds, &f, &parity, code.encoder(), a.k, a.seed, None, &burn::tensor::Device::flex())?;
     println!("\n{}", acc.table());
 
     let n = a.queries.min(ds.test.n);
@@ -144,6 +154,7 @@ fn demo_json(a: &DemoArgs, acc: &parm_nn::eval::AccuracyReport, rows: &[(String,
         "dataset": acc.dataset,
         "model": acc.model,
         "k": a.k,
+        "code": a.code,
         "accuracy": {"available": acc.available, "degraded": acc.degraded, "default": acc.default},
         "runs": rows.iter().map(|(mode, r)| json!({
             "mode": mode, "requests": r.requests, "answered": r.answered, "reconstructed": r.reconstructed,

@@ -179,7 +179,13 @@ pub fn accuracy_report(
         dataset: ds.name.clone(),
         model: f.meta.arch.clone(),
         k,
-        encoder: encoder.to_string(),
+        // A per-query model over the concatenation encoder's tiles is collage (Narra et al.,
+        // arXiv 1904.12222); reports name it so.
+        encoder: if encoder == "concatenation" && pmeta.classes * k == pmeta.mlp.classes {
+            "collage (concatenation encoder, per-query model)".to_string()
+        } else {
+            encoder.to_string()
+        },
         available,
         degraded,
         degraded_partial,

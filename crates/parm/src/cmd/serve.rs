@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use futures::FutureExt;
-use parm_codes::encoder_by_name;
+use parm_codes::encoder_for_shape;
 use parm_serve::coded::{Code, Frontend, FrontendConfig, ParityInstances};
 use parm_serve::oip::ModelSpec;
 use parm_serve::server::api::{Model, Serving, ServingOptions, Transform};
@@ -39,8 +39,10 @@ pub struct ServeArgs {
     /// Default 1 (ParM).
     #[arg(long)]
     pub parities: Option<usize>,
-    /// The code: parity (learned parity models) or berrut (the systematic Berrut code: no
-    /// parity model, the extra queries run the deployed model on --extra-instances).
+    /// The code: parity (learned parity models), collage (one model classifies the k
+    /// queries tiled into one input, each answer its cell's; `parm train-parity --code
+    /// collage`) or berrut (the systematic Berrut code: no parity model, the extra queries
+    /// run the deployed model on --extra-instances).
     #[arg(long, default_value = "parity")]
     pub code: String,
     /// --code berrut: Berrut-blended queries per coding group, S (up to S unavailable
@@ -68,7 +70,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "deployed")]
     pub deployed_model: String,
     /// Model name on the parity instances, once per parity index with --parities (default:
-    /// parity-k{K}-{ENCODER}; with --parities R >= 2, parity-k{K}-linear-rR-pL).
+    /// parity-k{K}-{ENCODER}; with --parities R >= 2, parity-k{K}-linear-rR-pL; with --code
+    /// collage, parity-k{K}-collage).
     #[arg(long)]
     pub parity_model: Vec<String>,
     /// A partly filled coding group gets its (zero-padded) parity query after this many ms.
@@ -353,8 +356,31 @@ pub fn code_settings(a: &ServeArgs) -> anyhow::Result<(Code, Vec<String>, String
             );
             Ok((Code::Berrut { s }, a.extra_instances.clone(), a.deployed_model.clone()))
         }
-        other => bail!("--code {other}: expected parity or berrut"),
+        "collage" => {
+            anyhow::ensure!(
+                a.parities.is_none() && a.extra.is_none() && a.extra_instances.is_empty(),
+                "--code collage has one collage model per coding group: drop --parities, --extra and --extra-instances"
+            );
+            anyhow::ensure!(
+                matches!(a.encoder.as_str(), "addition" | "concatenation"),
+                "--code collage tiles the queries itself (the concatenation encoder): drop --encoder {}",
+                a.encoder
+            );
+            anyhow::ensure!(
+                a.parity.len() <= 1 && a.parity_model.len() <= 1,
+                "--code collage takes one --parity list and one --parity-model"
+            );
+            let name = a.parity_model.first().cloned().unwrap_or_else(|| parity_name(a.k, "collage"));
+            Ok((Code::Parity, a.parity.first().cloned().unwrap_or_default(), name))
+        }
+        other => bail!("--code {other}: expected parity, collage or berrut"),
     }
+}
+
+/// The encoder of `a`'s parity queries: `--encoder`, or the concatenation encoder for
+/// `--code collage`.
+fn encoder_name(a: &ServeArgs) -> &str {
+    if a.code == "collage" { "concatenation" } else { &a.encoder }
 }
 
 /// [`code_settings`] for `--code parity`: ParM's one parity, or r >= 2 parities.
@@ -453,7 +479,11 @@ pub fn frontend_config(a: &ServeArgs, spec: ModelSpec) -> anyhow::Result<Fronten
         deployed_model: a.deployed_model.clone(),
         parity,
         parity_model,
-        encoder: Arc::from(encoder_by_name(&a.encoder, a.k)?),
+        encoder: Arc::from(encoder_for_shape(
+            encoder_name(a),
+            a.k,
+            &spec.input_shape.iter().map(|&d| d.max(1) as usize).collect::<Vec<_>>(),
+        )?),
         code,
         group_timeout: Duration::from_millis(a.group_timeout_ms),
         straggler: parm_serve::coded::policy::StragglerPolicy {
@@ -544,7 +574,9 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
     let models = models(&a, &flag_given)?;
     // Bad flags are refused before any instance is waited for.
     for m in &models {
-        let any_spec = ModelSpec::fp32(served_name(m), vec![1], vec![1]);
+        // Any image shape, so that a collage's encoder can be built; the real shape comes
+        // from the instances.
+        let any_spec = ModelSpec::fp32(served_name(m), vec![1, 32, 32], vec![1]);
         let checked = frontend_config(m, any_spec).and_then(|c| Ok(c.validate()?));
         checked.with_context(|| format!("model '{}'", served_name(m)))?;
     }

@@ -23,6 +23,12 @@ pub struct TrainParityArgs {
     /// parity model names are parity-k{K}-linear-rR-pL).
     #[arg(long, default_value = "addition")]
     pub encoder: String,
+    /// What to train: `parity` (ParM's learned parity model, with --encoder) or `collage`
+    /// (Narra et al., "Collage Inference", arXiv 1904.12222: the k queries, downsampled, tiled
+    /// into one input by the concatenation encoder, and one model that classifies every cell;
+    /// parm's cell-wise model; written as parity-k{K}-collage for `parm serve --code collage`).
+    #[arg(long, default_value = "parity")]
+    pub code: String,
     /// Total epochs (ParM trains 500); an interrupted run resumes from its last checkpoint.
     /// Default: enough for about 7,500 optimizer steps, at least 20 (20 on Fashion-MNIST; a
     /// small data set of the user's gets more passes).
@@ -97,6 +103,17 @@ pub struct TrainParityArgs {
 }
 
 pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
+    let (encoder, code_name) = match a.code.as_str() {
+        "parity" => (a.encoder.as_str(), a.encoder.as_str()),
+        "collage" => {
+            anyhow::ensure!(
+                matches!(a.encoder.as_str(), "addition" | "concatenation") && matches!(a.parity_arch.as_deref(), None | Some("cells")),
+                "--code collage is the concatenation encoder with the cell-wise model: drop --encoder and --parity-arch"
+            );
+            ("concatenation", "collage")
+        }
+        other => bail!("--code {other}: expected parity or collage"),
+    };
     let device = a.device.open()?;
     let user_ds = a.data.load()?;
     let data_dir = match &user_ds {
@@ -105,7 +122,7 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
     };
     let (dir, name) = match &a.out {
         Some(out) => out_target(out)?,
-        None => (data_dir.clone(), a.name.clone().unwrap_or_else(|| parity_name(a.k, &a.encoder))),
+        None => (data_dir.clone(), a.name.clone().unwrap_or_else(|| parity_name(a.k, code_name))),
     };
     let deployed = match &a.deployed {
         Some(s) => Source::parse(s)?,
@@ -148,6 +165,9 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
         cfg.init = parm_nn::mlp::Init::Default;
     }
     cfg.cells |= a.cells;
+    if a.code == "collage" {
+        (cfg.cells, cfg.cnn, cfg.per_query) = (true, false, true);
+    }
     match a.parity_arch.as_deref() {
         None => {}
         Some("mlp") => (cfg.cells, cfg.cnn) = (false, false),
@@ -178,7 +198,7 @@ pub fn run(a: &TrainParityArgs) -> anyhow::Result<()> {
     if a.epochs.is_none() {
         cfg.epochs = default_epochs(ds.train.n, a.k, cfg.groups_per_step);
     }
-    let meta = train(&f, &ds, hash, a.k, &a.encoder, &cfg, &dir, &name)?;
+    let meta = train(&f, &ds, hash, a.k, encoder, &cfg, &dir, &name)?;
     println!(
         "parity model {name}: validation degraded-mode accuracy {:.2}% after {} epochs ({} steps, {:.1} s, {:.0} steps/s) -> {}",
         100.0 * meta.val_degraded_accuracy.unwrap_or(0.0),
@@ -224,7 +244,14 @@ pub fn parity_training(
     seed: u64,
     name: &str,
 ) -> anyhow::Result<parm_nn::ModelMeta> {
-    let cfg = ParityConfig { seed, ..ParityConfig::parm_recipe(k, epochs) };
+    let mut cfg = ParityConfig { seed, ..ParityConfig::parm_recipe(k, epochs) };
+    let encoder = match encoder {
+        "collage" => {
+            (cfg.cells, cfg.cnn, cfg.per_query) = (true, false, true);
+            "concatenation"
+        }
+        other => other,
+    };
     parity_training_with(paths, deployed_path, k, encoder, &cfg, name)
 }
 

@@ -105,3 +105,30 @@ pub fn output(body: &Value) -> Vec<f32> {
 pub fn close(got: &[f32], want: &[f32]) -> bool {
     got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-3 * (1.0 + w.abs()))
 }
+
+/// Writes a randomly initialised collage model for coding groups of `k` 28x28 queries (parm's
+/// cell-wise model: the k queries tiled into one input, `k x 10` outputs, block j for cell j)
+/// as `dir/name.{bpk,json}`.
+pub fn write_collage_model(dir: &Path, name: &str, k: usize) -> PathBuf {
+    let mlp = MlpConfig { input: 784, hidden: vec![200, 100], classes: k * 10 };
+    let cfg = parm_nn::NetConfig::CellMlp { k, channels: 1, rows: 28, cols: 28, mlp: mlp.clone() };
+    let model = cfg.init(Init::Default, &Device::flex());
+    let meta = ModelMeta {
+        kind: ModelKind::Parity,
+        arch: cfg.name(),
+        mlp,
+        dataset: "random".into(),
+        input_shape: vec![784],
+        classes: 10,
+        test_accuracy: None,
+        k: Some(k),
+        encoder: Some("concatenation".into()),
+        val_degraded_accuracy: None,
+        epochs: 0,
+        steps: 0,
+        train_seconds: 0.0,
+        preprocess: None,
+    };
+    parm_nn::train::save_net(&model, &meta, dir, name).expect("save collage model");
+    dir.join(format!("{name}.bpk"))
+}
