@@ -53,7 +53,8 @@ pub struct ReportOptions {
 pub struct Row {
     pub dataset: String,
     pub model: String,
-    /// `parity-addition`, `parity-concatenation`, or `berrut`.
+    /// `parity-addition`, `collage` (the concatenation encoder with a cell-wise per-query
+    /// model), `berrut` or `approxifer-nonsystematic`.
     pub code: String,
     /// `parm-paper` (ParM's published recipe), `parm` (parm's own), `none` (training-free).
     pub recipe: String,
@@ -134,7 +135,9 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
                     rows.push(Row {
                         dataset: dataset.clone(),
                         model: fmeta.arch.clone(),
-                        code: format!("parity-{encoder}"),
+                        // The cell-wise per-query model over the concatenation encoder is collage
+                        // (Narra et al., arXiv 1904.12222).
+                        code: if cfg.cells && cfg.per_query { "collage".into() } else { format!("parity-{encoder}") },
                         recipe: recipe.into(),
                         k,
                         s: 1,
@@ -251,7 +254,7 @@ fn tables(rows: &[Row], keep: impl Fn(&Row) -> bool, value: impl Fn(&Row) -> f64
     panels.dedup();
     let label = |r: &Row| match (r.code.as_str(), r.recipe.as_str()) {
         ("parity-addition", "parm-paper") => "ParM recipe (addition)".to_string(),
-        ("parity-concatenation", "parm") => "parm recipe (concatenation, cell-wise per-query)".to_string(),
+        ("collage", _) => "collage (parm recipe: concatenation, cell-wise per-query)".to_string(),
         ("berrut", _) if r.s == 1 => "Berrut systematic, S=1".to_string(),
         ("berrut", _) => format!("Berrut systematic, S={}, S lost", r.s),
         ("approxifer-nonsystematic", _) => format!("ApproxIFER non-systematic, S={}", r.s),
