@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use parm_codes::encoder_for_shape;
-use parm_serve::coded::{Frontend, FrontendConfig};
+use parm_serve::coded::{Code, Frontend, FrontendConfig, ParityInstances};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::client::InstanceClient;
 use parm_serve::upstream::redundancy::Redundancy;
@@ -30,6 +30,9 @@ pub struct Models {
     pub parity: BTreeMap<usize, PathBuf>,
     /// What the parity models are: ParM's learned parity models, or collage models.
     pub code: ParityCode,
+    /// For `parm-kK-rR` modes with R >= 2: the R parity models of the r-parity linear code,
+    /// by (k, r), parity 0 first.
+    pub linear: BTreeMap<(usize, usize), Vec<PathBuf>>,
 }
 
 /// The code of a run's parity models ([`Models::code`]).
@@ -94,6 +97,8 @@ pub struct RunSpec {
 pub struct RunResult {
     pub mode: String,
     pub k: usize,
+    /// Parity models per coding group (parm; 1 otherwise).
+    pub r: usize,
     pub rate_qps: f64,
     pub seed: u64,
     /// Extra instances over N, fraction of N.
@@ -107,6 +112,11 @@ pub struct RunResult {
 /// Parity model name for k under `code`: `parity-k{K}-addition` or `parity-k{K}-collage`.
 pub fn parity_name(k: usize, code: ParityCode) -> String {
     format!("parity-k{k}-{}", code.name())
+}
+
+/// The model name of parity `l` of the r-parity linear code for k: `parity-k{K}-linear-r{R}-p{L}`.
+pub fn linear_name(k: usize, r: usize, l: usize) -> String {
+    format!("parity-k{k}-linear-r{r}-p{l}")
 }
 
 /// Runs one setup end to end with the `parm` binary at `exe`.
@@ -156,15 +166,26 @@ pub async fn run_probed(
             listen: None,
         })
         .collect();
-    if parity > 0 {
-        let path = models.parity.get(&k).with_context(|| format!("no parity model for k={k}"))?;
-        specs.extend((0..parity).map(|j| InstanceSpec {
-            model: path.clone(),
-            name: parity_name(k, models.code),
-            fault: spec.worker_faults.get(deployed + j).cloned().unwrap_or_default(),
-            listen: None,
-        }));
-    }
+    // Parity instances: parity index 0's, then index 1's, ... (N/K each).
+    let files: Vec<(PathBuf, String)> = match spec.mode {
+        Mode::Parm { r: 2.., .. } => {
+            let r = parity / (spec.instances / k).max(1);
+            let paths = models.linear.get(&(k, r)).with_context(|| format!("no parity models for k={k}, r={r}"))?;
+            paths.iter().enumerate().map(|(l, p)| (p.clone(), linear_name(k, r, l))).collect()
+        }
+        _ if parity > 0 => {
+            let path = models.parity.get(&k).with_context(|| format!("no parity model for k={k}"))?;
+            vec![(path.clone(), parity_name(k, models.code))]
+        }
+        _ => Vec::new(),
+    };
+    let per_index = parity / files.len().max(1);
+    specs.extend((0..parity).map(|j| InstanceSpec {
+        model: files[j / per_index].0.clone(),
+        name: files[j / per_index].1.clone(),
+        fault: spec.worker_faults.get(deployed + j).cloned().unwrap_or_default(),
+        listen: None,
+    }));
     let mut instances = start_instances(exe, specs).await?;
     let result = drive(exe, spec, models.code, &instances, queries, probe).await;
     for i in &mut instances {
@@ -193,13 +214,23 @@ async fn drive(
         Mode::Hedged { .. } => Redundancy::hedged_at(spec.hedge_percentile),
         _ => Redundancy::None,
     };
-    let parity_addrs = if matches!(spec.mode, Mode::Parm { .. }) { addrs(&parity_name(k, code)) } else { Vec::new() };
     let shape: Vec<usize> = model.input_shape.iter().map(|&d| d.max(1) as usize).collect();
+    let (parity_addrs, parity_model, parity_code) = match spec.mode {
+        Mode::Parm { r: 1, .. } => (addrs(&parity_name(k, code)), parity_name(k, code), Code::Parity),
+        Mode::Parm { r, .. } => {
+            let further =
+                (1..r).map(|l| ParityInstances { instances: addrs(&linear_name(k, r, l)), model: linear_name(k, r, l) }).collect();
+            (addrs(&linear_name(k, r, 0)), linear_name(k, r, 0), Code::Parities { further })
+        }
+        _ => (Vec::new(), parity_name(k, code), Code::Parity),
+    };
+    let encoder = if matches!(spec.mode, Mode::Parm { r: 2.., .. }) { "addition" } else { code.encoder() };
     let cfg = FrontendConfig {
         deployed_model: DEPLOYED.into(),
         parity: parity_addrs,
-        parity_model: parity_name(k, code),
-        encoder: Arc::from(encoder_for_shape(code.encoder(), k.max(1), &shape)?),
+        parity_model,
+        encoder: Arc::from(encoder_for_shape(encoder, k.max(1), &shape)?),
+        code: parity_code,
         group_timeout: spec.group_timeout,
         instance_timeout: Duration::from_secs(5),
         decode_grace: spec.decode_grace,
@@ -243,6 +274,10 @@ async fn drive(
     let result = RunResult {
         mode: spec.mode.family().to_string(),
         k,
+        r: match spec.mode {
+            Mode::Parm { r, .. } => r,
+            _ => 1,
+        },
         rate_qps: spec.rate_qps,
         seed: spec.seed,
         extra_resources: spec.mode.extra_resources(spec.instances),

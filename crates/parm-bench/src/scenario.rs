@@ -163,8 +163,9 @@ pub enum Mode {
     Replication,
     /// `hedged[-kK]`: N + N/K deployed instances, backup after the running p95.
     Hedged { k: usize },
-    /// `parm-kK`: N deployed + N/K parity instances.
-    Parm { k: usize },
+    /// `parm-kK[-rR]`: N deployed + R N/K parity instances (R = 1, ParM's one parity model, by
+    /// default; R >= 2: the r-parity linear code, N/K instances per parity index).
+    Parm { k: usize, r: usize },
 }
 
 impl Mode {
@@ -186,9 +187,13 @@ impl Mode {
         } else if let Some(rest) = s.strip_prefix("hedged") {
             Mode::Hedged { k: k_of(rest)? }
         } else if let Some(rest) = s.strip_prefix("parm") {
-            Mode::Parm { k: k_of(rest)? }
+            let (rest, r) = match rest.rsplit_once("-r") {
+                Some((rest, r)) => (rest, r.parse().ok().filter(|r| *r >= 1).context("expected -rR with R >= 1")?),
+                None => (rest, 1),
+            };
+            Mode::Parm { k: k_of(rest)?, r }
         } else {
-            bail!("unknown mode '{s}' (none, equal-resources[-kK], replication, hedged[-kK], parm-kK)")
+            bail!("unknown mode '{s}' (none, equal-resources[-kK], replication, hedged[-kK], parm-kK[-rR])")
         };
         Ok(mode)
     }
@@ -209,7 +214,7 @@ impl Mode {
         match self {
             Mode::None => 1,
             Mode::Replication => 2,
-            Mode::EqualResources { k } | Mode::Hedged { k } | Mode::Parm { k } => *k,
+            Mode::EqualResources { k } | Mode::Hedged { k } | Mode::Parm { k, .. } => *k,
         }
     }
 
@@ -219,7 +224,7 @@ impl Mode {
             Mode::None => (n, 0),
             Mode::Replication => (2 * n, 0),
             Mode::EqualResources { k } | Mode::Hedged { k } => (n + n / k, 0),
-            Mode::Parm { k } => (n, n / k),
+            Mode::Parm { k, r } => (n, r * (n / k)),
         }
     }
 
@@ -344,7 +349,10 @@ mod tests {
 
     #[test]
     fn modes_parse_and_size() {
-        assert_eq!(Mode::parse("parm-k3").unwrap(), Mode::Parm { k: 3 });
+        assert_eq!(Mode::parse("parm-k3").unwrap(), Mode::Parm { k: 3, r: 1 });
+        assert_eq!(Mode::parse("parm-k4-r2").unwrap(), Mode::Parm { k: 4, r: 2 });
+        assert_eq!(Mode::parse("parm-k4-r2").unwrap().instances(12), (12, 6));
+        assert!(Mode::parse("parm-k4-r0").is_err());
         assert_eq!(Mode::parse("equal-resources").unwrap(), Mode::EqualResources { k: 2 });
         assert_eq!(Mode::parse("hedged-k4").unwrap().instances(12), (15, 0));
         assert_eq!(Mode::parse("parm-k4").unwrap().instances(12), (12, 3));
@@ -364,7 +372,7 @@ mod tests {
         assert_eq!(worker_fault(&s.faults, 1, 0), "delay_ms=5,prob=1,seed=1");
         assert_eq!(worker_fault(&s.faults, 1, 7), "delay_ms=5,prob=1,seed=8", "seeded per trial");
         assert_eq!(worker_fault(&s.faults, 0, 0), "");
-        let parm = Mode::Parm { k: 2 };
+        let parm = Mode::Parm { k: 2, r: 1 };
         assert_eq!(s.trial_faults(parm, 2), s.faults, "faults on deployed instances by default");
         let bad = Scenario { modes: vec!["parm-k3".into()], ..s.clone() };
         assert!(bad.validate().is_err());
@@ -394,7 +402,7 @@ mod tests {
             faults_on: FaultsOn::AnyMachine,
         };
         base.validate().unwrap();
-        let parm = Mode::Parm { k: 2 };
+        let parm = Mode::Parm { k: 2, r: 1 };
         let machines: Vec<usize> = (0..6).map(|t| base.trial_faults(parm, t)[0].instance().unwrap()).collect();
         // 12 deployed + 6 parity machines: trials 2 and 5 slow parity instance 1 (machine 13).
         assert_eq!(machines, vec![1, 1, 13, 1, 1, 13]);

@@ -533,7 +533,8 @@ pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
             None => replicated(&mut sim, &arrivals, &ranks, |u| base.partner(u)),
         },
         Mode::Hedged { .. } => hedged(&mut sim, &mut timers, &arrivals, spec.hedge_percentile),
-        Mode::Parm { k } => coded(&mut sim, &mut parity_pool, &mut timers, &arrivals, k, spec),
+        // The simulator models one parity per group; `parm simulate` leaves r >= 2 out.
+        Mode::Parm { k, .. } => coded(&mut sim, &mut parity_pool, &mut timers, &arrivals, k, spec),
     };
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for l in answers.iter().skip(spec.warmup) {
@@ -791,7 +792,7 @@ mod tests {
     fn a_slow_instance_hurts_none_and_parm_hides_it() {
         let slow = vec![Fault::Delay { instance: 0, delay_ms: 20.0, prob: 1.0 }];
         let none = simulate(&spec(Mode::None, slow.clone()), &base());
-        let parm = simulate(&spec(Mode::Parm { k: 2 }, slow), &base());
+        let parm = simulate(&spec(Mode::Parm { k: 2, r: 1 }, slow), &base());
         assert!(none.p99 > 20.0, "{none:?}");
         assert!(parm.p99 < 10.0, "{parm:?}");
     }

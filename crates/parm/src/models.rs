@@ -31,7 +31,7 @@ pub fn ensure_models_for(paths: &Paths, ks: &[usize], code: ParityCode, budget: 
     for &k in ks {
         parity.insert(k, ensure_parity(paths, &deployed, k, code.name(), budget)?);
     }
-    Ok(Models { deployed, parity, code })
+    Ok(Models { deployed, parity, code, linear: BTreeMap::new() })
 }
 
 /// The parity model for coding groups of `k` under `encoder` (`addition`, `linear-rR-pL`,

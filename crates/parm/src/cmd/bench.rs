@@ -25,7 +25,7 @@ use super::simulate::{CalibrationSettings, Calibrator, host_faults, store_calibr
 use serde::{Deserialize, Serialize};
 
 use super::{Paths, write_new};
-use crate::models::{Budget, ensure_models};
+use crate::models::{Budget, ensure_models, ensure_parity};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -74,6 +74,13 @@ pub struct TailRow {
     pub scenario: String,
     pub mode: String,
     pub k: usize,
+    /// Parity models per coding group (parm rows; 1 for ParM's one parity and the baselines).
+    #[serde(default = "one")]
+    pub r: usize,
+    /// The code of parm rows: `parity` (learned parity models: ParM's, or r of the r-parity
+    /// linear code); absent for the baselines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     pub rate_qps: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -127,9 +134,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     for s in &scenarios {
         let paths = Paths { dataset: s.dataset.clone(), ..a.paths.clone() };
         let modes = s.modes.iter().map(|m| Mode::parse(m)).collect::<anyhow::Result<Vec<_>>>()?;
-        let ks: Vec<usize> = modes.iter().filter(|&m| matches!(m, Mode::Parm { .. })).map(|m| m.k()).collect();
+        let ks: Vec<usize> = modes.iter().filter(|&m| matches!(m, Mode::Parm { r: 1, .. })).map(|m| m.k()).collect();
         let budget = Budget { deployed_epochs: 20, parity_epochs: a.parity_epochs, seed: 1 };
-        let models = ensure_models(&paths, &ks, &budget)?;
+        let mut models = ensure_models(&paths, &ks, &budget)?;
+        for m in &modes {
+            if let Mode::Parm { k, r: r @ 2.. } = *m {
+                let files = (0..r).map(|l| ensure_parity(&paths, &models.deployed, k, &format!("linear-r{r}-p{l}"), &budget));
+                models.linear.insert((k, r), files.collect::<anyhow::Result<_>>()?);
+            }
+        }
         let queries = test_queries(&paths, s.queries)?;
         // Host faults move this host's base latency most between runs minutes apart: their
         // simulator calibration is measured here, a round before each round of trials.
@@ -208,7 +221,11 @@ pub fn test_queries(paths: &Paths, n: usize) -> anyhow::Result<Vec<Query>> {
         .collect())
 }
 
-/// Averages the trials of each (scenario, mode, k, rate).
+fn one() -> usize {
+    1
+}
+
+/// Averages the trials of each (scenario, mode, k, r, rate).
 fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
     let mut rows: Vec<TailRow> = Vec::new();
     for (scenario, r) in runs {
@@ -217,6 +234,8 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             scenario: scenario.clone(),
             mode: r.mode.clone(),
             k: r.k,
+            r: r.r,
+            code: (r.mode == "parm").then(|| "parity".to_string()),
             rate_qps: r.rate_qps,
             p50_ms: l.p50,
             p90_ms: l.p90,
@@ -235,7 +254,10 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             accuracy: r.report.accuracy,
             trials: 1,
         };
-        match rows.iter_mut().find(|x| x.scenario == row.scenario && x.mode == row.mode && x.k == row.k && x.rate_qps == row.rate_qps) {
+        match rows
+            .iter_mut()
+            .find(|x| x.scenario == row.scenario && x.mode == row.mode && x.k == row.k && x.r == row.r && x.rate_qps == row.rate_qps)
+        {
             Some(x) => merge(x, &row),
             None => rows.push(row),
         }
@@ -302,13 +324,27 @@ fn write_outputs(out: &Path, scenarios: &[Scenario], runs: &[(String, RunResult)
     merge_json(&out.join("tail-runs.json"), fresh_runs, |r: &serde_json::Value| ran(r["scenario"].as_str().unwrap_or_default()))?;
     let fresh = aggregate(runs);
     let rows = merge_json(&out.join("tail.json"), fresh.clone(), |r: &TailRow| ran(&r.scenario))?;
+    // Rows written before `code` existed: every parm row was ParM's learned parity.
+    let rows: Vec<TailRow> = rows
+        .into_iter()
+        .map(|mut r| {
+            if r.mode == "parm" && r.code.is_none() {
+                r.code = Some("parity".into());
+            }
+            r
+        })
+        .collect();
+    write_new(&out.join("tail.json"), &serde_json::to_string_pretty(&rows)?)?;
     write_new(&out.join("tail.md"), &markdown(&rows))?;
     for s in scenarios {
         let lines: Vec<Line> = fresh
             .iter()
             .filter(|r| r.scenario == s.name)
             .map(|r| Line {
-                label: format!("{} k={} @{} qps", r.mode, r.k, r.rate_qps),
+                label: match r.r {
+                    1 => format!("{} k={} @{} qps", r.mode, r.k, r.rate_qps),
+                    n => format!("{} k={} r={n} @{} qps", r.mode, r.k, r.rate_qps),
+                },
                 ms: [r.p50_ms, r.p90_ms, r.p99_ms, r.p99_9_ms, r.max_ms],
             })
             .collect();
@@ -331,15 +367,16 @@ fn with_ci(ms: f64, ci: Option<[f64; 2]>) -> String {
 /// 95% bootstrap interval of the pooled percentile in brackets where the row has one.
 pub fn markdown(rows: &[TailRow]) -> String {
     let mut s = String::from(
-        "| scenario | mode | k | qps | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | mode | k | r | qps | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
             r.scenario,
             r.mode,
             r.k,
+            r.r,
             r.rate_qps,
             with_ci(r.p50_ms, r.p50_ci),
             with_ci(r.p99_ms, r.p99_ci),
@@ -369,6 +406,7 @@ mod tests {
         RunResult {
             mode: mode.into(),
             k: 2,
+            r: 1,
             rate_qps: 200.0,
             seed: 1,
             extra_resources: 0.5,
