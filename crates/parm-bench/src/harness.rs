@@ -33,6 +33,8 @@ pub struct Models {
     /// For `parm-kK-rR` modes with R >= 2: the R parity models of the r-parity linear code,
     /// by (k, r), parity 0 first.
     pub linear: BTreeMap<(usize, usize), Vec<PathBuf>>,
+    /// For `cheap-backup-kK` modes: the cheap backup model for k (a small deployed model).
+    pub backup: BTreeMap<usize, PathBuf>,
 }
 
 /// The code of a run's parity models ([`Models::code`]).
@@ -114,6 +116,11 @@ pub fn parity_name(k: usize, code: ParityCode) -> String {
     format!("parity-k{k}-{}", code.name())
 }
 
+/// The model name of the cheap backup model sized for k: `backup-k{K}`.
+pub fn backup_name(k: usize) -> String {
+    format!("backup-k{k}")
+}
+
 /// The model name of parity `l` of the r-parity linear code for k: `parity-k{K}-linear-r{R}-p{L}`.
 pub fn linear_name(k: usize, r: usize, l: usize) -> String {
     format!("parity-k{k}-linear-r{r}-p{l}")
@@ -173,6 +180,10 @@ pub async fn run_probed(
             let paths = models.linear.get(&(k, r)).with_context(|| format!("no parity models for k={k}, r={r}"))?;
             paths.iter().enumerate().map(|(l, p)| (p.clone(), linear_name(k, r, l))).collect()
         }
+        Mode::CheapBackup { k } => {
+            let path = models.backup.get(&k).with_context(|| format!("no cheap backup model for k={k}"))?;
+            vec![(path.clone(), backup_name(k))]
+        }
         _ if parity > 0 => {
             let path = models.parity.get(&k).with_context(|| format!("no parity model for k={k}"))?;
             vec![(path.clone(), parity_name(k, models.code))]
@@ -222,14 +233,17 @@ async fn drive(
                 (1..r).map(|l| ParityInstances { instances: addrs(&linear_name(k, r, l)), model: linear_name(k, r, l) }).collect();
             (addrs(&linear_name(k, r, 0)), linear_name(k, r, 0), Code::Parities { further })
         }
+        // Groups of one: the redundant query is the query itself, run by the backup model.
+        Mode::CheapBackup { k } => (addrs(&backup_name(k)), backup_name(k), Code::Parity),
         _ => (Vec::new(), parity_name(k, code), Code::Parity),
     };
-    let encoder = if matches!(spec.mode, Mode::Parm { r: 2.., .. }) { "addition" } else { code.encoder() };
+    let encoder = if matches!(spec.mode, Mode::Parm { r: 2.., .. } | Mode::CheapBackup { .. }) { "addition" } else { code.encoder() };
+    let group = if matches!(spec.mode, Mode::CheapBackup { .. }) { 1 } else { k.max(1) };
     let cfg = FrontendConfig {
         deployed_model: DEPLOYED.into(),
         parity: parity_addrs,
         parity_model,
-        encoder: Arc::from(encoder_for_shape(encoder, k.max(1), &shape)?),
+        encoder: Arc::from(encoder_for_shape(encoder, group, &shape)?),
         code: parity_code,
         group_timeout: spec.group_timeout,
         instance_timeout: Duration::from_secs(5),

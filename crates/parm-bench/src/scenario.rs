@@ -166,6 +166,11 @@ pub enum Mode {
     /// `parm-kK[-rR]`: N deployed + R N/K parity instances (R = 1, ParM's one parity model, by
     /// default; R >= 2: the r-parity linear code, N/K instances per parity index).
     Parm { k: usize, r: usize },
+    /// `cheap-backup-kK`: N deployed + N/K instances of a cheap backup model (about 1/K of F's
+    /// compute per query, ParM's extra compute per query at K); every query also goes to a
+    /// backup instance, whose answer stands in when the original is late (ParM §5's
+    /// approximate backup models).
+    CheapBackup { k: usize },
 }
 
 impl Mode {
@@ -186,6 +191,8 @@ impl Mode {
             Mode::EqualResources { k: k_of(rest)? }
         } else if let Some(rest) = s.strip_prefix("hedged") {
             Mode::Hedged { k: k_of(rest)? }
+        } else if let Some(rest) = s.strip_prefix("cheap-backup") {
+            Mode::CheapBackup { k: k_of(rest)? }
         } else if let Some(rest) = s.strip_prefix("parm") {
             let (rest, r) = match rest.rsplit_once("-r") {
                 Some((rest, r)) => (rest, r.parse().ok().filter(|r| *r >= 1).context("expected -rR with R >= 1")?),
@@ -193,7 +200,7 @@ impl Mode {
             };
             Mode::Parm { k: k_of(rest)?, r }
         } else {
-            bail!("unknown mode '{s}' (none, equal-resources[-kK], replication, hedged[-kK], parm-kK[-rR])")
+            bail!("unknown mode '{s}' (none, equal-resources[-kK], replication, hedged[-kK], parm-kK[-rR], cheap-backup-kK)")
         };
         Ok(mode)
     }
@@ -206,6 +213,7 @@ impl Mode {
             Mode::Replication => "replication",
             Mode::Hedged { .. } => "hedged",
             Mode::Parm { .. } => "parm",
+            Mode::CheapBackup { .. } => "cheap-backup",
         }
     }
 
@@ -214,7 +222,7 @@ impl Mode {
         match self {
             Mode::None => 1,
             Mode::Replication => 2,
-            Mode::EqualResources { k } | Mode::Hedged { k } | Mode::Parm { k, .. } => *k,
+            Mode::EqualResources { k } | Mode::Hedged { k } | Mode::Parm { k, .. } | Mode::CheapBackup { k } => *k,
         }
     }
 
@@ -225,6 +233,7 @@ impl Mode {
             Mode::Replication => (2 * n, 0),
             Mode::EqualResources { k } | Mode::Hedged { k } => (n + n / k, 0),
             Mode::Parm { k, r } => (n, r * (n / k)),
+            Mode::CheapBackup { k } => (n, n / k),
         }
     }
 
@@ -353,6 +362,7 @@ mod tests {
         assert_eq!(Mode::parse("parm-k4-r2").unwrap(), Mode::Parm { k: 4, r: 2 });
         assert_eq!(Mode::parse("parm-k4-r2").unwrap().instances(12), (12, 6));
         assert!(Mode::parse("parm-k4-r0").is_err());
+        assert_eq!(Mode::parse("cheap-backup-k2").unwrap().instances(12), (12, 6));
         assert_eq!(Mode::parse("equal-resources").unwrap(), Mode::EqualResources { k: 2 });
         assert_eq!(Mode::parse("hedged-k4").unwrap().instances(12), (15, 0));
         assert_eq!(Mode::parse("parm-k4").unwrap().instances(12), (12, 3));

@@ -533,8 +533,10 @@ pub fn simulate(spec: &SimSpec, base: &Base) -> Percentiles {
             None => replicated(&mut sim, &arrivals, &ranks, |u| base.partner(u)),
         },
         Mode::Hedged { .. } => hedged(&mut sim, &mut timers, &arrivals, spec.hedge_percentile),
-        // The simulator models one parity per group; `parm simulate` leaves r >= 2 out.
+        // The simulator models one parity per group; `parm simulate` leaves r >= 2 and cheap
+        // backups (groups of one, a different model) out.
         Mode::Parm { k, .. } => coded(&mut sim, &mut parity_pool, &mut timers, &arrivals, k, spec),
+        Mode::CheapBackup { .. } => coded(&mut sim, &mut parity_pool, &mut timers, &arrivals, 1, spec),
     };
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for l in answers.iter().skip(spec.warmup) {

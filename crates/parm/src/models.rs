@@ -31,7 +31,7 @@ pub fn ensure_models_for(paths: &Paths, ks: &[usize], code: ParityCode, budget: 
     for &k in ks {
         parity.insert(k, ensure_parity(paths, &deployed, k, code.name(), budget)?);
     }
-    Ok(Models { deployed, parity, code, linear: BTreeMap::new() })
+    Ok(Models { deployed, parity, code, linear: BTreeMap::new(), backup: BTreeMap::new() })
 }
 
 /// The parity model for coding groups of `k` under `encoder` (`addition`, `linear-rR-pL`,
@@ -59,6 +59,27 @@ fn ensure_deployed(paths: &Paths, dir: &Path, budget: &Budget) -> anyhow::Result
     let cfg = parm_nn::train::TrainConfig { epochs: budget.deployed_epochs, seed: budget.seed, ..Default::default() };
     let (model, meta) = parm_nn::train::train_deployed(&ds, &cfg)?;
     parm_nn::train::save_model(&model, &meta, dir, "deployed")?;
+    Ok(path)
+}
+
+/// The cheap backup model for k, `MODELS_DIR/DATASET/backup-k{K}.bpk`: ParM's MLP with hidden
+/// layers 200/K and 100/K, so that it costs about 1/K of F's compute per query (a parity
+/// model's extra compute per query at k = K), trained on the labels like F; trained first if
+/// missing, reused, never overwritten.
+pub fn ensure_backup(paths: &Paths, k: usize, budget: &Budget) -> anyhow::Result<PathBuf> {
+    let dir = paths.model_dir();
+    let name = parm_bench::harness::backup_name(k);
+    let path = dir.join(format!("{name}.bpk"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let ds = parm_data::load_dataset(&paths.dataset, &paths.data_dir)?;
+    let hidden = vec![(200 / k).max(1), (100 / k).max(1)];
+    eprintln!("training the cheap backup model for k={k} (hidden {hidden:?}, {} epochs)...", budget.deployed_epochs);
+    let cfg = parm_nn::train::TrainConfig { epochs: budget.deployed_epochs, seed: budget.seed, ..Default::default() };
+    let net = parm_nn::NetConfig::Mlp(parm_nn::MlpConfig { input: ds.train.dim(), hidden, classes: ds.classes });
+    let (model, meta) = parm_nn::train::train_deployed_net(&ds, &cfg, &net)?;
+    parm_nn::train::save_net(&model, &meta, &dir, &name)?;
     Ok(path)
 }
 

@@ -35,6 +35,24 @@ fn serve_refused(args: &[&str]) -> (std::process::ExitStatus, String) {
     (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Query i of a test: 784 values in [0, 1), different for every i.
+fn query(i: usize) -> Vec<f32> {
+    (0..784).map(|t| ((t * 7 + i * 13) % 17) as f32 / 17.0).collect()
+}
+
+/// POSTs query i to the OIP inference `url`.
+async fn post(client: &reqwest::Client, url: &str, i: usize) -> reqwest::Response {
+    client.post(url).json(&infer_body(&i.to_string(), &query(i))).send().await.unwrap()
+}
+
+/// `parm serve ARGS` exits non-zero with `reason` on stderr, and no panic.
+fn assert_refused(args: &[&str], reason: &str) {
+    let (status, stderr) = serve_refused(args);
+    assert!(!status.success(), "{args:?}: exit {status}");
+    assert!(stderr.contains(reason), "{args:?}: stderr {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
 #[test]
 fn code_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
     let deployed = ["--deployed", "127.0.0.1:9"];
@@ -45,10 +63,7 @@ fn code_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
         (&["--extra", "2", "--parity", "127.0.0.1:10"][..], "for --code berrut"),
         (&["--code", "reed-solomon"][..], "expected parity, collage or berrut"),
     ] {
-        let (status, stderr) = serve_refused(&[&deployed[..], args].concat());
-        assert!(!status.success(), "{args:?}: exit {status}");
-        assert!(stderr.contains(reason), "{args:?}: stderr {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_refused(&[&deployed[..], args].concat(), reason);
     }
 }
 
@@ -67,15 +82,11 @@ fn berrut_answers_a_slow_instance_s_queries_without_a_parity_model() {
         let served = start_serve(&[&args[..], &["--model-name", "m", "--group-timeout-ms", "50"]].concat()).await;
         let url = format!("http://{}/v2/models/m/infer", served.addr);
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        let query = |i: usize| -> Vec<f32> { (0..784).map(|t| ((t * 7 + i * 13) % 17) as f32 / 17.0).collect() };
         let mut reconstructed = 0;
         for pair in 0..4 {
             // Two queries at once fill a coding group: one goes to the slow instance.
             let start = Instant::now();
-            let send = |i: usize| {
-                let (client, url) = (client.clone(), url.clone());
-                async move { client.post(&url).json(&infer_body(&i.to_string(), &query(i))).send().await.unwrap() }
-            };
+            let send = |i: usize| post(&client, &url, i);
             let (a, b) = tokio::join!(send(2 * pair), send(2 * pair + 1));
             assert!(start.elapsed() < Duration::from_millis(800), "pair {pair}: waited for the slow instance");
             for resp in [a, b] {
@@ -102,10 +113,7 @@ fn check_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
         (&["--check-outputs", "--parity", "127.0.0.1:10", "--check-threshold", "0.5"][..], "threshold"),
         (&["--check-outputs", "--parity", "127.0.0.1:10", "--eject-for-s=-1"][..], "--eject-for-s"),
     ] {
-        let (status, stderr) = serve_refused(&[&deployed[..], args].concat());
-        assert!(!status.success(), "{args:?}: exit {status}");
-        assert!(stderr.contains(reason), "{args:?}: stderr {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_refused(&[&deployed[..], args].concat(), reason);
     }
 }
 
@@ -133,17 +141,13 @@ fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
         let served = start_serve(&[&args[..], &["--model-name", "m", "--group-timeout-ms", "50"]].concat()).await;
         let base = format!("http://{}", served.addr);
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        let query = |i: usize| -> Vec<f32> { (0..784).map(|t| ((t * 7 + i * 13) % 17) as f32 / 17.0).collect() };
         let pairs = |from: usize, n: usize| {
             let (client, url) = (client.clone(), format!("{base}/v2/models/m/infer"));
             async move {
                 let mut wrong = 0;
                 for pair in from..from + n {
-                    let send = |i: usize| {
-                        let (client, url) = (client.clone(), url.clone());
-                        async move { (i, client.post(&url).json(&infer_body(&i.to_string(), &query(i))).send().await.unwrap()) }
-                    };
-                    let (a, b) = tokio::join!(send(2 * pair), send(2 * pair + 1));
+                    let (a, b) = tokio::join!(post(&client, &url, 2 * pair), post(&client, &url, 2 * pair + 1));
+                    let (a, b) = ((2 * pair, a), (2 * pair + 1, b));
                     for (i, resp) in [a, b] {
                         assert_eq!(resp.status(), 200);
                         let body: Value = resp.json().await.unwrap();
@@ -201,14 +205,10 @@ fn collage_answers_a_slow_instance_s_queries_from_their_cell() {
         let served = start_serve(&[&args[..], &["--model-name", "m", "--group-timeout-ms", "50"]].concat()).await;
         let url = format!("http://{}/v2/models/m/infer", served.addr);
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        let query = |i: usize| -> Vec<f32> { (0..784).map(|t| ((t * 7 + i * 13) % 17) as f32 / 17.0).collect() };
         let mut reconstructed = 0;
         for pair in 0..4 {
             let start = Instant::now();
-            let send = |i: usize| {
-                let (client, url) = (client.clone(), url.clone());
-                async move { client.post(&url).json(&infer_body(&i.to_string(), &query(i))).send().await.unwrap() }
-            };
+            let send = |i: usize| post(&client, &url, i);
             let (a, b) = (2 * pair, 2 * pair + 1);
             let (ra, rb) = tokio::join!(send(a), send(b));
             assert!(start.elapsed() < Duration::from_millis(800), "pair {pair}: waited for the slow instance");
@@ -239,8 +239,6 @@ fn collage_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
         (&["--code", "collage", "--encoder", "linear-r2-p0", "--parity", "127.0.0.1:10"][..], "tiles the queries itself"),
         (&["--code", "collage", "--parity", "127.0.0.1:10", "--check-outputs"][..], "not checked"),
     ] {
-        let (status, stderr) = serve_refused(&[&deployed[..], args].concat());
-        assert!(!status.success(), "{args:?}: exit {status}");
-        assert!(stderr.contains(reason), "{args:?}: stderr {stderr}");
+        assert_refused(&[&deployed[..], args].concat(), reason);
     }
 }

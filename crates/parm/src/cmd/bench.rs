@@ -25,7 +25,7 @@ use super::simulate::{CalibrationSettings, Calibrator, host_faults, store_calibr
 use serde::{Deserialize, Serialize};
 
 use super::{Paths, write_new};
-use crate::models::{Budget, ensure_models, ensure_parity};
+use crate::models::{Budget, ensure_backup, ensure_models, ensure_parity};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -141,6 +141,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             if let Mode::Parm { k, r: r @ 2.. } = *m {
                 let files = (0..r).map(|l| ensure_parity(&paths, &models.deployed, k, &format!("linear-r{r}-p{l}"), &budget));
                 models.linear.insert((k, r), files.collect::<anyhow::Result<_>>()?);
+            }
+            if let Mode::CheapBackup { k } = *m {
+                models.backup.insert(k, ensure_backup(&paths, k, &budget)?);
             }
         }
         let queries = test_queries(&paths, s.queries)?;
@@ -277,7 +280,7 @@ const CI_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 fn add_intervals(row: &mut TailRow, runs: &[(String, RunResult)]) {
     let trials: Vec<Vec<f64>> = runs
         .iter()
-        .filter(|(s, r)| *s == row.scenario && r.mode == row.mode && r.k == row.k && r.rate_qps == row.rate_qps)
+        .filter(|(s, r)| *s == row.scenario && r.mode == row.mode && r.k == row.k && r.r == row.r && r.rate_qps == row.rate_qps)
         .map(|(_, r)| r.report.latency_trace_ms.iter().map(|&(_, ms)| ms).collect())
         .collect();
     match percentile_ci(&trials, &CI_QUANTILES, &Bootstrap::default()) {

@@ -96,8 +96,8 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         let base = &bases.iter().find(|(h, _)| *h == host_faults(&s.faults)).expect("calibrated").1;
         for m in &s.modes {
             let mode = Mode::parse(m)?;
-            if matches!(mode, Mode::Parm { r: 2.., .. }) {
-                eprintln!("{}: {m} left out: the simulator models one parity per coding group", s.name);
+            if matches!(mode, Mode::Parm { r: 2.., .. } | Mode::CheapBackup { .. }) {
+                eprintln!("{}: {m} left out: the simulator models ParM's one parity per coding group", s.name);
                 continue;
             }
             for row in rows.iter().filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k() && r.r == 1) {
@@ -153,6 +153,9 @@ struct TrialRun {
 struct TrialResult {
     mode: String,
     k: usize,
+    /// Parities per group (runs written before it existed: 1).
+    #[serde(default = "one")]
+    r: usize,
     rate_qps: f64,
     report: TrialReport,
 }
@@ -168,9 +171,15 @@ struct TrialLatency {
     p99: f64,
 }
 
+fn one() -> usize {
+    1
+}
+
 /// The per-trial p50s and p99s (ms) behind one averaged row of `tail.json`.
 fn trial_values(trials: &[TrialRun], row: &TailRow) -> (Vec<f64>, Vec<f64>) {
-    let same = |t: &&TrialRun| t.scenario == row.scenario && t.run.mode == row.mode && t.run.k == row.k && t.run.rate_qps == row.rate_qps;
+    let same = |t: &&TrialRun| {
+        t.scenario == row.scenario && t.run.mode == row.mode && t.run.k == row.k && t.run.r == row.r && t.run.rate_qps == row.rate_qps
+    };
     trials.iter().filter(same).map(|t| (t.run.report.latency_ms.p50, t.run.report.latency_ms.p99)).unzip()
 }
 

@@ -31,6 +31,11 @@ pub struct TrainArgs {
     /// resnet18: channels of the first stage (64 in ResNet-18; small for tiny-scale runs).
     #[arg(long, default_value_t = 64)]
     pub width: usize,
+    /// mlp: hidden layer sizes (default ParM's 200,100). Smaller ones make a cheap backup
+    /// model: 100,50 costs about 1/2 of F's compute per query, 50,25 about 1/4, the extra
+    /// compute per query of a parity model at k = 2 and k = 4.
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Vec<usize>,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -47,9 +52,16 @@ pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
     let side = (ds.rows == ds.cols).then_some(ds.rows).context("square images needed for a CNN")?;
     let channels = ds.dim() / (side * side);
     let meta = match a.arch.as_str() {
-        "mlp" => {
+        "mlp" if a.hidden.is_empty() => {
             let (model, meta) = train_deployed(&ds, &cfg)?;
             save_model(&model, &meta, &dir, &a.name)?;
+            meta
+        }
+        "mlp" => {
+            anyhow::ensure!(a.hidden.iter().all(|&h| h > 0), "--hidden sizes must be above 0");
+            let net = parm_nn::NetConfig::Mlp(parm_nn::MlpConfig { input: ds.dim(), hidden: a.hidden.clone(), classes: ds.classes });
+            let (model, meta) = parm_nn::train::train_deployed_net(&ds, &cfg, &net)?;
+            parm_nn::train::save_net(&model, &meta, &dir, &a.name)?;
             meta
         }
         "lenet5" | "resnet18" => {
