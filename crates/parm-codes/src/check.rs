@@ -152,8 +152,8 @@ mod tests {
     #[test]
     fn padding_is_never_located_and_missing_rows_give_none() {
         let coeffs = vec![vec![1.0, 1.0], vec![1.0, 2.0]];
-        let ys = vec![vec![1.0], vec![2.0]];
-        let rs = vec![vec![3.0], vec![9.0]]; // member 1 looks wrong by +2 in parity 1 only...
+        let ys = [vec![1.0], vec![2.0]];
+        let rs = [vec![3.0], vec![9.0]]; // the syndrome (0, 4) is off in parity 1 only
         let m = 1;
         let check = check_rows(&coeffs, 1, m, |j, _| Some(&ys[j][..]), |l, _| Some(&rs[l][..]), |j, _| j == 0).unwrap();
         assert_eq!(check.located.map(|(j, _)| j), Some(0), "only member 0 is a candidate");

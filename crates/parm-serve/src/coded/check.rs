@@ -71,7 +71,8 @@ impl OutputChecks {
         if !(self.threshold.is_finite() && self.threshold > 1.0) {
             return Err(format!("the check threshold must be above 1 (times the median score), got {}", self.threshold));
         }
-        if !(0.0..=1.0).contains(&self.min_share) || !(self.eject_rate > 0.0 && self.eject_rate <= 1.0) {
+        let rate_ok = self.eject_rate > 0.0 && self.eject_rate <= 1.0;
+        if !((0.0..=1.0).contains(&self.min_share) && rate_ok) {
             return Err(format!("min_share must be in [0, 1] and eject_rate in (0, 1], got {} and {}", self.min_share, self.eject_rate));
         }
         if self.window < 4 {

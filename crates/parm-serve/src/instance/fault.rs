@@ -274,7 +274,7 @@ impl FaultInjector {
     /// Makes rows of `output` (`[rows, m]`, row-major) wrong as the config says; returns how
     /// many rows it changed.
     pub fn corrupt(&self, output: &mut [f32], rows: usize) -> usize {
-        if !self.config.corrupts() || rows == 0 || output.len() % rows != 0 {
+        if !self.config.corrupts() || rows == 0 || !output.len().is_multiple_of(rows) {
             return 0;
         }
         let m = output.len() / rows;
