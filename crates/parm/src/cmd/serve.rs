@@ -749,7 +749,7 @@ mod tests {
         assert!(err(&["--code", "berrut"]).contains("needs --extra-instances"));
         assert!(err(&["--code", "berrut", "--extra", "0", "--extra-instances", "e"]).contains("at least 1"));
         assert!(err(&["--extra", "2"]).contains("for --code berrut"));
-        assert!(err(&["--code", "rs"]).contains("expected parity or berrut"));
+        assert!(err(&["--code", "rs"]).contains("expected parity, collage or berrut"));
     }
 
     #[test]
