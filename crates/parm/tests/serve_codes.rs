@@ -117,7 +117,7 @@ fn check_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
     }
 }
 
-/// One of five workers negates and scales every output (`--fault wrong=1`); `parm serve
+/// One of seven workers negates and scales every output (`--fault wrong=1`); `parm serve
 /// --check-outputs` finds it from its coding groups, ejects it, says so in /metrics and the
 /// repository index, and from then on every answer it gets from an instance is F's own.
 #[test]
@@ -131,7 +131,9 @@ fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
         let spec = |name: &str, fault: &str| InstanceSpec { model: model.clone(), name: name.into(), fault: fault.into(), listen: None };
         let bad = start_instance(exe(), spec(DEPLOYED, "wrong=1,wrong_kind=scale,wrong_scale=-50,seed=1")).await.unwrap();
         let mut deployed = vec![bad];
-        for _ in 0..4 {
+        // Six healthy ones: with r = 1 only the two that pair with the faulty one share its
+        // blame, so the others' median share stays far below its own.
+        for _ in 0..6 {
             deployed.push(start_instance(exe(), spec(DEPLOYED, "")).await.unwrap());
         }
         // The parity model is F itself: inexact for a nonlinear F, but far closer than -50 F.
