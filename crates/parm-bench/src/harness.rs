@@ -175,8 +175,7 @@ pub async fn run_probed(
         .collect();
     // Parity instances: parity index 0's, then index 1's, ... (N/K each).
     let files: Vec<(PathBuf, String)> = match spec.mode {
-        Mode::Parm { r: 2.., .. } => {
-            let r = parity / (spec.instances / k).max(1);
+        Mode::Parm { r: r @ 2.., .. } => {
             let paths = models.linear.get(&(k, r)).with_context(|| format!("no parity models for k={k}, r={r}"))?;
             paths.iter().enumerate().map(|(l, p)| (p.clone(), linear_name(k, r, l))).collect()
         }

@@ -33,8 +33,6 @@ pub struct Check {
     /// The same RMS per redundant output (`[r]`): parity models of different coefficients
     /// err by different amounts, so a caller may weigh them apart.
     pub per_output: Vec<f32>,
-    /// The syndrome itself, `[rows, r, m]` row-major.
-    pub syndrome: Vec<f32>,
     /// With r >= 2 redundant outputs: `(j, share)`, the member whose single wrong output
     /// explains the largest share (in [0, 1]) of the syndrome's energy, and that share.
     /// `None` with r = 1 (any member could be the wrong one) or a zero syndrome.
@@ -64,7 +62,6 @@ pub fn check_rows<'a>(
     let mut along = vec![0.0f64; k];
     let mut e = vec![0.0f64; r];
     let mut per_output = vec![0.0f64; r];
-    let mut syndrome = vec![0.0f32; rows * r * m];
     for i in 0..rows {
         let ys: Vec<&[f32]> = (0..k).map(|j| data(j, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
         let rs: Vec<&[f32]> = (0..r).map(|l| redundant(l, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
@@ -73,7 +70,6 @@ pub fn check_rows<'a>(
                 e[l] = rs[l][t] as f64 - (0..k).map(|j| coeffs[l][j] * ys[j][t] as f64).sum::<f64>();
                 energy += e[l] * e[l];
                 per_output[l] += e[l] * e[l];
-                syndrome[(i * r + l) * m + t] = e[l] as f32;
             }
             for j in (0..k).filter(|&j| norms[j] > 0.0 && candidate(j, i)) {
                 let dot: f64 = (0..r).map(|l| coeffs[l][j] * e[l]).sum();
@@ -87,7 +83,7 @@ pub fn check_rows<'a>(
         .then(|| along.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, &a)| (j, (a / energy).min(1.0) as f32)))
         .flatten();
     let per_output = per_output.iter().map(|v| (v / (rows * m).max(1) as f64).sqrt() as f32).collect();
-    Some(Check { score, per_output, syndrome, located })
+    Some(Check { score, per_output, located })
 }
 
 #[cfg(test)]

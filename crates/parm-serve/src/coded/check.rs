@@ -87,8 +87,7 @@ impl OutputChecks {
 pub struct CheckVerdict {
     /// The coding group ([`crate::coded::Prediction::group`]).
     pub group: u64,
-    /// The syndrome's RMS per value, and the running median it was compared with.
-    pub score: f32,
+    /// The running median of scores the group's score ([`Check::score`]) was compared with.
     pub median: f32,
     /// The group's [`parm_codes::Check`].
     pub check: Check,
@@ -133,7 +132,7 @@ impl Checker {
     pub(crate) fn record(&self, group: u64, check: Check, r: usize, instances: Vec<Option<String>>, pool: &Pool, stats: &Stats) {
         stats.checks.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let median = median(&st.scores);
+        let median = median(st.scores.iter().copied());
         let flagged = st.scores.len() >= WARM_UP && check.score > self.cfg.threshold * median;
         if st.scores.len() == SCORES {
             st.scores.pop_front();
@@ -175,7 +174,7 @@ impl Checker {
         }
         drop(st);
         if self.verdicts.receiver_count() > 0 {
-            let _ = self.verdicts.send(CheckVerdict { group, score: check.score, median, check, flagged, blamed, instances });
+            let _ = self.verdicts.send(CheckVerdict { group, median, check, flagged, blamed, instances });
         }
     }
 
@@ -189,15 +188,14 @@ impl Checker {
         if w.len() < self.cfg.window / 2 || share(w) < self.cfg.eject_rate {
             return false;
         }
-        let others: Vec<f32> = st.windows.iter().filter(|(a, _)| a.as_str() != addr).map(|(_, w)| share(w) as f32).collect();
-        let n = pool.len();
-        share(w) >= 3.0 * median(&others.into_iter().collect()) as f64 && (pool.ejected().len() + 1) * 2 <= n
+        let others = st.windows.iter().filter(|(a, _)| a.as_str() != addr).map(|(_, w)| share(w) as f32);
+        share(w) >= 3.0 * median(others) as f64 && (pool.ejected().len() + 1) * 2 <= pool.len()
     }
 }
 
 /// The median of `values` (0 if empty).
-fn median(values: &VecDeque<f32>) -> f32 {
-    let mut v: Vec<f32> = values.iter().copied().collect();
+fn median(values: impl IntoIterator<Item = f32>) -> f32 {
+    let mut v: Vec<f32> = values.into_iter().collect();
     if v.is_empty() {
         return 0.0;
     }

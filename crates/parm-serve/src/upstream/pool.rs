@@ -23,16 +23,25 @@ pub const MEDIAN: f64 = 50.0;
 struct Member {
     instance: Arc<dyn Instance>,
     coalescer: Option<Coalescer>,
-    /// Out of rotation until then (its outputs disagreed with the code, see
-    /// [`crate::coded::check`]).
-    ejected_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Out of rotation until then, microseconds since [`epoch_us`]'s epoch (its outputs
+    /// disagreed with the code, see [`crate::coded::check`]); 0: never ejected. An atomic: every
+    /// call reads it.
+    ejected_until: AtomicU64,
 }
 
 impl Member {
     fn is_ejected(&self) -> bool {
-        let until = self.ejected_until.lock().unwrap_or_else(|p| p.into_inner());
-        until.is_some_and(|t| std::time::Instant::now() < t)
+        // Never ejected (the common case) costs no clock read.
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && epoch_us(std::time::Instant::now()) < until
     }
+}
+
+/// `t` in microseconds since the first call (at least 1, so that 0 means "never").
+fn epoch_us(t: std::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    t.saturating_duration_since(epoch).as_micros() as u64 + 1
 }
 
 /// An instance's output, with the instance that computed it.
@@ -107,7 +116,7 @@ impl Pool {
                     added.push(i.addr().to_string());
                     let coalescer =
                         self.dispatch.enabled().then(|| Coalescer::start(i.clone(), self.model.clone(), self.dispatch, self.timeout));
-                    Arc::new(Member { instance: i, coalescer, ejected_until: Default::default() })
+                    Arc::new(Member { instance: i, coalescer, ejected_until: AtomicU64::new(0) })
                 }
             })
             .collect();
@@ -122,12 +131,8 @@ impl Pool {
     pub fn eject(&self, addr: &str, until: std::time::Instant) -> bool {
         let members = self.members();
         let Some(m) = members.iter().find(|m| m.instance.addr() == addr) else { return false };
-        let mut t = m.ejected_until.lock().unwrap_or_else(|p| p.into_inner());
-        if t.is_some_and(|t| std::time::Instant::now() < t) {
-            return false;
-        }
-        *t = Some(until);
-        true
+        let (now, until) = (epoch_us(std::time::Instant::now()), epoch_us(until));
+        m.ejected_until.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t <= now).then_some(until)).is_ok()
     }
 
     /// The addresses of the instances out of rotation now (see [`Self::eject`]).

@@ -252,7 +252,7 @@ impl Setup<'_> {
                     members.push(i);
                 }
             }
-            ratios.push(((v.score / v.median.max(1e-9)) as f64, members));
+            ratios.push(((v.check.score / v.median.max(1e-9)) as f64, members));
         }
         for (i, a) in answers.iter().enumerate().filter(|(_, a)| !a.prediction.reconstructed) {
             let out = &a.prediction.output;
