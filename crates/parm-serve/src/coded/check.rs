@@ -14,7 +14,7 @@
 //! instance (r = 1 cannot tell which member is wrong; a wrong instance is in every one of its
 //! flagged groups, a healthy one only in those it shares with a wrong one). Each deployed
 //! instance keeps its last [`OutputChecks::window`] checks; one whose share of blamed checks
-//! reaches [`OutputChecks::eject_rate`] and is at least three times the median share of the others
+//! reaches [`OutputChecks::eject_rate`], is the highest, and is at least three times the median share of the others
 //! is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation;
 //! every instance's window starts again then (the suspicion the ejected one cast on its
 //! group-mates goes with it). Outputs that an ejected instance still returns (calls in flight)
@@ -133,13 +133,20 @@ impl Checker {
         stats.checks.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let median = median(st.scores.iter().copied());
-        let flagged = st.scores.len() >= WARM_UP && check.score > self.cfg.threshold * median;
+        // Before the yardstick exists no group can be flagged, so none counts in the windows
+        // either (a wrong instance's unblamed early checks would hide it behind its group-mates).
+        let warm = st.scores.len() >= WARM_UP;
+        let flagged = warm && check.score > self.cfg.threshold * median;
         if st.scores.len() == SCORES {
             st.scores.pop_front();
         }
         st.scores.push_back(check.score);
+        // A member from an instance already ejected explains the disagreement (its outputs
+        // still in flight were checked after it left): its group-mates are not blamed.
+        let out = |j: &usize| instances[*j].as_deref().is_some_and(|a| pool.is_ejected(a));
         let blamed: Vec<usize> = match check.located {
             _ if !flagged => Vec::new(),
+            _ if (0..instances.len()).any(|j| out(&j)) => (0..instances.len()).filter(out).collect(),
             Some((j, share)) if r >= 2 && share >= self.cfg.min_share => vec![j],
             _ => (0..instances.len()).filter(|&j| instances[j].is_some()).collect(),
         };
@@ -147,7 +154,7 @@ impl Checker {
             stats.flagged.fetch_add(1, Ordering::Relaxed);
         }
         let mut suspects = Vec::new();
-        for (j, addr) in instances.iter().enumerate() {
+        for (j, addr) in instances.iter().enumerate().filter(|_| warm) {
             let Some(addr) = addr else { continue };
             let w = st.windows.entry(addr.clone()).or_default();
             if w.len() == self.cfg.window {
@@ -179,17 +186,20 @@ impl Checker {
     }
 
     /// An instance is ejected when its window is at least half full, its blamed share reaches
-    /// `eject_rate` and three times the median share of the pool's other instances (with
-    /// r = 1 a healthy instance shares the blame of the groups it has in common with a wrong
-    /// one), and fewer than half the pool's instances are out.
+    /// `eject_rate`, is the highest of all and three times the median share of the pool's other
+    /// instances (with r = 1 a healthy instance shares the blame of the groups it has in common
+    /// with a wrong one), and fewer than half the pool's instances are out.
     fn should_eject(&self, st: &CheckerState, addr: &str, pool: &Pool) -> bool {
         let share = |w: &VecDeque<bool>| w.iter().filter(|b| **b).count() as f64 / w.len().max(1) as f64;
         let Some(w) = st.windows.get(addr) else { return false };
         if w.len() < self.cfg.window / 2 || share(w) < self.cfg.eject_rate {
             return false;
         }
-        let others = st.windows.iter().filter(|(a, _)| a.as_str() != addr).map(|(_, w)| share(w) as f32);
-        share(w) >= 3.0 * median(others) as f64 && (pool.ejected().len() + 1) * 2 <= pool.len()
+        let others: Vec<f32> = st.windows.iter().filter(|(a, _)| a.as_str() != addr).map(|(_, w)| share(w) as f32).collect();
+        let mine = share(w) as f32;
+        // The most blamed goes first: with r = 1 a wrong instance's group-mates share its blame.
+        let most = others.iter().all(|&o| mine > o);
+        most && mine >= 3.0 * median(others) && (pool.ejected().len() + 1) * 2 <= pool.len()
     }
 }
 
