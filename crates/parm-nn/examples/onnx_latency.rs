@@ -1,13 +1,15 @@
 //! In-process latency of tract on an ONNX file, one query and a batch of 32:
-//! `cargo run --release -p parm-nn --example onnx_latency -- FILE.onnx [RUNS (2000)]`.
+//! `cargo run --release -p parm-nn --example onnx_latency -- FILE.onnx [RUNS (2000)] [BATCHES (1,32)]`.
 //!
 //! Prints the model's shapes and batch axis, then p50 / p99 / mean of `OnnxModel::infer`
-//! (input conversion, the tract run, output copy) after 100 warm-up runs.
+//! (input conversion, the run, output copy) after 100 warm-up runs. With `ORT_LIBRARY=PATH`
+//! (and optionally `ORT_THREADS=N`) ONNX Runtime runs the model instead of tract.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use parm_nn::OnnxModel;
+use parm_nn::onnx::OnnxRuntime;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -16,7 +18,14 @@ fn main() {
         std::process::exit(2);
     };
     let runs: usize = args.get(2).map_or(2000, |r| r.parse().expect("RUNS is a number"));
-    let m = OnnxModel::load(Path::new(path), None).unwrap_or_else(|e| panic!("{e}"));
+    let runtime = match std::env::var_os("ORT_LIBRARY") {
+        Some(library) => OnnxRuntime::Ort {
+            library: library.into(),
+            threads: std::env::var("ORT_THREADS").map_or(0, |t| t.parse().expect("ORT_THREADS is a number")),
+        },
+        None => OnnxRuntime::Tract,
+    };
+    let m = OnnxModel::load_with(Path::new(path), None, &runtime).unwrap_or_else(|e| panic!("{e}"));
     println!(
         "{path}: input {} {:?}, output {} {:?}, batch {:?}",
         m.input_name(),
@@ -25,7 +34,8 @@ fn main() {
         m.output_shape(),
         m.batch_axis()
     );
-    for batch in [1, 32] {
+    let batches: Vec<usize> = args.get(3).map_or(vec![1, 32], |b| b.split(',').map(|n| n.parse().expect("BATCHES: numbers")).collect());
+    for batch in batches {
         let x: Vec<f32> = (0..batch * m.input_len()).map(|i| (i % 97) as f32 / 97.0).collect();
         let mut t = timings(&m, &x, batch, runs);
         t.sort();

@@ -16,6 +16,7 @@ pub mod export;
 pub mod meta;
 pub mod mlp;
 pub mod onnx;
+pub mod onnx_ort;
 pub mod parity;
 pub mod predictor;
 pub mod testing;

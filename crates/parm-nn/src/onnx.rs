@@ -17,10 +17,13 @@
 //! with an operator tract lacks fails to load, naming the node, and never fails while serving.
 //! Attention operators (`MultiHeadAttention`, `GroupQueryAttention`, `Attention`) are left
 //! out of this build (tract-onnx's `transformers` feature).
+//!
+//! [`OnnxRuntime::Ort`] runs the checked graph with ONNX Runtime instead ([`crate::onnx_ort`]),
+//! for models where tract is slow (convolutions).
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
@@ -28,6 +31,7 @@ use tract_onnx::pb::{self, GraphProto, ModelProto, ValueInfoProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::{TractErrorContext, ensure};
 
+use crate::onnx_ort::OrtSession;
 use crate::{DeployedModel, NnError};
 
 /// ONNX's float32 element type.
@@ -42,12 +46,27 @@ pub enum BatchAxis {
     Fixed(usize),
 }
 
+/// Which runtime executes a model's runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OnnxRuntime {
+    /// tract, in pure Rust (the default).
+    #[default]
+    Tract,
+    /// ONNX Runtime from the shared library at `library`, with `threads` intra-op threads
+    /// (0: its default, one per core).
+    Ort { library: PathBuf, threads: usize },
+}
+
 /// A loaded, optimised ONNX graph; `Send + Sync`, and [`OnnxModel::infer`] takes `&self`, so
-/// one model serves concurrent callers (each run has its own state).
+/// one model serves concurrent callers (each tract run has its own state; ONNX Runtime runs
+/// one at a time).
 pub struct OnnxModel {
     /// The file, for error messages.
     path: String,
     plan: Arc<TypedRunnableModel>,
+    /// With [`OnnxRuntime::Ort`]: the session that runs every query (tract's plans only check
+    /// the graph then).
+    ort: Option<OrtSession>,
     /// With a dynamic batch axis: plans optimised for a concrete number of rows, made on first
     /// use (see [`OnnxModel::plan`]).
     concrete: Option<Concrete>,
@@ -98,6 +117,16 @@ impl OnnxModel {
     /// data outside the file's folder; an operator tract does not have, or a shape it cannot
     /// infer (the message names the node and its operator).
     pub fn load(path: &Path, output: Option<&str>) -> Result<OnnxModel, NnError> {
+        OnnxModel::load_with(path, output, &OnnxRuntime::Tract)
+    }
+
+    /// [`OnnxModel::load`], with `runtime` running the queries. tract checks the graph either
+    /// way.
+    ///
+    /// # Errors
+    /// Those of [`OnnxModel::load`]; with [`OnnxRuntime::Ort`] also a library that cannot be
+    /// loaded (or is older than 1.17) and a model ONNX Runtime refuses.
+    pub fn load_with(path: &Path, output: Option<&str>, runtime: &OnnxRuntime) -> Result<OnnxModel, NnError> {
         let err = |message: String| NnError::Onnx { path: path.display().to_string(), message };
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_path(path).map_err(|e| err(format!("not a readable ONNX model: {e:#}")))?;
@@ -108,7 +137,11 @@ impl OnnxModel {
         let output_name = choose_output(graph, output).map_err(err)?;
         let dir = path.parent().and_then(|d| d.to_str());
         let (plan, batch_axis, output_shape) = build(&onnx, &proto, dir, &input, &output_name).map_err(err)?;
-        let concrete = (batch_axis == BatchAxis::Dynamic).then(|| Concrete {
+        let ort = match runtime {
+            OnnxRuntime::Tract => None,
+            OnnxRuntime::Ort { library, threads } => Some(OrtSession::open(path, library, *threads, &input.name, &output_name).map_err(err)?),
+        };
+        let concrete = (batch_axis == BatchAxis::Dynamic && ort.is_none()).then(|| Concrete {
             proto: proto.clone(),
             dir: dir.map(str::to_owned),
             input: input.clone(),
@@ -118,6 +151,7 @@ impl OnnxModel {
         Ok(OnnxModel {
             path: path.display().to_string(),
             plan,
+            ort,
             concrete,
             batch_axis,
             input_name: input.name,
@@ -195,10 +229,17 @@ impl OnnxModel {
     fn run(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, NnError> {
         let runtime = |e: TractError| NnError::Onnx { path: self.path.clone(), message: format!("run failed: {e:#}") };
         let shape: Vec<usize> = std::iter::once(rows).chain(self.input_shape.iter().copied()).collect();
+        if let Some(ort) = &self.ort {
+            let out = ort.run(input, &shape).map_err(|message| NnError::Onnx { path: self.path.clone(), message })?;
+            return self.checked(out, rows);
+        }
         let x = Tensor::from_shape(&shape, input).map_err(runtime)?;
         let y = self.plan(rows).run(tvec!(x.into())).map_err(runtime)?;
         let y = y[0].to_plain_array_view::<f32>().map_err(runtime)?;
-        let out: Vec<f32> = y.iter().copied().collect();
+        self.checked(y.iter().copied().collect(), rows)
+    }
+
+    fn checked(&self, out: Vec<f32>, rows: usize) -> Result<Vec<f32>, NnError> {
         if out.len() != rows * self.output_len() {
             return Err(NnError::Invalid(format!("the model returned {} values for {rows} queries", out.len())));
         }
@@ -227,6 +268,7 @@ impl fmt::Debug for OnnxModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxModel")
             .field("path", &self.path)
+            .field("runtime", &if self.ort.is_some() { "onnxruntime" } else { "tract" })
             .field("input", &(&self.input_name, &self.input_shape))
             .field("output", &(&self.output_name, &self.output_shape))
             .field("batch_axis", &self.batch_axis)

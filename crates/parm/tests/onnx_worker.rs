@@ -87,6 +87,39 @@ fn onnx_worker_serves_graph_names_shapes_and_tracts_outputs() {
     });
 }
 
+/// `--onnx-runtime ort` serves the same graphs with ONNX Runtime (the wheel's library): same
+/// metadata, answers equal tract's to float tolerance; a library that cannot be loaded stops
+/// the worker at start with a message naming it.
+#[test]
+fn onnx_worker_runs_onnx_runtime_when_asked() {
+    let Some(fx) = onnx_fixtures() else { return };
+    let lib = fx.ort_library();
+    runtime().block_on(async {
+        for (file, shape) in [("cnn.onnx", vec![1, 28, 28]), ("sklearn.onnx", vec![64])] {
+            let path = fx.path(file);
+            let args = ["--onnx-runtime", "ort", "--ort-library", lib.to_str().unwrap(), "--ort-threads", "1", "--max-batch", "4"];
+            let (_w, client) = worker(&path, "m", &args).await;
+            let spec = client.model_metadata("m", WAIT).await.unwrap();
+            assert_eq!((spec.platform.as_str(), spec.input_shape.clone()), ("onnx", shape.clone()), "{file}");
+            let local = OnnxModel::load(&path, None).unwrap();
+            let x = rows(5, local.input_len());
+            let full: Vec<i64> = std::iter::once(5).chain(shape).collect();
+            let got = client.infer("m", &x, &full, WAIT).await.unwrap();
+            assert!(close(&got, &local.infer(&x, 5).unwrap()), "{file}: ONNX Runtime {got:?}");
+        }
+    });
+    let out = std::process::Command::new(exe())
+        .args(["worker", "--model"])
+        .arg(fx.path("mlp.onnx"))
+        .args(["--onnx-runtime", "ort", "--ort-library", "/nonexistent/libonnxruntime.so", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot load ONNX Runtime") && err.contains("/nonexistent/libonnxruntime.so"), "{err}");
+    let out = std::process::Command::new(exe()).args(["worker", "--model", "x.bpk", "--onnx-runtime", "ort"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("ONNX models (.onnx) only"));
+}
+
 /// `--output` picks an output; an int64 one is refused at start-up, naming it.
 #[test]
 fn onnx_worker_refuses_a_non_float_output() {

@@ -13,7 +13,7 @@ use parm_serve::instance::worker::WorkerOptions;
 use parm_serve::instance::backend::InferenceBackend;
 
 use self::backend::{NnBackend, OnnxBackend};
-use super::{DeviceArg, block_on_drained, shutdown_signal};
+use super::{block_on_drained, shutdown_signal};
 
 #[derive(Args)]
 pub struct WorkerArgs {
@@ -26,6 +26,19 @@ pub struct WorkerArgs {
     /// e.g. skl2onnx's `probabilities`, not its int64 `label`).
     #[arg(long)]
     pub output: Option<String>,
+    /// ONNX only: the runtime that executes the model, `tract` (pure Rust, built in) or `ort`
+    /// (ONNX Runtime's shared library, loaded at start: see --ort-library). tract checks the
+    /// graph either way.
+    #[arg(long, default_value = "tract", value_parser = ["tract", "ort"])]
+    pub onnx_runtime: String,
+    /// With `--onnx-runtime ort`: the ONNX Runtime library (1.17 or newer), for example
+    /// `.../site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0` from PyPI's onnxruntime.
+    /// Default: $ORT_DYLIB_PATH, else `libonnxruntime.so` on the library path.
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
+    /// With `--onnx-runtime ort`: intra-op threads per run (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub ort_threads: usize,
     /// Name to serve the model under (default: the file stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -66,21 +79,40 @@ pub struct WorkerArgs {
     pub tls: super::TlsArgs,
 }
 
-/// The backend for `model`, chosen by its extension: `.onnx` or a parm model (on `device`).
-fn load_backend(
-    model: &std::path::Path,
-    name: &str,
-    output: Option<&str>,
-    device: &DeviceArg,
-) -> anyhow::Result<Arc<dyn InferenceBackend>> {
+/// The backend for `model`, chosen by its extension: `.onnx` (run by `a`'s ONNX runtime) or a
+/// parm model (on `a`'s device).
+fn load_backend(model: &std::path::Path, name: &str, a: &WorkerArgs) -> anyhow::Result<Arc<dyn InferenceBackend>> {
+    let (output, device) = (a.output.as_deref(), &a.device);
     let onnx = model.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     anyhow::ensure!(onnx || output.is_none(), "--output applies to ONNX models (.onnx) only");
+    anyhow::ensure!(
+        onnx || (a.onnx_runtime == "tract" && a.ort_library.is_none()),
+        "--onnx-runtime and --ort-library apply to ONNX models (.onnx) only"
+    );
+    let runtime = match a.onnx_runtime.as_str() {
+        "ort" => parm_nn::onnx::OnnxRuntime::Ort { library: ort_library(a.ort_library.as_deref()), threads: a.ort_threads },
+        _ => {
+            anyhow::ensure!(a.ort_library.is_none(), "--ort-library needs --onnx-runtime ort");
+            parm_nn::onnx::OnnxRuntime::Tract
+        }
+    };
     let choice = device.choice()?;
     anyhow::ensure!(
         !onnx || choice == parm_nn::ComputeDevice::Cpu,
         "--device {choice}: ONNX models run on the CPU (tract); only parm models (.bpk) run on a GPU"
     );
-    Ok(if onnx { Arc::new(OnnxBackend::load(model, name, output)?) } else { Arc::new(NnBackend::load(model, name, &choice.open()?)?) })
+    Ok(if onnx {
+        Arc::new(OnnxBackend::load(model, name, output, &runtime)?)
+    } else {
+        Arc::new(NnBackend::load(model, name, &choice.open()?)?)
+    })
+}
+
+/// `--ort-library`, else $ORT_DYLIB_PATH, else the system's `libonnxruntime.so`.
+fn ort_library(flag: Option<&std::path::Path>) -> PathBuf {
+    flag.map(PathBuf::from)
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("libonnxruntime.so"))
 }
 
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
@@ -93,7 +125,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         None => super::bpk_path(&a.model),
     };
     let auth = parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?;
-    let backend = load_backend(&model, &name, a.output.as_deref(), &a.device)?;
+    let backend = load_backend(&model, &name, &a)?;
     let faults = a.fault.parse().map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
     anyhow::ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     let batching = (a.max_batch > 1).then(|| parm_serve::instance::batcher::BatchConfig {

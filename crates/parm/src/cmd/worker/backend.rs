@@ -46,18 +46,18 @@ impl InferenceBackend for NnBackend {
 /// parm runs them with tract, so it names the format only.
 pub const ONNX_PLATFORM: &str = "onnx";
 
-/// An ONNX file run in process by tract ([`OnnxModel`]). The model is `Sync` and every call
-/// has its own state, so no lock is needed.
+/// An ONNX file run in process by tract or ONNX Runtime ([`OnnxModel`]). The model is `Sync`:
+/// no lock is needed here.
 pub struct OnnxBackend {
     model: OnnxModel,
     spec: ModelSpec,
 }
 
 impl OnnxBackend {
-    /// Loads `path`, serving the graph output `output` (default: the first float32 output of
-    /// rank 2) under `name`; metadata carries the graph's own tensor names and per-query shapes.
-    pub fn load(path: &Path, name: &str, output: Option<&str>) -> anyhow::Result<Self> {
-        let model = OnnxModel::load(path, output)?;
+    /// Loads `path` for `runtime`, serving the graph output `output` (default: the first
+    /// float32 output of rank 2) under `name`; metadata carries the graph's own tensor names and per-query shapes.
+    pub fn load(path: &Path, name: &str, output: Option<&str>, runtime: &parm_nn::onnx::OnnxRuntime) -> anyhow::Result<Self> {
+        let model = OnnxModel::load_with(path, output, runtime)?;
         if let BatchAxis::Fixed(b) = model.batch_axis() {
             tracing::warn!("{}: the graph's batch axis is fixed to {b}: queries run {b} at a time", path.display());
         }
