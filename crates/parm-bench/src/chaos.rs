@@ -60,7 +60,7 @@ impl Chaos {
                 Fault::Network { megabytes, concurrent, gap_ms } => {
                     chaos.tasks.push(tokio::spawn(shuffles(megabytes, concurrent, gap_ms, rx.clone())));
                 }
-                Fault::Delay { .. } | Fault::Episodes { .. } => {} // injected by the worker itself
+                Fault::Delay { .. } | Fault::Episodes { .. } | Fault::Wrong { .. } => {} // injected by the worker itself
             }
         }
         chaos

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use parm_codes::encoder_for_shape;
-use parm_serve::coded::{Code, Frontend, FrontendConfig, ParityInstances};
+use parm_serve::coded::{Code, Frontend, FrontendConfig, OutputChecks, ParityInstances};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::client::InstanceClient;
 use parm_serve::upstream::redundancy::Redundancy;
@@ -101,6 +101,9 @@ pub struct RunResult {
     pub k: usize,
     /// Parity models per coding group (parm; 1 otherwise).
     pub r: usize,
+    /// [`Mode::code`]: `parity`, `parity-checked`, or None for the baselines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     pub rate_qps: f64,
     pub seed: u64,
     /// Extra instances over N, fraction of N.
@@ -249,6 +252,7 @@ async fn drive(
         decode_grace: spec.decode_grace,
         straggler: spec.straggler.clone(),
         redundancy,
+        checks: matches!(spec.mode, Mode::Parm { checked: true, .. }).then(OutputChecks::default),
         ..FrontendConfig::new(model.clone(), addrs(DEPLOYED))
     };
     let frontend = Frontend::start(cfg)?;
@@ -291,6 +295,7 @@ async fn drive(
             Mode::Parm { r, .. } => r,
             _ => 1,
         },
+        code: spec.mode.code(),
         rate_qps: spec.rate_qps,
         seed: spec.seed,
         extra_resources: spec.mode.extra_resources(spec.instances),

@@ -118,6 +118,9 @@ fn one() -> usize {
 fn one_f() -> f64 {
     1.0
 }
+fn mixed() -> String {
+    "mixed".into()
+}
 fn default_group_timeout_ms() -> u64 {
     5
 }
@@ -147,6 +150,15 @@ pub enum Fault {
     Crash { instance: usize, at_s: f64, restart_after_s: f64 },
     /// `threads` background threads spinning on the CPU for the whole run.
     CpuBurn { threads: usize },
+    /// With probability `prob`, each output row of the instance is wrong: random logits, a
+    /// permuted class, a scaled row, or any of them (`wrong_kind`: random, permute, scale,
+    /// mixed; `parm worker --fault wrong=P,wrong_kind=K`).
+    Wrong {
+        instance: usize,
+        prob: f64,
+        #[serde(default = "mixed")]
+        wrong_kind: String,
+    },
     /// Background bulk transfers on loopback (ParM's network "shuffles"): `concurrent`
     /// transfers of `megabytes` MB each, repeated after `gap_ms`, for the whole run.
     Network { megabytes: usize, concurrent: usize, gap_ms: u64 },
@@ -163,9 +175,11 @@ pub enum Mode {
     Replication,
     /// `hedged[-kK]`: N + N/K deployed instances, backup after the running p95.
     Hedged { k: usize },
-    /// `parm-kK[-rR]`: N deployed + R N/K parity instances (R = 1, ParM's one parity model, by
-    /// default; R >= 2: the r-parity linear code, N/K instances per parity index).
-    Parm { k: usize, r: usize },
+    /// `parm-kK[-rR][-checked]`: N deployed + R N/K parity instances (R = 1, ParM's one parity
+    /// model, by default; R >= 2: the r-parity linear code, N/K instances per parity index).
+    /// `-checked`: the frontend checks outputs against the code and ejects an instance that
+    /// keeps disagreeing (`parm serve --check-outputs`, its defaults).
+    Parm { k: usize, r: usize, checked: bool },
     /// `cheap-backup-kK`: N deployed + N/K instances of a cheap backup model (about 1/K of F's
     /// compute per query, ParM's extra compute per query at K); every query also goes to a
     /// backup instance, whose answer stands in when the original is late (ParM §5's
@@ -194,13 +208,14 @@ impl Mode {
         } else if let Some(rest) = s.strip_prefix("cheap-backup") {
             Mode::CheapBackup { k: k_of(rest)? }
         } else if let Some(rest) = s.strip_prefix("parm") {
+            let (rest, checked) = rest.strip_suffix("-checked").map_or((rest, false), |rest| (rest, true));
             let (rest, r) = match rest.rsplit_once("-r") {
                 Some((rest, r)) => (rest, r.parse().ok().filter(|r| *r >= 1).context("expected -rR with R >= 1")?),
                 None => (rest, 1),
             };
-            Mode::Parm { k: k_of(rest)?, r }
+            Mode::Parm { k: k_of(rest)?, r, checked }
         } else {
-            bail!("unknown mode '{s}' (none, equal-resources[-kK], replication, hedged[-kK], parm-kK[-rR], cheap-backup-kK)")
+            bail!("unknown mode '{s}' (none, equal-resources[-kK], replication, hedged[-kK], parm-kK[-rR][-checked], cheap-backup-kK)")
         };
         Ok(mode)
     }
@@ -214,6 +229,16 @@ impl Mode {
             Mode::Hedged { .. } => "hedged",
             Mode::Parm { .. } => "parm",
             Mode::CheapBackup { .. } => "cheap-backup",
+        }
+    }
+
+    /// The `code` field of result rows: `parity` for parm (learned parity models: ParM's, or r
+    /// of the r-parity linear code), `parity-checked` with output checks; None otherwise.
+    pub fn code(&self) -> Option<String> {
+        match self {
+            Mode::Parm { checked: false, .. } => Some("parity".into()),
+            Mode::Parm { checked: true, .. } => Some("parity-checked".into()),
+            _ => None,
         }
     }
 
@@ -232,7 +257,7 @@ impl Mode {
             Mode::None => (n, 0),
             Mode::Replication => (2 * n, 0),
             Mode::EqualResources { k } | Mode::Hedged { k } => (n + n / k, 0),
-            Mode::Parm { k, r } => (n, r * (n / k)),
+            Mode::Parm { k, r, .. } => (n, r * (n / k)),
             Mode::CheapBackup { k } => (n, n / k),
         }
     }
@@ -305,7 +330,8 @@ impl Fault {
             Fault::Delay { instance, .. }
             | Fault::Episodes { instance, .. }
             | Fault::Stall { instance, .. }
-            | Fault::Crash { instance, .. } => Some(*instance),
+            | Fault::Crash { instance, .. }
+            | Fault::Wrong { instance, .. } => Some(*instance),
             Fault::CpuBurn { .. } | Fault::Network { .. } => None,
         }
     }
@@ -317,7 +343,8 @@ impl Fault {
             Fault::Delay { instance, .. }
             | Fault::Episodes { instance, .. }
             | Fault::Stall { instance, .. }
-            | Fault::Crash { instance, .. } => *instance = i,
+            | Fault::Crash { instance, .. }
+            | Fault::Wrong { instance, .. } => *instance = i,
             Fault::CpuBurn { .. } | Fault::Network { .. } => {}
         }
         f
@@ -343,6 +370,9 @@ pub fn worker_fault(faults: &[Fault], i: usize, seed: u64) -> String {
             Fault::Episodes { instance, every_s, len_s, delay_ms } if *instance == i => {
                 parts.push(format!("episode_every_s={every_s},episode_len_s={len_s},episode_delay_ms={delay_ms}"));
             }
+            Fault::Wrong { instance, prob, wrong_kind } if *instance == i => {
+                parts.push(format!("wrong={prob},wrong_kind={wrong_kind}"));
+            }
             _ => {}
         }
     }
@@ -358,8 +388,10 @@ mod tests {
 
     #[test]
     fn modes_parse_and_size() {
-        assert_eq!(Mode::parse("parm-k3").unwrap(), Mode::Parm { k: 3, r: 1 });
-        assert_eq!(Mode::parse("parm-k4-r2").unwrap(), Mode::Parm { k: 4, r: 2 });
+        assert_eq!(Mode::parse("parm-k3").unwrap(), Mode::Parm { k: 3, r: 1, checked: false });
+        assert_eq!(Mode::parse("parm-k4-r2").unwrap(), Mode::Parm { k: 4, r: 2, checked: false });
+        assert_eq!(Mode::parse("parm-k2-r2-checked").unwrap(), Mode::Parm { k: 2, r: 2, checked: true });
+        assert_eq!(Mode::parse("parm-k4-checked").unwrap(), Mode::Parm { k: 4, r: 1, checked: true });
         assert_eq!(Mode::parse("parm-k4-r2").unwrap().instances(12), (12, 6));
         assert!(Mode::parse("parm-k4-r0").is_err());
         assert_eq!(Mode::parse("cheap-backup-k2").unwrap().instances(12), (12, 6));
@@ -382,7 +414,7 @@ mod tests {
         assert_eq!(worker_fault(&s.faults, 1, 0), "delay_ms=5,prob=1,seed=1");
         assert_eq!(worker_fault(&s.faults, 1, 7), "delay_ms=5,prob=1,seed=8", "seeded per trial");
         assert_eq!(worker_fault(&s.faults, 0, 0), "");
-        let parm = Mode::Parm { k: 2, r: 1 };
+        let parm = Mode::Parm { k: 2, r: 1, checked: false };
         assert_eq!(s.trial_faults(parm, 2), s.faults, "faults on deployed instances by default");
         let bad = Scenario { modes: vec!["parm-k3".into()], ..s.clone() };
         assert!(bad.validate().is_err());
@@ -412,7 +444,7 @@ mod tests {
             faults_on: FaultsOn::AnyMachine,
         };
         base.validate().unwrap();
-        let parm = Mode::Parm { k: 2, r: 1 };
+        let parm = Mode::Parm { k: 2, r: 1, checked: false };
         let machines: Vec<usize> = (0..6).map(|t| base.trial_faults(parm, t)[0].instance().unwrap()).collect();
         // 12 deployed + 6 parity machines: trials 2 and 5 slow parity instance 1 (machine 13).
         assert_eq!(machines, vec![1, 1, 13, 1, 1, 13]);

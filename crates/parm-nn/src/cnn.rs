@@ -332,6 +332,46 @@ impl NetConfig {
         }
     }
 
+    /// Multiply-accumulates of one forward pass of one input (for a cell-wise model, one
+    /// whole parity query of k cells), counting convolutions and linear layers (bias, pooling,
+    /// activations and batch norm left out). The unit in which `parm eval --report` states a
+    /// code's extra compute per query.
+    pub fn macs(&self) -> u64 {
+        let dense = |c: &MlpConfig| {
+            let mut widths = vec![c.input];
+            widths.extend(&c.hidden);
+            widths.push(c.classes);
+            widths.windows(2).map(|w| (w[0] * w[1]) as u64).sum::<u64>()
+        };
+        // A KxK convolution from `cin` to `cout` channels producing `side x side` outputs.
+        let conv = |cin: usize, cout: usize, kernel: usize, side: usize| (cin * cout * kernel * kernel * side * side) as u64;
+        match self {
+            NetConfig::Mlp(c) => dense(c),
+            NetConfig::LeNet { channels, side, classes } => {
+                let (half, after) = (side / 2, (side / 2 - 4) / 2);
+                conv(*channels, 6, 5, *side) + conv(6, 16, 5, half - 4) + (16 * after * after * 120 + 120 * 84 + 84 * classes) as u64
+            }
+            NetConfig::ResNet18 { channels, side, classes, width } => {
+                let mut total = conv(*channels, *width, 3, *side);
+                let (mut cin, mut s) = (*width, *side);
+                for (stage, stride) in [1usize, 2, 2, 2].into_iter().enumerate() {
+                    let cout = width << stage;
+                    s /= stride;
+                    total += conv(cin, cout, 3, s) + 3 * conv(cout, cout, 3, s);
+                    if stride != 1 || cin != cout {
+                        total += conv(cin, cout, 1, s);
+                    }
+                    cin = cout;
+                }
+                total + (cin * classes) as u64
+            }
+            NetConfig::CellMlp { k, channels, rows, cols, mlp } => {
+                let cell = crate::cells::cell_mlp_config(*k, *channels, *rows, *cols, &mlp.hidden, mlp.classes / k);
+                *k as u64 * dense(&cell)
+            }
+        }
+    }
+
     pub fn init(&self, init: Init, device: &Device) -> Net {
         match self {
             NetConfig::Mlp(c) => Net::Mlp(c.init(init, device)),
@@ -350,6 +390,21 @@ impl NetConfig {
 mod tests {
     use super::*;
     use crate::tensor2;
+
+    #[test]
+    fn macs_count_each_layer() {
+        // ParM's MLP: 784*200 + 200*100 + 100*10.
+        assert_eq!(NetConfig::Mlp(MlpConfig::default()).macs(), 177_800);
+        // LeNet-5 on 28x28: conv1 6*25*784, conv2 16*6*25*100, fc 400*120 + 120*84 + 84*10.
+        assert_eq!(NetConfig::LeNet { channels: 1, side: 28, classes: 10 }.macs(), 117_600 + 240_000 + 48_000 + 10_080 + 840);
+        // Two cells of 14x28 (392 values) through one 392-200-100-10 MLP.
+        let mlp = MlpConfig { input: 784, hidden: vec![200, 100], classes: 20 };
+        let cells = NetConfig::CellMlp { k: 2, channels: 1, rows: 28, cols: 28, mlp };
+        assert_eq!(cells.macs(), 2 * (392 * 200 + 200 * 100 + 100 * 10));
+        // ResNet-18 grows with the square of its width.
+        let r = |width| NetConfig::ResNet18 { channels: 3, side: 32, classes: 10, width }.macs();
+        assert!(r(8) > 3 * r(4) && r(8) < 5 * r(4));
+    }
 
     #[test]
     fn names_round_trip_and_shapes() {

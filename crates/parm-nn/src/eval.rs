@@ -101,6 +101,43 @@ pub fn padded_degraded_accuracy(
     correct as f64 / (groups.len() * members).max(1) as f64
 }
 
+/// Degraded-mode accuracy of a per-query parity model (collage: [`crate::cells::CellMlp`]
+/// over the concatenation encoder) with `erasures` predictions of each group unavailable:
+/// every unavailable prediction is its own cell's output, so one parity query answers any
+/// number of them. Scored over every pattern of `erasures` members of every coding group.
+///
+/// Panics if `parity` does not output `k x classes` values per query (not a per-query model).
+#[allow(clippy::too_many_arguments)]
+pub fn per_query_degraded_accuracy(
+    parity: &(impl Classifier + ?Sized),
+    split: &Split,
+    encoder: &dyn Encoder,
+    erasures: usize,
+    classes: usize,
+    seed: u64,
+    device: &Device,
+) -> f64 {
+    let k = encoder.k();
+    let groups = coding_groups(split.n, k, seed);
+    let mut x = Vec::with_capacity(groups.len() * split.dim());
+    for g in &groups {
+        let q: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
+        x.extend(encoder.encode(&q).expect("members have equal shape"));
+    }
+    let out = logits(parity, &x, groups.len(), split.dim(), device);
+    assert_eq!(out.len(), groups.len() * k * classes, "a per-query parity model outputs k x classes per query");
+    let (mut correct, mut total) = (0usize, 0usize);
+    for (g, fp) in groups.iter().zip(out.chunks(k * classes)) {
+        for lost in erasure_patterns(k, erasures) {
+            for j in lost {
+                correct += (argmax(&fp[j * classes..(j + 1) * classes]) == Some(split.labels[g[j]] as usize)) as usize;
+                total += 1;
+            }
+        }
+    }
+    correct as f64 / total.max(1) as f64
+}
+
 /// Degraded-mode accuracy of the systematic Berrut code ([`BerrutCode`], ApproxIFER made
 /// systematic): for every coding group of `split`, F (`deployed`) runs on the S blended
 /// queries; then for every pattern of `erasures` (1..=S) unavailable predictions among the k

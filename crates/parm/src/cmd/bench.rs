@@ -78,7 +78,8 @@ pub struct TailRow {
     #[serde(default = "one")]
     pub r: usize,
     /// The code of parm rows: `parity` (learned parity models: ParM's, or r of the r-parity
-    /// linear code); absent for the baselines.
+    /// linear code), `parity-checked` (the same with output checks on); absent for the
+    /// baselines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub rate_qps: f64,
@@ -104,6 +105,16 @@ pub struct TailRow {
     pub errors: usize,
     pub accuracy: f64,
     pub trials: usize,
+}
+
+impl TailRow {
+    /// The mode as tables and plots name it: `parm (checked)` for parm with output checks.
+    fn setup(&self) -> String {
+        match self.code.as_deref() {
+            Some("parity-checked") => format!("{} (checked)", self.mode),
+            _ => self.mode.clone(),
+        }
+    }
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -138,7 +149,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let budget = Budget { deployed_epochs: 20, parity_epochs: a.parity_epochs, seed: 1 };
         let mut models = ensure_models(&paths, &ks, &budget)?;
         for m in &modes {
-            if let Mode::Parm { k, r: r @ 2.. } = *m {
+            if let Mode::Parm { k, r: r @ 2.., .. } = *m {
                 let files = (0..r).map(|l| ensure_parity(&paths, &models.deployed, k, &format!("linear-r{r}-p{l}"), &budget));
                 models.linear.insert((k, r), files.collect::<anyhow::Result<_>>()?);
             }
@@ -238,7 +249,7 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             mode: r.mode.clone(),
             k: r.k,
             r: r.r,
-            code: (r.mode == "parm").then(|| "parity".to_string()),
+            code: r.code.clone(),
             rate_qps: r.rate_qps,
             p50_ms: l.p50,
             p90_ms: l.p90,
@@ -259,7 +270,7 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
         };
         match rows
             .iter_mut()
-            .find(|x| x.scenario == row.scenario && x.mode == row.mode && x.k == row.k && x.r == row.r && x.rate_qps == row.rate_qps)
+            .find(|x| x.scenario == row.scenario && x.mode == row.mode && x.k == row.k && x.r == row.r && x.code == row.code && x.rate_qps == row.rate_qps)
         {
             Some(x) => merge(x, &row),
             None => rows.push(row),
@@ -280,7 +291,7 @@ const CI_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 fn add_intervals(row: &mut TailRow, runs: &[(String, RunResult)]) {
     let trials: Vec<Vec<f64>> = runs
         .iter()
-        .filter(|(s, r)| *s == row.scenario && r.mode == row.mode && r.k == row.k && r.r == row.r && r.rate_qps == row.rate_qps)
+        .filter(|(s, r)| *s == row.scenario && r.mode == row.mode && r.k == row.k && r.r == row.r && r.code == row.code && r.rate_qps == row.rate_qps)
         .map(|(_, r)| r.report.latency_trace_ms.iter().map(|&(_, ms)| ms).collect())
         .collect();
     match percentile_ci(&trials, &CI_QUANTILES, &Bootstrap::default()) {
@@ -345,8 +356,8 @@ fn write_outputs(out: &Path, scenarios: &[Scenario], runs: &[(String, RunResult)
             .filter(|r| r.scenario == s.name)
             .map(|r| Line {
                 label: match r.r {
-                    1 => format!("{} k={} @{} qps", r.mode, r.k, r.rate_qps),
-                    n => format!("{} k={} r={n} @{} qps", r.mode, r.k, r.rate_qps),
+                    1 => format!("{} k={} @{} qps", r.setup(), r.k, r.rate_qps),
+                    n => format!("{} k={} r={n} @{} qps", r.setup(), r.k, r.rate_qps),
                 },
                 ms: [r.p50_ms, r.p90_ms, r.p99_ms, r.p99_9_ms, r.max_ms],
             })
@@ -377,7 +388,7 @@ pub fn markdown(rows: &[TailRow]) -> String {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
             r.scenario,
-            r.mode,
+            r.setup(),
             r.k,
             r.r,
             r.rate_qps,
@@ -410,6 +421,7 @@ mod tests {
             mode: mode.into(),
             k: 2,
             r: 1,
+            code: (mode == "parm").then(|| "parity".into()),
             rate_qps: 200.0,
             seed: 1,
             extra_resources: 0.5,

@@ -60,6 +60,9 @@ pub struct EvalArgs {
     /// Report: coding-group sizes.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,8,10,12")]
     pub ks: Vec<usize>,
+    /// Report: coding-group sizes with rows for the r = 2 linear code (two parity models each).
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    pub linear_ks: Vec<usize>,
     /// Report: optimizer steps of each parity model it trains (rounded up to whole epochs).
     #[arg(long, default_value_t = 6000)]
     pub steps: usize,
@@ -108,6 +111,8 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
             deployed_epochs: a.deployed_epochs,
             berrut_s: vec![1, 2, 3],
             approxifer: true,
+            linear_ks: a.linear_ks.clone(),
+            backup: true,
             seed: a.seed,
         };
         let rows = report::run(&a.paths, dir, &opts)?;

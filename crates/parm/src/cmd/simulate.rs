@@ -96,11 +96,11 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         let base = &bases.iter().find(|(h, _)| *h == host_faults(&s.faults)).expect("calibrated").1;
         for m in &s.modes {
             let mode = Mode::parse(m)?;
-            if matches!(mode, Mode::Parm { r: 2.., .. } | Mode::CheapBackup { .. }) {
-                eprintln!("{}: {m} left out: the simulator models ParM's one parity per coding group", s.name);
+            if matches!(mode, Mode::Parm { r: 2.., .. } | Mode::Parm { checked: true, .. } | Mode::CheapBackup { .. }) {
+                eprintln!("{}: {m} left out: the simulator models ParM's one parity per coding group, unchecked", s.name);
                 continue;
             }
-            for row in rows.iter().filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k() && r.r == 1) {
+            for row in rows.iter().filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k() && r.r == 1 && r.code == mode.code()) {
                 let (p50s, p99s) = trial_values(&trials, row);
                 let sim = simulate_trials(s, &sim_spec(s, mode, row.rate_qps, s.queries, &a), base, p50s.len());
                 checks.push(Check { row: row.clone(), sim, p50s, p99s });
@@ -601,9 +601,9 @@ fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>)
     let modes = [
         Mode::EqualResources { k: 2 },
         Mode::Hedged { k: 2 },
-        Mode::Parm { k: 2, r: 1 },
-        Mode::Parm { k: 3, r: 1 },
-        Mode::Parm { k: 4, r: 1 },
+        Mode::Parm { k: 2, r: 1, checked: false },
+        Mode::Parm { k: 3, r: 1, checked: false },
+        Mode::Parm { k: 4, r: 1, checked: false },
     ];
     for (n, rates) in [(12usize, vec![150.0, 270.0, 390.0]), (100, vec![1250.0]), (1000, vec![12_500.0])] {
         for &rate in &rates {
