@@ -3,9 +3,8 @@
 # user's data .npy files made by bench/foreign/make_models.py (PyTorch CNN on Fashion-MNIST,
 # scikit-learn MLPClassifier on digits):
 #   parity training time and A_a / A_d / A_o (parm train-parity + parm eval, k = 2),
-#   parm worker on the ONNX file: single-query latency (closed loop, 1 outstanding) and
-#   saturation throughput (16 outstanding; and with --max-batch 16), by oip-load over gRPC,
-#   ONNX Runtime (Python, PyPI) on the same file in process (bench/foreign/ort_baseline.py).
+#   parm worker on the ONNX file, with tract and with ONNX Runtime, against ONNX Runtime in
+#   Python (bench/foreign/latency.sh).
 # Results in bench/results/foreign/. Usage: bench/foreign/run.sh MODELS_DIR PYTHON
 #   MODELS_DIR: the output of make_models.py; PYTHON: a python with onnxruntime and numpy.
 set -euo pipefail
@@ -40,24 +39,10 @@ print(f"{d['dataset']} {d['encoder']} {sys.argv[3]}: A_a {d['available']:.4f} A_
 PY
 }
 
-latency() { # NAME MODEL SHAPE INPUT_NAME
-  local name=$1 model=$2 shape=$3 input=$4
-  for mb in 1 16; do
-    start w "$parm" worker --model "$model" --name m --listen 127.0.0.1:0 --max-batch $mb --max-queue-delay-us 200
-    local w; w=$(addr w "listening on")
-    for c in 1 16; do
-      "$load" --target "$w" --model m --input "$input" --shape "$shape" --concurrency $c --duration 8 --warmup 2 \
-        > "$out/$name-worker-mb$mb-c$c.json"
-    done
-    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-  done
-  "$py" bench/foreign/ort_baseline.py "$model" "$x" > "$out/$name-ort.json"
-}
-
 accuracy cnn "$fx/cnn.onnx" "$fx/fmnist_x.npy" "$fx/fmnist_y.npy" --encoder concatenation --recipe parm --epochs 10
 accuracy cnn-parm-paper "$fx/cnn.onnx" "$fx/fmnist_x.npy" "$fx/fmnist_y.npy" --epochs 10
 accuracy digits "$fx/digits.onnx" "$fx/digits_x.npy" "$fx/digits_y.npy" --distill 1 --hidden 256,128
 accuracy digits-parm-paper "$fx/digits.onnx" "$fx/digits_x.npy" "$fx/digits_y.npy"
-x=$fx/fmnist_x.npy latency cnn "$fx/cnn.onnx" 1,28,28 image
-x=$fx/digits_x.npy latency digits "$fx/digits.onnx" 64 X
+bench/foreign/latency.sh cnn "$fx/cnn.onnx" "$fx/fmnist_x.npy" 1,28,28 image "$py"
+bench/foreign/latency.sh digits "$fx/digits.onnx" "$fx/digits_x.npy" 64 X "$py"
 echo "results in $out"
