@@ -41,6 +41,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod harness;
 pub mod loadgen;
+pub mod netns;
 pub mod plot;
 pub mod proxy;
 pub mod report;

@@ -139,7 +139,9 @@ impl OnnxModel {
         let (plan, batch_axis, output_shape) = build(&onnx, &proto, dir, &input, &output_name).map_err(err)?;
         let ort = match runtime {
             OnnxRuntime::Tract => None,
-            OnnxRuntime::Ort { library, threads } => Some(OrtSession::open(path, library, *threads, &input.name, &output_name).map_err(err)?),
+            OnnxRuntime::Ort { library, threads } => {
+                Some(OrtSession::open(path, library, *threads, &input.name, &output_name).map_err(err)?)
+            }
         };
         let concrete = (batch_axis == BatchAxis::Dynamic && ort.is_none()).then(|| Concrete {
             proto: proto.clone(),

@@ -68,9 +68,11 @@ impl OnnxFixtures {
         let venv = self.python.parent().and_then(Path::parent).expect("python is VENV/bin/python");
         let lib = std::fs::read_dir(venv.join("lib")).expect("VENV/lib").flatten().find_map(|py| {
             let capi = py.path().join("site-packages/onnxruntime/capi");
-            std::fs::read_dir(capi).ok()?.flatten().map(|f| f.path()).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so"))
-            })
+            std::fs::read_dir(capi)
+                .ok()?
+                .flatten()
+                .map(|f| f.path())
+                .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
         });
         lib.expect("the onnxruntime wheel ships libonnxruntime.so")
     }

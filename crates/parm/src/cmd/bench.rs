@@ -108,6 +108,12 @@ pub struct TailRow {
 }
 
 impl TailRow {
+    /// Whether `run` of `scenario` is one of this row's trials.
+    fn holds(&self, scenario: &str, run: &RunResult) -> bool {
+        (self.scenario.as_str(), self.mode.as_str(), self.k, self.r, &self.code, self.rate_qps)
+            == (scenario, run.mode.as_str(), run.k, run.r, &run.code, run.rate_qps)
+    }
+
     /// The mode as tables and plots name it: `parm (checked)` for parm with output checks.
     fn setup(&self) -> String {
         match self.code.as_deref() {
@@ -268,10 +274,7 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             accuracy: r.report.accuracy,
             trials: 1,
         };
-        match rows
-            .iter_mut()
-            .find(|x| x.scenario == row.scenario && x.mode == row.mode && x.k == row.k && x.r == row.r && x.code == row.code && x.rate_qps == row.rate_qps)
-        {
+        match rows.iter_mut().find(|x| x.holds(scenario, r)) {
             Some(x) => merge(x, &row),
             None => rows.push(row),
         }
@@ -289,11 +292,8 @@ const CI_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 /// (`RunReport::latency_trace_ms`, in memory only); leaves them unset, with a warning, when no
 /// trial has a timed answered query.
 fn add_intervals(row: &mut TailRow, runs: &[(String, RunResult)]) {
-    let trials: Vec<Vec<f64>> = runs
-        .iter()
-        .filter(|(s, r)| *s == row.scenario && r.mode == row.mode && r.k == row.k && r.r == row.r && r.code == row.code && r.rate_qps == row.rate_qps)
-        .map(|(_, r)| r.report.latency_trace_ms.iter().map(|&(_, ms)| ms).collect())
-        .collect();
+    let trials: Vec<Vec<f64>> =
+        runs.iter().filter(|(s, r)| row.holds(s, r)).map(|(_, r)| r.report.latency_trace_ms.iter().map(|&(_, ms)| ms).collect()).collect();
     match percentile_ci(&trials, &CI_QUANTILES, &Bootstrap::default()) {
         Ok(ci) => [row.p50_ci, row.p99_ci, row.p99_9_ci] = [Some(ci[0]), Some(ci[1]), Some(ci[2])],
         Err(e) => eprintln!("{} / {} k={} / {} qps: no confidence intervals: {e:#}", row.scenario, row.mode, row.k, row.rate_qps),

@@ -97,7 +97,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         .map(|i| Query { input: ds.test.image(i).to_vec(), shape: vec![1, ds.test.dim() as i64], label: Some(ds.test.labels[i] as usize) })
         .collect();
     let extra = a.instances / a.k;
-    let modes = [("none", Mode::None), ("equal-resources", Mode::EqualResources { k: a.k }), ("parm", Mode::Parm { k: a.k, r: 1, checked: false })];
+    let modes =
+        [("none", Mode::None), ("equal-resources", Mode::EqualResources { k: a.k }), ("parm", Mode::Parm { k: a.k, r: 1, checked: false })];
     println!(
         "cluster: {} deployed instances (+{extra} deployed for equal-resources, +{extra} parity for parm), \
          instance 0 slowed by {} ms per request; {} queries at {} qps, first {} not timed",

@@ -100,7 +100,10 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
                 eprintln!("{}: {m} left out: the simulator models ParM's one parity per coding group, unchecked", s.name);
                 continue;
             }
-            for row in rows.iter().filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k() && r.r == 1 && r.code == mode.code()) {
+            for row in rows
+                .iter()
+                .filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k() && r.r == 1 && r.code == mode.code())
+            {
                 let (p50s, p99s) = trial_values(&trials, row);
                 let sim = simulate_trials(s, &sim_spec(s, mode, row.rate_qps, s.queries, &a), base, p50s.len());
                 checks.push(Check { row: row.clone(), sim, p50s, p99s });

@@ -190,7 +190,11 @@ pub fn run(base: &Paths, dir: &Path, opts: &ReportOptions) -> anyhow::Result<Vec
                         let code = parm_codes::ApproxiferCode::new(k, s)?;
                         let acc = eval::approxifer_accuracy(&f, &ds.test, &code, s, ds.classes, opts.seed, &device);
                         eprintln!("report: {dataset} k={k} approxifer (non-systematic) S={s}: accuracy {acc:.4}");
-                        rows.push(Row { available: acc, overall_f5: acc, ..row("approxifer-nonsystematic", "none", k, s, s, acc, extra, None) });
+                        rows.push(Row {
+                            available: acc,
+                            overall_f5: acc,
+                            ..row("approxifer-nonsystematic", "none", k, s, s, acc, extra, None)
+                        });
                     }
                     rows.push(Row { degraded_one, ..row("berrut", "none", k, s, e, degraded, extra, None) });
                 }
@@ -258,7 +262,8 @@ impl Panel<'_> {
         let mut macs = 0.0;
         for l in 0..2 {
             let encoder = format!("linear-r2-p{l}");
-            let (meta, fp, _) = self.parity(opts, "parm-paper", &encoder, k, &format!("report-{}parm-paper-k{k}-{encoder}", self.prefix))?;
+            let (meta, fp, _) =
+                self.parity(opts, "parm-paper", &encoder, k, &format!("report-{}parm-paper-k{k}-{encoder}", self.prefix))?;
             macs += net_config(&meta)?.macs() as f64;
             models.push(fp);
         }
