@@ -102,6 +102,16 @@ impl Hosts {
         self.hosts.is_empty()
     }
 
+    /// Takes host `i`'s link to the bridge down (`up = false`: a partition; nothing reaches
+    /// the host or leaves it, and open connections see silence) or back up.
+    ///
+    /// # Errors
+    /// The `ip` command fails.
+    pub fn set_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        ip(&["-n", &self.switch(), "link", "set", &format!("p{i}"), if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
     /// `program` to be run on host `i` (`ip netns exec NETNS program`); add arguments and
     /// spawn it like any command.
     pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
