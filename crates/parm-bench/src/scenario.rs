@@ -71,6 +71,21 @@ pub struct Scenario {
     /// Which machines the instance faults (delay, episodes, stall, crash) land on.
     #[serde(default)]
     pub faults_on: FaultsOn,
+    /// Emulated compute on every instance (`[compute]`); absent: the models' real compute.
+    #[serde(default)]
+    pub compute: Option<EmulatedCompute>,
+}
+
+/// Emulated compute (`parm worker --fault service_ms=M,service_cv=C`): every executed request
+/// waits a lognormal service time of mean `service_ms` and coefficient of variation
+/// `service_cv` while holding its instance's compute lane, instead of burning the shared CPU,
+/// so that N instances on one machine behave like N machines (issue 17).
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatedCompute {
+    pub service_ms: f64,
+    #[serde(default)]
+    pub service_cv: f64,
 }
 
 /// Which of a setup's machines an instance fault (`instance = i`) lands on.
@@ -360,8 +375,11 @@ impl Fault {
 /// `faults` ([`Scenario::trial_faults`]) and the trial's seed (the scenario's seed + the
 /// trial's index), empty if none. Its random draws (which requests are delayed, when episodes
 /// start) are seeded `seed + i`: each trial sees its own episode times.
-pub fn worker_fault(faults: &[Fault], i: usize, seed: u64) -> String {
+pub fn worker_fault(faults: &[Fault], i: usize, seed: u64, compute: Option<&EmulatedCompute>) -> String {
     let mut parts = Vec::new();
+    if let Some(c) = compute {
+        parts.push(format!("service_ms={},service_cv={}", c.service_ms, c.service_cv));
+    }
     for f in faults {
         match f {
             Fault::Delay { instance, delay_ms, prob } if *instance == i => {
@@ -411,9 +429,12 @@ mod tests {
         )
         .unwrap();
         s.validate().unwrap();
-        assert_eq!(worker_fault(&s.faults, 1, 0), "delay_ms=5,prob=1,seed=1");
-        assert_eq!(worker_fault(&s.faults, 1, 7), "delay_ms=5,prob=1,seed=8", "seeded per trial");
-        assert_eq!(worker_fault(&s.faults, 0, 0), "");
+        assert_eq!(worker_fault(&s.faults, 1, 0, None), "delay_ms=5,prob=1,seed=1");
+        assert_eq!(worker_fault(&s.faults, 1, 7, None), "delay_ms=5,prob=1,seed=8", "seeded per trial");
+        assert_eq!(worker_fault(&s.faults, 0, 0, None), "");
+        let compute = EmulatedCompute { service_ms: 2.0, service_cv: 0.3 };
+        assert_eq!(worker_fault(&s.faults, 0, 7, Some(&compute)), "service_ms=2,service_cv=0.3,seed=7");
+        assert_eq!(worker_fault(&s.faults, 1, 0, Some(&compute)), "service_ms=2,service_cv=0.3,delay_ms=5,prob=1,seed=1");
         let parm = Mode::Parm { k: 2, r: 1, checked: false };
         assert_eq!(s.trial_faults(parm, 2), s.faults, "faults on deployed instances by default");
         let bad = Scenario { modes: vec!["parm-k3".into()], ..s.clone() };
@@ -442,6 +463,7 @@ mod tests {
             straggler_min_us: 1000,
             hedge_percentile: 95.0,
             faults_on: FaultsOn::AnyMachine,
+            compute: None,
         };
         base.validate().unwrap();
         let parm = Mode::Parm { k: 2, r: 1, checked: false };
@@ -451,7 +473,7 @@ mod tests {
         assert_eq!(base.trial_faults(parm, 2)[1], Fault::CpuBurn { threads: 1 });
         assert_eq!(Fault::within(&base.trial_faults(parm, 2), 12..18), vec![slow.on(1)]);
         assert!(Fault::within(&base.trial_faults(parm, 2), 0..12).is_empty());
-        assert_eq!(worker_fault(&base.trial_faults(parm, 2), 13, 3), "delay_ms=5,prob=1,seed=16");
+        assert_eq!(worker_fault(&base.trial_faults(parm, 2), 13, 3, None), "delay_ms=5,prob=1,seed=16");
         let hedged = Mode::Hedged { k: 2 };
         assert!((0..6).all(|t| base.trial_faults(hedged, t)[0] == slow), "no parity instances: symmetric");
         let bad = Scenario { trials: 4, ..base };

@@ -14,6 +14,14 @@
 //! slow instance also builds a queue behind it, as a real straggler (contended CPU/GPU/NIC)
 //! does in ParM's experiments (Kosaian et al., SOSP'19). The coin flips come from a seeded
 //! SplitMix64 stream, one draw per executed request, in execution order.
+//!
+//! Emulated compute (`service_ms=M[,service_cv=C]`, not a fault): every executed request also
+//! holds the compute lane for a service time drawn from a lognormal distribution with mean M
+//! ms and coefficient of variation C (default 0: exactly M), waiting rather than computing. The
+//! real model still computes the real outputs (for parm's MLP, tens of microseconds), so N
+//! workers with an emulated 2 ms service time on one machine behave like N machines serving a
+//! 2 ms model, instead of contending for its cores (issue 17). Its draws have their own
+//! seeded stream as well.
 
 use std::fmt;
 use std::str::FromStr;
@@ -42,6 +50,10 @@ pub struct FaultConfig {
     pub wrong_kind: WrongKind,
     /// The factor of [`WrongKind::Scale`].
     pub wrong_scale: f64,
+    /// Emulated compute: mean service time per executed request, ms (0: none).
+    pub service_ms: f64,
+    /// Emulated compute: coefficient of variation of the lognormal service time (0: fixed).
+    pub service_cv: f64,
 }
 
 /// How [`FaultInjector::corrupt`] makes a row wrong.
@@ -95,6 +107,8 @@ impl Default for FaultConfig {
             wrong_prob: 0.0,
             wrong_kind: WrongKind::Random,
             wrong_scale: 10.0,
+            service_ms: 0.0,
+            service_cv: 0.0,
         }
     }
 }
@@ -114,7 +128,7 @@ pub struct FaultParseError {
 impl FaultConfig {
     /// Whether this config ever delays anything.
     pub fn is_active(&self) -> bool {
-        (self.delay_ms > 0.0 && self.delay_prob > 0.0) || self.has_episodes()
+        (self.delay_ms > 0.0 && self.delay_prob > 0.0) || self.has_episodes() || self.service_ms > 0.0
     }
 
     /// Whether this config ever makes an output wrong.
@@ -136,6 +150,11 @@ impl FaultConfig {
         {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("{name} must be a finite number >= 0, got {v}"));
+            }
+        }
+        for (key, v) in [("service_ms", self.service_ms), ("service_cv", self.service_cv)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{key} must be a finite number >= 0, got {v}"));
             }
         }
         if !(0.0..=1.0).contains(&self.delay_prob) {
@@ -178,9 +197,11 @@ impl FromStr for FaultConfig {
                 "wrong" => cfg.wrong_prob = value.parse().map_err(|e| bad(&e))?,
                 "wrong_kind" => cfg.wrong_kind = value.parse().map_err(|e: String| bad(&e))?,
                 "wrong_scale" => cfg.wrong_scale = value.parse().map_err(|e| bad(&e))?,
+                "service_ms" => cfg.service_ms = value.parse().map_err(|e| bad(&e))?,
+                "service_cv" => cfg.service_cv = value.parse().map_err(|e| bad(&e))?,
                 _ => {
                     return Err(err(format!(
-                        "unknown key {key:?} (known: delay_ms, prob, seed, episode_every_s, episode_len_s, episode_delay_ms, wrong, wrong_kind, wrong_scale)"
+                        "unknown key {key:?} (known: delay_ms, prob, seed, episode_every_s, episode_len_s, episode_delay_ms, wrong, wrong_kind, wrong_scale, service_ms, service_cv)"
                     )));
                 }
             }
@@ -201,6 +222,9 @@ impl fmt::Display for FaultConfig {
         if self.wrong_prob > 0.0 {
             write!(f, ",wrong={},wrong_kind={},wrong_scale={}", self.wrong_prob, self.wrong_kind, self.wrong_scale)?;
         }
+        if self.service_ms > 0.0 {
+            write!(f, ",service_ms={},service_cv={}", self.service_ms, self.service_cv)?;
+        }
         Ok(())
     }
 }
@@ -212,6 +236,8 @@ pub struct FaultInjector {
     state: Mutex<u64>,
     /// The stream of wrong-output draws (separate, so delays stay as they were).
     wrong_state: Mutex<u64>,
+    /// The stream of emulated service times (separate, likewise).
+    service_state: Mutex<u64>,
     started: std::time::Instant,
     /// (start, end) of the current or next episode, seconds since `started`.
     episode: Mutex<(f64, f64)>,
@@ -222,10 +248,12 @@ impl FaultInjector {
     pub fn new(config: FaultConfig) -> Self {
         let state = Mutex::new(config.seed);
         let wrong_state = Mutex::new(config.seed ^ 0x5752_4f4e_475f_4f55); // "WRONG_OU"
+        let service_state = Mutex::new(config.seed ^ 0x5345_5256_4943_455f); // "SERVICE_"
         let injector = FaultInjector {
             config,
             state,
             wrong_state,
+            service_state,
             started: std::time::Instant::now(),
             episode: Mutex::new((f64::INFINITY, f64::INFINITY)),
         };
@@ -268,7 +296,24 @@ impl FaultInjector {
         if self.config.has_episodes() && self.in_episode(self.started.elapsed().as_secs_f64()) {
             ms += self.config.episode_delay_ms;
         }
+        if self.config.service_ms > 0.0 {
+            ms += self.service_time_ms();
+        }
         (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
+    }
+
+    /// One emulated service time, ms: lognormal with mean `service_ms` and coefficient of
+    /// variation `service_cv` (sigma^2 = ln(1 + cv^2), mu = ln(mean) - sigma^2 / 2), the normal
+    /// drawn by Box-Muller from the service stream.
+    fn service_time_ms(&self) -> f64 {
+        let (mean, cv) = (self.config.service_ms, self.config.service_cv);
+        if cv == 0.0 {
+            return mean;
+        }
+        let sigma2 = (1.0 + cv * cv).ln();
+        let (u1, u2) = (1.0 - self.uniform(&self.service_state), self.uniform(&self.service_state));
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        (mean.ln() - sigma2 / 2.0 + sigma2.sqrt() * z).exp()
     }
 
     /// Makes rows of `output` (`[rows, m]`, row-major) wrong as the config says; returns how
@@ -410,6 +455,16 @@ mod tests {
         assert!((frac - 0.3).abs() < 0.03, "fraction delayed {frac}");
         let always = FaultInjector::new(FaultConfig { delay_prob: 1.0, ..cfg.clone() });
         assert_eq!(always.next_delay(), Some(Duration::from_millis(10)));
+        // Emulated compute: a fixed service time, and a lognormal one with the asked mean and
+        // spread (20,000 draws: within 3% of the mean, cv within 10%).
+        let fixed = FaultInjector::new("service_ms=2".parse().unwrap());
+        assert_eq!(fixed.next_delay(), Some(Duration::from_millis(2)));
+        let spread = FaultInjector::new("service_ms=2,service_cv=0.5,seed=3".parse().unwrap());
+        let ms: Vec<f64> = (0..20_000).map(|_| spread.next_delay().unwrap().as_secs_f64() * 1e3).collect();
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        let sd = (ms.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / ms.len() as f64).sqrt();
+        assert!((mean - 2.0).abs() < 0.06 && (sd / mean - 0.5).abs() < 0.05, "mean {mean}, cv {}", sd / mean);
+        assert!("service_ms=-1".parse::<FaultConfig>().is_err());
         assert_eq!(FaultInjector::new(FaultConfig::default()).next_delay(), None);
     }
 }

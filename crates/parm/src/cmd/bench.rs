@@ -218,7 +218,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
         rate_qps: rate,
         seed: s.seed + trial,
         warmup: s.warmup,
-        worker_faults: (0..deployed + parity).map(|i| worker_fault(&faults, i, s.seed + trial)).collect(),
+        worker_faults: (0..deployed + parity).map(|i| worker_fault(&faults, i, s.seed + trial, s.compute.as_ref())).collect(),
         faults,
         group_timeout: Duration::from_millis(s.group_timeout_ms),
         decode_grace: Duration::from_millis(s.decode_grace_ms),
