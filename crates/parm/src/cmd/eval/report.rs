@@ -8,9 +8,10 @@
 //! (A_d against k).
 //!
 //! `extra_compute` puts the codes side by side at equal cost: the redundant model's
-//! multiply-accumulates per query ([`parm_nn::NetConfig::macs`]) over F's. A parity model of
-//! F's architecture serves k queries with one pass (1/k); collage runs its cell MLP once per
-//! cell (k cells per group, so one cell per query); Berrut runs F on S blended queries per k;
+//! multiply-accumulates per query ([`parm_nn::NetConfig::macs`]) over F's. A parity model
+//! serves k queries with one pass (its cost / k; ParM's recipe uses ParM's MLP, F itself when F
+//! is that MLP); collage runs its cell MLP once per cell (k cells per group, so one cell per
+//! query); Berrut runs F on S blended queries per k;
 //! a cheap backup (ParM §5's approximate backup models) runs on every query.
 
 use std::fmt::Write as _;
