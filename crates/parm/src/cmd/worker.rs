@@ -92,14 +92,14 @@ fn load_backend(model: &std::path::Path, name: &str, a: &WorkerArgs) -> anyhow::
     let runtime = match a.onnx_runtime.as_str() {
         "ort" => parm_nn::onnx::OnnxRuntime::Ort { library: ort_library(a.ort_library.as_deref()), threads: a.ort_threads },
         _ => {
-            anyhow::ensure!(a.ort_library.is_none(), "--ort-library needs --onnx-runtime ort");
+            anyhow::ensure!(a.ort_library.is_none() && a.ort_threads == 0, "--ort-library and --ort-threads need --onnx-runtime ort");
             parm_nn::onnx::OnnxRuntime::Tract
         }
     };
     let choice = device.choice()?;
     anyhow::ensure!(
         !onnx || choice == parm_nn::ComputeDevice::Cpu,
-        "--device {choice}: ONNX models run on the CPU (tract); only parm models (.bpk) run on a GPU"
+        "--device {choice}: ONNX models run on the CPU (tract or ONNX Runtime); only parm models (.bpk) run on a GPU"
     );
     Ok(if onnx {
         Arc::new(OnnxBackend::load(model, name, output, &runtime)?)
