@@ -72,7 +72,7 @@ pub struct WorkerArgs {
     /// not leave it (`..`, absolute paths elsewhere, symbolic links pointing out).
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
-    /// Where a parm model (.bpk) computes; an ONNX model always runs on the CPU (tract).
+    /// Where a parm model (.bpk) computes; an ONNX model always runs on the CPU (tract or ONNX Runtime).
     #[command(flatten)]
     pub device: super::DeviceArg,
     #[command(flatten)]
