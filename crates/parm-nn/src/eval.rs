@@ -70,15 +70,8 @@ pub fn padded_degraded_accuracy(
     device: &Device,
 ) -> f64 {
     let k = encoder.k();
-    let zeros = vec![0.0f32; split.dim()];
     let groups = coding_groups(split.n, members, seed);
-    let mut parity_inputs = Vec::with_capacity(groups.len() * split.dim());
-    for g in &groups {
-        let mut queries: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
-        queries.resize(k, &zeros);
-        parity_inputs.extend(encoder.encode(&queries).expect("members have equal shape"));
-    }
-    let parity_out = logits(parity, &parity_inputs, groups.len(), split.dim(), device);
+    let parity_out = parity_outputs(parity, split, &groups, encoder, device);
     let decoder = WeightedSubtractionDecoder::new(encoder.weights());
     // A per-query parity model (ParityConfig::per_query) has k x classes outputs.
     let width = parity_out.len() / groups.len().max(1);
@@ -119,17 +112,13 @@ pub fn per_query_degraded_accuracy(
 ) -> f64 {
     let k = encoder.k();
     let groups = coding_groups(split.n, k, seed);
-    let mut x = Vec::with_capacity(groups.len() * split.dim());
-    for g in &groups {
-        let q: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
-        x.extend(encoder.encode(&q).expect("members have equal shape"));
-    }
-    let out = logits(parity, &x, groups.len(), split.dim(), device);
+    let out = parity_outputs(parity, split, &groups, encoder, device);
     assert_eq!(out.len(), groups.len() * k * classes, "a per-query parity model outputs k x classes per query");
+    let patterns = erasure_patterns(k, erasures);
     let (mut correct, mut total) = (0usize, 0usize);
     for (g, fp) in groups.iter().zip(out.chunks(k * classes)) {
-        for lost in erasure_patterns(k, erasures) {
-            for j in lost {
+        for lost in &patterns {
+            for &j in lost {
                 correct += (argmax(&fp[j * classes..(j + 1) * classes]) == Some(split.labels[g[j]] as usize)) as usize;
                 total += 1;
             }
@@ -250,23 +239,13 @@ pub fn linear_degraded_accuracy(
 ) -> f64 {
     let k = code.k();
     let groups = coding_groups(split.n, k, seed);
-    let outs: Vec<Vec<f32>> = parities
-        .iter()
-        .enumerate()
-        .map(|(l, p)| {
-            let enc = code.encoder(l);
-            let mut x = Vec::with_capacity(groups.len() * split.dim());
-            for g in &groups {
-                let q: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
-                x.extend(enc.encode(&q).expect("members have equal shape"));
-            }
-            logits(*p, &x, groups.len(), split.dim(), device)
-        })
-        .collect();
+    let outs: Vec<Vec<f32>> =
+        parities.iter().enumerate().map(|(l, p)| parity_outputs(*p, split, &groups, &code.encoder(l), device)).collect();
+    let patterns = erasure_patterns(k, erasures);
     let (mut correct, mut total) = (0usize, 0usize);
     for (gi, g) in groups.iter().enumerate() {
         let pout: Vec<Option<&[f32]>> = outs.iter().map(|o| Some(&o[gi * classes..(gi + 1) * classes])).collect();
-        for lost in erasure_patterns(k, erasures) {
+        for lost in &patterns {
             let outputs: Vec<Option<&[f32]>> = g
                 .iter()
                 .enumerate()
@@ -279,6 +258,25 @@ pub fn linear_degraded_accuracy(
         }
     }
     correct as f64 / total.max(1) as f64
+}
+
+/// `model` on the parity query of every coding group in `groups` (indices into `split`; a
+/// group shorter than the encoder's k is padded with all-zero queries), row-major.
+fn parity_outputs(
+    model: &(impl Classifier + ?Sized),
+    split: &Split,
+    groups: &[Vec<usize>],
+    encoder: &dyn Encoder,
+    device: &Device,
+) -> Vec<f32> {
+    let zeros = vec![0.0f32; split.dim()];
+    let mut x = Vec::with_capacity(groups.len() * split.dim());
+    for g in groups {
+        let mut queries: Vec<&[f32]> = g.iter().map(|&i| split.image(i)).collect();
+        queries.resize(encoder.k(), &zeros);
+        x.extend(encoder.encode(&queries).expect("members have equal shape"));
+    }
+    logits(model, &x, groups.len(), split.dim(), device)
 }
 
 /// Every subset of `e` indices out of `0..k`, in lexicographic order.
