@@ -19,6 +19,16 @@ pub struct InstanceSpec {
     pub fault: String,
     /// Address to listen on; `None` picks a free loopback port.
     pub listen: Option<String>,
+    /// Network namespace to run in (an emulated host, [`crate::netns`]); `None`: this one.
+    pub netns: Option<String>,
+}
+
+impl InstanceSpec {
+    /// An instance of `model` serving it as `name`, with `fault` (empty: none), on a free
+    /// loopback port of this host.
+    pub fn new(model: &Path, name: &str, fault: &str) -> Self {
+        Self { model: model.to_path_buf(), name: name.into(), fault: fault.into(), listen: None, netns: None }
+    }
 }
 
 /// A running instance: its process and address.
@@ -52,7 +62,14 @@ impl Instance {
 ///
 /// Errors: the process cannot start, exits, or prints no address in time.
 pub async fn start_instance(exe: &Path, spec: InstanceSpec) -> anyhow::Result<Instance> {
-    let mut cmd = Command::new(exe);
+    let mut cmd = match &spec.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.arg("worker").arg("--model").arg(&spec.model).arg("--name").arg(&spec.name);
     cmd.arg("--listen").arg(spec.listen.as_deref().unwrap_or("127.0.0.1:0"));
     if !spec.fault.is_empty() {

@@ -174,6 +174,7 @@ pub async fn run_probed(
             name: DEPLOYED.into(),
             fault: spec.worker_faults.get(i).cloned().unwrap_or_default(),
             listen: None,
+            netns: None,
         })
         .collect();
     // Parity instances: parity index 0's, then index 1's, ... (N/K each).
@@ -198,6 +199,7 @@ pub async fn run_probed(
         name: files[j / per_index].1.clone(),
         fault: spec.worker_faults.get(deployed + j).cloned().unwrap_or_default(),
         listen: None,
+        netns: None,
     }));
     let mut instances = start_instances(exe, specs).await?;
     let result = drive(exe, spec, models.code, &instances, queries, probe).await;

@@ -42,6 +42,7 @@ pub mod cluster;
 pub mod harness;
 pub mod loadgen;
 pub mod netns;
+pub mod network;
 pub mod plot;
 pub mod proxy;
 pub mod report;

@@ -125,6 +125,33 @@ impl Hosts {
         tokio::process::Command::from(self.command(i, program))
     }
 
+    /// A tokio runtime whose threads live in host `i`'s network stack: every socket its tasks
+    /// open belongs to that host. One worker thread, as `parm serve`'s default runtime.
+    /// Drop it with `shutdown_background` when inside another runtime.
+    ///
+    /// # Errors
+    /// The namespace cannot be entered, or the runtime cannot be built.
+    pub fn runtime(&self, i: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+        let name = format!("host{i}");
+        let rt = self.run_on(i, move || tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build())?;
+        rt.context("building a runtime on an emulated host")
+    }
+
+    /// Puts `tc netem` on host `i`'s link (delay, jitter, loss on everything it sends).
+    ///
+    /// # Errors
+    /// `tc` fails: typically a kernel without the netem queueing discipline (`sch_netem`),
+    /// as on parm's development machine; callers then emulate the link in user space.
+    pub fn netem(&self, i: usize, link: &crate::proxy::Link) -> anyhow::Result<()> {
+        let (delay, jitter, loss) = (format!("{}ms", link.delay_ms), format!("{}ms", link.jitter_ms), format!("{}%", link.loss * 100.0));
+        let args = ["-n", &self.hosts[i].netns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, &jitter, "loss", &loss];
+        let out = Command::new("tc").args(args).output().context("running `tc` (iproute2)")?;
+        if !out.status.success() {
+            bail!("tc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a thread of its own inside host `i`'s network stack (`setns`), so that every
     /// socket `f` opens (a tokio runtime built inside `f`, a client) belongs to that host, and
     /// returns its result. The calling thread is untouched.
