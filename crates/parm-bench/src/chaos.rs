@@ -27,6 +27,8 @@ pub struct Target {
     pub pid: Option<u32>,
     pub addr: String,
     pub spec: InstanceSpec,
+    /// Its emulated network and host, when the run has one.
+    pub host: Option<(Arc<crate::network::Network>, usize)>,
 }
 
 impl Chaos {
@@ -45,6 +47,15 @@ impl Chaos {
                 Fault::Crash { instance, at_s, restart_after_s } => {
                     let t = targets[instance].clone();
                     chaos.tasks.push(tokio::spawn(crash(t, at_s, restart_after_s, exe.clone(), rx.clone())));
+                }
+                Fault::Partition { instance, at_s, duration_s } => {
+                    let host = targets[instance].host.clone();
+                    chaos.tasks.push(tokio::spawn(partition(host, at_s, duration_s, rx.clone())));
+                }
+                Fault::SlowLink { instance, delay_ms } => {
+                    if let Some((net, h)) = &targets[instance].host {
+                        net.slow_link(*h, delay_ms);
+                    }
                 }
                 Fault::CpuBurn { threads } => {
                     for _ in 0..threads {
@@ -103,6 +114,23 @@ async fn stall(pid: Option<u32>, at_s: f64, duration_s: f64, mut stop: watch::Re
     signal(pid, libc::SIGSTOP);
     wait(duration_s, &mut stop).await;
     signal(pid, libc::SIGCONT);
+}
+
+/// Takes the host's link down at `at_s` and up `duration_s` later (also when the run stops
+/// first, so that nothing stays cut off).
+async fn partition(host: Option<(Arc<crate::network::Network>, usize)>, at_s: f64, duration_s: f64, mut stop: watch::Receiver<bool>) {
+    let Some((net, h)) = host else { return };
+    if !wait(at_s, &mut stop).await {
+        return;
+    }
+    if let Err(e) = net.set_link(h, false) {
+        tracing::warn!("partition of host {h} failed: {e:#}");
+        return;
+    }
+    wait(duration_s, &mut stop).await;
+    if let Err(e) = net.set_link(h, true) {
+        tracing::warn!("healing host {h} failed: {e:#}");
+    }
 }
 
 async fn crash(t: Target, at_s: f64, restart_after_s: f64, exe: PathBuf, mut stop: watch::Receiver<bool>) {

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::chaos::{Chaos, Target};
 use crate::cluster::{Instance, InstanceSpec, start_instances};
+use crate::network::{CLIENT, FRONTEND, Network, NetworkSpec};
 use crate::scenario::{Fault, Mode};
 use crate::{LoadSpec, Query, RunReport, run_open_loop};
 
@@ -92,6 +93,8 @@ pub struct RunSpec {
     /// Name clients use for the model.
     pub model_name: String,
     pub progress: bool,
+    /// Emulated hosts and links ([`crate::network`]); `None`: every process on loopback.
+    pub network: Option<NetworkSpec>,
 }
 
 /// What one run measured.
@@ -111,6 +114,10 @@ pub struct RunResult {
     /// Extra requests over one per query (replication and hedging copies, parity queries),
     /// fraction of queries.
     pub extra_requests: f64,
+    /// Emulated hosts the run spread over (1: everything on this host's loopback).
+    pub hosts: usize,
+    /// What carried the traffic between hosts, with its delay (`loopback` on one host).
+    pub link: String,
     pub report: RunReport,
 }
 
@@ -168,15 +175,8 @@ pub async fn run_probed(
 ) -> anyhow::Result<(RunResult, ProbeData)> {
     let (deployed, parity) = spec.mode.instances(spec.instances);
     let k = spec.mode.k();
-    let mut specs: Vec<InstanceSpec> = (0..deployed)
-        .map(|i| InstanceSpec {
-            model: models.deployed.clone(),
-            name: DEPLOYED.into(),
-            fault: spec.worker_faults.get(i).cloned().unwrap_or_default(),
-            listen: None,
-            netns: None,
-        })
-        .collect();
+    let fault = |m: usize| spec.worker_faults.get(m).cloned().unwrap_or_default();
+    let mut specs: Vec<InstanceSpec> = (0..deployed).map(|m| InstanceSpec::new(&models.deployed, DEPLOYED, &fault(m))).collect();
     // Parity instances: parity index 0's, then index 1's, ... (N/K each).
     let files: Vec<(PathBuf, String)> = match spec.mode {
         Mode::Parm { r: r @ 2.., .. } => {
@@ -194,19 +194,38 @@ pub async fn run_probed(
         _ => Vec::new(),
     };
     let per_index = parity / files.len().max(1);
-    specs.extend((0..parity).map(|j| InstanceSpec {
-        model: files[j / per_index].0.clone(),
-        name: files[j / per_index].1.clone(),
-        fault: spec.worker_faults.get(deployed + j).cloned().unwrap_or_default(),
-        listen: None,
-        netns: None,
-    }));
+    specs.extend((0..parity).map(|j| InstanceSpec::new(&files[j / per_index].0, &files[j / per_index].1, &fault(deployed + j))));
+    let network = spec.network.map(Network::create).transpose()?.map(Arc::new);
+    if let Some(net) = &network {
+        for (m, s) in specs.iter_mut().enumerate() {
+            s.netns = Some(net.netns(net.host_of(m)));
+        }
+    }
     let mut instances = start_instances(exe, specs).await?;
-    let result = drive(exe, spec, models.code, &instances, queries, probe).await;
+    let result = drive(exe, spec, models.code, &instances, network.clone(), queries, probe).await;
     for i in &mut instances {
         i.kill().await;
     }
     result
+}
+
+/// Runs `f` on `host`'s runtime when the run has an emulated network (so that its sockets
+/// belong to that host), else on the current runtime.
+async fn on<F>(network: Option<&Arc<Network>>, host: usize, f: F) -> anyhow::Result<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = network.map_or_else(tokio::runtime::Handle::current, |n| n.handle(host));
+    Ok(handle.spawn(f).await?)
+}
+
+/// The frontend of a run, serving HTTP at `base_url` until `stop` is sent.
+struct Served {
+    frontend: Frontend,
+    base_url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 async fn drive(
@@ -214,16 +233,97 @@ async fn drive(
     spec: &RunSpec,
     code: ParityCode,
     instances: &[Instance],
+    network: Option<Arc<Network>>,
     queries: &[Query],
     probe: Option<Probe>,
 ) -> anyhow::Result<(RunResult, ProbeData)> {
     let k = spec.mode.k();
-    let addrs = |want: &str| instances.iter().filter(|i| i.spec.name == want).map(|i| i.addr.clone()).collect::<Vec<_>>();
-    for i in instances {
-        InstanceClient::connect_lazy(&i.addr)?.wait_ready(&i.spec.name, Duration::from_secs(30)).await?;
+    // Where the frontend calls each instance: through its host's proxy, or its own address.
+    let mut public = Vec::new();
+    for (m, i) in instances.iter().enumerate() {
+        public.push(match &network {
+            Some(net) => net.expose(net.host_of(m), &i.addr).await?,
+            None => i.addr.clone(),
+        });
     }
-    let remote = InstanceClient::connect_lazy(&instances[0].addr)?.model_metadata(DEPLOYED, Duration::from_secs(10)).await?;
+    let addrs = |want: &str| instances.iter().zip(&public).filter(|(i, _)| i.spec.name == want).map(|(_, a)| a.clone()).collect::<Vec<_>>();
+    let names: Vec<(String, String)> = instances.iter().zip(&public).map(|(i, a)| (a.clone(), i.spec.name.clone())).collect();
+    let remote = on(network.as_ref(), FRONTEND, async move {
+        for (addr, name) in &names {
+            InstanceClient::connect_lazy(addr)?.wait_ready(name, Duration::from_secs(30)).await?;
+        }
+        anyhow::Ok(InstanceClient::connect_lazy(&names[0].0)?.model_metadata(DEPLOYED, Duration::from_secs(10)).await?)
+    })
+    .await??;
     let model = ModelSpec { name: spec.model_name.clone(), ..remote };
+    let cfg = frontend_config(spec, code, &model, &addrs)?;
+    let served = on(network.as_ref(), FRONTEND, serve(cfg)).await??;
+    let base_url = match &network {
+        Some(net) => format!("http://{}", net.expose(FRONTEND, served.base_url.trim_start_matches("http://")).await?),
+        None => served.base_url.clone(),
+    };
+    // Machines in start order: deployed instances, then parity instances.
+    let targets: Vec<Target> = instances
+        .iter()
+        .enumerate()
+        .map(|(m, i)| Target {
+            pid: i.pid(),
+            addr: i.addr.clone(),
+            spec: i.spec.clone(),
+            host: network.as_ref().map(|n| (n.clone(), n.host_of(m))),
+        })
+        .collect();
+    let chaos = Chaos::start(&spec.faults, &targets, exe.to_path_buf());
+    let load = LoadSpec {
+        base_url,
+        model: model.name.clone(),
+        input_name: model.input_name.clone(),
+        rate_qps: spec.rate_qps,
+        seed: spec.seed,
+        warmup: spec.warmup,
+        request_timeout: Duration::from_secs(30),
+        progress: spec.progress,
+    };
+    let probes = {
+        let frontend_host = network.as_ref().map(|n| n.handle(FRONTEND));
+        let _on_it = frontend_host.as_ref().map(|h| h.enter());
+        probe.map(|p| ProbeRun::start(p, &addrs(DEPLOYED), &queries[0]))
+    };
+    let owned = queries.to_vec();
+    let report = on(network.as_ref(), CLIENT, async move { run_open_loop(&load, &owned).await }).await.and_then(|r| r);
+    let probed = match probes {
+        Some(p) => p.stop().await,
+        None => ProbeData::default(),
+    };
+    chaos.stop().await;
+    let _ = served.stop.send(());
+    let _ = served.server.await;
+    let report = report?;
+    let stats = served.frontend.stats();
+    let extra = stats.backups.load(Ordering::Relaxed) + stats.parity_queries.load(Ordering::Relaxed);
+    let result = RunResult {
+        mode: spec.mode.family().to_string(),
+        k,
+        r: match spec.mode {
+            Mode::Parm { r, .. } => r,
+            _ => 1,
+        },
+        code: spec.mode.code(),
+        rate_qps: spec.rate_qps,
+        seed: spec.seed,
+        extra_resources: spec.mode.extra_resources(spec.instances),
+        extra_requests: extra as f64 / queries.len().max(1) as f64,
+        hosts: network.as_ref().map_or(1, |n| n.hosts()),
+        link: network.as_ref().map_or_else(|| "loopback".to_string(), |n| n.link_name()),
+        report,
+    };
+    Ok((result, probed))
+}
+
+/// The coded (or baseline) frontend's configuration for `spec`, over the instances that
+/// `addrs` lists by model name.
+fn frontend_config(spec: &RunSpec, code: ParityCode, model: &ModelSpec, addrs: &dyn Fn(&str) -> Vec<String>) -> anyhow::Result<FrontendConfig> {
+    let k = spec.mode.k();
     let redundancy = match spec.mode {
         Mode::Replication => Redundancy::Replication { copies: 2 },
         Mode::Hedged { .. } => Redundancy::hedged_at(spec.hedge_percentile),
@@ -243,7 +343,7 @@ async fn drive(
     };
     let encoder = if matches!(spec.mode, Mode::Parm { r: 2.., .. } | Mode::CheapBackup { .. }) { "addition" } else { code.encoder() };
     let group = if matches!(spec.mode, Mode::CheapBackup { .. }) { 1 } else { k.max(1) };
-    let cfg = FrontendConfig {
+    Ok(FrontendConfig {
         deployed_model: DEPLOYED.into(),
         parity: parity_addrs,
         parity_model,
@@ -256,7 +356,12 @@ async fn drive(
         redundancy,
         checks: matches!(spec.mode, Mode::Parm { checked: true, .. }).then(OutputChecks::default),
         ..FrontendConfig::new(model.clone(), addrs(DEPLOYED))
-    };
+    })
+}
+
+/// Starts the frontend for `cfg`, warms it up and serves it over HTTP on a free loopback port
+/// of the current runtime's host.
+async fn serve(cfg: FrontendConfig) -> anyhow::Result<Served> {
     let frontend = Frontend::start(cfg)?;
     frontend.warm_up().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -265,46 +370,7 @@ async fn drive(
     let server = tokio::spawn(parm_serve::server::http::serve(listener, frontend.clone(), async {
         let _ = stopped.await;
     }));
-    // Machines in start order: deployed instances, then parity instances.
-    let targets: Vec<Target> = instances.iter().map(|i| Target { pid: i.pid(), addr: i.addr.clone(), spec: i.spec.clone() }).collect();
-    let chaos = Chaos::start(&spec.faults, &targets, exe.to_path_buf());
-    let load = LoadSpec {
-        base_url,
-        model: model.name.clone(),
-        input_name: model.input_name.clone(),
-        rate_qps: spec.rate_qps,
-        seed: spec.seed,
-        warmup: spec.warmup,
-        request_timeout: Duration::from_secs(30),
-        progress: spec.progress,
-    };
-    let probes = probe.map(|p| ProbeRun::start(p, &addrs(DEPLOYED), &queries[0]));
-    let report = run_open_loop(&load, queries).await;
-    let probed = match probes {
-        Some(p) => p.stop().await,
-        None => ProbeData::default(),
-    };
-    chaos.stop().await;
-    let _ = stop.send(());
-    let _ = server.await;
-    let report = report?;
-    let stats = frontend.stats();
-    let extra = stats.backups.load(Ordering::Relaxed) + stats.parity_queries.load(Ordering::Relaxed);
-    let result = RunResult {
-        mode: spec.mode.family().to_string(),
-        k,
-        r: match spec.mode {
-            Mode::Parm { r, .. } => r,
-            _ => 1,
-        },
-        code: spec.mode.code(),
-        rate_qps: spec.rate_qps,
-        seed: spec.seed,
-        extra_resources: spec.mode.extra_resources(spec.instances),
-        extra_requests: extra as f64 / queries.len().max(1) as f64,
-        report,
-    };
-    Ok((result, probed))
+    Ok(Served { frontend, base_url, stop, server })
 }
 
 /// A running [`Probe`]: one dispatcher task, one task per pair.

@@ -74,6 +74,14 @@ pub struct Scenario {
     /// Emulated compute on every instance (`[compute]`); absent: the models' real compute.
     #[serde(default)]
     pub compute: Option<EmulatedCompute>,
+    /// Emulated hosts ([`crate::network`]): 1 (the default) runs everything on loopback; 3 or
+    /// more put the load generator, the frontend and the instances on hosts of their own
+    /// (`instances + extra + 2` gives every instance its own host).
+    #[serde(default = "one")]
+    pub hosts: usize,
+    /// Every emulated host's link (`[link] delay_ms, jitter_ms, loss`); needs `hosts`.
+    #[serde(default)]
+    pub link: Option<crate::proxy::Link>,
 }
 
 /// Emulated compute (`parm worker --fault service_ms=M,service_cv=C`): every executed request
@@ -109,6 +117,11 @@ fn default_hedge_percentile() -> f64 {
 }
 
 impl Scenario {
+    /// The emulated network of the scenario's runs, if it has one.
+    pub fn network(&self) -> Option<crate::network::NetworkSpec> {
+        (self.hosts > 1).then(|| crate::network::NetworkSpec { hosts: self.hosts, link: self.link.unwrap_or_default() })
+    }
+
     /// The frontend's straggler policy for this scenario.
     pub fn straggler(&self) -> parm_serve::coded::policy::StragglerPolicy {
         parm_serve::coded::policy::StragglerPolicy { lazy_parity: self.lazy_parity, factor: self.straggler_factor, ..Default::default() }
@@ -174,6 +187,13 @@ pub enum Fault {
         #[serde(default = "mixed")]
         wrong_kind: String,
     },
+    /// The host of the instance loses its link `at_s` seconds into the run and gets it back
+    /// `duration_s` later: a network partition (needs `hosts`; every instance on that host is
+    /// cut off, open connections see silence).
+    Partition { instance: usize, at_s: f64, duration_s: f64 },
+    /// The host of the instance has `delay_ms` more one-way delay on its link for the whole
+    /// run: a slowed link (needs `hosts`).
+    SlowLink { instance: usize, delay_ms: f64 },
     /// Background bulk transfers on loopback (ParM's network "shuffles"): `concurrent`
     /// transfers of `megabytes` MB each, repeated after `gap_ms`, for the whole run.
     Network { megabytes: usize, concurrent: usize, gap_ms: u64 },
@@ -308,6 +328,12 @@ impl Scenario {
             let instance = f.instance().unwrap_or(0);
             anyhow::ensure!(instance < self.instances, "fault {f:?} names instance {instance} of {}", self.instances);
         }
+        anyhow::ensure!(self.hosts == 1 || self.hosts >= 3, "hosts = {}: 1 (loopback) or at least 3 (client, frontend, instances)", self.hosts);
+        let networked = self.faults.iter().any(|f| matches!(f, Fault::Partition { .. } | Fault::SlowLink { .. })) || self.link.is_some();
+        anyhow::ensure!(!networked || self.hosts >= 3, "partition, slow-link faults and [link] need emulated hosts (hosts >= 3)");
+        if let Some(link) = &self.link {
+            link.validate().map_err(anyhow::Error::msg)?;
+        }
         if self.faults_on == FaultsOn::AnyMachine {
             for m in &self.modes {
                 let mode = Mode::parse(m)?;
@@ -346,6 +372,8 @@ impl Fault {
             | Fault::Episodes { instance, .. }
             | Fault::Stall { instance, .. }
             | Fault::Crash { instance, .. }
+            | Fault::Partition { instance, .. }
+            | Fault::SlowLink { instance, .. }
             | Fault::Wrong { instance, .. } => Some(*instance),
             Fault::CpuBurn { .. } | Fault::Network { .. } => None,
         }
@@ -359,6 +387,8 @@ impl Fault {
             | Fault::Episodes { instance, .. }
             | Fault::Stall { instance, .. }
             | Fault::Crash { instance, .. }
+            | Fault::Partition { instance, .. }
+            | Fault::SlowLink { instance, .. }
             | Fault::Wrong { instance, .. } => *instance = i,
             Fault::CpuBurn { .. } | Fault::Network { .. } => {}
         }

@@ -83,6 +83,13 @@ pub struct TailRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub rate_qps: f64,
+    /// Emulated hosts the runs spread over; 1: all on this machine's loopback.
+    #[serde(default = "one")]
+    pub hosts: usize,
+    /// What carried the traffic between hosts, with its delay: `loopback`, or how the link was
+    /// emulated (`tc netem ...` or `user-space proxy, delay D ms +- J ms`).
+    #[serde(default = "loopback")]
+    pub link: String,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -110,8 +117,8 @@ pub struct TailRow {
 impl TailRow {
     /// Whether `run` of `scenario` is one of this row's trials.
     fn holds(&self, scenario: &str, run: &RunResult) -> bool {
-        (self.scenario.as_str(), self.mode.as_str(), self.k, self.r, &self.code, self.rate_qps)
-            == (scenario, run.mode.as_str(), run.k, run.r, &run.code, run.rate_qps)
+        (self.scenario.as_str(), self.mode.as_str(), self.k, self.r, &self.code, self.rate_qps, self.hosts, &self.link)
+            == (scenario, run.mode.as_str(), run.k, run.r, &run.code, run.rate_qps, run.hosts, &run.link)
     }
 
     /// The mode as tables and plots name it: `parm (checked)` for parm with output checks.
@@ -226,6 +233,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
         hedge_percentile: s.hedge_percentile,
         model_name: s.dataset.clone(),
         progress: false,
+        network: s.network(),
     }
 }
 
@@ -245,6 +253,10 @@ fn one() -> usize {
     1
 }
 
+fn loopback() -> String {
+    "loopback".into()
+}
+
 /// Averages the trials of each (scenario, mode, k, r, rate).
 fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
     let mut rows: Vec<TailRow> = Vec::new();
@@ -257,6 +269,8 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             r: r.r,
             code: r.code.clone(),
             rate_qps: r.rate_qps,
+            hosts: r.hosts,
+            link: r.link.clone(),
             p50_ms: l.p50,
             p90_ms: l.p90,
             p99_ms: l.p99,
@@ -381,17 +395,18 @@ fn with_ci(ms: f64, ci: Option<[f64; 2]>) -> String {
 /// 95% bootstrap interval of the pooled percentile in brackets where the row has one.
 pub fn markdown(rows: &[TailRow]) -> String {
     let mut s = String::from(
-        "| scenario | mode | k | r | qps | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | mode | k | r | qps | hosts (link) | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
             r.scenario,
             r.setup(),
             r.k,
             r.r,
             r.rate_qps,
+            if r.hosts == 1 { "1".to_string() } else { format!("{} ({})", r.hosts, r.link) },
             with_ci(r.p50_ms, r.p50_ci),
             with_ci(r.p99_ms, r.p99_ci),
             with_ci(r.p99_9_ms, r.p99_9_ci),
@@ -426,6 +441,8 @@ mod tests {
             seed: 1,
             extra_resources: 0.5,
             extra_requests: 0.0,
+            hosts: 1,
+            link: "loopback".into(),
             report: RunReport {
                 requests: latencies.len(),
                 answered: latencies.len(),
@@ -441,6 +458,18 @@ mod tests {
                 latency_trace_ms: latencies.iter().enumerate().map(|(i, &l)| (i as f64 * 5.0, l)).collect(),
             },
         }
+    }
+
+    /// The same setup on loopback and across emulated hosts gives two rows, and the table
+    /// names the hosts and what emulated their links.
+    #[test]
+    fn rows_keep_hosts_and_links_apart() {
+        let across = RunResult { hosts: 20, link: "user-space proxy, delay 0.20 ms +- 0.05 ms".into(), ..run("parm", &[3.0; 10]) };
+        let runs = vec![("s".to_string(), run("parm", &[1.0; 10])), ("s".to_string(), across)];
+        let rows = aggregate(&runs);
+        assert_eq!(rows.iter().map(|r| r.hosts).collect::<Vec<_>>(), vec![1, 20]);
+        let table = markdown(&rows);
+        assert!(table.contains("| 1 |") && table.contains("| 20 (user-space proxy, delay 0.20 ms +- 0.05 ms) |"), "{table}");
     }
 
     #[test]

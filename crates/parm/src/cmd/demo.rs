@@ -123,6 +123,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             hedge_percentile: 95.0,
             model_name: a.paths.dataset.clone(),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            network: None,
         };
         let result = rt.block_on(run_once(&exe, &models, &spec, &queries))?;
         rows.push((name.to_string(), result.report));

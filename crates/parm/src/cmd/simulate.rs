@@ -591,6 +591,7 @@ fn calibration_spec(c: &CalibrationSettings, host: &[Fault], (mode, instances): 
         hedge_percentile: 95.0,
         model_name: c.model_name.clone(),
         progress: false,
+        network: None,
     }
 }
 
