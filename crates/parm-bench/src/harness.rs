@@ -322,7 +322,12 @@ async fn drive(
 
 /// The coded (or baseline) frontend's configuration for `spec`, over the instances that
 /// `addrs` lists by model name.
-fn frontend_config(spec: &RunSpec, code: ParityCode, model: &ModelSpec, addrs: &dyn Fn(&str) -> Vec<String>) -> anyhow::Result<FrontendConfig> {
+fn frontend_config(
+    spec: &RunSpec,
+    code: ParityCode,
+    model: &ModelSpec,
+    addrs: &dyn Fn(&str) -> Vec<String>,
+) -> anyhow::Result<FrontendConfig> {
     let k = spec.mode.k();
     let redundancy = match spec.mode {
         Mode::Replication => Redundancy::Replication { copies: 2 },

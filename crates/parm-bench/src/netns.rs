@@ -2,8 +2,9 @@
 //! loopback, its own address, its own TCP state), and every host is joined by a veth pair to
 //! one bridge, so traffic between them crosses a real (virtual) link instead of loopback.
 //!
-//! Layout for `n` hosts made by process `pid`: namespaces `parm-PID-h0` .. `parm-PID-h{n-1}`,
-//! and `parm-PID-sw` holding the bridge `br0`. Host `i` has `eth0` with address
+//! Layout for `n` hosts made by process `pid` (its `s`-th set, so that tests of one process can
+//! run at once): namespaces `parm-PID-S-h0` .. `parm-PID-S-h{n-1}`, and `parm-PID-S-sw` holding
+//! the bridge `br0`. Host `i` has `eth0` with address
 //! `198.18.N.(i+2)/24`: the benchmarking range of RFC 2544, N = pid % 256 so that two runs on
 //! one machine do not share a subnet. No namespace has a default route: nothing leaves the
 //! machine. Everything is removed when [`Hosts`] is dropped (also when a test panics), and
@@ -46,7 +47,7 @@ impl Hosts {
     /// Whether network namespaces can be made here: Ok, or the reason they cannot (not root,
     /// no `ip`, a kernel or container without them).
     pub fn available() -> Result<(), String> {
-        let probe = format!("parm-{}-probe", std::process::id());
+        let probe = format!("parm-{}-{}-probe", std::process::id(), next_set());
         ip(&["netns", "add", &probe]).map_err(|e| format!("{e:#}"))?;
         let _ = ip(&["netns", "del", &probe]);
         Ok(())
@@ -60,7 +61,7 @@ impl Hosts {
         anyhow::ensure!((1..=250).contains(&n), "1 to 250 hosts, not {n}");
         remove_stale();
         let pid = std::process::id();
-        let mut hosts = Hosts { prefix: format!("parm-{pid}"), hosts: Vec::new() };
+        let mut hosts = Hosts { prefix: format!("parm-{pid}-{}", next_set()), hosts: Vec::new() };
         let switch = hosts.switch();
         ip(&["netns", "add", &switch])?;
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
@@ -133,7 +134,8 @@ impl Hosts {
     /// The namespace cannot be entered, or the runtime cannot be built.
     pub fn runtime(&self, i: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         let name = format!("host{i}");
-        let rt = self.run_on(i, move || tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build())?;
+        let rt =
+            self.run_on(i, move || tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build())?;
         rt.context("building a runtime on an emulated host")
     }
 
@@ -144,7 +146,8 @@ impl Hosts {
     /// as on parm's development machine; callers then emulate the link in user space.
     pub fn netem(&self, i: usize, link: &crate::proxy::Link) -> anyhow::Result<()> {
         let (delay, jitter, loss) = (format!("{}ms", link.delay_ms), format!("{}ms", link.jitter_ms), format!("{}%", link.loss * 100.0));
-        let args = ["-n", &self.hosts[i].netns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, &jitter, "loss", &loss];
+        let args =
+            ["-n", &self.hosts[i].netns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, &jitter, "loss", &loss];
         let out = Command::new("tc").args(args).output().context("running `tc` (iproute2)")?;
         if !out.status.success() {
             bail!("tc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -168,6 +171,12 @@ impl Hosts {
             t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
     }
+}
+
+/// A number for the next set of namespaces of this process.
+fn next_set() -> usize {
+    static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    SETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Moves the calling thread into the network namespace at `path`.

@@ -212,7 +212,11 @@ async fn forward(from: OwnedReadHalf, to: OwnedWriteHalf, mode: watch::Receiver<
     tokio::join!(read_chunks(from, tx, mode.clone(), link, seed), write_when_due(to, rx, mode));
 }
 
-async fn write_when_due(mut to: OwnedWriteHalf, mut chunks: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, mut mode: watch::Receiver<ProxyMode>) {
+async fn write_when_due(
+    mut to: OwnedWriteHalf,
+    mut chunks: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+    mut mode: watch::Receiver<ProxyMode>,
+) {
     while let Some((due, bytes)) = chunks.recv().await {
         if Instant::now() < due {
             parm_serve::timer::sleep_until(due).await;

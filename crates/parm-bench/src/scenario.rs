@@ -328,7 +328,11 @@ impl Scenario {
             let instance = f.instance().unwrap_or(0);
             anyhow::ensure!(instance < self.instances, "fault {f:?} names instance {instance} of {}", self.instances);
         }
-        anyhow::ensure!(self.hosts == 1 || self.hosts >= 3, "hosts = {}: 1 (loopback) or at least 3 (client, frontend, instances)", self.hosts);
+        anyhow::ensure!(
+            self.hosts == 1 || self.hosts >= 3,
+            "hosts = {}: 1 (loopback) or at least 3 (client, frontend, instances)",
+            self.hosts
+        );
         let networked = self.faults.iter().any(|f| matches!(f, Fault::Partition { .. } | Fault::SlowLink { .. })) || self.link.is_some();
         anyhow::ensure!(!networked || self.hosts >= 3, "partition, slow-link faults and [link] need emulated hosts (hosts >= 3)");
         if let Some(link) = &self.link {
@@ -472,6 +476,28 @@ mod tests {
         assert!(toml::from_str::<Scenario>("name='x'\nqueries=1\nrates=[1.0]\ninstances=2\nmodes=[]\nbogus=1").is_err());
     }
 
+    /// Emulated hosts: `hosts` and `[link]` parse into the run's network; network faults and
+    /// links need hosts, and a bad link or two hosts are refused.
+    #[test]
+    fn network_scenarios_need_hosts() {
+        let text = "name='x'\nqueries=100\nrates=[50.0]\ninstances=4\nmodes=['parm-k2']\nhosts=8\n\
+                    [link]\ndelay_ms=0.2\njitter_ms=0.05\n[[faults]]\nkind='partition'\ninstance=1\nat_s=1.0\nduration_s=2.0\n";
+        let s: Scenario = toml::from_str(text).unwrap();
+        s.validate().unwrap();
+        let net = s.network().unwrap();
+        assert_eq!((net.hosts, net.link.delay_ms, net.link.jitter_ms), (8, 0.2, 0.05));
+        assert!(Scenario { hosts: 1, ..s.clone() }.validate().is_err(), "a partition needs hosts");
+        assert!(Scenario { hosts: 2, ..s.clone() }.validate().is_err());
+        assert!(Scenario { hosts: 1, link: None, faults: vec![], ..s.clone() }.network().is_none());
+        let lossy = Scenario { link: Some(crate::proxy::Link { loss: 1.5, ..Default::default() }), ..s.clone() };
+        assert!(lossy.validate().is_err());
+        let slow: Scenario = toml::from_str(
+            &text.replace("kind='partition'\ninstance=1\nat_s=1.0\nduration_s=2.0", "kind='slow-link'\ninstance=0\ndelay_ms=20.0"),
+        )
+        .unwrap();
+        assert_eq!(slow.faults, vec![Fault::SlowLink { instance: 0, delay_ms: 20.0 }]);
+    }
+
     #[test]
     fn any_machine_gives_each_role_its_share_of_trials() {
         let slow = Fault::Delay { instance: 1, delay_ms: 5.0, prob: 1.0 };
@@ -494,6 +520,8 @@ mod tests {
             hedge_percentile: 95.0,
             faults_on: FaultsOn::AnyMachine,
             compute: None,
+            hosts: 1,
+            link: None,
         };
         base.validate().unwrap();
         let parm = Mode::Parm { k: 2, r: 1, checked: false };

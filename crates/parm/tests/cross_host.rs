@@ -11,7 +11,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parm_bench::netns::Hosts;
 use parm_nn::{ModelKind, Predictor};
@@ -22,6 +22,9 @@ use support::{DEPLOYED, PARITY, close, exe, output, signal, write_model};
 const PHASE: usize = 20;
 const QUERIES: usize = 4 * PHASE;
 const PORT: u16 = 9001;
+
+/// The tests here run one at a time: each measures timing on the shared cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Processes started on the hosts; killed (after SIGCONT) when dropped.
 struct Procs(Vec<Child>);
@@ -46,15 +49,11 @@ fn start(hosts: &Hosts, procs: &mut Procs, i: usize, args: &[&str]) {
     std::thread::spawn(move || lines.for_each(drop));
 }
 
-#[test]
-fn coded_path_across_hosts() {
-    if let Err(why) = Hosts::available() {
-        eprintln!("cross-host test skipped: no network namespaces here ({why})");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let deployed = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
-    let parity = write_model(dir.path(), PARITY, ModelKind::Parity);
+/// Host 0 for the client, `parm serve` on host 1 (returned: its address), deployed instances
+/// on hosts 2 and 3, the parity instance on host 4; models written to `dir`.
+fn cluster(dir: &std::path::Path) -> (Hosts, Procs, String) {
+    let deployed = write_model(dir, DEPLOYED, ModelKind::Deployed);
+    let parity = write_model(dir, PARITY, ModelKind::Parity);
     let hosts = Hosts::create(5).unwrap();
     let at = |i: usize| format!("{}:{PORT}", hosts.host(i).ip);
     let mut procs = Procs(Vec::new());
@@ -67,6 +66,19 @@ fn coded_path_across_hosts() {
         "serve", "--listen", &frontend, "--grpc-listen", "off", "--deployed", &deployed_addrs, "--parity", &at(4),
         "--k", "2", "--model-name", "m", "--deployed-model", DEPLOYED, "--parity-model", PARITY, "--instance-timeout-ms", "2000",
     ]);
+    (hosts, procs, frontend)
+}
+
+#[test]
+fn coded_path_across_hosts() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(why) = Hosts::available() {
+        eprintln!("cross-host test skipped: no network namespaces here ({why})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let deployed = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
+    let (hosts, procs, frontend) = cluster(dir.path());
     let stopped = procs.0[0].id() as i32;
     let inputs: Vec<Vec<f32>> = (0..QUERIES).map(|q| (0..784).map(|j| ((q * 31 + j * 7) % 97) as f32 / 97.0).collect()).collect();
     let url = format!("http://{frontend}/v2/models/m/infer");
@@ -111,8 +123,72 @@ fn coded_path_across_hosts() {
     }
     eprintln!("across 5 hosts: {QUERIES} answered; reconstructed per phase (healthy, stopped, partitioned, healed): {reconstructed:?}");
     // Round robin puts about half of a phase's queries on the host that is out.
-    // With every host up a reconstruction only wins a race against a first, cold call.
-    assert!(reconstructed[0] <= 2, "reconstructions with every host up: {reconstructed:?}");
+    // With every host up a reconstruction only wins a race against a slow call (a cold first
+    // one, a busy machine): 0-2 of 20 in runs here; a CI machine gets some slack.
+    assert!(reconstructed[0] <= 4, "reconstructions with every host up: {reconstructed:?}");
     assert!(reconstructed[1] >= PHASE / 4 && reconstructed[2] >= PHASE / 4, "{reconstructed:?}");
-    assert!(reconstructed[3] <= 2, "the partition healed, yet {reconstructed:?}");
+    assert!(reconstructed[3] <= 4, "the partition healed, yet {reconstructed:?}");
+}
+
+/// Readiness across hosts (issue 17's partition target): `/v2/health/ready` stays 200 while one
+/// deployed host is cut off, turns 503 once no deployed instance is reachable, and is 200 again
+/// within about 1.5 s of the partition healing (asserted: 3 s); a query sent meanwhile gets an answer within its
+/// deadline.
+#[test]
+fn readiness_follows_a_partition_of_the_deployed_hosts() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(why) = Hosts::available() {
+        eprintln!("cross-host readiness test skipped: no network namespaces here ({why})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (hosts, _procs, frontend) = cluster(dir.path());
+    let (ready_url, infer_url) = (format!("http://{frontend}/v2/health/ready"), format!("http://{frontend}/v2/models/m/infer"));
+    let (went_down, came_back, during) = hosts
+        .run_on(0, || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let ready = || async { client.get(&ready_url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) };
+                let until = |want: u16, limit: Duration| {
+                    let ready = &ready;
+                    async move {
+                        let start = Instant::now();
+                        while ready().await != want {
+                            assert!(start.elapsed() < limit, "readiness not {want} within {limit:?}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        start.elapsed()
+                    }
+                };
+                until(200, Duration::from_secs(10)).await;
+                hosts.set_link(2, false).unwrap();
+                for _ in 0..30 {
+                    assert_eq!(ready().await, 200, "one deployed host is still reachable");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                hosts.set_link(3, false).unwrap();
+                let went_down = until(503, Duration::from_secs(5)).await;
+                let body = json!({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": vec![0.5f32; 784]}]});
+                let sent = Instant::now();
+                let status = client.post(&infer_url).json(&body).send().await.expect("an answer, not a hang").status().as_u16();
+                let during = (status, sent.elapsed());
+                tokio::time::sleep(Duration::from_secs(5).saturating_sub(went_down + during.1)).await;
+                hosts.set_link(2, true).unwrap();
+                hosts.set_link(3, true).unwrap();
+                let came_back = until(200, Duration::from_secs(15)).await;
+                let resp = client.post(&infer_url).json(&body).send().await.expect("an answer after the heal");
+                assert_eq!(resp.status(), 200);
+                (went_down, came_back, during)
+            })
+        })
+        .unwrap();
+    eprintln!(
+        "readiness: 503 {went_down:?} after the last deployed host was cut off; 200 {came_back:?} after the heal; a query during the partition: HTTP {} in {:?}",
+        during.0, during.1
+    );
+    // With no deployed instance, a padded group's parity query still answers (a reconstruction),
+    // else the 2 s instance timeout gives a clear error.
+    assert!((during.0 == 200 || during.0 >= 500) && during.1 < Duration::from_secs(4), "{during:?}");
+    assert!(came_back < Duration::from_secs(3), "ready again {came_back:?} after the heal");
 }

@@ -73,7 +73,8 @@ fn berrut_answers_a_slow_instance_s_queries_without_a_parity_model() {
     let model = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let spec = |fault: &str| InstanceSpec { model: model.clone(), name: DEPLOYED.into(), fault: fault.into(), listen: None, netns: None };
+        let spec =
+            |fault: &str| InstanceSpec { model: model.clone(), name: DEPLOYED.into(), fault: fault.into(), listen: None, netns: None };
         let slow = start_instance(exe(), spec("delay_ms=1000,prob=1,seed=1")).await.unwrap();
         let fast = start_instance(exe(), spec("")).await.unwrap();
         let extra = start_instance(exe(), spec("")).await.unwrap();
@@ -128,7 +129,13 @@ fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
     let truth = |x: &[f32]| parm_nn::DeployedModel::outputs(&net, x, 1).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let spec = |name: &str, fault: &str| InstanceSpec { model: model.clone(), name: name.into(), fault: fault.into(), listen: None, netns: None };
+        let spec = |name: &str, fault: &str| InstanceSpec {
+            model: model.clone(),
+            name: name.into(),
+            fault: fault.into(),
+            listen: None,
+            netns: None,
+        };
         let bad = start_instance(exe(), spec(DEPLOYED, "wrong=1,wrong_kind=scale,wrong_scale=-50,seed=1")).await.unwrap();
         let mut deployed = vec![bad];
         // Six healthy ones: with r = 1 only the two that pair with the faulty one share its

@@ -89,7 +89,13 @@ fn serve_listens_before_its_instances_and_serves_once_one_answers() {
         assert!(logged.contains("is not ready") && logged.contains(&worker_addr), "no log line naming what it waits for: {logged}");
 
         // The deployed instance comes up: the frontend learns the model and serves it.
-        let spec = InstanceSpec { model: model.clone(), name: DEPLOYED.into(), fault: String::new(), listen: Some(worker_addr.clone()), netns: None };
+        let spec = InstanceSpec {
+            model: model.clone(),
+            name: DEPLOYED.into(),
+            fault: String::new(),
+            listen: Some(worker_addr.clone()),
+            netns: None,
+        };
         let worker = start_instance(exe(), spec).await.expect("start parm worker");
         let came_up = Instant::now();
         loop {

@@ -183,8 +183,13 @@ struct Answer {
 impl Setup<'_> {
     async fn run(&self, setup: &str, run: &str, inputs: &[Vec<f32>], truth: &[Vec<f32>]) -> anyhow::Result<WrongOutputsRow> {
         let r = self.parity.len();
-        let worker =
-            |model: &Path, name: String, fault: &str| InstanceSpec { model: model.to_path_buf(), name, fault: fault.into(), listen: None, netns: None };
+        let worker = |model: &Path, name: String, fault: &str| InstanceSpec {
+            model: model.to_path_buf(),
+            name,
+            fault: fault.into(),
+            listen: None,
+            netns: None,
+        };
         let mut specs: Vec<InstanceSpec> =
             (0..DEPLOYED).map(|i| worker(self.deployed, "deployed".into(), if i == FAULTY { self.fault } else { "" })).collect();
         let names: Vec<String> = (0..r)
