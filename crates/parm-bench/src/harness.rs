@@ -95,6 +95,9 @@ pub struct RunSpec {
     pub progress: bool,
     /// Emulated hosts and links ([`crate::network`]); `None`: every process on loopback.
     pub network: Option<NetworkSpec>,
+    /// Frontend replicas (>= 1), each with its own coding groups; the load generator sends
+    /// them queries in turn.
+    pub frontends: usize,
 }
 
 /// What one run measured.
@@ -118,6 +121,8 @@ pub struct RunResult {
     pub hosts: usize,
     /// What carried the traffic between hosts, with its delay (`loopback` on one host).
     pub link: String,
+    /// Frontend replicas the load was spread over.
+    pub frontends: usize,
     pub report: RunReport,
 }
 
@@ -257,11 +262,18 @@ async fn drive(
     .await??;
     let model = ModelSpec { name: spec.model_name.clone(), ..remote };
     let cfg = frontend_config(spec, code, &model, &addrs)?;
-    let served = on(network.as_ref(), FRONTEND, serve(cfg)).await??;
-    let base_url = match &network {
-        Some(net) => format!("http://{}", net.expose(FRONTEND, served.base_url.trim_start_matches("http://")).await?),
-        None => served.base_url.clone(),
-    };
+    // Frontend replicas, each reached through its host's proxy when the run has hosts.
+    let mut served = Vec::new();
+    let mut base_urls = Vec::new();
+    for f in 0..spec.frontends.max(1) {
+        let host = network.as_ref().map_or(FRONTEND, |n| n.frontend_host(f));
+        let s = on(network.as_ref(), host, serve(cfg.clone())).await??;
+        base_urls.push(match &network {
+            Some(net) => format!("http://{}", net.expose(host, s.base_url.trim_start_matches("http://")).await?),
+            None => s.base_url.clone(),
+        });
+        served.push(s);
+    }
     // Machines in start order: deployed instances, then parity instances.
     let targets: Vec<Target> = instances
         .iter()
@@ -275,7 +287,8 @@ async fn drive(
         .collect();
     let chaos = Chaos::start(&spec.faults, &targets, exe.to_path_buf());
     let load = LoadSpec {
-        base_url,
+        base_url: base_urls[0].clone(),
+        replicas: base_urls[1..].to_vec(),
         model: model.name.clone(),
         input_name: model.input_name.clone(),
         rate_qps: spec.rate_qps,
@@ -296,11 +309,14 @@ async fn drive(
         None => ProbeData::default(),
     };
     chaos.stop().await;
-    let _ = served.stop.send(());
-    let _ = served.server.await;
+    let mut extra = 0;
+    for s in served {
+        let _ = s.stop.send(());
+        let _ = s.server.await;
+        let stats = s.frontend.stats();
+        extra += stats.backups.load(Ordering::Relaxed) + stats.parity_queries.load(Ordering::Relaxed);
+    }
     let report = report?;
-    let stats = served.frontend.stats();
-    let extra = stats.backups.load(Ordering::Relaxed) + stats.parity_queries.load(Ordering::Relaxed);
     let result = RunResult {
         mode: spec.mode.family().to_string(),
         k,
@@ -315,6 +331,7 @@ async fn drive(
         extra_requests: extra as f64 / queries.len().max(1) as f64,
         hosts: network.as_ref().map_or(1, |n| n.hosts()),
         link: network.as_ref().map_or_else(|| "loopback".to_string(), |n| n.link_name()),
+        frontends: spec.frontends.max(1),
         report,
     };
     Ok((result, probed))

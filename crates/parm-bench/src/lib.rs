@@ -23,6 +23,7 @@
 //! use parm_bench::{LoadSpec, run_open_loop, format_table};
 //! let spec = LoadSpec {
 //!     base_url: "http://127.0.0.1:8000".into(),
+//!     replicas: Vec::new(),
 //!     model: "mnist".into(),
 //!     input_name: "input".into(),
 //!     rate_qps: 200.0,

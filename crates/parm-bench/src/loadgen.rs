@@ -48,6 +48,10 @@ pub struct Query {
 pub struct LoadSpec {
     /// Server base URL, without a trailing path, e.g. `"http://127.0.0.1:8000"`.
     pub base_url: String,
+    /// Further replicas of the server, base URLs as `base_url`: query i goes to replica
+    /// i mod (1 + replicas), `base_url` being replica 0, as a round-robin load balancer in
+    /// front of them would send it. Empty: every query to `base_url`.
+    pub replicas: Vec<String>,
     /// Model name; requests go to `POST {base_url}/v2/models/{model}/infer`.
     pub model: String,
     /// Name of the (single) input tensor.
@@ -138,7 +142,10 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
         .no_proxy()
         .build()
         .context("building the HTTP client")?;
-    let url: Arc<str> = format!("{}/v2/models/{}/infer", spec.base_url.trim_end_matches('/'), spec.model).into();
+    let urls: Vec<Arc<str>> = std::iter::once(&spec.base_url)
+        .chain(&spec.replicas)
+        .map(|base| format!("{}/v2/models/{}/infer", base.trim_end_matches('/'), spec.model).into())
+        .collect();
     let input_name: Arc<str> = spec.input_name.as_str().into();
 
     let pb = if spec.progress {
@@ -164,7 +171,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
             // counts in its latency (measured from the intended time).
             parm_serve::timer::sleep_until(intended).await;
             max_lag = max_lag.max(Instant::now().saturating_duration_since(intended));
-            let (client, url, input_name, tx) = (client.clone(), url.clone(), input_name.clone(), tx.clone());
+            let (client, url, input_name, tx) = (client.clone(), urls[i % urls.len()].clone(), input_name.clone(), tx.clone());
             let (input, shape) = (q.input.clone(), q.shape.clone());
             tokio::spawn(async move {
                 let result = infer_one(&client, &url, &input_name, i, &input, &shape).await;

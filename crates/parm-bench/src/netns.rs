@@ -113,6 +113,20 @@ impl Hosts {
         Ok(())
     }
 
+    /// Writes host `i`'s `/etc/hosts` as programs started on it see it: `ip netns exec` mounts
+    /// `/etc/netns/NETNS/hosts` over `/etc/hosts` when the file exists, so it must be written
+    /// before the program starts. Later writes replace the content in place (same file), and
+    /// the running program's next lookup sees them: the system resolver (getaddrinfo) reads
+    /// `/etc/hosts` on every call. A name's answer that changes, as a DNS answer does.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn set_hosts_file(&self, i: usize, content: &str) -> anyhow::Result<()> {
+        let dir = Path::new(ETC_NETNS).join(&self.hosts[i].netns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("hosts"), content).with_context(|| format!("writing {}/hosts", dir.display()))
+    }
+
     /// `program` to be run on host `i` (`ip netns exec NETNS program`); add arguments and
     /// spawn it like any command.
     pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -173,6 +187,9 @@ impl Hosts {
     }
 }
 
+/// Where `ip netns exec` finds a namespace's own `/etc` files.
+const ETC_NETNS: &str = "/etc/netns";
+
 /// A number for the next set of namespaces of this process.
 fn next_set() -> usize {
     static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -201,6 +218,7 @@ fn remove_stale() {
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", name]);
+            let _ = std::fs::remove_dir_all(Path::new(ETC_NETNS).join(name));
         }
     }
 }
@@ -210,6 +228,7 @@ impl Drop for Hosts {
         // Deleting a namespace deletes its end of each veth pair, and so the pair.
         for h in &self.hosts {
             let _ = ip(&["netns", "del", &h.netns]);
+            let _ = std::fs::remove_dir_all(Path::new(ETC_NETNS).join(&h.netns));
         }
         let _ = ip(&["netns", "del", &self.switch()]);
     }

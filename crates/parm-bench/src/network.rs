@@ -1,10 +1,11 @@
 //! The network of one benchmark run across emulated hosts (issue 17): every role on a host of
 //! its own ([`crate::netns::Hosts`]), links between them delayed as a scenario's `[link]` says.
 //!
-//! Roles: host [`CLIENT`] runs the load generator, host [`FRONTEND`] the coded frontend, and
-//! machine `m` (deployed instances, then parity instances, as [`crate::scenario::Fault`]s
-//! number them) runs on host `2 + m mod (hosts - 2)`: with `hosts = machines + 2` every model
-//! instance has a host to itself. The load generator and the frontend run in this process on
+//! Roles: host [`CLIENT`] runs the load generator, hosts `1..=F` the F coded frontends
+//! ([`Network::frontend_host`]; [`FRONTEND`] is the first), and machine `m` (deployed
+//! instances, then parity instances, as [`crate::scenario::Fault`]s number them) runs on host
+//! `1 + F + m mod (hosts - 1 - F)`: with `hosts = machines + F + 1` every model instance has a
+//! host to itself. The load generator and the frontend run in this process on
 //! runtimes whose threads live in their hosts' namespaces; instances are `parm worker`
 //! processes started in theirs.
 //!
@@ -30,14 +31,16 @@ use crate::proxy::{Link, Proxy};
 
 /// Host of the load generator.
 pub const CLIENT: usize = 0;
-/// Host of the frontend.
+/// Host of the (first) frontend.
 pub const FRONTEND: usize = 1;
 
 /// A scenario's emulated network: `hosts = N` and an optional `[link]` table.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NetworkSpec {
-    /// Emulated hosts, at least 3 (client, frontend, one for the instances).
+    /// Emulated hosts, at least `frontends + 2` (client, frontends, one for the instances).
     pub hosts: usize,
+    /// Frontends, each on a host of its own.
+    pub frontends: usize,
     /// Every host's link.
     pub link: Link,
 }
@@ -61,7 +64,13 @@ impl Network {
     /// # Errors
     /// Fewer than 3 hosts, a bad link, or namespaces that cannot be made (with the reason).
     pub fn create(spec: NetworkSpec) -> anyhow::Result<Network> {
-        anyhow::ensure!(spec.hosts >= 3, "hosts = {}: an emulated network needs at least 3 (client, frontend, instances)", spec.hosts);
+        anyhow::ensure!(
+            spec.frontends >= 1 && spec.hosts >= spec.frontends + 2,
+            "hosts = {}: an emulated network with {} frontends needs at least {} (client, frontends, instances)",
+            spec.hosts,
+            spec.frontends,
+            spec.frontends + 2
+        );
         spec.link.validate().map_err(anyhow::Error::msg)?;
         Hosts::available().map_err(|why| anyhow::anyhow!("cannot emulate hosts with network namespaces here: {why}"))?;
         let hosts = Hosts::create(spec.hosts)?;
@@ -77,7 +86,13 @@ impl Network {
 
     /// The host of machine `m` (deployed instances first, then parity instances).
     pub fn host_of(&self, machine: usize) -> usize {
-        2 + machine % (self.spec.hosts - 2)
+        let first = 1 + self.spec.frontends;
+        first + machine % (self.spec.hosts - first)
+    }
+
+    /// The host of frontend `f` (0-based).
+    pub fn frontend_host(&self, f: usize) -> usize {
+        FRONTEND + f
     }
 
     /// The network namespace of host `h`, to start processes in.
@@ -156,7 +171,7 @@ mod tests {
             return;
         }
         let link = Link { delay_ms: 2.0, jitter_ms: 0.0, loss: 0.0 };
-        let net = Network::create(NetworkSpec { hosts: 3, link }).unwrap();
+        let net = Network::create(NetworkSpec { hosts: 3, frontends: 1, link }).unwrap();
         assert_eq!((net.host_of(0), net.host_of(1)), (2, 2));
         let local = net
             .handle(2)

@@ -82,6 +82,15 @@ pub struct Scenario {
     /// Every emulated host's link (`[link] delay_ms, jitter_ms, loss`); needs `hosts`.
     #[serde(default)]
     pub link: Option<crate::proxy::Link>,
+    /// Numbers of frontend replicas to run each setup with (default `[1]`): the load
+    /// generator sends query i to replica i mod F, as a round-robin load balancer would, and
+    /// each replica forms its own coding groups. With `hosts`, each replica has a host.
+    #[serde(default = "one_frontend")]
+    pub frontends: Vec<usize>,
+}
+
+fn one_frontend() -> Vec<usize> {
+    vec![1]
 }
 
 /// Emulated compute (`parm worker --fault service_ms=M,service_cv=C`): every executed request
@@ -118,8 +127,9 @@ fn default_hedge_percentile() -> f64 {
 
 impl Scenario {
     /// The emulated network of the scenario's runs, if it has one.
-    pub fn network(&self) -> Option<crate::network::NetworkSpec> {
-        (self.hosts > 1).then(|| crate::network::NetworkSpec { hosts: self.hosts, link: self.link.unwrap_or_default() })
+    /// `frontends`: the run's number of frontend replicas.
+    pub fn network(&self, frontends: usize) -> Option<crate::network::NetworkSpec> {
+        (self.hosts > 1).then(|| crate::network::NetworkSpec { hosts: self.hosts, frontends, link: self.link.unwrap_or_default() })
     }
 
     /// The frontend's straggler policy for this scenario.
@@ -328,10 +338,13 @@ impl Scenario {
             let instance = f.instance().unwrap_or(0);
             anyhow::ensure!(instance < self.instances, "fault {f:?} names instance {instance} of {}", self.instances);
         }
+        anyhow::ensure!(!self.frontends.is_empty() && !self.frontends.contains(&0), "frontends: a list of replica counts, each >= 1");
+        let most = self.frontends.iter().max().copied().unwrap_or(1);
         anyhow::ensure!(
-            self.hosts == 1 || self.hosts >= 3,
-            "hosts = {}: 1 (loopback) or at least 3 (client, frontend, instances)",
-            self.hosts
+            self.hosts == 1 || self.hosts >= most + 2,
+            "hosts = {}: 1 (loopback) or at least {} (client, {most} frontends, instances)",
+            self.hosts,
+            most + 2
         );
         let networked = self.faults.iter().any(|f| matches!(f, Fault::Partition { .. } | Fault::SlowLink { .. })) || self.link.is_some();
         anyhow::ensure!(!networked || self.hosts >= 3, "partition, slow-link faults and [link] need emulated hosts (hosts >= 3)");
@@ -484,11 +497,13 @@ mod tests {
                     [link]\ndelay_ms=0.2\njitter_ms=0.05\n[[faults]]\nkind='partition'\ninstance=1\nat_s=1.0\nduration_s=2.0\n";
         let s: Scenario = toml::from_str(text).unwrap();
         s.validate().unwrap();
-        let net = s.network().unwrap();
+        let net = s.network(1).unwrap();
         assert_eq!((net.hosts, net.link.delay_ms, net.link.jitter_ms), (8, 0.2, 0.05));
         assert!(Scenario { hosts: 1, ..s.clone() }.validate().is_err(), "a partition needs hosts");
+        assert!(Scenario { frontends: vec![1, 7], ..s.clone() }.validate().is_err(), "7 frontends need 9 hosts");
+        assert!(Scenario { frontends: vec![0], ..s.clone() }.validate().is_err());
         assert!(Scenario { hosts: 2, ..s.clone() }.validate().is_err());
-        assert!(Scenario { hosts: 1, link: None, faults: vec![], ..s.clone() }.network().is_none());
+        assert!(Scenario { hosts: 1, link: None, faults: vec![], ..s.clone() }.network(1).is_none());
         let lossy = Scenario { link: Some(crate::proxy::Link { loss: 1.5, ..Default::default() }), ..s.clone() };
         assert!(lossy.validate().is_err());
         let slow: Scenario = toml::from_str(
@@ -522,6 +537,7 @@ mod tests {
             compute: None,
             hosts: 1,
             link: None,
+            frontends: vec![1],
         };
         base.validate().unwrap();
         let parm = Mode::Parm { k: 2, r: 1, checked: false };

@@ -73,6 +73,7 @@ fn serve(handler: Handler) -> String {
 fn spec(base_url: String, rate_qps: f64, warmup: usize) -> LoadSpec {
     LoadSpec {
         base_url,
+        replicas: Vec::new(),
         model: "m".into(),
         input_name: "x".into(),
         rate_qps,
@@ -143,6 +144,25 @@ async fn counts_accuracy_and_tail_latency() {
     // ~280 measured queries at ~1000 qps, 90 % answered: ~0.3 s and ~800 qps.
     assert!(r.wall_s > 0.15 && r.wall_s < 1.5, "{r:?}");
     assert!(r.throughput_qps > 300.0 && r.throughput_qps < 1500.0, "{r:?}");
+}
+
+/// Replicas share the load round robin: with two fast servers and one that answers 40 ms late,
+/// a third of the queries are late (so p90 is, p50 is not), and every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_take_queries_in_turn() {
+    let reply = |late: bool| -> Handler {
+        Arc::new(move |id, x| Reply {
+            delay: if late { Duration::from_millis(40) } else { Duration::ZERO },
+            status: StatusCode::OK,
+            body: answer(&id.to_string(), x as usize, false),
+            serialise: false,
+        })
+    };
+    let load = LoadSpec { replicas: vec![serve(reply(false)), serve(reply(true))], ..spec(serve(reply(false)), 500.0, 0) };
+    let r = run_open_loop(&load, &queries(300)).await.unwrap();
+    assert_eq!((r.answered, r.errors), (300, 0));
+    let l = &r.latency_ms;
+    assert!(l.p50 < 30.0 && l.p90 >= 40.0, "{l:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,13 +40,16 @@ impl Drop for Procs {
 }
 
 /// Starts `parm ARGS` on host `i` and waits for its `listening on` line.
-fn start(hosts: &Hosts, procs: &mut Procs, i: usize, args: &[&str]) {
+/// Starts `parm ARGS` on host `i` and waits for its `listening on` line; returns its index in
+/// `procs`.
+fn start(hosts: &Hosts, procs: &mut Procs, i: usize, args: &[&str]) -> usize {
     let mut child = hosts.command(i, exe()).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("ip netns exec parm");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     procs.0.push(child);
     let line = lines.next().expect("parm exited before listening").unwrap();
     assert!(line.starts_with("listening on "), "host {i}: {line}");
     std::thread::spawn(move || lines.for_each(drop));
+    procs.0.len() - 1
 }
 
 /// Host 0 for the client, `parm serve` on host 1 (returned: its address), deployed instances
@@ -191,4 +194,108 @@ fn readiness_follows_a_partition_of_the_deployed_hosts() {
     // else the 2 s instance timeout gives a clear error.
     assert!((during.0 == 200 || during.0 >= 500) && during.1 < Duration::from_secs(4), "{during:?}");
     assert!(came_back < Duration::from_secs(3), "ready again {came_back:?} after the heal");
+}
+
+/// Discovery across hosts (issue 17): `parm serve --deployed dns://parm-deployed:9001` follows
+/// the name's answer while it changes every [`CHANGE_EVERY`] under open-loop load, as a
+/// Kubernetes headless Service's answer does when pods come and go. The answer comes from the
+/// frontend host's `/etc/hosts` through the system resolver (getaddrinfo, the lookup a DNS
+/// answer also takes; no DNS server runs here). A new instance starts before it is listed; one
+/// dropped from the answer is killed 2 s later (a pod's preStop wait). Every request gets a
+/// 200, originals equal F's, and once the answer settles no query goes to a killed instance
+/// (which would show as reconstructions).
+#[test]
+fn dns_discovery_follows_a_changing_answer_under_load() {
+    const CHANGE_EVERY: Duration = Duration::from_secs(5);
+    const RATE: f64 = 100.0;
+    if let Err(why) = Hosts::available() {
+        eprintln!("cross-host discovery test skipped: no network namespaces here ({why})");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let deployed = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
+    let parity = write_model(dir.path(), PARITY, ModelKind::Parity);
+    // Host 0 the client, 1 the frontend, 2-4 deployed instances, 5 the parity instance.
+    let hosts = Hosts::create(6).unwrap();
+    let at = |i: usize| format!("{}:{PORT}", hosts.host(i).ip);
+    let answer = |listed: &[usize]| {
+        let lines: String = listed.iter().map(|&i| format!("{} parm-deployed\n", hosts.host(i).ip)).collect();
+        hosts.set_hosts_file(1, &format!("127.0.0.1 localhost\n{lines}")).unwrap();
+    };
+    let mut procs = Procs(Vec::new());
+    let worker = |procs: &mut Procs, i: usize, model: &std::path::Path, name: &str| {
+        start(&hosts, procs, i, &["worker", "--model", model.to_str().unwrap(), "--name", name, "--listen", &at(i)])
+    };
+    let mut running = [2, 3].map(|i| worker(&mut procs, i, &deployed, DEPLOYED)).to_vec();
+    worker(&mut procs, 5, &parity, PARITY);
+    answer(&[2, 3]);
+    #[rustfmt::skip]
+    start(&hosts, &mut procs, 1, &[
+        "serve", "--listen", &at(1), "--grpc-listen", "off", "--deployed", &format!("dns://parm-deployed:{PORT}"),
+        "--discovery-interval-ms", "500", "--parity", &at(5), "--k", "2", "--model-name", "m", "--deployed-model", DEPLOYED,
+        "--parity-model", PARITY, "--instance-timeout-ms", "2000",
+    ]);
+    let url = format!("http://{}/v2/models/m/infer", at(1));
+    let input = |q: usize| -> Vec<f32> { (0..784).map(|j| ((q * 31 + j * 7) % 97) as f32 / 97.0).collect() };
+    // Answers: (query, phase, HTTP status, body).
+    let answers = hosts
+        .run_on(0, || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let start_at = Instant::now();
+                let mut sent = Vec::new();
+                let mut changes = 0;
+                for q in 0.. {
+                    let phase = (start_at.elapsed().as_secs_f64() / CHANGE_EVERY.as_secs_f64()) as usize;
+                    if phase == 4 {
+                        break;
+                    }
+                    if phase > changes && changes < 2 {
+                        changes += 1;
+                        // Change 1: host 4 comes up and replaces host 2. Change 2: host 2
+                        // comes back and replaces host 3.
+                        let (new, listed) = if changes == 1 { (4, [3, 4]) } else { (2, [2, 4]) };
+                        running.push(worker(&mut procs, new, &deployed, DEPLOYED));
+                        answer(&listed);
+                        // The longest-listed instance leaves.
+                        let victim = running.remove(0);
+                        let child = procs.0[victim].id() as i32;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            signal(child, libc::SIGKILL);
+                        });
+                    }
+                    let body = json!({"id": q.to_string(), "inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": input(q)}]});
+                    let (client, url) = (client.clone(), url.clone());
+                    sent.push(tokio::spawn(async move {
+                        let resp = client.post(&url).json(&body).send().await.expect("an answer within 10 s");
+                        (q, phase, resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+                    }));
+                    tokio::time::sleep(Duration::from_secs_f64(1.0 / RATE)).await;
+                }
+                futures::future::join_all(sent).await.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .unwrap();
+    let f = Predictor::load(&deployed).unwrap();
+    let (mut per_phase, mut reconstructed) = ([0usize; 4], [0usize; 4]);
+    for (q, phase, status, body) in &answers {
+        assert_eq!(*status, 200, "query {q} in phase {phase}: {body}");
+        per_phase[*phase] += 1;
+        if body["parameters"]["parm_reconstructed"] == json!(true) {
+            reconstructed[*phase] += 1;
+        } else {
+            assert!(close(&output(body), &f.infer(&input(*q), 1).unwrap()), "query {q}: not F's answer: {body}");
+        }
+    }
+    eprintln!(
+        "dns:// discovery, answer changed at {CHANGE_EVERY:?} and {:?}: {} requests, 0 failed; per phase {per_phase:?}, reconstructed {reconstructed:?}",
+        CHANGE_EVERY * 2,
+        answers.len()
+    );
+    // Phase 3: the answer has been {2, 4} for 5 s and host 3's instance is dead; a query sent
+    // there would have waited for the instance timeout and been reconstructed.
+    assert!(reconstructed[3] * 20 <= per_phase[3], "{reconstructed:?} of {per_phase:?}");
 }

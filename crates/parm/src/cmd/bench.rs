@@ -90,6 +90,10 @@ pub struct TailRow {
     /// emulated (`tc netem ...` or `user-space proxy, delay D ms +- J ms`).
     #[serde(default = "loopback")]
     pub link: String,
+    /// Frontend replicas the load was spread over (round robin), each with its own coding
+    /// groups.
+    #[serde(default = "one")]
+    pub frontends: usize,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -117,16 +121,18 @@ pub struct TailRow {
 impl TailRow {
     /// Whether `run` of `scenario` is one of this row's trials.
     fn holds(&self, scenario: &str, run: &RunResult) -> bool {
-        (self.scenario.as_str(), self.mode.as_str(), self.k, self.r, &self.code, self.rate_qps, self.hosts, &self.link)
-            == (scenario, run.mode.as_str(), run.k, run.r, &run.code, run.rate_qps, run.hosts, &run.link)
+        (self.scenario.as_str(), self.mode.as_str(), self.k, self.r, &self.code, self.rate_qps, self.hosts, &self.link, self.frontends)
+            == (scenario, run.mode.as_str(), run.k, run.r, &run.code, run.rate_qps, run.hosts, &run.link, run.frontends)
     }
 
-    /// The mode as tables and plots name it: `parm (checked)` for parm with output checks.
+    /// The mode as tables and plots name it: `parm (checked)` for parm with output checks,
+    /// `parm x2 frontends` with frontend replicas.
     fn setup(&self) -> String {
-        match self.code.as_deref() {
+        let mode = match self.code.as_deref() {
             Some("parity-checked") => format!("{} (checked)", self.mode),
             _ => self.mode.clone(),
-        }
+        };
+        if self.frontends > 1 { format!("{mode} x{} frontends", self.frontends) } else { mode }
     }
 }
 
@@ -184,16 +190,19 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     rt.block_on(c.round(&exe, &models, &queries)).with_context(|| format!("{}: calibration", s.name))?;
                 }
                 for (mode, name) in modes.iter().zip(&s.modes) {
-                    let spec = run_spec(s, *mode, rate, trial as u64);
-                    let r = rt
-                        .block_on(run_once(&exe, &models, &spec, &queries))
-                        .with_context(|| format!("{} / {name} / {rate} qps", s.name))?;
-                    let l = &r.report.latency_ms;
-                    eprintln!(
-                        "{:<16} {:<20} {:>6.0} qps trial {}: p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms, {} answered, {} errors, {} reconstructed",
-                        s.name, name, rate, trial, l.p50, l.p99, l.p99_9, r.report.answered, r.report.errors, r.report.reconstructed
-                    );
-                    runs.push((s.name.clone(), r));
+                    for &frontends in &s.frontends {
+                        let spec = run_spec(s, *mode, rate, trial as u64, frontends);
+                        let r = rt
+                            .block_on(run_once(&exe, &models, &spec, &queries))
+                            .with_context(|| format!("{} / {name} / {rate} qps / {frontends} frontends", s.name))?;
+                        let l = &r.report.latency_ms;
+                        let name = if frontends > 1 { format!("{name} x{frontends}") } else { name.clone() };
+                        eprintln!(
+                            "{:<16} {:<20} {:>6.0} qps trial {}: p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms, {} answered, {} errors, {} reconstructed",
+                            s.name, name, rate, trial, l.p50, l.p99, l.p99_9, r.report.answered, r.report.errors, r.report.reconstructed
+                        );
+                        runs.push((s.name.clone(), r));
+                    }
                 }
             }
         }
@@ -216,7 +225,7 @@ pub fn default_scenarios() -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
+fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64, frontends: usize) -> RunSpec {
     let faults = s.trial_faults(mode, trial);
     let (deployed, parity) = mode.instances(s.instances);
     RunSpec {
@@ -233,7 +242,8 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64) -> RunSpec {
         hedge_percentile: s.hedge_percentile,
         model_name: s.dataset.clone(),
         progress: false,
-        network: s.network(),
+        network: s.network(frontends),
+        frontends,
     }
 }
 
@@ -271,6 +281,7 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             rate_qps: r.rate_qps,
             hosts: r.hosts,
             link: r.link.clone(),
+            frontends: r.frontends,
             p50_ms: l.p50,
             p90_ms: l.p90,
             p99_ms: l.p99,
@@ -443,6 +454,7 @@ mod tests {
             extra_requests: 0.0,
             hosts: 1,
             link: "loopback".into(),
+            frontends: 1,
             report: RunReport {
                 requests: latencies.len(),
                 answered: latencies.len(),

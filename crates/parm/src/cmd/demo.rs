@@ -124,6 +124,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             model_name: a.paths.dataset.clone(),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             network: None,
+            frontends: 1,
         };
         let result = rt.block_on(run_once(&exe, &models, &spec, &queries))?;
         rows.push((name.to_string(), result.report));

@@ -592,6 +592,7 @@ fn calibration_spec(c: &CalibrationSettings, host: &[Fault], (mode, instances): 
         model_name: c.model_name.clone(),
         progress: false,
         network: None,
+        frontends: 1,
     }
 }
 
