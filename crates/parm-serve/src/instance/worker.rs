@@ -24,7 +24,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::instance::backend::InferenceBackend;
@@ -52,11 +51,13 @@ pub struct WorkerOptions {
     pub batching: Option<crate::instance::batcher::BatchConfig>,
     /// TLS on the listener, optionally demanding client certificates (default: plain text).
     pub tls: Option<crate::oip::tls::TlsFiles>,
+    /// Most connections and idle timeout of the listener ([`crate::server::conn`]).
+    pub conn: crate::server::conn::ConnLimits,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { faults: FaultConfig::default(), max_queue: 1024, batching: None, tls: None }
+        WorkerOptions { faults: FaultConfig::default(), max_queue: 1024, batching: None, tls: None, conn: Default::default() }
     }
 }
 
@@ -93,11 +94,11 @@ pub async fn serve_worker_with_auth(
     }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, model = %backend.spec().name, faults = %opts.faults, "worker serving");
+    let incoming = crate::server::conn::incoming(listener, crate::server::conn::Gate::new("worker", opts.conn));
     let service = GrpcInferenceServiceServer::new(WorkerService::new(backend, opts))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(service, crate::oip::security::grpc_auth(auth));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     // grpc.health.v1 (no token needed), for Kubernetes' gRPC probes: the model is loaded
     // before the worker listens, so it serves from the start.
     let (reporter, health) = tonic_health::server::health_reporter();

@@ -148,6 +148,8 @@ pub struct ServeOptions {
     pub body_read_timeout: Duration,
     /// TLS on every client-facing listener (HTTP, gRPC, metrics); none: plain text.
     pub tls: Option<crate::oip::tls::TlsFiles>,
+    /// Most connections and idle timeout, per listener ([`crate::server::conn`]).
+    pub conn: crate::server::conn::ConnLimits,
 }
 
 impl Default for ServeOptions {
@@ -158,6 +160,7 @@ impl Default for ServeOptions {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             tls: None,
+            conn: Default::default(),
         }
     }
 }

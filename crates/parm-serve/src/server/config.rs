@@ -16,6 +16,8 @@
 //! max_body_bytes = 67108864      # largest request body after decompression (413 beyond)
 //! header_read_timeout_ms = 30000 # slow clients are cut off
 //! body_read_timeout_ms = 30000
+//! max_connections = 10000        # per listener; more are closed as they are accepted
+//! idle_timeout_ms = 120000       # a connection silent this long is closed
 //!
 //! [model]
 //! name = "fashion-mnist"         # what clients call the model
@@ -163,6 +165,10 @@ pub struct ServerSection {
     pub header_read_timeout_ms: Option<u64>,
     /// Time a client has to send a request's body (ms).
     pub body_read_timeout_ms: Option<u64>,
+    /// Most connections open at once per listener (see [`crate::server::conn`]).
+    pub max_connections: Option<usize>,
+    /// A connection that moves no byte for this long is closed (ms).
+    pub idle_timeout_ms: Option<u64>,
     /// TLS on the listeners: certificate chain, key, and the CA of client certificates (PEM
     /// files; see [`crate::oip::tls`]).
     pub tls_cert: Option<std::path::PathBuf>,

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
@@ -59,11 +58,11 @@ pub async fn serve_grpc(
     let refresher = tokio::spawn(refresh_health(reporter, serving.clone()));
     let auth = crate::oip::security::grpc_auth(serving.options.auth.clone());
     let max_request = serving.options.max_body_bytes;
+    let incoming = crate::server::conn::incoming(listener, crate::server::conn::Gate::new("grpc", serving.options.conn));
     let service = GrpcInferenceServiceServer::new(FrontendService { serving })
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(service, auth);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = server.add_service(health).add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await;
     refresher.abort();
     Ok(result?)

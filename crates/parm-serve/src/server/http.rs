@@ -362,7 +362,8 @@ pub async fn serve_shared(
 ) -> std::io::Result<()> {
     let header_read_timeout = serving.options.header_read_timeout;
     let tls = serving.options.tls.as_ref().map(|t| t.server_config()).transpose().map_err(std::io::Error::other)?;
-    serve_router(listener, router(serving), header_read_timeout, tls, shutdown).await
+    let gate = crate::server::conn::Gate::new("http", serving.options.conn);
+    serve_router(listener, router(serving), header_read_timeout, tls, gate, shutdown).await
 }
 
 /// Serves `app` on `listener` (HTTP/1.1 and HTTP/2, TCP_NODELAY) until `shutdown` resolves,
@@ -375,7 +376,8 @@ pub async fn serve_shared(
 /// [`crate::oip::security::ServeOptions::body_read_timeout`]).
 ///
 /// With `tls`, every connection is TLS (HTTPS; HTTP/2 by ALPN); the handshake must finish
-/// within `header_read_timeout` too, and a failed one closes the connection.
+/// within `header_read_timeout` too, and a failed one closes the connection. `gate` bounds
+/// the open connections and closes idle ones ([`crate::server::conn`]).
 ///
 /// Errors: the listener fails.
 pub async fn serve_router(
@@ -383,6 +385,7 @@ pub async fn serve_router(
     app: Router,
     header_read_timeout: std::time::Duration,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    gate: crate::server::conn::Gate,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -409,13 +412,14 @@ pub async fn serve_router(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Some(stream) = gate.admit(stream) else { continue };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             // hyper's header timer starts with the first byte: a connection that sends
             // nothing at all is closed here after the same timeout.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
+            match tokio::time::timeout(header_read_timeout, stream.get_ref().peek(&mut first)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }

@@ -124,7 +124,8 @@ pub async fn serve_all_draining(
             let app = crate::server::http::metrics_router(serving.clone());
             // Same accept loop as the HTTP port: slow or silent clients are cut off.
             let tls = serving.options.tls.as_ref().map(|t| t.server_config()).transpose()?;
-            let fut = crate::server::http::serve_router(l, app, serving.options.header_read_timeout, tls, stop.wait());
+            let gate = crate::server::conn::Gate::new("metrics", serving.options.conn);
+            let fut = crate::server::http::serve_router(l, app, serving.options.header_read_timeout, tls, gate, stop.wait());
             tasks.spawn(async move { Ok(fut.await?) });
         }
         let mut result = Ok(());

@@ -140,6 +140,14 @@ pub struct ServeArgs {
     /// HTTP clients must send a request's body within this of its headers (ms), else 408.
     #[arg(long, default_value_t = 30_000)]
     pub body_read_timeout_ms: u64,
+    /// Most connections open at once on each listener (HTTP, gRPC, metrics); more are closed
+    /// as they are accepted.
+    #[arg(long, default_value_t = parm_serve::server::conn::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// A connection that moves no byte for this long (ms) is closed (keep it above the
+    /// longest request deadline).
+    #[arg(long, default_value_t = parm_serve::server::conn::DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
+    pub idle_timeout_ms: u64,
     /// Most queries in flight at the frontend (HTTP and gRPC together); past it requests get
     /// 503 + Retry-After / UNAVAILABLE at once (admission control, see parm_serve::server::admission).
     #[arg(long, default_value_t = parm_serve::server::admission::DEFAULT_MAX_INFLIGHT)]
@@ -258,6 +266,8 @@ fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::R
     p.apply("max_body_bytes", &mut a.max_body_bytes, s.max_body_bytes);
     p.apply("header_read_timeout_ms", &mut a.header_read_timeout_ms, s.header_read_timeout_ms);
     p.apply("body_read_timeout_ms", &mut a.body_read_timeout_ms, s.body_read_timeout_ms);
+    p.apply("max_connections", &mut a.max_connections, s.max_connections);
+    p.apply("idle_timeout_ms", &mut a.idle_timeout_ms, s.idle_timeout_ms);
     p.apply("grpc_listen", &mut a.grpc_listen, s.grpc);
     p.apply("metrics_listen", &mut a.metrics_listen, s.metrics.map(Some));
     p.apply("tls_cert", &mut a.tls.tls_cert, s.tls_cert.map(Some));
@@ -586,6 +596,7 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
         header_read_timeout: Duration::from_millis(a.header_read_timeout_ms),
         body_read_timeout: Duration::from_millis(a.body_read_timeout_ms),
         tls: a.tls.files()?,
+        conn: conn_limits(a.max_connections, a.idle_timeout_ms)?,
     };
     // The instance clients the frontend makes send the same token, over TLS if asked.
     parm_serve::upstream::client::set_default_auth_token(options.auth.clone());
@@ -632,6 +643,15 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
         println!("{}", lines.join("\n"));
         serve.await
     })
+}
+
+/// `--max-connections` and `--idle-timeout-ms` as a listener's limits.
+///
+/// Errors: either is 0.
+pub fn conn_limits(max_connections: usize, idle_timeout_ms: u64) -> anyhow::Result<parm_serve::server::conn::ConnLimits> {
+    anyhow::ensure!(max_connections >= 1, "--max-connections must be at least 1");
+    anyhow::ensure!(idle_timeout_ms >= 1, "--idle-timeout-ms must be at least 1");
+    Ok(parm_serve::server::conn::ConnLimits { max_connections, idle_timeout: Duration::from_millis(idle_timeout_ms) })
 }
 
 #[cfg(test)]

@@ -54,6 +54,13 @@ pub struct WorkerArgs {
     /// Requests that may wait for the compute lane; more are rejected (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 1024)]
     pub max_queue: usize,
+    /// Most connections open at once; more are closed as they are accepted.
+    #[arg(long, default_value_t = parm_serve::server::conn::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// A connection that moves no byte for this long (ms) is closed (the frontend reconnects
+    /// on its next call).
+    #[arg(long, default_value_t = parm_serve::server::conn::DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
+    pub idle_timeout_ms: u64,
     /// Dynamic batching: most queries per model execution (1: no batching).
     #[arg(long, default_value_t = 1)]
     pub max_batch: usize,
@@ -132,7 +139,8 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         max_batch: a.max_batch,
         max_delay: Duration::from_micros(a.max_queue_delay_us),
     });
-    let opts = WorkerOptions { faults, max_queue: a.max_queue, batching, tls: a.tls.files()? };
+    let conn = super::serve::conn_limits(a.max_connections, a.idle_timeout_ms)?;
+    let opts = WorkerOptions { faults, max_queue: a.max_queue, batching, tls: a.tls.files()?, conn };
     let drain = Duration::from_millis(a.drain_timeout_ms);
     block_on_drained(2, async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
