@@ -31,15 +31,25 @@ struct Scripted {
     name: String,
     script: Script,
     calls: AtomicUsize,
+    host: Option<String>,
 }
 
 fn instance(name: &str, script: Script) -> Arc<Scripted> {
-    Arc::new(Scripted { name: name.into(), script, calls: AtomicUsize::new(0) })
+    Arc::new(Scripted { name: name.into(), script, calls: AtomicUsize::new(0), host: None })
+}
+
+/// A healthy instance labelled as running on `host`.
+fn on_host(name: &str, host: &str) -> Arc<Scripted> {
+    Arc::new(Scripted { name: name.into(), script: FAST, calls: AtomicUsize::new(0), host: Some(host.into()) })
 }
 
 impl Instance for Scripted {
     fn addr(&self) -> &str {
         &self.name
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.host.as_deref()
     }
 
     fn infer<'a>(
@@ -106,6 +116,26 @@ async fn a_stalled_member_is_reconstructed_exactly() {
     assert_eq!(recon.output, doubled(&query(recon.position)));
     assert_eq!(orig.output, doubled(&query(orig.position)));
     assert_eq!(f.stats().parity_queries.load(Ordering::Relaxed), 1);
+}
+
+/// Placement (issue 17): deployed instances listed host by host are spread over their hosts,
+/// so that a coding group's members land on distinct hosts, and each group's parity query
+/// goes to a parity instance on neither member's host.
+#[tokio::test]
+async fn a_group_and_its_parity_query_go_to_distinct_hosts() {
+    let deployed = [on_host("a1", "a"), on_host("a2", "a"), on_host("b1", "b"), on_host("b2", "b")];
+    let parity = [on_host("pa", "a"), on_host("pb", "b"), on_host("pc", "c")];
+    let f =
+        Frontend::with_instances(config(), dyns(&deployed.iter().collect::<Vec<_>>()), dyns(&parity.iter().collect::<Vec<_>>())).unwrap();
+    const GROUPS: usize = 8;
+    for g in 0..GROUPS {
+        let (a, b) = tokio::join!(f.predict(query(2 * g)), f.predict(query(2 * g + 1)));
+        assert_eq!(a.unwrap().group, b.unwrap().group);
+    }
+    let calls = |v: &[Arc<Scripted>]| v.iter().map(|i| i.calls.load(Ordering::Relaxed)).collect::<Vec<_>>();
+    assert_eq!(calls(&deployed), [GROUPS / 2; 4], "spread evenly");
+    assert_eq!(f.stats().parity_queries.load(Ordering::Relaxed), GROUPS as u64);
+    assert_eq!(calls(&parity), [0, 0, GROUPS], "every parity query on the host no member used");
 }
 
 #[tokio::test]

@@ -49,6 +49,9 @@ struct GroupInner {
     checking: bool,
     /// The instance that returned each member's prediction (with output checks).
     served_by: Vec<Option<String>>,
+    /// The host labels of the instances the members' calls went to (`ADDR@HOST` entries):
+    /// the parity query avoids them.
+    hosts: Vec<Arc<str>>,
     /// The group was checked against its code.
     checked: bool,
 }
@@ -71,6 +74,7 @@ impl Group {
                 parity: None,
                 checking: shared.checker.is_some(),
                 served_by: Vec::with_capacity(k),
+                hosts: Vec::new(),
                 checked: false,
             }),
         })
@@ -208,13 +212,14 @@ async fn run_parity(shared: Arc<Shared>, group: Arc<Group>) {
     shared.stats.parity_rows.fetch_add((rows * queries.len()) as u64, Ordering::Relaxed);
     let (shape, timeout) = (shared.shape(rows), shared.cfg.instance_timeout);
     let (shape, s) = (&shape, &*shared);
+    let avoid = group.lock().hosts.clone();
     let mut calls: futures::stream::FuturesUnordered<_> = queries
         .into_iter()
         .zip(&s.redundant)
         .enumerate()
         .map(|(l, (query, r))| {
-            let (pool, query) = (&s.parity[r.pool], Arc::<[f32]>::from(query));
-            async move { (l, pool.infer(&query, shape, timeout).await) }
+            let (pool, query, avoid) = (&s.parity[r.pool], Arc::<[f32]>::from(query), &avoid);
+            async move { (l, pool.infer_avoiding(&query, shape, timeout, avoid).await) }
         })
         .collect();
     while let Some((l, out)) = futures::StreamExt::next(&mut calls).await {
@@ -322,8 +327,15 @@ impl Member {
         self.sent_at = Instant::now();
         let sent_at = self.sent_at;
         let rpc = {
-            let (shared, input, shape) = (shared.clone(), input.clone(), shared.shape(self.rows));
-            async move { shared.deployed.infer_served(&input, &shape, shared.cfg.instance_timeout).await }
+            let (shared, input, shape, group) = (shared.clone(), input.clone(), shared.shape(self.rows), self.group.clone());
+            async move {
+                let note = |i: &dyn crate::upstream::Instance| {
+                    if let Some(h) = i.host() {
+                        group.lock().hosts.push(h.into());
+                    }
+                };
+                shared.deployed.infer_noting(&input, &shape, shared.cfg.instance_timeout, &note).await
+            }
         };
         // Boxed: with output checks, a call still out when a reconstruction answered the
         // member finishes in a task of its own (see `report_later`).

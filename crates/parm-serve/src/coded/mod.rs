@@ -416,7 +416,8 @@ async fn watch_pool(
         let pool = if index == 0 { &s.deployed } else { &s.parity[index - 1] };
         let (current, mut instances) = (pool.instances(), Vec::new());
         for a in &addrs {
-            match current.iter().find(|i| i.addr() == a).cloned().map(Ok).unwrap_or_else(|| connect(a)) {
+            let addr = crate::upstream::client::split_host(a).0;
+            match current.iter().find(|i| i.addr() == addr).cloned().map(Ok).unwrap_or_else(|| connect(a)) {
                 Ok(i) => instances.push(i),
                 Err(e) => tracing::warn!("instance discovery: {e:#}"),
             }

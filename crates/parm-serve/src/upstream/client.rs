@@ -124,6 +124,8 @@ pub struct InstanceClient {
     breaker: Arc<crate::upstream::health::Breaker>,
     /// Bearer token sent with every call, if any.
     token: Option<AuthToken>,
+    /// The host label of an `ADDR@HOST` entry (see [`crate::upstream::Instance::host`]).
+    host: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for InstanceClient {
@@ -132,15 +134,27 @@ impl std::fmt::Debug for InstanceClient {
     }
 }
 
+/// Splits an instance entry `ADDR@HOST` into the address and the host label; an entry
+/// without one (or whose part after the last `@` holds `:` or `/`, as an address's user
+/// information would) is all address.
+pub fn split_host(entry: &str) -> (&str, Option<&str>) {
+    match entry.rsplit_once('@') {
+        Some((addr, host)) if !addr.is_empty() && !host.is_empty() && !host.contains([':', '/']) => (addr, Some(host)),
+        _ => (entry, None),
+    }
+}
+
 impl InstanceClient {
-    /// A client for `addr` ("127.0.0.1:9001" or "http://host:port"; `https` when
-    /// [`set_default_tls`] set TLS); nothing is sent until the first call. TCP_NODELAY, connect timeout [`CONNECT_TIMEOUT`], messages up to
-    /// [`MAX_MESSAGE_BYTES`].
+    /// A client for `entry`: an address ("127.0.0.1:9001" or "http://host:port"; `https` when
+    /// [`set_default_tls`] set TLS), optionally followed by `@HOST`, the label of the host it
+    /// runs on (see [`split_host`]); nothing is sent until the first call. TCP_NODELAY,
+    /// connect timeout [`CONNECT_TIMEOUT`], messages up to [`MAX_MESSAGE_BYTES`].
     ///
     /// # Errors
     /// An address that is not a valid URI, or no Tokio runtime on this thread (tonic spawns the
     /// connection's task here).
-    pub fn connect_lazy(addr: &str) -> anyhow::Result<Self> {
+    pub fn connect_lazy(entry: &str) -> anyhow::Result<Self> {
+        let (addr, host) = split_host(entry);
         tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("InstanceClient::connect_lazy({addr}) needs a Tokio runtime"))?;
         let tls = DEFAULT_TLS.read().unwrap_or_else(|p| p.into_inner()).clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -168,7 +182,13 @@ impl InstanceClient {
             input_names: Arc::default(),
             breaker: Arc::default(),
             token: DEFAULT_TOKEN.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            host: host.map(Arc::from),
         })
+    }
+
+    /// The host label of the entry this client was made from (`ADDR@HOST`), if any.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
     }
 
     /// This client sending `token` (instead of the default, see [`set_default_auth_token`]).
@@ -371,6 +391,15 @@ fn spec_from_metadata(m: pb::ModelMetadataResponse) -> Result<ModelSpec, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_may_name_its_host() {
+        assert_eq!(split_host("10.0.0.1:9001@node-a"), ("10.0.0.1:9001", Some("node-a")));
+        assert_eq!(split_host("[::1]:9001@b"), ("[::1]:9001", Some("b")));
+        assert_eq!(split_host("10.0.0.1:9001"), ("10.0.0.1:9001", None));
+        assert_eq!(split_host("http://user@host:9001"), ("http://user@host:9001", None), "user information, not a host label");
+        assert_eq!(split_host("a:1@"), ("a:1@", None));
+    }
 
     fn metadata(input: &[i64], output: &[i64]) -> pb::ModelMetadataResponse {
         let t = |name: &str, shape: &[i64]| TensorMetadata { name: name.into(), datatype: "FP32".into(), shape: shape.to_vec() };

@@ -4,6 +4,11 @@
 //! followed), or a file listing addresses, re-read when it changes (`file:PATH`, one
 //! `host:port` per line, `#` comments; written by a config-management tool or a sidecar).
 //!
+//! A fixed address or a file's line may end in `@HOST`, the label of the host (machine, node)
+//! the instance runs on (`10.0.0.7:9001@node-a`): the pools spread their rotation over hosts
+//! and keep a coding group's parity query off its members' hosts
+//! ([`crate::upstream::pool::Pool::update`], [`crate::upstream::pool::Pool::infer_avoiding`]).
+//!
 //! A [`Resolver`] turns the sources into the current addresses; the frontend re-resolves them
 //! every [`DEFAULT_DISCOVERY_INTERVAL`] (`--discovery-interval-ms`) and updates its pools
 //! ([`crate::upstream::pool::Pool::update`]): instances that stay keep their connections and

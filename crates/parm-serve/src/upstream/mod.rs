@@ -31,6 +31,13 @@ pub trait Instance: Send + Sync + 'static {
         true
     }
 
+    /// The host the instance runs on, when its entry names one (`ADDR@HOST`), for placement
+    /// ([`pool::Pool::update`] spreads a pool's rotation over hosts; a coding group's parity
+    /// query avoids its members' hosts). Default: unknown.
+    fn host(&self) -> Option<&str> {
+        None
+    }
+
     /// Runs `model` on `input`, row-major of `shape` `[b, ...]`; returns `[b, output_len]`
     /// values.
     ///
@@ -62,6 +69,10 @@ impl Instance for client::InstanceClient {
 
     fn usable(&self) -> bool {
         client::InstanceClient::usable(self)
+    }
+
+    fn host(&self) -> Option<&str> {
+        client::InstanceClient::host(self)
     }
 
     fn infer<'a>(

@@ -47,6 +47,33 @@ fn epoch_us(t: std::time::Instant) -> u64 {
 /// An instance's output, with the instance that computed it.
 pub type Served = (Vec<f32>, Arc<dyn Instance>);
 
+/// Told each instance a call goes to, as it is chosen ([`Pool::infer_noting`]).
+pub type Picked<'a> = &'a (dyn Fn(&dyn Instance) + Sync);
+
+/// `instances` in rotation order spread over their hosts: one instance of each host in turn
+/// (hosts in the order they first appear), so that neighbours in the rotation are on distinct
+/// hosts where there are enough. An instance without a host label counts as a host of its
+/// own, so that a list without labels keeps its order.
+fn spread_over_hosts(instances: Vec<Arc<dyn Instance>>) -> Vec<Arc<dyn Instance>> {
+    let n = instances.len();
+    type Queue = std::collections::VecDeque<Arc<dyn Instance>>;
+    let mut hosts: Vec<(Option<String>, Queue)> = Vec::new();
+    for i in instances {
+        match i.host().map(str::to_string) {
+            Some(h) => match hosts.iter_mut().find(|(k, _)| k.as_deref() == Some(h.as_str())) {
+                Some((_, q)) => q.push_back(i),
+                None => hosts.push((Some(h), [i].into())),
+            },
+            None => hosts.push((None, [i].into())),
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.extend(hosts.iter_mut().filter_map(|(_, q)| q.pop_front()));
+    }
+    out
+}
+
 /// Instances of one kind and a round-robin cursor over them.
 pub struct Pool {
     /// The instances now in the pool, in rotation order; replaced whole by [`Pool::update`].
@@ -101,10 +128,14 @@ impl Pool {
         self.members.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Makes `instances` the pool's instances, in this order. Those already in the pool (same
-    /// address) stay as they are, with their connection, breaker and dispatcher; the calls
-    /// held by those that left finish. Returns the addresses (added, removed).
+    /// Makes `instances` the pool's instances, in this order, except that instances with host
+    /// labels ([`Instance::host`]) are spread over their hosts: one of each host in turn, so
+    /// that consecutive calls (a coding group's members) go to distinct hosts where there are
+    /// enough. Those already in the pool (same address) stay as they are, with their
+    /// connection, breaker and dispatcher; the calls held by those that left finish. Returns
+    /// the addresses (added, removed).
     pub fn update(&self, instances: Vec<Arc<dyn Instance>>) -> (Vec<String>, Vec<String>) {
+        let instances = spread_over_hosts(instances);
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
         let old: std::collections::HashMap<&str, &Arc<Member>> = members.iter().map(|m| (m.instance.addr(), m)).collect();
         let mut added = Vec::new();
@@ -176,10 +207,22 @@ impl Pool {
 
     /// [`Self::infer`], with the instance whose output it is.
     pub async fn infer_served(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Served, InstanceError> {
+        self.infer_noting(input, shape, timeout, &|_| {}).await
+    }
+
+    /// [`Self::infer_served`], telling `picked` each instance a call goes to as it is chosen
+    /// (before its answer), so that a coding group knows its members' hosts.
+    pub async fn infer_noting(
+        &self,
+        input: &Arc<[f32]>,
+        shape: &[i64],
+        timeout: Duration,
+        picked: Picked<'_>,
+    ) -> Result<Served, InstanceError> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.redundancy {
             Redundancy::None => {
-                let (out, took) = timed(self.infer_with_retry(first, input, shape, timeout)).await;
+                let (out, took) = timed(self.infer_with_retry(first, input, shape, timeout, picked)).await;
                 if out.is_ok() {
                     self.medians.record(took, MEDIAN);
                 }
@@ -188,12 +231,12 @@ impl Pool {
             Redundancy::Replication { copies } => {
                 let n = (*copies).clamp(1, self.len().max(1));
                 self.backups.fetch_add(n as u64 - 1, Ordering::Relaxed);
-                let calls = (0..n).map(|i| Box::pin(self.call(first + i, input, shape, timeout)));
+                let calls = (0..n).map(|i| Box::pin(self.call(first + i, input, shape, timeout, picked)));
                 futures::future::select_ok(calls).await.map(|(out, _)| out)
             }
             Redundancy::Hedged { percentile, min_delay, max_delay } => {
                 let delay = self.latencies.hedge_delay(*min_delay, *max_delay);
-                let (out, took) = timed(self.hedged(first, input, shape, timeout, delay)).await;
+                let (out, took) = timed(self.hedged(first, input, shape, timeout, delay, picked)).await;
                 if out.is_ok() {
                     self.latencies.record(took, *percentile);
                 }
@@ -215,10 +258,38 @@ impl Pool {
         futures::future::select_ok(calls).await.map(|(out, _)| out)
     }
 
+    /// [`Self::infer`] on an instance whose host is none of `avoid` where one is usable (the
+    /// next such in rotation), else as [`Self::infer`]: a coding group's parity query away
+    /// from its members' hosts, so that one host lost does not take a member and its parity.
+    pub async fn infer_avoiding(
+        &self,
+        input: &Arc<[f32]>,
+        shape: &[i64],
+        timeout: Duration,
+        avoid: &[Arc<str>],
+    ) -> Result<Vec<f32>, InstanceError> {
+        let mut first = self.next.fetch_add(1, Ordering::Relaxed);
+        if !avoid.is_empty() {
+            let members = self.members();
+            let n = members.len();
+            let away = |m: &Member| m.instance.host().is_none_or(|h| !avoid.iter().any(|a| &**a == h));
+            let fits = |m: &Member| m.instance.usable() && !m.is_ejected() && away(m);
+            first = (first..first + n).find(|&i| fits(&members[i % n])).unwrap_or(first);
+        }
+        self.infer_with_retry(first, input, shape, timeout, &|_| {}).await.map(|(out, _)| out)
+    }
+
     /// Runs on instance `index` (mod n), or, if it is out of rotation (its breaker is open, see
     /// [`crate::upstream::health::Breaker`], or it is ejected), on the next one in rotation
     /// (the original if none is).
-    async fn call(&self, index: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Served, InstanceError> {
+    async fn call(
+        &self,
+        index: usize,
+        input: &Arc<[f32]>,
+        shape: &[i64],
+        timeout: Duration,
+        picked: Picked<'_>,
+    ) -> Result<Served, InstanceError> {
         let members = self.members();
         let n = members.len();
         if n == 0 {
@@ -227,6 +298,7 @@ impl Pool {
         let usable = |m: &Member| m.instance.usable() && !m.is_ejected();
         let i = (0..n).map(|j| (index + j) % n).find(|&i| usable(&members[i])).unwrap_or(index % n);
         let m = &members[i];
+        picked(&*m.instance);
         let out = match &m.coalescer {
             Some(c) => c.infer(input.clone(), shape, timeout).await,
             None => m.instance.infer(&self.model, input, shape, timeout).await,
@@ -235,14 +307,21 @@ impl Pool {
     }
 
     /// One instance; on a connection failure, once more on the next one.
-    async fn infer_with_retry(&self, first: usize, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Served, InstanceError> {
-        let mut result = self.call(first, input, shape, timeout).await;
+    async fn infer_with_retry(
+        &self,
+        first: usize,
+        input: &Arc<[f32]>,
+        shape: &[i64],
+        timeout: Duration,
+        picked: Picked<'_>,
+    ) -> Result<Served, InstanceError> {
+        let mut result = self.call(first, input, shape, timeout, picked).await;
         if let Err(e) = &result
             && e.is_retryable()
             && self.len() > 1
         {
             tracing::debug!("retrying after: {e}");
-            result = self.call(first + 1, input, shape, timeout).await;
+            result = self.call(first + 1, input, shape, timeout, picked).await;
         }
         result
     }
@@ -256,8 +335,9 @@ impl Pool {
         shape: &[i64],
         timeout: Duration,
         delay: Duration,
+        picked: Picked<'_>,
     ) -> Result<Served, InstanceError> {
-        let primary = self.call(first, input, shape, timeout);
+        let primary = self.call(first, input, shape, timeout, picked);
         tokio::pin!(primary);
         let failed = tokio::select! {
             r = &mut primary => match r {
@@ -273,7 +353,7 @@ impl Pool {
             };
         }
         self.backups.fetch_add(1, Ordering::Relaxed);
-        let backup = self.call(first + 1, input, shape, timeout);
+        let backup = self.call(first + 1, input, shape, timeout, picked);
         if failed.is_some() {
             return backup.await;
         }
