@@ -169,6 +169,11 @@ impl Hosts {
         Ok(())
     }
 
+    /// Removes what [`Hosts::netem`] put on host `i`'s link.
+    pub fn clear_netem(&self, i: usize) {
+        let _ = Command::new("tc").args(["-n", &self.hosts[i].netns, "qdisc", "del", "dev", "eth0", "root"]).output();
+    }
+
     /// Runs `f` on a thread of its own inside host `i`'s network stack (`setns`), so that every
     /// socket `f` opens (a tokio runtime built inside `f`, a client) belongs to that host, and
     /// returns its result. The calling thread is untouched.

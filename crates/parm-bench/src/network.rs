@@ -74,7 +74,7 @@ impl Network {
         spec.link.validate().map_err(anyhow::Error::msg)?;
         Hosts::available().map_err(|why| anyhow::anyhow!("cannot emulate hosts with network namespaces here: {why}"))?;
         let hosts = Hosts::create(spec.hosts)?;
-        let netem = !spec.link.is_none() && (0..hosts.len()).all(|i| hosts.netem(i, &spec.link).is_ok());
+        let netem = !spec.link.is_none() && netem_everywhere(&hosts, &spec.link);
         let runtimes = (0..hosts.len()).map(|i| hosts.runtime(i)).collect::<anyhow::Result<_>>()?;
         Ok(Network { spec, netem, runtimes, proxies: Mutex::new(Vec::new()), hosts })
     }
@@ -144,6 +144,18 @@ impl Network {
     pub fn set_link(&self, h: usize, up: bool) -> anyhow::Result<()> {
         self.hosts.set_link(h, up)
     }
+}
+
+/// Puts `link` on every host with `tc netem`; where one host refuses, takes it off the others
+/// again (the proxies then carry the link, and no host may carry it twice).
+fn netem_everywhere(hosts: &Hosts, link: &Link) -> bool {
+    for i in 0..hosts.len() {
+        if hosts.netem(i, link).is_err() {
+            (0..i).for_each(|j| hosts.clear_netem(j));
+            return false;
+        }
+    }
+    true
 }
 
 impl Drop for Network {

@@ -26,6 +26,19 @@ const PORT: u16 = 9001;
 /// The tests here run one at a time: each measures timing on the shared cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The lock that runs the tests here one at a time, or `None` (the test then skips, saying
+/// why) where namespaces cannot be made.
+fn hosts_here(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    match Hosts::available() {
+        Ok(()) => Some(one),
+        Err(why) => {
+            eprintln!("{test} skipped: no network namespaces here ({why})");
+            None
+        }
+    }
+}
+
 /// Processes started on the hosts; killed (after SIGCONT) when dropped.
 struct Procs(Vec<Child>);
 
@@ -74,11 +87,7 @@ fn cluster(dir: &std::path::Path) -> (Hosts, Procs, String) {
 
 #[test]
 fn coded_path_across_hosts() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(why) = Hosts::available() {
-        eprintln!("cross-host test skipped: no network namespaces here ({why})");
-        return;
-    }
+    let Some(_one) = hosts_here("cross-host test") else { return };
     let dir = tempfile::tempdir().unwrap();
     let deployed = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
     let (hosts, procs, frontend) = cluster(dir.path());
@@ -139,11 +148,7 @@ fn coded_path_across_hosts() {
 /// deadline.
 #[test]
 fn readiness_follows_a_partition_of_the_deployed_hosts() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(why) = Hosts::available() {
-        eprintln!("cross-host readiness test skipped: no network namespaces here ({why})");
-        return;
-    }
+    let Some(_one) = hosts_here("cross-host readiness test") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (hosts, _procs, frontend) = cluster(dir.path());
     let (ready_url, infer_url) = (format!("http://{frontend}/v2/health/ready"), format!("http://{frontend}/v2/models/m/infer"));
@@ -208,11 +213,7 @@ fn readiness_follows_a_partition_of_the_deployed_hosts() {
 fn dns_discovery_follows_a_changing_answer_under_load() {
     const CHANGE_EVERY: Duration = Duration::from_secs(5);
     const RATE: f64 = 100.0;
-    if let Err(why) = Hosts::available() {
-        eprintln!("cross-host discovery test skipped: no network namespaces here ({why})");
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_one) = hosts_here("cross-host discovery test") else { return };
     let dir = tempfile::tempdir().unwrap();
     let deployed = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
     let parity = write_model(dir.path(), PARITY, ModelKind::Parity);

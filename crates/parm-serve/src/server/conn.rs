@@ -53,6 +53,8 @@ impl Default for ConnLimits {
 pub struct Gate {
     name: &'static str,
     limits: ConnLimits,
+    /// Permits in all: `max_connections` within what a semaphore holds.
+    capacity: usize,
     permits: Arc<Semaphore>,
     refused: Arc<AtomicU64>,
 }
@@ -60,8 +62,8 @@ pub struct Gate {
 impl Gate {
     /// A gate for the listener called `name` (in log lines).
     pub fn new(name: &'static str, limits: ConnLimits) -> Self {
-        let n = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
-        Self { name, limits, permits: Arc::new(Semaphore::new(n)), refused: Arc::default() }
+        let capacity = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        Self { name, limits, capacity, permits: Arc::new(Semaphore::new(capacity)), refused: Arc::default() }
     }
 
     /// `stream` wrapped in the idle timeout, holding one connection permit until it is dropped;
@@ -90,7 +92,7 @@ impl Gate {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS) - self.permits.available_permits()
+        self.capacity - self.permits.available_permits()
     }
 }
 
