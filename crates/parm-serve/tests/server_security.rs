@@ -6,7 +6,7 @@
 mod support;
 
 use parm_serve::oip::security::{AuthToken, ServeOptions};
-use parm_serve::upstream::client::{InstanceClient, InstanceError, set_default_auth_token};
+use parm_serve::upstream::client::{ClientOptions, InstanceClient, InstanceError};
 use serde_json::Value;
 use support::{Cluster, IN, cluster, expected, good_body, input, output_of};
 
@@ -16,10 +16,8 @@ fn token() -> AuthToken {
     AuthToken::new(TOKEN).unwrap()
 }
 
-/// Frontend and workers both requiring [`TOKEN`]. Every test in this binary sets the same
-/// process-wide instance token, so they may run in parallel.
+/// Frontend and workers both requiring [`TOKEN`].
 async fn secured() -> Cluster {
-    set_default_auth_token(Some(token()));
     cluster(ServeOptions { auth: Some(token()), ..Default::default() }, Some(token())).await
 }
 
@@ -98,17 +96,41 @@ async fn workers_need_the_token() {
     let addr = c.workers[0].addr.to_string();
     let x = input(1);
     for bad in [None, Some(AuthToken::new("other-token").unwrap())] {
-        let client = InstanceClient::connect_lazy(&addr).unwrap().with_auth_token(bad.clone());
+        let client = InstanceClient::connect(&addr, &ClientOptions { token: bad.clone(), tls: None }).unwrap();
         let e = client.infer("deployed", &x, &[1, IN as i64], std::time::Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(&e, InstanceError::Other { code: tonic::Code::Unauthenticated, .. }), "{bad:?}: {e:?}");
         assert!(!client.model_ready("deployed", std::time::Duration::from_secs(2)).await);
     }
-    let client = InstanceClient::connect_lazy(&addr).unwrap().with_auth_token(Some(token()));
+    let client = InstanceClient::connect(&addr, &ClientOptions { token: Some(token()), tls: None }).unwrap();
     let out = client.infer("deployed", &x, &[1, IN as i64], std::time::Duration::from_secs(5)).await.unwrap();
     assert_eq!(out, expected(&x));
-    // The frontend's own instance clients carry the process-wide token: served end to end.
+    // The frontend's own instance clients carry its token: served end to end.
     let r =
         reqwest::Client::new().post(format!("{}/v2/models/lin/infer", c.url)).bearer_auth(TOKEN).json(&good_body(3)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(output_of(&r.json().await.unwrap()), expected(&input(3)));
+}
+
+/// The instance token is a frontend's setting, not the process's: two frontends in one
+/// process reach two fleets with different tokens, each serving correctly, and a frontend
+/// with the wrong token for its fleet answers with an error, never a wrong output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_frontend_sends_its_own_instance_token() {
+    let other = AuthToken::new("another-fleet-token").unwrap();
+    let (a, b) = (secured().await, cluster(ServeOptions::default(), Some(other.clone())).await);
+    let http = reqwest::Client::new();
+    let ra = http.post(format!("{}/v2/models/lin/infer", a.url)).bearer_auth(TOKEN).json(&good_body(2)).send().await.unwrap();
+    let rb = http.post(format!("{}/v2/models/lin/infer", b.url)).json(&good_body(2)).send().await.unwrap();
+    assert_eq!((ra.status().as_u16(), rb.status().as_u16()), (200, 200));
+    assert_eq!(output_of(&ra.json().await.unwrap()), expected(&input(2)));
+    assert_eq!(output_of(&rb.json().await.unwrap()), expected(&input(2)));
+
+    // A frontend over fleet b's workers sending fleet a's token.
+    let deployed = b.workers[..2].iter().map(|w| w.addr.to_string()).collect();
+    let spec = parm_serve::oip::ModelSpec::fp32("lin", vec![IN as i64], vec![support::OUT as i64]);
+    let upstream = ClientOptions { token: Some(token()), tls: None };
+    let cfg = parm_serve::coded::FrontendConfig { upstream, ..parm_serve::coded::FrontendConfig::new(spec, deployed) };
+    let wrong = parm_serve::coded::Frontend::start(cfg).unwrap();
+    let e = wrong.predict(input(1)).await.expect_err("a refused instance call answered");
+    assert!(e.to_string().contains("nauthenticated") || e.to_string().contains("token"), "{e}");
 }

@@ -19,7 +19,7 @@ use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceCl
 use parm_serve::oip::security::ServeOptions;
 use parm_serve::oip::tls::{ClientTls, TlsFiles};
 use parm_serve::server::api::{Serving, ServingOptions};
-use parm_serve::upstream::client::{InstanceClient, set_default_tls};
+use parm_serve::upstream::client::{ClientOptions, InstanceClient};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,15 +78,16 @@ async fn worker_frontend_and_clients_speak_tls_and_refuse_plain_text() {
     let timeout = Duration::from_secs(5);
     let plain = InstanceClient::connect_lazy(&waddr).unwrap();
     assert!(!plain.model_ready("deployed", timeout).await, "a plain-text client reached a TLS worker");
-    set_default_tls(Some(&ClientTls { ca: p("ca.pem"), identity: None, server_name: None })).unwrap();
-    let anonymous = InstanceClient::connect_lazy(&waddr).unwrap();
+    let anonymous_tls = ClientOptions::new(None, Some(&ClientTls { ca: p("ca.pem"), identity: None, server_name: None })).unwrap();
+    let anonymous = InstanceClient::connect(&waddr, &anonymous_tls).unwrap();
     assert!(!anonymous.model_ready("deployed", timeout).await, "a client without a certificate reached a mutual-TLS worker");
     let tls = ClientTls { ca: p("ca.pem"), identity: Some((p("client.pem"), p("client.key"))), server_name: None };
-    set_default_tls(Some(&tls)).unwrap();
-    assert!(InstanceClient::connect_lazy(&waddr).unwrap().model_ready("deployed", timeout).await, "TLS with a client certificate");
+    let upstream = ClientOptions::new(None, Some(&tls)).unwrap();
+    assert!(InstanceClient::connect(&waddr, &upstream).unwrap().model_ready("deployed", timeout).await, "TLS with a client certificate");
 
     // The frontend over it, with TLS on its own listeners.
-    let cfg = FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), vec![waddr.clone()]);
+    let spec = ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]);
+    let cfg = FrontendConfig { upstream, ..FrontendConfig::new(spec, vec![waddr.clone()]) };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;
     let limits = ServeOptions { tls: Some(server_files(None)), ..Default::default() };
@@ -130,6 +131,5 @@ async fn worker_frontend_and_clients_speak_tls_and_refuse_plain_text() {
     let mut client = GrpcInferenceServiceClient::new(channel);
     let ready = client.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner();
     assert!(ready.ready);
-    set_default_tls(None).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -123,6 +123,9 @@ pub struct FrontendConfig {
     /// keep disagreeing out of rotation ([`crate::coded::check`]; `--check-outputs`). `None`:
     /// off (the default).
     pub checks: Option<crate::coded::check::OutputChecks>,
+    /// How this frontend's clients reach its instances (token, TLS; default: plain text, no
+    /// token). Used by its coding groups, its discovery and its health probes.
+    pub upstream: crate::upstream::client::ClientOptions,
 }
 
 impl FrontendConfig {
@@ -149,6 +152,7 @@ impl FrontendConfig {
             batch_coding: false,
             discovery_interval: crate::upstream::discovery::DEFAULT_DISCOVERY_INTERVAL,
             checks: None,
+            upstream: Default::default(),
         }
     }
 

@@ -162,7 +162,7 @@ impl Frontend {
                 crate::upstream::discovery::Source::Addr(a) => Some(a),
                 _ => None,
             });
-            addrs.map(|a| connect(a)).collect()
+            addrs.map(|a| connect(a, &cfg.upstream)).collect()
         };
         let deployed = fixed(&cfg.deployed)?;
         let parity = cfg.parity_sets().iter().map(|p| fixed(&p.instances)).collect::<anyhow::Result<_>>()?;
@@ -395,9 +395,9 @@ impl Frontend {
     }
 }
 
-/// The gRPC client of the instance at `addr` (connected lazily).
-fn connect(addr: &str) -> anyhow::Result<Arc<dyn Instance>> {
-    Ok(Arc::new(InstanceClient::connect_lazy(addr)?))
+/// The gRPC client of the instance at `addr` (connected lazily), reached with `options`.
+fn connect(addr: &str, options: &crate::upstream::client::ClientOptions) -> anyhow::Result<Arc<dyn Instance>> {
+    Ok(Arc::new(InstanceClient::connect(addr, options)?))
 }
 
 /// Keeps pool `index` (see [`Frontend::pools_with_entries`]) of a frontend at what `resolver`
@@ -417,7 +417,7 @@ async fn watch_pool(
         let (current, mut instances) = (pool.instances(), Vec::new());
         for a in &addrs {
             let addr = crate::upstream::client::split_host(a).0;
-            match current.iter().find(|i| i.addr() == addr).cloned().map(Ok).unwrap_or_else(|| connect(a)) {
+            match current.iter().find(|i| i.addr() == addr).cloned().map(Ok).unwrap_or_else(|| connect(a, &s.cfg.upstream)) {
                 Ok(i) => instances.push(i),
                 Err(e) => tracing::warn!("instance discovery: {e:#}"),
             }

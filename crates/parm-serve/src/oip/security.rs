@@ -15,8 +15,8 @@
 //! `authorization: {credentials_file: ...}`), and the gRPC `ServerLive` / `ServerReady` calls.
 //!
 //! The instance interface uses the same scheme: a worker started with a token rejects calls
-//! without it (`UNAUTHENTICATED`), and the frontend's instance clients send the process-wide
-//! token set by [`crate::upstream::client::set_default_auth_token`].
+//! without it (`UNAUTHENTICATED`), and a frontend's instance clients send the token of its
+//! [`crate::upstream::client::ClientOptions`] (`FrontendConfig::upstream`).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;

@@ -265,7 +265,7 @@ impl Serving {
         let spec = frontend.spec().clone();
         let slot = self.models.get(&spec.name).ok_or_else(|| anyhow::anyhow!("no model '{}' was named to serve", spec.name))?;
         anyhow::ensure!(slot.served.get().is_none(), "two models are named '{}'", spec.name);
-        let health = Health::start(&frontend.instances()).await?;
+        let health = Health::start(&frontend.instances(), &frontend.config().upstream).await?;
         if frontend.is_discovering() {
             health.follow(frontend.config().discovery_interval, frontend.instances_while_running());
         }

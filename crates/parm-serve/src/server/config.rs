@@ -13,6 +13,8 @@
 //! drain_timeout_ms = 5000        # on SIGTERM: longest wait for in-flight requests
 //! runtime_threads = 0            # async runtime threads (0: one current-thread runtime)
 //! auth_token_file = "/etc/parm/token"  # bearer token clients must send (optional)
+//! instance_auth_token_file = "/etc/parm/fleet-token"  # token sent to instances (default: auth_token_file's)
+//! instance_tls_ca = "/etc/parm/fleet-ca.pem"  # reach instances over TLS (also instance_tls_cert, _key, _server_name)
 //! max_body_bytes = 67108864      # largest request body after decompression (413 beyond)
 //! header_read_timeout_ms = 30000 # slow clients are cut off
 //! body_read_timeout_ms = 30000
@@ -43,6 +45,8 @@
 //! check_window = 100             # ... over each instance's last checks,
 //! eject_rate = 0.05              # ... eject one blamed this often
 //! eject_for_s = 30.0             # ... for this long
+//! instance_auth_token_file = "..." # this model's instances: their token and TLS, instead of [server]'s
+//! instance_tls_ca = "..."        # (also instance_tls_cert, instance_tls_key, instance_tls_server_name)
 //!
 //! [deadlines]                    # milliseconds
 //! group_timeout_ms = 5
@@ -180,6 +184,8 @@ pub struct ServerSection {
     pub instance_tls_cert: Option<std::path::PathBuf>,
     pub instance_tls_key: Option<std::path::PathBuf>,
     pub instance_tls_server_name: Option<String>,
+    /// File holding the bearer token sent to the instances (default: `auth_token_file`'s).
+    pub instance_auth_token_file: Option<std::path::PathBuf>,
 }
 
 /// `[model]`: the served model, its instances and its code.
@@ -230,6 +236,13 @@ pub struct ModelSection {
     pub check_window: Option<usize>,
     pub eject_rate: Option<f64>,
     pub eject_for_s: Option<f64>,
+    /// This model's instances: the token sent to them and TLS to them, instead of
+    /// `[server]`'s (a repository may serve models from fleets with different credentials).
+    pub instance_auth_token_file: Option<std::path::PathBuf>,
+    pub instance_tls_ca: Option<std::path::PathBuf>,
+    pub instance_tls_cert: Option<std::path::PathBuf>,
+    pub instance_tls_key: Option<std::path::PathBuf>,
+    pub instance_tls_server_name: Option<String>,
 }
 
 /// A string or a list of strings, as a list.

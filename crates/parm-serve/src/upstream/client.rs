@@ -26,29 +26,26 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Polling period of [`InstanceClient::wait_ready`].
 pub const READY_POLL: Duration = Duration::from_millis(50);
 
-/// The bearer token new [`InstanceClient`]s send (see [`set_default_auth_token`]).
-static DEFAULT_TOKEN: std::sync::RwLock<Option<AuthToken>> = std::sync::RwLock::new(None);
-
-/// Sets the bearer token that [`InstanceClient`]s created from now on send to their instance
-/// (gRPC metadata `authorization: Bearer TOKEN`, see [`crate::oip::security`]); `None` sends none.
-/// Process-wide, so that every client the frontend makes (for its coding groups and health
-/// probes) carries it; `parm serve --auth-token-file` sets it.
-pub fn set_default_auth_token(token: Option<AuthToken>) {
-    *DEFAULT_TOKEN.write().unwrap_or_else(|p| p.into_inner()) = token;
+/// How a frontend's clients reach their instances: the bearer token they send and whether
+/// they use TLS. Per frontend ([`crate::coded::FrontendConfig::upstream`]), so that two
+/// models served by one process may reach fleets with different tokens and CAs. The default:
+/// plain text, no token.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Sent with every call as gRPC metadata `authorization: Bearer TOKEN` (see
+    /// [`crate::oip::security`]).
+    pub token: Option<AuthToken>,
+    /// TLS settings (`https`); `None`: plain text.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
-/// The TLS settings new [`InstanceClient`]s use (see [`set_default_tls`]).
-static DEFAULT_TLS: std::sync::RwLock<Option<tonic::transport::ClientTlsConfig>> = std::sync::RwLock::new(None);
-
-/// Makes [`InstanceClient`]s created from now on reach their instance over TLS (`https`) with
-/// `tls`, or in plain text with `None`. Process-wide like [`set_default_auth_token`];
-/// `parm serve --instance-tls-ca` sets it.
-///
-/// Errors: files that cannot be used (see [`crate::oip::tls::ClientTls::tonic_client`]).
-pub fn set_default_tls(tls: Option<&crate::oip::tls::ClientTls>) -> Result<(), crate::oip::tls::TlsError> {
-    let config = tls.map(|t| t.tonic_client()).transpose()?;
-    *DEFAULT_TLS.write().unwrap_or_else(|p| p.into_inner()) = config;
-    Ok(())
+impl ClientOptions {
+    /// Options sending `token` and reaching instances over `tls` (plain text with `None`).
+    ///
+    /// Errors: TLS files that cannot be used (see [`crate::oip::tls::ClientTls::tonic_client`]).
+    pub fn new(token: Option<AuthToken>, tls: Option<&crate::oip::tls::ClientTls>) -> Result<Self, crate::oip::tls::TlsError> {
+        Ok(Self { token, tls: tls.map(|t| t.tonic_client()).transpose()? })
+    }
 }
 
 /// Why a call to an instance failed. Every variant names the instance address.
@@ -122,8 +119,8 @@ pub struct InstanceClient {
     input_names: Arc<Mutex<HashMap<String, String>>>,
     /// Outcomes of `infer` calls: whether the instance is in rotation.
     breaker: Arc<crate::upstream::health::Breaker>,
-    /// Bearer token sent with every call, if any.
-    token: Option<AuthToken>,
+    /// Token and TLS settings, kept to make a fresh connection ([`Self::reconnected`]).
+    options: ClientOptions,
     /// The host label of an `ADDR@HOST` entry (see [`crate::upstream::Instance::host`]).
     host: Option<Arc<str>>,
 }
@@ -145,19 +142,27 @@ pub fn split_host(entry: &str) -> (&str, Option<&str>) {
 }
 
 impl InstanceClient {
+    /// A client for `entry` in plain text without a token: [`Self::connect`] with the default
+    /// [`ClientOptions`].
+    ///
+    /// # Errors
+    /// Those of [`Self::connect`].
+    pub fn connect_lazy(entry: &str) -> anyhow::Result<Self> {
+        Self::connect(entry, &ClientOptions::default())
+    }
+
     /// A client for `entry`: an address ("127.0.0.1:9001" or "http://host:port"; `https` when
-    /// [`set_default_tls`] set TLS), optionally followed by `@HOST`, the label of the host it
-    /// runs on (see [`split_host`]); nothing is sent until the first call. TCP_NODELAY,
-    /// connect timeout [`CONNECT_TIMEOUT`], messages up to [`MAX_MESSAGE_BYTES`].
+    /// `options` has TLS), optionally followed by `@HOST`, the label of the host it runs on
+    /// (see [`split_host`]); nothing is sent until the first call. TCP_NODELAY, connect timeout
+    /// [`CONNECT_TIMEOUT`], messages up to [`MAX_MESSAGE_BYTES`], `options`' token on every call.
     ///
     /// # Errors
     /// An address that is not a valid URI, or no Tokio runtime on this thread (tonic spawns the
     /// connection's task here).
-    pub fn connect_lazy(entry: &str) -> anyhow::Result<Self> {
+    pub fn connect(entry: &str, options: &ClientOptions) -> anyhow::Result<Self> {
         let (addr, host) = split_host(entry);
-        tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("InstanceClient::connect_lazy({addr}) needs a Tokio runtime"))?;
-        let tls = DEFAULT_TLS.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("InstanceClient::connect({addr}) needs a Tokio runtime"))?;
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
         let uri = if addr.contains("://") { addr.to_owned() } else { format!("{scheme}://{addr}") };
         let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| anyhow::anyhow!("bad instance address {addr:?}: {e}"))?
@@ -170,7 +175,7 @@ impl InstanceClient {
             // answer to a forgotten one draws a library reset, and after 1024 of those h2
             // closes the connection (GOAWAY), failing every call on it.
             .http2_max_concurrent_reset_streams(crate::oip::grpc::MAX_PENDING_ACCEPT_RESETS);
-        if let Some(tls) = tls {
+        if let Some(tls) = options.tls.clone() {
             endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("TLS to instance {addr}: {e}"))?;
         }
         let grpc = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
@@ -181,7 +186,7 @@ impl InstanceClient {
             grpc,
             input_names: Arc::default(),
             breaker: Arc::default(),
-            token: DEFAULT_TOKEN.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            options: options.clone(),
             host: host.map(Arc::from),
         })
     }
@@ -191,17 +196,23 @@ impl InstanceClient {
         self.host.as_deref()
     }
 
-    /// This client sending `token` (instead of the default, see [`set_default_auth_token`]).
-    #[must_use]
-    pub fn with_auth_token(mut self, token: Option<AuthToken>) -> Self {
-        self.token = token;
-        self
+    /// A client for the same instance over a new connection (with the same options and host
+    /// label), not one stuck in TCP's retransmission backoff; its breaker starts afresh.
+    ///
+    /// # Errors
+    /// Those of [`Self::connect`].
+    pub fn reconnected(&self) -> anyhow::Result<Self> {
+        let entry = match &self.host {
+            Some(h) => format!("{}@{h}", self.addr),
+            None => self.addr.to_string(),
+        };
+        Self::connect(&entry, &self.options)
     }
 
     /// `message` as a request carrying the bearer token, if any.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        crate::oip::security::authorize(&mut req, self.token.as_ref());
+        crate::oip::security::authorize(&mut req, self.options.token.as_ref());
         req
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::upstream::client::InstanceClient;
+use crate::upstream::client::{ClientOptions, InstanceClient};
 
 /// Per-instance health as last probed.
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Health {
     gauges: Arc<std::sync::Mutex<Vec<Arc<InstanceGauge>>>>,
+    /// How probes reach the instances (the frontend's token and TLS).
+    options: ClientOptions,
 }
 
 impl Health {
@@ -46,10 +48,11 @@ impl Health {
     /// end when the last clone of the returned handle is dropped, or the instance leaves
     /// ([`Self::sync`]).
     ///
-    /// `instances`: (role `"deployed"` or `"parity"`, address, model name on the instance).
+    /// `instances`: (role `"deployed"` or `"parity"`, address, model name on the instance),
+    /// reached with `options`.
     /// Errors: an address that cannot be parsed.
-    pub async fn start(instances: &[(&'static str, String, String)]) -> anyhow::Result<Self> {
-        let health = Self { gauges: Default::default() };
+    pub async fn start(instances: &[(&'static str, String, String)], options: &ClientOptions) -> anyhow::Result<Self> {
+        let health = Self { gauges: Default::default(), options: options.clone() };
         health.sync(instances).await?;
         Ok(health)
     }
@@ -71,7 +74,7 @@ impl Health {
                 Some(g) => g.clone(),
                 None => {
                     let g = Arc::new(InstanceGauge { role, addr: addr.clone(), up: false.into() });
-                    fresh.push((g.clone(), InstanceClient::connect_lazy(addr)?, model.clone()));
+                    fresh.push((g.clone(), InstanceClient::connect(addr, &self.options)?, model.clone()));
                     g
                 }
             };
@@ -91,12 +94,12 @@ impl Health {
     /// Keeps the probed set at what `instances` gives (see [`Self::sync`]), every `every`,
     /// until this health handle is dropped or `instances` gives `None`.
     pub fn follow(&self, every: Duration, instances: impl Fn() -> Option<Vec<(&'static str, String, String)>> + Send + 'static) {
-        let gauges = Arc::downgrade(&self.gauges);
+        let (gauges, options) = (Arc::downgrade(&self.gauges), self.options.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let (Some(gauges), Some(list)) = (gauges.upgrade(), instances()) else { return };
-                if let Err(e) = (Health { gauges }).sync(&list).await {
+                if let Err(e) = (Health { gauges, options: options.clone() }).sync(&list).await {
                     tracing::warn!("instance health: {e:#}");
                 }
             }
@@ -132,7 +135,7 @@ async fn probe_loop(gauge: std::sync::Weak<InstanceGauge>, mut client: InstanceC
         backoff = if now_up { BACKOFF_MIN } else { (backoff * 2).min(PROBE_BACKOFF_MAX) };
         if !now_up {
             // A fresh connection, not one stuck in TCP's retransmission backoff.
-            client = InstanceClient::connect_lazy(&g.addr).unwrap_or(client);
+            client = client.reconnected().unwrap_or(client);
         }
     }
 }

@@ -65,15 +65,16 @@ pub fn linear_config(workers: &[WorkerHandle]) -> FrontendConfig {
     }
 }
 
-/// Starts the cluster; the workers require `worker_token` (the frontend's instance clients
-/// must then carry it: see `parm_serve::upstream::client::set_default_auth_token`).
+/// Starts the cluster; the workers require `worker_token`, and the frontend's instance
+/// clients carry it (`FrontendConfig::upstream`).
 pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> Cluster {
     let (f, fp) = models();
     let mut workers = Vec::new();
     for b in [f.clone() as Arc<dyn InferenceBackend>, f as Arc<dyn InferenceBackend>, fp as Arc<dyn InferenceBackend>] {
         workers.push(spawn_worker_with_auth("127.0.0.1:0", b, WorkerOptions::default(), worker_token.clone()).await.unwrap());
     }
-    let frontend = Frontend::start(linear_config(&workers)).unwrap();
+    let upstream = parm_serve::upstream::client::ClientOptions { token: worker_token, tls: None };
+    let frontend = Frontend::start(FrontendConfig { upstream, ..linear_config(&workers) }).unwrap();
     frontend.warm_up().await;
     let serving = Serving::start(frontend, ServingOptions { limits: options, ..Default::default() }).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -15,7 +15,7 @@ use parm_serve::oip::ModelSpec;
 use parm_serve::server::api::{Model, Serving, ServingOptions, Transform};
 use parm_serve::server::config::{DeadlineSection, ModelSection, Precedence, ServeFile};
 use parm_serve::upstream::InstanceError;
-use parm_serve::upstream::client::InstanceClient;
+use parm_serve::upstream::client::{ClientOptions, InstanceClient};
 use parm_serve::upstream::redundancy::Redundancy;
 
 use super::{DEFAULT_DECODE_GRACE_MS, DEFAULT_GROUP_TIMEOUT_MS, block_on_drained, parity_name, shutdown_signal};
@@ -126,10 +126,15 @@ pub struct ServeArgs {
     #[arg(long)]
     pub metrics_listen: Option<String>,
     /// Require this bearer token (file holding it) from clients (HTTP `Authorization: Bearer
-    /// TOKEN`, gRPC metadata `authorization`), and send it to the instances. Default:
-    /// $PARM_AUTH_TOKEN if set, else no auth. Health probes stay open.
+    /// TOKEN`, gRPC metadata `authorization`), and send it to the instances unless
+    /// --instance-auth-token-file says otherwise. Default: $PARM_AUTH_TOKEN if set, else no
+    /// auth. Health probes stay open.
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
+    /// Send this bearer token (file holding it) to the instances instead of the clients'
+    /// (per model in a repository's config.toml).
+    #[arg(long)]
+    pub instance_auth_token_file: Option<PathBuf>,
     /// Largest HTTP request body after decompression, and largest gRPC request (bytes); more
     /// gets 413 / RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = parm_serve::oip::security::DEFAULT_MAX_BODY_BYTES)]
@@ -277,6 +282,7 @@ fn with_config(mut a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::R
     p.apply("instance_tls_cert", &mut a.instance_tls_cert, s.instance_tls_cert.map(Some));
     p.apply("instance_tls_key", &mut a.instance_tls_key, s.instance_tls_key.map(Some));
     p.apply("instance_tls_server_name", &mut a.instance_tls_server_name, s.instance_tls_server_name.map(Some));
+    p.apply("instance_auth_token_file", &mut a.instance_auth_token_file, s.instance_auth_token_file.map(Some));
     let ServeFile { model, deadlines, preprocess, .. } = f;
     if a.model_repository.is_some() {
         let server_only = (model, deadlines, &preprocess) == (Default::default(), Default::default(), &None);
@@ -319,6 +325,11 @@ fn apply_model<F: Fn(&str) -> bool>(a: &mut ServeArgs, m: ModelSection, d: Deadl
     p.apply("check_window", &mut a.check_window, m.check_window);
     p.apply("eject_rate", &mut a.eject_rate, m.eject_rate);
     p.apply("eject_for_s", &mut a.eject_for_s, m.eject_for_s);
+    p.apply("instance_auth_token_file", &mut a.instance_auth_token_file, m.instance_auth_token_file.map(Some));
+    p.apply("instance_tls_ca", &mut a.instance_tls_ca, m.instance_tls_ca.map(Some));
+    p.apply("instance_tls_cert", &mut a.instance_tls_cert, m.instance_tls_cert.map(Some));
+    p.apply("instance_tls_key", &mut a.instance_tls_key, m.instance_tls_key.map(Some));
+    p.apply("instance_tls_server_name", &mut a.instance_tls_server_name, m.instance_tls_server_name.map(Some));
     p.apply("group_timeout_ms", &mut a.group_timeout_ms, d.group_timeout_ms);
     p.apply("decode_grace_ms", &mut a.decode_grace_ms, d.decode_grace_ms);
     p.apply("instance_timeout_ms", &mut a.instance_timeout_ms, d.instance_timeout_ms);
@@ -447,12 +458,13 @@ const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 async fn remote_spec(a: &ServeArgs) -> anyhow::Result<ModelSpec> {
     let sources = parm_serve::upstream::discovery::sources(&a.deployed)?;
     let mut resolver = parm_serve::upstream::discovery::Resolver::new(sources);
+    let options = upstream_options(a)?;
     let (model, timeout) = (&a.deployed_model, Duration::from_secs(2));
     let mut logged: Option<tokio::time::Instant> = None;
     loop {
         let mut errors = Vec::new();
         for addr in resolver.refresh().await {
-            let c = InstanceClient::connect_lazy(&addr)?;
+            let c = InstanceClient::connect(&addr, &options)?;
             let e = match c.model_ready(model, timeout).await {
                 true => match c.model_metadata(model, timeout).await {
                     Ok(spec) => return Ok(ModelSpec { name: served_name(a).to_string(), ..spec }),
@@ -517,8 +529,28 @@ pub fn frontend_config(a: &ServeArgs, spec: ModelSpec) -> anyhow::Result<Fronten
         batch_coding: a.batch_coding,
         discovery_interval: Duration::from_millis(a.discovery_interval_ms),
         checks: a.check_outputs.then(|| output_checks(a)).transpose()?,
+        upstream: upstream_options(a)?,
         ..FrontendConfig::new(spec, a.deployed.clone())
     })
+}
+
+/// How model `a`'s frontend reaches its instances: the token of --instance-auth-token-file,
+/// else the clients' (--auth-token-file, $PARM_AUTH_TOKEN); TLS with --instance-tls-ca.
+///
+/// Errors: an unreadable token file, TLS flags that do not fit together, or TLS files that
+/// cannot be used.
+fn upstream_options(a: &ServeArgs) -> anyhow::Result<ClientOptions> {
+    let token = match &a.instance_auth_token_file {
+        Some(file) => Some(parm_serve::oip::security::AuthToken::from_file(file)?),
+        None => parm_serve::oip::security::AuthToken::resolve(a.auth_token_file.as_deref())?,
+    };
+    let tls = parm_serve::oip::tls::ClientTls::from_flags(
+        a.instance_tls_ca.clone(),
+        a.instance_tls_cert.clone(),
+        a.instance_tls_key.clone(),
+        a.instance_tls_server_name.clone(),
+    )?;
+    Ok(ClientOptions::new(token, tls.as_ref())?)
 }
 
 /// The output-check settings of `a` (`--check-*`, `--eject-*`).
@@ -598,15 +630,6 @@ pub fn run(a: ServeArgs, flag_given: impl Fn(&str) -> bool) -> anyhow::Result<()
         tls: a.tls.files()?,
         conn: conn_limits(a.max_connections, a.idle_timeout_ms)?,
     };
-    // The instance clients the frontend makes send the same token, over TLS if asked.
-    parm_serve::upstream::client::set_default_auth_token(options.auth.clone());
-    let instance_tls = parm_serve::oip::tls::ClientTls::from_flags(
-        a.instance_tls_ca.clone(),
-        a.instance_tls_cert.clone(),
-        a.instance_tls_key.clone(),
-        a.instance_tls_server_name.clone(),
-    )?;
-    parm_serve::upstream::client::set_default_tls(instance_tls.as_ref())?;
     anyhow::ensure!(a.max_inflight >= 1, "--max-inflight must be at least 1");
     let delay = delay_target(a.queue_target_ms, a.queue_interval_ms)?;
     let drain = Duration::from_millis(a.drain_timeout_ms);
@@ -799,6 +822,15 @@ mod tests {
             (Some(std::path::Path::new("c.pem")), Some(std::path::Path::new("other.pem")))
         );
         assert_eq!(a.instance_tls_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        // A model's own fleet credentials beat [server]'s; a flag beats both.
+        std::fs::write(
+            &file,
+            "[server]\ninstance_tls_ca = \"ca.pem\"\ninstance_auth_token_file = \"t\"\n[model]\ndeployed = [\"10.0.0.1:9000\"]\ninstance_tls_ca = \"fleet-ca.pem\"\n",
+        )
+        .unwrap();
+        let a = settle(&["--config", path, "--instance-auth-token-file", "u"]);
+        assert_eq!(a.instance_tls_ca.as_deref(), Some(std::path::Path::new("fleet-ca.pem")));
+        assert_eq!(a.instance_auth_token_file.as_deref(), Some(std::path::Path::new("u")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
