@@ -3,7 +3,7 @@
 //! alike; a closed connection frees its place; a kept-alive connection that goes idle is
 //! closed after the idle timeout, while one in use is not.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! flow. Instances that join get calls, an instance that leaves gets none after the next
 //! discovery round and can then be stopped, health probes follow the set, and no request fails.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

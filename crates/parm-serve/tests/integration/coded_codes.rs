@@ -7,7 +7,7 @@
 //! on this linear F is measured. The last tests run the same over real gRPC workers (an
 //! affine F, the slow instances delayed by the worker's own fault injection).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

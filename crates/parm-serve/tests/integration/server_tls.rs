@@ -4,7 +4,7 @@
 //! certificate are refused. One test in its own binary: the instance clients' TLS setting is
 //! process-wide.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

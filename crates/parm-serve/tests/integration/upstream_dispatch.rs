@@ -3,7 +3,7 @@
 //! behind a busy instance go together in one batched request, and every query still gets its
 //! own exact answer.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

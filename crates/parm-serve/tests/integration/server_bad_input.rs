@@ -4,7 +4,7 @@
 //! clear 4xx (`{"error": ...}`, Triton's shape) or gRPC INVALID_ARGUMENT, and good requests
 //! sent alongside all the while are answered exactly.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! interface (workers reject calls without the token; the frontend's instance clients send
 //! it).
 
-mod support;
+use crate::support;
 
 use parm_serve::oip::security::{AuthToken, ServeOptions};
 use parm_serve::upstream::client::{ClientOptions, InstanceClient, InstanceError};

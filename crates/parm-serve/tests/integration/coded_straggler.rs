@@ -3,7 +3,7 @@
 //! the adaptive group timeout seals a lone query's group at the straggler threshold instead of
 //! the group timeout, and lazy parity sends parity queries only for groups with a straggler.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
