@@ -146,7 +146,14 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let fault = format!("delay_ms={},prob=1,seed=1", a.delay_ms);
-    let spec = |name: &str| InstanceSpec { model: a.model.clone(), name: name.into(), fault: fault.clone(), listen: None, netns: None };
+    let spec = |name: &str| InstanceSpec {
+        model: a.model.clone(),
+        name: name.into(),
+        fault: fault.clone(),
+        listen: None,
+        netns: None,
+        cpus: None,
+    };
     let workers = start_instances(&a.parm, vec![spec("deployed"), spec("deployed"), spec("parity")]).await?;
     let mut serve = tokio::process::Command::new(&a.parm)
         .arg("serve")

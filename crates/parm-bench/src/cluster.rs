@@ -21,13 +21,15 @@ pub struct InstanceSpec {
     pub listen: Option<String>,
     /// Network namespace to run in (an emulated host, [`crate::netns`]); `None`: this one.
     pub netns: Option<String>,
+    /// CPUs to run on (`taskset -c` syntax, [`crate::cpus`]); `None`: any.
+    pub cpus: Option<String>,
 }
 
 impl InstanceSpec {
     /// An instance of `model` serving it as `name`, with `fault` (empty: none), on a free
     /// loopback port of this host.
     pub fn new(model: &Path, name: &str, fault: &str) -> Self {
-        Self { model: model.to_path_buf(), name: name.into(), fault: fault.into(), listen: None, netns: None }
+        Self { model: model.to_path_buf(), name: name.into(), fault: fault.into(), listen: None, netns: None, cpus: None }
     }
 }
 
@@ -62,14 +64,17 @@ impl Instance {
 ///
 /// Errors: the process cannot start, exits, or prints no address in time.
 pub async fn start_instance(exe: &Path, spec: InstanceSpec) -> anyhow::Result<Instance> {
-    let mut cmd = match &spec.netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    };
+    // Wrappers, outermost first: `taskset -c CPUS`, then `ip netns exec NS`.
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(cpus) = &spec.cpus {
+        argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
+    }
+    if let Some(ns) = &spec.netns {
+        argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.into()]);
+    }
+    argv.push(exe.into());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
     cmd.arg("worker").arg("--model").arg(&spec.model).arg("--name").arg(&spec.name);
     cmd.arg("--listen").arg(spec.listen.as_deref().unwrap_or("127.0.0.1:0"));
     if !spec.fault.is_empty() {

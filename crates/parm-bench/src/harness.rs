@@ -98,6 +98,8 @@ pub struct RunSpec {
     /// Frontend replicas (>= 1), each with its own coding groups; the load generator sends
     /// them queries in turn.
     pub frontends: usize,
+    /// The benchmark process on one CPU, the instances on the others ([`crate::cpus`]).
+    pub pin: bool,
 }
 
 /// What one run measured.
@@ -123,6 +125,9 @@ pub struct RunResult {
     pub link: String,
     /// Frontend replicas the load was spread over.
     pub frontends: usize,
+    /// CPU pinning ([`crate::cpus::Pinning::name`]); `shared` when every process could run
+    /// on every CPU.
+    pub cpus: String,
     pub report: RunReport,
 }
 
@@ -206,12 +211,17 @@ pub async fn run_probed(
             s.netns = Some(net.netns(net.host_of(m)));
         }
     }
+    let pinning = spec.pin.then(crate::cpus::Pinning::split).transpose()?;
+    for s in &mut specs {
+        s.cpus = pinning.as_ref().map(|p| p.instances.clone());
+    }
     let mut instances = start_instances(exe, specs).await?;
     let result = drive(exe, spec, models.code, &instances, network.clone(), queries, probe).await;
     for i in &mut instances {
         i.kill().await;
     }
-    result
+    let cpus = pinning.as_ref().map_or_else(|| "shared".to_string(), |p| p.name.clone());
+    result.map(|(r, p)| (RunResult { cpus, ..r }, p))
 }
 
 /// Runs `f` on `host`'s runtime when the run has an emulated network (so that its sockets
@@ -331,6 +341,7 @@ async fn drive(
         extra_requests: extra as f64 / queries.len().max(1) as f64,
         hosts: network.as_ref().map_or(1, |n| n.hosts()),
         link: network.as_ref().map_or_else(|| "loopback".to_string(), |n| n.link_name()),
+        cpus: String::new(),
         frontends: spec.frontends.max(1),
         report,
     };

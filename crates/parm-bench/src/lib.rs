@@ -40,6 +40,7 @@
 pub mod bootstrap;
 pub mod chaos;
 pub mod cluster;
+pub mod cpus;
 pub mod harness;
 pub mod loadgen;
 pub mod netns;

@@ -35,7 +35,7 @@ pub const CLIENT: usize = 0;
 pub const FRONTEND: usize = 1;
 
 /// A scenario's emulated network: `hosts = N` and an optional `[link]` table.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkSpec {
     /// Emulated hosts, at least `frontends + 2` (client, frontends, one for the instances).
     pub hosts: usize,

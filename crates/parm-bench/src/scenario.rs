@@ -87,6 +87,10 @@ pub struct Scenario {
     /// each replica forms its own coding groups. With `hosts`, each replica has a host.
     #[serde(default = "one_frontend")]
     pub frontends: Vec<usize>,
+    /// Pin the benchmark process (load generator, frontends, proxies) to one CPU and the
+    /// instances to the others ([`crate::cpus`]).
+    #[serde(default)]
+    pub pin: bool,
 }
 
 fn one_frontend() -> Vec<usize> {
@@ -538,6 +542,7 @@ mod tests {
             hosts: 1,
             link: None,
             frontends: vec![1],
+            pin: false,
         };
         base.validate().unwrap();
         let parm = Mode::Parm { k: 2, r: 1, checked: false };

@@ -249,6 +249,7 @@ fn chaos_every_request_answered_once_correctly_and_service_recovers() {
             fault: String::new(),
             listen: None,
             netns: None,
+            cpus: None,
         };
         let mut specs: Vec<_> = (0..DEPLOYED_N).map(|_| spec(&deployed_path, DEPLOYED)).collect();
         specs.extend((0..PARITY_N).map(|_| spec(&parity_path, PARITY)));

@@ -73,6 +73,7 @@ async fn run_cluster(deployed_path: &Path, parity_path: &Path, inputs: Arc<Vec<V
         fault: fault.into(),
         listen: None,
         netns: None,
+        cpus: None,
     };
     let mut slow = start_instance(exe, spec(deployed_path, DEPLOYED, "delay_ms=150,prob=1,seed=1")).await.unwrap();
     let fast = start_instance(exe, spec(deployed_path, DEPLOYED, "")).await.unwrap();

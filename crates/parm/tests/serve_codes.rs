@@ -73,8 +73,14 @@ fn berrut_answers_a_slow_instance_s_queries_without_a_parity_model() {
     let model = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let spec =
-            |fault: &str| InstanceSpec { model: model.clone(), name: DEPLOYED.into(), fault: fault.into(), listen: None, netns: None };
+        let spec = |fault: &str| InstanceSpec {
+            model: model.clone(),
+            name: DEPLOYED.into(),
+            fault: fault.into(),
+            listen: None,
+            netns: None,
+            cpus: None,
+        };
         let slow = start_instance(exe(), spec("delay_ms=1000,prob=1,seed=1")).await.unwrap();
         let fast = start_instance(exe(), spec("")).await.unwrap();
         let extra = start_instance(exe(), spec("")).await.unwrap();
@@ -135,6 +141,7 @@ fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
             fault: fault.into(),
             listen: None,
             netns: None,
+            cpus: None,
         };
         let bad = start_instance(exe(), spec(DEPLOYED, "wrong=1,wrong_kind=scale,wrong_scale=-50,seed=1")).await.unwrap();
         let mut deployed = vec![bad];
@@ -206,6 +213,7 @@ fn collage_answers_a_slow_instance_s_queries_from_their_cell() {
             fault: fault.into(),
             listen: None,
             netns: None,
+            cpus: None,
         };
         let slow = start_instance(exe(), spec(&model, DEPLOYED, "delay_ms=1000,prob=1,seed=1")).await.unwrap();
         let fast = start_instance(exe(), spec(&model, DEPLOYED, "")).await.unwrap();

@@ -25,7 +25,7 @@ fn serve_model_repository_routes_each_model_and_names_a_bad_config() {
     let repo = dir.path().join("repository");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let spec = |path: &Path, name: &str| InstanceSpec { model: path.to_path_buf(), name: name.into(), fault: String::new(), listen: None, netns: None };
+        let spec = |path: &Path, name: &str| InstanceSpec { model: path.to_path_buf(), name: name.into(), fault: String::new(), listen: None, netns: None, cpus: None };
         let deployed = start_instance(exe(), spec(&deployed_path, DEPLOYED)).await.unwrap();
         let parity = start_instance(exe(), spec(&parity_path, PARITY)).await.unwrap();
         let (d, p) = (&deployed.addr, &parity.addr);

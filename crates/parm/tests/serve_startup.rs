@@ -95,6 +95,7 @@ fn serve_listens_before_its_instances_and_serves_once_one_answers() {
             fault: String::new(),
             listen: Some(worker_addr.clone()),
             netns: None,
+            cpus: None,
         };
         let worker = start_instance(exe(), spec).await.expect("start parm worker");
         let came_up = Instant::now();

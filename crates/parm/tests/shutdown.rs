@@ -26,6 +26,7 @@ async fn worker(model: &std::path::Path, delay_ms: u64) -> Instance {
         fault: if delay_ms > 0 { format!("delay_ms={delay_ms},prob=1,seed=1") } else { String::new() },
         listen: None,
         netns: None,
+        cpus: None,
     };
     start_instance(exe(), spec).await.expect("start parm worker")
 }

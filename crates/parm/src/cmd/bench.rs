@@ -21,7 +21,7 @@ use parm_bench::harness::{RunResult, RunSpec, run_once};
 use parm_bench::plot::{Line, percentile_plot};
 use parm_bench::scenario::{MIN_TIMED_QUERIES, Mode, Scenario, worker_fault};
 
-use super::simulate::{CalibrationSettings, Calibrator, host_faults, store_calibration};
+use super::simulate::{CalibrationSettings, Calibrator, Setup, store_calibration};
 use serde::{Deserialize, Serialize};
 
 use super::{Paths, write_new};
@@ -94,6 +94,10 @@ pub struct TailRow {
     /// groups.
     #[serde(default = "one")]
     pub frontends: usize,
+    /// CPU pinning: `shared`, or which CPUs the benchmark process and the instances had
+    /// (scenario key `pin`, `parm_bench::cpus`).
+    #[serde(default = "shared")]
+    pub cpus: String,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -121,8 +125,18 @@ pub struct TailRow {
 impl TailRow {
     /// Whether `run` of `scenario` is one of this row's trials.
     fn holds(&self, scenario: &str, run: &RunResult) -> bool {
-        (self.scenario.as_str(), self.mode.as_str(), self.k, self.r, &self.code, self.rate_qps, self.hosts, &self.link, self.frontends)
-            == (scenario, run.mode.as_str(), run.k, run.r, &run.code, run.rate_qps, run.hosts, &run.link, run.frontends)
+        (
+            self.scenario.as_str(),
+            self.mode.as_str(),
+            self.k,
+            self.r,
+            &self.code,
+            self.rate_qps,
+            self.hosts,
+            &self.link,
+            self.frontends,
+            &self.cpus,
+        ) == (scenario, run.mode.as_str(), run.k, run.r, &run.code, run.rate_qps, run.hosts, &run.link, run.frontends, &run.cpus)
     }
 
     /// The mode as tables and plots name it: `parm (checked)` for parm with output checks,
@@ -179,9 +193,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let queries = test_queries(&paths, s.queries)?;
         // Host faults move this host's base latency most between runs minutes apart: their
         // simulator calibration is measured here, a round before each round of trials.
-        let host = host_faults(&s.faults);
-        let mut calibrator =
-            a.calibration.as_ref().filter(|_| !host.is_empty()).map(|_| Calibrator::new(CalibrationSettings::defaults(&s.dataset), &host));
+        let setup = Setup::of(s);
+        let mut calibrator = a
+            .calibration
+            .as_ref()
+            .filter(|_| !setup.host_faults.is_empty())
+            .map(|_| Calibrator::new(CalibrationSettings::defaults(&s.dataset), &setup));
         // Rounds: trial t of every setup, then trial t+1, so that the host's drift over
         // minutes (5-20% in p50 on this machine) falls on every setup alike.
         for &rate in &s.rates {
@@ -207,7 +224,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             }
         }
         if let (Some(c), Some(path)) = (calibrator, &a.calibration) {
-            store_calibration(path, &host, c.base()?)?;
+            store_calibration(path, &setup, c.base()?)?;
         }
     }
     write_outputs(&a.out, &scenarios, &runs)
@@ -244,6 +261,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64, frontends: usize) -
         progress: false,
         network: s.network(frontends),
         frontends,
+        pin: s.pin,
     }
 }
 
@@ -261,6 +279,10 @@ pub fn test_queries(paths: &Paths, n: usize) -> anyhow::Result<Vec<Query>> {
 
 fn one() -> usize {
     1
+}
+
+fn shared() -> String {
+    "shared".into()
 }
 
 fn loopback() -> String {
@@ -282,6 +304,7 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             hosts: r.hosts,
             link: r.link.clone(),
             frontends: r.frontends,
+            cpus: r.cpus.clone(),
             p50_ms: l.p50,
             p90_ms: l.p90,
             p99_ms: l.p99,
@@ -417,7 +440,12 @@ pub fn markdown(rows: &[TailRow]) -> String {
             r.k,
             r.r,
             r.rate_qps,
-            if r.hosts == 1 { "1".to_string() } else { format!("{} ({})", r.hosts, r.link) },
+            match (r.hosts, r.cpus.as_str()) {
+                (1, "shared") => "1".to_string(),
+                (1, cpus) => format!("1 ({cpus})"),
+                (h, "shared") => format!("{h} ({})", r.link),
+                (h, cpus) => format!("{h} ({}; {cpus})", r.link),
+            },
             with_ci(r.p50_ms, r.p50_ci),
             with_ci(r.p99_ms, r.p99_ci),
             with_ci(r.p99_9_ms, r.p99_9_ci),
@@ -455,6 +483,7 @@ mod tests {
             hosts: 1,
             link: "loopback".into(),
             frontends: 1,
+            cpus: "shared".into(),
             report: RunReport {
                 requests: latencies.len(),
                 answered: latencies.len(),

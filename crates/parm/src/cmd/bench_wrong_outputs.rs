@@ -189,6 +189,7 @@ impl Setup<'_> {
             fault: fault.into(),
             listen: None,
             netns: None,
+            cpus: None,
         };
         let mut specs: Vec<InstanceSpec> =
             (0..DEPLOYED).map(|i| worker(self.deployed, "deployed".into(), if i == FAULTY { self.fault } else { "" })).collect();

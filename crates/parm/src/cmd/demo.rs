@@ -125,6 +125,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             network: None,
             frontends: 1,
+            pin: false,
         };
         let result = rt.block_on(run_once(&exe, &models, &spec, &queries))?;
         rows.push((name.to_string(), result.report));

@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use parm_bench::Percentiles;
 use parm_bench::harness::{Probe, ProbeData, RunSpec, run_probed};
-use parm_bench::scenario::{Fault, Mode, Scenario};
+use parm_bench::network::NetworkSpec;
+use parm_bench::scenario::{EmulatedCompute, Fault, Mode, Scenario, worker_fault};
 use parm_bench::sim::{Base, Busy, CALIBRATION_INSTANCES, Empirical, Replicated, SimSpec, simulate};
 use serde::{Deserialize, Serialize};
 
@@ -79,21 +80,22 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         serde_json::from_str(&std::fs::read_to_string(&a.runs).with_context(|| format!("reading {}", a.runs.display()))?)?;
     let files = if a.scenarios.is_empty() { super::bench::default_scenarios()? } else { a.scenarios.clone() };
     let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    let scenarios: Vec<Scenario> = scenarios.into_iter().filter(simulated).collect();
     let mut bases = load_calibrations(&a)?;
-    for host in std::iter::once(Vec::new()).chain(scenarios.iter().map(|s| host_faults(&s.faults))) {
-        if !bases.iter().any(|(h, _)| *h == host) {
-            let base = calibrate(&a, &host)?;
+    for setup in std::iter::once(Setup::default()).chain(scenarios.iter().map(Setup::of)) {
+        if !bases.iter().any(|(h, _)| *h == setup) {
+            let base = calibrate(&a, &setup)?;
             if let Some(path) = &a.calibration {
-                store_calibration(path, &host, base.clone())?;
+                store_calibration(path, &setup, base.clone())?;
             }
-            bases.push((host, base));
+            bases.push((setup, base));
         }
     }
-    bases.sort_by_key(|(h, _)| h.len());
+    bases.sort_by_key(|(h, _)| (h.network.is_some(), h.compute.is_some(), h.host_faults.len()));
     let mut json: Vec<serde_json::Value> = bases.iter().map(|(h, b)| calibration_json(h, b)).collect();
     let mut checks = Vec::new();
     for s in &scenarios {
-        let base = &bases.iter().find(|(h, _)| *h == host_faults(&s.faults)).expect("calibrated").1;
+        let base = &bases.iter().find(|(h, _)| *h == Setup::of(s)).expect("calibrated").1;
         for m in &s.modes {
             let mode = Mode::parse(m)?;
             if matches!(mode, Mode::Parm { r: 2.., .. } | Mode::Parm { checked: true, .. } | Mode::CheapBackup { .. }) {
@@ -103,6 +105,8 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
             for row in rows
                 .iter()
                 .filter(|r| r.scenario == s.name && r.mode == mode.family() && r.k == mode.k() && r.r == 1 && r.code == mode.code())
+                // The simulator models one frontend.
+                .filter(|r| r.frontends <= 1)
             {
                 let (p50s, p99s) = trial_values(&trials, row);
                 let sim = simulate_trials(s, &sim_spec(s, mode, row.rate_qps, s.queries, &a), base, p50s.len());
@@ -113,18 +117,70 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     json.extend(checks.iter().map(Check::json));
     let mut md = calibration_md(&bases);
     md += &validation_md(&checks);
-    // Projections are of separate machines: no charge for the calibrating host's shared CPU.
-    md += &projections(&a, &Base { busy: None, ..bases[0].1.clone() }, &mut json);
+    md += PROJECTIONS_MD;
+    // Projections from each network's fault-free calibration with real compute; they are of
+    // separate machines: no charge for the calibrating host's shared CPU.
+    for (setup, base) in bases.iter().filter(|(h, _)| h.host_faults.is_empty() && h.compute.is_none()) {
+        md += &projections(&a, setup, &Base { busy: None, ..base.clone() }, &mut json);
+    }
     println!("{md}");
     write_new(&a.out.join("simulate.md"), &md)?;
     write_new(&a.out.join("simulate.json"), &serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }
 
-/// The calibrations in `--calibration`, if given and present: (host faults, base) pairs.
-fn load_calibrations(a: &SimulateArgs) -> anyhow::Result<Vec<(Vec<Fault>, Base)>> {
+/// Whether the simulator models scenario `s`: not with network faults (a partition or a
+/// slowed link between hosts), which it does not simulate.
+fn simulated(s: &Scenario) -> bool {
+    let network_fault = s.faults.iter().any(|f| matches!(f, Fault::Partition { .. } | Fault::SlowLink { .. }));
+    if network_fault {
+        eprintln!("{}: left out: the simulator does not model network faults (partition, slow-link)", s.name);
+    }
+    !network_fault
+}
+
+/// What a calibration is measured on, besides the instances: the host faults (CPU burner,
+/// shuffles), the emulated network (hosts and link; `None`: loopback) and the instances'
+/// emulated compute (`None`: the real model). One calibration per setup in use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    pub host_faults: Vec<Fault>,
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+    #[serde(default)]
+    pub compute: Option<EmulatedCompute>,
+    /// CPU pinning of the calibration runs (as the scenario's `pin`).
+    #[serde(default)]
+    pub pin: bool,
+}
+
+impl Setup {
+    /// The setup scenario `s` runs on (with one frontend).
+    pub fn of(s: &Scenario) -> Self {
+        Self { host_faults: host_faults(&s.faults), network: s.network(1), compute: s.compute, pin: s.pin }
+    }
+
+    /// Its name in reports: "none" for loopback, real compute, no host faults.
+    fn name(&self) -> String {
+        let mut parts: Vec<String> = self.host_faults.iter().map(fault_name).collect();
+        if let Some(n) = &self.network {
+            let l = n.link;
+            parts.push(format!("{} hosts, links {} ms +- {} ms", n.hosts, l.delay_ms, l.jitter_ms));
+        }
+        if let Some(c) = &self.compute {
+            parts.push(format!("emulated compute {} ms (cv {})", c.service_ms, c.service_cv));
+        }
+        if self.pin {
+            parts.push("pinned".into());
+        }
+        if parts.is_empty() { "none".into() } else { parts.join(" + ") }
+    }
+}
+
+/// The calibrations in `--calibration`, if given and present: (setup, base) pairs.
+fn load_calibrations(a: &SimulateArgs) -> anyhow::Result<Vec<(Setup, Base)>> {
     match &a.calibration {
-        Some(f) => Ok(read_calibrations(f)?.into_iter().map(|c| (c.host_faults, c.base)).collect()),
+        Some(f) => Ok(read_calibrations(f)?.into_iter().map(|c| (c.setup, c.base)).collect()),
         None => Ok(Vec::new()),
     }
 }
@@ -138,10 +194,11 @@ fn read_calibrations(path: &std::path::Path) -> anyhow::Result<Vec<Calibration>>
     }
 }
 
-/// One saved calibration: the host faults it ran under and what it measured.
+/// One saved calibration: the setup it ran on and what it measured.
 #[derive(Serialize, Deserialize)]
 struct Calibration {
-    host_faults: Vec<Fault>,
+    #[serde(flatten)]
+    setup: Setup,
     base: Base,
 }
 
@@ -286,12 +343,12 @@ fn validation_md(checks: &[Check]) -> String {
     md
 }
 
-fn calibration_md(bases: &[(Vec<Fault>, Base)]) -> String {
+fn calibration_md(bases: &[(Setup, Base)]) -> String {
     let mut md = String::from(
-        "### Calibration (measured, no instance faults)\n\n| host faults | instances | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|---|\n",
+        "### Calibration (measured, no instance faults)\n\n| setup | instances | end-to-end p50 | p99 | instance RPC p50 | p99 | timer lateness p50 | p99 |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for (host, b) in bases {
-        let name = if host.is_empty() { "none".to_string() } else { host.iter().map(fault_name).collect::<Vec<_>>().join(" + ") };
+    for (setup, b) in bases {
+        let name = setup.name();
         let (e, r, t) = (&b.end_to_end, &b.rpc, &b.timer_late);
         md += &format!(
             "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
@@ -330,8 +387,9 @@ fn fault_name(f: &Fault) -> String {
     }
 }
 
-fn calibration_json(host: &[Fault], b: &Base) -> serde_json::Value {
-    serde_json::json!({"kind": "calibration", "host_faults": host.iter().map(fault_name).collect::<Vec<_>>(),
+fn calibration_json(setup: &Setup, b: &Base) -> serde_json::Value {
+    serde_json::json!({"kind": "calibration", "host_faults": setup.host_faults.iter().map(fault_name).collect::<Vec<_>>(),
+        "hosts": setup.network.map_or(1, |n| n.hosts), "link": setup.network.map(|n| n.link), "compute": setup.compute,
         "end_to_end_ms": {"p50": b.end_to_end.at(0.5), "p90": b.end_to_end.at(0.9), "p99": b.end_to_end.at(0.99)},
         "rpc_ms": {"p50": b.rpc.at(0.5), "p90": b.rpc.at(0.9), "p99": b.rpc.at(0.99)},
         "timer_late_ms": {"p50": b.timer_late.at(0.5), "p90": b.timer_late.at(0.9), "p99": b.timer_late.at(0.99)},
@@ -351,7 +409,7 @@ fn sim_spec(s: &Scenario, mode: Mode, rate: f64, queries: usize, a: &SimulateArg
         queries,
         warmup: s.warmup,
         faults: s.faults.clone(),
-        compute_ms: a.compute_ms,
+        compute_ms: s.compute.map_or(a.compute_ms, |c| c.service_ms),
         group_timeout_ms: s.group_timeout_ms as f64,
         decode_grace_ms: s.decode_grace_ms as f64,
         straggler: s.straggler(),
@@ -396,14 +454,14 @@ fn simulate_trials(s: &Scenario, spec: &SimSpec, base: &Base, trials: usize) -> 
     }
 }
 
-/// `--calibrate-runs` rounds of [`Calibrator`] one after the other, for the host faults `host`.
-fn calibrate(a: &SimulateArgs, host: &[Fault]) -> anyhow::Result<Base> {
+/// `--calibrate-runs` rounds of [`Calibrator`] one after the other, on `setup`.
+fn calibrate(a: &SimulateArgs, setup: &Setup) -> anyhow::Result<Base> {
     let budget = Budget { deployed_epochs: 20, parity_epochs: 30, seed: 1 };
     let models = ensure_models(&a.paths, &[], &budget)?;
     let queries = test_queries(&a.paths, a.calibrate_queries)?;
     let exe = std::env::current_exe()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut c = Calibrator::new(a.settings(), host);
+    let mut c = Calibrator::new(a.settings(), setup);
     for _ in 0..a.calibrate_runs.max(1) {
         rt.block_on(c.round(&exe, &models, &queries))?;
     }
@@ -452,7 +510,7 @@ impl SimulateArgs {
     }
 }
 
-/// The simulator's calibration for one set of host faults, run by run. A round is a short
+/// The simulator's calibration for one [`Setup`] (host faults, network, compute), run by run. A round is a short
 /// real run without instance faults (but with the host faults): `none` on 12 instances while
 /// a probe in the same process sends pairs of direct RPCs; with `busy_instances`, the same on
 /// that many instances (the [`Busy`] calibration that charges each instance its cost on the
@@ -462,7 +520,7 @@ impl SimulateArgs {
 /// --calibration` runs one before each round of trials of a scenario with host faults.
 pub struct Calibrator {
     settings: CalibrationSettings,
-    host: Vec<Fault>,
+    setup: Setup,
     quiet: Runs,
     busy: Runs,
     replicated: Runs,
@@ -470,8 +528,8 @@ pub struct Calibrator {
 }
 
 impl Calibrator {
-    pub fn new(settings: CalibrationSettings, host: &[Fault]) -> Self {
-        Self { settings, host: host.to_vec(), quiet: Runs::default(), busy: Runs::default(), replicated: Runs::default(), rounds: 0 }
+    pub fn new(settings: CalibrationSettings, setup: &Setup) -> Self {
+        Self { settings, setup: setup.clone(), quiet: Runs::default(), busy: Runs::default(), replicated: Runs::default(), rounds: 0 }
     }
 
     /// One round on `queries` (the first 300, at most half, not timed).
@@ -493,13 +551,13 @@ impl Calibrator {
                 continue;
             }
             let probe = Probe { rate_qps: c.probe_rate, seed: 98 + 2 * run };
-            let spec = calibration_spec(c, &self.host, (mode, instances), queries.len(), 99 + 2 * run);
+            let spec = calibration_spec(c, &self.setup, (mode, instances), queries.len(), 99 + 2 * run);
             let instances = mode.instances(instances).0;
             let (r, p) = run_probed(exe, models, &spec, queries, Some(probe)).await?;
             anyhow::ensure!(r.report.latency_quantiles_ms.len() > 1, "calibration run answered nothing");
             println!(
-                "calibration run {run} ({} host faults, {} on {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms",
-                self.host.len(),
+                "calibration run {run} ({}, {} on {instances} instances): end-to-end p50 {:.2} p99 {:.2} ms",
+                self.setup.name(),
                 mode.family(),
                 r.report.latency_ms.p50,
                 r.report.latency_ms.p99
@@ -515,7 +573,7 @@ impl Calibrator {
 
     /// The model's base from the rounds so far. Errors: no round, or too few probes answered.
     pub fn base(&self) -> anyhow::Result<Base> {
-        let (host, quiet) = (&self.host, &self.quiet);
+        let (host, quiet) = (&self.setup.host_faults, &self.quiet);
         anyhow::ensure!(!quiet.e2e.is_empty(), "no calibration run");
         let mut base = Base::measured(quiet.end_to_end(), &quiet.probed.pairs, &quiet.probed.timer_late)
             .context("calibration: too few probes answered")?;
@@ -549,12 +607,12 @@ impl Calibrator {
     }
 }
 
-/// Stores `base` as the calibration for the host faults `host` in `path` (created if missing),
-/// replacing the one measured before for the same host faults and keeping the others.
-pub fn store_calibration(path: &std::path::Path, host: &[Fault], base: Base) -> anyhow::Result<()> {
+/// Stores `base` as the calibration for `setup` in `path` (created if missing), replacing the
+/// one measured before on the same setup and keeping the others.
+pub fn store_calibration(path: &std::path::Path, setup: &Setup, base: Base) -> anyhow::Result<()> {
     let mut saved = read_calibrations(path)?;
-    saved.retain(|c| c.host_faults != host);
-    saved.push(Calibration { host_faults: host.to_vec(), base });
+    saved.retain(|c| c.setup != *setup);
+    saved.push(Calibration { setup: setup.clone(), base });
     write_new(path, &serde_json::to_string(&saved)?)
 }
 
@@ -575,33 +633,44 @@ impl Runs {
     }
 }
 
-/// One calibration run: `mode` on N = `instances`, `queries` queries, no instance faults.
-fn calibration_spec(c: &CalibrationSettings, host: &[Fault], (mode, instances): (Mode, usize), queries: usize, seed: u64) -> RunSpec {
+/// One calibration run: `mode` on N = `instances`, `queries` queries, no instance faults, on
+/// `setup`'s hosts with its emulated compute.
+fn calibration_spec(c: &CalibrationSettings, setup: &Setup, (mode, instances): (Mode, usize), queries: usize, seed: u64) -> RunSpec {
+    let machines = mode.instances(instances);
     RunSpec {
         mode,
         instances,
         rate_qps: c.rate_qps,
         seed,
         warmup: 300.min(queries / 2),
-        faults: host.to_vec(),
-        worker_faults: Vec::new(),
+        faults: setup.host_faults.clone(),
+        worker_faults: (0..machines.0 + machines.1).map(|i| worker_fault(&[], i, seed, setup.compute.as_ref())).collect(),
         group_timeout: Duration::from_millis(5),
         decode_grace: Duration::from_millis(2),
         straggler: Default::default(),
         hedge_percentile: 95.0,
         model_name: c.model_name.clone(),
         progress: false,
-        network: None,
+        network: setup.network,
         frontends: 1,
+        pin: setup.pin,
     }
 }
 
+/// The projections' heading: what every table below it assumes.
+const PROJECTIONS_MD: &str = "\n### Projections\n\nEach table projects from one fault-free calibration, so it assumes that calibration's network: its measured instance RPC latency, stated as the latency of one hop (frontend to instance, one way, both ends' network stacks included: (RPC p50 - compute) / 2).\n";
+
 /// ParM's published setup (12 instances + 12/k parity, 150-390 queries/s) and larger
 /// clusters at the same load per instance, under background contention modelled as random
-/// slowdown episodes on every machine, parity and extra instances included (each +20 ms for 1 s, every 20 s on average).
-fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>) -> String {
-    let mut md = String::from(
-        "\n### Projections\n\n| instances N | qps | mode | k | p50 | p99 | p99.9 | (p99.9-p50) |\n|---|---|---|---|---|---|---|---|\n",
+/// slowdown episodes on every machine, parity and extra instances included (each +20 ms for 1
+/// s, every 20 s on average), from the calibration `base` of `setup`.
+fn projections(a: &SimulateArgs, setup: &Setup, base: &Base, json: &mut Vec<serde_json::Value>) -> String {
+    let hop_ms = ((base.rpc.at(0.5) - a.compute_ms) / 2.0).max(0.0);
+    let mut md = format!(
+        "\nFrom the calibration on {}: per hop {hop_ms:.2} ms (instance RPC p50 {:.2} ms, end-to-end p50 {:.2} ms).\n\n| instances N | qps | mode | k | p50 | p99 | p99.9 | (p99.9-p50) |\n|---|---|---|---|---|---|---|---|\n",
+        setup.name(),
+        base.rpc.at(0.5),
+        base.end_to_end.at(0.5)
     );
     let modes = [
         Mode::EqualResources { k: 2 },
@@ -642,7 +711,8 @@ fn projections(a: &SimulateArgs, base: &Base, json: &mut Vec<serde_json::Value>)
                     p.p99_9,
                     p.p99_9 - p.p50
                 );
-                json.push(serde_json::json!({"kind": "projection", "instances": n, "rate_qps": rate, "mode": mode.family(), "k": mode.k(), "sim": p}));
+                json.push(serde_json::json!({"kind": "projection", "calibration": setup.name(), "hop_ms": hop_ms,
+                    "hosts": setup.network.map_or(1, |n| n.hosts), "instances": n, "rate_qps": rate, "mode": mode.family(), "k": mode.k(), "sim": p}));
             }
         }
     }
@@ -659,13 +729,23 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_calibration_replaces_only_its_own_host_faults() {
+    fn calibrations_stored_before_setups_read_as_loopback() {
+        let old = r#"[{"host_faults": [], "base": BASE}]"#.replace("BASE", &serde_json::to_string(&base(0.8)).unwrap());
+        let saved: Vec<Calibration> = serde_json::from_str(&old).unwrap();
+        assert_eq!(saved[0].setup, Setup::default());
+    }
+
+    #[test]
+    fn a_stored_calibration_replaces_only_its_own_setup() {
         let dir = std::env::temp_dir().join(format!("parm-calibration-{}", std::process::id()));
         let path = dir.join("calibration.json");
         let burner = vec![Fault::CpuBurn { threads: 1 }];
-        store_calibration(&path, &[], base(0.8)).unwrap();
-        store_calibration(&path, &burner, base(0.6)).unwrap();
-        store_calibration(&path, &burner, base(0.7)).unwrap();
+        let (quiet, burned) = (Setup::default(), Setup { host_faults: burner.clone(), ..Setup::default() });
+        let hosts = Setup { network: Some(NetworkSpec { hosts: 20, frontends: 1, link: Default::default() }), ..Setup::default() };
+        store_calibration(&path, &quiet, base(0.8)).unwrap();
+        store_calibration(&path, &burned, base(0.6)).unwrap();
+        store_calibration(&path, &burned, base(0.7)).unwrap();
+        store_calibration(&path, &hosts, base(1.1)).unwrap();
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -674,9 +754,10 @@ mod tests {
         let cli = <Cli as clap::Parser>::try_parse_from(["simulate", "--calibration", path.to_str().unwrap()]).unwrap();
         let saved = load_calibrations(&cli.a).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(saved.len(), 2, "one calibration per set of host faults");
-        let p50 = |host: &[Fault]| saved.iter().find(|(h, _)| h == host).unwrap().1.end_to_end.at(0.0);
-        assert_eq!(p50(&[]), 0.8, "the quiet calibration is kept");
-        assert_eq!(p50(&burner), 0.7, "the burner's is replaced by the newer one");
+        assert_eq!(saved.len(), 3, "one calibration per setup");
+        let p50 = |setup: &Setup| saved.iter().find(|(h, _)| h == setup).unwrap().1.end_to_end.at(0.0);
+        assert_eq!(p50(&quiet), 0.8, "the quiet calibration is kept");
+        assert_eq!(p50(&burned), 0.7, "the burner's is replaced by the newer one");
+        assert_eq!(p50(&hosts), 1.1, "across hosts: a calibration of its own");
     }
 }
