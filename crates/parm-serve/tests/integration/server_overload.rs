@@ -64,12 +64,8 @@ async fn cluster(delay_ms: f64) -> Cluster {
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;
     let serving = Serving::start(frontend, ServingOptions { admission: Admission::new(LIMIT), ..Default::default() }).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v2/models/lin/infer", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::server::grpc::serve_grpc(listener, serving.clone(), std::future::pending()));
+    let (http_addr, grpc) = crate::support::listen(&serving).await;
+    let url = format!("http://{http_addr}/v2/models/lin/infer");
     Cluster { _workers: workers, url, grpc, serving }
 }
 

@@ -99,12 +99,8 @@ async fn cluster(ghost: bool) -> Cluster {
         models.push(Frontend::start(cfg).unwrap().into());
     }
     let serving = Serving::start_models(models, Default::default()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(parm_serve::server::grpc::serve_grpc(listener, serving.clone(), std::future::pending()));
+    let (http_addr, grpc) = crate::support::listen(&serving).await;
+    let url = format!("http://{http_addr}");
     Cluster { _workers: workers, url, grpc, serving }
 }
 

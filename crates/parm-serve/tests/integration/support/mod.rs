@@ -77,13 +77,20 @@ pub async fn cluster(options: ServeOptions, worker_token: Option<AuthToken>) -> 
     let frontend = Frontend::start(FrontendConfig { upstream, ..linear_config(&workers) }).unwrap();
     frontend.warm_up().await;
     let serving = Serving::start(frontend, ServingOptions { limits: options, ..Default::default() }).await.unwrap();
+    let (http_addr, grpc) = listen(&serving).await;
+    Cluster { workers, url: format!("http://{http_addr}"), http_addr, grpc, serving }
+}
+
+/// Serves `serving` on two ephemeral loopback ports, OIP HTTP and gRPC, until the test ends:
+/// (HTTP address `127.0.0.1:PORT`, gRPC URL `http://127.0.0.1:PORT`).
+pub async fn listen(serving: &Shared) -> (String, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(parm_serve::server::http::serve_shared(listener, serving.clone(), std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(parm_serve::server::grpc::serve_grpc(listener, serving.clone(), std::future::pending()));
-    Cluster { workers, url: format!("http://{http_addr}"), http_addr, grpc, serving }
+    (http_addr, grpc)
 }
 
 /// A good JSON inference body for `batch` queries.
