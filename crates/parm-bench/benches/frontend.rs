@@ -1,6 +1,7 @@
 //! The frontend's own cost, measured apart from the models (issue 4, item 6).
 //!
-//! `cargo bench -p parm-bench --bench frontend`
+//! `cargo bench -p parm-bench --bench frontend` (`cargo test` runs it too, with a hundredth
+//! of the work, so that it keeps compiling and working; its figures then mean little).
 //!
 //! Instances are in-process gRPC workers running a linear 784 -> 10 model (a few us of
 //! compute), so what is measured is parm's path: HTTP-free `Frontend::predict`, coding-group
@@ -39,10 +40,20 @@ fn p50_us(h: &Histogram<u64>) -> f64 {
     h.value_at_quantile(0.5) as f64
 }
 
+/// Measuring (`cargo bench` passes `--bench`), or a short smoke run (`cargo test`).
+fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// `n`, or a hundredth of it in a smoke run.
+fn work(n: usize) -> usize {
+    if measuring() { n } else { n / 100 }
+}
+
 fn codes() {
     let enc = AdditionEncoder::new(2).unwrap();
     let (a, b) = (vec![0.5f32; DIM], vec![0.25f32; DIM]);
-    let n = 200_000;
+    let n = work(200_000);
     let t = Instant::now();
     for _ in 0..n {
         std::hint::black_box(enc.encode(&[&a, &b]).unwrap());
@@ -74,16 +85,17 @@ fn main() {
         let client = InstanceClient::connect_lazy(&deployed[0].addr.to_string()).unwrap();
         let input = vec![0.5f32; DIM];
         // Interleaved, so that both see the same background noise on a shared machine.
-        let n = 5000;
+        let n = work(5000);
         let (mut direct, mut coded) = (Histogram::<u64>::new(3).unwrap(), Histogram::<u64>::new(3).unwrap());
-        for i in 0..n + 200 {
+        let warm = work(200);
+        for i in 0..n + warm {
             let t = Instant::now();
             client.infer("deployed", &input, &[1, DIM as i64], Duration::from_secs(5)).await.unwrap();
             let d = t.elapsed();
             let t = Instant::now();
             frontend.predict(input.clone()).await.unwrap();
             let c = t.elapsed();
-            if i >= 200 {
+            if i >= warm {
                 direct.record(d.as_micros() as u64).unwrap();
                 coded.record(c.as_micros() as u64).unwrap();
             }
@@ -94,7 +106,7 @@ fn main() {
             p50_us(&coded),
             p50_us(&coded) - p50_us(&direct)
         );
-        let secs = 3.0;
+        let secs = if measuring() { 3.0 } else { 0.1 };
         let start = Instant::now();
         let tasks: Vec<_> = (0..64)
             .map(|_| {
