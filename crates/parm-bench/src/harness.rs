@@ -84,7 +84,8 @@ pub struct RunSpec {
     /// `parm worker --fault` string per machine, numbered as in `faults` (missing: none).
     pub worker_faults: Vec<String>,
     pub group_timeout: Duration,
-    pub decode_grace: Duration,
+    /// `None`: the straggler threshold (`parm serve --decode-grace-ms`).
+    pub decode_grace: Option<Duration>,
     /// Hedged mode: the backup goes after this percentile of recent latencies (95: The Tail
     /// at Scale's choice).
     pub hedge_percentile: f64,

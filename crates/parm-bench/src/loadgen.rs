@@ -170,13 +170,14 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
             // Precise: tokio's timers would send each query ~1 ms late, and that lateness
             // counts in its latency (measured from the intended time).
             parm_serve::timer::sleep_until(intended).await;
-            max_lag = max_lag.max(Instant::now().saturating_duration_since(intended));
+            let sent = Instant::now();
+            max_lag = max_lag.max(sent.saturating_duration_since(intended));
             let (client, url, input_name, tx) = (client.clone(), urls[i % urls.len()].clone(), input_name.clone(), tx.clone());
             let (input, shape) = (q.input.clone(), q.shape.clone());
             tokio::spawn(async move {
                 let result = infer_one(&client, &url, &input_name, i, &input, &shape).await;
                 // The receiver only goes away if the run itself was dropped.
-                let _ = tx.send(Outcome { index: i, intended, done: result.0, result: result.1 });
+                let _ = tx.send(Outcome { index: i, intended, sent, done: result.0, result: result.1 });
             });
         }
         max_lag
@@ -184,6 +185,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
 
     let collect = async {
         let mut hist = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+        let mut lag = hist.clone();
         let mut acc = Acc::default();
         while let Some(o) = rx.recv().await {
             acc.received += 1;
@@ -203,6 +205,8 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
                         acc.measured_answered += 1;
                         let us = o.done.saturating_duration_since(o.intended).as_micros();
                         hist.record(u64::try_from(us).unwrap_or(u64::MAX)).expect("auto-resizing histogram");
+                        let late_us = o.sent.saturating_duration_since(o.intended).as_micros();
+                        lag.record(u64::try_from(late_us).unwrap_or(u64::MAX)).expect("auto-resizing histogram");
                         let sent = o.intended.saturating_duration_since(start).as_secs_f64() * 1e3;
                         acc.trace.push((sent, us as f64 / 1e3));
                     }
@@ -217,10 +221,10 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
             }
             pb.inc(1);
         }
-        (hist, acc)
+        (hist, lag, acc)
     };
 
-    let (max_lag, (hist, mut acc)) = tokio::join!(dispatch, collect);
+    let (max_lag, (hist, lag, mut acc)) = tokio::join!(dispatch, collect);
     pb.finish_and_clear();
 
     if acc.received < n {
@@ -252,6 +256,7 @@ pub async fn run_open_loop(spec: &LoadSpec, queries: &[Query]) -> anyhow::Result
         correct: acc.correct,
         accuracy,
         latency_ms: percentiles(&hist),
+        send_lag_ms: percentiles(&lag),
         throughput_qps,
         wall_s,
         error_samples: acc.error_samples,
@@ -282,6 +287,8 @@ struct Acc {
 struct Outcome {
     index: usize,
     intended: Instant,
+    /// When the load generator actually started it (at or after `intended`).
+    sent: Instant,
     /// When the whole response body had arrived (or the request failed).
     done: Instant,
     result: Result<Answer, String>,

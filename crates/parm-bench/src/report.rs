@@ -52,6 +52,12 @@ pub struct RunReport {
     /// Latency percentiles (ms) of answered, non-warm-up queries, measured from the intended
     /// send time to the arrival of the whole response body.
     pub latency_ms: Percentiles,
+    /// How late (ms) the load generator started each answered, non-warm-up query against its
+    /// schedule. A property of the machine running the benchmark, not of the server: the lag
+    /// counts in that query's latency (measured from the intended time, so that a stalled
+    /// load generator cannot hide a stalled server), and a lag of tens of ms says the
+    /// harness, not the system under test, made that part of the tail.
+    pub send_lag_ms: Percentiles,
     /// Answered non-warm-up queries divided by `wall_s` (queries per second).
     pub throughput_qps: f64,
     /// Wall time (seconds) of the measured part: from the intended send time of the first
@@ -160,6 +166,7 @@ mod tests {
             correct: 980,
             accuracy: 980.0 / 990.0,
             latency_ms: Percentiles { p50: 1.5, p90: 2.0, p99: 10.25, p99_9: 50.0, max: 60.0, mean: 2.0 },
+            send_lag_ms: Percentiles { p50: 0.05, p90: 0.1, p99: 0.2, p99_9: 1.0, max: 2.0, mean: 0.06 },
             throughput_qps: 99.0,
             wall_s: 10.0,
             error_samples: vec![],

@@ -52,9 +52,10 @@ pub struct Scenario {
     /// Frontend: ms a partly filled coding group waits before its padded parity query.
     #[serde(default = "default_group_timeout_ms")]
     pub group_timeout_ms: u64,
-    /// Frontend: ms after sending a query before its reconstruction may be released.
-    #[serde(default = "default_decode_grace_ms")]
-    pub decode_grace_ms: u64,
+    /// Frontend: ms after sending a query before its reconstruction may be released (at most
+    /// the straggler threshold; absent: the threshold, `parm serve`'s default).
+    #[serde(default)]
+    pub decode_grace_ms: Option<u64>,
     /// Frontend: parity queries only for groups with a straggler (see parm_serve::coded::policy).
     #[serde(default)]
     pub lazy_parity: bool,
@@ -165,9 +166,6 @@ fn mixed() -> String {
 }
 fn default_group_timeout_ms() -> u64 {
     5
-}
-fn default_decode_grace_ms() -> u64 {
-    2
 }
 
 /// A fault injected during every run of a scenario. Instance indices count deployed-model
@@ -532,7 +530,7 @@ mod tests {
             seed: 0,
             faults: vec![slow.clone(), Fault::CpuBurn { threads: 1 }],
             group_timeout_ms: 5,
-            decode_grace_ms: 2,
+            decode_grace_ms: None,
             lazy_parity: false,
             straggler_factor: 2.0,
             straggler_min_us: 1000,

@@ -43,7 +43,7 @@
 //!   seal (eager) or, with lazy parity, once a member has been outstanding for the threshold
 //!   (never if all answer first); a query is answered at the earlier of its own answer and its
 //!   reconstruction (parity and the other k-1 answers in), a reconstruction being held until
-//!   the query has been out for `decode_grace` (at most the straggler threshold). Queued
+//!   the query has been out for the straggler threshold (or a shorter `decode_grace`). Queued
 //!   originals are not cancelled here.
 //!
 //! Faults: per-instance `delay` and `episodes` (added to service), `stall` (the server does not
@@ -338,8 +338,9 @@ pub struct SimSpec {
     pub compute_ms: f64,
     /// Longest time (ms) a partly filled coding group stays open (`parm serve --group-timeout-ms`).
     pub group_timeout_ms: f64,
-    /// How long (ms) a reconstruction is held for its original (`--decode-grace-ms`).
-    pub decode_grace_ms: f64,
+    /// How long (ms) a reconstruction is held for its original (`--decode-grace-ms`; `None`:
+    /// the straggler threshold).
+    pub decode_grace_ms: Option<f64>,
     /// The frontend's straggler policy (threshold and parity dispatch) for `parm` modes.
     pub straggler: parm_serve::coded::policy::StragglerPolicy,
     /// Hedged modes: backup after this percentile of recent latencies.
@@ -700,7 +701,7 @@ mod tests {
             faults,
             compute_ms: 0.1,
             group_timeout_ms: 5.0,
-            decode_grace_ms: 2.0,
+            decode_grace_ms: None,
             straggler: Default::default(),
             hedge_percentile: 95.0,
             seed: 1,

@@ -12,8 +12,6 @@ use crate::upstream::redundancy::Redundancy;
 
 /// A partly filled coding group is sealed after this long at most (ms; `--group-timeout-ms`).
 pub const DEFAULT_GROUP_TIMEOUT: Duration = Duration::from_millis(5);
-/// The decode grace (`--decode-grace-ms`), capped at the straggler threshold.
-pub const DEFAULT_DECODE_GRACE: Duration = Duration::from_millis(2);
 /// An instance RPC counts as failed after this long (`--instance-timeout-ms`).
 pub const DEFAULT_INSTANCE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -105,8 +103,9 @@ pub struct FrontendConfig {
     pub instance_timeout: Duration,
     /// A reconstruction is released no earlier than this long after its original was sent,
     /// so a healthy original that is about to arrive wins (zero: ParM's pure eager decoding).
-    /// At most the straggler threshold (see [`crate::coded::policy::decode_grace`]).
-    pub decode_grace: Duration,
+    /// At most the straggler threshold; `None` (the default): the straggler threshold itself
+    /// (see [`crate::coded::policy::decode_grace`]).
+    pub decode_grace: Option<Duration>,
     /// How queries are sent to deployed instances (replication and hedging are baselines;
     /// use them without parity instances).
     pub redundancy: Redundancy,
@@ -131,7 +130,7 @@ pub struct FrontendConfig {
 impl FrontendConfig {
     /// Serving `spec` from the `deployed` instances (model name "deployed"), without parity
     /// instances, everything else at its default: addition encoder with k = 2 (parity model
-    /// "parity-k2-addition"), group timeout 5 ms, instance timeout 5 s, decode grace 2 ms,
+    /// "parity-k2-addition"), group timeout 5 ms, instance timeout 5 s, decode grace = the straggler threshold,
     /// ParM's eager parity, no redundancy, no dispatch batching, rows coded one by one,
     /// instance discovery every 2 s.
     pub fn new(spec: ModelSpec, deployed: Vec<String>) -> Self {
@@ -146,7 +145,7 @@ impl FrontendConfig {
             group_timeout: DEFAULT_GROUP_TIMEOUT,
             straggler: StragglerPolicy::default(),
             instance_timeout: DEFAULT_INSTANCE_TIMEOUT,
-            decode_grace: DEFAULT_DECODE_GRACE,
+            decode_grace: None,
             redundancy: Redundancy::None,
             dispatch: DispatchBatching::default(),
             batch_coding: false,

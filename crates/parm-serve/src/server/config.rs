@@ -50,7 +50,7 @@
 //!
 //! [deadlines]                    # milliseconds
 //! group_timeout_ms = 5
-//! decode_grace_ms = 2
+//! decode_grace_ms = 2            # default: the straggler threshold
 //! instance_timeout_ms = 5000
 //!
 //! [preprocess]                   # scale, mean, std: applied to every query (the CLI turns it into a server::api::Transform)

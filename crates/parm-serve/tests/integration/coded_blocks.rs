@@ -63,7 +63,7 @@ async fn cluster() -> Cluster {
         group_timeout: Duration::from_millis(500),
         straggler: parm_serve::coded::policy::StragglerPolicy::default().with_min(Duration::from_millis(500)),
         instance_timeout: Duration::from_secs(60),
-        decode_grace: Duration::from_millis(2),
+        decode_grace: Some(Duration::from_millis(2)),
         redundancy: Redundancy::None,
         batch_coding: true,
         ..FrontendConfig::new(ModelSpec::fp32("lin", vec![IN as i64], vec![OUT as i64]), workers[..2].iter().map(addr).collect())

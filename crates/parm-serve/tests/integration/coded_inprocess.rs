@@ -161,7 +161,7 @@ async fn the_decode_grace_lets_an_original_beat_a_wrong_parity_output() {
     // back for the 100 ms decode grace, no reconstruction beats its original.
     let healthy = Script::Healthy { ms: 5 };
     let (d0, d1, parity) = (instance("d0", healthy), instance("d1", healthy), instance("parity", Script::Wrong));
-    let cfg = FrontendConfig { decode_grace: Duration::from_millis(100), ..config() };
+    let cfg = FrontendConfig { decode_grace: Some(Duration::from_millis(100)), ..config() };
     let f = Frontend::with_instances(cfg, dyns(&[&d0, &d1]), dyns(&[&parity])).unwrap();
     for i in 0..6 {
         let p = f.predict(query(i)).await.unwrap();

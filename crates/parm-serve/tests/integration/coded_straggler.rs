@@ -40,7 +40,7 @@ async fn start_frontend_with_grace(slow_ms: f64, lazy_parity: bool, grace: Durat
         group_timeout: Duration::from_secs(30),
         straggler: StragglerPolicy { lazy_parity, factor: 1.0, min: THRESHOLD, max: THRESHOLD },
         instance_timeout: Duration::from_secs(10),
-        decode_grace: grace,
+        decode_grace: Some(grace),
         ..linear_config(&workers)
     };
     let frontend = Frontend::start(cfg).unwrap();

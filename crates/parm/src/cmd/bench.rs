@@ -120,6 +120,11 @@ pub struct TailRow {
     pub errors: usize,
     pub accuracy: f64,
     pub trials: usize,
+    /// The load generator's worst lag behind its schedule (ms, largest over the trials; see
+    /// `RunReport::send_lag_ms`): the harness's share of the tail. Absent in rows written
+    /// before it was recorded.
+    #[serde(default)]
+    pub send_lag_max_ms: Option<f64>,
 }
 
 impl TailRow {
@@ -254,7 +259,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64, frontends: usize) -
         worker_faults: (0..deployed + parity).map(|i| worker_fault(&faults, i, s.seed + trial, s.compute.as_ref())).collect(),
         faults,
         group_timeout: Duration::from_millis(s.group_timeout_ms),
-        decode_grace: Duration::from_millis(s.decode_grace_ms),
+        decode_grace: s.decode_grace_ms.map(Duration::from_millis),
         straggler: s.straggler(),
         hedge_percentile: s.hedge_percentile,
         model_name: s.dataset.clone(),
@@ -321,6 +326,7 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             errors: r.report.errors,
             accuracy: r.report.accuracy,
             trials: 1,
+            send_lag_max_ms: Some(r.report.send_lag_ms.max),
         };
         match rows.iter_mut().find(|x| x.holds(scenario, r)) {
             Some(x) => merge(x, &row),
@@ -363,6 +369,10 @@ fn merge(acc: &mut TailRow, r: &TailRow) {
     acc.reconstructed += r.reconstructed;
     acc.errors += r.errors;
     acc.trials += 1;
+    acc.send_lag_max_ms = match (acc.send_lag_max_ms, r.send_lag_max_ms) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
 }
 
 /// Writes `fresh` to the JSON list at `path` in place of the entries `replaced` picks (the
@@ -492,6 +502,7 @@ mod tests {
                 correct: 0,
                 accuracy: f64::NAN,
                 latency_ms: Percentiles { p50: p(0.5), p90: p(0.9), p99: p(0.99), p99_9: p(0.999), max: p(1.0), mean: 0.0 },
+                send_lag_ms: Percentiles { p50: 0.0, p90: 0.0, p99: 0.0, p99_9: 0.0, max: 0.0, mean: 0.0 },
                 throughput_qps: 200.0,
                 wall_s: 1.0,
                 error_samples: Vec::new(),

@@ -70,9 +70,10 @@ pub struct DemoArgs {
     /// A partly filled coding group gets its (zero-padded) parity query after this many ms.
     #[arg(long, default_value_t = super::DEFAULT_GROUP_TIMEOUT_MS)]
     pub group_timeout_ms: u64,
-    /// A reconstruction is released no earlier than this many ms after its query was sent.
-    #[arg(long, default_value_t = super::DEFAULT_DECODE_GRACE_MS)]
-    pub decode_grace_ms: u64,
+    /// A reconstruction is released no earlier than this many ms after its query was sent
+    /// (at most the straggler threshold; default: the threshold).
+    #[arg(long)]
+    pub decode_grace_ms: Option<u64>,
 }
 
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
@@ -118,7 +119,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             faults: Vec::new(),
             worker_faults: vec![format!("delay_ms={},prob=1,seed={}", a.slow_ms, a.seed)],
             group_timeout: Duration::from_millis(a.group_timeout_ms),
-            decode_grace: Duration::from_millis(a.decode_grace_ms),
+            decode_grace: a.decode_grace_ms.map(Duration::from_millis),
             straggler: Default::default(),
             hedge_percentile: 95.0,
             model_name: a.paths.dataset.clone(),

@@ -76,10 +76,6 @@ impl DeviceArg {
 /// with zero queries (ms). Short, so low load does not delay reconstructions.
 pub const DEFAULT_GROUP_TIMEOUT_MS: u64 = 5;
 
-/// How long after sending a query its reconstruction may be released (ms): a healthy instance
-/// answers within this, and its exact prediction then beats the approximate reconstruction.
-pub const DEFAULT_DECODE_GRACE_MS: u64 = 2;
-
 /// Default file stem of a parity model.
 pub fn parity_name(k: usize, encoder: &str) -> String {
     format!("parity-k{k}-{encoder}")

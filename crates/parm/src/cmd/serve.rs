@@ -18,7 +18,7 @@ use parm_serve::upstream::InstanceError;
 use parm_serve::upstream::client::{ClientOptions, InstanceClient};
 use parm_serve::upstream::redundancy::Redundancy;
 
-use super::{DEFAULT_DECODE_GRACE_MS, DEFAULT_GROUP_TIMEOUT_MS, block_on_drained, parity_name, shutdown_signal};
+use super::{DEFAULT_GROUP_TIMEOUT_MS, block_on_drained, parity_name, shutdown_signal};
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
@@ -81,9 +81,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5000)]
     pub instance_timeout_ms: u64,
     /// A reconstruction is released no earlier than this many ms after its query was sent
-    /// (0: answer with the first of original and reconstruction, as ParM does).
-    #[arg(long, default_value_t = DEFAULT_DECODE_GRACE_MS)]
-    pub decode_grace_ms: u64,
+    /// (0: answer with the first of original and reconstruction, as ParM does); at most the
+    /// straggler threshold. Default: the straggler threshold, so that only a straggler is
+    /// answered by its reconstruction.
+    #[arg(long)]
+    pub decode_grace_ms: Option<u64>,
     /// Send a coding group's parity query only once one of its queries is a straggler
     /// (outstanding longer than the straggler threshold) instead of when the group fills.
     #[arg(long)]
@@ -331,7 +333,7 @@ fn apply_model<F: Fn(&str) -> bool>(a: &mut ServeArgs, m: ModelSection, d: Deadl
     p.apply("instance_tls_key", &mut a.instance_tls_key, m.instance_tls_key.map(Some));
     p.apply("instance_tls_server_name", &mut a.instance_tls_server_name, m.instance_tls_server_name.map(Some));
     p.apply("group_timeout_ms", &mut a.group_timeout_ms, d.group_timeout_ms);
-    p.apply("decode_grace_ms", &mut a.decode_grace_ms, d.decode_grace_ms);
+    p.apply("decode_grace_ms", &mut a.decode_grace_ms, d.decode_grace_ms.map(Some));
     p.apply("instance_timeout_ms", &mut a.instance_timeout_ms, d.instance_timeout_ms);
 }
 
@@ -515,7 +517,7 @@ pub fn frontend_config(a: &ServeArgs, spec: ModelSpec) -> anyhow::Result<Fronten
         }
         .with_min(Duration::from_micros(a.straggler_min_us)),
         instance_timeout: Duration::from_millis(a.instance_timeout_ms),
-        decode_grace: Duration::from_millis(a.decode_grace_ms),
+        decode_grace: a.decode_grace_ms.map(Duration::from_millis),
         redundancy: match a.redundancy.as_str() {
             "none" => Redundancy::None,
             "replication" => Redundancy::Replication { copies: 2 },
@@ -805,7 +807,7 @@ mod tests {
         let a = settle(&["--config", path, "--k", "4"]);
         assert_eq!(a.k, 4, "the flag given beats the file");
         assert_eq!(a.group_timeout_ms, 9, "the file beats the default");
-        assert_eq!(a.decode_grace_ms, crate::cmd::DEFAULT_DECODE_GRACE_MS, "neither: the default");
+        assert_eq!(a.decode_grace_ms, None, "neither: the default (the straggler threshold)");
         assert_eq!(a.deployed, vec!["10.0.0.1:9000".to_string()]);
         // A flag given with its default value still beats the file.
         assert_eq!(settle(&["--config", path, "--k", "2"]).k, 2);
