@@ -436,15 +436,17 @@ fn with_ci(ms: f64, ci: Option<[f64; 2]>) -> String {
 }
 
 /// The table of result rows, in markdown. Percentiles average the trials', followed by the
-/// 95% bootstrap interval of the pooled percentile in brackets where the row has one.
+/// 95% bootstrap interval of the pooled percentile in brackets where the row has one. The last
+/// column is the load generator's worst lag behind its schedule (`-` in rows from before it
+/// was recorded): where it is near the p99.9, the harness made that tail.
 pub fn markdown(rows: &[TailRow]) -> String {
     let mut s = String::from(
-        "| scenario | mode | k | r | qps | hosts (link) | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | mode | k | r | qps | hosts (link) | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy | send lag max ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} | {} |\n",
             r.scenario,
             r.setup(),
             r.k,
@@ -465,7 +467,8 @@ pub fn markdown(rows: &[TailRow]) -> String {
             r.answered,
             r.requests,
             r.reconstructed,
-            r.accuracy
+            r.accuracy,
+            r.send_lag_max_ms.map_or("-".to_string(), |ms| format!("{ms:.2}"))
         );
     }
     s
@@ -522,6 +525,22 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.hosts).collect::<Vec<_>>(), vec![1, 20]);
         let table = markdown(&rows);
         assert!(table.contains("| 1 |") && table.contains("| 20 (user-space proxy, delay 0.20 ms +- 0.05 ms) |"), "{table}");
+    }
+
+    /// A row keeps its trials' worst send lag, and the table shows it.
+    #[test]
+    fn rows_keep_the_worst_send_lag() {
+        let lagged = |ms: f64| {
+            let mut r = run("parm", &[2.0; 10]);
+            r.report.send_lag_ms.max = ms;
+            r
+        };
+        let runs = vec![("s".to_string(), lagged(3.0)), ("s".to_string(), lagged(47.5)), ("s".to_string(), lagged(1.0))];
+        let rows = aggregate(&runs);
+        assert_eq!((rows.len(), rows[0].trials, rows[0].send_lag_max_ms), (1, 3, Some(47.5)));
+        assert!(markdown(&rows).contains("| 47.50 |"), "{}", markdown(&rows));
+        let old = TailRow { send_lag_max_ms: None, ..rows[0].clone() };
+        assert!(markdown(&[old]).trim_end().ends_with("| - |"));
     }
 
     #[test]
