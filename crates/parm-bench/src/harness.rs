@@ -129,6 +129,9 @@ pub struct RunResult {
     /// CPU pinning ([`crate::cpus::Pinning::name`]); `shared` when every process could run
     /// on every CPU.
     pub cpus: String,
+    /// Fraction (0 to 1) of the machine's CPU time the hypervisor took while the load ran
+    /// ([`crate::steal`]); `None` where it cannot be read.
+    pub cpu_stolen: Option<f64>,
     pub report: RunReport,
 }
 
@@ -314,7 +317,9 @@ async fn drive(
         probe.map(|p| ProbeRun::start(p, &addrs(DEPLOYED), &queries[0]))
     };
     let owned = queries.to_vec();
+    let stolen = crate::steal::StealMeter::start();
     let report = on(network.as_ref(), CLIENT, async move { run_open_loop(&load, &owned).await }).await.and_then(|r| r);
+    let cpu_stolen = stolen.fraction();
     let probed = match probes {
         Some(p) => p.stop().await,
         None => ProbeData::default(),
@@ -344,6 +349,7 @@ async fn drive(
         link: network.as_ref().map_or_else(|| "loopback".to_string(), |n| n.link_name()),
         cpus: String::new(),
         frontends: spec.frontends.max(1),
+        cpu_stolen,
         report,
     };
     Ok((result, probed))

@@ -50,6 +50,7 @@ pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod steal;
 
 pub use loadgen::{LoadSpec, Query, poisson_schedule, run_open_loop};
 pub use report::{Percentiles, RunReport, format_table, percentiles};

@@ -125,6 +125,11 @@ pub struct TailRow {
     /// before it was recorded.
     #[serde(default)]
     pub send_lag_max_ms: Option<f64>,
+    /// The largest fraction (0 to 1) of the machine's CPU time the hypervisor took during one
+    /// of the trials (`parm_bench::steal`). Absent where it could not be read, and in rows
+    /// written before it was recorded.
+    #[serde(default)]
+    pub cpu_stolen_max: Option<f64>,
 }
 
 impl TailRow {
@@ -327,6 +332,7 @@ fn aggregate(runs: &[(String, RunResult)]) -> Vec<TailRow> {
             accuracy: r.report.accuracy,
             trials: 1,
             send_lag_max_ms: Some(r.report.send_lag_ms.max),
+            cpu_stolen_max: r.cpu_stolen,
         };
         match rows.iter_mut().find(|x| x.holds(scenario, r)) {
             Some(x) => merge(x, &row),
@@ -369,10 +375,16 @@ fn merge(acc: &mut TailRow, r: &TailRow) {
     acc.reconstructed += r.reconstructed;
     acc.errors += r.errors;
     acc.trials += 1;
-    acc.send_lag_max_ms = match (acc.send_lag_max_ms, r.send_lag_max_ms) {
+    acc.send_lag_max_ms = larger(acc.send_lag_max_ms, r.send_lag_max_ms);
+    acc.cpu_stolen_max = larger(acc.cpu_stolen_max, r.cpu_stolen_max);
+}
+
+/// The larger of two measurements, either of which may be missing.
+fn larger(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
-    };
+    }
 }
 
 /// Writes `fresh` to the JSON list at `path` in place of the entries `replaced` picks (the
@@ -437,16 +449,17 @@ fn with_ci(ms: f64, ci: Option<[f64; 2]>) -> String {
 
 /// The table of result rows, in markdown. Percentiles average the trials', followed by the
 /// 95% bootstrap interval of the pooled percentile in brackets where the row has one. The last
-/// column is the load generator's worst lag behind its schedule (`-` in rows from before it
-/// was recorded): where it is near the p99.9, the harness made that tail.
+/// columns are the load generator's worst lag behind its schedule and the largest share of CPU
+/// time the hypervisor took in a trial (`-` where not recorded): where the lag is near the
+/// p99.9, the harness made that tail.
 pub fn markdown(rows: &[TailRow]) -> String {
     let mut s = String::from(
-        "| scenario | mode | k | r | qps | hosts (link) | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy | send lag max ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | mode | k | r | qps | hosts (link) | p50 ms [95% CI] | p99 ms [95% CI] | p99.9 ms [95% CI] | (p99.9-p50) ms | extra resources | extra requests | answered / requests | reconstructed | accuracy | send lag max ms | CPU stolen max |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0}% | {:.1}% | {} / {} | {} | {:.4} | {} | {} |\n",
             r.scenario,
             r.setup(),
             r.k,
@@ -468,7 +481,8 @@ pub fn markdown(rows: &[TailRow]) -> String {
             r.requests,
             r.reconstructed,
             r.accuracy,
-            r.send_lag_max_ms.map_or("-".to_string(), |ms| format!("{ms:.2}"))
+            r.send_lag_max_ms.map_or("-".to_string(), |ms| format!("{ms:.2}")),
+            r.cpu_stolen_max.map_or("-".to_string(), |f| format!("{:.1}%", 100.0 * f))
         );
     }
     s
@@ -497,6 +511,7 @@ mod tests {
             link: "loopback".into(),
             frontends: 1,
             cpus: "shared".into(),
+            cpu_stolen: None,
             report: RunReport {
                 requests: latencies.len(),
                 answered: latencies.len(),
@@ -527,20 +542,22 @@ mod tests {
         assert!(table.contains("| 1 |") && table.contains("| 20 (user-space proxy, delay 0.20 ms +- 0.05 ms) |"), "{table}");
     }
 
-    /// A row keeps its trials' worst send lag, and the table shows it.
+    /// A row keeps its trials' worst send lag and CPU steal, and the table shows them.
     #[test]
     fn rows_keep_the_worst_send_lag() {
         let lagged = |ms: f64| {
             let mut r = run("parm", &[2.0; 10]);
             r.report.send_lag_ms.max = ms;
+            r.cpu_stolen = Some(ms / 1000.0);
             r
         };
         let runs = vec![("s".to_string(), lagged(3.0)), ("s".to_string(), lagged(47.5)), ("s".to_string(), lagged(1.0))];
         let rows = aggregate(&runs);
         assert_eq!((rows.len(), rows[0].trials, rows[0].send_lag_max_ms), (1, 3, Some(47.5)));
-        assert!(markdown(&rows).contains("| 47.50 |"), "{}", markdown(&rows));
-        let old = TailRow { send_lag_max_ms: None, ..rows[0].clone() };
-        assert!(markdown(&[old]).trim_end().ends_with("| - |"));
+        assert_eq!(rows[0].cpu_stolen_max, Some(0.0475));
+        assert!(markdown(&rows).contains("| 47.50 | 4.8% |"), "{}", markdown(&rows));
+        let old = TailRow { send_lag_max_ms: None, cpu_stolen_max: None, ..rows[0].clone() };
+        assert!(markdown(&[old]).trim_end().ends_with("| - | - |"));
     }
 
     #[test]
