@@ -180,7 +180,8 @@ fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
         assert!(before > 0, "the faulty worker's outputs reached clients before it was found");
         let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
         let line = |name: &str| metrics.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
-        assert!(line("parm_ejections_total").ends_with(" 1"), "{}", line("parm_ejections_total"));
+        let checks = metrics.lines().filter(|l| l.starts_with("parm_") && !l.contains("_bucket")).collect::<Vec<_>>().join("\n");
+        assert!(line("parm_ejections_total").ends_with(" 1"), "{checks}");
         let ejected = metrics.lines().find(|l| l.starts_with("parm_instance_ejected") && l.contains(&deployed[0].addr)).unwrap();
         assert!(ejected.ends_with(" 1"), "{ejected}");
         assert!(line("parm_output_checks_total").split(' ').next_back().unwrap().parse::<f64>().unwrap() >= 20.0);

@@ -13,9 +13,9 @@
 //! it explains at least [`OutputChecks::min_share`] of the syndrome), otherwise every member's
 //! instance (r = 1 cannot tell which member is wrong; a wrong instance is in every one of its
 //! flagged groups, a healthy one only in those it shares with a wrong one). Each deployed
-//! instance keeps its last [`OutputChecks::window`] checks; one whose share of blamed checks
-//! reaches [`OutputChecks::eject_rate`], is the highest, and is at least three times the median share of the others
-//! is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation;
+//! instance keeps its last [`OutputChecks::window`] checks; one blamed in at least
+//! [`OutputChecks::eject_rate`] x window of them (2 at least), whose blamed share is the highest
+//! and at least three times the median share of the others, is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation;
 //! every instance's window starts again then (the suspicion the ejected one cast on its
 //! group-mates goes with it). Outputs that an ejected instance still returns (calls in flight)
 //! count as failed, so its queries are answered from the code. At most half the deployed
@@ -51,9 +51,10 @@ pub struct OutputChecks {
     pub min_share: f32,
     /// Checks per instance that ejection looks at (default 100).
     pub window: usize,
-    /// Share of blamed checks in an instance's window that ejects it, if it is also at
-    /// least three times the median share of the other instances (default 0.05: a healthy
-    /// instance is blamed in well under 1% of its checks, see BENCHMARKS.md).
+    /// Blamed checks, as a share of a full window, that eject an instance (at least 2 checks),
+    /// if its share of its own window is also at least three times the median share of the
+    /// other instances (default 0.05: a healthy instance is blamed in well under 1% of its
+    /// checks, see BENCHMARKS.md).
     pub eject_rate: f64,
     /// How long an ejected instance stays out of rotation (default 30 s).
     pub eject_for: Duration,
@@ -103,6 +104,9 @@ pub struct CheckVerdict {
 const WARM_UP: usize = 8;
 /// Recent scores the median is taken over.
 const SCORES: usize = 255;
+/// Fewest blamed checks that eject an instance, whatever the window: a healthy group's
+/// syndrome now and then exceeds the threshold, and one such group must not eject anyone.
+const MIN_BLAMED: usize = 2;
 
 /// The running state of output checking of one frontend.
 pub(crate) struct Checker {
@@ -185,14 +189,19 @@ impl Checker {
         }
     }
 
-    /// An instance is ejected when its window is at least half full, its blamed share reaches
-    /// `eject_rate`, is the highest of all and three times the median share of the pool's other
-    /// instances (with r = 1 a healthy instance shares the blame of the groups it has in common
-    /// with a wrong one), and fewer than half the pool's instances are out.
+    /// An instance is ejected when its window is at least half full, it was blamed in at least
+    /// `eject_rate` x `window` checks (and never fewer than [`MIN_BLAMED`]), its blamed share
+    /// is the highest of all and three times the median share of the pool's other instances
+    /// (with r = 1 a healthy instance shares the blame of the groups it has in common with a
+    /// wrong one), and fewer than half the pool's instances are out.
     fn should_eject(&self, st: &CheckerState, addr: &str, pool: &Pool) -> bool {
-        let share = |w: &VecDeque<bool>| w.iter().filter(|b| **b).count() as f64 / w.len().max(1) as f64;
+        let blamed = |w: &VecDeque<bool>| w.iter().filter(|b| **b).count();
+        let share = |w: &VecDeque<bool>| blamed(w) as f64 / w.len().max(1) as f64;
         let Some(w) = st.windows.get(addr) else { return false };
-        if w.len() < self.cfg.window / 2 || share(w) < self.cfg.eject_rate {
+        // A count, not a share of a partly filled window: just after the windows start again, one
+        // flagged healthy group would otherwise be a share of 1/5 or more for both its members.
+        let needed = ((self.cfg.eject_rate * self.cfg.window as f64).ceil() as usize).max(MIN_BLAMED);
+        if w.len() < self.cfg.window / 2 || blamed(w) < needed {
             return false;
         }
         let others: Vec<f32> = st.windows.iter().filter(|(a, _)| a.as_str() != addr).map(|(_, w)| share(w) as f32).collect();
@@ -211,4 +220,83 @@ fn median(values: impl IntoIterator<Item = f32>) -> f32 {
     }
     let mid = v.len() / 2;
     *v.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::upstream::dispatch::DispatchBatching;
+    use crate::upstream::redundancy::Redundancy;
+    use crate::upstream::{Instance, InstanceError};
+
+    struct Named(String);
+
+    impl Instance for Named {
+        fn addr(&self) -> &str {
+            &self.0
+        }
+
+        fn infer<'a>(&'a self, _: &'a str, _: &'a [f32], _: &'a [i64], _: Duration) -> BoxFuture<'a, Result<Vec<f32>, InstanceError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    fn check(score: f32) -> Check {
+        Check { score, per_output: vec![score], located: None }
+    }
+
+    /// Seven instances "a".."g" behind a checker with a window of 10, warmed up.
+    fn setup() -> (Checker, Pool, Stats) {
+        let names = "abcdefg".chars().map(|c| Arc::new(Named(c.to_string())) as Arc<dyn Instance>).collect();
+        let pool =
+            Pool::new(names, "m", Redundancy::None, DispatchBatching::default(), Duration::from_secs(1), Arc::new(AtomicU64::new(0)));
+        let checker = Checker::new(OutputChecks { window: 10, ..Default::default() });
+        let stats = Stats::default();
+        for g in 0..WARM_UP as u64 {
+            checker.record(g, check(1.0), 1, vec![Some("a".into()), Some("b".into())], &pool, &stats);
+        }
+        (checker, pool, stats)
+    }
+
+    fn group(checker: &Checker, pool: &Pool, stats: &Stats, score: f32, a: &str, b: &str) {
+        checker.record(0, check(score), 1, vec![Some(a.into()), Some(b.into())], pool, stats);
+    }
+
+    /// The flake this guards against: a window only half full where one flagged healthy group
+    /// is a blamed share of 1/5 for its members, the others at 0.
+    #[test]
+    fn one_flagged_group_ejects_nobody() {
+        let (checker, pool, stats) = setup();
+        for _ in 0..5 {
+            for (a, b) in [("d", "e"), ("f", "g"), ("a", "d"), ("b", "c")] {
+                group(&checker, &pool, &stats, 1.0, a, b);
+            }
+        }
+        // c's window one longer than b's: b's share is the strict highest.
+        group(&checker, &pool, &stats, 1.0, "c", "d");
+        group(&checker, &pool, &stats, 100.0, "b", "c");
+        assert_eq!(stats.flagged.load(Ordering::Relaxed), 1);
+        assert!(pool.ejected().is_empty(), "{:?}", pool.ejected());
+    }
+
+    /// An instance in every flagged group (r = 1 blames each member) is out after its second.
+    #[test]
+    fn an_instance_blamed_twice_and_most_is_ejected() {
+        let (checker, pool, stats) = setup();
+        let names: Vec<String> = "bcdefg".chars().map(String::from).collect();
+        for (i, mate) in names.iter().cycle().take(12).enumerate() {
+            group(&checker, &pool, &stats, 1.0, &names[i % 6], &names[(i + 1) % 6]);
+            group(&checker, &pool, &stats, if i < 5 { 1.0 } else { 100.0 }, "a", mate);
+            if i == 5 {
+                assert!(pool.ejected().is_empty(), "one blamed check is not enough");
+            }
+        }
+        assert_eq!(pool.ejected(), vec!["a".to_string()]);
+        assert_eq!(stats.ejections.load(Ordering::Relaxed), 1);
+    }
 }

@@ -109,8 +109,8 @@ pub struct ServeArgs {
     /// Output checks: how many of each instance's last checks decide its ejection.
     #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().window)]
     pub check_window: usize,
-    /// Output checks: the share of blamed checks that ejects an instance (it must also be
-    /// at least three times the other instances' median share).
+    /// Output checks: blamed checks, as a share of the window, that eject an instance (2 at
+    /// least; its share must also be at least three times the other instances' median share).
     #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().eject_rate)]
     pub eject_rate: f64,
     /// Output checks: seconds an ejected instance stays out of rotation.
