@@ -29,7 +29,10 @@
 # BATCH (32), MLSERVER_BATCH_TIME (0.0005), OVERLOAD_SETUPS ("parm parm-count-only
 # parm-batched parm-coded"; empty: skip), PIN (1), PARM_NO_BUILD=1 skips the build.
 # Writes bench/results/slo.json (one row per setup and objective), slo-overload.json,
-# slo-trials.jsonl (every load run) and slo.md (the tables).
+# slo-trials.jsonl (every load run) and slo.md (the tables). Every row also says what the
+# harness cost: the load generator's send lag (p99 of how late requests started against their
+# Poisson schedule, the worst trial at the rate found) and the CPU time the VM's hypervisor
+# stole meanwhile (oip-load's send_lag_us and cpu_stolen).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -159,7 +162,8 @@ for s in "${overload[@]}"; do
     over+=("$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=d["requests"]+d["shed"]+d["errors"]
 print(json.dumps({"setup": sys.argv[2], "factor": float(sys.argv[3]), "offered_qps": d["rate"], "admitted_p99_ms": d["latency_us"]["p99"] / 1e3,
   "admitted_p50_ms": d["latency_us"]["p50"] / 1e3, "shed_fraction": round(d["shed"] / max(n, 1), 4), "shed_p99_ms": d["shed_latency_us"]["p99"] / 1e3,
-  "errors": d["errors"], "answered_qps": d["throughput"], "frontend_peak_rss_mib": round(int(sys.argv[4]) / 1024, 1)}))' "$line" "$s" "$f" "$hwm")")
+  "errors": d["errors"], "answered_qps": d["throughput"], "frontend_peak_rss_mib": round(int(sys.argv[4]) / 1024, 1),
+  "send_lag_p99_ms": d.get("send_lag_us", {}).get("p99", 0) / 1e3, "cpu_stolen": d.get("cpu_stolen")}))' "$line" "$s" "$f" "$hwm")")
   done
 done
 
@@ -171,19 +175,29 @@ cut = args.index("--")
 rows = [json.loads(r) for r in args[:cut]]
 over = [json.loads(r) for r in args[cut + 1:]]
 own = {$([ "${#own[@]}" -eq 0 ] || for s in "${!own[@]}"; do printf '"%s": %s, ' "$s" "${own[$s]}"; done)}
+trials = [json.loads(l) for l in open(f"{res}/slo-trials.jsonl")]
 for r in rows:
     if r["setup"] in own and r["objective_p99_ms"] == 5:
         r["frontend_time_p50_us"] = own[r["setup"]]
+    # The harness's cost in the trials at the rate found (none when no rate passed).
+    at = [t for t in trials if t["setup"] == r["setup"] and t["phase"] == f'search-{r["objective_p99_ms"]}ms' and t.get("rate") == r["max_rate_qps"]]
+    r["send_lag_p99_ms_max"] = max((t.get("send_lag_us", {}).get("p99", 0) / 1e3 for t in at), default=None)
+    r["cpu_stolen_max"] = max((t["cpu_stolen"] for t in at if t.get("cpu_stolen") is not None), default=None)
 json.dump(rows, open(f"{res}/slo.json", "w"), indent=1)
 json.dump(over, open(f"{res}/slo-overload.json", "w"), indent=1)
 by = {(r["setup"], r["objective_p99_ms"]): r for r in rows}
 objs = sorted({r["objective_p99_ms"] for r in rows})
-lines = ["| setup | saturation req/s (closed loop, 32 outstanding) | " + " | ".join(f"max req/s at p99 <= {o:g} ms" for o in objs) + " | frontend's own time p50 us |",
-         "|---|---|" + "---|" * len(objs) + "---|"]
+def num(v, f="{:.2f}"):
+    return "-" if v is None else f.format(v)
+lines = ["| setup | saturation req/s (closed loop, 32 outstanding) | " + " | ".join(f"max req/s at p99 <= {o:g} ms" for o in objs)
+         + " | frontend's own time p50 us | send lag p99 ms (worst) | CPU stolen (worst) |",
+         "|---|---|" + "---|" * len(objs) + "---|---|---|"]
 for s in dict.fromkeys(r["setup"] for r in rows):
     cells = [f'{by[(s, o)]["max_rate_qps"]:,}' for o in objs]
     t = by[(s, objs[0])].get("frontend_time_p50_us", "")
-    lines.append(f'| {s} | {by[(s, objs[0])]["saturation_qps"]:,} | ' + " | ".join(cells) + f" | {t} |")
+    lag = max((by[(s, o)]["send_lag_p99_ms_max"] for o in objs if by[(s, o)]["send_lag_p99_ms_max"] is not None), default=None)
+    stolen = max((by[(s, o)]["cpu_stolen_max"] for o in objs if by[(s, o)]["cpu_stolen_max"] is not None), default=None)
+    lines.append(f'| {s} | {by[(s, objs[0])]["saturation_qps"]:,} | ' + " | ".join(cells) + f" | {t} | {num(lag)} | {num(stolen, '{:.1%}')} |")
 ml = {o: by.get(("mlserver", o), {}).get("max_rate_qps") for o in objs}
 tb = {o: by.get(("triton-batched", o), {}).get("max_rate_qps") for o in objs}
 for s in ("parm", "parm-batched", "parm-coded"):
@@ -192,11 +206,12 @@ for s in ("parm", "parm-batched", "parm-coded"):
             extra = f', {by[(s, o)]["max_rate_qps"] / tb[o]:.1f}x triton-batched' if tb[o] else ""
             lines.append(f'\n{s} at p99 <= {o:g} ms: {by[(s, o)]["max_rate_qps"] / ml[o]:.1f}x mlserver{extra}')
 if over:
-    lines += ["", "| setup | offered (x objective rate) | offered req/s | admitted p50 / p99 ms | shed | shed p99 ms | other errors | frontend peak RSS MiB |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| setup | offered (x objective rate) | offered req/s | admitted p50 / p99 ms | shed | shed p99 ms | other errors | frontend peak RSS MiB | send lag p99 ms | CPU stolen |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for o in over:
         lines.append(f'| {o["setup"]} | {o["factor"]}x | {o["offered_qps"]:,.0f} | {o["admitted_p50_ms"]:.2f} / {o["admitted_p99_ms"]:.2f} | '
-                     f'{100 * o["shed_fraction"]:.1f}% | {o["shed_p99_ms"]:.2f} | {o["errors"]} | {o["frontend_peak_rss_mib"]} |')
+                     f'{100 * o["shed_fraction"]:.1f}% | {o["shed_p99_ms"]:.2f} | {o["errors"]} | {o["frontend_peak_rss_mib"]} | '
+                     f'{o["send_lag_p99_ms"]:.2f} | {num(o["cpu_stolen"], "{:.1%}")} |')
 lines.append(f"\n{rows[0]['cpus'] if rows else ''}")
 open(f"{res}/slo.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -11,9 +11,13 @@
 //! The first `--warmup S` seconds are not counted. Prints one JSON line:
 //! `{"target","mode","concurrency"|"rate","batch","seconds","requests","errors","shed",
 //! "throughput" (requests/s),"rows_per_s","latency_us": {"p50","p90","p99","p99_9","max"},
-//! "shed_latency_us": {"p50","p99"}}`. `requests` and `latency_us` count answered requests;
-//! `shed` counts those refused by admission control (UNAVAILABLE with `retry-after` metadata,
-//! parm's fast 503), `errors` every other failure.
+//! "shed_latency_us": {"p50","p99"}, "send_lag_us": {"p50","p99","max"} (open loop),
+//! "cpu_stolen"}`. `requests` and `latency_us` count answered requests; `shed` counts those
+//! refused by admission control (UNAVAILABLE with `retry-after` metadata, parm's fast 503),
+//! `errors` every other failure. The generator reports its own cost: `send_lag_us`, how late
+//! each measured request started against its intended time (a lag is latency no server
+//! caused, and it is inside `latency_us`), and `cpu_stolen`, the fraction of the machine's CPU
+//! time its hypervisor took during the measured window (`/proc/stat`; null where unknown).
 //!
 //! Usage: oip-load --target 127.0.0.1:8001 --model fashion-mnist [--input input] [--dim 784]
 //!        (--concurrency C | --rate R) [--batch 1] [--duration 10] [--warmup 2] [--connections 2]
@@ -103,6 +107,8 @@ struct Record {
     /// Requests shed by admission control (UNAVAILABLE with `retry-after`): how fast the
     /// refusals came.
     shed: Option<Histogram<u64>>,
+    /// Open loop: how late each request started against its intended send time (us).
+    lag: Option<Histogram<u64>>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -157,17 +163,28 @@ fn main() -> anyhow::Result<()> {
     let measure_from = started + Duration::from_secs_f64(a.warmup);
     let end = measure_from + Duration::from_secs_f64(a.duration);
     let inflight = Arc::new(AtomicU64::new(0));
+    // Started at the end of the warm-up by a task of its own, read when the last request ends.
+    let steal = Arc::new(Mutex::new(None));
+    rt.spawn({
+        let steal = steal.clone();
+        async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            *steal.lock().unwrap() = Some(parm_bench::steal::StealMeter::start());
+        }
+    });
 
     let one = {
         let record = record.clone();
         move |mut client: GrpcInferenceServiceClient<Channel>, req: ModelInferRequest, intended: Instant| {
             let record = record.clone();
             async move {
+                let lag = Instant::now().saturating_duration_since(intended);
                 let out = client.model_infer(req).await;
                 let now = Instant::now();
                 if intended >= measure_from && intended < end {
                     let mut r = record.lock().unwrap();
                     let us = now.duration_since(intended).as_micros() as u64;
+                    add(&mut r.lag, lag.as_micros() as u64);
                     match out {
                         Ok(_) => add(&mut r.hist, us),
                         Err(e) if is_shed(&e) => add(&mut r.shed, us),
@@ -231,6 +248,7 @@ fn main() -> anyhow::Result<()> {
         }
         serde_json::json!({"mode": "open", "rate": rate})
     };
+    let cpu_stolen = steal.lock().unwrap().as_ref().and_then(|m| m.fraction());
     let r = record.lock().unwrap();
     let hist = r.hist.clone().unwrap_or_else(|| Histogram::new(3).expect("hist"));
     let q = |p: f64| hist.value_at_quantile(p);
@@ -247,9 +265,14 @@ fn main() -> anyhow::Result<()> {
         "throughput": hist.len() as f64 / a.duration,
         "rows_per_s": (hist.len() * a.batch as u64) as f64 / a.duration,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999), "max": hist.max()},
+        "cpu_stolen": cpu_stolen,
     });
     if let (Some(o), Some(m)) = (out.as_object_mut(), mode.as_object()) {
         o.extend(m.clone());
+        if let (Some(lag), Some(_)) = (&r.lag, a.rate) {
+            let q = |p: f64| lag.value_at_quantile(p);
+            o.insert("send_lag_us".into(), serde_json::json!({"p50": q(0.5), "p99": q(0.99), "max": lag.max()}));
+        }
         if let Some(e) = &r.first_error {
             o.insert("first_error".into(), e.clone().into());
         }
