@@ -178,7 +178,17 @@ fn check_outputs_ejects_a_worker_that_returns_wrong_outputs() {
         };
         let before = pairs(0, 40).await;
         assert!(before > 0, "the faulty worker's outputs reached clients before it was found");
-        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        // A group is checked once its parity output is in too, which may be well after its
+        // answers: under load the one parity worker, with 3.5x any deployed worker's queries,
+        // ran 23 groups behind. So wait (10 s at most) for the checks to eject someone.
+        let mut metrics = String::new();
+        for _ in 0..100 {
+            metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+            if metrics.lines().any(|l| l.starts_with("parm_ejections_total") && !l.ends_with(" 0")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let line = |name: &str| metrics.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
         let checks = metrics.lines().filter(|l| l.starts_with("parm_") && !l.contains("_bucket")).collect::<Vec<_>>().join("\n");
         assert!(line("parm_ejections_total").ends_with(" 1"), "{checks}");

@@ -6,8 +6,11 @@
 //! gives the syndrome's size (RMS per value) and, with r >= 2 parities, the member whose single
 //! error explains it. Learned parity models are approximate, so the syndrome of a healthy
 //! group is not zero; a group is **flagged** when its score exceeds
-//! [`OutputChecks::threshold`] times the running median score of recent groups (a median, so a
-//! minority of wrong groups does not move the yardstick).
+//! [`OutputChecks::threshold`] times the running median score of recent groups with as many
+//! members (a median, so a minority of wrong groups does not move the yardstick; per number of
+//! members, because a group sealed partly filled by its timeout is padded, and the parity
+//! model's error on padding differs: in a test where F is its own parity model, healthy full
+//! groups scored 0.05 and a padded one 2.8, and a padded group's only member was blamed alone).
 //!
 //! A flagged group **blames** instances: with r >= 2 the located member's instance alone (when
 //! it explains at least [`OutputChecks::min_share`] of the syndrome), otherwise every member's
@@ -15,9 +18,9 @@
 //! flagged groups, a healthy one only in those it shares with a wrong one). Each deployed
 //! instance keeps its last [`OutputChecks::window`] checks; one blamed in at least
 //! [`OutputChecks::eject_rate`] x window of them (2 at least), whose blamed share is the highest
-//! and at least three times the median share of the others, is **ejected**: out of the rotation for [`OutputChecks::eject_for`], then back on probation;
-//! every instance's window starts again then (the suspicion the ejected one cast on its
-//! group-mates goes with it). Outputs that an ejected instance still returns (calls in flight)
+//! and at least three times the median share of the others, is **ejected**: out of the
+//! rotation for [`OutputChecks::eject_for`], then back on probation; every instance's window
+//! starts again then (the suspicion the ejected one cast on its group-mates goes with it). Outputs that an ejected instance still returns (calls in flight)
 //! count as failed, so its queries are answered from the code. At most half the deployed
 //! instances are out at once.
 //!
@@ -88,7 +91,8 @@ impl OutputChecks {
 pub struct CheckVerdict {
     /// The coding group ([`crate::coded::Prediction::group`]).
     pub group: u64,
-    /// The running median of scores the group's score ([`Check::score`]) was compared with.
+    /// The running median of scores the group's score ([`Check::score`]) was compared with
+    /// (of recent groups with as many members, padding not counted).
     pub median: f32,
     /// The group's [`parm_codes::Check`].
     pub check: Check,
@@ -117,7 +121,8 @@ pub(crate) struct Checker {
 
 #[derive(Default)]
 struct CheckerState {
-    scores: VecDeque<f32>,
+    /// Recent scores, per number of members (padding not counted).
+    scores: HashMap<usize, VecDeque<f32>>,
     /// Per deployed instance: its last checks (true: blamed).
     windows: HashMap<String, VecDeque<bool>>,
 }
@@ -136,15 +141,16 @@ impl Checker {
     pub(crate) fn record(&self, group: u64, check: Check, r: usize, instances: Vec<Option<String>>, pool: &Pool, stats: &Stats) {
         stats.checks.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let median = median(st.scores.iter().copied());
+        let scores = st.scores.entry(instances.iter().flatten().count()).or_default();
+        let median = median(scores.iter().copied());
         // Before the yardstick exists no group can be flagged, so none counts in the windows
         // either (a wrong instance's unblamed early checks would hide it behind its group-mates).
-        let warm = st.scores.len() >= WARM_UP;
+        let warm = scores.len() >= WARM_UP;
         let flagged = warm && check.score > self.cfg.threshold * median;
-        if st.scores.len() == SCORES {
-            st.scores.pop_front();
+        if scores.len() == SCORES {
+            scores.pop_front();
         }
-        st.scores.push_back(check.score);
+        scores.push_back(check.score);
         // A member from an instance already ejected explains the disagreement (its outputs
         // still in flight were checked after it left): its group-mates are not blamed.
         let out = |j: &usize| instances[*j].as_deref().is_some_and(|a| pool.is_ejected(a));
@@ -157,6 +163,7 @@ impl Checker {
         if flagged {
             stats.flagged.fetch_add(1, Ordering::Relaxed);
         }
+        tracing::debug!(group, score = check.score, median, flagged, ?blamed, ?instances, "output check");
         let mut suspects = Vec::new();
         for (j, addr) in instances.iter().enumerate().filter(|_| warm) {
             let Some(addr) = addr else { continue };
@@ -281,6 +288,22 @@ mod tests {
         group(&checker, &pool, &stats, 1.0, "c", "d");
         group(&checker, &pool, &stats, 100.0, "b", "c");
         assert_eq!(stats.flagged.load(Ordering::Relaxed), 1);
+        assert!(pool.ejected().is_empty(), "{:?}", pool.ejected());
+    }
+
+    /// A padded group's syndrome is of another size than a full one's (here 50x): compared with
+    /// full groups, every padded group would be flagged and its only member blamed alone.
+    #[test]
+    fn padded_groups_are_compared_with_padded_groups() {
+        let (checker, pool, stats) = setup();
+        let names: Vec<String> = "abcdefg".chars().map(String::from).collect();
+        for i in 0..60 {
+            group(&checker, &pool, &stats, 0.05 + 0.001 * (i % 3) as f32, &names[i % 7], &names[(i + 1) % 7]);
+            if i % 4 == 0 {
+                checker.record(0, check(2.8 + 0.01 * (i % 3) as f32), 1, vec![Some("b".into()), None], &pool, &stats);
+            }
+        }
+        assert_eq!(stats.flagged.load(Ordering::Relaxed), 0);
         assert!(pool.ejected().is_empty(), "{:?}", pool.ejected());
     }
 
