@@ -20,9 +20,9 @@
 //! [`OutputChecks::eject_rate`] x window of them (2 at least), whose blamed share is the highest
 //! and at least three times the median share of the others, is **ejected**: out of the
 //! rotation for [`OutputChecks::eject_for`], then back on probation; every instance's window
-//! starts again then (the suspicion the ejected one cast on its group-mates goes with it). Outputs that an ejected instance still returns (calls in flight)
-//! count as failed, so its queries are answered from the code. At most half the deployed
-//! instances are out at once.
+//! starts again then (the suspicion the ejected one cast on its group-mates goes with it).
+//! Outputs that an ejected instance still returns (calls in flight) count as failed, so its
+//! queries are answered from the code. At most half the deployed instances are out at once.
 //!
 //! The check needs every output, so with checks on every group gets its redundant queries
 //! (none skipped, none cancelled once the members are answered); a wrong output that arrives
