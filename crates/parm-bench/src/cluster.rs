@@ -59,22 +59,29 @@ impl Instance {
     }
 }
 
-/// Starts `parm worker` (the binary at `exe`) for `spec` on 127.0.0.1 with an ephemeral port
-/// and one compute thread, and waits (up to 60 s) for the address it prints.
-///
-/// Errors: the process cannot start, exits, or prints no address in time.
-pub async fn start_instance(exe: &Path, spec: InstanceSpec) -> anyhow::Result<Instance> {
+/// A command running `exe` in network namespace `netns` (an emulated host; `None`: this one)
+/// on `cpus` (`taskset -c` syntax; `None`: any).
+pub fn placed(exe: &Path, netns: Option<&str>, cpus: Option<&str>) -> Command {
     // Wrappers, outermost first: `taskset -c CPUS`, then `ip netns exec NS`.
     let mut argv: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(cpus) = &spec.cpus {
+    if let Some(cpus) = cpus {
         argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
     }
-    if let Some(ns) = &spec.netns {
+    if let Some(ns) = netns {
         argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.into()]);
     }
     argv.push(exe.into());
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    cmd
+}
+
+/// Starts `parm worker` (the binary at `exe`) for `spec` on 127.0.0.1 with an ephemeral port
+/// and one compute thread, and waits (up to 60 s) for the address it prints.
+///
+/// Errors: the process cannot start, exits, or prints no address in time.
+pub async fn start_instance(exe: &Path, spec: InstanceSpec) -> anyhow::Result<Instance> {
+    let mut cmd = placed(exe, spec.netns.as_deref(), spec.cpus.as_deref());
     cmd.arg("worker").arg("--model").arg(&spec.model).arg("--name").arg(&spec.name);
     cmd.arg("--listen").arg(spec.listen.as_deref().unwrap_or("127.0.0.1:0"));
     if !spec.fault.is_empty() {

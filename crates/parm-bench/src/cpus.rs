@@ -3,6 +3,10 @@
 //! CPU it may use, the instance processes on the others, so that instances burning CPU do not
 //! preempt the frontend and the load generator's clock. On this 2-core machine that is one
 //! core each: the frontend then has a core of its own, but one core less than unpinned.
+//!
+//! With the load generator as a process of its own (`client_process = true`,
+//! [`crate::client`]) it gets the first CPU alone, the benchmark process the second, and the
+//! instances the rest; on 2 CPUs the benchmark process and the instances share the second.
 
 use std::io;
 
@@ -47,23 +51,36 @@ fn set_process(cpus: &[usize]) -> io::Result<()> {
 /// A run's pinning, undone (every thread back to the CPUs it had) when dropped.
 pub struct Pinning {
     before: Vec<usize>,
-    /// The CPUs of the instance processes, as `taskset -c` takes them ("1" or "1-3").
+    /// The CPUs of the instance processes, as `taskset -c` takes them ("1" or "1,2,3").
     pub instances: String,
-    /// What the run reports: `bench cpu 0, instances cpus 1-1`.
+    /// The CPU of the load generator process, when it is one (`taskset -c` syntax).
+    pub client: Option<String>,
+    /// What the run reports: `bench cpu 0, instances cpus 1` (`client cpu 0, bench cpu 1,
+    /// instances cpus 1` with a load generator process).
     pub name: String,
 }
 
 impl Pinning {
-    /// Pins this process to its first allowed CPU and names the rest for the instances.
+    /// Pins this process to its first allowed CPU and names the rest for the instances; with
+    /// `client_process`, the first CPU is the load generator's, this process gets the second,
+    /// and the instances the rest (the second too, when there are only 2).
     ///
     /// Errors: fewer than 2 CPUs allowed, or a failed system call.
-    pub fn split() -> anyhow::Result<Self> {
+    pub fn split(client_process: bool) -> anyhow::Result<Self> {
         let before = allowed()?;
         anyhow::ensure!(before.len() >= 2, "pin = true needs 2 CPUs or more; this process may use {:?}", before);
-        let (bench, rest) = (before[0], &before[1..]);
+        let list = |cpus: &[usize]| cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let (client, bench, rest) = match client_process {
+            false => (None, before[0], &before[1..]),
+            true => (Some(before[0].to_string()), before[1], &before[(before.len() - 1).min(2)..]),
+        };
         set_process(&[bench])?;
-        let instances = rest.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-        Ok(Self { name: format!("bench cpu {bench}, instances cpus {instances}"), instances, before })
+        let instances = list(rest);
+        let name = match &client {
+            Some(c) => format!("client cpu {c}, bench cpu {bench}, instances cpus {instances}"),
+            None => format!("bench cpu {bench}, instances cpus {instances}"),
+        };
+        Ok(Self { name, instances, client, before })
     }
 }
 
@@ -85,14 +102,22 @@ mod tests {
     fn pinning_moves_every_thread_and_is_undone() {
         let before = allowed().unwrap();
         if before.len() < 2 {
-            assert!(Pinning::split().is_err());
+            assert!(Pinning::split(false).is_err());
             return;
         }
-        let p = Pinning::split().unwrap();
+        let p = Pinning::split(false).unwrap();
         assert_eq!(allowed().unwrap(), vec![before[0]]);
         let inherited = std::thread::spawn(|| allowed().unwrap()).join().unwrap();
         assert_eq!(inherited, vec![before[0]]);
         assert_eq!(p.instances.split(',').count(), before.len() - 1);
+        assert_eq!(p.client, None);
+        drop(p);
+        assert_eq!(allowed().unwrap(), before);
+        // A load generator process gets the first CPU alone; this process moves to the second.
+        let p = Pinning::split(true).unwrap();
+        assert_eq!(p.client, Some(before[0].to_string()));
+        assert_eq!(allowed().unwrap(), vec![before[1]]);
+        assert!(!p.instances.split(',').any(|c| c == before[0].to_string()), "{}", p.name);
         drop(p);
         assert_eq!(allowed().unwrap(), before);
     }

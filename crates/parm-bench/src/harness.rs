@@ -16,6 +16,7 @@ use parm_serve::upstream::redundancy::Redundancy;
 use serde::Serialize;
 
 use crate::chaos::{Chaos, Target};
+use crate::client::{Placement, run_open_loop_in_child};
 use crate::cluster::{Instance, InstanceSpec, start_instances};
 use crate::network::{CLIENT, FRONTEND, Network, NetworkSpec};
 use crate::scenario::{Fault, Mode};
@@ -101,6 +102,9 @@ pub struct RunSpec {
     pub frontends: usize,
     /// The benchmark process on one CPU, the instances on the others ([`crate::cpus`]).
     pub pin: bool,
+    /// The load generator as a `parm loadgen` process of its own ([`crate::client`]) on the
+    /// client's host (with `pin`, on a CPU of its own), not a runtime of this process.
+    pub client_process: bool,
 }
 
 /// What one run measured.
@@ -215,12 +219,16 @@ pub async fn run_probed(
             s.netns = Some(net.netns(net.host_of(m)));
         }
     }
-    let pinning = spec.pin.then(crate::cpus::Pinning::split).transpose()?;
+    let pinning = spec.pin.then(|| crate::cpus::Pinning::split(spec.client_process)).transpose()?;
     for s in &mut specs {
         s.cpus = pinning.as_ref().map(|p| p.instances.clone());
     }
+    let client = spec
+        .client_process
+        .then(|| Placement { netns: network.as_ref().map(|n| n.netns(CLIENT)), cpus: pinning.as_ref().and_then(|p| p.client.clone()) });
     let mut instances = start_instances(exe, specs).await?;
-    let result = drive(exe, spec, models.code, &instances, network.clone(), queries, probe).await;
+    let layout = Layout { network: network.clone(), client };
+    let result = drive(exe, spec, models.code, &instances, layout, queries, probe).await;
     for i in &mut instances {
         i.kill().await;
     }
@@ -247,12 +255,19 @@ struct Served {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// Where a run's roles are: its emulated hosts, and the load generator process's place (`None`:
+/// the load generator runs in this process).
+struct Layout {
+    network: Option<Arc<Network>>,
+    client: Option<Placement>,
+}
+
 async fn drive(
     exe: &Path,
     spec: &RunSpec,
     code: ParityCode,
     instances: &[Instance],
-    network: Option<Arc<Network>>,
+    Layout { network, client }: Layout,
     queries: &[Query],
     probe: Option<Probe>,
 ) -> anyhow::Result<(RunResult, ProbeData)> {
@@ -316,9 +331,14 @@ async fn drive(
         let _on_it = frontend_host.as_ref().map(|h| h.enter());
         probe.map(|p| ProbeRun::start(p, &addrs(DEPLOYED), &queries[0]))
     };
-    let owned = queries.to_vec();
     let stolen = crate::steal::StealMeter::start();
-    let report = on(network.as_ref(), CLIENT, async move { run_open_loop(&load, &owned).await }).await.and_then(|r| r);
+    let report = match client {
+        Some(place) => run_open_loop_in_child(exe, &place, &load, queries).await,
+        None => {
+            let owned = queries.to_vec();
+            on(network.as_ref(), CLIENT, async move { run_open_loop(&load, &owned).await }).await.and_then(|r| r)
+        }
+    };
     let cpu_stolen = stolen.fraction();
     let probed = match probes {
         Some(p) => p.stop().await,

@@ -39,6 +39,7 @@
 
 pub mod bootstrap;
 pub mod chaos;
+pub mod client;
 pub mod cluster;
 pub mod cpus;
 pub mod harness;

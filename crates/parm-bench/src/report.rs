@@ -1,14 +1,14 @@
 //! Run results, latency percentiles and a plain-text table for them.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Latency percentiles of one run, in **milliseconds**.
 ///
 /// Computed from an HdrHistogram of latencies recorded in **microseconds** with 3 significant
 /// digits, so every value is exact to within 0.1 % (plus the 1 us recording resolution).
 /// All fields are 0 when nothing was recorded.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Percentiles {
     /// Median latency (ms).
     pub p50: f64,
@@ -31,7 +31,7 @@ pub struct Percentiles {
 ///   queries, warm-up included (every answer must be right, warm or not);
 /// * `latency_ms`, `throughput_qps` and `wall_s` cover only the **measured** part, i.e. the
 ///   queries after the first `warmup`.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct RunReport {
     /// Queries sent: `queries.len()`, warm-up included.
     pub requests: usize,
@@ -48,6 +48,7 @@ pub struct RunReport {
     pub correct: usize,
     /// `correct / (answered queries with a label)`; NaN (serialised as JSON `null`) when no
     /// answered query had a label.
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
     /// Latency percentiles (ms) of answered, non-warm-up queries, measured from the intended
     /// send time to the arrival of the whole response body.
@@ -74,6 +75,11 @@ pub struct RunReport {
     /// serialised.
     #[serde(skip)]
     pub latency_trace_ms: Vec<(f64, f64)>,
+}
+
+/// JSON writes NaN as `null`; read it back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Percentiles (ms) of a histogram of latencies recorded in **microseconds**.

@@ -92,6 +92,11 @@ pub struct Scenario {
     /// instances to the others ([`crate::cpus`]).
     #[serde(default)]
     pub pin: bool,
+    /// Run the load generator as a process of its own (`parm loadgen`, [`crate::client`]) on
+    /// the client's host, with `pin` on a CPU of its own, instead of on a runtime of the
+    /// benchmark process that the frontend and the links' proxies share.
+    #[serde(default)]
+    pub client_process: bool,
 }
 
 fn one_frontend() -> Vec<usize> {
@@ -541,6 +546,7 @@ mod tests {
             link: None,
             frontends: vec![1],
             pin: false,
+            client_process: false,
         };
         base.validate().unwrap();
         let parm = Mode::Parm { k: 2, r: 1, checked: false };

@@ -42,6 +42,9 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Discrete-event simulation calibrated on this machine, validated against `bench`, projected to 1000 instances.
     Simulate(cmd::simulate::SimulateArgs),
+    /// One trial of `bench`'s load generator, as a process of its own (started by `bench`).
+    #[command(hide = true)]
+    Loadgen(cmd::loadgen::LoadgenArgs),
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),
+        Command::Loadgen(a) => cmd::loadgen::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

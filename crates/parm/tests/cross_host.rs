@@ -300,3 +300,52 @@ fn dns_discovery_follows_a_changing_answer_under_load() {
     // there would have waited for the instance timeout and been reconstructed.
     assert!(reconstructed[3] * 20 <= per_phase[3], "{reconstructed:?} of {per_phase:?}");
 }
+
+/// The load generator as a process of its own (`parm loadgen`, `parm_bench::client`, scenario
+/// key `client_process`): started on the client's host against `parm serve` on another, it
+/// sends every query open loop and hands back the report a trial in process would give: every
+/// query answered, F's class for every original, the latency trace and quantiles the simulator
+/// reads, and its own send lag.
+#[test]
+fn a_load_generator_process_on_the_client_host_reports_its_trial() {
+    const N: usize = 60;
+    const WARMUP: usize = 10;
+    let Some(_one) = hosts_here("load generator process test") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let deployed = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
+    let (hosts, _procs, frontend) = cluster(dir.path());
+    let f = Predictor::load(&deployed).unwrap();
+    let queries: Vec<parm_bench::Query> = (0..N)
+        .map(|q| {
+            let input: Vec<f32> = (0..784).map(|j| ((q * 31 + j * 7) % 97) as f32 / 97.0).collect();
+            let out = f.infer(&input, 1).unwrap();
+            let class = (0..out.len()).fold(0, |best, c| if out[c] > out[best] { c } else { best });
+            parm_bench::Query { input, shape: vec![1, 784], label: Some(class) }
+        })
+        .collect();
+    let spec = parm_bench::LoadSpec {
+        base_url: format!("http://{frontend}"),
+        replicas: Vec::new(),
+        model: "m".into(),
+        input_name: "input".into(),
+        rate_qps: 100.0,
+        seed: 3,
+        warmup: WARMUP,
+        request_timeout: Duration::from_secs(10),
+        progress: false,
+    };
+    let place = parm_bench::client::Placement { netns: Some(hosts.host(0).netns.clone()), cpus: None };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = rt.block_on(parm_bench::client::run_open_loop_in_child(exe(), &place, &spec, &queries)).unwrap();
+    eprintln!("load generator process: {report:?}");
+    assert_eq!((report.requests, report.answered, report.errors), (N, N, 0), "{:?}", report.error_samples);
+    assert!(report.correct + report.reconstructed >= N, "originals must be F's class: {report:?}");
+    assert_eq!(report.latency_trace_ms.len(), N - WARMUP);
+    assert_eq!(report.latency_quantiles_ms.len(), 1001);
+    assert!(report.latency_ms.p50 > 0.0 && report.send_lag_ms.max >= 0.0);
+    // Mixed shapes cannot go to a process (one input file, one shape).
+    let mut mixed = queries.clone();
+    mixed[1].shape = vec![1, 28, 28];
+    let err = rt.block_on(parm_bench::client::run_open_loop_in_child(exe(), &place, &spec, &mixed)).unwrap_err();
+    assert!(err.to_string().contains("one shape"), "{err}");
+}

@@ -272,6 +272,7 @@ fn run_spec(s: &Scenario, mode: Mode, rate: f64, trial: u64, frontends: usize) -
         network: s.network(frontends),
         frontends,
         pin: s.pin,
+        client_process: s.client_process,
     }
 }
 

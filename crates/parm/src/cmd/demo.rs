@@ -127,6 +127,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             network: None,
             frontends: 1,
             pin: false,
+            client_process: false,
         };
         let result = rt.block_on(run_once(&exe, &models, &spec, &queries))?;
         rows.push((name.to_string(), result.report));

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod infer;
+pub mod loadgen;
 pub mod serve;
 pub mod simulate;
 pub mod train;

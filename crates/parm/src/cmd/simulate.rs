@@ -152,12 +152,21 @@ pub struct Setup {
     /// CPU pinning of the calibration runs (as the scenario's `pin`).
     #[serde(default)]
     pub pin: bool,
+    /// The load generator as a process of its own (as the scenario's `client_process`).
+    #[serde(default)]
+    pub client_process: bool,
 }
 
 impl Setup {
     /// The setup scenario `s` runs on (with one frontend).
     pub fn of(s: &Scenario) -> Self {
-        Self { host_faults: host_faults(&s.faults), network: s.network(1), compute: s.compute, pin: s.pin }
+        Self {
+            host_faults: host_faults(&s.faults),
+            network: s.network(1),
+            compute: s.compute,
+            pin: s.pin,
+            client_process: s.client_process,
+        }
     }
 
     /// Its name in reports: "none" for loopback, real compute, no host faults.
@@ -172,6 +181,9 @@ impl Setup {
         }
         if self.pin {
             parts.push("pinned".into());
+        }
+        if self.client_process {
+            parts.push("load generator process".into());
         }
         if parts.is_empty() { "none".into() } else { parts.join(" + ") }
     }
@@ -654,6 +666,7 @@ fn calibration_spec(c: &CalibrationSettings, setup: &Setup, (mode, instances): (
         network: setup.network,
         frontends: 1,
         pin: setup.pin,
+        client_process: setup.client_process,
     }
 }
 
