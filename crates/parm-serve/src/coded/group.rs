@@ -319,17 +319,23 @@ impl Member {
 
     /// Runs the member on a deployed instance and answers with its prediction, or with the
     /// reconstruction the group delivers first (ParM §4.2, eager decoding), held back for the
-    /// decode grace so that an original about to arrive wins. Meanwhile seals the group when
+    /// decode grace so that an original about to arrive wins, unless the instance is a known
+    /// straggler ([`policy::lagging`]): then no original is about to arrive, and the
+    /// reconstruction answers at once. Meanwhile seals the group when
     /// its time is up and, with lazy parity, asks for the parity query once this member has
     /// been outstanding for the straggler threshold.
     pub(crate) async fn run(mut self, input: &Arc<[f32]>, mut answer: oneshot::Receiver<Answer>) -> Result<Prediction, FrontendError> {
         let shared = self.shared.clone();
         self.sent_at = Instant::now();
         let sent_at = self.sent_at;
+        // The recent latency (us; 0: none) of the instance the call went to, as it was picked.
+        let recent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let rpc = {
-            let (shared, input, shape, group) = (shared.clone(), input.clone(), shared.shape(self.rows), self.group.clone());
+            let (shared, input, shape, group, recent) =
+                (shared.clone(), input.clone(), shared.shape(self.rows), self.group.clone(), recent.clone());
             async move {
-                let note = |i: &dyn crate::upstream::Instance| {
+                let note = |i: &dyn crate::upstream::Instance, latency: Option<Duration>| {
+                    recent.store(latency.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
                     if let Some(h) = i.host() {
                         group.lock().hosts.push(h.into());
                     }
@@ -337,8 +343,8 @@ impl Member {
                 shared.deployed.infer_noting(&input, &shape, shared.cfg.instance_timeout, &note).await
             }
         };
-        // Boxed: with output checks, a call still out when a reconstruction answered the
-        // member finishes in a task of its own (see `report_later`).
+        // Boxed: a call still out when a reconstruction answered the member finishes in a task
+        // of its own (see `report_later`).
         let mut rpc = Box::pin(rpc);
         let mut rpc_done = false;
         // The last member seals a full group as it joins; nobody else needs the seal timer then.
@@ -356,8 +362,12 @@ impl Member {
                 }
                 a = &mut answer => {
                     let Ok(a) = a else { return Err(FrontendError::Closed) };
+                    let lagging = || {
+                        let us = recent.load(Ordering::Relaxed);
+                        shared.cfg.straggler.lagging((us > 0).then(|| Duration::from_micros(us)), &shared.deployed.medians)
+                    };
                     if let Answer::Reconstructed { .. } = a
-                        && !rpc_done {
+                        && !rpc_done && !lagging() {
                             // Decode grace: the original may still win.
                             tokio::select! {
                                 out = &mut rpc => {
@@ -370,7 +380,9 @@ impl Member {
                             }
                         }
                     let answer = self.finish(a);
-                    if !rpc_done && shared.checker.is_some() {
+                    if !rpc_done {
+                        // Its output still goes to the group's check, and its latency to the
+                        // instance's recent latency (`policy::lagging`).
                         self.report_later(rpc);
                     } else {
                         self.reported = true; // the answer is settled; a late output changes nothing
@@ -390,9 +402,11 @@ impl Member {
         }
     }
 
-    /// With output checks: the member is answered (by a reconstruction) but its own call is
-    /// still out; it finishes in a task of its own and its output goes to the group's check,
-    /// so that the group's other outputs are still checked.
+    /// The member is answered (by a reconstruction) but its own call is still out; it finishes
+    /// in a task of its own: with output checks its output goes to the group's check, so that
+    /// the group's other outputs are still checked; and its latency is recorded as its
+    /// instance's, so that a straggler is known as one ([`policy::lagging`]). The instance
+    /// does the work an uncoded frontend would have asked of it anyway.
     fn report_later(mut self, rpc: std::pin::Pin<Box<impl std::future::Future<Output = Result<Served, InstanceError>> + Send + 'static>>) {
         let runtime = self.shared.runtime.clone();
         runtime.spawn(async move {

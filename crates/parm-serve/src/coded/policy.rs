@@ -66,6 +66,21 @@ pub fn decode_grace<T: PartialOrd>(grace: Option<T>, threshold: T) -> T {
     }
 }
 
+/// Whether the instance a query went to is a straggler now, so that the query takes its
+/// reconstruction as soon as there is one, without the decode grace: the instance's recent
+/// latency (`recent`: the shorter of its last two calls, if within the last second;
+/// [`crate::upstream::pool`]) is above the
+/// straggler threshold and above `factor` x the median (`slow`). The grace exists so that an
+/// original about to arrive wins over a less accurate reconstruction; from an instance whose
+/// last calls both took longer than the threshold no original is about to arrive, and its
+/// queries would be reconstructed anyway, one threshold later. The second bound keeps the
+/// threshold's cap out of it: with instances whose median is near the cap, every healthy one
+/// would otherwise count as lagging. parm's refinement, not in ParM, which decodes eagerly
+/// without a grace (§4.2).
+pub fn lagging<T: PartialOrd>(recent: Option<T>, threshold: T, slow: T) -> bool {
+    recent.is_some_and(|r| r > threshold && r > slow)
+}
+
 /// With lazy parity, how long after a query was sent its group's parity query is wanted
 /// (the straggler threshold); `None` with ParM's eager parity (sent at the seal).
 pub fn parity_due_after<T>(lazy_parity: bool, threshold: T) -> Option<T> {
@@ -79,6 +94,12 @@ impl StragglerPolicy {
             Some(median) => median.mul_f64(self.factor.max(0.0)).clamp(self.min, self.max.max(self.min)),
             None => self.max.max(self.min),
         }
+    }
+
+    /// [`lagging`] for an instance whose recent latency is `recent`, against `window`'s median.
+    pub fn lagging(&self, recent: Option<Duration>, window: &LatencyWindow) -> bool {
+        let slow = window.threshold().map_or(Duration::MAX, |median| median.mul_f64(self.factor.max(0.0)));
+        lagging(recent, self.threshold(window), slow)
     }
 
     /// With the threshold's floor at `min`; a floor above the cap raises the cap with it
@@ -135,6 +156,23 @@ mod tests {
         assert!(high.validate().is_ok());
         let low = StragglerPolicy::default().with_min(Duration::from_micros(250));
         assert_eq!((low.min, low.max), (Duration::from_micros(250), Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn an_instance_lags_when_its_recent_latency_is_above_the_threshold_and_factor_x_median() {
+        assert!(!lagging(None, 1.0, 1.0), "no latency on record");
+        assert!(lagging(Some(22.0), 2.0, 2.0));
+        assert!(!lagging(Some(1.5), 2.0, 2.0));
+        assert!(!lagging(Some(6.0), 5.0, 8.0), "above the capped threshold, not above 2 x a 4 ms median");
+        let p = StragglerPolicy::default();
+        let w = LatencyWindow::default();
+        assert!(!p.lagging(Some(Duration::from_millis(50)), &w), "no median yet: nobody lags");
+        for _ in 0..50 {
+            w.record(Duration::from_millis(4), MEDIAN);
+        }
+        assert_eq!(p.threshold(&w), Duration::from_millis(5), "2 x 4 ms, capped");
+        assert!(!p.lagging(Some(Duration::from_millis(6)), &w), "a healthy instance near the cap");
+        assert!(p.lagging(Some(Duration::from_millis(24)), &w), "a slowed one");
     }
 
     #[test]

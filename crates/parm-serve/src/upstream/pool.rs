@@ -27,6 +27,43 @@ struct Member {
     /// disagreed with the code, see [`crate::coded::check`]); 0: never ejected. An atomic: every
     /// call reads it.
     ejected_until: AtomicU64,
+    /// Its recent latency.
+    recent: Recent,
+}
+
+/// An instance's recent latency: the shorter of its last two calls' durations (answers and
+/// failures alike), if the later one finished within the last [`RECENT_FOR`]. So a slowed
+/// instance shows after two slow calls, one fast call clears it, and an instance that was
+/// slow before a pause is not held against it. Calls cancelled before they finish are not in
+/// it; the coded path lets a member's call finish after its reconstruction answered, so that
+/// a straggler's latency is seen ([`crate::coded::policy::lagging`]).
+#[derive(Default)]
+struct Recent {
+    /// The last two durations, microseconds (0: none yet), written in turn.
+    last: [AtomicU64; 2],
+    next: AtomicUsize,
+    /// When the last one was recorded ([`epoch_us`]).
+    at: AtomicU64,
+}
+
+/// How long an instance's last calls count as its recent latency.
+const RECENT_FOR: Duration = Duration::from_secs(1);
+
+impl Recent {
+    fn record(&self, took: Duration) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % 2;
+        self.last[i].store((took.as_micros() as u64).max(1), Ordering::Relaxed);
+        self.at.store(epoch_us(std::time::Instant::now()), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<Duration> {
+        let at = self.at.load(Ordering::Relaxed);
+        if at == 0 || epoch_us(std::time::Instant::now()) > at + RECENT_FOR.as_micros() as u64 {
+            return None;
+        }
+        let us = self.last.iter().map(|a| a.load(Ordering::Relaxed)).min().unwrap_or(0);
+        (us > 0).then(|| Duration::from_micros(us))
+    }
 }
 
 impl Member {
@@ -47,8 +84,9 @@ fn epoch_us(t: std::time::Instant) -> u64 {
 /// An instance's output, with the instance that computed it.
 pub type Served = (Vec<f32>, Arc<dyn Instance>);
 
-/// Told each instance a call goes to, as it is chosen ([`Pool::infer_noting`]).
-pub type Picked<'a> = &'a (dyn Fn(&dyn Instance) + Sync);
+/// Told each instance a call goes to, as it is chosen ([`Pool::infer_noting`]), with its
+/// recent latency (a moving average of its calls; `None` before its first call finished).
+pub type Picked<'a> = &'a (dyn Fn(&dyn Instance, Option<Duration>) + Sync);
 
 /// `instances` in rotation order spread over their hosts: one instance of each host in turn
 /// (hosts in the order they first appear), so that neighbours in the rotation are on distinct
@@ -147,7 +185,7 @@ impl Pool {
                     added.push(i.addr().to_string());
                     let coalescer =
                         self.dispatch.enabled().then(|| Coalescer::start(i.clone(), self.model.clone(), self.dispatch, self.timeout));
-                    Arc::new(Member { instance: i, coalescer, ejected_until: AtomicU64::new(0) })
+                    Arc::new(Member { instance: i, coalescer, ejected_until: AtomicU64::new(0), recent: Recent::default() })
                 }
             })
             .collect();
@@ -207,7 +245,7 @@ impl Pool {
 
     /// [`Self::infer`], with the instance whose output it is.
     pub async fn infer_served(&self, input: &Arc<[f32]>, shape: &[i64], timeout: Duration) -> Result<Served, InstanceError> {
-        self.infer_noting(input, shape, timeout, &|_| {}).await
+        self.infer_noting(input, shape, timeout, &|_, _| {}).await
     }
 
     /// [`Self::infer_served`], telling `picked` each instance a call goes to as it is chosen
@@ -276,7 +314,7 @@ impl Pool {
             let fits = |m: &Member| m.instance.usable() && !m.is_ejected() && away(m);
             first = (first..first + n).find(|&i| fits(&members[i % n])).unwrap_or(first);
         }
-        self.infer_with_retry(first, input, shape, timeout, &|_| {}).await.map(|(out, _)| out)
+        self.infer_with_retry(first, input, shape, timeout, &|_, _| {}).await.map(|(out, _)| out)
     }
 
     /// Runs on instance `index` (mod n), or, if it is out of rotation (its breaker is open, see
@@ -298,11 +336,13 @@ impl Pool {
         let usable = |m: &Member| m.instance.usable() && !m.is_ejected();
         let i = (0..n).map(|j| (index + j) % n).find(|&i| usable(&members[i])).unwrap_or(index % n);
         let m = &members[i];
-        picked(&*m.instance);
+        picked(&*m.instance, m.recent.get());
+        let started = std::time::Instant::now();
         let out = match &m.coalescer {
             Some(c) => c.infer(input.clone(), shape, timeout).await,
             None => m.instance.infer(&self.model, input, shape, timeout).await,
         };
+        m.recent.record(started.elapsed());
         out.map(|o| (o, m.instance.clone()))
     }
 
@@ -360,5 +400,27 @@ impl Pool {
         type Call<'a> = Pin<Box<dyn Future<Output = Result<Served, InstanceError>> + Send + 'a>>;
         let calls: [Call<'_>; 2] = [Box::pin(primary), Box::pin(backup)];
         futures::future::select_ok(calls).await.map(|(out, _)| out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_latency_is_the_shorter_of_the_last_two_calls_while_fresh() {
+        let ms = Duration::from_millis;
+        let r = Recent::default();
+        assert_eq!(r.get(), None, "no call yet");
+        r.record(ms(20));
+        assert_eq!(r.get(), None, "one call is not enough");
+        r.record(ms(22));
+        assert_eq!(r.get(), Some(ms(20)), "two slow calls: a straggler");
+        r.record(ms(1));
+        assert_eq!(r.get(), Some(ms(1)), "one fast call clears it");
+        r.record(ms(30));
+        r.record(ms(30));
+        std::thread::sleep(RECENT_FOR + ms(100));
+        assert_eq!(r.get(), None, "slow calls before a pause are forgotten");
     }
 }

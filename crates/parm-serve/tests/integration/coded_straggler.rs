@@ -28,6 +28,17 @@ async fn start_frontend(slow_ms: f64, lazy_parity: bool) -> (Frontend, Vec<Worke
 }
 
 async fn start_frontend_with_grace(slow_ms: f64, lazy_parity: bool, grace: Duration) -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
+    start_frontend_with(slow_ms, lazy_parity, grace, 1.0).await
+}
+
+/// `factor`: the straggler policy's (the threshold is fixed; the factor only scales the median
+/// that a lagging instance must exceed, `policy::lagging`).
+async fn start_frontend_with(
+    slow_ms: f64,
+    lazy_parity: bool,
+    grace: Duration,
+    factor: f64,
+) -> (Frontend, Vec<WorkerHandle>, Arc<LinearBackend>) {
     let (f, fp) = models();
     let opts = |delay_ms| WorkerOptions { faults: FaultConfig { delay_ms, ..Default::default() }, ..Default::default() };
     let workers = vec![
@@ -38,7 +49,7 @@ async fn start_frontend_with_grace(slow_ms: f64, lazy_parity: bool, grace: Durat
     let cfg = FrontendConfig {
         // Far longer than any test: a group sealed early was sealed by the threshold.
         group_timeout: Duration::from_secs(30),
-        straggler: StragglerPolicy { lazy_parity, factor: 1.0, min: THRESHOLD, max: THRESHOLD },
+        straggler: StragglerPolicy { lazy_parity, factor, min: THRESHOLD, max: THRESHOLD },
         instance_timeout: Duration::from_secs(10),
         decode_grace: Some(grace),
         ..linear_config(&workers)
@@ -126,4 +137,45 @@ async fn the_decode_grace_is_capped_at_the_threshold() {
         assert!(reconstructed >= 2, "lazy {lazy}: reconstructed {reconstructed}");
         assert!(worst < Duration::from_millis(400), "lazy {lazy}: worst latency {worst:?}: the reconstruction waited for the grace");
     }
+}
+
+/// Sends queries `2i` and `2i + 1` at once (one coding group, one query on each deployed
+/// instance); returns each one's (latency, reconstructed), checked against F.
+async fn pair(frontend: &Frontend, f: &LinearBackend, i: usize) -> Vec<(Duration, bool)> {
+    let one = |q: usize| async move {
+        let t = Instant::now();
+        let p = frontend.predict(query(q)).await.unwrap();
+        assert!(close(&p.output, &f.forward(&query(q), 1).unwrap()), "query {q}");
+        (t.elapsed(), p.reconstructed)
+    };
+    let (a, b) = tokio::join!(one(2 * i), one(2 * i + 1));
+    vec![a, b]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_straggler_s_queries_take_their_reconstruction_without_the_grace() {
+    // Decode grace = the threshold (80 ms). The first queries on the slow instance wait it: no
+    // latency of that instance is on record yet. Their calls finish in the background (the
+    // slow worker serves one request at a time, 600 ms each) and, two of them in, make the
+    // instance a known straggler: from then on its queries are answered as soon as their
+    // reconstruction is in, well before the grace, and stay so while it stays slow. (Factor
+    // 0.1: the median is recomputed every 50 calls, and this test makes fewer; its first
+    // value may be the slow instance's own warm-up call.)
+    let (frontend, _w, f) = start_frontend_with(SLOW_MS, false, THRESHOLD, 0.1).await;
+    let mut fast = 0;
+    for i in 0..30 {
+        let got = pair(&frontend, &f, i).await;
+        let slow = got.iter().find(|(_, r)| *r).unwrap_or_else(|| panic!("pair {i}: {got:?}"));
+        if slow.0 < THRESHOLD {
+            assert!(i > 0, "{got:?}: the first straggler's reconstruction went before the grace");
+            fast += 1;
+            if fast == 3 {
+                return;
+            }
+        } else {
+            assert_eq!(fast, 0, "pair {i}: {got:?}: a known straggler's query waited the grace again");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the slow instance never became a known straggler ({fast} fast reconstructions)");
 }
