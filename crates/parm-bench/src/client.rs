@@ -17,7 +17,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde::{Deserialize, Serialize};
@@ -36,15 +35,7 @@ pub struct Placement {
 /// One trial as the child reads it (`job.json`).
 #[derive(Serialize, Deserialize)]
 struct Job {
-    base_url: String,
-    replicas: Vec<String>,
-    model: String,
-    input_name: String,
-    rate_qps: f64,
-    seed: u64,
-    warmup: usize,
-    request_timeout_ms: u64,
-    progress: bool,
+    spec: LoadSpec,
     /// Every query's shape (batch included); all queries have it.
     shape: Vec<i64>,
     labels: Vec<Option<usize>>,
@@ -95,18 +86,7 @@ pub async fn run_job(dir: &Path) -> anyhow::Result<String> {
         .zip(&job.labels)
         .map(|(input, &label)| Query { input: input.to_vec(), shape: job.shape.clone(), label })
         .collect();
-    let spec = LoadSpec {
-        base_url: job.base_url,
-        replicas: job.replicas,
-        model: job.model,
-        input_name: job.input_name,
-        rate_qps: job.rate_qps,
-        seed: job.seed,
-        warmup: job.warmup,
-        request_timeout: Duration::from_millis(job.request_timeout_ms),
-        progress: job.progress,
-    };
-    let mut report = run_open_loop(&spec, &queries).await?;
+    let mut report = run_open_loop(&job.spec, &queries).await?;
     let answer = Answer {
         latency_quantiles_ms: std::mem::take(&mut report.latency_quantiles_ms),
         latency_trace_ms: std::mem::take(&mut report.latency_trace_ms),
@@ -130,19 +110,7 @@ impl JobDir {
         let path = std::env::temp_dir().join(format!("parm-loadgen-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let dir = JobDir(path);
-        let job = Job {
-            base_url: spec.base_url.clone(),
-            replicas: spec.replicas.clone(),
-            model: spec.model.clone(),
-            input_name: spec.input_name.clone(),
-            rate_qps: spec.rate_qps,
-            seed: spec.seed,
-            warmup: spec.warmup,
-            request_timeout_ms: spec.request_timeout.as_millis() as u64,
-            progress: spec.progress,
-            shape,
-            labels: queries.iter().map(|q| q.label).collect(),
-        };
+        let job = Job { spec: spec.clone(), shape, labels: queries.iter().map(|q| q.label).collect() };
         std::fs::write(dir.0.join("job.json"), serde_json::to_vec(&job)?)?;
         let bytes: Vec<u8> = queries.iter().flat_map(|q| q.input.iter().flat_map(|v| v.to_le_bytes())).collect();
         std::fs::write(dir.0.join("inputs.f32"), bytes)?;

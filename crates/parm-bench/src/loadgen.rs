@@ -44,7 +44,7 @@ pub struct Query {
 }
 
 /// What to send, where, and how fast.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LoadSpec {
     /// Server base URL, without a trailing path, e.g. `"http://127.0.0.1:8000"`.
     pub base_url: String,

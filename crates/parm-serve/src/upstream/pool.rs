@@ -50,10 +50,11 @@ struct Recent {
 const RECENT_FOR: Duration = Duration::from_secs(1);
 
 impl Recent {
-    fn record(&self, took: Duration) {
+    /// A call that took `took` and finished at `done`.
+    fn record(&self, took: Duration, done: std::time::Instant) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % 2;
         self.last[i].store((took.as_micros() as u64).max(1), Ordering::Relaxed);
-        self.at.store(epoch_us(std::time::Instant::now()), Ordering::Relaxed);
+        self.at.store(epoch_us(done), Ordering::Relaxed);
     }
 
     fn get(&self) -> Option<Duration> {
@@ -85,7 +86,8 @@ fn epoch_us(t: std::time::Instant) -> u64 {
 pub type Served = (Vec<f32>, Arc<dyn Instance>);
 
 /// Told each instance a call goes to, as it is chosen ([`Pool::infer_noting`]), with its
-/// recent latency (a moving average of its calls; `None` before its first call finished).
+/// recent latency (`Recent`: the shorter of its last two calls, `None` if they are older
+/// than `RECENT_FOR` or not yet in).
 pub type Picked<'a> = &'a (dyn Fn(&dyn Instance, Option<Duration>) + Sync);
 
 /// `instances` in rotation order spread over their hosts: one instance of each host in turn
@@ -342,7 +344,8 @@ impl Pool {
             Some(c) => c.infer(input.clone(), shape, timeout).await,
             None => m.instance.infer(&self.model, input, shape, timeout).await,
         };
-        m.recent.record(started.elapsed());
+        let done = std::time::Instant::now();
+        m.recent.record(done - started, done);
         out.map(|o| (o, m.instance.clone()))
     }
 
@@ -406,20 +409,21 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn recent_latency_is_the_shorter_of_the_last_two_calls_while_fresh() {
         let ms = Duration::from_millis;
         let r = Recent::default();
         assert_eq!(r.get(), None, "no call yet");
-        r.record(ms(20));
+        r.record(ms(20), Instant::now());
         assert_eq!(r.get(), None, "one call is not enough");
-        r.record(ms(22));
+        r.record(ms(22), Instant::now());
         assert_eq!(r.get(), Some(ms(20)), "two slow calls: a straggler");
-        r.record(ms(1));
+        r.record(ms(1), Instant::now());
         assert_eq!(r.get(), Some(ms(1)), "one fast call clears it");
-        r.record(ms(30));
-        r.record(ms(30));
+        r.record(ms(30), Instant::now());
+        r.record(ms(30), Instant::now());
         std::thread::sleep(RECENT_FOR + ms(100));
         assert_eq!(r.get(), None, "slow calls before a pause are forgotten");
     }
