@@ -44,7 +44,10 @@
 //!   (never if all answer first); a query is answered at the earlier of its own answer and its
 //!   reconstruction (parity and the other k-1 answers in), a reconstruction being held until
 //!   the query has been out for the straggler threshold (or a shorter `decode_grace`). Queued
-//!   originals are not cancelled here.
+//!   originals are not cancelled here. A query sent to a known straggler
+//!   (`policy::lagging`: its instance's last two RPCs, the later within 1 s, both longer than
+//!   the threshold and factor x median) seals its group at once and takes its reconstruction
+//!   without the grace, as the frontend does (the threshold and median as the group opened).
 //!
 //! Faults: per-instance `delay` and `episodes` (added to service), `stall` (the server does not
 //! start work during the stall), `crash` (requests meanwhile fail at once and go to the next
@@ -617,21 +620,25 @@ impl Completions {
 
 fn coded(sim: &mut Pool, parity: &mut Pool, timers: &mut Timers, arrivals: &[Arrival], k: usize, spec: &SimSpec) -> Vec<f64> {
     let own: Vec<f64> = arrivals.iter().enumerate().map(|(q, a)| sim.request(q, a.at_frontend, a.rpc)).collect();
+    let recent = Recent::new(arrivals, &own, sim.servers.len());
     // The frontend's own threshold rule over the simulated RPC latencies.
     let mut window = Completions::new(MEDIAN);
     let mut out = Vec::with_capacity(arrivals.len());
     let (mut q, mut group) = (0, 0);
     while q < arrivals.len() {
-        let threshold = spec.straggler.threshold(window.at(arrivals[q].at_frontend)).as_secs_f64() * 1e3;
-        let (end, sealed) =
-            members(arrivals, q, k, timers.fires(arrivals[q].at_frontend + policy::seal_after(spec.group_timeout_ms, threshold)));
-        let fp = parity_answer(parity, timers, &arrivals[q..end], &own[q..end], (sealed, threshold), spec, group);
+        let opened = window.at(arrivals[q].at_frontend);
+        let threshold = spec.straggler.threshold(opened).as_secs_f64() * 1e3;
+        let lag: Vec<bool> =
+            (q..arrivals.len().min(q + k)).map(|j| spec.straggler.lagging(recent.at(j, arrivals[j].at_frontend), opened)).collect();
+        let deadline = timers.fires(arrivals[q].at_frontend + policy::seal_after(spec.group_timeout_ms, threshold));
+        let (end, sealed) = members(arrivals, q, k, deadline, |j| lag[j - q]);
+        let fp = parity_answer(parity, timers, &arrivals[q..end], &own[q..end], (sealed, threshold), &lag, spec, group);
         for j in q..end {
             let others = (q..end).filter(|&i| i != j).map(|i| own[i]).fold(fp, f64::max);
             let t = arrivals[j].at_frontend;
             let grace = policy::decode_grace(spec.decode_grace_ms, threshold);
             let held_until = timers.fires(t + grace);
-            let reconstructed = if others >= t + grace { others } else { held_until };
+            let reconstructed = if lag[j - q] || others >= t + grace { others } else { held_until };
             if own[j] <= reconstructed {
                 // Only originals that answer their query are timed (the others are cancelled).
                 window.push(own[j], own[j] - t);
@@ -645,33 +652,74 @@ fn coded(sim: &mut Pool, parity: &mut Pool, timers: &mut Timers, arrivals: &[Arr
 }
 
 /// The coding group opened by query `first`: (one past its last member, when it is sealed).
-/// It takes later queries that reach the frontend by `deadline`, up to k.
-fn members(arrivals: &[Arrival], first: usize, k: usize, deadline: f64) -> (usize, f64) {
-    let mut end = first + 1;
-    while end < arrivals.len() && end - first < k && arrivals[end].at_frontend <= deadline {
+/// It takes later queries that reach the frontend by `deadline`, up to k, and is sealed at
+/// once when a member goes to a known straggler (`lagging(query)`; the frontend's
+/// `protect_now`).
+fn members(arrivals: &[Arrival], first: usize, k: usize, deadline: f64, lagging: impl Fn(usize) -> bool) -> (usize, f64) {
+    let mut end = first;
+    loop {
         end += 1;
+        let last = end - 1;
+        if end - first == k || lagging(last) {
+            return (end, arrivals[last].at_frontend);
+        }
+        if end == arrivals.len() || arrivals[end].at_frontend > deadline {
+            return (end, deadline);
+        }
     }
-    let sealed = if end - first == k { arrivals[end - 1].at_frontend } else { deadline };
-    (end, sealed)
+}
+
+/// Each deployed instance's RPCs in the order they answered (answer time, latency; ms), for
+/// the frontend's recent latency per instance ([`policy::lagging`]). Every RPC counts, also
+/// one whose query a reconstruction answered (the frontend lets it finish). Query q goes to
+/// instance q mod n (a crashed instance's reroutes are not followed).
+struct Recent {
+    answered: Vec<Vec<(f64, f64)>>,
+}
+
+impl Recent {
+    fn new(arrivals: &[Arrival], own: &[f64], n: usize) -> Self {
+        let mut answered = vec![Vec::new(); n.max(1)];
+        for (q, (a, &done)) in arrivals.iter().zip(own).enumerate() {
+            answered[q % n.max(1)].push((done, done - a.at_frontend));
+        }
+        for v in &mut answered {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        Recent { answered }
+    }
+
+    /// Query `q`'s instance's recent latency when `q` is sent at `t` (ms): the shorter of
+    /// its last two RPCs answered by then, if the later answered within [`policy::RECENT_FOR`].
+    fn at(&self, q: usize, t: f64) -> Option<Duration> {
+        let done = &self.answered[q % self.answered.len()];
+        let i = done.partition_point(|d| d.0 <= t);
+        let window = policy::RECENT_FOR.as_secs_f64() * 1e3;
+        (i >= 2 && t - done[i - 1].0 <= window).then(|| Duration::from_secs_f64(done[i - 1].1.min(done[i - 2].1).max(0.0) / 1e3))
+    }
 }
 
 /// When the group's parity answer reaches the frontend (infinity if no parity RPC is sent).
 /// Eager: at the seal if a member is still out. Lazy: once the first member still out has been
-/// outstanding for the threshold (tokio timer).
+/// outstanding for the threshold (a timer), or at the seal for a member sent to a known
+/// straggler (`lag`, per member).
 /// `(sealed, threshold)`: when the group was sealed and its straggler threshold (ms).
+#[allow(clippy::too_many_arguments)]
 fn parity_answer(
     parity: &mut Pool,
     timers: &mut Timers,
     arrivals: &[Arrival],
     own: &[f64],
     (sealed, threshold): (f64, f64),
+    lag: &[bool],
     spec: &SimSpec,
     group: usize,
 ) -> f64 {
     let lazy = spec.straggler.lazy_parity;
     let due: Vec<f64> = arrivals
         .iter()
-        .map(|a| match policy::parity_due_after(lazy, threshold) {
+        .zip(lag)
+        .map(|(a, &lagging)| match policy::parity_due_after(lazy && !lagging, threshold) {
             Some(after) => sealed.max(timers.fires(a.at_frontend + after)),
             None => sealed,
         })
@@ -789,6 +837,28 @@ mod tests {
         let s = SimSpec { instances: 12, rate_qps: 200.0, queries: 4000, warmup: 300, ..spec(Mode::Hedged { k: 2 }, slow) };
         let p = simulate(&s, &base());
         assert!(p.p99 < 20.0, "{p:?}");
+    }
+
+    #[test]
+    fn a_group_is_sealed_when_a_member_goes_to_a_known_straggler() {
+        let arrivals: Vec<Arrival> = (0..6).map(|i| Arrival { sent: i as f64, at_frontend: i as f64, overhead: 0.0, rpc: 1.0 }).collect();
+        assert_eq!(members(&arrivals, 0, 4, 10.0, |_| false), (4, 3.0), "full at its fourth member");
+        assert_eq!(members(&arrivals, 0, 4, 1.5, |_| false), (2, 1.5), "sealed at its deadline");
+        assert_eq!(members(&arrivals, 0, 4, 10.0, |j| j == 1), (2, 1.0), "sealed as its second member is sent");
+        assert_eq!(members(&arrivals, 4, 4, 10.0, |_| false), (6, 10.0), "the last queries");
+    }
+
+    #[test]
+    fn recent_latency_is_the_shorter_of_an_instance_s_last_two_answers_while_fresh() {
+        // Two instances: queries 0, 2, 4 on instance 0, answered at 5, 9 and 2000 ms.
+        let arrivals: Vec<Arrival> = (0..5).map(|i| Arrival { sent: i as f64, at_frontend: i as f64, overhead: 0.0, rpc: 1.0 }).collect();
+        let own = [5.0, 1.5, 9.0, 3.5, 2000.0];
+        let r = Recent::new(&arrivals, &own, 2);
+        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
+        assert_eq!(ms(r.at(0, 8.0)), None, "one answer in");
+        assert_eq!(ms(r.at(0, 10.0)), Some(5.0), "min(5 - 0, 9 - 2)");
+        assert_eq!(ms(r.at(0, 1500.0)), None, "stale");
+        assert_eq!(ms(r.at(1, 10.0)), Some(0.5), "instance 1: min(0.5, 0.5)");
     }
 
     #[test]

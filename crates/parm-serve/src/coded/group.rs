@@ -195,6 +195,21 @@ fn want_parity(shared: &Arc<Shared>, group: &Arc<Group>, g: &mut GroupInner) {
     }
 }
 
+/// A member's call went to a known straggler ([`policy::lagging`]): its group stops waiting
+/// for group-mates and its parity query goes now (padded if the group is not full), so that
+/// the reconstruction comes one parity call after the query, not after the group's seal time
+/// as well (up to the straggler threshold at low load). Costs one parity query per such
+/// group: extra work only for the straggler's share of the queries. parm's refinement.
+fn protect_now(shared: &Arc<Shared>, group: &Arc<Group>) {
+    let mut g = group.lock();
+    if !g.sealed {
+        shared.stats.sealed_for_straggler.fetch_add(1, Ordering::Relaxed);
+    }
+    want_parity(shared, group, &mut g);
+    drop(g);
+    expire(shared, group);
+}
+
 fn start_parity(shared: &Arc<Shared>, group: &Arc<Group>, g: &mut GroupInner) {
     let task = shared.runtime.spawn(run_parity(shared.clone(), group.clone()));
     g.parity = Some(task.abort_handle());
@@ -338,6 +353,9 @@ impl Member {
                     recent.store(latency.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
                     if let Some(h) = i.host() {
                         group.lock().hosts.push(h.into());
+                    }
+                    if shared.cfg.straggler.lagging(latency, &shared.deployed.medians) {
+                        protect_now(&shared, &group);
                     }
                 };
                 shared.deployed.infer_noting(&input, &shape, shared.cfg.instance_timeout, &note).await

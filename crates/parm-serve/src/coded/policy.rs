@@ -42,7 +42,7 @@ impl Default for StragglerPolicy {
     }
 }
 
-pub use crate::upstream::pool::MEDIAN;
+pub use crate::upstream::pool::{MEDIAN, RECENT_FOR};
 
 /// How long a coding group takes members: the group timeout, or the straggler threshold if
 /// shorter (its first member may be a straggler, and would wait for group-mates otherwise).

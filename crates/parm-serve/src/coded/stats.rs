@@ -24,6 +24,9 @@ pub struct Stats {
     /// Groups whose parity query was padded with all-zero rows (partly filled, or blocks of
     /// different lengths).
     pub padded_groups: AtomicU64,
+    /// Groups sealed before their time because a member's call went to a known straggler
+    /// ([`crate::coded::policy::lagging`]).
+    pub sealed_for_straggler: AtomicU64,
     /// Groups closed without any parity query (no parity instances, or F(0) unknown).
     pub unprotected_groups: AtomicU64,
     /// Output checks ([`crate::coded::check`]): groups checked against their code, groups

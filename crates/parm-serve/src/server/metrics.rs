@@ -141,7 +141,7 @@ const LATENCY_BUCKETS: [f64; 14] = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2
 const FRONTEND_TIME_BUCKETS: [f64; 16] =
     [2e-6, 5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5, 4e-5, 5e-5, 7.5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 1e-2];
 
-const HELP: [(&str, &str); 23] = [
+const HELP: [(&str, &str); 24] = [
     ("nv_inference_request_success", "Number of successful inference requests"),
     ("nv_inference_request_failure", "Number of failed inference requests, by reason (REJECTED, CANCELED, BACKEND)"),
     ("nv_inference_count", "Number of inferences (queries, batch rows) answered"),
@@ -155,6 +155,7 @@ const HELP: [(&str, &str); 23] = [
     ("parm_parity_queries_total", "Parity queries sent to parity instances"),
     ("parm_reconstructions_total", "Queries answered with a reconstruction by the decoder"),
     ("parm_unavailable_total", "Queries neither predicted nor reconstructable"),
+    ("parm_straggler_sealed_groups_total", "Coding groups sealed before their time because a query went to a known straggler"),
     ("parm_padded_groups_total", "Coding groups whose parity query was zero-padded (partly filled, or blocks of different lengths)"),
     ("parm_unprotected_groups_total", "Coding groups closed without a parity query"),
     ("parm_backup_requests_total", "Extra copies sent by replication and hedging"),
@@ -244,6 +245,7 @@ impl Prometheus {
         self.counter("parm_reconstructions_total", &[], l(&coded.reconstructed));
         self.counter("parm_unavailable_total", &[], l(&coded.unavailable));
         self.counter("parm_padded_groups_total", &[], l(&coded.padded_groups));
+        self.counter("parm_straggler_sealed_groups_total", &[], l(&coded.sealed_for_straggler));
         self.counter("parm_unprotected_groups_total", &[], l(&coded.unprotected_groups));
         self.counter("parm_backup_requests_total", &[], l(&coded.backups));
         self.counter("parm_output_checks_total", &[], l(&coded.checks));

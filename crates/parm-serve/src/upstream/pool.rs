@@ -47,7 +47,7 @@ struct Recent {
 }
 
 /// How long an instance's last calls count as its recent latency.
-const RECENT_FOR: Duration = Duration::from_secs(1);
+pub const RECENT_FOR: Duration = Duration::from_secs(1);
 
 impl Recent {
     /// A call that took `took` and finished at `done`.

@@ -179,3 +179,31 @@ async fn a_known_straggler_s_queries_take_their_reconstruction_without_the_grace
     }
     panic!("the slow instance never became a known straggler ({fast} fast reconstructions)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_straggler_s_lone_query_does_not_wait_for_group_mates() {
+    // Queries one at a time, each alone in its group. The first ones on the slow instance wait
+    // for the seal at the threshold (80 ms): no latency of that instance is on record yet. Once
+    // two of its calls have finished slow (in the background), a query sent to it seals its
+    // group at once, so its padded parity query goes with it and the reconstruction answers
+    // well before the threshold. (Factor 0.1: see the test above.)
+    let (frontend, _w, f) = start_frontend_with(SLOW_MS, false, THRESHOLD, 0.1).await;
+    let mut fast = 0;
+    for i in 0..40 {
+        let t = Instant::now();
+        let p = frontend.predict(query(i)).await.unwrap();
+        let took = t.elapsed();
+        assert!(close(&p.output, &f.forward(&query(i), 1).unwrap()), "query {i}");
+        if p.reconstructed && took < THRESHOLD {
+            fast += 1;
+            if fast == 3 {
+                assert!(frontend.stats().sealed_for_straggler.load(Ordering::Relaxed) >= 3);
+                return;
+            }
+        } else if p.reconstructed {
+            assert_eq!(fast, 0, "query {i} ({took:?}): a known straggler's group waited for its seal time again");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no lone query on the slow instance was reconstructed before the threshold ({fast} fast)");
+}
