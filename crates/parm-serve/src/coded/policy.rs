@@ -75,8 +75,9 @@ pub fn decode_grace<T: PartialOrd>(grace: Option<T>, threshold: T) -> T {
 /// last calls both took longer than the threshold no original is about to arrive, and its
 /// queries would be reconstructed anyway, one threshold later. The second bound keeps the
 /// threshold's cap out of it: with instances whose median is near the cap, every healthy one
-/// would otherwise count as lagging. parm's refinement, not in ParM, which decodes eagerly
-/// without a grace (§4.2).
+/// would otherwise count as lagging. The same rule seals the query's coding group at once
+/// (`coded/group.rs:protect_now`), so that its parity query does not wait for group-mates.
+/// parm's refinement, not in ParM, which decodes eagerly without a grace (§4.2).
 pub fn lagging<T: PartialOrd>(recent: Option<T>, threshold: T, slow: T) -> bool {
     recent.is_some_and(|r| r > threshold && r > slow)
 }
