@@ -679,9 +679,10 @@ struct Recent {
 
 impl Recent {
     fn new(arrivals: &[Arrival], own: &[f64], n: usize) -> Self {
-        let mut answered = vec![Vec::new(); n.max(1)];
+        let n = n.max(1);
+        let mut answered = vec![Vec::new(); n];
         for (q, (a, &done)) in arrivals.iter().zip(own).enumerate() {
-            answered[q % n.max(1)].push((done, done - a.at_frontend));
+            answered[q % n].push((done, done - a.at_frontend));
         }
         for v in &mut answered {
             v.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -343,18 +343,19 @@ impl Member {
         let shared = self.shared.clone();
         self.sent_at = Instant::now();
         let sent_at = self.sent_at;
-        // The recent latency (us; 0: none) of the instance the call went to, as it was picked.
-        let recent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // Whether the instance the call went to was a known straggler as it was picked.
+        let lagging = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rpc = {
-            let (shared, input, shape, group, recent) =
-                (shared.clone(), input.clone(), shared.shape(self.rows), self.group.clone(), recent.clone());
+            let (shared, input, shape, group, lagging) =
+                (shared.clone(), input.clone(), shared.shape(self.rows), self.group.clone(), lagging.clone());
             async move {
                 let note = |i: &dyn crate::upstream::Instance, latency: Option<Duration>| {
-                    recent.store(latency.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
                     if let Some(h) = i.host() {
                         group.lock().hosts.push(h.into());
                     }
-                    if shared.cfg.straggler.lagging(latency, &shared.deployed.medians) {
+                    let lags = shared.cfg.straggler.lagging(latency, &shared.deployed.medians);
+                    lagging.store(lags, Ordering::Relaxed);
+                    if lags {
                         protect_now(&shared, &group);
                     }
                 };
@@ -380,12 +381,8 @@ impl Member {
                 }
                 a = &mut answer => {
                     let Ok(a) = a else { return Err(FrontendError::Closed) };
-                    let lagging = || {
-                        let us = recent.load(Ordering::Relaxed);
-                        shared.cfg.straggler.lagging((us > 0).then(|| Duration::from_micros(us)), &shared.deployed.medians)
-                    };
                     if let Answer::Reconstructed { .. } = a
-                        && !rpc_done && !lagging() {
+                        && !rpc_done && !lagging.load(Ordering::Relaxed) {
                             // Decode grace: the original may still win.
                             tokio::select! {
                                 out = &mut rpc => {

@@ -91,16 +91,23 @@ pub fn parity_due_after<T>(lazy_parity: bool, threshold: T) -> Option<T> {
 impl StragglerPolicy {
     /// The current straggler threshold; `max` until latencies have been recorded.
     pub fn threshold(&self, window: &LatencyWindow) -> Duration {
-        match window.threshold() {
+        self.threshold_at(window.threshold())
+    }
+
+    fn threshold_at(&self, median: Option<Duration>) -> Duration {
+        match median {
             Some(median) => median.mul_f64(self.factor.max(0.0)).clamp(self.min, self.max.max(self.min)),
             None => self.max.max(self.min),
         }
     }
 
-    /// [`lagging`] for an instance whose recent latency is `recent`, against `window`'s median.
+    /// [`lagging`] for an instance whose recent latency is `recent`, against `window`'s median
+    /// (read once; not at all without a recent latency).
     pub fn lagging(&self, recent: Option<Duration>, window: &LatencyWindow) -> bool {
-        let slow = window.threshold().map_or(Duration::MAX, |median| median.mul_f64(self.factor.max(0.0)));
-        lagging(recent, self.threshold(window), slow)
+        let Some(recent) = recent else { return false };
+        let median = window.threshold();
+        let slow = median.map_or(Duration::MAX, |median| median.mul_f64(self.factor.max(0.0)));
+        lagging(Some(recent), self.threshold_at(median), slow)
     }
 
     /// With the threshold's floor at `min`; a floor above the cap raises the cap with it
