@@ -13,9 +13,11 @@
 //! groups scored 0.05 and a padded one 2.8, and a padded group's only member was blamed alone).
 //!
 //! A flagged group **blames** instances: with r >= 2 the located member's instance alone (when
-//! it explains at least [`OutputChecks::min_share`] of the syndrome), otherwise every member's
-//! instance (r = 1 cannot tell which member is wrong; a wrong instance is in every one of its
-//! flagged groups, a healthy one only in those it shares with a wrong one). Each deployed
+//! it explains at least [`OutputChecks::min_share`] of the syndrome). Otherwise (r = 1 cannot
+//! tell which member is wrong) the instances' history decides: a wrong instance is in every one
+//! of its flagged groups, a healthy one only in those it shares with a wrong one, so a member
+//! whose instance was blamed at least twice, and at least twice as often as each group-mate's,
+//! is blamed alone; failing that, every member is. Each deployed
 //! instance keeps its last [`OutputChecks::window`] checks; one blamed in at least
 //! [`OutputChecks::eject_rate`] x window of them (2 at least), whose blamed share is the highest
 //! and at least three times the median share of the others, is **ejected**: out of the
@@ -127,6 +129,24 @@ struct CheckerState {
     windows: HashMap<String, VecDeque<bool>>,
 }
 
+impl CheckerState {
+    /// The member whose instance has been blamed in at least [`MIN_BLAMED`] of its window's
+    /// checks and in at least twice as many as any group-mate's: a flagged group the code cannot
+    /// locate (r = 1) is then put on it alone. A wrong instance is in every flagged group it
+    /// joins and a healthy one only in those it shares with a wrong one, so after a wrong
+    /// instance's first few flagged groups its group-mates are no longer blamed with it.
+    fn most_blamed(&self, instances: &[Option<String>]) -> Option<usize> {
+        let blamed = |j: usize| {
+            let w = instances[j].as_ref().and_then(|a| self.windows.get(a));
+            w.map_or(0, |w| w.iter().filter(|b| **b).count())
+        };
+        let counts: Vec<usize> = (0..instances.len()).map(blamed).collect();
+        let (top, &most) = counts.iter().enumerate().max_by_key(|(_, c)| **c)?;
+        let mut mates = counts.iter().enumerate().filter(|(j, _)| *j != top && instances[*j].is_some());
+        (most >= MIN_BLAMED && mates.all(|(_, &c)| most >= 2 * c.max(1))).then_some(top)
+    }
+}
+
 impl Checker {
     pub(crate) fn new(cfg: OutputChecks) -> Self {
         Checker { cfg, state: Default::default(), verdicts: tokio::sync::broadcast::channel(4096).0 }
@@ -158,7 +178,7 @@ impl Checker {
             _ if !flagged => Vec::new(),
             _ if (0..instances.len()).any(|j| out(&j)) => (0..instances.len()).filter(out).collect(),
             Some((j, share)) if r >= 2 && share >= self.cfg.min_share => vec![j],
-            _ => (0..instances.len()).filter(|&j| instances[j].is_some()).collect(),
+            _ => st.most_blamed(&instances).map_or_else(|| (0..instances.len()).filter(|&j| instances[j].is_some()).collect(), |j| vec![j]),
         };
         if flagged {
             stats.flagged.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +325,23 @@ mod tests {
         }
         assert_eq!(stats.flagged.load(Ordering::Relaxed), 0);
         assert!(pool.ejected().is_empty(), "{:?}", pool.ejected());
+    }
+
+    /// With r = 1 a wrong instance's group-mates share the blame of its first flagged groups
+    /// only: once it was blamed twice, and twice as often as a mate, it is blamed alone.
+    #[test]
+    fn an_unlocated_group_is_blamed_on_the_instance_blamed_before() {
+        let (checker, pool, stats) = setup();
+        let mut verdicts = checker.subscribe();
+        for (i, mate) in ["b", "c", "d", "e"].into_iter().enumerate() {
+            group(&checker, &pool, &stats, 100.0, "a", mate);
+            let blamed = verdicts.try_recv().unwrap().blamed;
+            assert_eq!(blamed, if i < 2 { vec![0, 1] } else { vec![0] }, "flagged group {i}, with {mate}");
+        }
+        // A healthy pair's flagged group: neither was blamed before, both are suspected.
+        group(&checker, &pool, &stats, 100.0, "f", "g");
+        assert_eq!(verdicts.try_recv().unwrap().blamed, vec![0, 1]);
+        assert!(pool.ejected().is_empty(), "a's window is not half full yet");
     }
 
     /// An instance in every flagged group (r = 1 blames each member) is out after its second.

@@ -12,9 +12,10 @@
 //! corrupted.
 //!
 //! Three setups: r = 2 parities at k = 4 and at k = 2 (the wrong member located), and ParM's
-//! one parity at k = 2 (the group suspected). Each runs three times: *catch* never ejects (so
+//! one parity at k = 2 (the group suspected). Each runs five times: *catch* never ejects (so
 //! every corruption is judged), *eject* uses the default settings, *healthy* too but with no
-//! faulty instance (any ejection is a false one).
+//! faulty instance (any ejection is a false one); *catch* and *healthy* also at a check
+//! threshold of 3 instead of 4.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ const DEPLOYED: usize = 5;
 const FAULTY: usize = 2;
 /// Queries in flight at once (closed loop), enough to fill coding groups.
 const CLIENTS: usize = 16;
+/// Each setup's runs and their check thresholds: the default (4) and a lower one, to show what
+/// more caught answers cost in false alarms and false ejections.
+const RUNS: [(&str, f32); 5] = [("catch", 4.0), ("catch", 3.0), ("eject", 4.0), ("healthy", 4.0), ("healthy", 3.0)];
 
 /// One run's counts (every field is over the answers delivered as originals and checked,
 /// unless it says otherwise).
@@ -49,6 +53,8 @@ pub struct WrongOutputsRow {
     /// `catch` (ejection off), `eject` (default settings) or `healthy` (default settings, no
     /// instance faulty: false ejections).
     pub run: String,
+    /// The check threshold (`--check-threshold`, times the running median score).
+    pub threshold: f32,
     pub queries: usize,
     /// Originals that differ from F's output (all from the faulty instance).
     pub corrupted: usize,
@@ -108,13 +114,14 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
     let exe = std::env::current_exe().context("locating the parm binary")?;
     let mut rows = Vec::new();
     for (setup, k, parity) in &setups {
-        for run in ["catch", "eject", "healthy"] {
-            let checks = if run == "catch" { OutputChecks { eject_rate: 1.0, ..Default::default() } } else { OutputChecks::default() };
+        for (run, threshold) in RUNS {
+            let checks = OutputChecks { threshold, ..Default::default() };
+            let checks = if run == "catch" { OutputChecks { eject_rate: 1.0, ..checks } } else { checks };
             let fault = if run == "healthy" { "" } else { FAULT };
             let s = Setup { exe: &exe, deployed: &models.deployed, parity, k: *k, spec: spec.clone(), checks, fault };
             let row = rt.block_on(s.run(setup, run, &inputs, &truth))?;
             eprintln!(
-                "{setup} {run}: corrupted {} (top-1 changed {}), caught {} ({} of top-1), false alarms {} of {}, wrong answers delivered {} ({} after ejection), ejected after {:?} s ({} ejections); {} checks, {} flagged; score/median clean p50/p99/p99.9 {:?}, corrupted p10/p50 {:?}",
+                "{setup} {run} (threshold {threshold}): corrupted {} (top-1 changed {}), caught {} ({} of top-1), false alarms {} of {}, wrong answers delivered {} ({} after ejection), ejected after {:?} s ({} ejections); {} checks, {} flagged; score/median clean p50/p99/p99.9 {:?}, corrupted p10/p50 {:?}",
                 row.corrupted,
                 row.corrupted_top1,
                 row.caught,
@@ -137,9 +144,10 @@ pub fn run(paths: &Paths, out: &Path, queries: usize, parity_epochs: usize) -> a
 }
 
 fn write(out: &Path, rows: &[WrongOutputsRow]) -> anyhow::Result<()> {
+    let default = OutputChecks::default().threshold;
     let main = rows.iter().find(|r| r.r == 2 && r.k == 4 && r.run == "eject").context("no r = 2 run")?;
-    let healthy = rows.iter().filter(|r| r.run == "healthy").map(|r| r.ejections).sum::<u64>();
-    let catch = rows.iter().find(|r| r.r == 2 && r.k == 4 && r.run == "catch").context("no r = 2 catch run")?;
+    let healthy = rows.iter().filter(|r| r.run == "healthy" && r.threshold == default).map(|r| r.ejections).sum::<u64>();
+    let catch = rows.iter().find(|r| r.r == 2 && r.k == 4 && r.run == "catch" && r.threshold == default).context("no r = 2 catch run")?;
     let doc = serde_json::json!({
         "corrupted": catch.corrupted,
         "caught": catch.caught,
@@ -152,7 +160,7 @@ fn write(out: &Path, rows: &[WrongOutputsRow]) -> anyhow::Result<()> {
         "instance_ejected_after_s": main.instance_ejected_after_s,
         "false_ejections_in_healthy_runs": healthy,
         "fault": FAULT,
-        "note": "top level: the r = 2 (k = 4) setup; counts from its catch run (ejection off), delivery and ejection from its eject run (default settings)",
+        "note": "top level: the r = 2 (k = 4) setup; counts from its catch run (ejection off, default threshold), delivery and ejection from its eject run (default settings); runs at threshold 3 show the trade-off",
         "runs": rows,
     });
     std::fs::create_dir_all(out)?;
@@ -229,6 +237,7 @@ impl Setup<'_> {
             k: self.k,
             r,
             run: run.into(),
+            threshold: self.checks.threshold,
             queries: inputs.len(),
             corrupted: 0,
             corrupted_top1: 0,
