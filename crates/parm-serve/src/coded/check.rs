@@ -132,7 +132,7 @@ struct CheckerState {
 impl CheckerState {
     /// The member whose instance has been blamed in at least [`MIN_BLAMED`] of its window's
     /// checks and in at least twice as many as any group-mate's: a flagged group the code cannot
-    /// locate (r = 1) is then put on it alone. A wrong instance is in every flagged group it
+    /// locate (r = 1, or r >= 2 with the located member under `min_share`) is then put on it alone. A wrong instance is in every flagged group it
     /// joins and a healthy one only in those it shares with a wrong one, so after a wrong
     /// instance's first few flagged groups its group-mates are no longer blamed with it.
     fn most_blamed(&self, instances: &[Option<String>]) -> Option<usize> {
