@@ -132,15 +132,13 @@ struct CheckerState {
 impl CheckerState {
     /// The member whose instance has been blamed in at least [`MIN_BLAMED`] of its window's
     /// checks and in at least twice as many as any group-mate's: a flagged group the code cannot
-    /// locate (r = 1, or r >= 2 with the located member under `min_share`) is then put on it alone. A wrong instance is in every flagged group it
-    /// joins and a healthy one only in those it shares with a wrong one, so after a wrong
-    /// instance's first few flagged groups its group-mates are no longer blamed with it.
+    /// locate (r = 1, or r >= 2 with the located member under `min_share`) is then put on it
+    /// alone. A wrong instance is in every flagged group it joins and a healthy one only in
+    /// those it shares with a wrong one, so after a wrong instance's first few flagged groups
+    /// its group-mates are no longer blamed with it.
     fn most_blamed(&self, instances: &[Option<String>]) -> Option<usize> {
-        let blamed = |j: usize| {
-            let w = instances[j].as_ref().and_then(|a| self.windows.get(a));
-            w.map_or(0, |w| w.iter().filter(|b| **b).count())
-        };
-        let counts: Vec<usize> = (0..instances.len()).map(blamed).collect();
+        let count = |j: usize| instances[j].as_ref().and_then(|a| self.windows.get(a)).map_or(0, blamed);
+        let counts: Vec<usize> = (0..instances.len()).map(count).collect();
         let (top, &most) = counts.iter().enumerate().max_by_key(|(_, c)| **c)?;
         let mut mates = counts.iter().enumerate().filter(|(j, _)| *j != top && instances[*j].is_some());
         (most >= MIN_BLAMED && mates.all(|(_, &c)| most >= 2 * c.max(1))).then_some(top)
@@ -222,7 +220,6 @@ impl Checker {
     /// (with r = 1 a healthy instance shares the blame of the groups it has in common with a
     /// wrong one), and fewer than half the pool's instances are out.
     fn should_eject(&self, st: &CheckerState, addr: &str, pool: &Pool) -> bool {
-        let blamed = |w: &VecDeque<bool>| w.iter().filter(|b| **b).count();
         let share = |w: &VecDeque<bool>| blamed(w) as f64 / w.len().max(1) as f64;
         let Some(w) = st.windows.get(addr) else { return false };
         // A count, not a share of a partly filled window: just after the windows start again, one
@@ -237,6 +234,11 @@ impl Checker {
         let most = others.iter().all(|&o| mine > o);
         most && mine >= 3.0 * median(others) && (pool.ejected().len() + 1) * 2 <= pool.len()
     }
+}
+
+/// How many of a window's checks blamed its instance.
+fn blamed(window: &VecDeque<bool>) -> usize {
+    window.iter().filter(|b| **b).count()
 }
 
 /// The median of `values` (0 if empty).
