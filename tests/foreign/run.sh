@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end, "protect your own model" as a user does it, on a scikit-learn model exported to
-# ONNX (skl2onnx) and the user's data as .npy files, nothing from parm's built-in data sets:
+# ONNX (skl2onnx) and the user's data as .npy files (and as numpy's .npz), nothing from parm's
+# built-in data sets:
 #   ONNX F + --data -> parm train-parity -> parm eval (A_a, A_d, JSON)
 #   -> two `parm worker --model F.onnx` (one stalled 2 s per request) + a parity worker
 #   -> parm serve -> 200 concurrent requests: every one answered, reconstructions marked and
@@ -23,6 +24,10 @@ data=(--data "$fx/digits_x.npy" --labels "$fx/digits_y.npy")
 
 "$parm" train-parity --deployed "$fx/sklearn.onnx" "${data[@]}" --k 2 --distill 1 --hidden 256,128 --out "$work/parity"
 "$parm" eval --deployed "$fx/sklearn.onnx" --parity "$work/parity.bpk" "${data[@]}" --k 2 --json "$work/eval.json"
+# The same data as one .npz written by numpy (savez_compressed, arrays x and y) gives the same report.
+"$py" -c 'import sys, numpy as np; np.savez_compressed(sys.argv[1], x=np.load(sys.argv[2]), y=np.load(sys.argv[3]))' \
+  "$work/digits.npz" "$fx/digits_x.npy" "$fx/digits_y.npy"
+"$parm" eval --deployed "$fx/sklearn.onnx" --parity "$work/parity.bpk" --data "$work/digits.npz" --k 2 --json "$work/eval-npz.json"
 
 start d0 "$parm" worker --model "$fx/sklearn.onnx" --name digits --listen 127.0.0.1:0
 start d1 "$parm" worker --model "$fx/sklearn.onnx" --name digits --listen 127.0.0.1:0 --fault delay_ms=2000,prob=1.0
@@ -32,12 +37,14 @@ start serve "$parm" serve --deployed "$d0,$d1" --parity "$p0" --k 2 --model-name
   --parity-model parity --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0
 url=$(addr serve "listening on")
 
-"$py" - "$url" "$fx" "$work/eval.json" <<'PY'
+"$py" - "$url" "$fx" "$work/eval.json" "$work/eval-npz.json" <<'PY'
 import json, sys, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 url, fx, report = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+from_npz = json.load(open(sys.argv[4]))
+assert all(report[key] == from_npz[key] for key in ("available", "degraded")), (report, from_npz)
 x, y = np.load(f"{fx}/digits_x.npy"), np.load(f"{fx}/digits_y.npy")
 for key in ("available", "degraded", "default"):
     assert 0.0 <= report[key] <= 1.0, report

@@ -17,8 +17,18 @@ fn write_npy<T: npyz::AutoSerialize + Clone>(path: &Path, shape: &[u64], data: &
     path.to_path_buf()
 }
 
-fn write_npz_array<T: npyz::AutoSerialize + Clone>(npz: &mut npyz::npz::NpzWriter<BufWriter<File>>, name: &str, shape: &[u64], data: &[T]) {
-    let mut w = npz.array::<T>(name, Default::default()).unwrap().default_dtype().shape(shape).begin_nd().unwrap();
+/// An `.npz` archive being written, as numpy's `savez` (entries stored) or `savez_compressed`
+/// (deflated) writes one.
+type Npz = zip::ZipWriter<File>;
+
+fn npz(path: &Path) -> Npz {
+    zip::ZipWriter::new(File::create(path).unwrap())
+}
+
+fn write_npz_array<T: npyz::AutoSerialize + Clone>(npz: &mut Npz, name: &str, shape: &[u64], data: &[T], compressed: bool) {
+    let method = if compressed { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+    npz.start_file(format!("{name}.npy"), zip::write::SimpleFileOptions::default().compression_method(method)).unwrap();
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(&mut *npz).begin_nd().unwrap();
     w.extend(data.iter().cloned()).unwrap();
     w.finish().unwrap();
 }
@@ -111,11 +121,11 @@ fn float64_and_fortran_order_arrays_are_read_row_major_as_f32() {
 fn npz_with_x_and_y_and_with_a_single_array() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pack.npz");
-    let mut npz = npyz::npz::NpzWriter::create(&p).unwrap();
-    write_npz_array(&mut npz, "x", &[10, 2, 3], &tabular(10, 6));
-    write_npz_array(&mut npz, "y", &[10], &(0..10u8).map(|i| 9 - i).collect::<Vec<_>>());
-    write_npz_array(&mut npz, "meta", &[1], &[7i32]);
-    drop(npz);
+    let mut w = npz(&p);
+    write_npz_array(&mut w, "x", &[10, 2, 3], &tabular(10, 6), true);
+    write_npz_array(&mut w, "y", &[10], &(0..10u8).map(|i| 9 - i).collect::<Vec<_>>(), true);
+    write_npz_array(&mut w, "meta", &[1], &[7i32], true);
+    w.finish().unwrap();
     let ds = load(&UserData { val_fraction: 0.2, test_fraction: 0.0, ..UserData::new(&p) });
     // [N, H, W] arrays are one-channel images.
     assert_eq!((ds.name.as_str(), ds.input_shape.clone(), ds.rows, ds.cols), ("pack", vec![1, 2, 3], 2, 3));
@@ -133,9 +143,9 @@ fn npz_with_x_and_y_and_with_a_single_array() {
     assert_eq!((ds.classes, ds.train.labels.clone()), (2, vec![1; 8]));
     // One array of any name, no labels.
     let q = dir.path().join("single.npz");
-    let mut npz = npyz::npz::NpzWriter::create(&q).unwrap();
-    write_npz_array(&mut npz, "features", &[10, 4], &tabular(10, 4));
-    drop(npz);
+    let mut w = npz(&q);
+    write_npz_array(&mut w, "features", &[10, 4], &tabular(10, 4), false);
+    w.finish().unwrap();
     let ds = load(&UserData::new(&q));
     assert_eq!((ds.input_shape.clone(), ds.has_labels, ds.classes), (vec![4], false, 0));
 }
@@ -303,12 +313,20 @@ fn errors_name_the_file_and_what_was_expected() {
     assert!(matches!(&e, DataError::Image { path, .. } if path.ends_with("1.png")), "{e}");
     // An .npz without a recognisable input array lists what it holds.
     let p = d.join("two.npz");
-    let mut npz = npyz::npz::NpzWriter::create(&p).unwrap();
-    write_npz_array(&mut npz, "a", &[10, 2], &tabular(10, 2));
-    write_npz_array(&mut npz, "b", &[10], &[0u8; 10]);
-    drop(npz);
+    let mut w = npz(&p);
+    write_npz_array(&mut w, "a", &[10, 2], &tabular(10, 2), false);
+    write_npz_array(&mut w, "b", &[10], &[0u8; 10], false);
+    w.finish().unwrap();
     let m = msg(&UserData::new(&p));
     assert!(m.contains("no input array; expected one named x / inputs / images / X") && m.contains(r#"["a", "b"]"#), "{m}");
+    // An .npz that is no zip archive, and one whose array is cut short.
+    std::fs::write(d.join("bad.npz"), b"not a zip archive").unwrap();
+    assert!(matches!(load_err(&UserData::new(d.join("bad.npz"))), DataError::Io { .. }));
+    let mut w = npz(&d.join("short.npz"));
+    w.start_file("x.npy", zip::write::SimpleFileOptions::default()).unwrap();
+    w.write_all(&std::fs::read(write_npy(&d.join("whole.npy"), &[10, 2], &tabular(10, 2))).unwrap()[..150]).unwrap();
+    w.finish().unwrap();
+    assert!(matches!(load_err(&UserData::new(d.join("short.npz"))), DataError::Io { .. } | DataError::Shape { .. }));
     // Unknown formats, missing files, bad fractions, bad preprocessing.
     std::fs::write(d.join("data.csv"), b"1,2").unwrap();
     assert!(msg(&UserData::new(d.join("data.csv"))).contains("data.csv: unknown input format"));

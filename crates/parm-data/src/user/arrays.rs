@@ -57,22 +57,35 @@ pub(crate) fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 /// Errors: [`DataError::Io`] for an unreadable archive, [`DataError::NpzArrays`] (names sorted)
 /// when no array qualifies as inputs, and those of the `.npy` readers.
 pub(crate) fn read_npz(path: &Path) -> Result<(RawArray, Option<Vec<u8>>), DataError> {
-    let io = |e| DataError::io("reading", path, e);
-    let mut npz = npyz::npz::NpzArchive::open(path).map_err(io)?;
-    let mut names: Vec<String> = npz.array_names().map(String::from).collect();
+    let io = |e: zip::result::ZipError| DataError::io("reading", path, e.into());
+    let file = File::open(path).map_err(|e| DataError::io("opening", path, e))?;
+    let mut npz: Npz = zip::ZipArchive::new(BufReader::new(file)).map_err(io)?;
+    // An .npz is a zip archive of .npy files, one per array (numpy.savez, savez_compressed).
+    let mut names = Vec::new();
+    for name in npz.file_names() {
+        if let Some(array) = name.map_err(io)?.strip_suffix(".npy") {
+            names.push(array.to_string());
+        }
+    }
     names.sort();
     let input = NPZ_INPUT_NAMES.iter().map(|s| s.to_string()).find(|n| names.contains(n));
     let Some(input) = input.or_else(|| (names.len() == 1).then(|| names[0].clone())) else {
         return Err(DataError::NpzArrays { path: path.to_path_buf(), found: names });
     };
     let origin = |name: &str| format!("{}[{name}]", path.display());
-    let npy = npz.by_name(&input).map_err(io)?.expect("listed array");
-    let inputs = inputs_from(npy, &origin(&input))?;
+    let inputs = inputs_from(npz_array(&mut npz, path, &input)?, &origin(&input))?;
     let Some(label) = NPZ_LABEL_NAMES.iter().find(|n| names.iter().any(|m| m == *n) && **n != input) else {
         return Ok((inputs, None));
     };
-    let npy = npz.by_name(label).map_err(io)?.expect("listed array");
-    Ok((inputs, Some(labels_from(npy, &origin(label))?)))
+    Ok((inputs, Some(labels_from(npz_array(&mut npz, path, label)?, &origin(label))?)))
+}
+
+type Npz = zip::ZipArchive<BufReader<File>>;
+
+/// The array `name` of an `.npz` archive (its entry `name.npy`), read as it is decompressed.
+fn npz_array<'a>(npz: &'a mut Npz, path: &Path, name: &str) -> Result<NpyFile<zip::read::ZipFile<'a, BufReader<File>>>, DataError> {
+    let entry = npz.by_name(&format!("{name}.npy")).map_err(|e| DataError::io("reading", path, e.into()))?;
+    NpyFile::new(entry).map_err(|e| DataError::io("reading", path, e))
 }
 
 fn open_npy(path: &Path) -> Result<NpyFile<BufReader<File>>, DataError> {

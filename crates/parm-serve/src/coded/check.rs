@@ -94,7 +94,8 @@ pub struct CheckVerdict {
     /// The coding group ([`crate::coded::Prediction::group`]).
     pub group: u64,
     /// The running median of scores the group's score ([`Check::score`]) was compared with
-    /// (of recent groups with as many members, padding not counted).
+    /// (of recent groups with as many members, padding not counted); 0 while fewer than 8 such
+    /// groups were seen (the warm-up, when no group is flagged).
     pub median: f32,
     /// The group's [`parm_codes::Check`].
     pub check: Check,
@@ -210,6 +211,7 @@ impl Checker {
         }
         drop(st);
         if self.verdicts.receiver_count() > 0 {
+            let median = if warm { median } else { 0.0 };
             let _ = self.verdicts.send(CheckVerdict { group, median, check, flagged, blamed, instances });
         }
     }

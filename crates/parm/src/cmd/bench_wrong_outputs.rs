@@ -80,7 +80,8 @@ pub struct WrongOutputsRow {
     pub checks: u64,
     pub flagged: u64,
     /// Syndrome score over the running median, p50 / p99 / p99.9 of clean groups and p10 / p50
-    /// of groups with a corrupted member: how far apart the two are.
+    /// of groups with a corrupted member: how far apart the two are (groups checked during the
+    /// warm-up, with no median yet, left out).
     pub clean_ratio: [f64; 3],
     pub corrupted_ratio: [f64; 2],
 }
@@ -268,7 +269,10 @@ impl Setup<'_> {
                     members.push(i);
                 }
             }
-            ratios.push(((v.check.score / v.median.max(1e-9)) as f64, members));
+            // A warm-up verdict (median 0: never flagged) has no ratio to report.
+            if v.median > 0.0 {
+                ratios.push(((v.check.score / v.median) as f64, members));
+            }
         }
         for (i, a) in answers.iter().enumerate().filter(|(_, a)| !a.prediction.reconstructed) {
             let out = &a.prediction.output;
