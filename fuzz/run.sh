@@ -9,7 +9,7 @@
 # fuzz/target (its own workspace, not the main one). The corpus grows in fuzz/corpus/TARGET
 # (seeded from fuzz/seeds/TARGET); findings land in fuzz/artifacts/TARGET. A finding should
 # be fixed and its input copied into the crate's tests/fuzz-regressions/TARGET/ so that
-# `cargo test --workspace --release` replays it. Not run in CI (too heavy); the regression
+# `cargo test --workspace` replays it. Not run in CI (too heavy); the regression
 # inputs are.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -20,7 +20,8 @@ for v in 1.30.0 1.37.0; do
 done
 echo "kubernetes: ${#manifests[@]} files valid against Kubernetes 1.30 and 1.37 (strict)"
 
-parm=target/release/parm
+# PARM: another parm binary (CI's is the tests' build).
+parm=${PARM:-target/release/parm}
 [ -x "$parm" ] || cargo build --release -q -p parm
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT

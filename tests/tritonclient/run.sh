@@ -7,12 +7,12 @@
 # started is killed on exit. Exit status: pytest's (5, "no tests collected", counts as failure).
 #
 # Usage: tests/tritonclient/run.sh [pytest args...]   (builds parm with `cargo build --release`
-#        unless PARM_NO_BUILD is set)
+#        unless PARM_NO_BUILD is set; PARM names another parm binary)
 #        PARM_MEASURE=1 tests/tritonclient/run.sh -k latency -s   (frontend latency added, p50)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-parm=$root/target/release/parm
+parm=${PARM:-$root/target/release/parm}
 venv=$root/target/tritonclient-venv
 models=$root/target/tritonclient-models
 source "$root/scripts/lib/procs.sh"

@@ -158,7 +158,7 @@ fn fuzz_regressions_replay() {
 }
 
 /// Writes the weights fuzz target's seed, a real 4-3-2 MLP weights file
-/// (`cargo test --release -p parm-nn --test weights -- --ignored`).
+/// (`cargo test -p parm-nn --test weights -- --ignored`).
 #[test]
 #[ignore]
 fn write_fuzz_seed() {

@@ -10,7 +10,8 @@
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
-tonic::include_proto!("inference");
+// Generated from proto/grpc_predict_v2.proto by build.rs (scripts/regenerate-proto.sh).
+include!("generated/inference.rs");
 
 /// Largest gRPC message (bytes) parm's worker and client accept or send. tonic's default is
 /// 4 MiB, too small for batched image queries (one 224x224x3 FP32 query is ~600 KB).

@@ -1,7 +1,7 @@
 //! parm-serve's integration tests, one module per mechanism (named by role: coded_*, instance_*,
 //! server_*, upstream_*), in one test binary: 16 binaries took 4 of the 18 minutes of the release
 //! test build on 2 cores, each linking and instantiating the same tokio/tonic/axum code. Run one
-//! module with `cargo test --release -p parm-serve --test integration server_tls::`.
+//! module with `cargo test -p parm-serve --test integration server_tls::`.
 
 mod support;
 
