@@ -10,21 +10,7 @@ use parm_nn::MlpConfig;
 
 fuzz_target!(|data: &[u8]| {
     let mlp = MlpConfig { input: 4, hidden: vec![3], classes: 2 };
-    let meta = ModelMeta {
-        kind: ModelKind::Deployed,
-        arch: mlp.name(),
-        mlp,
-        dataset: "fuzz".into(),
-        input_shape: vec![4],
-        classes: 2,
-        test_accuracy: None,
-        k: None,
-        encoder: None,
-        val_degraded_accuracy: None,
-        epochs: 0,
-        steps: 0,
-        train_seconds: 0.0,
-    };
+    let meta = ModelMeta::untrained(mlp, "fuzz");
     let device = Device::flex();
     if let Ok(net) = parm_nn::weights::load_net_bytes(&meta, data.to_vec(), &device, "fuzz") {
         // A model that loads must also run.

@@ -49,6 +49,29 @@ pub fn model_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 impl ModelMeta {
+    /// Metadata of a deployed model of architecture `mlp` that parm did not train (or has not
+    /// yet): one query is `[mlp.input]` values and its prediction `mlp.classes`, with no
+    /// accuracy and no training recorded. Callers that know more set those fields (a parity
+    /// model's `kind`, `k` and `encoder`, another input shape) with `..ModelMeta::untrained(..)`.
+    pub fn untrained(mlp: MlpConfig, dataset: &str) -> Self {
+        ModelMeta {
+            kind: ModelKind::Deployed,
+            arch: mlp.name(),
+            dataset: dataset.to_owned(),
+            input_shape: vec![mlp.input as i64],
+            classes: mlp.classes,
+            mlp,
+            test_accuracy: None,
+            k: None,
+            encoder: None,
+            val_degraded_accuracy: None,
+            epochs: 0,
+            steps: 0,
+            train_seconds: 0.0,
+            preprocess: None,
+        }
+    }
+
     /// Reads metadata from a JSON file. Errors: I/O, or JSON that does not match.
     pub fn load(path: &Path) -> Result<Self, NnError> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;

@@ -174,25 +174,9 @@ impl ModuleVisitor for ParamCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::ModelKind;
 
     fn meta(mlp: MlpConfig) -> ModelMeta {
-        ModelMeta {
-            kind: ModelKind::Deployed,
-            arch: mlp.name(),
-            mlp,
-            dataset: "test".into(),
-            input_shape: vec![4],
-            classes: 3,
-            test_accuracy: None,
-            k: None,
-            encoder: None,
-            val_degraded_accuracy: None,
-            epochs: 0,
-            steps: 0,
-            train_seconds: 0.0,
-            preprocess: None,
-        }
+        ModelMeta { input_shape: vec![4], classes: 3, ..ModelMeta::untrained(mlp, "test") }
     }
 
     #[test]

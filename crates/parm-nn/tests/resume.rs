@@ -5,7 +5,7 @@ use parm_codes::AdditionEncoder;
 use parm_data::{Dataset, Split};
 use parm_nn::mlp::Init;
 use parm_nn::parity::{ParityConfig, ParityJob, train_parity};
-use parm_nn::{MlpConfig, ModelKind, ModelMeta};
+use parm_nn::{MlpConfig, ModelMeta};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,22 +32,7 @@ fn interrupted_parity_training_resumes() {
     };
     let cfg = MlpConfig::default();
     let deployed = cfg.init(Init::Default, &Device::flex());
-    let meta = ModelMeta {
-        kind: ModelKind::Deployed,
-        arch: cfg.name(),
-        mlp: cfg,
-        dataset: ds.name.clone(),
-        input_shape: vec![784],
-        classes: 10,
-        test_accuracy: None,
-        k: None,
-        encoder: None,
-        val_degraded_accuracy: None,
-        epochs: 0,
-        steps: 0,
-        train_seconds: 0.0,
-        preprocess: None,
-    };
+    let meta = ModelMeta::untrained(cfg, &ds.name);
     let dir = tempfile::tempdir().unwrap();
     let encoder = AdditionEncoder::new(2).unwrap();
     let job = ParityJob {

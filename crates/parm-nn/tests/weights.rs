@@ -7,29 +7,13 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::Device;
-use parm_nn::meta::ModelKind;
 use parm_nn::mlp::Init;
 use parm_nn::train::{load_net, save_model};
 use parm_nn::weights::load_net_bytes;
 use parm_nn::{MlpConfig, ModelMeta, Predictor};
 
 fn meta(mlp: MlpConfig) -> ModelMeta {
-    ModelMeta {
-        kind: ModelKind::Deployed,
-        arch: mlp.name(),
-        dataset: "test".into(),
-        input_shape: vec![mlp.input as i64],
-        classes: mlp.classes,
-        mlp,
-        test_accuracy: None,
-        k: None,
-        encoder: None,
-        val_degraded_accuracy: None,
-        epochs: 0,
-        steps: 0,
-        train_seconds: 0.0,
-        preprocess: None,
-    }
+    ModelMeta::untrained(mlp, "test")
 }
 
 fn small() -> MlpConfig {

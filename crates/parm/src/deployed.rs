@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use parm_nn::{DeployedModel, MlpConfig, ModelKind, ModelMeta, NnError};
+use parm_nn::{DeployedModel, MlpConfig, ModelMeta, NnError};
 use parm_serve::oip::ModelSpec;
 use parm_serve::upstream::client::InstanceClient;
 
@@ -138,22 +138,8 @@ fn hash_of(value: &impl Hash) -> u64 {
 /// Metadata for a foreign F: an MLP config with its input and output widths and no hidden
 /// layers (parity training then picks its own default architecture).
 fn foreign_meta(arch: &str, input_shape: &[usize], outputs: usize) -> ModelMeta {
-    ModelMeta {
-        kind: ModelKind::Deployed,
-        arch: arch.to_string(),
-        mlp: MlpConfig { input: input_shape.iter().product(), hidden: vec![], classes: outputs },
-        dataset: String::new(),
-        input_shape: input_shape.iter().map(|&d| d as i64).collect(),
-        classes: outputs,
-        test_accuracy: None,
-        k: None,
-        encoder: None,
-        val_degraded_accuracy: None,
-        epochs: 0,
-        steps: 0,
-        train_seconds: 0.0,
-        preprocess: None,
-    }
+    let mlp = MlpConfig { input: input_shape.iter().product(), hidden: vec![], classes: outputs };
+    ModelMeta { arch: arch.to_string(), input_shape: input_shape.iter().map(|&d| d as i64).collect(), ..ModelMeta::untrained(mlp, "") }
 }
 
 /// F on an OIP server, called in batches over gRPC (parm's instance client) or HTTP/JSON.

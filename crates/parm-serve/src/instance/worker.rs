@@ -32,7 +32,6 @@ use crate::oip::ModelSpec;
 use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::oip::grpc::model_infer_request::InferInputTensor;
 use crate::oip::grpc::model_infer_response::InferOutputTensor;
-use crate::oip::grpc::model_metadata_response::TensorMetadata;
 use crate::oip::grpc::{self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le, encode_f32_le};
 use crate::oip::security::AuthToken;
 
@@ -352,11 +351,6 @@ fn tensor_data(tensor: &InferInputTensor, raw: &mut [Vec<u8>], want: usize) -> R
     }
 }
 
-fn tensor_meta(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
-    let shape = std::iter::once(-1).chain(shape.iter().copied()).collect();
-    TensorMetadata { name: name.to_owned(), datatype: datatype.to_owned(), shape }
-}
-
 #[tonic::async_trait]
 impl GrpcInferenceService for WorkerService {
     async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
@@ -384,14 +378,7 @@ impl GrpcInferenceService for WorkerService {
     async fn model_metadata(&self, req: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let req = req.into_inner();
         self.check_model(&req.name, &req.version)?;
-        let s = self.spec();
-        Ok(Response::new(pb::ModelMetadataResponse {
-            name: s.name.clone(),
-            versions: vec![s.version.clone()],
-            platform: s.platform.clone(),
-            inputs: vec![tensor_meta(&s.input_name, &s.datatype, &s.input_shape)],
-            outputs: vec![tensor_meta(&s.output_name, &s.datatype, &s.output_shape)],
-        }))
+        Ok(Response::new(self.spec().grpc_metadata()))
     }
 
     async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {

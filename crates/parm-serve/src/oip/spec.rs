@@ -52,6 +52,25 @@ impl ModelSpec {
         shape_len(&self.output_shape)
     }
 
+    /// The gRPC `ModelMetadata` answer for this model (what a worker and the frontend both
+    /// send): its one input and one output tensor, each shape with a leading batch dimension of
+    /// -1 (`[-1, ...shape]`).
+    pub fn grpc_metadata(&self) -> crate::oip::grpc::ModelMetadataResponse {
+        use crate::oip::grpc::model_metadata_response::TensorMetadata;
+        let tensor = |name: &str, shape: &[i64]| TensorMetadata {
+            name: name.to_owned(),
+            datatype: self.datatype.clone(),
+            shape: std::iter::once(-1).chain(shape.iter().copied()).collect(),
+        };
+        crate::oip::grpc::ModelMetadataResponse {
+            name: self.name.clone(),
+            versions: vec![self.version.clone()],
+            platform: self.platform.clone(),
+            inputs: vec![tensor(&self.input_name, &self.input_shape)],
+            outputs: vec![tensor(&self.output_name, &self.output_shape)],
+        }
+    }
+
     /// Checks the spec can be served.
     ///
     /// # Errors

@@ -27,7 +27,6 @@ use tonic_health::ServingStatus;
 use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::oip::grpc::infer_parameter::ParameterChoice;
 use crate::oip::grpc::model_infer_response::InferOutputTensor;
-use crate::oip::grpc::model_metadata_response::TensorMetadata;
 use crate::oip::grpc::{self as pb, InferParameter, MAX_MESSAGE_BYTES, encode_f32_le};
 use crate::server::api::{ServedModel, Shared};
 use crate::server::error::ApiError;
@@ -114,11 +113,6 @@ fn deadline(params: &HashMap<String, InferParameter>, header: Option<Duration>) 
     Ok([param, header].into_iter().flatten().min())
 }
 
-fn tensor_meta(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
-    let shape = std::iter::once(-1).chain(shape.iter().copied()).collect();
-    TensorMetadata { name: name.to_owned(), datatype: datatype.to_owned(), shape }
-}
-
 fn param_bool(b: bool) -> InferParameter {
     InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(b)) }
 }
@@ -178,14 +172,7 @@ impl GrpcInferenceService for FrontendService {
 
     async fn model_metadata(&self, req: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let req = req.into_inner();
-        let s = self.model(&req.name, &req.version)?.frontend.spec();
-        Ok(Response::new(pb::ModelMetadataResponse {
-            name: s.name.clone(),
-            versions: vec![s.version.clone()],
-            platform: s.platform.clone(),
-            inputs: vec![tensor_meta(&s.input_name, &s.datatype, &s.input_shape)],
-            outputs: vec![tensor_meta(&s.output_name, &s.datatype, &s.output_shape)],
-        }))
+        Ok(Response::new(self.model(&req.name, &req.version)?.frontend.spec().grpc_metadata()))
     }
 
     async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {

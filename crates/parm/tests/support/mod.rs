@@ -30,19 +30,9 @@ pub fn write_model(dir: &Path, name: &str, kind: ModelKind) -> PathBuf {
     let parity = kind == ModelKind::Parity;
     let meta = ModelMeta {
         kind,
-        arch: cfg.name(),
-        mlp: cfg.clone(),
-        dataset: "random".into(),
-        input_shape: vec![cfg.input as i64],
-        classes: cfg.classes,
-        test_accuracy: None,
         k: parity.then_some(2),
         encoder: parity.then(|| "addition".to_string()),
-        val_degraded_accuracy: None,
-        epochs: 0,
-        steps: 0,
-        train_seconds: 0.0,
-        preprocess: None,
+        ..ModelMeta::untrained(cfg.clone(), "random")
     };
     save_model(&model, &meta, dir, name).expect("save model");
     dir.join(format!("{name}.bpk"))
@@ -116,18 +106,10 @@ pub fn write_collage_model(dir: &Path, name: &str, k: usize) -> PathBuf {
     let meta = ModelMeta {
         kind: ModelKind::Parity,
         arch: cfg.name(),
-        mlp,
-        dataset: "random".into(),
-        input_shape: vec![784],
         classes: 10,
-        test_accuracy: None,
         k: Some(k),
         encoder: Some("concatenation".into()),
-        val_degraded_accuracy: None,
-        epochs: 0,
-        steps: 0,
-        train_seconds: 0.0,
-        preprocess: None,
+        ..ModelMeta::untrained(mlp, "random")
     };
     parm_nn::train::save_net(&model, &meta, dir, name).expect("save collage model");
     dir.join(format!("{name}.bpk"))
