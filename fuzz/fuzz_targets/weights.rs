@@ -5,7 +5,7 @@
 
 use burn::tensor::Device;
 use libfuzzer_sys::fuzz_target;
-use parm_nn::meta::{ModelKind, ModelMeta};
+use parm_nn::meta::ModelMeta;
 use parm_nn::MlpConfig;
 
 fuzz_target!(|data: &[u8]| {
