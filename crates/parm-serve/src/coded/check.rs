@@ -23,8 +23,10 @@
 //! and at least three times the median share of the others, is **ejected**: out of the
 //! rotation for [`OutputChecks::eject_for`], then back on probation; every instance's window
 //! starts again then (the suspicion the ejected one cast on its group-mates goes with it).
-//! Outputs that an ejected instance still returns (calls in flight) count as failed, so its
-//! queries are answered from the code. At most half the deployed instances are out at once.
+//! An output that an instance returns after its ejection (a call in flight) is refused and the
+//! query retried on an instance in rotation ([`crate::upstream::pool::Pool`]); its coding
+//! group may answer it from the code first. At most half the deployed instances are out at
+//! once.
 //!
 //! The check needs every output, so with checks on every group gets its redundant queries
 //! (none skipped, none cancelled once the members are answered); a wrong output that arrives

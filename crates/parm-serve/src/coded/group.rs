@@ -432,18 +432,12 @@ impl Member {
 
     /// Records this member's output (`Err`: its call failed) with the group; returns its
     /// answer if that settles it (its original, or unavailable). A failure asks for the
-    /// parity query at once (lazy parity). With output checks, an output from an instance
-    /// ejected meanwhile counts as failed, so the code answers for it.
+    /// parity query at once (lazy parity). With output checks, an instance ejected while the
+    /// member's call was out has had it retried elsewhere by the pool
+    /// ([`crate::upstream::pool::Pool::infer_noting`]).
     fn report(&mut self, out: Result<Served, InstanceError>) -> Option<Answer> {
         self.reported = true;
         let checking = self.shared.checker.is_some();
-        let out = match out {
-            Ok((_, instance)) if checking && self.shared.deployed.is_ejected(instance.addr()) => Err(InstanceError::Unavailable {
-                addr: instance.addr().to_string(),
-                message: "out of rotation: its outputs disagreed with the code".into(),
-            }),
-            other => other,
-        };
         let served_by = out.as_ref().ok().filter(|_| checking).map(|(_, i)| i.addr().to_string());
         let out = out.map(|(o, _)| o).map_err(|e| self.failure = Some(e)).ok();
         let mine = out.clone().map(|output| Answer::Original { slot: self.slot, output });

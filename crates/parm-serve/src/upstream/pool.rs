@@ -321,7 +321,8 @@ impl Pool {
 
     /// Runs on instance `index` (mod n), or, if it is out of rotation (its breaker is open, see
     /// [`crate::upstream::health::Breaker`], or it is ejected), on the next one in rotation
-    /// (the original if none is).
+    /// (the original if none is). An instance ejected while the call was out answers
+    /// `Unavailable` (retryable), whatever it returned.
     async fn call(
         &self,
         index: usize,
@@ -339,6 +340,7 @@ impl Pool {
         let i = (0..n).map(|j| (index + j) % n).find(|&i| usable(&members[i])).unwrap_or(index % n);
         let m = &members[i];
         picked(&*m.instance, m.recent.get());
+        let in_rotation = !m.is_ejected();
         let started = std::time::Instant::now();
         let out = match &m.coalescer {
             Some(c) => c.infer(input.clone(), shape, timeout).await,
@@ -346,6 +348,15 @@ impl Pool {
         };
         let done = std::time::Instant::now();
         m.recent.record(done - started, done);
+        // Ejected while this call was out: its outputs disagreed with the code, so this one is
+        // not trusted either, and the caller retries it on an instance in rotation (an
+        // instance chosen although ejected, because none was in rotation, is used as it is).
+        if out.is_ok() && in_rotation && m.is_ejected() {
+            return Err(InstanceError::Unavailable {
+                addr: m.instance.addr().to_string(),
+                message: "out of rotation: its outputs disagreed with the code".into(),
+            });
+        }
         out.map(|o| (o, m.instance.clone()))
     }
 
@@ -410,6 +421,49 @@ impl Pool {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    use futures::future::BoxFuture;
+
+    /// Answers its own name's length after 50 ms (so a call can be overtaken by an ejection).
+    struct Slow(String);
+
+    impl Instance for Slow {
+        fn addr(&self) -> &str {
+            &self.0
+        }
+
+        fn infer<'a>(&'a self, _: &'a str, _: &'a [f32], _: &'a [i64], _: Duration) -> BoxFuture<'a, Result<Vec<f32>, InstanceError>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(vec![self.0.len() as f32])
+            })
+        }
+    }
+
+    /// The failure this guards against: with output checks, two instances ejected at once
+    /// (false ejections at a low threshold) left a coding group with both members' outputs
+    /// refused and nothing to decode them from, so a query failed although three instances
+    /// were in rotation (`parm bench --wrong-outputs`, r = 1, threshold 3).
+    #[tokio::test]
+    async fn an_output_from_an_instance_ejected_meanwhile_is_retried_in_rotation() {
+        let names = ["a", "bb", "ccc"].map(|n| Arc::new(Slow(n.into())) as Arc<dyn Instance>).to_vec();
+        let pool =
+            Pool::new(names, "m", Redundancy::None, DispatchBatching::default(), Duration::from_secs(1), Arc::new(AtomicU64::new(0)));
+        let input: Arc<[f32]> = Arc::from(vec![0.0f32]);
+        // Round-robin: the first call goes to "a", which is ejected while the call is out.
+        let call = pool.infer_served(&input, &[1, 1], Duration::from_secs(1));
+        let eject = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(pool.eject("a", Instant::now() + Duration::from_secs(30)));
+        };
+        let (served, ()) = tokio::join!(call, eject);
+        let (out, by) = served.unwrap();
+        assert_eq!((out, by.addr()), (vec![2.0], "bb"), "answered by the next instance in rotation");
+        // An instance chosen although ejected (none in rotation) answers as it is.
+        assert!(pool.eject("bb", Instant::now() + Duration::from_secs(30)));
+        assert!(pool.eject("ccc", Instant::now() + Duration::from_secs(30)));
+        assert!(pool.infer(&input, &[1, 1], Duration::from_secs(1)).await.is_ok());
+    }
 
     #[test]
     fn recent_latency_is_the_shorter_of_the_last_two_calls_while_fresh() {
