@@ -37,6 +37,12 @@ pub struct Check {
     /// explains the largest share (in [0, 1]) of the syndrome's energy, and that share.
     /// `None` with r = 1 (any member could be the wrong one) or a zero syndrome.
     pub located: Option<(usize, f32)>,
+    /// The syndrome itself: per redundant output l, `rows * m` values, row-major
+    /// (`[r][rows * m]`), for a caller that scores it against its own noise model
+    /// ([`NoiseModel`]).
+    pub syndrome: Vec<Vec<f32>>,
+    /// m, the values per row.
+    pub row_len: usize,
 }
 
 /// Checks a complete group, row by row. `coeffs[l][j]` is the code's coefficient of member j
@@ -62,6 +68,7 @@ pub fn check_rows<'a>(
     let mut along = vec![0.0f64; k];
     let mut e = vec![0.0f64; r];
     let mut per_output = vec![0.0f64; r];
+    let mut syndrome = vec![Vec::with_capacity(rows * m); r];
     for i in 0..rows {
         let ys: Vec<&[f32]> = (0..k).map(|j| data(j, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
         let rs: Vec<&[f32]> = (0..r).map(|l| redundant(l, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
@@ -70,6 +77,7 @@ pub fn check_rows<'a>(
                 e[l] = rs[l][t] as f64 - (0..k).map(|j| coeffs[l][j] * ys[j][t] as f64).sum::<f64>();
                 energy += e[l] * e[l];
                 per_output[l] += e[l] * e[l];
+                syndrome[l].push(e[l] as f32);
             }
             for j in (0..k).filter(|&j| norms[j] > 0.0 && candidate(j, i)) {
                 let dot: f64 = (0..r).map(|l| coeffs[l][j] * e[l]).sum();
@@ -83,12 +91,171 @@ pub fn check_rows<'a>(
         .then(|| along.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, &a)| (j, (a / energy).min(1.0) as f32)))
         .flatten();
     let per_output = per_output.iter().map(|v| (v / (rows * m).max(1) as f64).sqrt() as f32).collect();
-    Some(Check { score, per_output, located })
+    Some(Check { score, per_output, located, syndrome, row_len: m })
+}
+
+/// Groups observed before [`NoiseModel::score`] answers.
+const NOISE_WARM_UP: u64 = 64;
+/// Observations weigh at least 1/this each: the model follows the last few hundred groups.
+const NOISE_MEMORY: f64 = 256.0;
+/// Observations between two inversions of the covariance.
+const NOISE_REFRESH: u64 = 16;
+/// Largest m whose full covariance is kept (m x m per redundant output); above it, only the
+/// variances.
+const NOISE_FULL_MAX: usize = 64;
+
+/// The syndrome of healthy groups, per redundant output: its running mean and covariance
+/// across the m values of a row, and the whitened score of a new group (the Mahalanobis norm
+/// per value, `sqrt(mean over rows and outputs of (e - mu)^T S^-1 (e - mu) / m)`): the
+/// generalized likelihood-ratio statistic for an unknown shift of a Gaussian mean (Kay,
+/// "Fundamentals of Statistical Signal Processing: Detection Theory", 1998, ch. 6). A learned
+/// parity model errs more in some directions than others (all logits together, some classes
+/// more than others); whitening weighs a wrong output's deviation by how unusual it is there.
+#[derive(Debug, Clone)]
+pub struct NoiseModel {
+    m: usize,
+    full: bool,
+    seen: u64,
+    mean: Vec<Vec<f64>>,
+    second: Vec<Vec<f64>>,
+    precision: Vec<Vec<f64>>,
+}
+
+impl NoiseModel {
+    /// A model for rows of `m` values and `r` redundant outputs, with nothing observed.
+    pub fn new(m: usize, r: usize) -> Self {
+        let full = m <= NOISE_FULL_MAX;
+        let cells = if full { m * m } else { m };
+        NoiseModel { m, full, seen: 0, mean: vec![vec![0.0; m]; r], second: vec![vec![0.0; cells]; r], precision: vec![Vec::new(); r] }
+    }
+
+    /// Takes a healthy group's syndrome into the estimate (ignored if of another shape).
+    pub fn observe(&mut self, check: &Check) {
+        if !self.fits(check) {
+            return;
+        }
+        let rows = check.syndrome[0].len() / self.m;
+        for (l, e) in check.syndrome.iter().enumerate() {
+            for x in e.chunks(self.m) {
+                let w = (1.0 / (self.seen as f64 * rows as f64 + 1.0)).max(1.0 / (NOISE_MEMORY * rows as f64));
+                for (mu, &v) in self.mean[l].iter_mut().zip(x) {
+                    *mu += w * (v as f64 - *mu);
+                }
+                if self.full {
+                    for a in 0..self.m {
+                        for b in 0..self.m {
+                            let c = &mut self.second[l][a * self.m + b];
+                            *c += w * (x[a] as f64 * x[b] as f64 - *c);
+                        }
+                    }
+                } else {
+                    for (c, &v) in self.second[l].iter_mut().zip(x) {
+                        *c += w * (v as f64 * v as f64 - *c);
+                    }
+                }
+            }
+        }
+        self.seen += 1;
+        if self.seen >= NOISE_WARM_UP && (self.seen - NOISE_WARM_UP).is_multiple_of(NOISE_REFRESH) {
+            self.refresh();
+        }
+    }
+
+    /// The whitened score of `check`'s syndrome, `None` before the model has seen
+    /// [`NOISE_WARM_UP`] groups or for a syndrome of another shape.
+    pub fn score(&self, check: &Check) -> Option<f32> {
+        if !self.fits(check) || self.precision[0].is_empty() {
+            return None;
+        }
+        let m = self.m;
+        let (mut total, mut n) = (0.0f64, 0usize);
+        for (l, e) in check.syndrome.iter().enumerate() {
+            let p = &self.precision[l];
+            for x in e.chunks(m) {
+                let d: Vec<f64> = x.iter().zip(&self.mean[l]).map(|(&v, mu)| v as f64 - mu).collect();
+                total += if self.full {
+                    (0..m).map(|a| d[a] * (0..m).map(|b| p[a * m + b] * d[b]).sum::<f64>()).sum::<f64>()
+                } else {
+                    d.iter().zip(p).map(|(v, q)| v * v * q).sum::<f64>()
+                };
+                n += 1;
+            }
+        }
+        Some((total / (n * m).max(1) as f64).max(0.0).sqrt() as f32)
+    }
+
+    fn fits(&self, check: &Check) -> bool {
+        check.row_len == self.m
+            && check.syndrome.len() == self.mean.len()
+            && check.syndrome.iter().all(|e| !e.is_empty() && e.len() % self.m == 0)
+    }
+
+    /// The inverse covariance per redundant output, with a ridge of 1e-3 of the mean variance
+    /// so that a direction the healthy syndromes never moved in does not get infinite weight.
+    /// A syndrome that does not vary (a parity model exact up to a fixed error) has no noise to
+    /// model: no score then.
+    fn refresh(&mut self) {
+        let m = self.m;
+        for l in 0..self.mean.len() {
+            let mu = &self.mean[l];
+            let diag = |a: usize| if self.full { self.second[l][a * m + a] } else { self.second[l][a] };
+            let (second, var): (f64, f64) =
+                (0..m).map(|a| (diag(a), (diag(a) - mu[a] * mu[a]).max(0.0))).fold((0.0, 0.0), |s, x| (s.0 + x.0, s.1 + x.1));
+            if var <= 1e-6 * second {
+                self.precision = vec![Vec::new(); self.mean.len()];
+                return;
+            }
+            if !self.full {
+                let var: Vec<f64> = self.second[l].iter().zip(mu).map(|(s, u)| (s - u * u).max(0.0)).collect();
+                let ridge = 1e-3 * var.iter().sum::<f64>() / m as f64 + 1e-12;
+                self.precision[l] = var.iter().map(|v| 1.0 / (v + ridge)).collect();
+                continue;
+            }
+            let mut cov: Vec<Vec<f64>> = (0..m).map(|a| (0..m).map(|b| self.second[l][a * m + b] - mu[a] * mu[b]).collect()).collect();
+            let ridge = 1e-3 * (0..m).map(|a| cov[a][a].max(0.0)).sum::<f64>() / m as f64 + 1e-12;
+            for (a, row) in cov.iter_mut().enumerate() {
+                row[a] += ridge;
+            }
+            let mut inv: Vec<Vec<f64>> = (0..m).map(|a| (0..m).map(|b| if a == b { 1.0 } else { 0.0 }).collect()).collect();
+            crate::linear::solve_in_place(&mut cov, &mut inv);
+            self.precision[l] = inv.into_iter().flatten().collect();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A parity model whose error moves every value together (a common shift, which a
+    /// classifier's logits are blind to) hides a class swap in the raw RMS; whitened by the
+    /// healthy syndromes' covariance, the swap stands out.
+    #[test]
+    fn whitening_exposes_a_deviation_where_healthy_syndromes_never_go() {
+        let m = 4;
+        let mut seed = 7u64;
+        let mut noise = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let syndrome = |e: Vec<f32>| Check { score: 0.0, per_output: vec![0.0], located: None, syndrome: vec![e], row_len: m };
+        let rms = |c: &Check| (c.syndrome[0].iter().map(|v| v * v).sum::<f32>() / m as f32).sqrt();
+        let mut model = NoiseModel::new(m, 1);
+        let healthy = |n: &mut dyn FnMut() -> f32| {
+            let shift = 4.0 * n();
+            syndrome((0..m).map(|_| shift + 0.01 * n()).collect())
+        };
+        for _ in 0..NOISE_WARM_UP {
+            assert_eq!(model.score(&healthy(&mut noise)), None, "no score before the warm-up");
+            model.observe(&healthy(&mut noise));
+        }
+        let typical = healthy(&mut noise);
+        let swap = syndrome(vec![0.3, -0.3, 0.0, 0.0]);
+        assert!(rms(&swap) < rms(&typical) || rms(&typical) < 0.5, "raw RMS: the swap {} against {}", rms(&swap), rms(&typical));
+        let (w_swap, w_typical) = (model.score(&swap).unwrap(), model.score(&typical).unwrap());
+        assert!(w_swap > 5.0 * w_typical && w_swap > 5.0, "whitened: the swap {w_swap} against a healthy group's {w_typical}");
+        assert_eq!(model.score(&Check { row_len: 3, ..swap }), None, "another shape is not scored");
+    }
 
     fn run(coeffs: &[Vec<f64>], ys: &[Vec<f32>], rs: &[Vec<f32>]) -> Check {
         let m = ys[0].len();

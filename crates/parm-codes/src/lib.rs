@@ -16,7 +16,7 @@ mod linear;
 
 pub use addition::{AdditionEncoder, SubtractionDecoder};
 pub use berrut::{ApproxiferCode, BerrutCode, berrut_weights};
-pub use check::{Check, check_rows};
+pub use check::{Check, NoiseModel, check_rows};
 pub use concatenation::{ConcatenationEncoder, ImageShape, area_weights, concat_cells, concat_grid};
 pub use group::{Answer, GroupCode, GroupState, Slot};
 pub use linear::{LinearCode, LinearEncoder, WeightedSubtractionDecoder};

@@ -105,7 +105,7 @@ impl LinearCode {
 
 /// Gaussian elimination with partial pivoting: solves `a X = b` for square `a` (e x e) and
 /// `b` (e rows of any length), leaving X in `b`.
-fn solve_in_place(a: &mut [Vec<f64>], b: &mut [Vec<f64>]) {
+pub(crate) fn solve_in_place(a: &mut [Vec<f64>], b: &mut [Vec<f64>]) {
     let e = a.len();
     for col in 0..e {
         let piv = (col..e).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs())).unwrap();

@@ -42,7 +42,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parm_codes::Check;
+use parm_codes::{Check, NoiseModel};
 
 use crate::coded::Stats;
 use crate::upstream::pool::Pool;
@@ -126,8 +126,12 @@ pub(crate) struct Checker {
 
 #[derive(Default)]
 struct CheckerState {
-    /// Recent scores, per number of members (padding not counted).
+    /// Recent scores, per number of members (padding not counted): raw ones until that
+    /// size's noise model answers, whitened ones after.
     scores: HashMap<usize, VecDeque<f32>>,
+    white_scores: HashMap<usize, VecDeque<f32>>,
+    /// The healthy syndrome per number of members.
+    noise: HashMap<usize, NoiseModel>,
     /// Per deployed instance: its last checks (true: blamed).
     windows: HashMap<String, VecDeque<bool>>,
 }
@@ -159,19 +163,35 @@ impl Checker {
 
     /// Takes the verdict on group `group`, whose members' predictions came from `instances`
     /// (`None`: padding), and ejects from `pool` an instance that keeps being blamed.
-    pub(crate) fn record(&self, group: u64, check: Check, r: usize, instances: Vec<Option<String>>, pool: &Pool, stats: &Stats) {
+    pub(crate) fn record(&self, group: u64, mut check: Check, r: usize, instances: Vec<Option<String>>, pool: &Pool, stats: &Stats) {
         stats.checks.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let scores = st.scores.entry(instances.iter().flatten().count()).or_default();
-        let median = median(scores.iter().copied());
+        let size = instances.iter().flatten().count();
+        let noise = st.noise.entry(size).or_insert_with(|| NoiseModel::new(check.row_len, check.syndrome.len()));
+        let whitened = noise.score(&check);
+        // Both yardsticks stay current; the whitened one is used once it has its own warm-up,
+        // so that no group goes unjudged while it starts.
+        let raw_score = check.score;
+        if let Some(w) = whitened {
+            push(st.white_scores.entry(size).or_default(), w);
+        }
+        let white = st.white_scores.get(&size).filter(|w| whitened.is_some() && w.len() > WARM_UP);
+        let median = match white {
+            Some(w) => {
+                check.score = whitened.unwrap_or(raw_score);
+                median(w.iter().take(w.len() - 1).copied())
+            }
+            None => median(st.scores.get(&size).into_iter().flatten().copied()),
+        };
         // Before the yardstick exists no group can be flagged, so none counts in the windows
         // either (a wrong instance's unblamed early checks would hide it behind its group-mates).
-        let warm = scores.len() >= WARM_UP;
+        let warm = st.scores.get(&size).is_some_and(|s| s.len() >= WARM_UP);
         let flagged = warm && check.score > self.cfg.threshold * median;
-        if scores.len() == SCORES {
-            scores.pop_front();
+        push(st.scores.entry(size).or_default(), raw_score);
+        // A flagged group may hold a wrong output: the noise model learns from the others.
+        if !flagged && let Some(n) = st.noise.get_mut(&size) {
+            n.observe(&check);
         }
-        scores.push_back(check.score);
         // A member from an instance already ejected explains the disagreement (its outputs
         // still in flight were checked after it left): its group-mates are not blamed.
         let out = |j: &usize| instances[*j].as_deref().is_some_and(|a| pool.is_ejected(a));
@@ -240,6 +260,14 @@ impl Checker {
     }
 }
 
+/// Appends a score to a yardstick of the last [`SCORES`].
+fn push(scores: &mut VecDeque<f32>, score: f32) {
+    if scores.len() == SCORES {
+        scores.pop_front();
+    }
+    scores.push_back(score);
+}
+
 /// How many of a window's checks blamed its instance.
 fn blamed(window: &VecDeque<bool>) -> usize {
     window.iter().filter(|b| **b).count()
@@ -280,7 +308,7 @@ mod tests {
     }
 
     fn check(score: f32) -> Check {
-        Check { score, per_output: vec![score], located: None }
+        Check { score, per_output: vec![score], located: None, syndrome: vec![vec![score]], row_len: 1 }
     }
 
     /// Seven instances "a".."g" behind a checker with a window of 10, warmed up.
