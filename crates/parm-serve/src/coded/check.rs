@@ -3,9 +3,13 @@
 //!
 //! The code's redundancy, spent by ParM on missing predictions, also exposes wrong ones. Once
 //! every prediction and redundant output of a group is in, [`parm_codes::GroupState::check`]
-//! gives the syndrome's size (RMS per value) and, with r >= 2 parities, the member whose single
-//! error explains it. Learned parity models are approximate, so the syndrome of a healthy
-//! group is not zero; a group is **flagged** when its score exceeds
+//! gives the syndrome and its size (RMS per value) and, with r >= 2 parities, the member whose
+//! single error explains it. Learned parity models are approximate, so the syndrome of a
+//! healthy group is not zero. Its score is the syndrome whitened by the covariance of healthy
+//! groups' syndromes ([`parm_codes::NoiseModel`]) once 64 groups of a size were seen (the RMS
+//! before, and where the syndrome never varies): at the same threshold it halved the false
+//! alarms of the RMS in `parm bench --wrong-outputs` (BENCHMARKS.md). A group is **flagged**
+//! when its score exceeds
 //! [`OutputChecks::threshold`] times the running median score of recent groups with as many
 //! members (a median, so a minority of wrong groups does not move the yardstick; per number of
 //! members, because a group sealed partly filled by its timeout is padded, and the parity
