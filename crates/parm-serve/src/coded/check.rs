@@ -103,7 +103,8 @@ pub struct CheckVerdict {
     /// (of recent groups with as many members, padding not counted); 0 while fewer than 8 such
     /// groups were seen (the warm-up, when no group is flagged).
     pub median: f32,
-    /// The group's [`parm_codes::Check`].
+    /// The group's [`parm_codes::Check`], its `score` the one compared with `median`: the
+    /// whitened score once the noise model of groups this size answers, the RMS before.
     pub check: Check,
     /// Score above threshold x median.
     pub flagged: bool,
