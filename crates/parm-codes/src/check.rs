@@ -198,21 +198,19 @@ impl NoiseModel {
         let m = self.m;
         for l in 0..self.mean.len() {
             let mu = &self.mean[l];
-            let diag = |a: usize| if self.full { self.second[l][a * m + a] } else { self.second[l][a] };
-            let (second, var): (f64, f64) =
-                (0..m).map(|a| (diag(a), (diag(a) - mu[a] * mu[a]).max(0.0))).fold((0.0, 0.0), |s, x| (s.0 + x.0, s.1 + x.1));
-            if var <= 1e-6 * second {
+            let second = |a: usize| if self.full { self.second[l][a * m + a] } else { self.second[l][a] };
+            let var: Vec<f64> = (0..m).map(|a| (second(a) - mu[a] * mu[a]).max(0.0)).collect();
+            let total: f64 = var.iter().sum();
+            if total <= 1e-6 * (0..m).map(second).sum::<f64>() {
                 self.precision = vec![Vec::new(); self.mean.len()];
                 return;
             }
+            let ridge = 1e-3 * total / m as f64 + 1e-12;
             if !self.full {
-                let var: Vec<f64> = self.second[l].iter().zip(mu).map(|(s, u)| (s - u * u).max(0.0)).collect();
-                let ridge = 1e-3 * var.iter().sum::<f64>() / m as f64 + 1e-12;
                 self.precision[l] = var.iter().map(|v| 1.0 / (v + ridge)).collect();
                 continue;
             }
             let mut cov: Vec<Vec<f64>> = (0..m).map(|a| (0..m).map(|b| self.second[l][a * m + b] - mu[a] * mu[b]).collect()).collect();
-            let ridge = 1e-3 * (0..m).map(|a| cov[a][a].max(0.0)).sum::<f64>() / m as f64 + 1e-12;
             for (a, row) in cov.iter_mut().enumerate() {
                 row[a] += ridge;
             }

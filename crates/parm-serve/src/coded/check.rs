@@ -131,9 +131,9 @@ pub(crate) struct Checker {
 
 #[derive(Default)]
 struct CheckerState {
-    /// Recent scores, per number of members (padding not counted): raw ones until that
-    /// size's noise model answers, whitened ones after.
+    /// Recent RMS scores, per number of members (padding not counted).
     scores: HashMap<usize, VecDeque<f32>>,
+    /// Recent whitened scores, per number of members, since that size's noise model answers.
     white_scores: HashMap<usize, VecDeque<f32>>,
     /// The healthy syndrome per number of members.
     noise: HashMap<usize, NoiseModel>,
@@ -174,20 +174,18 @@ impl Checker {
         let size = instances.iter().flatten().count();
         let noise = st.noise.entry(size).or_insert_with(|| NoiseModel::new(check.row_len, check.syndrome.len()));
         let whitened = noise.score(&check);
-        // Both yardsticks stay current; the whitened one is used once it has its own warm-up,
-        // so that no group goes unjudged while it starts.
+        // Both yardsticks stay current; the whitened one is used once it has its own warm-up
+        // (WARM_UP scores before this one), so that no group goes unjudged while it starts.
         let raw_score = check.score;
         if let Some(w) = whitened {
             push(st.white_scores.entry(size).or_default(), w);
         }
-        let white = st.white_scores.get(&size).filter(|w| whitened.is_some() && w.len() > WARM_UP);
-        let median = match white {
-            Some(w) => {
-                check.score = whitened.unwrap_or(raw_score);
-                median(w.iter().take(w.len() - 1).copied())
-            }
-            None => median(st.scores.get(&size).into_iter().flatten().copied()),
+        let white = whitened.zip(st.white_scores.get(&size)).filter(|(_, ws)| ws.len() > WARM_UP);
+        let (score, median) = match white {
+            Some((w, ws)) => (w, median(ws.iter().rev().skip(1).copied())),
+            None => (raw_score, median(st.scores.get(&size).into_iter().flatten().copied())),
         };
+        check.score = score;
         // Before the yardstick exists no group can be flagged, so none counts in the windows
         // either (a wrong instance's unblamed early checks would hide it behind its group-mates).
         let warm = st.scores.get(&size).is_some_and(|s| s.len() >= WARM_UP);

@@ -162,7 +162,7 @@ fn write(out: &Path, rows: &[WrongOutputsRow]) -> anyhow::Result<()> {
         "instance_ejected_after_s": main.instance_ejected_after_s,
         "false_ejections_in_healthy_runs": healthy,
         "fault": FAULT,
-        "note": "top level: the r = 2 (k = 4) setup; counts from its catch run (ejection off, default threshold), delivery and ejection from its eject run (default settings); runs at threshold 3 show the trade-off",
+        "note": "top level: the r = 2 (k = 4) setup; counts from its catch run (ejection off, default threshold), delivery and ejection from its eject run (default settings); runs at the lower threshold show the trade-off",
         "runs": rows,
     });
     std::fs::create_dir_all(out)?;
