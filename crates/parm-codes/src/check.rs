@@ -43,6 +43,15 @@ pub struct Check {
     pub syndrome: Vec<Vec<f32>>,
     /// m, the values per row.
     pub row_len: usize,
+    /// Per member (`[k]`): whether the code disputes its top-1 class, that is, some row of the
+    /// member's own output has another largest value than the same row corrected as if the
+    /// member were the group's only wrong one (`y + c_j . e / |c_j|^2` per value, the
+    /// least-squares correction; with one parity, the prediction decoded from the parity
+    /// output). ParM's decoder answers a missing prediction with exactly this; a wrong output
+    /// that changes the top-1 class is disputed almost always (99.5% in `parm bench
+    /// --wrong-outputs`), a right one only where the parity model's own error moves the top-1
+    /// class (29% of healthy groups there). False for padding and non-candidates.
+    pub disputed: Vec<bool>,
 }
 
 /// Checks a complete group, row by row. `coeffs[l][j]` is the code's coefficient of member j
@@ -69,6 +78,9 @@ pub fn check_rows<'a>(
     let mut e = vec![0.0f64; r];
     let mut per_output = vec![0.0f64; r];
     let mut syndrome = vec![Vec::with_capacity(rows * m); r];
+    let mut disputed = vec![false; k];
+    // Per member, the row corrected as if it alone were wrong.
+    let mut corrected = vec![vec![0.0f64; m]; k];
     for i in 0..rows {
         let ys: Vec<&[f32]> = (0..k).map(|j| data(j, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
         let rs: Vec<&[f32]> = (0..r).map(|l| redundant(l, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
@@ -82,7 +94,11 @@ pub fn check_rows<'a>(
             for j in (0..k).filter(|&j| norms[j] > 0.0 && candidate(j, i)) {
                 let dot: f64 = (0..r).map(|l| coeffs[l][j] * e[l]).sum();
                 along[j] += dot * dot / norms[j];
+                corrected[j][t] = ys[j][t] as f64 + dot / norms[j];
             }
+        }
+        for j in (0..k).filter(|&j| norms[j] > 0.0 && candidate(j, i)) {
+            disputed[j] |= argmax(ys[j].iter().map(|&v| v as f64)) != argmax(corrected[j].iter().copied());
         }
     }
     let values = (r * rows * m).max(1) as f64;
@@ -91,7 +107,12 @@ pub fn check_rows<'a>(
         .then(|| along.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, &a)| (j, (a / energy).min(1.0) as f32)))
         .flatten();
     let per_output = per_output.iter().map(|v| (v / (rows * m).max(1) as f64).sqrt() as f32).collect();
-    Some(Check { score, per_output, located, syndrome, row_len: m })
+    Some(Check { score, per_output, located, syndrome, row_len: m, disputed })
+}
+
+/// The index of the largest value (the first of equals; 0 for an empty row).
+fn argmax(values: impl Iterator<Item = f64>) -> usize {
+    values.enumerate().fold((0, f64::NEG_INFINITY), |best, (i, v)| if v > best.1 { (i, v) } else { best }).0
 }
 
 /// Groups observed before [`NoiseModel::score`] answers.
@@ -236,7 +257,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
-        let syndrome = |e: Vec<f32>| Check { score: 0.0, per_output: vec![0.0], located: None, syndrome: vec![e], row_len: m };
+        let syndrome =
+            |e: Vec<f32>| Check { score: 0.0, per_output: vec![0.0], located: None, syndrome: vec![e], row_len: m, disputed: vec![false] };
         let rms = |c: &Check| (c.syndrome[0].iter().map(|v| v * v).sum::<f32>() / m as f32).sqrt();
         let mut model = NoiseModel::new(m, 1);
         let healthy = |n: &mut dyn FnMut() -> f32| {
@@ -284,6 +306,24 @@ mod tests {
         // e = [3 - 0, 1 - 5] = [4, -4]: RMS 4.
         assert!((check.score - 4.0).abs() < 1e-5, "{check:?}");
         assert_eq!(check.located, None);
+        // Decoded from the parity, member 1 is [3, -1] (class 0, not its 1), and member 0, were
+        // it the wrong one, [5, -2]: both are disputed, one parity cannot say which.
+        assert_eq!(check.disputed, vec![true, true]);
+    }
+
+    /// The syndrome may be large while no member's top-1 class is in doubt: a doubled output
+    /// keeps its class, and the parity models' small error moves none.
+    #[test]
+    fn a_wrong_output_that_keeps_its_class_is_not_disputed() {
+        let coeffs = vec![vec![1.0; 2]];
+        let ys = vec![vec![1.0, 5.0, 2.0], vec![4.0, -1.0, 0.0]];
+        let mut rs = encode(&coeffs, &ys);
+        rs[0][2] += 0.3;
+        assert_eq!(run(&coeffs, &ys, &rs).disputed, vec![false, false]);
+        let doubled = vec![ys[0].clone(), ys[1].iter().map(|v| 2.0 * v).collect()];
+        let check = run(&coeffs, &doubled, &rs);
+        assert!(check.score > 1.0, "{check:?}");
+        assert_eq!(check.disputed, vec![false, false], "{check:?}");
     }
 
     #[test]

@@ -14,11 +14,18 @@
 //! members (a median, so a minority of wrong groups does not move the yardstick; per number of
 //! members, because a group sealed partly filled by its timeout is padded, and the parity
 //! model's error on padding differs: in a test where F is its own parity model, healthy full
-//! groups scored 0.05 and a padded one 2.8, and a padded group's only member was blamed alone).
+//! groups scored 0.05 and a padded one 2.8, and a padded group's only member was blamed alone)
+//! **and** the code disputes some member's top-1 class ([`parm_codes::Check::disputed`]: the
+//! member's output corrected by the syndrome, as ParM's decoder would rebuild it, has another
+//! largest value). A wrong output that changes a client's answer is disputed almost always; a
+//! healthy group over the threshold only in about 60% of cases, so the gate removes about 40%
+//! of the false alarms at the same threshold (`--check-any-change` turns it off, for models
+//! whose outputs are not class scores).
 //!
 //! A flagged group **blames** instances: with r >= 2 the located member's instance alone (when
 //! it explains at least [`OutputChecks::min_share`] of the syndrome). Otherwise (r = 1 cannot
-//! tell which member is wrong) the instances' history decides: a wrong instance is in every one
+//! tell which member is wrong) only disputed members are suspects, and among them the
+//! instances' history decides: a wrong instance is in every one
 //! of its flagged groups, a healthy one only in those it shares with a wrong one, so a member
 //! whose instance was blamed at least twice, and at least twice as often as each group-mate's,
 //! is blamed alone; failing that, every member is. Each deployed
@@ -55,7 +62,9 @@ use crate::upstream::pool::Pool;
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputChecks {
     /// A group is flagged when its syndrome score exceeds this many times the running median
-    /// score (default 4).
+    /// score (default 2.5: in `parm bench --wrong-outputs` one parity at k = 2 caught 95-98% of
+    /// the wrong outputs that changed the top-1 class at 0.4-0.5% false alarms, and no healthy
+    /// instance was ejected in 12 healthy runs; 4 catches about 73% at under 0.1%).
     pub threshold: f32,
     /// With r >= 2: the least share of a flagged group's syndrome its located member must
     /// explain to be blamed alone (default 0.8; otherwise every member is suspected).
@@ -69,11 +78,25 @@ pub struct OutputChecks {
     pub eject_rate: f64,
     /// How long an ejected instance stays out of rotation (default 30 s).
     pub eject_for: Duration,
+    /// Flag a group by its score alone (`--check-any-change`), for models whose outputs are not
+    /// class scores. By default (false) a group is flagged only if the code also disputes a
+    /// member's top-1 class ([`parm_codes::Check::disputed`]), and only disputed members are
+    /// blamed: a wrong output that changes no answer's class is not worth an ejection, and at
+    /// the same threshold the false alarms fall by about 40% for 0.2 points of catch rate
+    /// (BENCHMARKS.md).
+    pub any_change: bool,
 }
 
 impl Default for OutputChecks {
     fn default() -> Self {
-        OutputChecks { threshold: 4.0, min_share: 0.8, window: 100, eject_rate: 0.05, eject_for: Duration::from_secs(30) }
+        OutputChecks {
+            threshold: 2.5,
+            min_share: 0.8,
+            window: 100,
+            eject_rate: 0.05,
+            eject_for: Duration::from_secs(30),
+            any_change: false,
+        }
     }
 }
 
@@ -142,18 +165,18 @@ struct CheckerState {
 }
 
 impl CheckerState {
-    /// The member whose instance has been blamed in at least [`MIN_BLAMED`] of its window's
-    /// checks and in at least twice as many as any group-mate's: a flagged group the code cannot
+    /// Of the `candidates` (members that could be blamed), the one whose instance has been
+    /// blamed in at least [`MIN_BLAMED`] of its window's checks and in at least twice as many
+    /// as any other candidate's: a flagged group the code cannot
     /// locate (r = 1, or r >= 2 with the located member under `min_share`) is then put on it
     /// alone. A wrong instance is in every flagged group it joins and a healthy one only in
     /// those it shares with a wrong one, so after a wrong instance's first few flagged groups
     /// its group-mates are no longer blamed with it.
-    fn most_blamed(&self, instances: &[Option<String>]) -> Option<usize> {
+    fn most_blamed(&self, instances: &[Option<String>], candidates: &[usize]) -> Option<usize> {
         let count = |j: usize| instances[j].as_ref().and_then(|a| self.windows.get(a)).map_or(0, blamed);
-        let counts: Vec<usize> = (0..instances.len()).map(count).collect();
-        let (top, &most) = counts.iter().enumerate().max_by_key(|(_, c)| **c)?;
-        let mut mates = counts.iter().enumerate().filter(|(j, _)| *j != top && instances[*j].is_some());
-        (most >= MIN_BLAMED && mates.all(|(_, &c)| most >= 2 * c.max(1))).then_some(top)
+        let (top, most) = candidates.iter().map(|&j| (j, count(j))).max_by_key(|(_, c)| *c)?;
+        let mut mates = candidates.iter().filter(|&&j| j != top);
+        (most >= MIN_BLAMED && mates.all(|&j| most >= 2 * count(j).max(1))).then_some(top)
     }
 }
 
@@ -189,10 +212,15 @@ impl Checker {
         // Before the yardstick exists no group can be flagged, so none counts in the windows
         // either (a wrong instance's unblamed early checks would hide it behind its group-mates).
         let warm = st.scores.get(&size).is_some_and(|s| s.len() >= WARM_UP);
-        let flagged = warm && check.score > self.cfg.threshold * median;
+        let over = warm && check.score > self.cfg.threshold * median;
+        // The members that could be blamed: present, and (by default) whose class is disputed.
+        let candidates: Vec<usize> = (0..instances.len())
+            .filter(|&j| instances[j].is_some() && (self.cfg.any_change || check.disputed.get(j).copied().unwrap_or(true)))
+            .collect();
+        let flagged = over && !candidates.is_empty();
         push(st.scores.entry(size).or_default(), raw_score);
-        // A flagged group may hold a wrong output: the noise model learns from the others.
-        if !flagged && let Some(n) = st.noise.get_mut(&size) {
+        // A group over the threshold may hold a wrong output: the noise model learns from the others.
+        if !over && let Some(n) = st.noise.get_mut(&size) {
             n.observe(&check);
         }
         // A member from an instance already ejected explains the disagreement (its outputs
@@ -202,7 +230,7 @@ impl Checker {
             _ if !flagged => Vec::new(),
             _ if (0..instances.len()).any(|j| out(&j)) => (0..instances.len()).filter(out).collect(),
             Some((j, share)) if r >= 2 && share >= self.cfg.min_share => vec![j],
-            _ => st.most_blamed(&instances).map_or_else(|| (0..instances.len()).filter(|&j| instances[j].is_some()).collect(), |j| vec![j]),
+            _ => st.most_blamed(&instances, &candidates).map_or(candidates, |j| vec![j]),
         };
         if flagged {
             stats.flagged.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +339,7 @@ mod tests {
     }
 
     fn check(score: f32) -> Check {
-        Check { score, per_output: vec![score], located: None, syndrome: vec![vec![score]], row_len: 1 }
+        Check { score, per_output: vec![score], located: None, syndrome: vec![vec![score]], row_len: 1, disputed: vec![true; 2] }
     }
 
     /// Seven instances "a".."g" behind a checker with a window of 10, warmed up.
@@ -379,6 +407,41 @@ mod tests {
         group(&checker, &pool, &stats, 100.0, "f", "g");
         assert_eq!(verdicts.try_recv().unwrap().blamed, vec![0, 1]);
         assert!(pool.ejected().is_empty(), "a's window is not half full yet");
+    }
+
+    /// A syndrome over the threshold that disputes no member's top-1 class flags nothing by
+    /// default, and only the disputed member is blamed; `any_change` flags by the score alone.
+    #[test]
+    fn only_a_disputed_class_flags_a_group_unless_any_change() {
+        let (checker, pool, stats) = setup();
+        let mut verdicts = checker.subscribe();
+        let undisputed = Check { disputed: vec![false, false], ..check(100.0) };
+        checker.record(0, undisputed.clone(), 1, vec![Some("a".into()), Some("b".into())], &pool, &stats);
+        assert!(!verdicts.try_recv().unwrap().flagged, "no class in doubt");
+        checker.record(
+            0,
+            Check { disputed: vec![false, true], ..check(100.0) },
+            1,
+            vec![Some("a".into()), Some("b".into())],
+            &pool,
+            &stats,
+        );
+        assert_eq!(verdicts.try_recv().unwrap().blamed, vec![1], "the disputed member alone");
+
+        let any = Checker::new(OutputChecks { window: 10, any_change: true, ..Default::default() });
+        let mut verdicts = any.subscribe();
+        for g in 0..=WARM_UP as u64 {
+            any.record(
+                g,
+                if g < WARM_UP as u64 { check(1.0) } else { undisputed.clone() },
+                1,
+                vec![Some("a".into()), Some("b".into())],
+                &pool,
+                &stats,
+            );
+        }
+        let v = std::iter::from_fn(|| verdicts.try_recv().ok()).last().unwrap();
+        assert!(v.flagged && v.blamed == vec![0, 1], "{v:?}");
     }
 
     /// An instance in every flagged group (r = 1 blames each member) is out after its second.

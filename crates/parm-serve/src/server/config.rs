@@ -41,10 +41,11 @@
 //! dispatch_max_batch = 1         # > 1: batch queued queries per instance (crate::upstream::dispatch)
 //! dispatch_max_in_flight = 4     # requests outstanding per instance before queries batch
 //! check_outputs = false          # check each coding group against its code (crate::coded::check) ...
-//! check_threshold = 4.0          # ... flag a group whose syndrome is this x the running median
+//! check_threshold = 2.5          # ... flag a group whose syndrome is this x the running median
 //! check_window = 100             # ... over each instance's last checks,
 //! eject_rate = 0.05              # ... eject one blamed this often
 //! eject_for_s = 30.0             # ... for this long
+//! check_any_change = false      # ... true: flag by the syndrome alone, not only disputed top-1 classes
 //! instance_auth_token_file = "..." # this model's instances: their token and TLS, instead of [server]'s
 //! instance_tls_ca = "..."        # (also instance_tls_cert, instance_tls_key, instance_tls_server_name)
 //!
@@ -235,6 +236,7 @@ pub struct ModelSection {
     pub check_threshold: Option<f32>,
     pub check_window: Option<usize>,
     pub eject_rate: Option<f64>,
+    pub check_any_change: Option<bool>,
     pub eject_for_s: Option<f64>,
     /// This model's instances: the token sent to them and TLS to them, instead of
     /// `[server]`'s (a repository may serve models from fleets with different credentials).

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// least; its share must also be at least three times the other instances' median share).
     #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().eject_rate)]
     pub eject_rate: f64,
+    /// Output checks: flag a group by its syndrome alone, also when no member's top-1 class is
+    /// in doubt (for models whose outputs are not class scores).
+    #[arg(long)]
+    pub check_any_change: bool,
     /// Output checks: seconds an ejected instance stays out of rotation.
     #[arg(long, default_value_t = parm_serve::coded::OutputChecks::default().eject_for.as_secs_f64())]
     pub eject_for_s: f64,
@@ -326,6 +330,7 @@ fn apply_model<F: Fn(&str) -> bool>(a: &mut ServeArgs, m: ModelSection, d: Deadl
     p.apply("check_threshold", &mut a.check_threshold, m.check_threshold);
     p.apply("check_window", &mut a.check_window, m.check_window);
     p.apply("eject_rate", &mut a.eject_rate, m.eject_rate);
+    p.apply("check_any_change", &mut a.check_any_change, m.check_any_change);
     p.apply("eject_for_s", &mut a.eject_for_s, m.eject_for_s);
     p.apply("instance_auth_token_file", &mut a.instance_auth_token_file, m.instance_auth_token_file.map(Some));
     p.apply("instance_tls_ca", &mut a.instance_tls_ca, m.instance_tls_ca.map(Some));
@@ -568,6 +573,7 @@ fn output_checks(a: &ServeArgs) -> anyhow::Result<parm_serve::coded::OutputCheck
         threshold: a.check_threshold,
         window: a.check_window,
         eject_rate: a.eject_rate,
+        any_change: a.check_any_change,
         eject_for: Duration::from_secs_f64(a.eject_for_s),
         ..Default::default()
     })
