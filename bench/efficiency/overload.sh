@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Overload of one `parm serve` + one `parm worker` (the Fashion-MNIST MLP), open loop: for each
+# rate, p99 of admitted queries, the fraction shed and how fast shed requests were answered.
+# The frontend and the worker share CPU 0, the load generator (oip-load, one [1, 784] query per
+# OIP gRPC ModelInfer) runs on CPU 1. A quicker look at admission control than slo.sh, which
+# finds each setup's objective rate first.
+#
+# Usage: bench/efficiency/overload.sh [RATE ...]   (default: 5000 7500 15000 requests/s)
+# Environment: SERVE_FLAGS (extra `parm serve` flags, e.g. "--queue-target-ms 2"),
+# DURATION (6 s, after 2 s of warm-up), PARM_NO_BUILD=1 skips the build.
+# Prints one line per rate.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
+rates=("${@:-5000 7500 15000}")
+read -r -a rates <<< "${rates[*]}"
+model=models/fashion-mnist/deployed.bpk
+[ -f "$model" ] || target/release/parm train
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+taskset -c 0 target/release/parm worker --model "$model" --listen 127.0.0.1:0 > "$work/worker.log" 2>&1 &
+pids+=($!)
+addr() { for _ in $(seq 100); do a=$(grep -o "$2 [0-9.:]*" "$1" | awk '{print $NF}') && [ -n "$a" ] && { echo "$a"; return; }; sleep 0.1; done; echo "no address in $1" >&2; exit 1; }
+worker=$(addr "$work/worker.log" "listening on")
+# shellcheck disable=SC2086
+taskset -c 0 target/release/parm serve --deployed "$worker" --model-name fashion-mnist --listen 127.0.0.1:0 \
+  --grpc-listen 127.0.0.1:0 ${SERVE_FLAGS:-} > "$work/serve.log" 2>&1 &
+pids+=($!)
+grpc=$(addr "$work/serve.log" "grpc listening on")
+http=$(addr "$work/serve.log" "^listening on")
+for _ in $(seq 100); do curl -sf "$http/v2/health/ready" > /dev/null && break; sleep 0.1; done
+for rate in "${rates[@]}"; do
+  taskset -c 1 target/release/oip-load --target "$grpc" --model fashion-mnist --rate "$rate" \
+    --duration "${DURATION:-6}" --warmup 2 2> "$work/load.err" | python3 -c "
+import json, sys
+d = json.loads(sys.stdin.read()); n = d['requests'] + d['shed']; l = d['latency_us']; s = d['shed_latency_us']
+print(f\"rate $rate/s: admitted p50/p99/p99.9 {l['p50']/1e3:.2f}/{l['p99']/1e3:.2f}/{l['p99_9']/1e3:.2f} ms, \"
+      f\"shed {100*d['shed']/max(n,1):.1f}%, shed p50/p99 {s['p50']/1e3:.2f}/{s['p99']/1e3:.2f} ms, errors {d['errors']}, \"
+      f\"send lag p99 {d['send_lag_us']['p99']/1e3:.2f} ms, CPU stolen {d['cpu_stolen'] or 0:.1%}\")"
+done
