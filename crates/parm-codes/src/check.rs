@@ -84,6 +84,8 @@ pub fn check_rows<'a>(
     for i in 0..rows {
         let ys: Vec<&[f32]> = (0..k).map(|j| data(j, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
         let rs: Vec<&[f32]> = (0..r).map(|l| redundant(l, i).filter(|y| y.len() == m)).collect::<Option<_>>()?;
+        // The members whose own row i could be wrong.
+        let suspects: Vec<usize> = (0..k).filter(|&j| norms[j] > 0.0 && candidate(j, i)).collect();
         for t in 0..m {
             for l in 0..r {
                 e[l] = rs[l][t] as f64 - (0..k).map(|j| coeffs[l][j] * ys[j][t] as f64).sum::<f64>();
@@ -91,13 +93,13 @@ pub fn check_rows<'a>(
                 per_output[l] += e[l] * e[l];
                 syndrome[l].push(e[l] as f32);
             }
-            for j in (0..k).filter(|&j| norms[j] > 0.0 && candidate(j, i)) {
+            for &j in &suspects {
                 let dot: f64 = (0..r).map(|l| coeffs[l][j] * e[l]).sum();
                 along[j] += dot * dot / norms[j];
                 corrected[j][t] = ys[j][t] as f64 + dot / norms[j];
             }
         }
-        for j in (0..k).filter(|&j| norms[j] > 0.0 && candidate(j, i)) {
+        for &j in &suspects {
             disputed[j] |= argmax(ys[j].iter().map(|&v| v as f64)) != argmax(corrected[j].iter().copied());
         }
     }

@@ -28,7 +28,7 @@
 //! instances' history decides: a wrong instance is in every one
 //! of its flagged groups, a healthy one only in those it shares with a wrong one, so a member
 //! whose instance was blamed at least twice, and at least twice as often as each group-mate's,
-//! is blamed alone; failing that, every member is. Each deployed
+//! is blamed alone; failing that, every suspect is. Each deployed
 //! instance keeps its last [`OutputChecks::window`] checks; one blamed in at least
 //! [`OutputChecks::eject_rate`] x window of them (2 at least), whose blamed share is the highest
 //! and at least three times the median share of the others, is **ejected**: out of the
@@ -67,7 +67,8 @@ pub struct OutputChecks {
     /// instance was ejected in 12 healthy runs; 4 catches about 73% at under 0.1%).
     pub threshold: f32,
     /// With r >= 2: the least share of a flagged group's syndrome its located member must
-    /// explain to be blamed alone (default 0.8; otherwise every member is suspected).
+    /// explain to be blamed alone (default 0.8; otherwise the members a group can suspect are,
+    /// as with r = 1).
     pub min_share: f32,
     /// Checks per instance that ejection looks at (default 100).
     pub window: usize,
@@ -129,7 +130,8 @@ pub struct CheckVerdict {
     /// The group's [`parm_codes::Check`], its `score` the one compared with `median`: the
     /// whitened score once the noise model of groups this size answers, the RMS before.
     pub check: Check,
-    /// Score above threshold x median.
+    /// Score above threshold x median, and (unless [`OutputChecks::any_change`]) some member's
+    /// top-1 class disputed.
     pub flagged: bool,
     /// Positions blamed ([`crate::coded::Prediction::position`]); empty unless flagged.
     pub blamed: Vec<usize>,

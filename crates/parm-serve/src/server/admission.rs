@@ -89,8 +89,6 @@ struct Window {
     minima: VecDeque<(Instant, Duration)>,
     floor: Option<Duration>,
     shedding: bool,
-    /// The bound while it grows back to the limit after shedding (see [`Window::roll`]).
-    recovering: Option<usize>,
     /// Requests shed before this interval (the admission's total then).
     shed_before: u64,
     /// When the queueing delay last reached half the target.
@@ -99,21 +97,12 @@ struct Window {
 
 impl Window {
     fn new(now: Instant) -> Self {
-        Self {
-            start: now,
-            min: None,
-            done: 0,
-            minima: VecDeque::new(),
-            floor: None,
-            shedding: false,
-            recovering: None,
-            shed_before: 0,
-            last_high: now,
-        }
+        Self { start: now, min: None, done: 0, minima: VecDeque::new(), floor: None, shedding: false, shed_before: 0, last_high: now }
     }
 
-    /// Closes the interval ending `now`, `shed` the admission's requests shed so far; returns
-    /// the bound on queries in flight for the next one, at most `limit`.
+    /// Closes the interval ending `now`, with `current` the bound in force and `shed` the
+    /// admission's requests shed so far; returns the bound on queries in flight for the next
+    /// one, at most `limit`.
     ///
     /// Shedding stops only after 10 intervals with neither a queue nor a request shed: while
     /// the bound still turns requests away, the load is past capacity, and the queue looks gone
@@ -126,12 +115,11 @@ impl Window {
     /// (about 150 ms of work at 7,000 queries/s) every time the queue looked gone, and p99 of
     /// admitted queries was 204 ms; doubling overshoots a good bound by 2x at most before the
     /// next interval sees the queue.
-    fn roll(&mut self, now: Instant, t: DelayTarget, limit: usize, shed: u64) -> usize {
+    fn roll(&mut self, now: Instant, t: DelayTarget, limit: usize, current: usize, shed: u64) -> usize {
         let elapsed = now.saturating_duration_since(self.start).max(t.interval);
         let (min, done) = (self.min.take(), std::mem::take(&mut self.done));
         let turned_away = shed > std::mem::replace(&mut self.shed_before, shed);
         self.start = now;
-        let current = self.recovering.unwrap_or(limit);
         let Some(min) = min else { return current };
         let floor = *self.floor.get_or_insert(min);
         let queue = min.saturating_sub(floor);
@@ -145,13 +133,10 @@ impl Window {
         }
         if !self.shedding {
             self.update_floor(now, min);
-            self.recovering = self.recovering.map(|b| b.saturating_mul(2)).filter(|&b| b < limit);
-            return self.recovering.unwrap_or(limit);
+            return current.saturating_mul(2).min(limit);
         }
         let per_s = done as f64 / elapsed.as_secs_f64();
-        let bound = ((per_s * (floor + t.target).as_secs_f64()) as usize).clamp(MIN_DELAY_BOUND.min(limit), limit);
-        self.recovering = Some(bound);
-        bound
+        ((per_s * (floor + t.target).as_secs_f64()) as usize).clamp(MIN_DELAY_BOUND.min(limit), limit)
     }
 
     fn update_floor(&mut self, now: Instant, min: Duration) {
@@ -307,7 +292,7 @@ impl Admission {
         let Some(t) = self.delay else { return };
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if now.saturating_duration_since(w.start) >= t.interval {
-            let bound = w.roll(now, t, self.limit, self.shed());
+            let bound = w.roll(now, t, self.limit, self.bound(), self.shed());
             self.bound.store(bound, Ordering::Relaxed);
         }
         w.min = Some(w.min.map_or(sojourn, |m| m.min(sojourn)));
