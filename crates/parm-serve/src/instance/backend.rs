@@ -9,8 +9,10 @@ use crate::oip::ModelSpec;
 
 /// What a model instance runs. Implemented by parm-nn's models in the binary crate.
 ///
-/// Called from a blocking thread (`tokio::task::spawn_blocking`), one call at a time per worker
-/// (the worker has a single compute lane), so implementations may take their time.
+/// Called one call at a time per worker (the worker has a single compute lane): on a blocking
+/// thread (`tokio::task::spawn_blocking`), or in place on a runtime thread when its last call
+/// took under 100 us per the rows asked ([`crate::instance::compute`]). So implementations may
+/// take their time, but must not block on the tokio runtime themselves.
 pub trait InferenceBackend: Send + Sync + 'static {
     /// The model's name, version and tensor shapes.
     fn spec(&self) -> &ModelSpec;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::instance::backend::InferenceBackend;
+use crate::instance::compute::Placement;
 use crate::instance::fault::FaultInjector;
 
 /// Dynamic batching settings.
@@ -94,6 +95,7 @@ impl Batcher {
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Item>, backend: Arc<dyn InferenceBackend>, faults: Arc<FaultInjector>, cfg: BatchConfig) {
     let mut carry: Option<Item> = None;
+    let placement = Placement::default();
     loop {
         let first = match carry.take() {
             Some(item) => item,
@@ -107,7 +109,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Item>, backend: Arc<dyn InferenceBa
         }
         let (batch, next) = collect(&mut rx, first, &cfg).await;
         carry = next;
-        execute(batch, &backend, &faults).await;
+        execute(batch, &backend, &faults, &placement).await;
     }
 }
 
@@ -141,7 +143,7 @@ async fn collect(rx: &mut mpsc::UnboundedReceiver<Item>, first: Item, cfg: &Batc
 }
 
 /// One model execution for the whole batch; each request gets its own rows back.
-async fn execute(batch: Vec<Item>, backend: &Arc<dyn InferenceBackend>, faults: &FaultInjector) {
+async fn execute(batch: Vec<Item>, backend: &Arc<dyn InferenceBackend>, faults: &FaultInjector, placement: &Placement) {
     for item in &batch {
         item.slot.release(); // running now: no longer waiting
     }
@@ -151,16 +153,13 @@ async fn execute(batch: Vec<Item>, backend: &Arc<dyn InferenceBackend>, faults: 
     }
     let rows: usize = batch.iter().map(|i| i.rows).sum();
     let input: Vec<f32> = batch.iter().flat_map(|i| i.input.iter().copied()).collect();
-    let b = Arc::clone(backend);
-    let out = tokio::task::spawn_blocking(move || b.infer(&input, rows)).await;
-    let out = match out {
-        Ok(Ok(mut out)) if out.len() % rows.max(1) == 0 => {
+    let out = match placement.run(backend, input, rows).await {
+        Ok(mut out) if out.len() % rows.max(1) == 0 => {
             faults.corrupt(&mut out, rows);
             Ok(out)
         }
-        Ok(Ok(out)) => Err(Status::internal(format!("model returned {} values for batch {rows}", out.len()))),
-        Ok(Err(e)) => Err(Status::internal(format!("model failed: {e:#}"))),
-        Err(join) => Err(Status::internal(format!("model panicked: {join}"))),
+        Ok(out) => Err(Status::internal(format!("model returned {} values for batch {rows}", out.len()))),
+        Err(e) => Err(e.into()),
     };
     match out {
         Ok(out) => {

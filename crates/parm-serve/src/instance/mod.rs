@@ -3,5 +3,6 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod compute;
 pub mod fault;
 pub mod worker;

@@ -12,8 +12,10 @@
 //!   without ever running. This is how the frontend "cancels the queued original" once a
 //!   reconstruction has answered for it (ParM, Kosaian et al., SOSP'19, §4).
 //! * **Holding the lane is not.** Once a request holds the lane, its fault delay
-//!   ([`FaultConfig`]) and compute run to completion in their own task, even if the client
-//!   goes away: a GPU kernel cannot be recalled either, and the lane stays busy meanwhile.
+//!   ([`FaultConfig`]) and compute run to completion, even if the client goes away: a GPU
+//!   kernel cannot be recalled either, and the lane stays busy meanwhile. A fast model
+//!   computes in place, on the runtime thread, in one go; a slow one, or one behind a delay,
+//!   in a task of its own ([`crate::instance::compute`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::instance::backend::InferenceBackend;
+use crate::instance::compute::Placement;
 use crate::instance::fault::{FaultConfig, FaultInjector};
 use crate::oip::ModelSpec;
 use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
@@ -182,6 +185,8 @@ struct WorkerService {
     max_queue: usize,
     faults: Arc<FaultInjector>,
     batcher: Option<crate::instance::batcher::Batcher>,
+    /// Where executions run (in place or on the blocking pool).
+    placement: Arc<Placement>,
 }
 
 impl WorkerService {
@@ -198,6 +203,7 @@ impl WorkerService {
             max_queue: opts.max_queue,
             faults,
             batcher,
+            placement: Arc::default(),
         }
     }
 
@@ -230,12 +236,21 @@ impl WorkerService {
         permit.map_err(|_| Status::internal("compute lane closed"))
     }
 
-    /// Queue, then delay + compute in a detached task that holds the lane until it finishes.
+    /// Queue, then compute; with an injected delay, delay + compute in a detached task that
+    /// holds the lane until it finishes. A fast model computes in place ([`Placement`]): no
+    /// await between taking the lane and releasing it, so it cannot be cancelled midway either.
     async fn execute(&self, input: Vec<f32>, batch: usize) -> Result<Vec<f32>, Status> {
         let permit = self.acquire_lane().await?;
         let delay = self.faults.next_delay();
-        let backend = Arc::clone(&self.backend);
-        let faults = Arc::clone(&self.faults);
+        if delay.is_none() && self.placement.inline(batch) {
+            let out = self.placement.run(&self.backend, input, batch).await;
+            drop(permit);
+            return out.map(|mut out| {
+                self.faults.corrupt(&mut out, batch);
+                out
+            }).map_err(Status::from);
+        }
+        let (backend, faults, placement) = (Arc::clone(&self.backend), Arc::clone(&self.faults), Arc::clone(&self.placement));
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             let _permit = permit; // released only when the compute is done
@@ -244,19 +259,14 @@ impl WorkerService {
                 // injected delay.
                 crate::timer::sleep(delay).await;
             }
-            let result = tokio::task::spawn_blocking(move || backend.infer(&input, batch)).await;
-            let result = result.map(|r| {
-                r.map(|mut out| {
-                    faults.corrupt(&mut out, batch);
-                    out
-                })
+            let result = placement.run(&backend, input, batch).await.map(|mut out| {
+                faults.corrupt(&mut out, batch);
+                out
             });
             let _ = tx.send(result); // the caller may be gone; the work still counted
         });
         match rx.await {
-            Ok(Ok(Ok(out))) => Ok(out),
-            Ok(Ok(Err(e))) => Err(Status::internal(format!("model failed: {e:#}"))),
-            Ok(Err(join)) => Err(Status::internal(format!("model panicked: {join}"))),
+            Ok(result) => result.map_err(Status::from),
             Err(_) => Err(Status::internal("compute task vanished")),
         }
     }

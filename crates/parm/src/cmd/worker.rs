@@ -71,6 +71,13 @@ pub struct WorkerArgs {
     /// long (ms), then exit 0.
     #[arg(long, default_value_t = parm_serve::server::listen::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     pub drain_timeout_ms: u64,
+    /// Threads of the worker's async runtime (gRPC I/O, and models fast enough to run in
+    /// place); 0 (the default): one current-thread runtime. Slow models run on tokio's blocking
+    /// pool either way, so I/O and compute still overlap. With the frontend on the same core,
+    /// 0 gave 13,000-13,100 req/s at saturation against 9,600-11,400 with 2 threads
+    /// (BENCHMARKS.md, "Throughput at a latency objective").
+    #[arg(long, default_value_t = 0)]
+    pub runtime_threads: usize,
     /// Require this bearer token (file holding it) on every call: gRPC metadata
     /// `authorization: Bearer TOKEN`. Default: $PARM_AUTH_TOKEN if set, else no auth.
     #[arg(long)]
@@ -142,7 +149,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let conn = super::serve::conn_limits(a.max_connections, a.idle_timeout_ms)?;
     let opts = WorkerOptions { faults, max_queue: a.max_queue, batching, tls: a.tls.files()?, conn };
     let drain = Duration::from_millis(a.drain_timeout_ms);
-    block_on_drained(2, async move {
+    block_on_drained(a.runtime_threads, async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
         parm_serve::server::listen::drain_within(shutdown_signal(), drain, |stop| {
