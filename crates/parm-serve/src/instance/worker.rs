@@ -245,10 +245,12 @@ impl WorkerService {
         if delay.is_none() && self.placement.inline(batch) {
             let out = self.placement.run(&self.backend, input, batch).await;
             drop(permit);
-            return out.map(|mut out| {
-                self.faults.corrupt(&mut out, batch);
-                out
-            }).map_err(Status::from);
+            return out
+                .map(|mut out| {
+                    self.faults.corrupt(&mut out, batch);
+                    out
+                })
+                .map_err(Status::from);
         }
         let (backend, faults, placement) = (Arc::clone(&self.backend), Arc::clone(&self.faults), Arc::clone(&self.placement));
         let (tx, rx) = oneshot::channel();
