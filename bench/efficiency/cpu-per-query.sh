@@ -4,7 +4,7 @@
 # binary, in turn within each round (A/B interleaving): closed-loop saturation (32
 # outstanding, 5 s), then open loop at RATE req/s, where the two processes' context switches
 # (/proc/PID/task/*/status) and CPU time (/proc/PID/stat) over 3 s are divided by the requests
-# sent meanwhile. A fresh pair of processes per binary and round.
+# sent meanwhile. A fresh pair of processes (setups.sh's `parm` setup) per binary and round.
 #
 # Usage: bench/efficiency/cpu-per-query.sh [PARM_BINARY ...]   (default: target/release/parm)
 #   e.g. with an older build copied aside: ... cpu-per-query.sh /tmp/parm-before target/release/parm
@@ -19,39 +19,35 @@ rate=${RATE:-4000}
 model=$root/models/fashion-mnist/deployed.bpk
 [ -f "$model" ] || { echo "no $model: run 'parm train' (or 'parm demo') first" >&2; exit 1; }
 source "$root/scripts/lib/procs.sh"
+SERVER_CPUS=0
+source "$root/bench/efficiency/setups.sh"
 tck=$(getconf CLK_TCK)
 
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 load() { taskset -c 1 "$root/target/release/oip-load" --target "$grpc" --model fashion-mnist "$@"; }
 field() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
+# The worker's and the frontend's counters summed: `both switches` or `both ticks`.
+both() { echo $(( $($1 "$wpid") + $($1 "$spid") )); }
 
 measure() {
-  local bin=$1 round=$2 n=${#pids[@]}
-  round=$round-$n # a name of its own for each pair's output files
+  local round=$2 n=${#pids[@]} name=pair${#pids[@]}
   # shellcheck disable=SC2086
-  start "w$round" taskset -c 0 "$bin" worker --model "$model" --listen 127.0.0.1:0 ${WORKER_FLAGS:-}
-  local wpid=${pids[-1]} w; w=$(addr "w$round" "listening on")
-  # shellcheck disable=SC2086
-  start "fe$round" taskset -c 0 "$bin" serve --deployed "$w" --model-name fashion-mnist --listen 127.0.0.1:0 \
-    --grpc-listen 127.0.0.1:0 ${SERVE_FLAGS:-}
-  local spid=${pids[-1]}
-  grpc=$(addr "fe$round" "grpc listening on")
-  local http; http=$(addr "fe$round" "listening on")
-  for _ in $(seq 100); do curl -sf "$http/v2/health/ready" > /dev/null && break; sleep 0.1; done
+  parm=$1 parm_setup "$name" 1 ${SERVE_FLAGS:-}
+  wpid=${pids[$n]} spid=${fe_pid[$name]} grpc=${target[$name]%% *}
+  parm_wait_ready "$name"
   local sat; sat=$(load --concurrency 32 --duration 5 --warmup 1 | field "f\"{d['throughput']:.0f}\"")
   load --rate "$rate" --duration 8 --warmup 1 > "$work/open.json" &
   local lp=$!
   sleep 3
-  local c0 t0 c1 t1
-  c0=$(( $(switches "$wpid") + $(switches "$spid") )); t0=$(( $(ticks "$wpid") + $(ticks "$spid") ))
+  local c0 t0; c0=$(both switches); t0=$(both ticks)
   sleep 3
-  c1=$(( $(switches "$wpid") + $(switches "$spid") )); t1=$(( $(ticks "$wpid") + $(ticks "$spid") ))
+  local c1 t1; c1=$(both switches); t1=$(both ticks)
   wait "$lp"
   local lat; lat=$(field "f\"{d['latency_us']['p50']/1e3:.2f} / {d['latency_us']['p99']/1e3:.2f}\"" < "$work/open.json")
   python3 -c "
 c, t, n = $c1 - $c0, ($t1 - $t0) / $tck, $rate * 3
-print(f'$bin round ${round%-*}: saturation $sat req/s; at $rate req/s p50 / p99 $lat ms, '
+print(f'$1 round $round: saturation $sat req/s; at $rate req/s p50 / p99 $lat ms, '
       f'{c / n:.1f} context switches and {1e6 * t / n:.0f} us of CPU per request')"
   kill "${pids[@]:$n}" 2>/dev/null || true
   wait "${pids[@]:$n}" 2>/dev/null || true

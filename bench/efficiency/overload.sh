@@ -6,7 +6,7 @@
 # finds each setup's objective rate first.
 #
 # Usage: bench/efficiency/overload.sh [RATE ...]   (default: 5000 7500 15000 requests/s)
-# Environment: SERVE_FLAGS (extra `parm serve` flags, e.g. "--queue-target-ms 2"),
+# Environment: SERVE_FLAGS (extra `parm serve` flags, e.g. "--queue-target-ms 2"), WORKER_FLAGS,
 # DURATION (6 s, after 2 s of warm-up), PARM_NO_BUILD=1 skips the build.
 # Prints one line per rate.
 set -euo pipefail
@@ -14,22 +14,17 @@ cd "$(dirname "$0")/../.."
 [ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
 rates=("${@:-5000 7500 15000}")
 read -r -a rates <<< "${rates[*]}"
-model=models/fashion-mnist/deployed.bpk
-[ -f "$model" ] || target/release/parm train
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-taskset -c 0 target/release/parm worker --model "$model" --listen 127.0.0.1:0 > "$work/worker.log" 2>&1 &
-pids+=($!)
-addr() { for _ in $(seq 100); do a=$(grep -o "$2 [0-9.:]*" "$1" | awk '{print $NF}') && [ -n "$a" ] && { echo "$a"; return; }; sleep 0.1; done; echo "no address in $1" >&2; exit 1; }
-worker=$(addr "$work/worker.log" "listening on")
+root=$PWD
+parm=$root/target/release/parm
+model=$root/models/fashion-mnist/deployed.bpk
+[ -f "$model" ] || "$parm" train
+source "$root/scripts/lib/procs.sh"
+SERVER_CPUS=0
+source "$root/bench/efficiency/setups.sh"
 # shellcheck disable=SC2086
-taskset -c 0 target/release/parm serve --deployed "$worker" --model-name fashion-mnist --listen 127.0.0.1:0 \
-  --grpc-listen 127.0.0.1:0 ${SERVE_FLAGS:-} > "$work/serve.log" 2>&1 &
-pids+=($!)
-grpc=$(addr "$work/serve.log" "grpc listening on")
-http=$(addr "$work/serve.log" "^listening on")
-for _ in $(seq 100); do curl -sf "$http/v2/health/ready" > /dev/null && break; sleep 0.1; done
+parm_setup parm 1 ${SERVE_FLAGS:-}
+grpc=${target[parm]%% *}
+parm_wait_ready parm
 for rate in "${rates[@]}"; do
   taskset -c 1 target/release/oip-load --target "$grpc" --model fashion-mnist --rate "$rate" \
     --duration "${DURATION:-6}" --warmup 2 2> "$work/load.err" | python3 -c "

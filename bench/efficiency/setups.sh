@@ -5,7 +5,7 @@
 # The caller sets: root, parm (binary), model (.bpk), parity (.bpk, for parm-coded), work
 # (procs.sh), batch (largest batch of every server's batching), mlbatch_time (MLServer's
 # max_batch_time, s). Optional: SERVER_CPUS, a taskset CPU list every server process is
-# pinned to (unset: not pinned).
+# pinned to (unset: not pinned); WORKER_FLAGS, extra flags of every `parm worker`.
 # Each *_setup NAME ... starts one setup and sets target[NAME]="HOST:PORT MODEL INPUT".
 #
 #   mlserver_setup NAME HTTP GRPC BATCHING_JSON   MLServer, numpy runtime tests/mlserver/parm_runtime.py
@@ -13,6 +13,7 @@
 #   parm_setup NAME K SERVE_FLAGS...              `parm serve` + own `parm worker`(s); K 2: + parity
 #                                                 worker, k = 2; also sets fe_http[NAME] (metrics)
 #                                                 and fe_pid[NAME] (the frontend's process)
+#   parm_wait_ready NAME                          waits (10 s) until that frontend is ready
 #   triton_setup NAME [--dynamic-batching]        tritonserver from PyPI nvidia-pytriton (CPU,
 #                                                 python backend, numpy; tests/triton/start.sh)
 
@@ -89,12 +90,14 @@ mlserver_wait_ready() {
 # `parm serve`.
 parm_setup() {
   local name=$1 k=$2; shift 2
-  start "$name-w" server "$parm" worker --model "$model" --listen 127.0.0.1:0
+  # shellcheck disable=SC2086
+  start "$name-w" server "$parm" worker --model "$model" --listen 127.0.0.1:0 ${WORKER_FLAGS:-}
   local w; w=$(addr "$name-w" "listening on")
   wtarget[$name]="$w deployed input"
   local coded=()
   if [ "$k" = 2 ]; then
-    start "$name-p" server "$parm" worker --model "$parity" --listen 127.0.0.1:0
+    # shellcheck disable=SC2086
+    start "$name-p" server "$parm" worker --model "$parity" --listen 127.0.0.1:0 ${WORKER_FLAGS:-}
     coded=(--parity "$(addr "$name-p" "listening on")" --k 2)
   fi
   start "$name-fe" server "$parm" serve --deployed "$w" "${coded[@]}" "$@" --model-name fashion-mnist \
@@ -102,6 +105,11 @@ parm_setup() {
   fe_pid[$name]=${pids[-1]}
   target[$name]="$(addr "$name-fe" "grpc listening on") fashion-mnist input"
   fe_http[$name]=$(addr "$name-fe" "listening on")
+}
+
+parm_wait_ready() {
+  for _ in $(seq 100); do curl -sf "http://${fe_http[$1]}/v2/health/ready" > /dev/null && return; sleep 0.1; done
+  echo "parm setup $1 not ready within 10 s; its frontend's stderr:" >&2; tail -20 "$work/$1-fe.err" >&2; exit 1
 }
 
 # triton_setup NAME [--dynamic-batching]: one tritonserver serving the same MLP (weights

@@ -59,31 +59,37 @@ impl Placement {
         self.last_ns_per_row.store(u64::try_from(per_row).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
     }
 
-    /// Runs `backend` on `input` (`rows` rows), in place or on the blocking pool (see the
-    /// module docs); a panic of the model is caught and returned as an error either way.
+    /// Runs `backend` on `input` (`rows` rows): in place when [`Placement::inline`], else on
+    /// the blocking pool; a panic of the model is caught and returned as an error either way.
     pub(crate) async fn run(&self, backend: &Arc<dyn InferenceBackend>, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, ComputeError> {
-        // Timed around the model call alone: the hand-off to the pool is not the model's time.
-        let timed = move |b: &dyn InferenceBackend, input: &[f32]| {
-            let started = Instant::now();
-            let out = b.infer(input, rows);
-            (out, started.elapsed())
-        };
-        let out = if self.inline(rows) {
-            catch_unwind(AssertUnwindSafe(|| timed(&**backend, &input))).map_err(|p| panic_message(&*p))
-        } else {
-            let b = Arc::clone(backend);
-            tokio::task::spawn_blocking(move || timed(&*b, &input)).await.map_err(|e| e.to_string())
-        };
-        let out = out.map(|(out, took)| {
-            self.record(took, rows);
-            out
-        });
-        match out {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(ComputeError::Failed(e)),
-            Err(msg) => Err(ComputeError::Panicked(msg)),
+        if self.inline(rows) {
+            return self.run_here(&**backend, &input, rows);
         }
+        let b = Arc::clone(backend);
+        let out = tokio::task::spawn_blocking(move || timed(&*b, &input, rows)).await.map_err(|e| e.to_string());
+        self.settle(out, rows)
     }
+
+    /// Runs `backend` on this thread, whatever [`Placement::inline`] says (no `.await`: a
+    /// caller holding a compute lane keeps it until the output is in).
+    pub(crate) fn run_here(&self, backend: &dyn InferenceBackend, input: &[f32], rows: usize) -> Result<Vec<f32>, ComputeError> {
+        let out = catch_unwind(AssertUnwindSafe(|| timed(backend, input, rows))).map_err(|p| panic_message(&*p));
+        self.settle(out, rows)
+    }
+
+    /// Records the model's time and turns the outcome into the output or its error.
+    fn settle(&self, out: Result<(anyhow::Result<Vec<f32>>, Duration), String>, rows: usize) -> Result<Vec<f32>, ComputeError> {
+        let (out, took) = out.map_err(ComputeError::Panicked)?;
+        self.record(took, rows);
+        out.map_err(ComputeError::Failed)
+    }
+}
+
+/// One model call and its time alone (the hand-off to the pool is not the model's time).
+fn timed(backend: &dyn InferenceBackend, input: &[f32], rows: usize) -> (anyhow::Result<Vec<f32>>, Duration) {
+    let started = Instant::now();
+    let out = backend.infer(input, rows);
+    (out, started.elapsed())
 }
 
 impl From<ComputeError> for tonic::Status {

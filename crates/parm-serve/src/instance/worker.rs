@@ -29,7 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::instance::backend::InferenceBackend;
-use crate::instance::compute::Placement;
+use crate::instance::compute::{ComputeError, Placement};
 use crate::instance::fault::{FaultConfig, FaultInjector};
 use crate::oip::ModelSpec;
 use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
@@ -242,36 +242,35 @@ impl WorkerService {
     async fn execute(&self, input: Vec<f32>, batch: usize) -> Result<Vec<f32>, Status> {
         let permit = self.acquire_lane().await?;
         let delay = self.faults.next_delay();
-        if delay.is_none() && self.placement.inline(batch) {
-            let out = self.placement.run(&self.backend, input, batch).await;
+        let result = if delay.is_none() && self.placement.inline(batch) {
+            let out = self.placement.run_here(&*self.backend, &input, batch);
             drop(permit);
-            return out
-                .map(|mut out| {
-                    self.faults.corrupt(&mut out, batch);
-                    out
-                })
-                .map_err(Status::from);
-        }
-        let (backend, faults, placement) = (Arc::clone(&self.backend), Arc::clone(&self.faults), Arc::clone(&self.placement));
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let _permit = permit; // released only when the compute is done
-            if let Some(delay) = delay {
-                // Precise: tokio's sleep would add ~1 ms (whole-millisecond wheel) to every
-                // injected delay.
-                crate::timer::sleep(delay).await;
-            }
-            let result = placement.run(&backend, input, batch).await.map(|mut out| {
-                faults.corrupt(&mut out, batch);
-                out
+            corrupted(&self.faults, out, batch)
+        } else {
+            let (backend, faults, placement) = (Arc::clone(&self.backend), Arc::clone(&self.faults), Arc::clone(&self.placement));
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let _permit = permit; // released only when the compute is done
+                if let Some(delay) = delay {
+                    // Precise: tokio's sleep would add ~1 ms (whole-millisecond wheel) to every
+                    // injected delay.
+                    crate::timer::sleep(delay).await;
+                }
+                let out = placement.run(&backend, input, batch).await;
+                let _ = tx.send(corrupted(&faults, out, batch)); // the caller may be gone; the work still counted
             });
-            let _ = tx.send(result); // the caller may be gone; the work still counted
-        });
-        match rx.await {
-            Ok(result) => result.map_err(Status::from),
-            Err(_) => Err(Status::internal("compute task vanished")),
-        }
+            rx.await.map_err(|_| Status::internal("compute task vanished"))?
+        };
+        result.map_err(Status::from)
     }
+}
+
+/// The output with the injected wrong values, if any ([`FaultInjector::corrupt`]).
+fn corrupted(faults: &FaultInjector, out: Result<Vec<f32>, ComputeError>, batch: usize) -> Result<Vec<f32>, ComputeError> {
+    out.map(|mut out| {
+        faults.corrupt(&mut out, batch);
+        out
+    })
 }
 
 /// One place in the bounded queue; released on drop, i.e. also when the waiting request is
