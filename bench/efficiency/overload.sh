@@ -6,7 +6,8 @@
 # finds each setup's objective rate first.
 #
 # Usage: bench/efficiency/overload.sh [RATE ...]   (default: 5000 7500 15000 requests/s)
-# Environment: SERVE_FLAGS (extra `parm serve` flags, e.g. "--queue-target-ms 2"), WORKER_FLAGS,
+# Environment: PARM (the binary; default target/release/parm), SERVE_FLAGS (extra `parm serve`
+# flags, e.g. "--queue-target-ms 2"), WORKER_FLAGS,
 # DURATION (6 s, after 2 s of warm-up), PARM_NO_BUILD=1 skips the build.
 # Prints one line per rate.
 set -euo pipefail
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/../.."
 rates=("${@:-5000 7500 15000}")
 read -r -a rates <<< "${rates[*]}"
 root=$PWD
-parm=$root/target/release/parm
+parm=${PARM:-$root/target/release/parm}
 model=$root/models/fashion-mnist/deployed.bpk
 [ -f "$model" ] || "$parm" train
 source "$root/scripts/lib/procs.sh"
@@ -31,6 +32,6 @@ for rate in "${rates[@]}"; do
 import json, sys
 d = json.loads(sys.stdin.read()); n = d['requests'] + d['shed']; l = d['latency_us']; s = d['shed_latency_us']
 print(f\"rate $rate/s: admitted p50/p99/p99.9 {l['p50']/1e3:.2f}/{l['p99']/1e3:.2f}/{l['p99_9']/1e3:.2f} ms, \"
-      f\"shed {100*d['shed']/max(n,1):.1f}%, shed p50/p99 {s['p50']/1e3:.2f}/{s['p99']/1e3:.2f} ms, errors {d['errors']}, \"
+      f\"answered {d['throughput']:.0f}/s, shed {100*d['shed']/max(n,1):.1f}%, shed p50/p99 {s['p50']/1e3:.2f}/{s['p99']/1e3:.2f} ms, errors {d['errors']}, \"
       f\"send lag p99 {d['send_lag_us']['p99']/1e3:.2f} ms, CPU stolen {d['cpu_stolen'] or 0:.1%}\")"
 done
