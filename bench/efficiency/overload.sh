@@ -8,7 +8,9 @@
 # Usage: bench/efficiency/overload.sh [RATE ...]   (default: 5000 7500 15000 requests/s)
 # Environment: PARM (the binary; default target/release/parm), SERVE_FLAGS (extra `parm serve`
 # flags, e.g. "--queue-target-ms 2"), WORKER_FLAGS,
-# DURATION (6 s, after 2 s of warm-up), PARM_NO_BUILD=1 skips the build.
+# DURATION (6 s, after 2 s of warm-up), PAUSE_MS (stop the worker with SIGSTOP for this long,
+# 4 s into each run: a pause under load, to see admission get back to shedding nothing),
+# PARM_NO_BUILD=1 skips the build.
 # Prints one line per rate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,12 +28,16 @@ source "$root/bench/efficiency/setups.sh"
 parm_setup parm 1 ${SERVE_FLAGS:-}
 grpc=${target[parm]%% *}
 parm_wait_ready parm
+wpid=${pids[0]}
 for rate in "${rates[@]}"; do
+  if [ -n "${PAUSE_MS:-}" ]; then
+    (sleep 4; kill -STOP "$wpid"; sleep "$(python3 -c "print($PAUSE_MS / 1e3)")"; kill -CONT "$wpid") &
+  fi
   taskset -c 1 target/release/oip-load --target "$grpc" --model fashion-mnist --rate "$rate" \
     --duration "${DURATION:-6}" --warmup 2 2> "$work/load.err" | python3 -c "
 import json, sys
 d = json.loads(sys.stdin.read()); n = d['requests'] + d['shed']; l = d['latency_us']; s = d['shed_latency_us']
 print(f\"rate $rate/s: admitted p50/p99/p99.9 {l['p50']/1e3:.2f}/{l['p99']/1e3:.2f}/{l['p99_9']/1e3:.2f} ms, \"
-      f\"answered {d['throughput']:.0f}/s, shed {100*d['shed']/max(n,1):.1f}%, shed p50/p99 {s['p50']/1e3:.2f}/{s['p99']/1e3:.2f} ms, errors {d['errors']}, \"
+      f\"answered {d['throughput']:.0f}/s, shed {d['shed']} ({100*d['shed']/max(n,1):.1f}%), shed p50/p99 {s['p50']/1e3:.2f}/{s['p99']/1e3:.2f} ms, errors {d['errors']}, \"
       f\"send lag p99 {d['send_lag_us']['p99']/1e3:.2f} ms, CPU stolen {d['cpu_stolen'] or 0:.1%}\")"
 done

@@ -166,7 +166,7 @@ pub struct ServeArgs {
     /// Shedding by queueing delay (CoDel-style, see parm_serve::server::admission): when the
     /// fastest request of every --queue-interval-ms took more than this (ms) above the
     /// instances' own latency, queries in flight are capped so that admitted ones wait about
-    /// this long, and the rest get 503 + Retry-After at once. 0: only --max-inflight bounds.
+    /// half this long, and the rest get 503 + Retry-After at once. 0: only --max-inflight bounds.
     #[arg(long, default_value_t = parm_serve::server::admission::DelayTarget::default().target.as_secs_f64() * 1e3)]
     pub queue_target_ms: f64,
     /// The interval of --queue-target-ms (ms).
