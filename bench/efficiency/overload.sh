@@ -10,6 +10,8 @@
 # flags, e.g. "--queue-target-ms 2"), WORKER_FLAGS,
 # DURATION (6 s, after 2 s of warm-up), PAUSE_MS (stop the worker with SIGSTOP for this long,
 # 4 s into each run: a pause under load, to see admission get back to shedding nothing),
+# WATCH=1 (also print the frontend's admission gauges every 0.25 s: seconds since the run
+# started, parm_inflight_bound, parm_inflight_queries, parm_shed_requests_total),
 # PARM_NO_BUILD=1 skips the build.
 # Prints one line per rate.
 set -euo pipefail
@@ -33,6 +35,17 @@ for rate in "${rates[@]}"; do
   if [ -n "${PAUSE_MS:-}" ]; then
     (sleep 4; kill -STOP "$wpid"; sleep "$(python3 -c "print($PAUSE_MS / 1e3)")"; kill -CONT "$wpid") &
   fi
+  if [ -n "${WATCH:-}" ]; then
+    rm -f "$work/done"
+    (t0=$(date +%s.%N)
+     until [ -f "$work/done" ]; do
+       curl -sf "http://${fe_http[parm]}/metrics" | awk -v t0="$t0" -v t="$(date +%s.%N)" \
+         '/^parm_inflight_bound / {b = $2} /^parm_inflight_queries / {q = $2} /^parm_shed_requests_total / {s = $2}
+          END {printf "  %.2f s: bound %s, in flight %s, shed %s\n", t - t0, b, q, s}'
+       sleep 0.25
+     done) &
+    watcher=$!
+  fi
   taskset -c 1 target/release/oip-load --target "$grpc" --model fashion-mnist --rate "$rate" \
     --duration "${DURATION:-6}" --warmup 2 2> "$work/load.err" | python3 -c "
 import json, sys
@@ -40,4 +53,5 @@ d = json.loads(sys.stdin.read()); n = d['requests'] + d['shed']; l = d['latency_
 print(f\"rate $rate/s: admitted p50/p99/p99.9 {l['p50']/1e3:.2f}/{l['p99']/1e3:.2f}/{l['p99_9']/1e3:.2f} ms, \"
       f\"answered {d['throughput']:.0f}/s, shed {d['shed']} ({100*d['shed']/max(n,1):.1f}%), shed p50/p99 {s['p50']/1e3:.2f}/{s['p99']/1e3:.2f} ms, errors {d['errors']}, \"
       f\"send lag p99 {d['send_lag_us']['p99']/1e3:.2f} ms, CPU stolen {d['cpu_stolen'] or 0:.1%}\")"
+  if [ -n "${WATCH:-}" ]; then touch "$work/done"; wait "$watcher"; fi
 done

@@ -23,7 +23,7 @@
 //!    averaging half of it or more) and turn requests away, and the bound then doubles per
 //!    interval back to the limit rather than jumping there (see [`Window::roll`]: both keep a
 //!    load still past capacity from refilling the queue, while a load under capacity that a
-//!    pause set shedding off gets back to shedding nothing within about 1.5 s). The floor
+//!    pause set shedding off gets back to shedding nothing within about 2 s). The floor
 //!    is the lowest interval minimum of the last 60 s outside shedding: the instances' own
 //!    latency, so a model that takes 20 ms per query is not taken for a queue.
 //!

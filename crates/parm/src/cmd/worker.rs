@@ -73,9 +73,9 @@ pub struct WorkerArgs {
     pub drain_timeout_ms: u64,
     /// Threads of the worker's async runtime (gRPC I/O, and models fast enough to run in
     /// place); 0 (the default): one current-thread runtime. Slow models run on tokio's blocking
-    /// pool either way, so I/O and compute still overlap. With the frontend on the same core,
-    /// 0 gave 13,000-13,100 req/s at saturation against 9,600-11,400 with 2 threads
-    /// (BENCHMARKS.md, "Throughput at a latency objective").
+    /// pool either way, so I/O and compute still overlap. One thread saves the hand-offs
+    /// between threads when the worker shares a core with the frontend (BENCHMARKS.md, "Where
+    /// a query's CPU goes").
     #[arg(long, default_value_t = 0)]
     pub runtime_threads: usize,
     /// Require this bearer token (file holding it) on every call: gRPC metadata
