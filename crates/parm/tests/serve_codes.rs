@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use parm_bench::cluster::{InstanceSpec, start_instance};
 use parm_nn::ModelKind;
 use serde_json::Value;
-use support::{DEPLOYED, exe, infer_body, output, start_serve, write_model};
+use support::{DEPLOYED, close, exe, infer_body, output, start_serve, write_model};
 
 /// Runs `parm serve ARGS` and returns its exit status and stderr (it must exit within 20 s:
 /// bad flags are refused before any instance is waited for).
@@ -270,4 +270,41 @@ fn collage_flags_that_do_not_fit_exit_non_zero_with_the_reason() {
     ] {
         assert_refused(&[&deployed[..], args].concat(), reason);
     }
+}
+
+/// `parm serve --deployed inproc:MODEL --parity inproc:PARITY`: both models run in the
+/// frontend's own process, with no worker; the answers are F's own, the instances count as up,
+/// and an entry whose file cannot be loaded stops the server with the entry named.
+#[test]
+fn in_process_instances_serve_the_model_without_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), DEPLOYED, ModelKind::Deployed);
+    let parity = write_model(dir.path(), "parity-k2-addition", ModelKind::Parity);
+    let (net, _) = parm_nn::train::load_net(&model, &burn::tensor::Device::flex()).unwrap();
+    let truth = |x: &[f32]| parm_nn::DeployedModel::outputs(&net, x, 1).unwrap();
+    let (deployed, parity) = (format!("inproc:{}", model.display()), format!("inproc:{}", parity.display()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let served = start_serve(&["--deployed", &deployed, "--parity", &parity, "--model-name", "m"]).await;
+        let url = format!("http://{}/v2/models/m/infer", served.addr);
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let answers = futures::future::join_all((0..6).map(|i| post(&client, &url, i))).await;
+        let mut exact = 0;
+        for (i, resp) in answers.into_iter().enumerate() {
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            if body["parameters"]["parm_reconstructed"] != true {
+                assert!(close(&output(&body), &truth(&query(i))), "query {i}: {body}");
+                exact += 1;
+            }
+        }
+        assert!(exact >= 3, "healthy in-process lanes answer most queries themselves: {exact} of 6");
+        let metrics = client.get(format!("http://{}/metrics", served.addr)).send().await.unwrap().text().await.unwrap();
+        for entry in [&deployed, &parity] {
+            assert!(metrics.contains(&format!("instance=\"{entry}\"}} 1")), "{entry} up in /metrics");
+        }
+    });
+    let missing = dir.path().join("missing.bpk");
+    let missing = format!("inproc:{}", missing.display());
+    assert_refused(&["--deployed", &missing], &missing);
 }

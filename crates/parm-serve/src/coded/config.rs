@@ -79,8 +79,9 @@ pub struct FrontendConfig {
     /// What clients see: name, input and output shapes.
     pub spec: ModelSpec,
     /// Deployed-model instances and the model name they serve. Each entry is a
-    /// [`crate::upstream::discovery::Source`]: `host:port`, `dns://NAME:PORT` or `file:PATH`
-    /// (so are the parity instances').
+    /// [`crate::upstream::discovery::Source`]: `host:port`, `dns://NAME:PORT` or `file:PATH`,
+    /// or names an in-process instance, `inproc:PATH` (see [`Self::inproc`]); so are the
+    /// parity instances'.
     pub deployed: Vec<String>,
     pub deployed_model: String,
     /// Parity-model instances (empty: no redundancy) and the model name they serve: ParM's
@@ -125,6 +126,10 @@ pub struct FrontendConfig {
     /// How this frontend's clients reach its instances (token, TLS; default: plain text, no
     /// token). Used by its coding groups, its discovery and its health probes.
     pub upstream: crate::upstream::client::ClientOptions,
+    /// The in-process instances, by the entry that names them (`inproc:PATH`, see
+    /// [`crate::instance::local`]); every such entry of the instance lists must have one
+    /// (default: none).
+    pub inproc: std::collections::BTreeMap<String, Arc<dyn crate::upstream::Instance>>,
 }
 
 impl FrontendConfig {
@@ -152,6 +157,7 @@ impl FrontendConfig {
             discovery_interval: crate::upstream::discovery::DEFAULT_DISCOVERY_INTERVAL,
             checks: None,
             upstream: Default::default(),
+            inproc: Default::default(),
         }
     }
 

@@ -162,7 +162,7 @@ impl Frontend {
                 crate::upstream::discovery::Source::Addr(a) => Some(a),
                 _ => None,
             });
-            addrs.map(|a| connect(a, &cfg.upstream)).collect()
+            addrs.map(|a| instance_for(a, &cfg)).collect()
         };
         let deployed = fixed(&cfg.deployed)?;
         let parity = cfg.parity_sets().iter().map(|p| fixed(&p.instances)).collect::<anyhow::Result<_>>()?;
@@ -396,8 +396,16 @@ impl Frontend {
 }
 
 /// The gRPC client of the instance at `addr` (connected lazily), reached with `options`.
-fn connect(addr: &str, options: &crate::upstream::client::ClientOptions) -> anyhow::Result<Arc<dyn Instance>> {
-    Ok(Arc::new(InstanceClient::connect(addr, options)?))
+/// The instance an entry names: its in-process instance (`inproc:PATH`, from
+/// [`FrontendConfig::inproc`]), else a gRPC client of `addr` (connecting lazily).
+///
+/// Errors: an `inproc:` entry with no instance in `cfg.inproc`, or an unparsable address.
+fn instance_for(addr: &str, cfg: &FrontendConfig) -> anyhow::Result<Arc<dyn Instance>> {
+    if crate::instance::local::is_inproc(addr) {
+        let local = cfg.inproc.get(addr.trim()).cloned();
+        return local.ok_or_else(|| anyhow::anyhow!("instance '{addr}': no in-process instance was loaded for it"));
+    }
+    Ok(Arc::new(InstanceClient::connect(addr, &cfg.upstream)?))
 }
 
 /// Keeps pool `index` (see [`Frontend::pools_with_entries`]) of a frontend at what `resolver`
@@ -417,7 +425,7 @@ async fn watch_pool(
         let (current, mut instances) = (pool.instances(), Vec::new());
         for a in &addrs {
             let addr = crate::upstream::client::split_host(a).0;
-            match current.iter().find(|i| i.addr() == addr).cloned().map(Ok).unwrap_or_else(|| connect(a, &s.cfg.upstream)) {
+            match current.iter().find(|i| i.addr() == addr).cloned().map(Ok).unwrap_or_else(|| instance_for(a, &s.cfg)) {
                 Ok(i) => instances.push(i),
                 Err(e) => tracing::warn!("instance discovery: {e:#}"),
             }

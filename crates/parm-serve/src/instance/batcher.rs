@@ -83,7 +83,7 @@ impl Batcher {
     pub async fn infer(&self, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, Status> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(Status::resource_exhausted(format!("worker queue full ({} waiting)", self.max_queue)));
+            return Err(Status::resource_exhausted(format!("instance queue full ({} waiting)", self.max_queue)));
         }
         let slot = QueueSlot { waiting: Arc::clone(&self.waiting), released: Arc::default() };
         let _guard = SlotGuard(slot.clone());

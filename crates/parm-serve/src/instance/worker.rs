@@ -3,34 +3,24 @@
 //! and MLServer alike.
 //!
 //! # Execution model
-//! One compute lane per instance (a 1-permit FIFO [`Semaphore`]), like a single-GPU model
-//! instance: requests run one at a time, in arrival order, the others wait in a queue of at
-//! most [`WorkerOptions::max_queue`] requests (beyond that: `RESOURCE_EXHAUSTED`).
-//!
-//! * **Waiting in the queue is cancellable.** If the client drops the call (RST_STREAM, or its
-//!   `grpc-timeout` expires), tonic drops the handler future and the request leaves the queue
-//!   without ever running. This is how the frontend "cancels the queued original" once a
-//!   reconstruction has answered for it (ParM, Kosaian et al., SOSP'19, §4).
-//! * **Holding the lane is not.** Once a request holds the lane, its fault delay
-//!   ([`FaultConfig`]) and compute run to completion, even if the client goes away: a GPU
-//!   kernel cannot be recalled either, and the lane stays busy meanwhile. A fast model
-//!   computes in place, on the runtime thread, in one go; a slow one, or one behind a delay,
-//!   in a task of its own ([`crate::instance::compute`]).
+//! One compute lane per instance and its bounded, cancellable queue: a request whose client
+//! resets its stream (RST_STREAM, or its `grpc-timeout` expires) leaves the queue without
+//! running, one that holds the lane runs to completion ([`crate::instance::executor`], shared
+//! with the in-process instance of [`crate::instance::local`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::instance::backend::InferenceBackend;
-use crate::instance::compute::{ComputeError, Placement};
-use crate::instance::fault::{FaultConfig, FaultInjector};
+use crate::instance::executor::Executor;
+use crate::instance::fault::FaultConfig;
 use crate::oip::ModelSpec;
 use crate::oip::grpc::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::oip::grpc::model_infer_request::InferInputTensor;
@@ -179,126 +169,36 @@ pub async fn spawn_worker_with_auth(
 }
 
 struct WorkerService {
-    backend: Arc<dyn InferenceBackend>,
-    lane: Arc<Semaphore>,
-    waiting: Arc<AtomicUsize>,
-    max_queue: usize,
-    faults: Arc<FaultInjector>,
-    batcher: Option<crate::instance::batcher::Batcher>,
-    /// Where executions run (in place or on the blocking pool).
-    placement: Arc<Placement>,
+    exec: Executor,
 }
 
 impl WorkerService {
     /// Must run inside a tokio runtime when batching is on (it starts the batching task).
     fn new(backend: Arc<dyn InferenceBackend>, opts: WorkerOptions) -> Self {
-        let faults = Arc::new(FaultInjector::new(opts.faults));
-        let batcher = opts
-            .batching
-            .map(|cfg| crate::instance::batcher::Batcher::start(Arc::clone(&backend), Arc::clone(&faults), cfg, opts.max_queue));
-        WorkerService {
-            backend,
-            lane: Arc::new(Semaphore::new(1)),
-            waiting: Arc::new(AtomicUsize::new(0)),
-            max_queue: opts.max_queue,
-            faults,
-            batcher,
-            placement: Arc::default(),
-        }
+        WorkerService { exec: Executor::new(backend, opts.faults, opts.max_queue, opts.batching) }
     }
 
     fn spec(&self) -> &ModelSpec {
-        self.backend.spec()
+        self.exec.spec()
     }
 
     /// NOT_FOUND unless `name` is the served model and `version` is empty, the served version,
     /// or "1" (the default version OIP clients send).
     fn check_model(&self, name: &str, version: &str) -> Result<(), Status> {
-        let spec = self.spec();
-        if name != spec.name {
-            return Err(Status::not_found(format!("model {name:?} not served here (this worker serves {:?})", spec.name)));
-        }
-        if !(version.is_empty() || version == spec.version || version == "1") {
-            return Err(Status::not_found(format!("model {name:?} has no version {version:?} (served: {:?})", spec.version)));
-        }
-        Ok(())
-    }
-
-    /// Waits for the compute lane. Cancellation point: dropping this future leaves the queue.
-    async fn acquire_lane(&self) -> Result<OwnedSemaphorePermit, Status> {
-        if let Ok(permit) = self.lane.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        let slot = QueueSlot::take(&self.waiting, self.max_queue)
-            .ok_or_else(|| Status::resource_exhausted(format!("worker queue full ({} waiting)", self.max_queue)))?;
-        let permit = self.lane.clone().acquire_owned().await;
-        slot.leave();
-        permit.map_err(|_| Status::internal("compute lane closed"))
-    }
-
-    /// Queue, then compute; with an injected delay, delay + compute in a detached task that
-    /// holds the lane until it finishes. A fast model computes in place ([`Placement`]): no
-    /// await between taking the lane and releasing it, so it cannot be cancelled midway either.
-    async fn execute(&self, input: Vec<f32>, batch: usize) -> Result<Vec<f32>, Status> {
-        let permit = self.acquire_lane().await?;
-        let delay = self.faults.next_delay();
-        let result = if delay.is_none() && self.placement.inline(batch) {
-            let out = self.placement.run_here(&*self.backend, &input, batch);
-            drop(permit);
-            corrupted(&self.faults, out, batch)
-        } else {
-            let (backend, faults, placement) = (Arc::clone(&self.backend), Arc::clone(&self.faults), Arc::clone(&self.placement));
-            let (tx, rx) = oneshot::channel();
-            tokio::spawn(async move {
-                let _permit = permit; // released only when the compute is done
-                if let Some(delay) = delay {
-                    // Precise: tokio's sleep would add ~1 ms (whole-millisecond wheel) to every
-                    // injected delay.
-                    crate::timer::sleep(delay).await;
-                }
-                let out = placement.run(&backend, input, batch).await;
-                let _ = tx.send(corrupted(&faults, out, batch)); // the caller may be gone; the work still counted
-            });
-            rx.await.map_err(|_| Status::internal("compute task vanished"))?
-        };
-        result.map_err(Status::from)
+        check_model(self.spec(), name, version)
     }
 }
 
-/// The output with the injected wrong values, if any ([`FaultInjector::corrupt`]).
-fn corrupted(faults: &FaultInjector, out: Result<Vec<f32>, ComputeError>, batch: usize) -> Result<Vec<f32>, ComputeError> {
-    out.map(|mut out| {
-        faults.corrupt(&mut out, batch);
-        out
-    })
-}
-
-/// One place in the bounded queue; released on drop, i.e. also when the waiting request is
-/// cancelled by its client.
-struct QueueSlot {
-    waiting: Arc<AtomicUsize>,
-    served: bool,
-}
-
-impl QueueSlot {
-    fn take(waiting: &Arc<AtomicUsize>, max_queue: usize) -> Option<Self> {
-        let before = waiting.fetch_add(1, Ordering::SeqCst);
-        let slot = QueueSlot { waiting: Arc::clone(waiting), served: false };
-        (before < max_queue).then_some(slot) // on None, dropping `slot` undoes the add
+/// NOT_FOUND unless `name` is `spec`'s model and `version` is empty, its version, or "1" (the
+/// default version OIP clients send).
+pub(crate) fn check_model(spec: &ModelSpec, name: &str, version: &str) -> Result<(), Status> {
+    if name != spec.name {
+        return Err(Status::not_found(format!("model {name:?} not served here (this instance serves {:?})", spec.name)));
     }
-
-    fn leave(mut self) {
-        self.served = true;
+    if !(version.is_empty() || version == spec.version || version == "1") {
+        return Err(Status::not_found(format!("model {name:?} has no version {version:?} (served: {:?})", spec.version)));
     }
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        if !self.served {
-            tracing::debug!("request left the queue without running (cancelled or rejected)");
-        }
-    }
+    Ok(())
 }
 
 /// A validated ModelInfer input: `batch` queries of `spec.input_len()` values each.
@@ -326,7 +226,7 @@ fn parse_input(spec: &ModelSpec, req: &mut pb::ModelInferRequest) -> Result<Pars
 
 /// The batch size of `shape` = `[B, d1, d2, ...]` where `d1*d2*... == spec.input_len()`
 /// (so `[B, 28, 28]` and `[B, 1, 28, 28]` are fine for an input shape of `[784]`).
-fn batch_of(spec: &ModelSpec, shape: &[i64]) -> Result<usize, String> {
+pub(crate) fn batch_of(spec: &ModelSpec, shape: &[i64]) -> Result<usize, String> {
     let Some((&b, per_query)) = shape.split_first() else {
         return Err("shape is empty; expected [batch, ...]".into());
     };
@@ -396,15 +296,8 @@ impl GrpcInferenceService for WorkerService {
         let mut req = req.into_inner();
         self.check_model(&req.model_name, &req.model_version)?;
         let input = parse_input(self.spec(), &mut req)?; // validated before it can take a queue slot
-        let out = match &self.batcher {
-            Some(b) => b.infer(input.data, input.batch).await?,
-            None => self.execute(input.data, input.batch).await?,
-        };
+        let out = self.exec.infer(input.data, input.batch).await?;
         let s = self.spec();
-        if out.len() != input.batch * s.output_len() {
-            let msg = format!("model returned {} values for batch {} x {}", out.len(), input.batch, s.output_len());
-            return Err(Status::internal(msg));
-        }
         let shape = std::iter::once(input.batch as i64).chain(s.output_shape.iter().copied()).collect();
         let output = InferOutputTensor { name: s.output_name.clone(), datatype: "FP32".to_owned(), shape, ..Default::default() };
         Ok(Response::new(pb::ModelInferResponse {
@@ -446,17 +339,5 @@ mod tests {
         for bad in [&[][..], &[784], &[0, 784], &[-1, 784], &[1, 783], &[1, -28, -28], &[1, i64::MAX, 4]] {
             assert!(batch_of(&spec, bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn queue_slots_are_bounded_and_released() {
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let a = QueueSlot::take(&waiting, 2).unwrap();
-        let b = QueueSlot::take(&waiting, 2).unwrap();
-        assert!(QueueSlot::take(&waiting, 2).is_none());
-        assert_eq!(waiting.load(Ordering::SeqCst), 2);
-        drop(a);
-        b.leave();
-        assert_eq!(waiting.load(Ordering::SeqCst), 0);
     }
 }

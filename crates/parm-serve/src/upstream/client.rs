@@ -93,7 +93,7 @@ impl InstanceError {
         }
     }
 
-    fn from_status(addr: &str, status: &Status) -> Self {
+    pub(crate) fn from_status(addr: &str, status: &Status) -> Self {
         let (addr, message) = (addr.to_owned(), status.message().to_owned());
         match status.code() {
             Code::Unavailable | Code::Cancelled => Self::Unavailable { addr, message },

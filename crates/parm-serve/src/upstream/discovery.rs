@@ -25,7 +25,8 @@ pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
 /// One entry of an instance list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// A fixed `host:port` (a host name is resolved by the connection, once per connect).
+    /// A fixed `host:port` (a host name is resolved by the connection, once per connect), or
+    /// an in-process instance's `inproc:PATH` ([`crate::instance::local`]), which is fixed too.
     Addr(String),
     /// `dns://NAME:PORT`: every address NAME resolves to (A and AAAA, through the system
     /// resolver), each at PORT.

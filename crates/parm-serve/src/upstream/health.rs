@@ -72,6 +72,8 @@ impl Health {
             }
             let gauge = match old.iter().find(same) {
                 Some(g) => g.clone(),
+                // An in-process instance is up while this process is: nothing to probe.
+                None if crate::instance::local::is_inproc(addr) => Arc::new(InstanceGauge { role, addr: addr.clone(), up: true.into() }),
                 None => {
                     let g = Arc::new(InstanceGauge { role, addr: addr.clone(), up: false.into() });
                     fresh.push((g.clone(), InstanceClient::connect(addr, &self.options)?, model.clone()));

@@ -12,6 +12,7 @@ mod coded_inprocess;
 mod coded_straggler;
 mod fuzz_regressions;
 mod instance_batching;
+mod instance_local;
 mod instance_worker;
 mod server_api;
 mod server_bad_input;

@@ -40,7 +40,7 @@ impl Paths {
 }
 
 /// `--device`, shared by the commands that run parm's own (burn) models.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct DeviceArg {
     /// Where parm's models compute: cpu, cuda (GPU 0) or cuda:N. Default: $PARM_DEVICE if set
     /// (so that `parm bench` and `parm demo` start their workers on a GPU), else cpu. cuda

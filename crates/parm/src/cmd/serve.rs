@@ -11,6 +11,7 @@ use clap::Args;
 use futures::FutureExt;
 use parm_codes::encoder_for_shape;
 use parm_serve::coded::{Code, Frontend, FrontendConfig, ParityInstances};
+use parm_serve::instance::local::{LocalInstance, is_inproc};
 use parm_serve::oip::ModelSpec;
 use parm_serve::server::api::{Model, Serving, ServingOptions, Transform};
 use parm_serve::server::config::{DeadlineSection, ModelSection, Precedence, ServeFile};
@@ -24,8 +25,10 @@ use super::{DEFAULT_GROUP_TIMEOUT_MS, block_on_drained, parity_name, shutdown_si
 pub struct ServeArgs {
     /// Deployed-model instances, comma-separated. Each is host:port, dns://NAME:PORT (every
     /// address NAME resolves to, re-resolved every --discovery-interval-ms: a Kubernetes
-    /// headless Service) or file:PATH (host:port lines, re-read when the file changes); so
-    /// are the entries of --parity and --extra-instances.
+    /// headless Service), file:PATH (host:port lines, re-read when the file changes) or
+    /// inproc:PATH (the model file at PATH, .bpk or .onnx, run in this process behind its own
+    /// compute lane: no worker, no network hop; see README, "In-process instances"); so are
+    /// the entries of --parity and --extra-instances.
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["config", "model_repository"])]
     pub deployed: Vec<String>,
     /// Parity-model instances, comma-separated (none: no redundancy). With --parities R,
@@ -585,13 +588,55 @@ fn output_checks(a: &ServeArgs) -> anyhow::Result<parm_serve::coded::OutputCheck
 /// Errors: metadata parm cannot serve, settings that do not fit the model (code flags,
 /// `[preprocess]` for its input shape), or an unparsable address.
 async fn serve_model(serving: &Serving, a: &ServeArgs) -> anyhow::Result<()> {
-    let frontend = Frontend::start(frontend_config(a, remote_spec(a).await?)?)?;
+    let mut inproc = Inproc::default();
+    let spec = match a.deployed.iter().find(|e| is_inproc(e)) {
+        Some(entry) => ModelSpec { name: served_name(a).to_string(), ..inproc.load(entry, &a.deployed_model)?.spec().clone() },
+        None => remote_spec(a).await?,
+    };
+    let mut cfg = frontend_config(a, spec)?;
+    let lists = std::iter::once((cfg.deployed.clone(), cfg.deployed_model.clone()));
+    for (entries, model) in lists.chain(cfg.parity_sets().into_iter().map(|p| (p.instances, p.model))) {
+        for entry in entries.iter().filter(|e| is_inproc(e)) {
+            inproc.load(entry, &model)?;
+        }
+    }
+    cfg.inproc = inproc.0.into_iter().map(|(entry, (_, i))| (entry, i as Arc<dyn parm_serve::upstream::Instance>)).collect();
+    let frontend = Frontend::start(cfg)?;
     frontend.warm_up().await;
     let transform = match &a.preprocess {
         Some(t) => Some(transform(t, &frontend.spec().input_shape)?),
         None => None,
     };
     serving.install(Model { frontend, preprocess: a.preprocess.clone(), transform }).await
+}
+
+/// A model's in-process instances (`inproc:PATH` entries), by entry, with the model name
+/// each serves.
+#[derive(Default)]
+struct Inproc(std::collections::BTreeMap<String, (String, Arc<LocalInstance>)>);
+
+impl Inproc {
+    /// The in-process instance `entry` (`inproc:PATH`) serving `model`, loaded from PATH (a
+    /// parm model, `.bpk` optional, on $PARM_DEVICE or the CPU; or an ONNX file run by tract)
+    /// the first time it is named. Each distinct entry is one instance with its own compute
+    /// lane.
+    ///
+    /// Errors: a model file that cannot be loaded, or an entry named for two models.
+    fn load(&mut self, entry: &str, model: &str) -> anyhow::Result<&Arc<LocalInstance>> {
+        let entry = entry.trim();
+        if !self.0.contains_key(entry) {
+            let path = super::bpk_path(std::path::Path::new(&entry[parm_serve::instance::local::INPROC.len()..]));
+            let device = super::DeviceArg::default().choice()?;
+            let backend = super::worker::open_model(&path, model, None, &parm_nn::onnx::OnnxRuntime::Tract, device)
+                .with_context(|| format!("in-process instance '{entry}'"))?;
+            let instance = LocalInstance::new(entry, backend, Default::default())?;
+            tracing::info!(%entry, model, "in-process instance loaded");
+            self.0.insert(entry.to_string(), (model.to_string(), Arc::new(instance)));
+        }
+        let (serves, instance) = &self.0[entry];
+        anyhow::ensure!(serves == model, "in-process instance '{entry}' is listed for two models, '{serves}' and '{model}'");
+        Ok(instance)
+    }
 }
 
 async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {

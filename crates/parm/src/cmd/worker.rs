@@ -96,8 +96,8 @@ pub struct WorkerArgs {
 /// The backend for `model`, chosen by its extension: `.onnx` (run by `a`'s ONNX runtime) or a
 /// parm model (on `a`'s device).
 fn load_backend(model: &std::path::Path, name: &str, a: &WorkerArgs) -> anyhow::Result<Arc<dyn InferenceBackend>> {
-    let (output, device) = (a.output.as_deref(), &a.device);
-    let onnx = model.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let output = a.output.as_deref();
+    let onnx = is_onnx(model);
     anyhow::ensure!(onnx || output.is_none(), "--output applies to ONNX models (.onnx) only");
     anyhow::ensure!(
         onnx || (a.onnx_runtime == "tract" && a.ort_library.is_none()),
@@ -110,15 +110,35 @@ fn load_backend(model: &std::path::Path, name: &str, a: &WorkerArgs) -> anyhow::
             parm_nn::onnx::OnnxRuntime::Tract
         }
     };
-    let choice = device.choice()?;
+    open_model(model, name, output, &runtime, a.device.choice()?)
+}
+
+fn is_onnx(model: &std::path::Path) -> bool {
+    model.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// `model` as a backend serving it under `name`: an ONNX file (`.onnx`, its `output` or the
+/// first float32 output of rank 2, run by `runtime` on the CPU), else a parm model (`.bpk`)
+/// on `device`.
+///
+/// # Errors
+/// A file that cannot be loaded, or an ONNX model asked to run on a GPU.
+pub fn open_model(
+    model: &std::path::Path,
+    name: &str,
+    output: Option<&str>,
+    runtime: &parm_nn::onnx::OnnxRuntime,
+    device: parm_nn::ComputeDevice,
+) -> anyhow::Result<Arc<dyn InferenceBackend>> {
+    let onnx = is_onnx(model);
     anyhow::ensure!(
-        !onnx || choice == parm_nn::ComputeDevice::Cpu,
-        "--device {choice}: ONNX models run on the CPU (tract or ONNX Runtime); only parm models (.bpk) run on a GPU"
+        !onnx || device == parm_nn::ComputeDevice::Cpu,
+        "--device {device}: ONNX models run on the CPU (tract or ONNX Runtime); only parm models (.bpk) run on a GPU"
     );
     Ok(if onnx {
-        Arc::new(OnnxBackend::load(model, name, output, &runtime)?)
+        Arc::new(OnnxBackend::load(model, name, output, runtime)?)
     } else {
-        Arc::new(NnBackend::load(model, name, &choice.open()?)?)
+        Arc::new(NnBackend::load(model, name, &device.open()?)?)
     })
 }
 
