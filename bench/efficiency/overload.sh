@@ -7,7 +7,9 @@
 #
 # Usage: bench/efficiency/overload.sh [RATE ...]   (default: 5000 7500 15000 requests/s)
 # Environment: PARM (the binary; default target/release/parm), SERVE_FLAGS (extra `parm serve`
-# flags, e.g. "--queue-target-ms 2"), WORKER_FLAGS,
+# flags, e.g. "--queue-target-ms 2"), WORKER_FLAGS, INPROC=1 (no worker: `parm serve` runs the
+# model itself, `--deployed inproc:MODEL`; with K=2 also the parity model; PAUSE_MS does not
+# apply), K (1; 2: coded, k = 2, with a parity worker or in-process parity model),
 # DURATION (6 s, after 2 s of warm-up), PAUSE_MS (stop the worker with SIGSTOP for this long,
 # 4 s into each run: a pause under load, to see admission get back to shedding nothing),
 # WATCH=1 (also print the frontend's admission gauges every 0.25 s: seconds since the run
@@ -26,8 +28,9 @@ model=$root/models/fashion-mnist/deployed.bpk
 source "$root/scripts/lib/procs.sh"
 SERVER_CPUS=0
 source "$root/bench/efficiency/setups.sh"
+parity=$root/models/fashion-mnist/parity-k2-addition.bpk
 # shellcheck disable=SC2086
-parm_setup parm 1 ${SERVE_FLAGS:-}
+if [ -n "${INPROC:-}" ]; then parm_inproc_setup parm "${K:-1}" ${SERVE_FLAGS:-}; else parm_setup parm "${K:-1}" ${SERVE_FLAGS:-}; fi
 grpc=${target[parm]%% *}
 parm_wait_ready parm
 wpid=${pids[0]}

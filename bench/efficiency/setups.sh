@@ -13,6 +13,8 @@
 #   parm_setup NAME K SERVE_FLAGS...              `parm serve` + own `parm worker`(s); K 2: + parity
 #                                                 worker, k = 2; also sets fe_http[NAME] (metrics)
 #                                                 and fe_pid[NAME] (the frontend's process)
+#   parm_inproc_setup NAME K SERVE_FLAGS...       `parm serve` alone, the model (K 2: and the parity
+#                                                 model, k = 2) in its own process (inproc: instances)
 #   parm_wait_ready NAME                          waits (10 s) until that frontend is ready
 #   triton_setup NAME [--dynamic-batching]        tritonserver from PyPI nvidia-pytriton (CPU,
 #                                                 python backend, numpy; tests/triton/start.sh)
@@ -100,8 +102,22 @@ parm_setup() {
     start "$name-p" server "$parm" worker --model "$parity" --listen 127.0.0.1:0 ${WORKER_FLAGS:-}
     coded=(--parity "$(addr "$name-p" "listening on")" --k 2)
   fi
-  start "$name-fe" server "$parm" serve --deployed "$w" "${coded[@]}" "$@" --model-name fashion-mnist \
-    --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0
+  parm_frontend "$name" --deployed "$w" "${coded[@]}" "$@"
+}
+
+# parm_inproc_setup NAME K SERVE_FLAGS...: `parm serve` running the deployed model (and for K 2
+# the parity model) itself, each behind its own compute lane: no worker process.
+parm_inproc_setup() {
+  local name=$1 k=$2; shift 2
+  local coded=()
+  [ "$k" != 2 ] || coded=(--parity "inproc:$parity" --k 2)
+  parm_frontend "$name" --deployed "inproc:$model" "${coded[@]}" "$@"
+}
+
+# parm_frontend NAME SERVE_FLAGS...: the `parm serve` of setup NAME.
+parm_frontend() {
+  local name=$1; shift
+  start "$name-fe" server "$parm" serve "$@" --model-name fashion-mnist --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0
   fe_pid[$name]=${pids[-1]}
   target[$name]="$(addr "$name-fe" "grpc listening on") fashion-mnist input"
   fe_http[$name]=$(addr "$name-fe" "listening on")

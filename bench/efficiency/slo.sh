@@ -12,6 +12,9 @@
 #   parm            `parm serve` + one `parm worker`
 #   parm-batched    the same with `--dispatch-max-batch BATCH` (frontend-side adaptive batching)
 #   parm-coded      `parm serve --k 2` + a deployed worker + a parity worker
+#   parm-inproc, parm-inproc-batched, parm-inproc-coded
+#                   the same three with the models run by `parm serve` itself (`--deployed
+#                   inproc:MODEL`, `--parity inproc:PARITY`): one process, no worker
 #   parm-count-only `parm` with `--queue-target-ms 0` (only --max-inflight sheds), for the
 #                   overload comparison only
 #
@@ -25,9 +28,9 @@
 # against the servers; on a 2-core machine each setup's processes share one core.
 #
 # Usage: bench/efficiency/slo.sh
-# Environment: SETUPS (all six), OBJECTIVES ("5 10", ms), TRIAL_S (5), TRIALS (2), STEPS (7),
+# Environment: SETUPS (all nine), OBJECTIVES ("5 10", ms), TRIAL_S (5), TRIALS (2), STEPS (7),
 # BATCH (32), MLSERVER_BATCH_TIME (0.0005), OVERLOAD_SETUPS ("parm parm-count-only
-# parm-batched parm-coded"; empty: skip), PIN (1), PARM_NO_BUILD=1 skips the build.
+# parm-batched parm-coded parm-inproc parm-inproc-batched parm-inproc-coded"; empty: skip), PIN (1), PARM_NO_BUILD=1 skips the build.
 # Writes bench/results/slo.json (one row per setup and objective), slo-overload.json,
 # slo-trials.jsonl (every load run) and slo.md (the tables). Every row also says what the
 # harness cost: the load generator's send lag (p99 of how late requests started against their
@@ -40,9 +43,9 @@ read -r -a objectives <<< "${OBJECTIVES:-5 10}"
 trial_s=${TRIAL_S:-5}; trials=${TRIALS:-2}; steps=${STEPS:-7}
 batch=${BATCH:-32}
 mlbatch_time=${MLSERVER_BATCH_TIME:-0.0005}
-all_setups=(mlserver triton triton-batched parm parm-batched parm-coded)
+all_setups=(mlserver triton triton-batched parm parm-batched parm-coded parm-inproc parm-inproc-batched parm-inproc-coded)
 read -r -a setups <<< "${SETUPS:-${all_setups[*]}}"
-read -r -a overload <<< "${OVERLOAD_SETUPS-parm parm-count-only parm-batched parm-coded}"
+read -r -a overload <<< "${OVERLOAD_SETUPS-parm parm-count-only parm-batched parm-coded parm-inproc parm-inproc-batched parm-inproc-coded}"
 parm=$root/target/release/parm
 load=$root/target/release/oip-load
 model=$root/models/fashion-mnist/deployed.bpk
@@ -73,6 +76,9 @@ has parm && parm_setup parm 1
 has parm-count-only && parm_setup parm-count-only 1 --queue-target-ms 0
 has parm-batched && parm_setup parm-batched 1 --dispatch-max-batch "$batch"
 has parm-coded && parm_setup parm-coded 2
+has parm-inproc && parm_inproc_setup parm-inproc 1
+has parm-inproc-batched && parm_inproc_setup parm-inproc-batched 1 --dispatch-max-batch "$batch"
+has parm-inproc-coded && parm_inproc_setup parm-inproc-coded 2
 has triton && triton_setup triton
 has triton-batched && triton_setup triton-batched --dynamic-batching
 mlserver_wait_ready
@@ -139,7 +145,7 @@ for le, c in d:
 PY
 }
 declare -A own=()
-for s in parm parm-batched parm-coded; do
+for s in parm parm-batched parm-coded parm-inproc parm-inproc-batched parm-inproc-coded; do
   [[ " ${setups[*]} " == *" $s "* ]] && [ "${best[$s,5]:-0}" -gt 0 ] || continue
   curl -sf "http://${fe_http[$s]}/metrics" > "$work/m0"
   load "$s" frontend-time --rate "${best[$s,5]}" --duration "$trial_s" > /dev/null
@@ -200,7 +206,7 @@ for s in dict.fromkeys(r["setup"] for r in rows):
     lines.append(f'| {s} | {by[(s, objs[0])]["saturation_qps"]:,} | ' + " | ".join(cells) + f" | {t} | {num(lag)} | {num(stolen, '{:.1%}')} |")
 ml = {o: by.get(("mlserver", o), {}).get("max_rate_qps") for o in objs}
 tb = {o: by.get(("triton-batched", o), {}).get("max_rate_qps") for o in objs}
-for s in ("parm", "parm-batched", "parm-coded"):
+for s in ("parm", "parm-batched", "parm-coded", "parm-inproc", "parm-inproc-batched", "parm-inproc-coded"):
     for o in objs:
         if (s, o) in by and ml[o]:
             extra = f', {by[(s, o)]["max_rate_qps"] / tb[o]:.1f}x triton-batched' if tb[o] else ""

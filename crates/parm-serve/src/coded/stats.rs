@@ -1,7 +1,8 @@
-//! The one set of counters of the coded path (monotonic), read by metrics and benchmarks.
+//! The one set of counters of the coded path (monotonic, but for the `late_calls` gauge), read
+//! by metrics and benchmarks.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of the coded path. A unit is one query or one request's block of rows coded as
 /// one member (`batch_coding`); `rows` counts the queries inside them.
@@ -34,4 +35,16 @@ pub struct Stats {
     pub checks: AtomicU64,
     pub flagged: AtomicU64,
     pub ejections: AtomicU64,
+    /// Calls still running although their queries were answered by reconstructions (a gauge,
+    /// at most `MAX_LATE_CALLS`), and such calls dropped instead, out of their instances'
+    /// queues, because that many were running.
+    pub late_calls: AtomicU64,
+    pub cancelled_originals: AtomicU64,
+}
+
+impl Stats {
+    /// Takes one of `max` late calls ([`Self::late_calls`]); false when all are taken.
+    pub(crate) fn take_late_call(&self, max: u64) -> bool {
+        self.late_calls.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+    }
 }

@@ -33,8 +33,12 @@ pub fn is_inproc(entry: &str) -> bool {
     entry.trim().starts_with(INPROC)
 }
 
-/// Most calls waiting for an in-process instance's compute lane (a `parm worker`'s default).
-pub const MAX_QUEUE: usize = 1024;
+/// Most calls waiting for an in-process instance's compute lane: no bound of its own, since
+/// every call comes from this frontend, whose admission control bounds them (`--max-inflight`,
+/// and the calls kept after a reconstruction). A bound of 1,024, a worker's default, equal to
+/// the default `--max-inflight`, failed queries with "queue full" at 1.5x the 5 ms objective
+/// rate of the coded in-process setup (bench/efficiency/slo.sh, parm-inproc-coded).
+pub const MAX_QUEUE: usize = usize::MAX;
 
 /// One model behind one compute lane, in this process.
 pub struct LocalInstance {
@@ -73,6 +77,12 @@ impl LocalInstance {
         if input.len() != batch * spec.input_len() {
             return Err(invalid(format!("{} values for shape {shape:?}", input.len())));
         }
+        // A fast model computes in place: without this yield a request would be read,
+        // admitted, computed and answered in one poll, and under overload the queue would
+        // form in the socket buffers before admission, where its queueing delay cannot be
+        // seen. Yielding lets the runtime read what has arrived first, so the queue forms
+        // here, after admission (`server::admission`), which sheds by it.
+        tokio::task::yield_now().await;
         match tokio::time::timeout(timeout, self.exec.infer(input.to_vec(), batch)).await {
             Ok(out) => out.map_err(|s| InstanceError::from_status(&self.addr, &s)),
             Err(_) => Err(InstanceError::Timeout { addr: self.addr.clone(), timeout }),
@@ -89,8 +99,7 @@ impl Instance for LocalInstance {
     /// future is dropped, as a remote call's would.
     ///
     /// Errors: [`InstanceError::NotFound`] for another model, [`InstanceError::InvalidArgument`]
-    /// for a shape that does not fit the model or `input`, [`InstanceError::Overloaded`] when
-    /// [`MAX_QUEUE`] calls wait, [`InstanceError::Other`] (`INTERNAL`) when the model failed or
+    /// for a shape that does not fit the model or `input`, [`InstanceError::Other`] (`INTERNAL`) when the model failed or
     /// panicked, [`InstanceError::Timeout`] after `timeout`.
     fn infer<'a>(
         &'a self,

@@ -141,7 +141,7 @@ const LATENCY_BUCKETS: [f64; 14] = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2
 const FRONTEND_TIME_BUCKETS: [f64; 16] =
     [2e-6, 5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5, 4e-5, 5e-5, 7.5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 1e-2];
 
-const HELP: [(&str, &str); 24] = [
+const HELP: [(&str, &str); 26] = [
     ("nv_inference_request_success", "Number of successful inference requests"),
     ("nv_inference_request_failure", "Number of failed inference requests, by reason (REJECTED, CANCELED, BACKEND)"),
     ("nv_inference_count", "Number of inferences (queries, batch rows) answered"),
@@ -169,6 +169,8 @@ const HELP: [(&str, &str); 24] = [
     ("parm_flagged_groups_total", "Checked coding groups whose outputs disagreed with the code"),
     ("parm_ejections_total", "Deployed instances taken out of rotation because their outputs disagreed with the code"),
     ("parm_instance_ejected", "1 while the deployed instance is out of rotation for wrong outputs"),
+    ("parm_late_calls", "Instance calls still running although their queries were answered by reconstructions"),
+    ("parm_cancelled_originals_total", "Instance calls dropped once their queries were answered by reconstructions"),
 ];
 
 const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -251,6 +253,8 @@ impl Prometheus {
         self.counter("parm_output_checks_total", &[], l(&coded.checks));
         self.counter("parm_flagged_groups_total", &[], l(&coded.flagged));
         self.counter("parm_ejections_total", &[], l(&coded.ejections));
+        self.gauge("parm_late_calls", &[], l(&coded.late_calls) as f64);
+        self.counter("parm_cancelled_originals_total", &[], l(&coded.cancelled_originals));
         for i in instances {
             let up = if i.up.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
             self.gauge("parm_instance_up", &[("role", i.role.into()), ("instance", i.addr.clone())], up);

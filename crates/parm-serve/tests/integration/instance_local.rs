@@ -6,6 +6,7 @@
 //! reconstruction equals the original exactly.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use parm_serve::coded::{Frontend, FrontendConfig};
@@ -71,4 +72,28 @@ async fn an_inproc_entry_without_an_instance_is_refused_at_start() {
     let cfg = FrontendConfig { inproc: [local("inproc:a", &f, "")].into_iter().collect(), ..config(&["inproc:a", "inproc:b"], &[]) };
     let err = Frontend::start(cfg).err().expect("inproc:b has no instance").to_string();
     assert!(err.contains("inproc:b") && err.contains("no in-process instance"), "{err}");
+}
+
+/// Calls kept after their queries were reconstructed are bounded (`parm_late_calls`): past
+/// 64, the originals are dropped out of the stalled instance's queue, as ParM cancels them.
+#[tokio::test]
+async fn calls_kept_after_reconstruction_are_bounded_and_the_rest_cancelled() {
+    let (f0, f1, fp) = (linear("deployed", 1.0), linear("deployed", 1.0), linear("parity", 2.0));
+    let cfg = FrontendConfig {
+        inproc: [local("inproc:f0", &f0, "delay_ms=20000,prob=1.0"), local("inproc:f1", &f1, ""), local("inproc:p", &fp, "")]
+            .into_iter()
+            .collect(),
+        ..config(&["inproc:f0", "inproc:f1"], &["inproc:p"])
+    };
+    let frontend = Frontend::start(cfg).unwrap();
+    frontend.warm_up().await;
+    let query = |i: usize| (0..IN).map(|j| i as f32 * 0.5 - j as f32).collect::<Vec<f32>>();
+    let calls = (0..300).map(|i| tokio::time::timeout(Duration::from_secs(10), frontend.predict(query(i))));
+    for (i, a) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(a.expect("answered in time").unwrap().output, f1.forward(&query(i), 1).unwrap());
+    }
+    let stats = frontend.stats();
+    let (late, cancelled) = (stats.late_calls.load(Ordering::Relaxed), stats.cancelled_originals.load(Ordering::Relaxed));
+    assert!(late <= 64, "{late} calls kept");
+    assert!(cancelled >= 150 - 64 - 1, "the stalled instance's other originals were dropped: {cancelled}");
 }
