@@ -8,8 +8,9 @@
 #
 # Usage: bench/efficiency/cpu-per-query.sh [PARM_BINARY ...]   (default: target/release/parm)
 #   e.g. with an older build copied aside: ... cpu-per-query.sh /tmp/parm-before target/release/parm
-# Environment: ROUNDS (3), RATE (4000), WORKER_FLAGS, SERVE_FLAGS, PARM_NO_BUILD=1 skips the
-# build. Prints one line per binary and round.
+# Environment: ROUNDS (3), RATE (4000), MODES ("pair"; "pair inproc" also measures `parm serve`
+# alone with the model in process, `--deployed inproc:MODEL`, interleaved), WORKER_FLAGS,
+# SERVE_FLAGS, PARM_NO_BUILD=1 skips the build. Prints one line per binary, mode and round.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -27,14 +28,18 @@ switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s 
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 load() { taskset -c 1 "$root/target/release/oip-load" --target "$grpc" --model fashion-mnist "$@"; }
 field() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
-# The worker's and the frontend's counters summed: `both switches` or `both ticks`.
-both() { echo $(( $($1 "$wpid") + $($1 "$spid") )); }
+# The worker's and the frontend's counters summed (the frontend's alone in process): `both
+# switches` or `both ticks`.
+both() {
+  if [ "$wpid" = "$spid" ]; then "$1" "$spid"; else echo $(( $($1 "$wpid") + $($1 "$spid") )); fi
+}
 
 measure() {
-  local round=$2 n=${#pids[@]} name=pair${#pids[@]}
+  local round=$2 mode=$3 n=${#pids[@]} name=pair${#pids[@]}
   # shellcheck disable=SC2086
-  parm=$1 parm_setup "$name" 1 ${SERVE_FLAGS:-}
-  wpid=${pids[$n]} spid=${fe_pid[$name]} grpc=${target[$name]%% *}
+  if [ "$mode" = inproc ]; then parm=$1 parm_inproc_setup "$name" 1 ${SERVE_FLAGS:-}; else parm=$1 parm_setup "$name" 1 ${SERVE_FLAGS:-}; fi
+  spid=${fe_pid[$name]} grpc=${target[$name]%% *}
+  if [ "$mode" = inproc ]; then wpid=$spid; else wpid=${pids[$n]}; fi
   parm_wait_ready "$name"
   local sat; sat=$(load --concurrency 32 --duration 5 --warmup 1 | field "f\"{d['throughput']:.0f}\"")
   load --rate "$rate" --duration 8 --warmup 1 > "$work/open.json" &
@@ -47,12 +52,14 @@ measure() {
   local lat; lat=$(field "f\"{d['latency_us']['p50']/1e3:.2f} / {d['latency_us']['p99']/1e3:.2f}\"" < "$work/open.json")
   python3 -c "
 c, t, n = $c1 - $c0, ($t1 - $t0) / $tck, $rate * 3
-print(f'$1 round $round: saturation $sat req/s; at $rate req/s p50 / p99 $lat ms, '
+print(f'$1 $mode round $round: saturation $sat req/s; at $rate req/s p50 / p99 $lat ms, '
       f'{c / n:.1f} context switches and {1e6 * t / n:.0f} us of CPU per request')"
   kill "${pids[@]:$n}" 2>/dev/null || true
   wait "${pids[@]:$n}" 2>/dev/null || true
 }
 
 for round in $(seq "${ROUNDS:-3}"); do
-  for bin in "${binaries[@]}"; do measure "$bin" "$round"; done
+  for bin in "${binaries[@]}"; do
+    for mode in ${MODES:-pair}; do measure "$bin" "$round" "$mode"; done
+  done
 done

@@ -582,11 +582,13 @@ fn output_checks(a: &ServeArgs) -> anyhow::Result<parm_serve::coded::OutputCheck
     })
 }
 
-/// Waits for model `a`'s deployed instances (see [`remote_spec`]), starts its frontend and
-/// serves it on `serving`.
+/// Loads model `a`'s in-process instances (`inproc:PATH` entries), takes its shapes from the
+/// first in-process deployed instance or else waits for a remote one (see [`remote_spec`]),
+/// starts its frontend and serves it on `serving`.
 ///
-/// Errors: metadata parm cannot serve, settings that do not fit the model (code flags,
-/// `[preprocess]` for its input shape), or an unparsable address.
+/// Errors: a model file that cannot be loaded, metadata parm cannot serve, settings that do
+/// not fit the model (code flags, `[preprocess]` for its input shape), or an unparsable
+/// address.
 async fn serve_model(serving: &Serving, a: &ServeArgs) -> anyhow::Result<()> {
     let mut inproc = Inproc::default();
     let spec = match a.deployed.iter().find(|e| is_inproc(e)) {
