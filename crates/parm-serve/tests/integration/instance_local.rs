@@ -40,8 +40,9 @@ fn config(deployed: &[&str], parity: &[&str]) -> FrontendConfig {
     }
 }
 
-#[tokio::test]
-async fn a_stalled_in_process_instance_is_answered_by_reconstruction() {
+/// In-process deployed instances f0 (each call held 20 s) and f1, and a parity instance; k = 2.
+/// Returns the frontend, f1 and the parity model.
+async fn stalled_cluster() -> (Frontend, Arc<LinearBackend>, Arc<LinearBackend>) {
     let (f0, f1, fp) = (linear("deployed", 1.0), linear("deployed", 1.0), linear("parity", 2.0));
     let cfg = FrontendConfig {
         inproc: [local("inproc:f0", &f0, "delay_ms=20000,prob=1.0"), local("inproc:f1", &f1, ""), local("inproc:p", &fp, "")]
@@ -51,6 +52,12 @@ async fn a_stalled_in_process_instance_is_answered_by_reconstruction() {
     };
     let frontend = Frontend::start(cfg).unwrap();
     frontend.warm_up().await;
+    (frontend, f1, fp)
+}
+
+#[tokio::test]
+async fn a_stalled_in_process_instance_is_answered_by_reconstruction() {
+    let (frontend, f1, fp) = stalled_cluster().await;
     let queries: Vec<Vec<f32>> = (0..6).map(|i| (0..IN).map(|j| i as f32 - j as f32 * 0.25).collect()).collect();
     let calls = queries.iter().map(|q| tokio::time::timeout(Duration::from_secs(5), frontend.predict(q.clone())));
     let answers = futures::future::join_all(calls).await;
@@ -78,15 +85,7 @@ async fn an_inproc_entry_without_an_instance_is_refused_at_start() {
 /// 64, the originals are dropped out of the stalled instance's queue, as ParM cancels them.
 #[tokio::test]
 async fn calls_kept_after_reconstruction_are_bounded_and_the_rest_cancelled() {
-    let (f0, f1, fp) = (linear("deployed", 1.0), linear("deployed", 1.0), linear("parity", 2.0));
-    let cfg = FrontendConfig {
-        inproc: [local("inproc:f0", &f0, "delay_ms=20000,prob=1.0"), local("inproc:f1", &f1, ""), local("inproc:p", &fp, "")]
-            .into_iter()
-            .collect(),
-        ..config(&["inproc:f0", "inproc:f1"], &["inproc:p"])
-    };
-    let frontend = Frontend::start(cfg).unwrap();
-    frontend.warm_up().await;
+    let (frontend, f1, _) = stalled_cluster().await;
     let query = |i: usize| (0..IN).map(|j| i as f32 * 0.5 - j as f32).collect::<Vec<f32>>();
     let calls = (0..300).map(|i| tokio::time::timeout(Duration::from_secs(10), frontend.predict(query(i))));
     for (i, a) in futures::future::join_all(calls).await.into_iter().enumerate() {
