@@ -4,6 +4,9 @@
 //! followed), or a file listing addresses, re-read when it changes (`file:PATH`, one
 //! `host:port` per line, `#` comments; written by a config-management tool or a sidecar).
 //!
+//! An `inproc:PATH` entry names an in-process instance ([`crate::instance::local`]); it is
+//! fixed, like an address.
+//!
 //! A fixed address or a file's line may end in `@HOST`, the label of the host (machine, node)
 //! the instance runs on (`10.0.0.7:9001@node-a`): the pools spread their rotation over hosts
 //! and keep a coding group's parity query off its members' hosts
@@ -38,7 +41,7 @@ pub enum Source {
 /// An instance list entry that cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("instance '{0}': expected host:port, dns://NAME:PORT or file:PATH")]
+    #[error("instance '{0}': expected host:port, dns://NAME:PORT, file:PATH or inproc:PATH")]
     BadEntry(String),
     #[error("instance '{0}': the port must be a number from 1 to 65535")]
     BadPort(String),
@@ -60,6 +63,9 @@ impl Source {
         if let Some(path) = entry.strip_prefix("file:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             return if path.is_empty() { Err(bad()) } else { Ok(Self::File(PathBuf::from(path))) };
+        }
+        if entry.strip_prefix(crate::instance::local::INPROC).is_some_and(str::is_empty) {
+            return Err(bad()); // names no model file
         }
         if entry.is_empty() || entry.contains("://") {
             return Err(bad());
@@ -157,7 +163,8 @@ mod tests {
         assert_eq!(Source::parse("file:/etc/parm/deployed"), Ok(Source::File("/etc/parm/deployed".into())));
         assert_eq!(Source::parse("file:///etc/parm/deployed"), Ok(Source::File("/etc/parm/deployed".into())));
         assert_eq!(Source::parse("dns://workers:0"), Err(DiscoveryError::BadPort("dns://workers:0".into())));
-        for bad in ["", "dns://workers", "dns://:9000", "file:", "http://a:1"] {
+        assert_eq!(Source::parse("inproc:models/m.bpk"), Ok(Source::Addr("inproc:models/m.bpk".into())));
+        for bad in ["", "dns://workers", "dns://:9000", "file:", "http://a:1", "inproc:", "inproc://m"] {
             assert!(matches!(Source::parse(bad), Err(DiscoveryError::BadEntry(_))), "{bad}");
         }
         assert!(!Source::parse("a:1").unwrap().is_dynamic());
