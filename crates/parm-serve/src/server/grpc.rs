@@ -54,7 +54,9 @@ pub async fn serve_grpc(
     // frontend has not read yet wait at the client instead of as buffered streams here, while a
     // burst past the limit still gets its fast UNAVAILABLE. Measured without it at 40,000 req/s
     // offered to a frontend that serves about 25,000 (bench/efficiency/slo.sh, parm-inproc at
-    // 3x): RSS 1.3 GiB and 378,711 requests failed on reset connections.
+    // 3x): RSS 1.3 GiB and 378,711 requests failed on reset connections. A client that opens
+    // more streams before it has read these SETTINGS gets the extra ones reset with
+    // REFUSED_STREAM (nothing was processed; safe to retry, as grpc-go and grpc-core do).
     let streams = u32::try_from(serving.admission.limit().saturating_mul(2)).unwrap_or(u32::MAX);
     let mut server = tonic::transport::Server::builder().max_concurrent_streams(Some(streams));
     if let Some(tls) = &serving.options.tls {
