@@ -4,7 +4,8 @@
 # binary, in turn within each round (A/B interleaving): closed-loop saturation (32
 # outstanding, 5 s), then open loop at RATE req/s, where the two processes' context switches
 # (/proc/PID/task/*/status) and CPU time (/proc/PID/stat) over 3 s are divided by the requests
-# sent meanwhile. A fresh pair of processes (setups.sh's `parm` setup) per binary and round.
+# sent meanwhile (also the frontend's CPU alone). A fresh pair of processes (setups.sh's
+# `parm` setup) per binary and round.
 #
 # Usage: bench/efficiency/cpu-per-query.sh [PARM_BINARY ...]   (default: target/release/parm)
 #   e.g. with an older build copied aside: ... cpu-per-query.sh /tmp/parm-before target/release/parm
@@ -45,15 +46,16 @@ measure() {
   load --rate "$rate" --duration 8 --warmup 1 > "$work/open.json" &
   local lp=$!
   sleep 3
-  local c0 t0; c0=$(both switches); t0=$(both ticks)
+  local c0 t0 f0; c0=$(both switches); t0=$(both ticks); f0=$(ticks "$spid")
   sleep 3
-  local c1 t1; c1=$(both switches); t1=$(both ticks)
+  local c1 t1 f1; c1=$(both switches); t1=$(both ticks); f1=$(ticks "$spid")
   wait "$lp"
   local lat; lat=$(field "f\"{d['latency_us']['p50']/1e3:.2f} / {d['latency_us']['p99']/1e3:.2f}\"" < "$work/open.json")
   python3 -c "
-c, t, n = $c1 - $c0, ($t1 - $t0) / $tck, $rate * 3
+c, t, f, n = $c1 - $c0, ($t1 - $t0) / $tck, ($f1 - $f0) / $tck, $rate * 3
 print(f'$1 $mode round $round: saturation $sat req/s; at $rate req/s p50 / p99 $lat ms, '
-      f'{c / n:.1f} context switches and {1e6 * t / n:.0f} us of CPU per request')"
+      f'{c / n:.1f} context switches and {1e6 * t / n:.0f} us of CPU per request '
+      f'({1e6 * f / n:.0f} us of it the frontend\'s)')"
   kill "${pids[@]:$n}" 2>/dev/null || true
   wait "${pids[@]:$n}" 2>/dev/null || true
 }

@@ -15,7 +15,9 @@
 # WATCH=1 (also print the frontend's admission gauges every 0.25 s: seconds since the run
 # started, parm_inflight_bound, parm_inflight_queries, parm_shed_requests_total),
 # PARM_NO_BUILD=1 skips the build.
-# Prints one line per rate.
+# Prints one line per rate, ending with CPU 0's busy share and each oip-load thread's share of
+# CPU 1 over the run (a client thread near 100% means the load generator, not the server, is
+# the limit).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
@@ -32,6 +34,16 @@ parity=$root/models/fashion-mnist/parity-k2-addition.bpk
 # shellcheck disable=SC2086
 if [ -n "${INPROC:-}" ]; then parm_inproc_setup parm "${K:-1}" ${SERVE_FLAGS:-}; else parm_setup parm "${K:-1}" ${SERVE_FLAGS:-}; fi
 grpc=${target[parm]%% *}
+tck=$(getconf CLK_TCK)
+# cpu_busy N: "BUSY ALL" ticks of CPU N so far (/proc/stat; idle and iowait are not busy).
+cpu_busy() { awk -v c="cpu$1" '$1 == c {a = 0; for (i = 2; i <= NF; i++) a += $i; print a - $5 - $6, a}' /proc/stat; }
+# thread_ticks PID: "COMM#TID:TICKS ..." for each thread of PID (user + system time).
+thread_ticks() {
+  local f
+  for f in /proc/"$1"/task/*/stat; do
+    sed 's/^\([0-9]*\) (\(.*\)) /\2#\1 /' "$f" | awk '{printf "%s:%d ", $1, $13 + $14}'
+  done
+}
 parm_wait_ready parm
 wpid=${pids[0]}
 for rate in "${rates[@]}"; do
@@ -50,11 +62,26 @@ for rate in "${rates[@]}"; do
     watcher=$!
   fi
   taskset -c 1 target/release/oip-load --target "$grpc" --model fashion-mnist --rate "$rate" \
-    --duration "${DURATION:-6}" --warmup 2 2> "$work/load.err" | python3 -c "
-import json, sys
-d = json.loads(sys.stdin.read()); n = d['requests'] + d['shed']; l = d['latency_us']; s = d['shed_latency_us']
+    --duration "${DURATION:-6}" --warmup 2 > "$work/load.json" 2> "$work/load.err" &
+  lp=$!
+  # CPU over the run, warm-up included: CPU 0's busy share (every server process) and each
+  # oip-load thread's share of CPU 1 (its runtime thread does the gRPC work; the main thread
+  # sends on schedule, yielding while it waits), to tell when the client is the limit.
+  sleep 0.2
+  cpu0=$(cpu_busy 0) client0=$(thread_ticks "$lp") t0=$(date +%s.%N)
+  sleep "$(python3 -c "print(${DURATION:-6} + 2 - 0.7)")"
+  cpu1=$(cpu_busy 0) client1=$(thread_ticks "$lp") t1=$(date +%s.%N)
+  wait "$lp"
+  python3 -c "
+import json
+d = json.load(open('$work/load.json')); n = d['requests'] + d['shed']; l = d['latency_us']; s = d['shed_latency_us']
+el, tck = $t1 - $t0, $tck
+(b0, a0), (b1, a1) = map(int, '$cpu0'.split()), map(int, '$cpu1'.split())
+c0 = dict(x.rsplit(':', 1) for x in '$client0'.split()); c1 = dict(x.rsplit(':', 1) for x in '$client1'.split())
+client = ', '.join(f'{k.split(\"#\")[0]} {(int(v) - int(c0.get(k, 0))) / tck / el:.0%}' for k, v in sorted(c1.items()))
 print(f\"rate $rate/s: admitted p50/p99/p99.9 {l['p50']/1e3:.2f}/{l['p99']/1e3:.2f}/{l['p99_9']/1e3:.2f} ms, \"
       f\"answered {d['throughput']:.0f}/s, shed {d['shed']} ({100*d['shed']/max(n,1):.1f}%), shed p50/p99 {s['p50']/1e3:.2f}/{s['p99']/1e3:.2f} ms, errors {d['errors']}, \"
-      f\"send lag p99 {d['send_lag_us']['p99']/1e3:.2f} ms, CPU stolen {d['cpu_stolen'] or 0:.1%}\")"
+      f\"send lag p99 {d['send_lag_us']['p99']/1e3:.2f} ms, CPU stolen {d['cpu_stolen'] or 0:.1%}; \"
+      f\"CPU 0 busy {(b1 - b0) / max(a1 - a0, 1):.0%}, oip-load threads: {client}\")"
   if [ -n "${WATCH:-}" ]; then touch "$work/done"; wait "$watcher"; fi
 done
