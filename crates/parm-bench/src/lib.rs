@@ -42,6 +42,7 @@ pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod cpus;
+pub mod grpc_call;
 pub mod harness;
 pub mod loadgen;
 pub mod netns;

@@ -30,12 +30,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{ArgGroup, CommandFactory, Parser};
 use hdrhistogram::Histogram;
-use parm_serve::oip::grpc::grpc_inference_service_client::GrpcInferenceServiceClient;
+use parm_bench::grpc_call::{GrpcCaller, Outcome};
 use parm_serve::oip::grpc::model_infer_request::InferInputTensor;
 use parm_serve::oip::grpc::{ModelInferRequest, encode_f32_le};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Exp};
-use tonic::transport::{Channel, Endpoint};
 
 /// One load generator for any Open Inference Protocol gRPC server (parm frontend or worker,
 /// MLServer, Triton): ModelInfer with FP32 queries in raw_input_contents; prints one JSON line.
@@ -138,11 +137,6 @@ fn add(h: &mut Option<Histogram<u64>>, us: u64) {
     h.saturating_record(us.max(1));
 }
 
-/// True for a request refused by admission control (parm: 503 / UNAVAILABLE + retry-after).
-fn is_shed(e: &tonic::Status) -> bool {
-    e.code() == tonic::Code::Unavailable && e.metadata().contains_key("retry-after")
-}
-
 fn request(a: &Args) -> ModelInferRequest {
     // A fixed image-like query: values in [0, 1); the model's cost does not depend on them.
     let query: Vec<i64> = a.shape.as_ref().map_or_else(|| vec![a.dim as i64], |s| s.iter().map(|&d| d as i64).collect());
@@ -161,12 +155,10 @@ fn request(a: &Args) -> ModelInferRequest {
     }
 }
 
-async fn channels(a: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Channel>>> {
-    let uri = if a.target.contains("://") { a.target.clone() } else { format!("http://{}", a.target) };
+async fn connections(a: &Args, req: &ModelInferRequest) -> anyhow::Result<Vec<GrpcCaller>> {
     let mut out = Vec::new();
     for _ in 0..a.connections {
-        let ch = Endpoint::from_shared(uri.clone())?.tcp_nodelay(true).connect().await.with_context(|| format!("connecting to {uri}"))?;
-        out.push(GrpcInferenceServiceClient::new(ch).max_decoding_message_size(64 << 20));
+        out.push(GrpcCaller::connect(&a.target, req).await?);
     }
     Ok(out)
 }
@@ -174,10 +166,11 @@ async fn channels(a: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Cha
 fn main() -> anyhow::Result<()> {
     let a = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let clients = rt.block_on(channels(&a))?;
-    let req = request(&a);
+    let clients = rt.block_on(connections(&a, &request(&a)))?;
     // One request first: fail early on a wrong model or input name.
-    rt.block_on(clients[0].clone().model_infer(req.clone())).context("first request")?;
+    if let Outcome::Failed(e) = rt.block_on(clients[0].call()) {
+        anyhow::bail!("first request: {e}");
+    }
     let record = Arc::new(Mutex::new(Record::default()));
     let started = Instant::now();
     let measure_from = started + Duration::from_secs_f64(a.warmup);
@@ -195,22 +188,22 @@ fn main() -> anyhow::Result<()> {
 
     let one = {
         let record = record.clone();
-        move |mut client: GrpcInferenceServiceClient<Channel>, req: ModelInferRequest, intended: Instant| {
+        move |client: GrpcCaller, intended: Instant| {
             let record = record.clone();
             async move {
                 let lag = Instant::now().saturating_duration_since(intended);
-                let out = client.model_infer(req).await;
+                let out = client.call().await;
                 let now = Instant::now();
                 if intended >= measure_from && intended < end {
                     let mut r = record.lock().unwrap();
                     let us = now.duration_since(intended).as_micros() as u64;
                     add(&mut r.lag, lag.as_micros() as u64);
                     match out {
-                        Ok(_) => add(&mut r.hist, us),
-                        Err(e) if is_shed(&e) => add(&mut r.shed, us),
-                        Err(e) => {
+                        Outcome::Answered => add(&mut r.hist, us),
+                        Outcome::Shed => add(&mut r.shed, us),
+                        Outcome::Failed(e) => {
                             r.errors += 1;
-                            r.first_error.get_or_insert_with(|| e.to_string());
+                            r.first_error.get_or_insert(e);
                         }
                     }
                 }
@@ -222,14 +215,14 @@ fn main() -> anyhow::Result<()> {
         rt.block_on(async {
             let tasks: Vec<_> = (0..c)
                 .map(|i| {
-                    let (client, req, one) = (clients[i % clients.len()].clone(), req.clone(), one.clone());
+                    let (client, one) = (clients[i % clients.len()].clone(), one.clone());
                     tokio::spawn(async move {
                         loop {
                             let t = Instant::now();
                             if t >= end {
                                 break;
                             }
-                            one(client.clone(), req.clone(), t).await;
+                            one(client.clone(), t).await;
                         }
                     })
                 })
@@ -249,11 +242,11 @@ fn main() -> anyhow::Result<()> {
         let mut i = 0usize;
         while next < end {
             wait_until(next, Duration::from_micros(a.spin_us));
-            let (client, req, one, inflight) = (clients[i % clients.len()].clone(), req.clone(), one.clone(), inflight.clone());
+            let (client, one, inflight) = (clients[i % clients.len()].clone(), one.clone(), inflight.clone());
             inflight.fetch_add(1, Ordering::Relaxed);
             let intended = next;
             handle.spawn(async move {
-                one(client, req, intended).await;
+                one(client, intended).await;
                 inflight.fetch_sub(1, Ordering::Relaxed);
             });
             i += 1;
