@@ -116,8 +116,9 @@ pub fn judge(headers: &HeaderMap) -> Option<Outcome> {
         "0" => Outcome::Answered,
         "14" if headers.contains_key("retry-after") => Outcome::Shed,
         _ => {
+            // gRPC percent-encodes the message.
             let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
-            Outcome::Failed(format!("grpc-status {status}: {message}"))
+            Outcome::Failed(format!("grpc-status {status}: {}", percent_encoding::percent_decode_str(message).decode_utf8_lossy()))
         }
     })
 }
@@ -145,9 +146,10 @@ mod tests {
         assert_eq!(judge(&headers(&[("grpc-status", "0")])), Some(Outcome::Answered));
         assert_eq!(judge(&headers(&[("grpc-status", "14"), ("retry-after", "1")])), Some(Outcome::Shed));
         assert_eq!(
-            judge(&headers(&[("grpc-status", "14"), ("grpc-message", "gone")])),
-            Some(Outcome::Failed("grpc-status 14: gone".into()))
+            judge(&headers(&[("grpc-status", "5"), ("grpc-message", "unknown%20model")])),
+            Some(Outcome::Failed("grpc-status 5: unknown model".into()))
         );
+        assert_eq!(judge(&headers(&[("grpc-status", "14")])), Some(Outcome::Failed("grpc-status 14: ".into())));
         assert_eq!(judge(&headers(&[("content-type", "application/grpc")])), None);
     }
 }
