@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 pub mod client;
 pub mod discovery;
 pub mod dispatch;
+pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod redundancy;
