@@ -1,9 +1,7 @@
 //! gRPC client for one model instance speaking the Open Inference Protocol (KServe v2): a parm
 //! worker, or any Triton / MLServer / OpenVINO Model Server instance.
 //!
-//! Plain-text calls go over [`crate::upstream::h2::H2Channel`] (tonic's codec on the `h2` crate
-//! directly, one task wake-up fewer per call than tonic's `Channel`), TLS ones over tonic's
-//! `Channel`. A call that times out is dropped, which resets its HTTP/2 stream; a parm worker then removes
+//! A call that times out is dropped, which resets its HTTP/2 stream; a parm worker then removes
 //! it from its queue if it has not started yet (see [`crate::instance::worker`]). No `grpc-timeout` header
 //! is sent, so the timeout is enforced here only and always reported as [`InstanceError::Timeout`].
 
@@ -12,10 +10,7 @@ use std::error::Error as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt, TryFutureExt};
 use tokio::time::Instant;
-use tonic::codegen::http::{Request, Response};
-use tonic::codegen::{Context, Poll, Service};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -25,7 +20,6 @@ use crate::oip::grpc::model_infer_request::InferInputTensor;
 use crate::oip::grpc::model_metadata_response::TensorMetadata;
 use crate::oip::grpc::{self as pb, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_MESSAGE_BYTES, decode_f32_le, encode_f32_le};
 use crate::oip::security::AuthToken;
-use crate::upstream::h2::H2Channel;
 
 /// How long a (re)connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -120,7 +114,7 @@ impl InstanceError {
 #[derive(Clone)]
 pub struct InstanceClient {
     addr: Arc<str>,
-    grpc: GrpcInferenceServiceClient<Transport>,
+    grpc: GrpcInferenceServiceClient<Channel>,
     /// Model name -> input tensor name, learned from ModelMetadata (Triton checks input names).
     input_names: Arc<Mutex<HashMap<String, String>>>,
     /// Outcomes of `infer` calls: whether the instance is in rotation.
@@ -147,54 +141,6 @@ pub fn split_host(entry: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// The connection under a client's tonic stub.
-#[derive(Clone)]
-enum Transport {
-    /// `http`: HTTP/2 on `h2` directly ([`H2Channel`]).
-    Plain(H2Channel),
-    /// `https`: tonic's `Channel` (rustls).
-    Tls(Channel),
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Service<Request<tonic::body::Body>> for Transport {
-    type Response = Response<tonic::body::Body>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Self::Plain(c) => c.poll_ready(cx).map_err(Into::into),
-            Self::Tls(c) => c.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
-        match self {
-            Self::Plain(c) => c.call(request).map_ok(|r| r.map(tonic::body::Body::new)).map_err(Into::into).boxed(),
-            Self::Tls(c) => c.call(request).map_ok(|r| r.map(tonic::body::Body::new)).map_err(Into::into).boxed(),
-        }
-    }
-}
-
-/// A lazily connecting tonic `Channel` to `uri` over `tls` (the settings [`H2Channel`] uses
-/// for plain text).
-fn tls_channel(uri: &str, tls: tonic::transport::ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(uri.to_owned())?
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        // The frontend cancels calls by design (originals of reconstructed queries, parity
-        // queries nobody needs). h2 remembers only 10 cancelled streams by default; the
-        // answer to a forgotten one draws a library reset, and after 1024 of those h2
-        // closes the connection (GOAWAY), failing every call on it.
-        .http2_max_concurrent_reset_streams(crate::oip::grpc::MAX_PENDING_ACCEPT_RESETS)
-        .tls_config(tls)?;
-    Ok(endpoint.connect_lazy())
-}
-
 impl InstanceClient {
     /// A client for `entry` in plain text without a token: [`Self::connect`] with the default
     /// [`ClientOptions`].
@@ -218,19 +164,21 @@ impl InstanceClient {
         tokio::runtime::Handle::try_current().map_err(|_| anyhow::anyhow!("InstanceClient::connect({addr}) needs a Tokio runtime"))?;
         let scheme = if options.tls.is_some() { "https" } else { "http" };
         let uri = if addr.contains("://") { addr.to_owned() } else { format!("{scheme}://{addr}") };
-        let origin: tonic::codegen::http::Uri = uri.parse().map_err(|e| anyhow::anyhow!("bad instance address {addr:?}: {e}"))?;
-        let transport = match &options.tls {
-            None if origin.scheme_str() != Some("http") => {
-                anyhow::bail!("instance address {addr:?}: only http:// without --instance-tls-ca")
-            }
-            None => {
-                let authority =
-                    origin.authority().cloned().ok_or_else(|| anyhow::anyhow!("bad instance address {addr:?}: no HOST:PORT"))?;
-                Transport::Plain(H2Channel::new(authority))
-            }
-            Some(tls) => Transport::Tls(tls_channel(&uri, tls.clone()).map_err(|e| anyhow::anyhow!("TLS to instance {addr}: {e}"))?),
-        };
-        let grpc = GrpcInferenceServiceClient::with_origin(transport, origin)
+        let mut endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| anyhow::anyhow!("bad instance address {addr:?}: {e}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            // The frontend cancels calls by design (originals of reconstructed queries, parity
+            // queries nobody needs). h2 remembers only 10 cancelled streams by default; the
+            // answer to a forgotten one draws a library reset, and after 1024 of those h2
+            // closes the connection (GOAWAY), failing every call on it.
+            .http2_max_concurrent_reset_streams(crate::oip::grpc::MAX_PENDING_ACCEPT_RESETS);
+        if let Some(tls) = options.tls.clone() {
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("TLS to instance {addr}: {e}"))?;
+        }
+        let grpc = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(InstanceClient {

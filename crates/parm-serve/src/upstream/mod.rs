@@ -11,7 +11,6 @@ use futures::future::BoxFuture;
 pub mod client;
 pub mod discovery;
 pub mod dispatch;
-pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod redundancy;
