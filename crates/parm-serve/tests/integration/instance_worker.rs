@@ -225,6 +225,24 @@ async fn dead_instance_is_unavailable_and_retryable() {
     assert!(matches!(err, InstanceError::Timeout { .. }), "{err}");
 }
 
+/// One client outlives its instance's restart: calls while it is down fail as retryable
+/// `Unavailable`, and the first call after it is back opens a new connection
+/// (tonic's `Channel` reconnects lazily).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_after_its_instance_restarts() {
+    let backend = linear();
+    let (worker, client) = start(&backend, WorkerOptions::default()).await;
+    let addr = worker.addr.to_string();
+    client.infer(MODEL, &input(1), &[1, 4], LONG).await.unwrap();
+    worker.shutdown().await.unwrap();
+    let err = client.infer(MODEL, &input(1), &[1, 4], LONG).await.unwrap_err();
+    assert!(matches!(err, InstanceError::Unavailable { .. }) && err.is_retryable(), "{err}");
+    let dyn_backend: Arc<dyn InferenceBackend> = backend.clone();
+    let _back = spawn_worker(&addr, dyn_backend, WorkerOptions::default()).await.unwrap();
+    let y = client.infer(MODEL, &input(2), &[2, 4], LONG).await.unwrap();
+    assert_eq!(y, backend.forward(&input(2), 2).unwrap());
+}
+
 /// A worker answers `grpc.health.v1` (Kubernetes' gRPC probes) with SERVING, for the server
 /// and for the inference service.
 #[tokio::test]
