@@ -17,6 +17,7 @@
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Uri};
+use parm_serve::oip::grpc::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 
 /// The OIP inference call's path.
 pub const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -54,8 +55,8 @@ impl GrpcCaller {
         let tcp = tokio::net::TcpStream::connect(authority.as_str()).await.with_context(|| format!("connecting to {authority}"))?;
         tcp.set_nodelay(true)?;
         let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(8 << 20)
-            .initial_connection_window_size(32 << 20)
+            .initial_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .handshake(tcp)
             .await
             .with_context(|| format!("HTTP/2 handshake with {authority}"))?;
