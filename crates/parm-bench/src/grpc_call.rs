@@ -47,8 +47,10 @@ impl GrpcCaller {
     /// connection on a task of the current Tokio runtime. Every call sends `message`.
     ///
     /// # Errors
-    /// A target that is not an address, a failed TCP connect or HTTP/2 handshake.
+    /// A target that is not an address, a message of 4 GiB or more (gRPC's length prefix is
+    /// a u32), a failed TCP connect or HTTP/2 handshake.
     pub async fn connect(target: &str, message: &impl prost::Message) -> anyhow::Result<Self> {
+        let body = frame(message)?;
         let base = if target.contains("://") { target.to_owned() } else { format!("http://{target}") };
         let base: Uri = base.parse().with_context(|| format!("bad target {target:?}"))?;
         let authority = base.authority().with_context(|| format!("target {target:?} has no HOST:PORT"))?.clone();
@@ -62,7 +64,7 @@ impl GrpcCaller {
             .with_context(|| format!("HTTP/2 handshake with {authority}"))?;
         tokio::spawn(connection);
         let uri = Uri::builder().scheme("http").authority(authority).path_and_query(MODEL_INFER_PATH).build()?;
-        Ok(Self { send, uri, body: frame(message) })
+        Ok(Self { send, uri, body })
     }
 
     /// One ModelInfer call; waits for a free stream when the server's
@@ -100,13 +102,17 @@ impl GrpcCaller {
 }
 
 /// `message` as one gRPC length-prefixed message (not compressed).
-pub fn frame(message: &impl prost::Message) -> Bytes {
+///
+/// # Errors
+/// A message of 4 GiB or more.
+pub fn frame(message: &impl prost::Message) -> anyhow::Result<Bytes> {
     let len = message.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| anyhow::anyhow!("a {len}-byte message is over gRPC's 4 GiB limit"))?;
     let mut out = BytesMut::with_capacity(5 + len);
     out.put_u8(0);
-    out.put_u32(u32::try_from(len).expect("a message under 4 GiB"));
+    out.put_u32(prefix);
     message.encode(&mut out).expect("capacity reserved");
-    out.freeze()
+    Ok(out.freeze())
 }
 
 /// The outcome that `headers` (trailers, or a trailers-only answer's headers) state, if they
@@ -135,7 +141,7 @@ mod tests {
     #[test]
     fn a_frame_is_flag_length_message() {
         let message = parm_serve::oip::grpc::ModelInferRequest { model_name: "m".into(), ..Default::default() };
-        let framed = frame(&message);
+        let framed = frame(&message).unwrap();
         let encoded = prost::Message::encode_to_vec(&message);
         assert_eq!(framed[0], 0);
         assert_eq!(u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize, encoded.len());
