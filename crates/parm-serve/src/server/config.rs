@@ -39,7 +39,7 @@
 //! straggler_min_us = 1000        # ... but at least this
 //! batch_coding = false           # true: a batch request is coded as one block (crate::coded)
 //! dispatch_max_batch = 1         # > 1: batch queued queries per instance (crate::upstream::dispatch)
-//! dispatch_max_in_flight = 4     # requests outstanding per instance before queries batch
+//! dispatch_max_in_flight = 1     # requests outstanding per instance before queries batch
 //! check_outputs = false          # check each coding group against its code (crate::coded::check) ...
 //! check_threshold = 2.5          # ... flag a group whose syndrome is this x the running median
 //! check_window = 100             # ... over each instance's last checks,

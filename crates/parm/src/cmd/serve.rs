@@ -197,7 +197,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     pub dispatch_max_batch: usize,
     /// Requests outstanding per instance before queries wait and batch (with
-    /// `--dispatch-max-batch` > 1).
+    /// `--dispatch-max-batch` > 1). 1 suits a parm worker (one execution at a time); raise it
+    /// for an instance that runs several at once (Triton with `instance_group` count > 1).
     #[arg(long, default_value_t = parm_serve::upstream::dispatch::DispatchBatching::default().max_in_flight)]
     pub dispatch_max_in_flight: usize,
     /// Settings file (TOML; example: examples/parm.toml). A flag given on the command line
