@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-[ -n "${VARIANTS:-}" ] && [ -n "${RATES:-}" ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ -n "${VARIANTS:-}" ] && [ -n "${RATES:-}" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
 [ -n "${PARM_NO_BUILD:-}" ] || cargo build --release --quiet -p parm -p parm-bench --bin parm --bin oip-load
 parm=$root/target/release/parm
 model=$root/models/fashion-mnist/deployed.bpk
@@ -44,7 +44,8 @@ for name in "${names[@]}"; do parm_wait_ready "$name"; done
 for rate in $RATES; do
   for trial in $(seq "${TRIALS:-3}"); do
     for name in "${names[@]}"; do
-      line=$(taskset -c 1 "$root/target/release/oip-load" --target "${target[$name]%% *}" --model fashion-mnist \
+      read -r addr served input <<< "${target[$name]}"
+      line=$(taskset -c 1 "$root/target/release/oip-load" --target "$addr" --model "$served" --input "$input" \
         --rate "$rate" --duration "${TRIAL_S:-5}" --warmup 1)
       python3 - "$line" "$name" "$rate" "$trial" "$out" <<'PY'
 import json, sys
@@ -66,11 +67,8 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 obj = float(sys.argv[2])
 print(f"\n| variant | rate req/s | trials with p99 <= {obj:g} ms | median p50 ms | median p99 ms | worst p99 ms |")
 print("|---|---|---|---|---|---|")
-seen = []
-for r in rows:
-    if (r["variant"], r["rate"]) not in seen:
-        seen.append((r["variant"], r["rate"]))
-for v, rate in sorted(seen, key=lambda k: (k[1], seen.index(k))):
+# Rows were written rate by rate, variants in turn: first-seen order is the table's order.
+for v, rate in dict.fromkeys((r["variant"], r["rate"]) for r in rows):
     t = [r for r in rows if r["variant"] == v and r["rate"] == rate]
     ok = sum(r["errors"] == 0 and r["shed"] == 0 and r["latency_us"]["p99"] <= obj * 1e3 for r in t)
     p50 = statistics.median(r["latency_us"]["p50"] for r in t) / 1e3

@@ -28,9 +28,9 @@ pub struct DispatchBatching {
     /// Default 1: a parm worker runs one execution at a time (one compute lane), so a second
     /// request in flight only waits in its queue, where it cannot join a batch. Raise it for
     /// an instance that runs several executions at once (Triton with an `instance_group`
-    /// count above 1). Measured (BENCHMARKS.md, "Throughput at a latency objective"): with a worker on
-    /// the frontend's core and batches of up to 32, 1 passed p99 <= 5 ms in 35 of 52 5 s
-    /// trials at 2,500-6,500 req/s, where 4 passed 23.
+    /// count above 1). Measured (BENCHMARKS.md, "Throughput at a latency objective"): with a
+    /// worker on the frontend's core and batches of up to 32, 1 passed p99 <= 5 ms in 35 of 52
+    /// 5 s trials at 2,500-6,500 req/s, where 4 passed 23.
     pub max_in_flight: usize,
 }
 
