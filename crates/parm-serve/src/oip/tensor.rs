@@ -91,28 +91,30 @@ pub fn decode_binary(dtype: DataType, bytes: &[u8], count: usize, input: &str) -
     if Some(bytes.len()) != count.checked_mul(size) {
         return Err(format!("input '{input}': {} bytes of binary data, the shape needs {count} elements x {size} bytes", bytes.len()));
     }
-    Ok(bytes.chunks_exact(size).map(|c| element_to_f32(dtype, c)).collect())
+    // One loop per datatype: a `match` per element kept the loop from vectorizing, and
+    // decoding FP32 took 5.8% of the frontend's CPU at 18,000 requests/s (perf, BENCHMARKS
+    // "Throughput at a latency objective").
+    Ok(match dtype {
+        DataType::U8 => each(bytes, |[b]| b as f32),
+        DataType::I8 => each(bytes, |[b]| b as i8 as f32),
+        DataType::U16 => each(bytes, |b| u16::from_le_bytes(b) as f32),
+        DataType::I16 => each(bytes, |b| i16::from_le_bytes(b) as f32),
+        DataType::F16 => each(bytes, |b| f16_to_f32(u16::from_le_bytes(b))),
+        DataType::Bf16 => each(bytes, |b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)),
+        DataType::U32 => each(bytes, |b| u32::from_le_bytes(b) as f32),
+        DataType::I32 => each(bytes, |b| i32::from_le_bytes(b) as f32),
+        DataType::F32 => each(bytes, f32::from_le_bytes),
+        DataType::U64 => each(bytes, |b| u64::from_le_bytes(b) as f32),
+        DataType::I64 => each(bytes, |b| i64::from_le_bytes(b) as f32),
+        DataType::F64 => each(bytes, |b| f64::from_le_bytes(b) as f32),
+        DataType::Bool | DataType::Bytes => unreachable!("rejected by check_numeric"),
+    })
 }
 
-fn element_to_f32(dtype: DataType, c: &[u8]) -> f32 {
-    let a2 = || [c[0], c[1]];
-    let a4 = || [c[0], c[1], c[2], c[3]];
-    let a8 = || [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]];
-    match dtype {
-        DataType::U8 => c[0] as f32,
-        DataType::I8 => c[0] as i8 as f32,
-        DataType::U16 => u16::from_le_bytes(a2()) as f32,
-        DataType::I16 => i16::from_le_bytes(a2()) as f32,
-        DataType::F16 => f16_to_f32(u16::from_le_bytes(a2())),
-        DataType::Bf16 => f32::from_bits((u16::from_le_bytes(a2()) as u32) << 16),
-        DataType::U32 => u32::from_le_bytes(a4()) as f32,
-        DataType::I32 => i32::from_le_bytes(a4()) as f32,
-        DataType::F32 => f32::from_le_bytes(a4()),
-        DataType::U64 => u64::from_le_bytes(a8()) as f32,
-        DataType::I64 => i64::from_le_bytes(a8()) as f32,
-        DataType::F64 => f64::from_le_bytes(a8()) as f32,
-        DataType::Bool | DataType::Bytes => unreachable!("rejected by check_numeric"),
-    }
+/// `bytes` as elements of N bytes, each converted by `f` (a whole multiple of N, checked by
+/// the caller).
+fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+    bytes.chunks_exact(N).map(|c| f(c.try_into().expect("chunks of N bytes"))).collect()
 }
 
 /// IEEE 754 half precision to f32 (exact: every f16 is representable).
@@ -183,6 +185,9 @@ mod tests {
         for (dt, bytes, want) in cases {
             assert_eq!(decode_binary(dt, &bytes, 1, "x").unwrap(), vec![want], "{dt:?}");
         }
+        let three: Vec<u8> = [1.5f32, -2.0, 3.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(decode_binary(DataType::F32, &three, 3, "x").unwrap(), vec![1.5, -2.0, 3.25]);
+        assert_eq!(decode_binary(DataType::I16, &[1, 0, 0xff, 0xff], 2, "x").unwrap(), vec![1.0, -1.0]);
         assert!(decode_binary(DataType::F32, &[0; 7], 2, "x").is_err());
         assert!(decode_binary(DataType::Bool, &[1], 1, "x").is_err());
         assert!(decode_binary(DataType::Bytes, &[0; 5], 1, "x").is_err());

@@ -189,6 +189,12 @@ impl GrpcInferenceService for FrontendService {
         let req = req.into_inner();
         let m = self.model(&req.model_name, &req.model_version)?;
         let accepted = self.serving.accept(m);
+        // Shed before decoding the input, as HTTP does before parsing (see
+        // crate::server::admission): past capacity most requests are shed, and decoding
+        // theirs took CPU from the admitted ones.
+        if self.serving.admission.is_full() {
+            return Err(status(accepted.reject(self.serving.admission.shed_now())));
+        }
         let spec = m.frontend.spec();
         let parsed = crate::server::request::grpc_check_outputs(spec, &req)
             .and_then(|_| Ok((deadline(&req.parameters, header)?, crate::server::request::grpc_rows(spec, &req)?)));

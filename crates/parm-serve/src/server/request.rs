@@ -204,7 +204,11 @@ pub fn rows(spec: &ModelSpec, input: &str, shape: &[usize], values: Vec<f32>) ->
     if let Some(v) = values.iter().find(|v| !v.is_finite()) {
         return Err(ApiError::bad(format!("input '{input}': value {v} is not finite (NaN and infinities are rejected)")));
     }
-    Ok(values.chunks(spec.input_len().max(1)).map(<[f32]>::to_vec).collect())
+    let row = spec.input_len().max(1);
+    if values.len() == row {
+        return Ok(vec![values]); // one query: no copy
+    }
+    Ok(values.chunks(row).map(<[f32]>::to_vec).collect())
 }
 
 /// Validates a gRPC request's single input tensor and decodes it to FP32 rows (raw or typed

@@ -177,6 +177,7 @@ async fn grpc_burst_past_the_limit_gets_unavailable_with_retry_after() {
     println!("gRPC burst of {BURST} at limit {LIMIT}: {served} served, {shed} shed");
     assert!(shed >= 1 && served >= 1, "served {served}, shed {shed}");
     assert!(c.serving.admission.peak() <= LIMIT);
+    assert_eq!(c.serving.admission.shed() as usize, shed, "each shed request counted once");
     let r = g.clone().model_infer(request(7)).await.expect("served after the burst");
     assert!(close(&pb::decode_f32_le(&r.into_inner().raw_output_contents[0]).unwrap(), &expected(&input(7))));
 }
