@@ -10,8 +10,12 @@
 # Usage: bench/efficiency/cpu-per-query.sh [PARM_BINARY ...]   (default: target/release/parm)
 #   e.g. with an older build copied aside: ... cpu-per-query.sh /tmp/parm-before target/release/parm
 # Environment: ROUNDS (3), RATE (4000), MODES ("pair"; "pair inproc" also measures `parm serve`
-# alone with the model in process, `--deployed inproc:MODEL`, interleaved), WORKER_FLAGS,
-# SERVE_FLAGS, PARM_NO_BUILD=1 skips the build. Prints one line per binary, mode and round.
+# alone with the model in process, `--deployed inproc:MODEL`, interleaved; "shed" measures what
+# a shed request costs the frontend: 1 s into the open-loop run the worker is stopped
+# (SIGSTOP), admission fills, and every later request is shed, the frontend's CPU over the
+# next 3 s divided by the requests sent; the worker resumes before its calls time out),
+# WORKER_FLAGS, SERVE_FLAGS, PARM_NO_BUILD=1 skips the build. Prints one line per binary, mode
+# and round.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -35,7 +39,31 @@ both() {
   if [ "$wpid" = "$spid" ]; then "$1" "$spid"; else echo $(( $($1 "$wpid") + $($1 "$spid") )); fi
 }
 
+# shed BINARY ROUND: the frontend's CPU per shed request (see MODES).
+shed() {
+  local n=${#pids[@]} name=pair${#pids[@]}
+  # shellcheck disable=SC2086
+  parm=$1 parm_setup "$name" 1 ${SERVE_FLAGS:-}
+  spid=${fe_pid[$name]} grpc=${target[$name]%% *} wpid=${pids[$n]}
+  parm_wait_ready "$name"
+  load --rate "$rate" --duration 5 --warmup 1 > "$work/open.json" &
+  local lp=$!
+  sleep 1
+  kill -STOP "$wpid"
+  sleep 0.5
+  local f0 f1; f0=$(ticks "$spid")
+  sleep 3
+  f1=$(ticks "$spid")
+  kill -CONT "$wpid"
+  wait "$lp"
+  local shed; shed=$(field "f\"{d['shed']} of {d['requests'] + d['shed']}\"" < "$work/open.json")
+  python3 -c "print(f'$1 shed round $2: {1e6 * ($f1 - $f0) / $tck / ($rate * 3):.1f} us of the frontend\'s CPU per shed request at $rate req/s ($shed requests shed over the run)')"
+  kill "${pids[@]:$n}" 2>/dev/null || true
+  wait "${pids[@]:$n}" 2>/dev/null || true
+}
+
 measure() {
+  [ "$3" = shed ] && { shed "$1" "$2"; return; }
   local round=$2 mode=$3 n=${#pids[@]} name=pair${#pids[@]}
   # shellcheck disable=SC2086
   if [ "$mode" = inproc ]; then parm=$1 parm_inproc_setup "$name" 1 ${SERVE_FLAGS:-}; else parm=$1 parm_setup "$name" 1 ${SERVE_FLAGS:-}; fi
